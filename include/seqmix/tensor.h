@@ -26,7 +26,8 @@ struct Device {
   int index = 0;
   static Device cpu() { return {DeviceType::cpu, 0}; }
   static Device cuda(int index = 0) { return {DeviceType::cuda, index}; }
-  bool operator==(const Device&) const = default;
+  bool operator==(const Device& other) const { return type == other.type && index == other.index; }
+  bool operator!=(const Device& other) const { return !(*this == other); }
 };
 
 std::string device_name(Device device);
