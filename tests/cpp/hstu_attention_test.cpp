@@ -185,6 +185,16 @@ std::vector<MaskCase> mask_cases() {
     add("sla_k1_0", targets, [](auto& p) { p.sla_k2 = 3; });
     add("sla_contextual_gt_k2", targets, [](auto& p) { p.sla_k1 = 2, p.sla_k2 = 1, p.contextual_seq_len = 4; });
   }
+  // One long sequence among very short ones.
+  const std::vector<int64_t> skewed = {1, 29, 0, 2};
+  const std::vector<int64_t> skewed_targets = {1, 4, 0, 0};
+  auto add_skewed = [&](const char* name, auto&& set) {
+    HstuAttentionParams p = make_params(30);
+    set(p);
+    cases.push_back({name, {skewed, skewed_targets}, p});
+  };
+  add_skewed("skewed_window_contextual", [](auto& p) { p.max_attn_len = 5, p.contextual_seq_len = 3; });
+  add_skewed("skewed_sla", [](auto& p) { p.sla_k1 = 4, p.sla_k2 = 2, p.contextual_seq_len = 1; });
   return cases;
 }
 
@@ -352,6 +362,50 @@ TEST(HstuAttentionGolden, MatchesPeerReferences) {
     EXPECT_LT(testing::max_abs_diff(dq, testing::golden_tensor(c, "dq")), 1e-12);
     EXPECT_LT(testing::max_abs_diff(dk, testing::golden_tensor(c, "dk")), 1e-12);
     EXPECT_LT(testing::max_abs_diff(dv, testing::golden_tensor(c, "dv")), 1e-12);
+  }
+}
+
+// Any strides are accepted: q, k, v as views into wider buffers give the contiguous result.
+TEST(HstuAttentionLayout, StridedInputs) {
+  const Inputs in{{5, 0, 3}, {1, 0, 3}};
+  HstuAttentionParams p = make_params(6);
+  p.max_attn_len = 2;
+  Batch b = make_batch(in, 61);
+  const HostTensor reference = run_fwd(p, b);
+  // [L, H, 2 * D] buffers holding q in the odd channels, k and v likewise
+  auto widen = [](const HostTensor& t) {
+    HostTensor wide = testing::randn({t.size(0), t.size(1), 2 * t.size(2)}, 62);
+    for (int64_t x = 0; x < t.numel(); ++x) wide.set(2 * x + 1, t.get(x));
+    TensorView view = wide.view();
+    view.sizes[2] = t.size(2);
+    view.strides[2] = 2;
+    return std::pair{std::move(wide), view};
+  };
+  auto [qw, qv] = widen(b.q);
+  auto [kw, kv] = widen(b.k);
+  auto [vw, vv] = widen(b.v);
+  // the odd channels of the moved buffers
+  qv.data = qw.data_as<double>() + 1;
+  kv.data = kw.data_as<double>() + 1;
+  vv.data = vw.data_as<double>() + 1;
+  HostTensor out(DType::f64, reference.sizes());
+  hstu_attention_fwd(p, qv, kv, vv, b.seq_offsets.view(), b.targets_view(), out.view());
+  EXPECT_EQ(testing::max_abs_diff(out, reference), 0.0);
+}
+
+// A batch without tokens (all sequences empty, or no sequences) is valid and writes nothing.
+TEST(HstuAttentionLayout, EmptyBatch) {
+  const HstuAttentionParams p = make_params(4);
+  for (const std::vector<int64_t>& offsets : {std::vector<int64_t>{0, 0, 0}, std::vector<int64_t>{0}}) {
+    const HostTensor q(DType::f32, {0, 2, 4}), v(DType::f32, {0, 2, 3});
+    HostTensor out(DType::f32, {0, 2, 3}), dq(DType::f32, {0, 2, 4}), dk(DType::f32, {0, 2, 4}), dv(DType::f32, {0, 2, 3});
+    const HostTensor seq_offsets = testing::int_tensor(offsets);
+    const HostTensor targets = testing::int_tensor(std::vector<int64_t>(offsets.size() - 1, 0));
+    const TensorView targets_view = targets.view();
+    hstu_attention_fwd(p, q.view(), q.view(), v.view(), seq_offsets.view(), &targets_view, out.view());
+    hstu_attention_bwd(p, q.view(), q.view(), v.view(), seq_offsets.view(), &targets_view, v.view(), dq.view(),
+                       dk.view(), dv.view());
+    EXPECT_EQ(out.numel(), 0);
   }
 }
 
