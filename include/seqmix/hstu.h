@@ -1,0 +1,64 @@
+// HSTU attention (generative-recommenders `hstu_mha`, TorchEasyRec `hstu_mha` + SLA).
+//
+// Jagged inputs: q, k [L, H, Dqk], v [L, H, Dv], seq_offsets [B + 1]. For sequence b of
+// length n (tokens seq_offsets[b] .. seq_offsets[b + 1]) and head h:
+//   s_ij = alpha * q_i . k_j,   p_ij = silu(s_ij) / scaling_seqlen,   o_i = sum_j M_ij p_ij v_j
+// No softmax: rows are not normalised, so masked entries simply contribute nothing.
+//
+// Mask M (without SLA), the generative-recommenders `_get_valid_attn_mask`: positions are
+// mapped to ids, id(i) = max(i - contextual_seq_len + 1, 0) when contextual_seq_len > 0, then
+// clamped to max_id = n [- contextual_seq_len + 1] - num_targets[b] when num_targets is given
+// (so all targets share the id of the history boundary), d = id(i) - id(j) (|d| if !causal):
+//   M_ij = (i == j or d > 0)
+//          and (max_attn_len == 0 or d <= max_attn_len
+//               or (min_full_attn_seq_len > 0 and id(i) >= max_id - min_full_attn_seq_len))
+//          or (contextual_seq_len > 0 and id(i) == 0 and id(j) < max_id)
+// Targets therefore see the history and themselves only; contextual rows see the whole history.
+//
+// Mask M with SLA (sla_k1 > 0 or sla_k2 > 0), TorchEasyRec's `build_sla_func_tensor`, which
+// replaces the mask above: with K2 = max(sla_k2, contextual_seq_len), Hb = n - num_targets[b],
+//   history row i < Hb: j in [0, min(K2, i + 1)) or [max(K2, i - sla_k1 + 1), i + 1)
+//   target row i >= Hb: j in [0, Hb)   (all history, not the targets, not itself)
+// The SLA mask is causal and has its own window, so SLA together with causal = false,
+// max_attn_len > 0 or min_full_attn_seq_len > 0 is rejected rather than silently ignored.
+#pragma once
+
+#include <cstdint>
+
+#include "seqmix/tensor.h"
+
+namespace seqmix {
+
+struct HstuAttentionParams {
+  // Padded length of the peers' dense reference; every sequence must fit (n <= max_seq_len).
+  int64_t max_seq_len = 0;
+  // Score scale, usually 1 / sqrt(Dqk).
+  double alpha = 1.0;
+  // Divisor of silu(s): -1 means max_seq_len (TorchEasyRec's default), else > 0.
+  int64_t scaling_seqlen = -1;
+  // false: the peers' reference non-causal mask (|d| in place of d above); not with SLA.
+  bool causal = true;
+  // Leading tokens of every sequence that attend to the whole history (0 = none).
+  int64_t contextual_seq_len = 0;
+  // Bound on the id distance d (0 = unbounded).
+  int64_t max_attn_len = 0;
+  // Rows within min_full_attn_seq_len ids of the history boundary ignore max_attn_len (0 = none).
+  int64_t min_full_attn_seq_len = 0;
+  // Semi-local attention: local window length and global prefix length (both 0 = SLA off).
+  int64_t sla_k1 = 0;
+  int64_t sla_k2 = 0;
+};
+
+// out [L, H, Dv] in the dtype of q. num_targets [B] (int32/int64) or nullptr (no targets).
+void hstu_attention_fwd(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
+                        const TensorView& v, const TensorView& seq_offsets, const TensorView* num_targets,
+                        const TensorView& out);
+
+// Gradients of sum(out * dout): dq, dk [L, H, Dqk], dv [L, H, Dv] in the dtype of q.
+void hstu_attention_bwd(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
+                        const TensorView& v, const TensorView& seq_offsets, const TensorView* num_targets,
+                        const TensorView& dout, const TensorView& dq, const TensorView& dk, const TensorView& dv);
+
+}  // namespace seqmix
+
+// ---- attention truncation and FP8 quantization ----

@@ -1,0 +1,110 @@
+// Public HSTU attention entries: validate every argument once, then dispatch on the device.
+#include "seqmix/hstu.h"
+
+#include <cmath>
+#include <vector>
+
+#include "common/access.h"
+#include "common/dispatch.h"
+#include "common/validate.h"
+#include "cpu/hstu/attention.h"
+
+namespace seqmix {
+namespace {
+
+void check_params(const HstuAttentionParams& p) {
+  validate::positive(p.max_seq_len, "max_seq_len");
+  SEQMIX_CHECK(p.scaling_seqlen == -1 || p.scaling_seqlen > 0,
+               "scaling_seqlen must be -1 (meaning max_seq_len) or > 0, got ", p.scaling_seqlen);
+  SEQMIX_CHECK(std::isfinite(p.alpha), "alpha must be finite, got ", p.alpha);
+  validate::non_negative(p.contextual_seq_len, "contextual_seq_len");
+  validate::non_negative(p.max_attn_len, "max_attn_len");
+  validate::non_negative(p.min_full_attn_seq_len, "min_full_attn_seq_len");
+  validate::non_negative(p.sla_k1, "sla_k1");
+  validate::non_negative(p.sla_k2, "sla_k2");
+  if (p.sla_k1 > 0 || p.sla_k2 > 0) {
+    // TorchEasyRec's SLA mask replaces the fixed mask, so these options would do nothing.
+    SEQMIX_CHECK(p.causal, "causal must be true with SLA (sla_k1 = ", p.sla_k1, ", sla_k2 = ", p.sla_k2,
+                 "): the SLA mask is causal, got causal = false");
+    SEQMIX_CHECK(p.max_attn_len == 0, "max_attn_len must be 0 with SLA (sla_k1 = ", p.sla_k1, ", sla_k2 = ",
+                 p.sla_k2, "): sla_k1 is the window, got max_attn_len = ", p.max_attn_len);
+    SEQMIX_CHECK(p.min_full_attn_seq_len == 0, "min_full_attn_seq_len must be 0 with SLA (sla_k1 = ", p.sla_k1,
+                 ", sla_k2 = ", p.sla_k2, "), got ", p.min_full_attn_seq_len);
+  }
+}
+
+struct HostIndex {
+  std::vector<int64_t> seq_offsets;
+  std::vector<int64_t> num_targets;  // empty when not given
+};
+
+// Checks q, k, v, seq_offsets, num_targets and the tensors in `same_as_q` / `same_as_v`
+// (outputs and dout, which take the shape of q or v and the dtype of q); returns the host index.
+HostIndex check_inputs(const char* op, const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
+                       const TensorView& v, const TensorView& seq_offsets, const TensorView* num_targets,
+                       std::initializer_list<std::pair<const TensorView*, const char*>> same_as_q,
+                       std::initializer_list<std::pair<const TensorView*, const char*>> same_as_v) {
+  check_params(params);
+  validate::expect(q, "q").rank(3, "[L, H, Dqk]").floating().non_null();
+  const int64_t total = q.size(0), heads = q.size(1);
+  validate::expect(k, "k").shape({total, heads, q.size(2)}, "[L, H, Dqk]").same_dtype(q, "q").non_null();
+  validate::expect(v, "v").shape({total, heads, validate::kAnySize}, "[L, H, Dv]").same_dtype(q, "q").non_null();
+  for (const auto& [t, name] : same_as_q) {
+    validate::expect(*t, name).shape(q.shape(), "[L, H, Dqk]").same_dtype(q, "q").non_null();
+  }
+  for (const auto& [t, name] : same_as_v) {
+    validate::expect(*t, name).shape(v.shape(), "[L, H, Dv]").same_dtype(q, "q").non_null();
+  }
+  validate::expect(seq_offsets, "seq_offsets").rank(1, "[B + 1]").integer().non_null();
+  SEQMIX_CHECK(seq_offsets.size(0) >= 1, "seq_offsets: expected at least one entry [B + 1], got ",
+               seq_offsets.shape_string());
+  const int64_t batch = seq_offsets.size(0) - 1;
+  if (num_targets) validate::expect(*num_targets, "num_targets").shape({batch}, "[B]").integer().non_null();
+
+  const Device device = q.device;
+  validate::expect(k, "k").device(device);
+  validate::expect(v, "v").device(device);
+  for (const auto& [t, name] : same_as_q) validate::expect(*t, name).device(device);
+  for (const auto& [t, name] : same_as_v) validate::expect(*t, name).device(device);
+  validate::expect(seq_offsets, "seq_offsets").device(device);
+  if (num_targets) validate::expect(*num_targets, "num_targets").device(device);
+  if (device.type == DeviceType::cuda) dispatch::cuda_not_implemented(op);
+
+  HostIndex index;
+  index.seq_offsets = validate::cu_seqlens(seq_offsets, "seq_offsets", total);
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t length = index.seq_offsets[b + 1] - index.seq_offsets[b];
+    SEQMIX_CHECK(length <= params.max_seq_len, "seq_offsets: sequence ", b, " has length ", length,
+                 ", more than max_seq_len = ", params.max_seq_len);
+  }
+  if (num_targets) {
+    index.num_targets = access::load_int(*num_targets);
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t length = index.seq_offsets[b + 1] - index.seq_offsets[b];
+      const int64_t targets = index.num_targets[b];
+      SEQMIX_CHECK(targets >= 0 && targets <= length, "num_targets[", b, "] must be in [0, ", length,
+                   "] (the sequence length), got ", targets);
+    }
+  }
+  return index;
+}
+
+}  // namespace
+
+void hstu_attention_fwd(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
+                        const TensorView& v, const TensorView& seq_offsets, const TensorView* num_targets,
+                        const TensorView& out) {
+  const HostIndex index =
+      check_inputs("hstu_attention_fwd", params, q, k, v, seq_offsets, num_targets, {}, {{&out, "out"}});
+  cpu::hstu_attention_fwd(params, q, k, v, index.seq_offsets, index.num_targets, out);
+}
+
+void hstu_attention_bwd(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
+                        const TensorView& v, const TensorView& seq_offsets, const TensorView* num_targets,
+                        const TensorView& dout, const TensorView& dq, const TensorView& dk, const TensorView& dv) {
+  const HostIndex index = check_inputs("hstu_attention_bwd", params, q, k, v, seq_offsets, num_targets,
+                                       {{&dq, "dq"}, {&dk, "dk"}}, {{&dout, "dout"}, {&dv, "dv"}});
+  cpu::hstu_attention_bwd(params, q, k, v, index.seq_offsets, index.num_targets, dout, dq, dk, dv);
+}
+
+}  // namespace seqmix
