@@ -49,9 +49,9 @@ void ttt_linear_naive_fwd(const TensorView& q, const TensorView& k, const Tensor
 // Gradients of sum(do_ * o) + sum(dht * final_state) + sum(dhbt * final_state_bias) (dht, dhbt
 // optional: absent = 0) for every input, as torch autograd through FLA's naive reference gives,
 // including the second-order terms of the inner gradient step through the LayerNorm. Recomputes
-// the forward keeping one state per chunk. dq, dk, dv take q's dtype shape-wise of q, k, v;
-// dw, db [H, V]; deta [B, T, H, 1]; dh0 [N, H, K, V], dhb0 [N, H, 1, V] (f32/f64, optional outputs,
-// also meaningful when the initial state is absent = zeros).
+// the forward keeping one state per chunk. Each gradient has its input's shape and dtype
+// (dq, dk, dv, dw, db, deta); dh0 [N, H, K, V] and dhb0 [N, H, 1, V] are f32/f64 optional outputs,
+// defined also when the initial state is absent (= zeros). params.output_final_state is unused here.
 void chunk_ttt_linear_bwd(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& w,
                           const TensorView& b, const TensorView& eta, const TensorView* initial_state,
                           const TensorView* initial_state_bias, const TensorView* cu_seqlens,

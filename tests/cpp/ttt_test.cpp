@@ -225,6 +225,42 @@ TEST(TTTForward, WithoutFinalStateAndLowPrecision) {
   }
 }
 
+TEST(TTTForward, EmptyTimeAxisPassesStateThrough) {
+  Problem p = make_problem(2, 0, 2, 8, 4, 21);
+  const Forward f = run_fwd(p), naive = run_fwd(p, Form::naive);
+  EXPECT_EQ(f.o.numel(), 0);
+  EXPECT_EQ(max_abs_diff(f.ht, p.h0), 0.0);
+  EXPECT_EQ(max_abs_diff(f.hbt, p.hb0), 0.0);
+  EXPECT_EQ(max_abs_diff(naive.ht, p.h0), 0.0);
+  const HostTensor d_o(DType::f64, {2, 0, 2, 8}), dht = testing::randn({2, 2, 8, 8}, 22),
+      dhbt = testing::randn({2, 2, 1, 8}, 23);
+  const Grads g = run_bwd(p, d_o, dht, dhbt);
+  EXPECT_EQ(max_abs_diff(g.dh0, dht), 0.0);
+  EXPECT_EQ(max_abs_diff(g.dhb0, dhbt), 0.0);
+  EXPECT_EQ(max_abs_diff(g.dw, HostTensor(DType::f64, {2, 8})), 0.0);
+}
+
+TEST(TTTForward, StridedInputs) {
+  // q stored head-major [B, H, T, K] and passed as a [B, T, H, K] view with permuted strides
+  Problem p = make_problem(1, 10, 2, 8, 4, 31);
+  HostTensor head_major(DType::f64, {1, 2, 10, 8});
+  for (int64_t t = 0; t < 10; ++t) {
+    for (int64_t h = 0; h < 2; ++h) {
+      for (int64_t a = 0; a < 8; ++a) head_major.set((h * 10 + t) * 8 + a, p.q.get((t * 2 + h) * 8 + a));
+    }
+  }
+  TensorView q = head_major.view();
+  q.sizes = {1, 10, 2, 8};
+  q.strides = {160, 8, 80, 1};
+  const Forward ref = run_fwd(p);
+  HostTensor o(DType::f64, {1, 10, 2, 8}), ht(DType::f64, {1, 2, 8, 8}), hbt(DType::f64, {1, 2, 1, 8});
+  const TensorView h0 = p.h0.view(), hb0 = p.hb0.view(), vht = ht.view(), vhbt = hbt.view();
+  chunk_ttt_linear_fwd(q, p.k.view(), p.v.view(), p.w.view(), p.b.view(), p.eta.view(), &h0, &hb0, nullptr, p.params,
+                       o.view(), &vht, &vhbt);
+  EXPECT_EQ(max_abs_diff(o, ref.o), 0.0);
+  EXPECT_EQ(max_abs_diff(ht, ref.ht), 0.0);
+}
+
 // ---- varlen == per-sequence loop -------------------------------------------------------------
 
 Problem slice_sequence(const Problem& packed, int64_t n) {
