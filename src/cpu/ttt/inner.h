@@ -114,8 +114,9 @@ inline size_t bias_at(int64_t seq, int64_t head, const TTTLinearConfig& c) {
   return static_cast<size_t>((seq * c.heads + head) * c.dim);
 }
 
-// eta of the row that steps the state after chunk [begin, end) of a sequence ending at `last`:
-// the chunk's last row, or the sequence's last token for a partial chunk (FLA pads eta with it).
+// The token whose eta steps the state after a chunk ending at chunk_end of a sequence ending at
+// seq_end: the chunk's last row, or the sequence's last token for a partial chunk (FLA pads eta
+// with it).
 inline int64_t eta_last_token(int64_t chunk_end, int64_t seq_end) { return std::min(chunk_end, seq_end) - 1; }
 
 // One chunk [start, min(start + chunk_size, eos)) of a (sequence, head) in the chunked form. The
