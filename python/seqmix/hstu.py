@@ -1,0 +1,65 @@
+"""HSTU attention: generative-recommenders `hstu_mha` semantics, TorchEasyRec's SLA and scaling_seqlen.
+The exact mask is documented in include/seqmix/hstu.h."""
+
+from typing import Optional
+
+import torch
+
+
+def hstu_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    seq_offsets: torch.Tensor,
+    max_seq_len: int,
+    alpha: float = 1.0,
+    num_targets: Optional[torch.Tensor] = None,
+    causal: bool = True,
+    contextual_seq_len: int = 0,
+    max_attn_len: int = 0,
+    min_full_attn_seq_len: int = 0,
+    scaling_seqlen: int = -1,
+    sla_k1: int = 0,
+    sla_k2: int = 0,
+) -> torch.Tensor:
+    """Jagged HSTU attention: q, k [L, H, Dqk], v [L, H, Dv], seq_offsets [B + 1] (int32/int64),
+    num_targets [B] or None -> [L, H, Dv] in q's dtype; differentiable in q, k and v.
+
+    o_i = sum_j M_ij silu(alpha q_i . k_j) / N v_j with N = scaling_seqlen, or max_seq_len when -1.
+    sla_k1 / sla_k2 > 0 select TorchEasyRec's semi-local mask (local window, global prefix)."""
+    return torch.ops.seqmix.hstu_attention(
+        q, k, v, seq_offsets, max_seq_len, alpha, num_targets, causal, contextual_seq_len,
+        max_attn_len, min_full_attn_seq_len, scaling_seqlen, sla_k1, sla_k2,
+    )
+
+
+def hstu_mha(
+    max_seq_len: int,
+    alpha: float,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    seq_offsets: torch.Tensor,
+    causal: bool = True,
+    dropout_pr: float = 0.0,
+    training: bool = True,
+    num_targets: Optional[torch.Tensor] = None,
+    attn_scale: Optional[torch.Tensor] = None,
+    max_attn_len: int = 0,
+    contextual_seq_len: int = 0,
+    min_full_attn_seq_len: int = 0,
+    sort_by_length: bool = False,
+    kernel=None,
+    enable_tma: bool = False,
+) -> torch.Tensor:
+    """Drop-in for generative_recommenders.ops.hstu_attention.hstu_mha (same arguments, same order).
+    sort_by_length, kernel and enable_tma choose among GR's kernels and have no meaning here."""
+    if dropout_pr > 0.0 and training:
+        raise NotImplementedError(f"seqmix.hstu_mha: dropout_pr > 0 in training is not implemented, got {dropout_pr}")
+    if attn_scale is not None:
+        raise NotImplementedError("seqmix.hstu_mha: attn_scale is not implemented, got a tensor")
+    return hstu_attention(
+        q, k, v, seq_offsets, max_seq_len, alpha, num_targets=num_targets, causal=causal,
+        contextual_seq_len=contextual_seq_len, max_attn_len=max_attn_len,
+        min_full_attn_seq_len=min_full_attn_seq_len,
+    )
