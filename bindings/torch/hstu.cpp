@@ -79,7 +79,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hstu_attention_backward_meta(
   return {at::empty(q.sizes(), q.options()), at::empty(q.sizes(), q.options()), at::empty(v.sizes(), q.options())};
 }
 
-// ---- Autograd: both passes call the ops below the autograd key (so Meta serves torch.compile) ----
+// ---- Autograd: both passes call the ops below the autograd key (so Meta serves torch.compile and the
+// backward op needs no autograd kernel of its own; double backward is not supported) ----
 
 at::Tensor call_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& seq_offsets,
                         const c10::optional<at::Tensor>& num_targets, const HstuAttentionParams& p) {
@@ -137,6 +138,7 @@ class HstuAttentionFunction : public torch::autograd::Function<HstuAttentionFunc
     const HstuAttentionParams params = load_params(ctx);
     const c10::optional<at::Tensor> num_targets =
         saved[4].defined() ? c10::optional<at::Tensor>(saved[4]) : c10::nullopt;
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [dq, dk, dv] = call_backward(grads[0].contiguous(), saved[0], saved[1], saved[2], saved[3], num_targets, params);
     return {dq, dk, dv, at::Tensor(), at::Tensor(), at::Tensor()};
   }

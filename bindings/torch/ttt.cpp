@@ -122,7 +122,8 @@ BackwardResult chunk_ttt_linear_backward_meta(const at::Tensor&, const OptionalT
           like(initial_state), like(initial_state_bias)};
 }
 
-// ---- Autograd: both passes call the ops below the autograd key (so Meta serves torch.compile) ----
+// ---- Autograd: both passes call the ops below the autograd key (so Meta serves torch.compile and the
+// backward op needs no autograd kernel of its own; double backward is not supported) ----
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_forward(const at::Tensor& q, const at::Tensor& k,
                                                             const at::Tensor& v, const at::Tensor& w,
@@ -176,6 +177,7 @@ class ChunkTTTLinearFunction : public torch::autograd::Function<ChunkTTTLinearFu
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
     const auto s = ctx->get_saved_variables();
     auto& d = ctx->saved_data;
     const TTTLinearParams params =

@@ -1,0 +1,233 @@
+"""seqmix.hstu_attention / seqmix.hstu_mha through torch.ops.seqmix against a dense pure-torch
+reference of the generative-recommenders mask and TorchEasyRec's SLA mask (include/seqmix/hstu.h)."""
+
+import inspect
+
+import pytest
+import torch
+
+import seqmix
+
+F64 = torch.float64
+TORCH_2_1 = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 1)
+
+
+def reference_mask(n, targets, causal, contextual_seq_len, max_attn_len, min_full_attn_seq_len, sla_k1, sla_k2):
+    """[n, n] bool mask of one sequence with `targets` target tokens (None: no num_targets)."""
+    i = torch.arange(n).view(n, 1)
+    j = torch.arange(n).view(1, n)
+    if sla_k1 > 0 or sla_k2 > 0:
+        k2 = max(sla_k2, contextual_seq_len)
+        history = n - (targets or 0)
+        history_row = ((j < torch.clamp(i + 1, max=k2)) | ((j >= torch.clamp(i - sla_k1 + 1, min=k2)) & (j <= i)))
+        target_row = j < history
+        return torch.where(i < history, history_row, target_row)
+    ids = torch.arange(n)
+    max_id = n
+    if contextual_seq_len > 0:
+        ids = torch.clamp(ids - contextual_seq_len + 1, min=0)
+        max_id = n - contextual_seq_len + 1
+    if targets is not None:
+        max_id -= targets
+        ids = torch.clamp(ids, max=max_id)
+    row, col = ids.view(n, 1), ids.view(1, n)
+    dist = row - col
+    if not causal:
+        dist = dist.abs()
+    mask = (i == j) | (dist > 0)
+    if max_attn_len > 0:
+        within = dist <= max_attn_len
+        if min_full_attn_seq_len > 0:
+            within = within | (row >= max_id - min_full_attn_seq_len)
+        mask = mask & within
+    if contextual_seq_len > 0:
+        mask = mask | ((row == 0) & (col < max_id))
+    return mask
+
+
+def reference(q, k, v, seq_offsets, max_seq_len, alpha=1.0, num_targets=None, causal=True, contextual_seq_len=0,
+              max_attn_len=0, min_full_attn_seq_len=0, scaling_seqlen=-1, sla_k1=0, sla_k2=0):
+    divisor = max_seq_len if scaling_seqlen == -1 else scaling_seqlen
+    offsets = seq_offsets.tolist()
+    rows = []
+    for b in range(len(offsets) - 1):
+        s, e = offsets[b], offsets[b + 1]
+        targets = None if num_targets is None else int(num_targets[b])
+        mask = reference_mask(e - s, targets, causal, contextual_seq_len, max_attn_len, min_full_attn_seq_len,
+                              sla_k1, sla_k2)
+        scores = alpha * torch.einsum("ihd,jhd->hij", q[s:e], k[s:e])
+        p = torch.nn.functional.silu(scores) / divisor * mask
+        rows.append(torch.einsum("hij,jhd->ihd", p, v[s:e]))
+    return torch.cat(rows) if rows else v.new_zeros(v.shape)
+
+
+LENGTHS = [5, 0, 1, 8]
+CONFIGS = {
+    "causal": dict(),
+    "alpha_scaling": dict(alpha=0.37, scaling_seqlen=3),
+    "targets": dict(num_targets=[2, 0, 1, 3]),
+    "contextual": dict(contextual_seq_len=2),
+    "contextual_targets": dict(contextual_seq_len=2, num_targets=[1, 0, 0, 2]),
+    "window": dict(max_attn_len=2),
+    "window_min_full": dict(max_attn_len=1, min_full_attn_seq_len=2, num_targets=[1, 0, 1, 2]),
+    "noncausal": dict(causal=False, num_targets=[2, 0, 0, 1]),
+    "noncausal_window_contextual": dict(causal=False, max_attn_len=2, contextual_seq_len=1),
+    "sla": dict(sla_k1=2, sla_k2=1),
+    "sla_targets_contextual": dict(sla_k1=3, sla_k2=1, contextual_seq_len=2, num_targets=[2, 0, 1, 3]),
+}
+
+
+def make_inputs(lengths=LENGTHS, heads=2, dqk=4, dv=3, dtype=F64, offsets_dtype=torch.int64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    total = sum(lengths)
+    q, k, v = (torch.randn(total, heads, d, generator=g, dtype=dtype) for d in (dqk, dqk, dv))
+    seq_offsets = torch.tensor([0] + lengths, dtype=offsets_dtype).cumsum(0).to(offsets_dtype)
+    return q, k, v, seq_offsets
+
+
+def options(name, offsets_dtype=torch.int64):
+    config = dict(CONFIGS[name])
+    if "num_targets" in config:
+        config["num_targets"] = torch.tensor(config["num_targets"], dtype=offsets_dtype)
+    return config
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_forward_and_grads_match_reference_f64(name):
+    q, k, v, seq_offsets = make_inputs()
+    config = options(name)
+    inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref_inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = seqmix.hstu_attention(*inputs, seq_offsets, 9, **config)
+    expected = reference(*ref_inputs, seq_offsets, 9, **config)
+    assert out.dtype == F64 and out.shape == expected.shape
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-10)
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, inputs, dout)
+    expected_grads = torch.autograd.grad(expected, ref_inputs, dout)
+    for name_, got, want in zip("qkv", grads, expected_grads):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10, msg=f"d{name_}")
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_low_precision_forward(dtype, tol):
+    q, k, v, seq_offsets = make_inputs(offsets_dtype=torch.int32)
+    config = options("contextual_targets", torch.int32)
+    out = seqmix.hstu_attention(q.to(dtype), k.to(dtype), v.to(dtype), seq_offsets, 8, 0.5, **config)
+    assert out.dtype == dtype
+    expected = reference(*(t.to(dtype).to(F64) for t in (q, k, v)), seq_offsets, 8, 0.5, **config)
+    torch.testing.assert_close(out.to(F64), expected, atol=tol, rtol=tol)
+
+
+def test_strided_inputs_match_contiguous():
+    q, k, v, seq_offsets = make_inputs()
+    wide = torch.randn(q.shape[0], 2, 9, dtype=F64)
+    q_strided = wide[:, :, :4]
+    k_strided = wide[:, :, 4:8]
+    expected = seqmix.hstu_attention(q_strided.contiguous(), k_strided.contiguous(), v, seq_offsets, 8)
+    torch.testing.assert_close(seqmix.hstu_attention(q_strided, k_strided, v, seq_offsets, 8), expected,
+                               atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["targets", "contextual_targets", "window_min_full", "sla_targets_contextual"])
+def test_gradcheck(name):
+    q, k, v, seq_offsets = make_inputs(lengths=[3, 0, 4], heads=1, dqk=2, dv=2)
+    config = options(name)
+    if "num_targets" in config:
+        config["num_targets"] = config["num_targets"][:3]
+    inputs = tuple(t.requires_grad_() for t in (q, k, v))
+    assert torch.autograd.gradcheck(lambda q, k, v: seqmix.hstu_attention(q, k, v, seq_offsets, 5, 0.8, **config),
+                                    inputs)
+
+
+GR_HSTU_MHA_ARGS = ["max_seq_len", "alpha", "q", "k", "v", "seq_offsets", "causal", "dropout_pr", "training",
+                    "num_targets", "attn_scale", "max_attn_len", "contextual_seq_len", "min_full_attn_seq_len",
+                    "sort_by_length", "kernel", "enable_tma"]
+
+
+def test_hstu_mha_has_generative_recommenders_signature_and_forwards():
+    assert list(inspect.signature(seqmix.hstu_mha).parameters) == GR_HSTU_MHA_ARGS
+    q, k, v, seq_offsets = make_inputs()
+    num_targets = torch.tensor([2, 0, 1, 3])
+    out = seqmix.hstu_mha(9, 0.5, q, k, v, seq_offsets, True, 0.0, True, num_targets, None, 2, 1, 1)
+    expected = reference(q, k, v, seq_offsets, 9, 0.5, num_targets=num_targets, max_attn_len=2,
+                         contextual_seq_len=1, min_full_attn_seq_len=1)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-10)
+    # dropout is inactive outside training
+    torch.testing.assert_close(seqmix.hstu_mha(9, 0.5, q, k, v, seq_offsets, dropout_pr=0.3, training=False),
+                               reference(q, k, v, seq_offsets, 9, 0.5), atol=1e-12, rtol=1e-10)
+
+
+def test_hstu_mha_unsupported_options_raise():
+    q, k, v, seq_offsets = make_inputs()
+    with pytest.raises(NotImplementedError, match="dropout_pr"):
+        seqmix.hstu_mha(9, 1.0, q, k, v, seq_offsets, dropout_pr=0.1, training=True)
+    with pytest.raises(NotImplementedError, match="attn_scale"):
+        seqmix.hstu_mha(9, 1.0, q, k, v, seq_offsets, attn_scale=torch.ones(1))
+
+
+def bad_inputs():
+    q, k, v, seq_offsets = make_inputs()
+    ok = dict(q=q, k=k, v=v, seq_offsets=seq_offsets, max_seq_len=9)
+    return [
+        ("k", dict(ok, k=k[:, :1])),
+        ("v", dict(ok, v=v[:-1])),
+        ("q", dict(ok, q=q[0], k=k[0], v=v[0])),
+        ("k", dict(ok, k=k.float())),
+        ("seq_offsets", dict(ok, seq_offsets=seq_offsets.double())),
+        ("seq_offsets", dict(ok, seq_offsets=seq_offsets.flip(0))),
+        ("seq_offsets", dict(ok, seq_offsets=seq_offsets[:-1])),
+        ("num_targets", dict(ok, num_targets=torch.tensor([1, 0, 0]))),
+        ("num_targets", dict(ok, num_targets=torch.tensor([6, 0, 0, 0]))),
+        ("max_seq_len", dict(ok, max_seq_len=0)),
+        ("max_seq_len", dict(ok, max_seq_len=7)),
+        ("max_attn_len", dict(ok, max_attn_len=-1)),
+        ("scaling_seqlen", dict(ok, scaling_seqlen=0)),
+        ("causal", dict(ok, sla_k1=2, causal=False)),
+        ("q", dict(ok, q=q.to(torch.complex128), k=k.to(torch.complex128), v=v.to(torch.complex128))),
+    ]
+
+
+@pytest.mark.parametrize("argument,kwargs", bad_inputs(), ids=[f"{a}-{i}" for i, (a, _) in enumerate(bad_inputs())])
+def test_bad_input_raises_naming_the_argument(argument, kwargs):
+    with pytest.raises(RuntimeError, match=argument):
+        seqmix.hstu_attention(**kwargs)
+
+
+def test_meta_tensors_give_shapes_forward_and_backward():
+    q, k, v, seq_offsets = (t.to("meta") for t in make_inputs(dqk=4, dv=6, dtype=torch.bfloat16))
+    q.requires_grad_()
+    k.requires_grad_()
+    v.requires_grad_()
+    out = seqmix.hstu_attention(q, k, v, seq_offsets, 9, num_targets=torch.zeros(4, dtype=torch.int64, device="meta"))
+    assert out.device.type == "meta" and out.shape == (14, 2, 6) and out.dtype == torch.bfloat16
+    out.sum().backward()
+    assert q.grad.shape == q.shape and k.grad.shape == k.shape and v.grad.shape == v.shape
+    assert v.grad.device.type == "meta"
+
+
+@pytest.mark.skipif(not TORCH_2_1, reason="torch.compile(fullgraph=True) of custom ops needs torch >= 2.1")
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(backend):
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 12, dtype=F64)
+
+        def forward(self, x, seq_offsets):
+            q, k, v = self.proj(x).view(x.shape[0], 3, 2, 2).unbind(1)
+            return seqmix.hstu_attention(q, k, v, seq_offsets, 8, alpha=0.5, contextual_seq_len=1).sum(-1)
+
+    torch.manual_seed(0)
+    block = Block()
+    x = torch.randn(13, 4, dtype=F64)
+    seq_offsets = torch.tensor([0, 5, 5, 13])
+    compiled = torch.compile(block, fullgraph=True, backend=backend)
+    expected = block(x, seq_offsets)
+    got = compiled(x, seq_offsets)
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-10)
+    got.sum().backward()
+    grad = block.proj.weight.grad.clone()
+    block.zero_grad()
+    expected.sum().backward()
+    torch.testing.assert_close(grad, block.proj.weight.grad, atol=1e-12, rtol=1e-10)
