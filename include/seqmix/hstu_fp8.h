@@ -17,8 +17,10 @@
 //   forward  mode 1: S = q k^T uses the row copies of q and k; P v uses the transposed copy of v.
 //            mode 2: q uses block_size BM, k and v BN of hstu_fp8_block_sizes(backward = false).
 //   backward (recomputed from the unquantized q, k, v, plus dout quantized like q):
-//            mode 1: rows of q, k, v, dout and transposed copies of q, k, dout (dq uses k^T-direction,
-//            dk uses q^T, dv uses dout^T); mode 2: q and dout use BM, k and v BN (backward sizes).
+//            mode 1: fbgemm makes rows of q, k, v, dout and transposed copies of q, k, dout; by the
+//            reduction dim of each GEMM, S = q k^T and dP = dout v^T use rows, dq = dS k uses k's
+//            transposed copy, dk = dS^T q q's, dv = P^T dout dout's (inferred, the sm90 kernel was
+//            not traced); mode 2: q and dout use BM, k and v BN (backward sizes).
 // fbgemm's autograd returns the fp8 kernel's gradients as those of the unquantized inputs
 // (straight-through), so emulating the FP8 attention on the CPU means: feed the HSTU attention
 // reference with hstu_fp8_fake_quantize(q), (k), (v) (and dout for the backward) per the table.
@@ -28,7 +30,11 @@
 // input dtype in modes 1-transposed, 3, 4, 5 (torch divides amax in x's dtype there) and to f32
 // in modes 1-rows and 2; x / descale is an f32 division except mode 4 with bf16/f16 x, where the
 // descale is first rounded to x's dtype and the quotient too (a 0-dim descale does not promote).
-// f64 x divides in f64 and reaches fp8 through f32, as torch's cast.
+// f64 x (no fbgemm kernel takes it) divides in f64 and reaches fp8 through f32, as torch's cast;
+// its descales are still stored as f32. Beyond fbgemm: an empty sequence has an all-zero group,
+// so modes 3/4 give it the 1e-6 floor (fbgemm's torch code raises on amax of an empty slice)
+// and mode 1-transposed gives it no block (fbgemm's loop writes block index -1 for it).
+// NaN from the mode-0 cast is stored as 0x7F whatever the sign (torch keeps the sign bit).
 #pragma once
 
 #include <cstdint>
