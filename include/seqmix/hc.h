@@ -50,7 +50,8 @@ void hc_pre_bwd(const TensorView& hidden_streams, const TensorView& fn, const Te
 //   out[k] = post[k] * x + sum_j comb[j, k] * residual[j]      (comb^T @ residual: Sinkhorn's comb is
 //                                                               not symmetric, so the direction matters)
 //   x [B, S, D]; residual [B, S, H, D]; post [B, S, H]; comb [B, S, H, H]; out [B, S, H, D]
-// x, residual and out share a dtype; post and comb may be any floating dtype.
+// x, residual and out share a dtype; post and comb may be any floating dtype (HF rounds them to the
+// streams' dtype with .to(dtype) first: pass them in that dtype to reproduce it).
 void hc_post_fwd(const TensorView& x, const TensorView& residual, const TensorView& post, const TensorView& comb,
                  const TensorView& out);
 
