@@ -23,8 +23,9 @@ enum class RouterScoringFunc : uint8_t {
 struct RouterParams {
   RouterScoringFunc scoring_func = RouterScoringFunc::sqrtsoftplus;
   double routed_scaling_factor = 1.5;
-  // top_k. router_topk_fwd selects this many experts; for the hash router it must equal tid2eid.size(1),
-  // and router_bwd checks it against indices.size(1).
+  // top_k. router_topk_fwd selects this many distinct experts (<= n_routed_experts); the hash router
+  // takes tid2eid.size(1) slots, which must equal it (and may exceed n_routed_experts: rows repeat
+  // experts); router_bwd checks it against indices.size(1).
   int64_t num_experts_per_tok = 6;
 };
 

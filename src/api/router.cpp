@@ -48,8 +48,6 @@ RouterShape validate_common(const TensorView& hidden_states, const TensorView& w
   SEQMIX_CHECK(std::isfinite(params.routed_scaling_factor), "routed_scaling_factor must be finite, got ",
                params.routed_scaling_factor);
   validate::positive(params.num_experts_per_tok, "num_experts_per_tok");
-  SEQMIX_CHECK(params.num_experts_per_tok <= weight.size(0), "num_experts_per_tok (top_k) must be <= n_routed_experts ",
-               "(weight.size(0) = ", weight.size(0), "), got ", params.num_experts_per_tok);
   return {hidden_states.numel() / hidden, hidden, weight.size(0)};
 }
 
@@ -66,6 +64,8 @@ void router_topk_fwd(const TensorView& hidden_states, const TensorView& weight,
                      const TensorView* e_score_correction_bias, const TensorView* logits, const TensorView& weights,
                      const TensorView& indices, const RouterParams& params) {
   const RouterShape s = validate_common(hidden_states, weight, params);
+  SEQMIX_CHECK(params.num_experts_per_tok <= s.experts, "num_experts_per_tok (top_k) must be <= n_routed_experts ",
+               "(weight.size(0) = ", s.experts, "), got ", params.num_experts_per_tok);
   if (e_score_correction_bias) {
     expect(*e_score_correction_bias, "e_score_correction_bias")
         .shape({s.experts}, "[n_routed_experts]")

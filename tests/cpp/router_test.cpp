@@ -307,6 +307,24 @@ INSTANTIATE_TEST_SUITE_P(Shapes, RouterHashSweep,
                                            HashCase{{1}, 3, 3, 1, 2, RouterScoringFunc::sqrtsoftplus, DType::f64},
                                            HashCase{{2, 4}, 8, 16, 6, 13, RouterScoringFunc::sqrtsoftplus, DType::bf16}));
 
+// Unlike top-k, hash routing may pick more slots than there are experts (a row repeats experts), as HF's
+// gather allows; the repeated expert's score counts once per slot in the normalisation.
+TEST(RouterHash, MoreSlotsThanExperts) {
+  const HostTensor x = randn({2, 3}, 95), w = randn({2, 3}, 96);
+  const HostTensor table = testing::int_tensor({0, 1, 0, 1, 1, 1}, {2, 3}), ids = testing::int_tensor({1, 0});
+  RouterParams p;
+  p.num_experts_per_tok = 3;
+  p.routed_scaling_factor = 1.0;
+  HostTensor logits(DType::f64, {2, 2}), weights(DType::f64, {2, 3}), indices(DType::i64, {2, 3});
+  const TensorView vl = logits.view();
+  router_hash_fwd(x.view(), w.view(), ids.view(), table.view(), &vl, weights.view(), indices.view(), p);
+  EXPECT_EQ(to_int(indices), (std::vector<int64_t>{1, 1, 1, 0, 1, 0}));
+  for (int64_t k = 0; k < 3; ++k) EXPECT_NEAR(weights.get(k), 1.0 / 3.0, 1e-15);
+  const double s0 = score_of(logits.get(2), p.scoring_func), s1 = score_of(logits.get(3), p.scoring_func);
+  EXPECT_NEAR(weights.get(3), s0 / (2 * s0 + s1), 1e-15);
+  EXPECT_NEAR(weights.get(4), s1 / (2 * s0 + s1), 1e-15);
+}
+
 // The backward needs only the chosen indices, so one router_bwd serves both routers; grad outputs are
 // optional and the ones given do not depend on which others are.
 TEST(RouterBwd, OptionalOutputsAreIndependent) {
@@ -471,9 +489,9 @@ TEST(RouterBadInputs, HashFwd) {
   HostTensor ids_f(DType::f32, {2, 3});
   expect_error([&] { call(ids_f.view(), table.view(), p); }, {"input_ids", "int32/int64", "float32"});
   expect_error([&] { call(on_cuda(ids_ok), table.view(), p); }, {"input_ids", "cuda:0"});
-  RouterParams too_many = p;
-  too_many.num_experts_per_tok = 9;
-  expect_error([&] { call(ids_ok.view(), table.view(), too_many); }, {"num_experts_per_tok", "n_routed_experts"});
+  RouterParams wider = p;
+  wider.num_experts_per_tok = 4;
+  expect_error([&] { call(ids_ok.view(), table.view(), wider); }, {"tid2eid", "num_experts_per_tok = 4", "[5, 3]"});
 }
 
 TEST(RouterBadInputs, Bwd) {
