@@ -14,8 +14,6 @@ const double kDescaleFloor = static_cast<double>(1e-6f);
 // CUDA divides a tensor by a Python scalar as x * (1 / scalar) with the reciprocal in opmath.
 const double kInvFp8MaxF32 = static_cast<double>(1.0f / static_cast<float>(numeric::kFp8E4m3Max));
 const double kInvFp8MaxF64 = 1.0 / numeric::kFp8E4m3Max;
-// Midpoint between 448 and the next (NaN) code: torch's round-to-nearest-even carries into NaN above it.
-constexpr double kFp8E4m3NanThreshold = 464.0;
 
 double round_f32(double v) { return static_cast<double>(static_cast<float>(v)); }
 
@@ -93,9 +91,7 @@ int64_t shape_numel(const std::vector<int64_t>& shape) {
 }  // namespace
 
 double torch_cast_to_fp8_e4m3(double value) {
-  const double v = round_f32(value);
-  if (std::isnan(v) || std::fabs(v) > kFp8E4m3NanThreshold) return std::numeric_limits<double>::quiet_NaN();
-  return numeric::round_to_fp8_e4m3(v);
+  return numeric::round_to_fp8_e4m3(round_f32(value));
 }
 
 std::vector<int64_t> hstu_fp8_block_offsets(const std::vector<int64_t>& seq_offsets, int64_t block_size) {

@@ -33,8 +33,8 @@ HstuFp8Quantized hstu_fp8_quantize(const std::vector<double>& x, DType x_dtype, 
 std::vector<double> hstu_fp8_dequantize(const std::vector<double>& x_fp8, const std::vector<double>& descale,
                                         const HstuFp8Layout& layout, const HstuFp8Params& params);
 
-// torch's `.to(torch.float8_e4m3fn)` of a value of any dtype: through f32, round to nearest
-// even, NaN above 464 (the midpoint between 448 and the NaN code; fn has no inf).
+// torch's `.to(torch.float8_e4m3fn)` of a value of any dtype: through f32, then the e4m3fn
+// cast of numeric.h (round to nearest even, NaN above 464).
 double torch_cast_to_fp8_e4m3(double value);
 
 }  // namespace seqmix::cpu
