@@ -205,7 +205,7 @@ TEST(KdaForward, ChunkAndRecurrentMatchBruteForceOverShapes) {
   constexpr double kTol = 1e-11;
   uint64_t seed = 100;
   for (int64_t T : {1, 5, 63, 64, 65, 130}) {
-    for (auto [K, V] : {std::pair<int64_t, int64_t>{16, 16}, {16, 32}, {32, 16}}) {
+    for (auto [K, V] : {std::pair<int64_t, int64_t>{16, 16}, {16, 32}, {32, 16}, {32, 32}}) {
       Case c;
       c.B = 2;
       c.T = T;
@@ -282,6 +282,39 @@ TEST(KdaForward, LowPrecisionInputsRoundOutputs) {
     const HostTensor ref = run_fwd(Form::chunk, wide).o.to(dtype);
     EXPECT_EQ(testing::max_abs_diff(got.o, ref), 0.0) << dtype_name(dtype);
   }
+}
+
+TEST(KdaForward, Float32StatesRoundOnStore) {
+  // initial_state / final_state / dht / dh0 in f32: loaded exactly, rounded once on store.
+  Case c;
+  c.T = 19;
+  c.HV = 2;
+  c.H = 2;
+  c.initial_state = true;
+  c.final_state = true;
+  Inputs in = make_inputs(c, 404);
+  in.h0 = in.h0.to(DType::f32);
+  Inputs wide = in;
+  wide.h0 = in.h0.to(DType::f64);
+  const Outputs ref = run_fwd(Form::chunk, wide);
+  HostTensor o(DType::f64, {c.B, c.T, c.HV, c.V}), ht(DType::f32, c.state_sizes());
+  const TensorView h0 = in.h0.view(), ht_v = ht.view();
+  chunk_kda_fwd(in.q.view(), in.k.view(), in.v.view(), in.g.view(), in.beta.view(), nullptr, nullptr, &h0, nullptr,
+                c.params(), o.view(), &ht_v);
+  EXPECT_EQ(testing::max_abs_diff(o, ref.o), 0.0);
+  EXPECT_EQ(testing::max_abs_diff(ht, ref.ht.to(DType::f32)), 0.0);
+  const HostTensor d_o = testing::randn({c.B, c.T, c.HV, c.V}, 405);
+  const HostTensor dht = testing::randn(c.state_sizes(), 406, 1.0, DType::f32);
+  const HostTensor dht_wide = dht.to(DType::f64);
+  const Grads g_ref = run_bwd(wide, d_o, &dht_wide);
+  HostTensor dq(DType::f64, in.q.sizes()), dk(DType::f64, in.k.sizes()), dv(DType::f64, in.v.sizes()),
+      dg(DType::f64, in.g.sizes()), db(DType::f64, in.beta.sizes()), dh0(DType::f32, c.state_sizes());
+  const TensorView dht_v = dht.view(), dh0_v = dh0.view();
+  chunk_kda_bwd(in.q.view(), in.k.view(), in.v.view(), in.g.view(), in.beta.view(), nullptr, nullptr, &h0, nullptr,
+                c.params(), d_o.view(), &dht_v, dq.view(), dk.view(), dv.view(), dg.view(), db.view(), &dh0_v, nullptr,
+                nullptr);
+  EXPECT_EQ(testing::max_abs_diff(dq, g_ref.dq), 0.0);
+  EXPECT_EQ(testing::max_abs_diff(dh0, g_ref.dh0.to(DType::f32)), 0.0);
 }
 
 TEST(KdaForward, StridedInputsMatchContiguous) {

@@ -92,9 +92,10 @@ def load_fla(peers):
                                       autocast_custom_bwd=lambda f: f)
     if "einops" in stubs:
         stubs["einops"].rearrange = _rearrange_fallback
-    added_compiler = not hasattr(torch, "compiler")  # torch < 2.1 has no torch.compiler.disable
-    if added_compiler:
-        torch.compiler = types.SimpleNamespace(disable=lambda f: f)
+    # gate.py decorates an unused function with torch.compiler.disable: keep torch._dynamo (and its
+    # triton probing) out of the stubbed import; torch < 2.1 has no torch.compiler at all.
+    saved_compiler = getattr(torch, "compiler", None)
+    torch.compiler = types.SimpleNamespace(disable=lambda f: f)
     sys.modules.update(stubs)
     try:
         naive = _load(os.path.join(kda_dir, "naive.py"), "fla_kda_naive")
@@ -105,8 +106,10 @@ def load_fla(peers):
                 sys.modules.pop(n, None)
             else:
                 sys.modules[n] = m
-        if added_compiler:
+        if saved_compiler is None:
             del torch.compiler
+        else:
+            torch.compiler = saved_compiler
     # naive.py looks `torch` up at call time: give it one whose `float` is float64.
     naive.torch = _TorchWithFloat64()
     return naive, gate

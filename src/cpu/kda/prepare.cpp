@@ -1,5 +1,6 @@
 // In-kernel input transforms of KDA (FLA's l2norm_fwd, kda gate, beta sigmoid) and the state
 // layout conversion shared by the forward and backward references.
+#include <algorithm>
 #include <cmath>
 
 #include "common/access.h"
