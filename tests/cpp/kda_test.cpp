@@ -532,8 +532,8 @@ TEST(KdaBackward, MatchesFiniteDifferencesInEveryOptionCombination) {
       }
 }
 
-TEST(KdaBackward, GradientsWithoutFinalStateAndDhtAbsent) {
-  // output_final_state but no dht: the final state contributes nothing.
+TEST(KdaBackward, AbsentDhtEqualsZeroDht) {
+  // output_final_state without dht: the final state contributes nothing.
   Case c;
   c.T = 20;
   c.final_state = true;
@@ -544,6 +544,27 @@ TEST(KdaBackward, GradientsWithoutFinalStateAndDhtAbsent) {
   const Grads a = run_bwd(in, d_o, nullptr), b = run_bwd(in, d_o, &zero);
   EXPECT_EQ(testing::max_abs_diff(a.dq, b.dq), 0.0);
   EXPECT_EQ(testing::max_abs_diff(a.dh0, b.dh0), 0.0);
+}
+
+TEST(KdaBackward, CheckpointIntervalDoesNotChangeGradients) {
+  // chunk_size only sets where the state is checkpointed: 32 and 64 recompute the same states.
+  Case c;
+  c.T = 150;
+  c.H = 1;
+  c.HV = 2;
+  c.initial_state = true;
+  c.final_state = true;
+  c.gate = GateMode::softplus;
+  Inputs in32 = make_inputs(c, 61);
+  in32.c.chunk_size = 32;
+  const HostTensor d_o = testing::randn({1, c.T, c.HV, c.V}, 62);
+  const HostTensor dht = testing::randn(c.state_sizes(), 63);
+  const Grads a = run_bwd(in32, d_o, &dht), b = run_bwd(make_inputs(c, 61), d_o, &dht);
+  EXPECT_EQ(testing::max_abs_diff(a.dq, b.dq), 0.0);
+  EXPECT_EQ(testing::max_abs_diff(a.dk, b.dk), 0.0);
+  EXPECT_EQ(testing::max_abs_diff(a.dg, b.dg), 0.0);
+  EXPECT_EQ(testing::max_abs_diff(a.dh0, b.dh0), 0.0);
+  EXPECT_EQ(testing::max_abs_diff(a.dA_log, b.dA_log), 0.0);
 }
 
 // ---------------------------------------------------------------------------------------------
