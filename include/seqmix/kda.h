@@ -58,7 +58,8 @@ void chunk_kda_fwd(const TensorView& q, const TensorView& k, const TensorView& v
                    const TensorView* initial_state, const TensorView* cu_seqlens, const KdaParams& params,
                    const TensorView& o, const TensorView* final_state);
 
-// Gradients of chunk_kda_fwd given do (and dht for the final state when output_final_state).
+// Gradients of chunk_kda_fwd given do_ (FLA's `do`, a C++ keyword) and, when output_final_state,
+// optionally dht (absent = zero).
 // Reverse sweep of the recurrence from state checkpoints every chunk_size tokens (memory
 // O(T / chunk_size * HV * K * V)). dg, dbeta are with respect to the raw inputs (through the
 // fused gate / sigmoid); dq, dk through the L2 norm. dh0 is written when given (needs
