@@ -96,7 +96,7 @@ inline std::vector<double> indexer_scores_ref(const std::vector<double>& q, cons
       for (int64_t h = 0; h < H; ++h) {
         double dot = 0.0;
         for (int64_t d = 0; d < D; ++d) dot += q[static_cast<size_t>((t * H + h) * D + d)] * k[static_cast<size_t>(j * D + d)];
-        s[static_cast<size_t>(t * nc + j)] += std::max(dot, 0.0) * softmax_scale * w[static_cast<size_t>(t * H + h)] * weights_scaling;
+        s[static_cast<size_t>(t * nc + j)] += std::max(dot, 0.0) * softmax_scale * (w[static_cast<size_t>(t * H + h)] * weights_scaling);
       }
     }
   }
