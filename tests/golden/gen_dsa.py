@@ -200,7 +200,7 @@ def make_config(config_cls, real, layer_type, **over):
               compress_rope_theta=ROPE_COMPRESS_THETA,
               compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": 128},
               sliding_window=5, o_groups=2, o_lora_rank=8, index_n_heads=8, index_head_dim=8, index_topk=3,
-              rms_norm_eps=1e-6, max_position_embeddings=4096, layer_types=[layer_type],
+              rms_norm_eps=1e-6, max_position_embeddings=1024, layer_types=[layer_type],
               rope_parameters={
                   "main": {"rope_type": "default", "rope_theta": ROPE_MAIN_THETA, "partial_rotary_factor": 0.5},
                   "compress": {"rope_type": "yarn", "rope_theta": ROPE_COMPRESS_THETA, "partial_rotary_factor": 0.5,
@@ -248,6 +248,15 @@ class Recorder:
             self.rotary.setdefault(name, []).append((position_ids.clone(), cos.detach().clone(), sin.detach().clone()))
             return cos, sin
         module.forward = fwd
+
+
+def grads(output, inputs, grad_output):
+    """torch.autograd.grad, with zeros where nothing flows (e.g. no complete window: HF returns new_zeros)."""
+    live = [x for x in inputs if x.requires_grad]
+    if not output.requires_grad or not live:
+        return [torch.zeros_like(x) for x in inputs]
+    got = dict(zip(map(id, live), torch.autograd.grad(output, live, grad_output, retain_graph=True, allow_unused=True)))
+    return [torch.zeros_like(x) if got.get(id(x)) is None else got[id(x)] for x in inputs]
 
 
 def table_from_calls(base_cos, base_sin, calls):
@@ -355,12 +364,11 @@ def layer_case(modeling, config_cls, real, name, layer_type, B, S, seed, out_dir
         ccos, csin = embeds["compress"]
         tcos, tsin = table_from_calls(ccos[0], csin[0], rec.rotary.get("compressor", []))
         g_c = torch.randn(compressed.shape, generator=gen, dtype=torch.float64)
-        grads = torch.autograd.grad(compressed, [kv_out, gate_out, comp.position_bias, comp.kv_norm.weight], g_c,
-                                    retain_graph=True)
+        cgrads = grads(compressed, [kv_out, gate_out, comp.position_bias, comp.kv_norm.weight], g_c)
         case.update(compress_ratio=ratio, comp_kv=kv_out, comp_gate=gate_out, comp_position_bias=comp.position_bias,
                     comp_norm_weight=comp.kv_norm.weight, comp_cos=tcos, comp_sin=tsin, comp_out=compressed,
-                    comp_dout=g_c, comp_dkv=grads[0], comp_dgate=grads[1], comp_dposition_bias=grads[2],
-                    comp_dnorm_weight=grads[3], rms_norm_eps=config.rms_norm_eps)
+                    comp_dout=g_c, comp_dkv=cgrads[0], comp_dgate=cgrads[1], comp_dposition_bias=cgrads[2],
+                    comp_dnorm_weight=cgrads[3], rms_norm_eps=config.rms_norm_eps)
     if layer_type == "compressed_sparse_attention":
         idx = comp.indexer
         ikv, igate = rec.io["indexer.kv_proj"][1], rec.io["indexer.gate_proj"][1]
@@ -368,19 +376,18 @@ def layer_case(modeling, config_cls, real, name, layer_type, B, S, seed, out_dir
         weights = rec.io["weights_proj"][1]
         topk = rec.io["indexer"][1]
         q_pre = rec.io["indexer.q_b_proj"][1].view(B, S, idx.num_heads, idx.head_dim)
-        calls = rec.rotary["indexer"]  # HF calls it for the compressed keys first, then for the queries
-        assert len(calls) == 2, len(calls)
-        key_calls, q_calls = calls[:1], calls[1:]
+        # HF calls it for the compressed keys (only when a window is complete), then for the queries.
+        calls = rec.rotary["indexer"]
+        key_calls, q_calls = calls[:-1], calls[-1:]
         kcos, ksin = table_from_calls(ccos[0], csin[0], key_calls)
         qcos, qsin = table_from_calls(ccos[0], csin[0], q_calls)
         g_keys = torch.randn(keys.shape, generator=gen, dtype=torch.float64)
-        igrads = torch.autograd.grad(keys, [ikv, igate, idx.position_bias, idx.kv_norm.weight], g_keys,
-                                     retain_graph=True)
+        igrads = grads(keys, [ikv, igate, idx.position_bias, idx.kv_norm.weight], g_keys)
         # Indexer score backward on HF's selected (valid) entries.
         dsel = torch.randn(topk.shape, generator=gen, dtype=torch.float64) * (topk >= 0)
         dense = torch.zeros(scores.shape, dtype=torch.float64)
         dense.scatter_add_(-1, topk.clamp(min=0), dsel)
-        sgrads = torch.autograd.grad(scores, [q_scored, keys, weights], dense, retain_graph=True)
+        sgrads = grads(scores, [q_scored, keys, weights], dense)
         case.update(idx_kv=ikv, idx_gate=igate, idx_position_bias=idx.position_bias, idx_norm_weight=idx.kv_norm.weight,
                     idx_key_cos=kcos, idx_key_sin=ksin, idx_keys=keys, idx_dkeys=g_keys, idx_dkv=igrads[0],
                     idx_dgate=igrads[1], idx_dposition_bias=igrads[2], idx_dnorm_weight=igrads[3],
@@ -437,6 +444,10 @@ def main():
     layer_case(modeling, config_cls, real, "layer_csa_b2_s23", "compressed_sparse_attention", 2, 23, 11, args.out)
     layer_case(modeling, config_cls, real, "layer_csa_s41_topk5", "compressed_sparse_attention", 1, 41, 12, args.out,
                index_topk=5, sliding_window=7, index_n_heads=4)
+    layer_case(modeling, config_cls, real, "layer_csa_s19_topk8", "compressed_sparse_attention", 1, 19, 15, args.out,
+               index_topk=8)  # index_topk > T_c: HF narrows to T_c, we pad with -1
+    layer_case(modeling, config_cls, real, "layer_csa_s3_no_windows", "compressed_sparse_attention", 1, 3, 16,
+               args.out)
     layer_case(modeling, config_cls, real, "layer_hca_b2_s37_m8", "heavily_compressed_attention", 2, 37, 13, args.out,
                compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": 8})
     layer_case(modeling, config_cls, real, "layer_hca_s260_m128", "heavily_compressed_attention", 1, 260, 14,
