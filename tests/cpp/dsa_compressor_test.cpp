@@ -223,6 +223,12 @@ TEST(DsaCompressor, BadInputs) {
   cuda_gate.device = Device::cuda(0);
   expect_error([&] { run(ok, p.kv.view(), cuda_gate, p.bias.view(), p.weight.view(), p.cos.view(), &cu, out.view()); },
                {"gate", "cuda:0", "cpu"});
+  HostTensor cu_c(DType::i64, {3});
+  expect_error([&] { dsa_compressed_cu_seqlens(p.cu.view(), 4, cu_c.view()); }, {"cu_compressed", "[2]", "[3]"});
+  expect_error([&] { dsa_compressed_cu_seqlens(p.cu.view(), 0, HostTensor(DType::i64, {2}).view()); },
+               {"compress_ratio", "> 0"});
+  expect_error([&] { dsa_compressed_cu_seqlens(p.cu.view(), 4, HostTensor(DType::f64, {2}).view()); },
+               {"cu_compressed", "int32/int64", "float64"});
   HostTensor d1(DType::f64, {9, 16}), d3(DType::f64, {4, 16}), d4(DType::f32, {8});
   expect_error([&] {
     dsa_compressor_bwd(ok, p.kv.view(), p.gate.view(), p.bias.view(), p.weight.view(), p.cos.view(), p.cos.view(), &cu,

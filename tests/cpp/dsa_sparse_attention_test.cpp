@@ -4,7 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <set>
+#include <string>
 
 #include "dsa_test_util.h"
 #include "seqmix/dsa.h"
@@ -223,6 +225,43 @@ TEST(DsaSparseAttention, BadInputs) {
   const HostTensor bad_cu = testing::int_tensor({0, 4, 9});
   const TensorView bcu = bad_cu.view();
   expect_error([&] { dsa_sparse_indices({.sliding_window = 2}, &bcu, nullptr, lists.view()); }, {"cu_seqlens", "10", "9"});
+}
+
+}  // namespace
+}  // namespace seqmix
+
+namespace seqmix {
+namespace {
+
+// Gradients reduce in a fixed order (inverted index in query order), so they are bitwise equal
+// whatever the thread count.
+TEST(DsaSparseAttention, BackwardIndependentOfThreadCount) {
+  const int64_t T = 13, H = 4, Hkv = 2, D = 8, N = 10, W = 7;
+  const HostTensor q = testing::randn({T, H, D}, 1), kv = testing::randn({N, Hkv, D}, 2), sinks = testing::randn({H}, 3);
+  const HostTensor g = testing::randn({T, H, D}, 4);
+  std::vector<int64_t> lists;
+  for (int64_t i = 0; i < T * Hkv * W; ++i) lists.push_back((i * 7) % (N + 1) - 1);
+  const HostTensor idx = testing::int_tensor(lists, {T, Hkv, W});
+  const TensorView sv = sinks.view();
+  HostTensor result[2][3];
+  const char* threads[2] = {"1", "5"};
+  const char* saved = std::getenv("SEQMIX_NUM_THREADS");
+  const std::string previous = saved ? saved : "";
+  for (int run = 0; run < 2; ++run) {
+    setenv("SEQMIX_NUM_THREADS", threads[run], 1);
+    result[run][0] = HostTensor(DType::f64, {T, H, D});
+    result[run][1] = HostTensor(DType::f64, {N, Hkv, D});
+    result[run][2] = HostTensor(DType::f64, {H});
+    const TensorView dsv = result[run][2].view();
+    dsa_sparse_attention_bwd({}, q.view(), kv.view(), idx.view(), &sv, g.view(), result[run][0].view(),
+                             result[run][1].view(), &dsv);
+  }
+  if (saved) {
+    setenv("SEQMIX_NUM_THREADS", previous.c_str(), 1);
+  } else {
+    unsetenv("SEQMIX_NUM_THREADS");
+  }
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(testing::max_abs_diff(result[0][i], result[1][i]), 0.0) << i;
 }
 
 }  // namespace

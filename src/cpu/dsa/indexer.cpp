@@ -14,6 +14,7 @@
 
 #include "common/access.h"
 #include "common/parallel.h"
+#include "cpu/dsa/dot.h"
 
 namespace seqmix::cpu {
 namespace {
@@ -34,12 +35,6 @@ std::vector<int64_t> sequence_of_token(const std::vector<int64_t>& cu) {
     for (int64_t t = cu[b]; t < cu[b + 1]; ++t) seq[static_cast<size_t>(t)] = static_cast<int64_t>(b);
   }
   return seq;
-}
-
-double dot(const double* a, const double* b, int64_t n) {
-  double acc = 0.0;
-  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
-  return acc;
 }
 
 }  // namespace
@@ -66,7 +61,7 @@ void dsa_indexer_fwd(int64_t compress_ratio, double softmax_scale, double weight
         const double* key = kv.data() + (base + j) * D;
         double score = 0.0;
         for (int64_t h = 0; h < H; ++h) {
-          const double logit = dot(qv.data() + (t * H + h) * D, key, D);
+          const double logit = dsa_dot(qv.data() + (t * H + h) * D, key, D);
           score += std::max(logit, 0.0) * softmax_scale * (wv[static_cast<size_t>(t * H + h)] * weights_scaling);
         }
         const Candidate cand{score, j};
@@ -112,7 +107,7 @@ void dsa_indexer_bwd(double softmax_scale, double weights_scaling, const TensorV
         const double* key = kv.data() + (base + j) * D;
         for (int64_t h = 0; h < H; ++h) {
           const double* qh = qv.data() + (t * H + h) * D;
-          const double logit = dot(qh, key, D);
+          const double logit = dsa_dot(qh, key, D);
           g_w[static_cast<size_t>(t * H + h)] += g * scale * std::max(logit, 0.0);
           if (logit > 0.0) {
             const double coeff = g * scale * wv[static_cast<size_t>(t * H + h)];
@@ -135,7 +130,7 @@ void dsa_indexer_bwd(double softmax_scale, double weights_scaling, const TensorV
           double* gk = g_k.data() + (base + j) * D;
           for (int64_t h = 0; h < H; ++h) {
             const double* qh = qv.data() + (t * H + h) * D;
-            if (dot(qh, key, D) <= 0.0) continue;
+            if (dsa_dot(qh, key, D) <= 0.0) continue;
             const double coeff = g * scale * wv[static_cast<size_t>(t * H + h)];
             for (int64_t d = 0; d < D; ++d) gk[d] += coeff * qh[d];
           }

@@ -16,15 +16,10 @@
 
 #include "common/access.h"
 #include "common/parallel.h"
+#include "cpu/dsa/dot.h"
 
 namespace seqmix::cpu {
 namespace {
-
-double dot(const double* a, const double* b, int64_t n) {
-  double acc = 0.0;
-  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
-  return acc;
-}
 
 struct Problem {
   std::vector<double> q, kv, sinks;
@@ -50,7 +45,7 @@ double row_softmax(const Problem& pb, int64_t t, int64_t h, std::vector<double>&
   l.assign(static_cast<size_t>(pb.W), -std::numeric_limits<double>::infinity());
   for (int64_t w = 0; w < pb.W; ++w) {
     if (list[w] < 0) continue;
-    l[static_cast<size_t>(w)] = pb.scale * dot(qh, pb.key(list[w], h), pb.D);
+    l[static_cast<size_t>(w)] = pb.scale * dsa_dot(qh, pb.key(list[w], h), pb.D);
     mx = std::max(mx, l[static_cast<size_t>(w)]);
   }
   if (mx == -std::numeric_limits<double>::infinity()) return mx;  // empty list, no sink
@@ -103,7 +98,7 @@ void dsa_sparse_attention_bwd(double softmax_scale, const TensorView& q, const T
   forward_rows(pb, o, lse);
   const int64_t rows = pb.T * pb.H, D = pb.D;
   std::vector<double> delta(static_cast<size_t>(rows));
-  for (int64_t r = 0; r < rows; ++r) delta[static_cast<size_t>(r)] = dot(g_out.data() + r * D, o.data() + r * D, D);
+  for (int64_t r = 0; r < rows; ++r) delta[static_cast<size_t>(r)] = dsa_dot(g_out.data() + r * D, o.data() + r * D, D);
 
   // dq per (t, h).
   std::vector<double> g_q(pb.q.size(), 0.0);
@@ -118,8 +113,8 @@ void dsa_sparse_attention_bwd(double softmax_scale, const TensorView& q, const T
       for (int64_t w = 0; w < pb.W; ++w) {
         if (list[w] < 0) continue;
         const double* v = pb.key(list[w], h);
-        const double pw = std::exp(pb.scale * dot(qh, v, D) - lse[static_cast<size_t>(r)]);
-        const double coeff = pb.scale * pw * (dot(go, v, D) - delta[static_cast<size_t>(r)]);
+        const double pw = std::exp(pb.scale * dsa_dot(qh, v, D) - lse[static_cast<size_t>(r)]);
+        const double coeff = pb.scale * pw * (dsa_dot(go, v, D) - delta[static_cast<size_t>(r)]);
         for (int64_t d = 0; d < D; ++d) gq[d] += coeff * v[d];
       }
     }
@@ -161,8 +156,8 @@ void dsa_sparse_attention_bwd(double softmax_scale, const TensorView& q, const T
           const int64_t r = t * pb.H + h;
           const double* qh = pb.q.data() + r * D;
           const double* go = g_out.data() + r * D;
-          const double pw = std::exp(pb.scale * dot(qh, v, D) - lse[static_cast<size_t>(r)]);
-          const double coeff = pb.scale * pw * (dot(go, v, D) - delta[static_cast<size_t>(r)]);
+          const double pw = std::exp(pb.scale * dsa_dot(qh, v, D) - lse[static_cast<size_t>(r)]);
+          const double coeff = pb.scale * pw * (dsa_dot(go, v, D) - delta[static_cast<size_t>(r)]);
           for (int64_t d = 0; d < D; ++d) gv[d] += pw * go[d] + coeff * qh[d];
         }
       }
