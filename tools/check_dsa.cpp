@@ -95,8 +95,7 @@ void compressor_rows(std::vector<CheckRow>& rows) {
     params.compress_ratio = m;
     params.overlap = overlap;
     HostTensor out(DType::f64, {Tc, D});
-    CheckRow fwd = row_of(overlap ? "dsa_compressor_fwd csa m=4 (brute)"
-                                  : "dsa_compressor_fwd hca m=8 (brute)", 1e-12);
+    CheckRow fwd = row_of(overlap ? "dsa_compressor_fwd csa m=4 (brute)" : "dsa_compressor_fwd hca m=8 (brute)", 1e-12);
     fwd.ms = time_ms([&] {
       dsa_compressor_fwd(params, kv.view(), gate.view(), bias.view(), weight.view(), cos.view(), sin.view(), &cuv,
                          out.view());
@@ -136,16 +135,18 @@ void indexer_rows(std::vector<CheckRow>& rows) {
   HostTensor q = filled({T, H, D}, 12), k = filled({Tc, D}, 13), w = filled({T, H}, 14);
   HostTensor idx(DType::i64, {T, K}), scores(DType::f64, {T, K});
   const TensorView sv = scores.view();
-  CheckRow fwd = row_of("dsa_indexer_fwd top-k (brute)",
-                        1e-12);
+  CheckRow fwd = row_of("dsa_indexer_fwd top-k (brute)", 1e-12);
   fwd.ms = time_ms([&] { dsa_indexer_fwd({}, q.view(), k.view(), w.view(), nullptr, idx.view(), &sv); });
   const double ss = 1.0 / std::sqrt(static_cast<double>(D)), ws = 1.0 / std::sqrt(static_cast<double>(H));
-  const std::vector<double> dense = dsa_test::indexer_scores_ref(q.to_f64(), k.to_f64(), w.to_f64(), T, Tc, H, D, ss, ws);
+  const std::vector<double> dense =
+      dsa_test::indexer_scores_ref(q.to_f64(), k.to_f64(), w.to_f64(), T, Tc, H, D, ss, ws);
   const std::vector<int64_t> ref = dsa_test::topk_ref(dense, T, Tc, m, K);
   for (int64_t i = 0; i < T * K; ++i) {
     const int64_t j = static_cast<int64_t>(idx.get(i));
     if (j != ref[static_cast<size_t>(i)]) fwd.max_abs_err += 1.0;
-    if (j >= 0) fwd.max_abs_err = std::max(fwd.max_abs_err, std::fabs(scores.get(i) - dense[static_cast<size_t>(i / K * Tc + j)]));
+    if (j >= 0)
+      fwd.max_abs_err =
+          std::max(fwd.max_abs_err, std::fabs(scores.get(i) - dense[static_cast<size_t>(i / K * Tc + j)]));
   }
   fwd.max_rel_err = fwd.max_abs_err;
   rows.push_back(fwd);
@@ -183,9 +184,10 @@ void attention_rows(std::vector<CheckRow>& rows) {
   HostTensor out(DType::f64, {T, H, D});
   CheckRow fwd = row_of("dsa_sparse_attention_fwd (brute)", 1e-12);
   fwd.ms = time_ms([&] { dsa_sparse_attention_fwd({}, q.view(), kv.view(), idx.view(), &sv, out.view()); });
-  compare(out, dsa_test::make(dsa_test::sparse_attention_ref(q.to_f64(), kv.to_f64(), lists, sinks.to_f64(), T, H, Hkv,
-                                                             D, N, W, 1.0 / std::sqrt(static_cast<double>(D))),
-                              {T, H, D}),
+  compare(out,
+          dsa_test::make(dsa_test::sparse_attention_ref(q.to_f64(), kv.to_f64(), lists, sinks.to_f64(), T, H, Hkv, D, N,
+                                                        W, 1.0 / std::sqrt(static_cast<double>(D))),
+                         {T, H, D}),
           fwd);
   rows.push_back(fwd);
   const HostTensor g = filled({T, H, D}, 20);
@@ -210,9 +212,8 @@ void attention_rows(std::vector<CheckRow>& rows) {
   const TensorView cuv = cu_t.view();
   HostTensor out_lists(DType::i64, {Tt, width});
   CheckRow lrow = row_of("dsa_sparse_indices hca (brute)", 0.0);
-  lrow.ms = time_ms([&] {
-    dsa_sparse_indices({.sliding_window = window, .compress_ratio = m}, &cuv, nullptr, out_lists.view());
-  });
+  lrow.ms = time_ms(
+      [&] { dsa_sparse_indices({.sliding_window = window, .compress_ratio = m}, &cuv, nullptr, out_lists.view()); });
   for (size_t b = 0; b + 1 < cu.size(); ++b) {
     int64_t base = Tt;
     for (size_t i = 0; i < b; ++i) base += (cu[i + 1] - cu[i]) / m;

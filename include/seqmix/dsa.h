@@ -22,8 +22,8 @@ namespace seqmix {
 // that un-rotates the attention output) negates sin; it is also the backward of the forward.
 
 struct DsaRopeTableParams {
-  int64_t rope_dim = 64;         // rotated channels (qk_rope_head_dim); even
-  double rope_theta = 10000.0;   // base: rope_theta ("main") or compress_rope_theta ("compress")
+  int64_t rope_dim = 64;        // rotated channels (qk_rope_head_dim); even
+  double rope_theta = 10000.0;  // base: rope_theta ("main") or compress_rope_theta ("compress")
   // YaRN (HF rope_type "yarn", `_compute_yarn_parameters`): blends 1/(factor * theta^(2i/d)) and
   // 1/theta^(2i/d) with a linear ramp between the correction dims of beta_fast and beta_slow.
   bool yarn = false;
@@ -31,8 +31,8 @@ struct DsaRopeTableParams {
   double original_max_position_embeddings = 65536.0;
   double beta_fast = 32.0;
   double beta_slow = 1.0;
-  bool truncate = true;           // floor/ceil the correction range, HF's default
-  double attention_scaling = 1.0; // multiplies cos and sin (V4 forces 1.0 for its YaRN rope)
+  bool truncate = true;            // floor/ceil the correction range, HF's default
+  double attention_scaling = 1.0;  // multiplies cos and sin (V4 forces 1.0 for its YaRN rope)
 };
 
 // cos/sin tables [P, rope_dim / 2] for position_ids [P] (int32/int64). Computed as HF does:
@@ -96,9 +96,9 @@ void dsa_compressed_cu_seqlens(const TensorView& cu_seqlens, int64_t compress_ra
 // (torch.topk on the CPU leaves the order of equal scores to std::partial_sort/nth_element,
 // so HF may pick another entry among exactly equal scores).
 struct DsaIndexerParams {
-  int64_t compress_ratio = 4;                 // m of the compressed keys
-  std::optional<double> softmax_scale;        // default index_head_dim^-0.5
-  std::optional<double> weights_scaling;      // default index_n_heads^-0.5
+  int64_t compress_ratio = 4;             // m of the compressed keys
+  std::optional<double> softmax_scale;    // default index_head_dim^-0.5
+  std::optional<double> weights_scaling;  // default index_n_heads^-0.5
 };
 
 // q [T, H, D] (after RoPE), k [T_c, D] compressed keys (rows per dsa_compressed_cu_seqlens),
@@ -111,8 +111,7 @@ void dsa_indexer_fwd(const DsaIndexerParams& params, const TensorView& q, const 
 // relu'(0) = 0 as torch.
 void dsa_indexer_bwd(const DsaIndexerParams& params, const TensorView& q, const TensorView& k,
                      const TensorView& weights, const TensorView* cu_seqlens, const TensorView& indices,
-                     const TensorView& dscores, const TensorView& dq, const TensorView& dk,
-                     const TensorView& dweights);
+                     const TensorView& dscores, const TensorView& dq, const TensorView& dk, const TensorView& dweights);
 
 // ---------------------------------------------------------------------------------------
 // Sparse attention with a sink (HF eager_attention_forward with K = V = kv):
@@ -141,7 +140,7 @@ struct DsaIndexListParams {
   int64_t sliding_window = 128;
   int64_t compress_ratio = 0;
 };
-void dsa_sparse_indices(const DsaIndexListParams& params, const TensorView* cu_seqlens,
-                        const TensorView* topk_indices, const TensorView& indices);
+void dsa_sparse_indices(const DsaIndexListParams& params, const TensorView* cu_seqlens, const TensorView* topk_indices,
+                        const TensorView& indices);
 
 }  // namespace seqmix

@@ -75,11 +75,11 @@ void check_rope_apply(const char* op, const TensorView& x, const char* x_name, c
   if (position_ids) {
     validate::expect(*position_ids, "position_ids").shape({x.size(0)}, "[T]").integer().non_null();
   } else {
-    SEQMIX_CHECK(cos.size(0) >= x.size(0), "cos: without position_ids token t reads row t, so cos needs >= ",
-                 x.size(0), " rows, got ", cos.size(0));
+    SEQMIX_CHECK(cos.size(0) >= x.size(0), "cos: without position_ids token t reads row t, so cos needs >= ", x.size(0),
+                 " rows, got ", cos.size(0));
   }
-  const Device device = common_device({{&x, x_name}, {&cos, "cos"}, {&sin, "sin"}, {position_ids, "position_ids"},
-                                       {&out, out_name}});
+  const Device device =
+      common_device({{&x, x_name}, {&cos, "cos"}, {&sin, "sin"}, {position_ids, "position_ids"}, {&out, out_name}});
   if (device.type == DeviceType::cuda) dispatch::cuda_not_implemented(op);
 }
 
@@ -93,7 +93,7 @@ std::vector<int64_t> rope_positions(const TensorView* position_ids, const Tensor
 // ----- compressor --------------------------------------------------------------------------
 
 struct CompressorLayout {
-  std::vector<int64_t> cu;          // token offsets of the sequences
+  std::vector<int64_t> cu;  // token offsets of the sequences
   std::vector<int64_t> out_shape;
 };
 
@@ -114,13 +114,18 @@ CompressorLayout check_compressor(const char* op, const DsaCompressorParams& p, 
     validate::expect(kv, "kv").shape({kAnySize, width}, layout).floating().non_null();
   }
   validate::expect(gate, "gate").shape(kv.shape(), layout).same_dtype(kv, "kv").non_null();
-  validate::expect(position_bias, "position_bias").shape({p.compress_ratio, width}, "[compress_ratio, C*D]")
-      .floating().non_null();
+  validate::expect(position_bias, "position_bias")
+      .shape({p.compress_ratio, width}, "[compress_ratio, C*D]")
+      .floating()
+      .non_null();
   check_rope_tables(cos, sin);
-  SEQMIX_CHECK(2 * cos.size(1) <= D, "cos: rope_dim = 2 * cos.size(1) = ", 2 * cos.size(1),
-               " must be <= head_dim ", D);
-  const Device device = common_device({{&kv, "kv"}, {&gate, "gate"}, {&position_bias, "position_bias"},
-                                       {&norm_weight, "norm_weight"}, {&cos, "cos"}, {&sin, "sin"}});
+  SEQMIX_CHECK(2 * cos.size(1) <= D, "cos: rope_dim = 2 * cos.size(1) = ", 2 * cos.size(1), " must be <= head_dim ", D);
+  const Device device = common_device({{&kv, "kv"},
+                                       {&gate, "gate"},
+                                       {&position_bias, "position_bias"},
+                                       {&norm_weight, "norm_weight"},
+                                       {&cos, "cos"},
+                                       {&sin, "sin"}});
   for (const Named& t : extra) validate::expect(*t.first, t.second).device(device);
   if (device.type == DeviceType::cuda) dispatch::cuda_not_implemented(op);
 
@@ -200,8 +205,7 @@ double check_sparse_attention(const char* op, const DsaSparseAttentionParams& p,
 
 void dsa_rope_cos_sin(const DsaRopeTableParams& params, const TensorView& position_ids, const TensorView& cos,
                       const TensorView& sin) {
-  SEQMIX_CHECK(params.rope_dim > 0 && params.rope_dim % 2 == 0, "rope_dim must be even and > 0, got ",
-               params.rope_dim);
+  SEQMIX_CHECK(params.rope_dim > 0 && params.rope_dim % 2 == 0, "rope_dim must be even and > 0, got ", params.rope_dim);
   validate::positive(params.rope_theta, "rope_theta");
   SEQMIX_CHECK(std::isfinite(params.attention_scaling), "attention_scaling must be finite, got ",
                params.attention_scaling);
@@ -248,15 +252,22 @@ void dsa_compressor_bwd(const DsaCompressorParams& params, const TensorView& kv,
                         const TensorView& dnorm_weight) {
   const CompressorLayout layout =
       check_compressor("dsa_compressor_bwd", params, kv, gate, position_bias, norm_weight, cos, sin, cu_seqlens,
-                       {{&dout, "dout"}, {&dkv, "dkv"}, {&dgate, "dgate"}, {&dposition_bias, "dposition_bias"},
+                       {{&dout, "dout"},
+                        {&dkv, "dkv"},
+                        {&dgate, "dgate"},
+                        {&dposition_bias, "dposition_bias"},
                         {&dnorm_weight, "dnorm_weight"}});
   validate::expect(dout, "dout").shape(layout.out_shape, "[B, T / m, D] or [T_c, D]").floating().non_null();
   validate::expect(dkv, "dkv").shape(kv.shape(), "like kv").same_dtype(kv, "kv").non_null();
   validate::expect(dgate, "dgate").shape(gate.shape(), "like gate").same_dtype(gate, "gate").non_null();
-  validate::expect(dposition_bias, "dposition_bias").shape(position_bias.shape(), "like position_bias")
-      .same_dtype(position_bias, "position_bias").non_null();
-  validate::expect(dnorm_weight, "dnorm_weight").shape(norm_weight.shape(), "like norm_weight")
-      .same_dtype(norm_weight, "norm_weight").non_null();
+  validate::expect(dposition_bias, "dposition_bias")
+      .shape(position_bias.shape(), "like position_bias")
+      .same_dtype(position_bias, "position_bias")
+      .non_null();
+  validate::expect(dnorm_weight, "dnorm_weight")
+      .shape(norm_weight.shape(), "like norm_weight")
+      .same_dtype(norm_weight, "norm_weight")
+      .non_null();
   cpu::dsa_compressor_bwd(params, kv, gate, position_bias, norm_weight, cos, sin, layout.cu, dout, dkv, dgate,
                           dposition_bias, dnorm_weight);
 }
@@ -264,21 +275,24 @@ void dsa_compressor_bwd(const DsaCompressorParams& params, const TensorView& kv,
 void dsa_compressed_cu_seqlens(const TensorView& cu_seqlens, int64_t compress_ratio, const TensorView& cu_compressed) {
   validate::positive(compress_ratio, "compress_ratio");
   const std::vector<int64_t> cu = validate::cu_seqlens(cu_seqlens, "cu_seqlens", -1);
-  validate::expect(cu_compressed, "cu_compressed").shape({static_cast<int64_t>(cu.size())}, "[N + 1]").integer()
-      .device(Device::cpu()).non_null();
+  validate::expect(cu_compressed, "cu_compressed")
+      .shape({static_cast<int64_t>(cu.size())}, "[N + 1]")
+      .integer()
+      .device(Device::cpu())
+      .non_null();
   access::store_int(cpu::dsa_compressed_offsets(cu, compress_ratio), cu_compressed);
 }
 
 void dsa_indexer_fwd(const DsaIndexerParams& params, const TensorView& q, const TensorView& k,
                      const TensorView& weights, const TensorView* cu_seqlens, const TensorView& indices,
                      const TensorView* scores) {
-  const IndexerSetup s = check_indexer("dsa_indexer_fwd", params, q, k, weights, cu_seqlens, indices,
-                                       {{scores, "scores"}});
+  const IndexerSetup s =
+      check_indexer("dsa_indexer_fwd", params, q, k, weights, cu_seqlens, indices, {{scores, "scores"}});
   if (scores) {
     validate::expect(*scores, "scores").shape(indices.shape(), "[T, index_topk]").same_dtype(q, "q").non_null();
   }
-  cpu::dsa_indexer_fwd(params.compress_ratio, s.softmax_scale, s.weights_scaling, q, k, weights, s.cu,
-                       s.cu_compressed, indices, scores);
+  cpu::dsa_indexer_fwd(params.compress_ratio, s.softmax_scale, s.weights_scaling, q, k, weights, s.cu, s.cu_compressed,
+                       indices, scores);
 }
 
 void dsa_indexer_bwd(const DsaIndexerParams& params, const TensorView& q, const TensorView& k,
@@ -290,12 +304,15 @@ void dsa_indexer_bwd(const DsaIndexerParams& params, const TensorView& q, const 
   validate::expect(dscores, "dscores").shape(indices.shape(), "[T, index_topk]").floating().non_null();
   validate::expect(dq, "dq").shape(q.shape(), "like q").same_dtype(q, "q").non_null();
   validate::expect(dk, "dk").shape(k.shape(), "like k").same_dtype(k, "k").non_null();
-  validate::expect(dweights, "dweights").shape(weights.shape(), "like weights").same_dtype(weights, "weights")
+  validate::expect(dweights, "dweights")
+      .shape(weights.shape(), "like weights")
+      .same_dtype(weights, "weights")
       .non_null();
   // Row t may only name entries of its own sequence's compressed keys.
   std::vector<int64_t> count_of_row(static_cast<size_t>(q.size(0)));
   for (size_t b = 0; b + 1 < s.cu.size(); ++b) {
-    for (int64_t t = s.cu[b]; t < s.cu[b + 1]; ++t) count_of_row[static_cast<size_t>(t)] = s.cu_compressed[b + 1] - s.cu_compressed[b];
+    for (int64_t t = s.cu[b]; t < s.cu[b + 1]; ++t)
+      count_of_row[static_cast<size_t>(t)] = s.cu_compressed[b + 1] - s.cu_compressed[b];
   }
   check_index_range(access::load_int(indices), indices.size(1), "indices",
                     [&](int64_t row) { return count_of_row[static_cast<size_t>(row)]; });
@@ -305,8 +322,8 @@ void dsa_indexer_bwd(const DsaIndexerParams& params, const TensorView& q, const 
 
 void dsa_sparse_attention_fwd(const DsaSparseAttentionParams& params, const TensorView& q, const TensorView& kv,
                               const TensorView& indices, const TensorView* sinks, const TensorView& out) {
-  const double scale = check_sparse_attention("dsa_sparse_attention_fwd", params, q, kv, indices, sinks,
-                                              {{&out, "out"}});
+  const double scale =
+      check_sparse_attention("dsa_sparse_attention_fwd", params, q, kv, indices, sinks, {{&out, "out"}});
   validate::expect(out, "out").shape(q.shape(), "[T, H, D]").same_dtype(q, "q").non_null();
   cpu::dsa_sparse_attention_fwd(scale, q, kv, indices, sinks, out);
 }
@@ -326,8 +343,8 @@ void dsa_sparse_attention_bwd(const DsaSparseAttentionParams& params, const Tens
   cpu::dsa_sparse_attention_bwd(scale, q, kv, indices, sinks, dout, dq, dkv, dsinks);
 }
 
-void dsa_sparse_indices(const DsaIndexListParams& params, const TensorView* cu_seqlens,
-                        const TensorView* topk_indices, const TensorView& indices) {
+void dsa_sparse_indices(const DsaIndexListParams& params, const TensorView* cu_seqlens, const TensorView* topk_indices,
+                        const TensorView& indices) {
   validate::non_negative(params.sliding_window, "sliding_window");
   validate::non_negative(params.compress_ratio, "compress_ratio");
   SEQMIX_CHECK(indices.rank == 2 || indices.rank == 3, "indices: expected rank 2 [T, W] or 3 [T, 1, W], got rank ",

@@ -75,9 +75,9 @@ TEST_P(DsaCompressor, ForwardMatchesPaddedWindowsPerSequence) {
     const int64_t n = p.offsets[b + 1] - p.offsets[b];
     const std::vector<double> kv_b(kv.begin() + p.offsets[b] * p.width, kv.begin() + p.offsets[b + 1] * p.width);
     const std::vector<double> gate_b(gate.begin() + p.offsets[b] * p.width, gate.begin() + p.offsets[b + 1] * p.width);
-    const std::vector<double> y = dsa_test::compressor_ref(kv_b, gate_b, n, p.bias.to_f64(), p.weight.to_f64(),
-                                                           p.cos.to_f64(), p.sin.to_f64(), c.R / 2, c.m, c.overlap,
-                                                           1e-6);
+    const std::vector<double> y =
+        dsa_test::compressor_ref(kv_b, gate_b, n, p.bias.to_f64(), p.weight.to_f64(), p.cos.to_f64(), p.sin.to_f64(),
+                                 c.R / 2, c.m, c.overlap, 1e-6);
     ref.insert(ref.end(), y.begin(), y.end());
   }
   ASSERT_EQ(static_cast<int64_t>(ref.size()), p.Tc * c.D);
@@ -96,7 +96,8 @@ TEST_P(DsaCompressor, BackwardMatchesFiniteDifferences) {
     const HostTensor g = testing::randn({p.Tc, c.D}, 98, 1.0, c.dtype);
     HostTensor lo[2] = {HostTensor(c.dtype, {p.T, p.width}), HostTensor(c.dtype, {p.T, p.width})};
     HostTensor hi[2] = {HostTensor(DType::f64, {p.T, p.width}), HostTensor(DType::f64, {p.T, p.width})};
-    HostTensor db(DType::f64, {c.m, p.width}), dw(DType::f64, {c.D}), db2(DType::f64, {c.m, p.width}), dw2(DType::f64, {c.D});
+    HostTensor db(DType::f64, {c.m, p.width}), dw(DType::f64, {c.D}), db2(DType::f64, {c.m, p.width}),
+        dw2(DType::f64, {c.D});
     const TensorView cu = p.cu.view();
     dsa_compressor_bwd(params_of(c), p.kv.view(), p.gate.view(), p.bias.view(), p.weight.view(), p.cos.view(),
                        p.sin.view(), &cu, g.view(), lo[0].view(), lo[1].view(), db.view(), dw.view());
@@ -121,24 +122,24 @@ TEST_P(DsaCompressor, BackwardMatchesFiniteDifferences) {
   testing::expect_gradient_matches(p.weight, dweight, loss, "dnorm_weight");
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Sweep, DsaCompressor,
-    ::testing::Values(CompressorCase{true, 4, 8, 4, {13}, DType::f64},
-                      CompressorCase{true, 4, 6, 6, {0, 1, 4, 9, 3, 17}, DType::f64},
-                      CompressorCase{false, 4, 8, 4, {11, 0, 8}, DType::f64},
-                      CompressorCase{false, 8, 4, 2, {7, 8, 25}, DType::f64},
-                      CompressorCase{true, 2, 4, 4, {5, 6}, DType::f64},
-                      CompressorCase{true, 4, 8, 4, {9, 12}, DType::bf16},
-                      CompressorCase{false, 4, 8, 4, {9, 12}, DType::f32}));
+INSTANTIATE_TEST_SUITE_P(Sweep, DsaCompressor,
+                         ::testing::Values(CompressorCase{true, 4, 8, 4, {13}, DType::f64},
+                                           CompressorCase{true, 4, 6, 6, {0, 1, 4, 9, 3, 17}, DType::f64},
+                                           CompressorCase{false, 4, 8, 4, {11, 0, 8}, DType::f64},
+                                           CompressorCase{false, 8, 4, 2, {7, 8, 25}, DType::f64},
+                                           CompressorCase{true, 2, 4, 4, {5, 6}, DType::f64},
+                                           CompressorCase{true, 4, 8, 4, {9, 12}, DType::bf16},
+                                           CompressorCase{false, 4, 8, 4, {9, 12}, DType::f32}));
 
 TEST(DsaCompressor, DenseBatchEqualsVarlen) {
   const CompressorCase c{true, 4, 8, 4, {10, 10, 10}, DType::f64};
   const Problem p = make_problem(c, 5);
   const HostTensor varlen = run_fwd(c, p);
   HostTensor dense(DType::f64, {3, 2, c.D});
-  const HostTensor kv3 = dsa_test::reshaped(p.kv, {3, 10, p.width}), gate3 = dsa_test::reshaped(p.gate, {3, 10, p.width});
-  dsa_compressor_fwd(params_of(c), kv3.view(), gate3.view(), p.bias.view(), p.weight.view(), p.cos.view(),
-                     p.sin.view(), nullptr, dense.view());
+  const HostTensor kv3 = dsa_test::reshaped(p.kv, {3, 10, p.width}),
+                   gate3 = dsa_test::reshaped(p.gate, {3, 10, p.width});
+  dsa_compressor_fwd(params_of(c), kv3.view(), gate3.view(), p.bias.view(), p.weight.view(), p.cos.view(), p.sin.view(),
+                     nullptr, dense.view());
   EXPECT_EQ(testing::max_abs_diff(dsa_test::reshaped(dense, {6, c.D}), varlen), 0.0);
   // dense backward == varlen backward
   const HostTensor g = testing::randn({6, c.D}, 7);
@@ -149,9 +150,8 @@ TEST(DsaCompressor, DenseBatchEqualsVarlen) {
   const TensorView cu = p.cu.view();
   dsa_compressor_bwd(params_of(c), p.kv.view(), p.gate.view(), p.bias.view(), p.weight.view(), p.cos.view(),
                      p.sin.view(), &cu, g.view(), a1.view(), a2.view(), a3.view(), a4.view());
-  dsa_compressor_bwd(params_of(c), kv3.view(), gate3.view(), p.bias.view(), p.weight.view(), p.cos.view(),
-                     p.sin.view(), nullptr, dsa_test::reshaped(g, {3, 2, c.D}).view(), b1.view(), b2.view(), b3.view(),
-                     b4.view());
+  dsa_compressor_bwd(params_of(c), kv3.view(), gate3.view(), p.bias.view(), p.weight.view(), p.cos.view(), p.sin.view(),
+                     nullptr, dsa_test::reshaped(g, {3, 2, c.D}).view(), b1.view(), b2.view(), b3.view(), b4.view());
   EXPECT_EQ(testing::max_abs_diff(dsa_test::reshaped(b1, {p.T, p.width}), a1), 0.0);
   EXPECT_EQ(testing::max_abs_diff(dsa_test::reshaped(b2, {p.T, p.width}), a2), 0.0);
   EXPECT_EQ(testing::max_abs_diff(b3, a3), 0.0);
@@ -165,8 +165,10 @@ TEST(DsaCompressor, VarlenEqualsPerSequenceCalls) {
   const std::vector<double> kv = p.kv.to_f64(), gate = p.gate.to_f64(), got = all.to_f64();
   for (size_t b = 0; b + 1 < p.offsets.size(); ++b) {
     const int64_t n = p.offsets[b + 1] - p.offsets[b];
-    const HostTensor kv_b = dsa_test::make({kv.begin() + p.offsets[b] * p.width, kv.begin() + p.offsets[b + 1] * p.width}, {n, p.width});
-    const HostTensor gate_b = dsa_test::make({gate.begin() + p.offsets[b] * p.width, gate.begin() + p.offsets[b + 1] * p.width}, {n, p.width});
+    const HostTensor kv_b =
+        dsa_test::make({kv.begin() + p.offsets[b] * p.width, kv.begin() + p.offsets[b + 1] * p.width}, {n, p.width});
+    const HostTensor gate_b = dsa_test::make(
+        {gate.begin() + p.offsets[b] * p.width, gate.begin() + p.offsets[b + 1] * p.width}, {n, p.width});
     HostTensor out(DType::f64, {n / c.m, c.D});
     dsa_compressor_fwd(params_of(c), kv_b.view(), gate_b.view(), p.bias.view(), p.weight.view(), p.cos.view(),
                        p.sin.view(), nullptr, out.view());
@@ -189,33 +191,57 @@ TEST(DsaCompressor, BadInputs) {
   const DsaCompressorParams ok = params_of(c);
   DsaCompressorParams bad = ok;
   bad.compress_ratio = 0;
-  expect_error([&] { run(bad, p.kv.view(), p.gate.view(), p.bias.view(), p.weight.view(), p.cos.view(), &cu, out.view()); },
-               {"compress_ratio", "> 0", "0"});
+  expect_error(
+      [&] { run(bad, p.kv.view(), p.gate.view(), p.bias.view(), p.weight.view(), p.cos.view(), &cu, out.view()); },
+      {"compress_ratio", "> 0", "0"});
   bad = ok;
   bad.rms_norm_eps = -1;
-  expect_error([&] { run(bad, p.kv.view(), p.gate.view(), p.bias.view(), p.weight.view(), p.cos.view(), &cu, out.view()); },
-               {"rms_norm_eps", "-1"});
+  expect_error(
+      [&] { run(bad, p.kv.view(), p.gate.view(), p.bias.view(), p.weight.view(), p.cos.view(), &cu, out.view()); },
+      {"rms_norm_eps", "-1"});
   HostTensor kv_hca(DType::f64, {9, 8});
-  expect_error([&] { run(ok, kv_hca.view(), kv_hca.view(), p.bias.view(), p.weight.view(), p.cos.view(), &cu, out.view()); },
-               {"kv", "[*, 16]", "[9, 8]"});
-  expect_error([&] { run(ok, p.kv.view(), p.kv.to(DType::f32).view(), p.bias.view(), p.weight.view(), p.cos.view(), &cu, out.view()); },
-               {"gate", "float64", "float32"});
-  expect_error([&] { run(ok, p.kv.view(), p.gate.view(), HostTensor(DType::f64, {3, 16}).view(), p.weight.view(), p.cos.view(), &cu, out.view()); },
-               {"position_bias", "[4, 16]", "[3, 16]"});
-  expect_error([&] { run(ok, p.kv.view(), p.gate.view(), p.bias.view(), p.weight.view(), p.cos.view(), &cu, HostTensor(DType::f64, {3, 8}).view()); },
-               {"out", "[2, 8]", "[3, 8]"});
-  expect_error([&] { run(ok, p.kv.view(), p.gate.view(), p.bias.view(), p.weight.view(), HostTensor(DType::f64, {9, 5}).view(), &cu, out.view()); },
-               {"cos", "rope_dim", "10", "8"});
-  expect_error([&] { run(ok, p.kv.view(), p.gate.view(), p.bias.view(), p.weight.view(), HostTensor(DType::f64, {4, 2}).view(), &cu, out.view()); },
-               {"cos", "positions up to 4", "4 rows"});
+  expect_error(
+      [&] { run(ok, kv_hca.view(), kv_hca.view(), p.bias.view(), p.weight.view(), p.cos.view(), &cu, out.view()); },
+      {"kv", "[*, 16]", "[9, 8]"});
+  expect_error(
+      [&] {
+        run(ok, p.kv.view(), p.kv.to(DType::f32).view(), p.bias.view(), p.weight.view(), p.cos.view(), &cu, out.view());
+      },
+      {"gate", "float64", "float32"});
+  expect_error(
+      [&] {
+        run(ok, p.kv.view(), p.gate.view(), HostTensor(DType::f64, {3, 16}).view(), p.weight.view(), p.cos.view(), &cu,
+            out.view());
+      },
+      {"position_bias", "[4, 16]", "[3, 16]"});
+  expect_error(
+      [&] {
+        run(ok, p.kv.view(), p.gate.view(), p.bias.view(), p.weight.view(), p.cos.view(), &cu,
+            HostTensor(DType::f64, {3, 8}).view());
+      },
+      {"out", "[2, 8]", "[3, 8]"});
+  expect_error(
+      [&] {
+        run(ok, p.kv.view(), p.gate.view(), p.bias.view(), p.weight.view(), HostTensor(DType::f64, {9, 5}).view(), &cu,
+            out.view());
+      },
+      {"cos", "rope_dim", "10", "8"});
+  expect_error(
+      [&] {
+        run(ok, p.kv.view(), p.gate.view(), p.bias.view(), p.weight.view(), HostTensor(DType::f64, {4, 2}).view(), &cu,
+            out.view());
+      },
+      {"cos", "positions up to 4", "4 rows"});
   const HostTensor bad_cu = testing::int_tensor({0, 5, 3});
   const TensorView bcu = bad_cu.view();
-  expect_error([&] { run(ok, p.kv.view(), p.gate.view(), p.bias.view(), p.weight.view(), p.cos.view(), &bcu, out.view()); },
-               {"cu_seqlens", "non-decreasing"});
+  expect_error(
+      [&] { run(ok, p.kv.view(), p.gate.view(), p.bias.view(), p.weight.view(), p.cos.view(), &bcu, out.view()); },
+      {"cu_seqlens", "non-decreasing"});
   const HostTensor short_cu = testing::int_tensor({0, 5});
   const TensorView scu = short_cu.view();
-  expect_error([&] { run(ok, p.kv.view(), p.gate.view(), p.bias.view(), p.weight.view(), p.cos.view(), &scu, out.view()); },
-               {"cu_seqlens", "9", "got 5"});
+  expect_error(
+      [&] { run(ok, p.kv.view(), p.gate.view(), p.bias.view(), p.weight.view(), p.cos.view(), &scu, out.view()); },
+      {"cu_seqlens", "9", "got 5"});
   const HostTensor kv3 = dsa_test::reshaped(p.kv, {1, 9, 16});
   expect_error([&] { run(ok, kv3.view(), kv3.view(), p.bias.view(), p.weight.view(), p.cos.view(), &cu, out.view()); },
                {"cu_seqlens", "nullptr", "dense"});
@@ -230,14 +256,19 @@ TEST(DsaCompressor, BadInputs) {
   expect_error([&] { dsa_compressed_cu_seqlens(p.cu.view(), 4, HostTensor(DType::f64, {2}).view()); },
                {"cu_compressed", "int32/int64", "float64"});
   HostTensor d1(DType::f64, {9, 16}), d3(DType::f64, {4, 16}), d4(DType::f32, {8});
-  expect_error([&] {
-    dsa_compressor_bwd(ok, p.kv.view(), p.gate.view(), p.bias.view(), p.weight.view(), p.cos.view(), p.cos.view(), &cu,
-                       out.view(), d1.view(), d1.view(), d3.view(), d4.view());
-  }, {"dnorm_weight", "float64", "float32"});
-  expect_error([&] {
-    dsa_compressor_bwd(ok, p.kv.view(), p.gate.view(), p.bias.view(), p.weight.view(), p.cos.view(), p.cos.view(), &cu,
-                       HostTensor(DType::f64, {1, 8}).view(), d1.view(), d1.view(), d3.view(), HostTensor(DType::f64, {8}).view());
-  }, {"dout", "[2, 8]", "[1, 8]"});
+  expect_error(
+      [&] {
+        dsa_compressor_bwd(ok, p.kv.view(), p.gate.view(), p.bias.view(), p.weight.view(), p.cos.view(), p.cos.view(),
+                           &cu, out.view(), d1.view(), d1.view(), d3.view(), d4.view());
+      },
+      {"dnorm_weight", "float64", "float32"});
+  expect_error(
+      [&] {
+        dsa_compressor_bwd(ok, p.kv.view(), p.gate.view(), p.bias.view(), p.weight.view(), p.cos.view(), p.cos.view(),
+                           &cu, HostTensor(DType::f64, {1, 8}).view(), d1.view(), d1.view(), d3.view(),
+                           HostTensor(DType::f64, {8}).view());
+      },
+      {"dout", "[2, 8]", "[1, 8]"});
 }
 
 }  // namespace

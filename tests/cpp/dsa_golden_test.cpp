@@ -125,7 +125,7 @@ void check_indexer(const testing::GoldenCase& c, int64_t B, int64_t S, int64_t r
 
   const HostTensor keys = reshaped(golden_tensor(c, "idx_keys"), {golden_tensor(c, "idx_keys").numel() / DI, DI});
   const HostTensor weights = reshaped(golden_tensor(c, "idx_weights"), {B * S, HI});
-  const HostTensor& hf_topk = golden_tensor(c, "idx_topk");   // [B, S, k_hf], k_hf = min(index_topk, T_c)
+  const HostTensor& hf_topk = golden_tensor(c, "idx_topk");      // [B, S, k_hf], k_hf = min(index_topk, T_c)
   const HostTensor& hf_scores = golden_tensor(c, "idx_scores");  // [B, S, T_c] dense, before HF's causal mask
   const int64_t K = static_cast<int64_t>(scalar(c, "index_topk")), k_hf = hf_topk.size(2), Tc = hf_scores.size(2);
   DsaIndexerParams params;
@@ -183,7 +183,7 @@ void check_indexer(const testing::GoldenCase& c, int64_t B, int64_t S, int64_t r
 }
 
 void check_layer(const testing::GoldenCase& c) {
-  const HostTensor& q_hf = golden_tensor(c, "attn_q");  // [B, S, H, D]
+  const HostTensor& q_hf = golden_tensor(c, "attn_q");    // [B, S, H, D]
   const HostTensor& kv_hf = golden_tensor(c, "attn_kv");  // [B, S + T_c, D]
   const int64_t B = q_hf.size(0), S = q_hf.size(1), H = q_hf.size(2), D = q_hf.size(3);
   const int64_t Tc = kv_hf.size(1) - S, N = B * (S + Tc);

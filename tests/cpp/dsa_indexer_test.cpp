@@ -144,9 +144,12 @@ TEST(DsaIndexer, VarlenEqualsPerSequenceCalls) {
   const std::vector<double> q = p.q.to_f64(), k = p.k.to_f64(), w = p.w.to_f64();
   for (size_t b = 0; b + 1 < p.offsets.size(); ++b) {
     const int64_t n = p.offsets[b + 1] - p.offsets[b], nc = p.compressed[b + 1] - p.compressed[b];
-    const HostTensor qb = dsa_test::make({q.begin() + p.offsets[b] * c.H * c.D, q.begin() + p.offsets[b + 1] * c.H * c.D}, {n, c.H, c.D});
-    const HostTensor kb = dsa_test::make({k.begin() + p.compressed[b] * c.D, k.begin() + p.compressed[b + 1] * c.D}, {nc, c.D});
-    const HostTensor wb = dsa_test::make({w.begin() + p.offsets[b] * c.H, w.begin() + p.offsets[b + 1] * c.H}, {n, c.H});
+    const HostTensor qb =
+        dsa_test::make({q.begin() + p.offsets[b] * c.H * c.D, q.begin() + p.offsets[b + 1] * c.H * c.D}, {n, c.H, c.D});
+    const HostTensor kb =
+        dsa_test::make({k.begin() + p.compressed[b] * c.D, k.begin() + p.compressed[b + 1] * c.D}, {nc, c.D});
+    const HostTensor wb =
+        dsa_test::make({w.begin() + p.offsets[b] * c.H, w.begin() + p.offsets[b + 1] * c.H}, {n, c.H});
     HostTensor ib(DType::i64, {n, c.K});
     dsa_indexer_fwd(params_of(c), qb.view(), kb.view(), wb.view(), nullptr, ib.view(), nullptr);
     for (int64_t i = 0; i < n * c.K; ++i) EXPECT_EQ(ib.get(i), idx.get(p.offsets[b] * c.K + i));
@@ -159,16 +162,31 @@ TEST(DsaIndexer, BadInputs) {
   HostTensor idx(DType::i64, {12, 2});
   const auto fwd = [&](const DsaIndexerParams& params, const TensorView& q, const TensorView& k, const TensorView& w,
                        const TensorView& i) { dsa_indexer_fwd(params, q, k, w, nullptr, i, nullptr); };
-  expect_error([&] { fwd({}, p.q.view(), p.k.view(), p.w.view(), HostTensor(DType::i64, {12, 0}).view()); },
-               {"indices", "index_topk", ">= 1", "0"});
-  expect_error([&] { fwd({}, p.q.view(), p.k.view(), p.w.view(), HostTensor(DType::f64, {12, 2}).view()); },
-               {"indices", "int32/int64", "float64"});
-  expect_error([&] { fwd({}, p.q.view(), HostTensor(DType::f64, {4, 4}).view(), p.w.view(), idx.view()); },
-               {"k", "T_c = 3", "[4, 4]"});
-  expect_error([&] { fwd({}, p.q.view(), HostTensor(DType::f64, {3, 5}).view(), p.w.view(), idx.view()); },
-               {"k", "[*, 4]", "[3, 5]"});
-  expect_error([&] { fwd({}, p.q.view(), p.k.view(), HostTensor(DType::f64, {12, 3}).view(), idx.view()); },
-               {"weights", "[12, 2]", "[12, 3]"});
+  expect_error(
+      [&] {
+        fwd({}, p.q.view(), p.k.view(), p.w.view(), HostTensor(DType::i64, {12, 0}).view());
+      },
+      {"indices", "index_topk", ">= 1", "0"});
+  expect_error(
+      [&] {
+        fwd({}, p.q.view(), p.k.view(), p.w.view(), HostTensor(DType::f64, {12, 2}).view());
+      },
+      {"indices", "int32/int64", "float64"});
+  expect_error(
+      [&] {
+        fwd({}, p.q.view(), HostTensor(DType::f64, {4, 4}).view(), p.w.view(), idx.view());
+      },
+      {"k", "T_c = 3", "[4, 4]"});
+  expect_error(
+      [&] {
+        fwd({}, p.q.view(), HostTensor(DType::f64, {3, 5}).view(), p.w.view(), idx.view());
+      },
+      {"k", "[*, 4]", "[3, 5]"});
+  expect_error(
+      [&] {
+        fwd({}, p.q.view(), p.k.view(), HostTensor(DType::f64, {12, 3}).view(), idx.view());
+      },
+      {"weights", "[12, 2]", "[12, 3]"});
   expect_error([&] { fwd({.compress_ratio = 0}, p.q.view(), p.k.view(), p.w.view(), idx.view()); },
                {"compress_ratio", "> 0"});
   expect_error([&] { fwd({.softmax_scale = NAN}, p.q.view(), p.k.view(), p.w.view(), idx.view()); },
@@ -188,19 +206,25 @@ TEST(DsaIndexer, BadInputs) {
   HostTensor out_of_range = testing::int_tensor(std::vector<int64_t>(24, -1), {12, 2});
   out_of_range.set(5, 3);
   HostTensor ds(DType::f64, {12, 2}), dq(DType::f64, {12, 2, 4}), dk(DType::f64, {3, 4}), dw(DType::f64, {12, 2});
-  expect_error([&] {
-    dsa_indexer_bwd({}, p.q.view(), p.k.view(), p.w.view(), nullptr, out_of_range.view(), ds.view(), dq.view(),
-                    dk.view(), dw.view());
-  }, {"indices", "[0, 3)", "got 3"});
+  expect_error(
+      [&] {
+        dsa_indexer_bwd({}, p.q.view(), p.k.view(), p.w.view(), nullptr, out_of_range.view(), ds.view(), dq.view(),
+                        dk.view(), dw.view());
+      },
+      {"indices", "[0, 3)", "got 3"});
   out_of_range.set(5, -2);
-  expect_error([&] {
-    dsa_indexer_bwd({}, p.q.view(), p.k.view(), p.w.view(), nullptr, out_of_range.view(), ds.view(), dq.view(),
-                    dk.view(), dw.view());
-  }, {"indices", "-1", "got -2"});
-  expect_error([&] {
-    dsa_indexer_bwd({}, p.q.view(), p.k.view(), p.w.view(), nullptr, idx.view(), ds.view(), dq.view(),
-                    HostTensor(DType::f64, {2, 4}).view(), dw.view());
-  }, {"dk", "[3, 4]", "[2, 4]"});
+  expect_error(
+      [&] {
+        dsa_indexer_bwd({}, p.q.view(), p.k.view(), p.w.view(), nullptr, out_of_range.view(), ds.view(), dq.view(),
+                        dk.view(), dw.view());
+      },
+      {"indices", "-1", "got -2"});
+  expect_error(
+      [&] {
+        dsa_indexer_bwd({}, p.q.view(), p.k.view(), p.w.view(), nullptr, idx.view(), ds.view(), dq.view(),
+                        HostTensor(DType::f64, {2, 4}).view(), dw.view());
+      },
+      {"dk", "[3, 4]", "[2, 4]"});
 }
 
 }  // namespace

@@ -124,47 +124,71 @@ TEST_P(DsaRopeApply, ForwardInverseBackward) {
     const HostTensor weights = testing::randn({c.T, c.H, c.D}, 9);
     HostTensor dx(DType::f64, {c.T, c.H, c.D});
     dsa_rope_bwd({.inverse = inverse}, weights.view(), cos.view(), sin.view(), pos_view, dx.view());
-    testing::expect_gradient_matches(x, dx, [&] {
-      HostTensor o(DType::f64, {c.T, c.H, c.D});
-      dsa_rope_fwd({.inverse = inverse}, x.view(), cos.view(), sin.view(), pos_view, o.view());
-      return testing::weighted_sum(o, weights);
-    }, inverse ? "dx (inverse)" : "dx");
+    testing::expect_gradient_matches(
+        x, dx,
+        [&] {
+          HostTensor o(DType::f64, {c.T, c.H, c.D});
+          dsa_rope_fwd({.inverse = inverse}, x.view(), cos.view(), sin.view(), pos_view, o.view());
+          return testing::weighted_sum(o, weights);
+        },
+        inverse ? "dx (inverse)" : "dx");
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Sweep, DsaRopeApply,
-                         ::testing::Values(ApplyCase{5, 3, 8, 4, false, DType::f64},
-                                           ApplyCase{7, 2, 10, 10, true, DType::f64},
-                                           ApplyCase{1, 1, 6, 2, true, DType::f64},
-                                           ApplyCase{0, 2, 8, 4, false, DType::f64},
-                                           ApplyCase{6, 2, 8, 4, true, DType::bf16},
-                                           ApplyCase{6, 2, 8, 4, false, DType::f32}));
+INSTANTIATE_TEST_SUITE_P(
+    Sweep, DsaRopeApply,
+    ::testing::Values(ApplyCase{5, 3, 8, 4, false, DType::f64}, ApplyCase{7, 2, 10, 10, true, DType::f64},
+                      ApplyCase{1, 1, 6, 2, true, DType::f64}, ApplyCase{0, 2, 8, 4, false, DType::f64},
+                      ApplyCase{6, 2, 8, 4, true, DType::bf16}, ApplyCase{6, 2, 8, 4, false, DType::f32}));
 
 TEST(DsaRope, BadInputs) {
   HostTensor x(DType::f64, {4, 2, 8}), out(DType::f64, {4, 2, 8});
   HostTensor cos(DType::f64, {4, 2}), sin(DType::f64, {4, 2});
   const auto fwd = [&](const TensorView& xv, const TensorView& c, const TensorView& s, const TensorView* p,
                        const TensorView& o) { dsa_rope_fwd({}, xv, c, s, p, o); };
-  expect_error([&] { fwd(HostTensor(DType::f64, {4, 8}).view(), cos.view(), sin.view(), nullptr, out.view()); },
-               {"x", "rank 3", "[T, H, D]"});
-  expect_error([&] { fwd(x.view(), HostTensor(DType::f64, {4, 5}).view(), HostTensor(DType::f64, {4, 5}).view(),
-                         nullptr, out.view()); }, {"cos", "rope_dim", "10", "8"});
-  expect_error([&] { fwd(x.view(), cos.view(), HostTensor(DType::f64, {4, 3}).view(), nullptr, out.view()); },
-               {"sin", "[4, 2]"});
-  expect_error([&] { fwd(x.view(), cos.view(), sin.view(), nullptr, HostTensor(DType::f32, {4, 2, 8}).view()); },
-               {"out", "float64", "float32"});
-  expect_error([&] { fwd(HostTensor(DType::i32, {4, 2, 8}).view(), cos.view(), sin.view(), nullptr, out.view()); },
-               {"x", "int32"});
-  expect_error([&] { fwd(x.view(), HostTensor(DType::f64, {3, 2}).view(), HostTensor(DType::f64, {3, 2}).view(),
-                         nullptr, out.view()); }, {"cos", "rows", "3"});
+  expect_error(
+      [&] {
+        fwd(HostTensor(DType::f64, {4, 8}).view(), cos.view(), sin.view(), nullptr, out.view());
+      },
+      {"x", "rank 3", "[T, H, D]"});
+  expect_error(
+      [&] {
+        fwd(x.view(), HostTensor(DType::f64, {4, 5}).view(), HostTensor(DType::f64, {4, 5}).view(), nullptr,
+            out.view());
+      },
+      {"cos", "rope_dim", "10", "8"});
+  expect_error(
+      [&] {
+        fwd(x.view(), cos.view(), HostTensor(DType::f64, {4, 3}).view(), nullptr, out.view());
+      },
+      {"sin", "[4, 2]"});
+  expect_error(
+      [&] {
+        fwd(x.view(), cos.view(), sin.view(), nullptr, HostTensor(DType::f32, {4, 2, 8}).view());
+      },
+      {"out", "float64", "float32"});
+  expect_error(
+      [&] {
+        fwd(HostTensor(DType::i32, {4, 2, 8}).view(), cos.view(), sin.view(), nullptr, out.view());
+      },
+      {"x", "int32"});
+  expect_error(
+      [&] {
+        fwd(x.view(), HostTensor(DType::f64, {3, 2}).view(), HostTensor(DType::f64, {3, 2}).view(), nullptr,
+            out.view());
+      },
+      {"cos", "rows", "3"});
   const HostTensor bad_pos = testing::int_tensor({0, 1, 4, 2});
   TensorView bp = bad_pos.view();
   expect_error([&] { fwd(x.view(), cos.view(), sin.view(), &bp, out.view()); }, {"position_ids", "[0, 4)", "got 4"});
   TensorView cuda_x = x.view();
   cuda_x.device = Device::cuda(0);
   expect_error([&] { fwd(cuda_x, cos.view(), sin.view(), nullptr, out.view()); }, {"cos", "cuda:0", "cpu"});
-  expect_error([&] { dsa_rope_bwd({}, x.view(), cos.view(), sin.view(), nullptr, HostTensor(DType::f64, {4, 2, 7}).view()); },
-               {"dx", "[4, 2, 8]"});
+  expect_error(
+      [&] {
+        dsa_rope_bwd({}, x.view(), cos.view(), sin.view(), nullptr, HostTensor(DType::f64, {4, 2, 7}).view());
+      },
+      {"dx", "[4, 2, 8]"});
   DsaRopeTableParams p;
   p.rope_dim = 3;
   expect_error([&] { dsa_rope_cos_sin(p, testing::int_tensor({0}).view(), cos.view(), sin.view()); },
@@ -174,8 +198,11 @@ TEST(DsaRope, BadInputs) {
   expect_error([&] { dsa_rope_cos_sin(p, testing::int_tensor({0}).view(), cos.view(), sin.view()); },
                {"rope_theta", "> 0"});
   p.rope_theta = 10;
-  expect_error([&] { dsa_rope_cos_sin(p, testing::int_tensor({0, 1}).view(), cos.view(), sin.view()); },
-               {"cos", "[2, 2]", "[4, 2]"});
+  expect_error(
+      [&] {
+        dsa_rope_cos_sin(p, testing::int_tensor({0, 1}).view(), cos.view(), sin.view());
+      },
+      {"cos", "[2, 2]", "[4, 2]"});
 }
 
 }  // namespace

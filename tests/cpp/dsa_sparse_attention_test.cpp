@@ -31,7 +31,8 @@ HostTensor random_lists(int64_t T, int64_t Hkv, int64_t W, int64_t N, uint64_t s
     const double r = u.get(static_cast<int64_t>(i));
     v[i] = r < 0.2 ? -1 : static_cast<int64_t>(r * 1e6) % N;
   }
-  if (T > 1 && W > 1) v[static_cast<size_t>(Hkv * W + 1)] = v[static_cast<size_t>(Hkv * W)] < 0 ? 0 : v[static_cast<size_t>(Hkv * W)];
+  if (T > 1 && W > 1)
+    v[static_cast<size_t>(Hkv * W + 1)] = v[static_cast<size_t>(Hkv * W)] < 0 ? 0 : v[static_cast<size_t>(Hkv * W)];
   if (T > 2) {
     for (int64_t w = 0; w < Hkv * W; ++w) v[static_cast<size_t>(2 * Hkv * W + w)] = -1;
   }
@@ -131,7 +132,8 @@ TEST_P(DsaSparseIndices, MatchHfMask) {
     for (size_t b = 0; b + 1 < cu.size(); ++b) {
       for (int64_t t = cu[b]; t < cu[b + 1]; ++t) {
         const int64_t visible = (t - cu[b] + 1) / c.m;
-        for (int64_t i = 0; i < c.K; ++i) topk.push_back(i < visible ? (visible - 1 - 2 * i + 4 * visible) % visible : -1);
+        for (int64_t i = 0; i < c.K; ++i)
+          topk.push_back(i < visible ? (visible - 1 - 2 * i + 4 * visible) % visible : -1);
         std::set<int64_t> seen;
         for (int64_t i = 0; i < c.K; ++i) {
           int64_t& v = topk[static_cast<size_t>(t * c.K + i)];
@@ -173,15 +175,27 @@ TEST(DsaSparseAttention, BadInputs) {
   const TensorView sv = sinks.view();
   const auto fwd = [&](const TensorView& qv, const TensorView& kvv, const TensorView& iv, const TensorView* s,
                        const TensorView& o) { dsa_sparse_attention_fwd({}, qv, kvv, iv, s, o); };
-  expect_error([&] { fwd(HostTensor(DType::f64, {3, 4}).view(), kv.view(), idx.view(), &sv, out.view()); },
-               {"q", "rank 3"});
-  expect_error([&] { fwd(q.view(), HostTensor(DType::f64, {5, 3, 8}).view(), idx.view(), &sv, out.view()); },
-               {"kv", "H_kv = 3", "H = 4"});
-  expect_error([&] { fwd(q.view(), HostTensor(DType::f64, {5, 2, 6}).view(), idx.view(), &sv, out.view()); },
-               {"kv", "[*, *, 8]", "[5, 2, 6]"});
+  expect_error(
+      [&] {
+        fwd(HostTensor(DType::f64, {3, 4}).view(), kv.view(), idx.view(), &sv, out.view());
+      },
+      {"q", "rank 3"});
+  expect_error(
+      [&] {
+        fwd(q.view(), HostTensor(DType::f64, {5, 3, 8}).view(), idx.view(), &sv, out.view());
+      },
+      {"kv", "H_kv = 3", "H = 4"});
+  expect_error(
+      [&] {
+        fwd(q.view(), HostTensor(DType::f64, {5, 2, 6}).view(), idx.view(), &sv, out.view());
+      },
+      {"kv", "[*, *, 8]", "[5, 2, 6]"});
   expect_error([&] { fwd(q.view(), kv.to(DType::f32).view(), idx.view(), &sv, out.view()); }, {"kv", "float32"});
-  expect_error([&] { fwd(q.view(), kv.view(), testing::int_tensor(std::vector<int64_t>(6, 0), {3, 1, 2}).view(), &sv, out.view()); },
-               {"indices", "[3, 2, *]", "[3, 1, 2]"});
+  expect_error(
+      [&] {
+        fwd(q.view(), kv.view(), testing::int_tensor(std::vector<int64_t>(6, 0), {3, 1, 2}).view(), &sv, out.view());
+      },
+      {"indices", "[3, 2, *]", "[3, 1, 2]"});
   HostTensor bad_idx = idx;
   bad_idx.set(3, 5);
   expect_error([&] { fwd(q.view(), kv.view(), bad_idx.view(), &sv, out.view()); }, {"indices", "[0, 5)", "got 5"});
@@ -190,22 +204,30 @@ TEST(DsaSparseAttention, BadInputs) {
   const HostTensor bad_sinks(DType::f64, {3});
   const TensorView bsv = bad_sinks.view();
   expect_error([&] { fwd(q.view(), kv.view(), idx.view(), &bsv, out.view()); }, {"sinks", "[4]", "[3]"});
-  expect_error([&] { fwd(q.view(), kv.view(), idx.view(), &sv, HostTensor(DType::bf16, {3, 4, 8}).view()); },
-               {"out", "float64", "bfloat16"});
+  expect_error(
+      [&] {
+        fwd(q.view(), kv.view(), idx.view(), &sv, HostTensor(DType::bf16, {3, 4, 8}).view());
+      },
+      {"out", "float64", "bfloat16"});
   TensorView cuda_q = q.view();
   cuda_q.device = Device::cuda(0);
   expect_error([&] { fwd(cuda_q, kv.view(), idx.view(), &sv, out.view()); }, {"kv", "cuda:0", "cpu"});
-  expect_error([&] { dsa_sparse_attention_fwd({.softmax_scale = INFINITY}, q.view(), kv.view(), idx.view(), &sv, out.view()); },
-               {"softmax_scale", "finite"});
+  expect_error(
+      [&] { dsa_sparse_attention_fwd({.softmax_scale = INFINITY}, q.view(), kv.view(), idx.view(), &sv, out.view()); },
+      {"softmax_scale", "finite"});
   HostTensor dq(DType::f64, {3, 4, 8}), dkv(DType::f64, {5, 2, 8}), ds(DType::f64, {4});
   const TensorView dsv = ds.view();
-  expect_error([&] {
-    dsa_sparse_attention_bwd({}, q.view(), kv.view(), idx.view(), nullptr, out.view(), dq.view(), dkv.view(), &dsv);
-  }, {"dsinks", "sinks is nullptr"});
-  expect_error([&] {
-    dsa_sparse_attention_bwd({}, q.view(), kv.view(), idx.view(), &sv, out.view(), dq.view(),
-                             HostTensor(DType::f64, {4, 2, 8}).view(), &dsv);
-  }, {"dkv", "[5, 2, 8]", "[4, 2, 8]"});
+  expect_error(
+      [&] {
+        dsa_sparse_attention_bwd({}, q.view(), kv.view(), idx.view(), nullptr, out.view(), dq.view(), dkv.view(), &dsv);
+      },
+      {"dsinks", "sinks is nullptr"});
+  expect_error(
+      [&] {
+        dsa_sparse_attention_bwd({}, q.view(), kv.view(), idx.view(), &sv, out.view(), dq.view(),
+                                 HostTensor(DType::f64, {4, 2, 8}).view(), &dsv);
+      },
+      {"dkv", "[5, 2, 8]", "[4, 2, 8]"});
   // Composition helper.
   HostTensor lists(DType::i64, {10, 4});
   expect_error([&] { dsa_sparse_indices({.sliding_window = -1}, nullptr, nullptr, lists.view()); },
@@ -220,11 +242,15 @@ TEST(DsaSparseAttention, BadInputs) {
                {"topk_indices", "compress_ratio is 0"});
   expect_error([&] { dsa_sparse_indices({.sliding_window = 2, .compress_ratio = 4}, nullptr, &tv, lists.view()); },
                {"topk_indices", "[0, 2)", "got 2"});
-  expect_error([&] { dsa_sparse_indices({}, nullptr, nullptr, HostTensor(DType::f32, {10, 4}).view()); },
-               {"indices", "int32/int64", "float32"});
+  expect_error(
+      [&] {
+        dsa_sparse_indices({}, nullptr, nullptr, HostTensor(DType::f32, {10, 4}).view());
+      },
+      {"indices", "int32/int64", "float32"});
   const HostTensor bad_cu = testing::int_tensor({0, 4, 9});
   const TensorView bcu = bad_cu.view();
-  expect_error([&] { dsa_sparse_indices({.sliding_window = 2}, &bcu, nullptr, lists.view()); }, {"cu_seqlens", "10", "9"});
+  expect_error([&] { dsa_sparse_indices({.sliding_window = 2}, &bcu, nullptr, lists.view()); },
+               {"cu_seqlens", "10", "9"});
 }
 
 }  // namespace
@@ -237,7 +263,8 @@ namespace {
 // whatever the thread count.
 TEST(DsaSparseAttention, BackwardIndependentOfThreadCount) {
   const int64_t T = 13, H = 4, Hkv = 2, D = 8, N = 10, W = 7;
-  const HostTensor q = testing::randn({T, H, D}, 1), kv = testing::randn({N, Hkv, D}, 2), sinks = testing::randn({H}, 3);
+  const HostTensor q = testing::randn({T, H, D}, 1), kv = testing::randn({N, Hkv, D}, 2),
+                   sinks = testing::randn({H}, 3);
   const HostTensor g = testing::randn({T, H, D}, 4);
   std::vector<int64_t> lists;
   for (int64_t i = 0; i < T * Hkv * W; ++i) lists.push_back((i * 7) % (N + 1) - 1);

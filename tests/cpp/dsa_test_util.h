@@ -44,8 +44,8 @@ inline void rope_ref(double* x, int64_t dim, const double* cos, const double* si
 // weighted RMSNorm, rope at w * m. Returns [n_win, D].
 inline std::vector<double> compressor_ref(const std::vector<double>& kv, const std::vector<double>& gate, int64_t n,
                                           const std::vector<double>& bias, const std::vector<double>& weight,
-                                          const std::vector<double>& cos, const std::vector<double>& sin,
-                                          int64_t half, int64_t m, bool overlap, double eps) {
+                                          const std::vector<double>& cos, const std::vector<double>& sin, int64_t half,
+                                          int64_t m, bool overlap, double eps) {
   const int64_t D = static_cast<int64_t>(weight.size()), C = overlap ? 2 : 1, W = C * D, nw = n / m;
   const int64_t slots = overlap ? 2 * m : m;
   std::vector<double> out(static_cast<size_t>(nw * D));
@@ -57,15 +57,18 @@ inline std::vector<double> compressor_ref(const std::vector<double>& kv, const s
         const int64_t cur = (w * m + s) * W;
         if (overlap) {
           pv[static_cast<size_t>((m + s) * D + d)] = kv[static_cast<size_t>(cur + D + d)];
-          pg[static_cast<size_t>((m + s) * D + d)] = gate[static_cast<size_t>(cur + D + d)] + bias[static_cast<size_t>(s * W + D + d)];
+          pg[static_cast<size_t>((m + s) * D + d)] =
+              gate[static_cast<size_t>(cur + D + d)] + bias[static_cast<size_t>(s * W + D + d)];
           if (w > 0) {
             const int64_t prev = ((w - 1) * m + s) * W;
             pv[static_cast<size_t>(s * D + d)] = kv[static_cast<size_t>(prev + d)];
-            pg[static_cast<size_t>(s * D + d)] = gate[static_cast<size_t>(prev + d)] + bias[static_cast<size_t>(s * W + d)];
+            pg[static_cast<size_t>(s * D + d)] =
+                gate[static_cast<size_t>(prev + d)] + bias[static_cast<size_t>(s * W + d)];
           }
         } else {
           pv[static_cast<size_t>(s * D + d)] = kv[static_cast<size_t>(cur + d)];
-          pg[static_cast<size_t>(s * D + d)] = gate[static_cast<size_t>(cur + d)] + bias[static_cast<size_t>(s * W + d)];
+          pg[static_cast<size_t>(s * D + d)] =
+              gate[static_cast<size_t>(cur + d)] + bias[static_cast<size_t>(s * W + d)];
         }
       }
     }
@@ -74,13 +77,15 @@ inline std::vector<double> compressor_ref(const std::vector<double>& kv, const s
       double z = 0.0;
       for (int64_t s = 0; s < slots; ++s) z += std::exp(pg[static_cast<size_t>(s * D + d)]);
       for (int64_t s = 0; s < slots; ++s) {
-        c[static_cast<size_t>(d)] += std::exp(pg[static_cast<size_t>(s * D + d)]) / z * pv[static_cast<size_t>(s * D + d)];
+        c[static_cast<size_t>(d)] +=
+            std::exp(pg[static_cast<size_t>(s * D + d)]) / z * pv[static_cast<size_t>(s * D + d)];
       }
     }
     double ms = 0.0;
     for (double v : c) ms += v * v / static_cast<double>(D);
     double* y = out.data() + w * D;
-    for (int64_t d = 0; d < D; ++d) y[d] = weight[static_cast<size_t>(d)] * (c[static_cast<size_t>(d)] / std::sqrt(ms + eps));
+    for (int64_t d = 0; d < D; ++d)
+      y[d] = weight[static_cast<size_t>(d)] * (c[static_cast<size_t>(d)] / std::sqrt(ms + eps));
     rope_ref(y, D, cos.data() + w * m * half, sin.data() + w * m * half, half, false);
   }
   return out;
@@ -88,15 +93,17 @@ inline std::vector<double> compressor_ref(const std::vector<double>& kv, const s
 
 // Dense indexer scores [n, n_c] of one sequence (q [n, H, D], k [n_c, D], weights [n, H]).
 inline std::vector<double> indexer_scores_ref(const std::vector<double>& q, const std::vector<double>& k,
-                                              const std::vector<double>& w, int64_t n, int64_t nc, int64_t H,
-                                              int64_t D, double softmax_scale, double weights_scaling) {
+                                              const std::vector<double>& w, int64_t n, int64_t nc, int64_t H, int64_t D,
+                                              double softmax_scale, double weights_scaling) {
   std::vector<double> s(static_cast<size_t>(n * nc), 0.0);
   for (int64_t t = 0; t < n; ++t) {
     for (int64_t j = 0; j < nc; ++j) {
       for (int64_t h = 0; h < H; ++h) {
         double dot = 0.0;
-        for (int64_t d = 0; d < D; ++d) dot += q[static_cast<size_t>((t * H + h) * D + d)] * k[static_cast<size_t>(j * D + d)];
-        s[static_cast<size_t>(t * nc + j)] += std::max(dot, 0.0) * softmax_scale * (w[static_cast<size_t>(t * H + h)] * weights_scaling);
+        for (int64_t d = 0; d < D; ++d)
+          dot += q[static_cast<size_t>((t * H + h) * D + d)] * k[static_cast<size_t>(j * D + d)];
+        s[static_cast<size_t>(t * nc + j)] +=
+            std::max(dot, 0.0) * softmax_scale * (w[static_cast<size_t>(t * H + h)] * weights_scaling);
       }
     }
   }
@@ -144,14 +151,16 @@ inline std::vector<double> sparse_attention_ref(const std::vector<double>& q, co
         const double mu = mult[static_cast<size_t>((t * Hkv + g) * N + j)];
         if (mu == 0.0) continue;
         double dot = 0.0;
-        for (int64_t d = 0; d < D; ++d) dot += q[static_cast<size_t>((t * H + h) * D + d)] * kv[static_cast<size_t>((j * Hkv + g) * D + d)];
+        for (int64_t d = 0; d < D; ++d)
+          dot += q[static_cast<size_t>((t * H + h) * D + d)] * kv[static_cast<size_t>((j * Hkv + g) * D + d)];
         e[static_cast<size_t>(j)] = mu * std::exp(scale * dot);
         z += e[static_cast<size_t>(j)];
       }
       if (z == 0.0) continue;
       for (int64_t j = 0; j < N; ++j) {
         for (int64_t d = 0; d < D; ++d) {
-          out[static_cast<size_t>((t * H + h) * D + d)] += e[static_cast<size_t>(j)] / z * kv[static_cast<size_t>((j * Hkv + g) * D + d)];
+          out[static_cast<size_t>((t * H + h) * D + d)] +=
+              e[static_cast<size_t>(j)] / z * kv[static_cast<size_t>((j * Hkv + g) * D + d)];
         }
       }
     }

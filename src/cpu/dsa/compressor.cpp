@@ -64,8 +64,9 @@ struct Inputs {
 
 Inputs load_inputs(const TensorView& kv, const TensorView& gate, const TensorView& position_bias,
                    const TensorView& norm_weight, const TensorView& cos, const TensorView& sin) {
-  Inputs in{access::load(kv), access::load(gate), access::load(position_bias), access::load(norm_weight),
-            access::load(cos), access::load(sin), norm_weight.size(0), kv.size(kv.rank - 1), cos.size(1)};
+  Inputs in{access::load(kv),          access::load(gate),   access::load(position_bias),
+            access::load(norm_weight), access::load(cos),    access::load(sin),
+            norm_weight.size(0),       kv.size(kv.rank - 1), cos.size(1)};
   return in;
 }
 
@@ -195,7 +196,8 @@ void dsa_compressor_bwd(const DsaCompressorParams& params, const TensorView& kv,
     }
   });
   for (size_t i = 0; i < windows.size(); ++i) {
-    for (int64_t d = 0; d < D; ++d) g_weight[static_cast<size_t>(d)] += weight_terms[i * static_cast<size_t>(D) + static_cast<size_t>(d)];
+    for (int64_t d = 0; d < D; ++d)
+      g_weight[static_cast<size_t>(d)] += weight_terms[i * static_cast<size_t>(D) + static_cast<size_t>(d)];
   }
   access::store(g_kv, dkv);
   access::store(g_gate, dgate);

@@ -87,9 +87,8 @@ void dsa_indexer_fwd(int64_t compress_ratio, double softmax_scale, double weight
 
 void dsa_indexer_bwd(double softmax_scale, double weights_scaling, const TensorView& q, const TensorView& k,
                      const TensorView& weights, const std::vector<int64_t>& cu,
-                     const std::vector<int64_t>& cu_compressed, const TensorView& indices,
-                     const TensorView& dscores, const TensorView& dq, const TensorView& dk,
-                     const TensorView& dweights) {
+                     const std::vector<int64_t>& cu_compressed, const TensorView& indices, const TensorView& dscores,
+                     const TensorView& dq, const TensorView& dk, const TensorView& dweights) {
   const int64_t T = q.size(0), H = q.size(1), D = q.size(2), K = indices.size(1);
   const std::vector<double> qv = access::load(q), kv = access::load(k), wv = access::load(weights);
   const std::vector<double> ds = access::load(dscores);

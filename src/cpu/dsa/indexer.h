@@ -15,8 +15,7 @@ void dsa_indexer_fwd(int64_t compress_ratio, double softmax_scale, double weight
                      const std::vector<int64_t>& cu_compressed, const TensorView& indices, const TensorView* scores);
 void dsa_indexer_bwd(double softmax_scale, double weights_scaling, const TensorView& q, const TensorView& k,
                      const TensorView& weights, const std::vector<int64_t>& cu,
-                     const std::vector<int64_t>& cu_compressed, const TensorView& indices,
-                     const TensorView& dscores, const TensorView& dq, const TensorView& dk,
-                     const TensorView& dweights);
+                     const std::vector<int64_t>& cu_compressed, const TensorView& indices, const TensorView& dscores,
+                     const TensorView& dq, const TensorView& dk, const TensorView& dweights);
 
 }  // namespace seqmix::cpu

@@ -49,8 +49,8 @@ std::vector<double> dsa_rope_inv_freq(const DsaRopeTableParams& p) {
     const double interpolation = f32(1.0 / f32(f32(p.yarn_factor) * pf));
     const double ramp = std::clamp(f32(f32(static_cast<double>(i) - f32(low)) / f32(high - low)), 0.0, 1.0);
     const double extrapolation_factor = f32(1.0 - ramp);
-    inv[static_cast<size_t>(i)] = f32(f32(interpolation * f32(1.0 - extrapolation_factor)) +
-                                      f32(extrapolation * extrapolation_factor));
+    inv[static_cast<size_t>(i)] =
+        f32(f32(interpolation * f32(1.0 - extrapolation_factor)) + f32(extrapolation * extrapolation_factor));
   }
   return inv;
 }

@@ -32,8 +32,17 @@ struct Problem {
 
 Problem load_problem(double scale, const TensorView& q, const TensorView& kv, const TensorView& indices,
                      const TensorView* sinks) {
-  Problem p{access::load(q), access::load(kv), access::load_optional(sinks), access::load_int(indices),
-            q.size(0), q.size(1), kv.size(1), q.size(2), indices.size(2), q.size(1) / kv.size(1), scale};
+  Problem p{access::load(q),
+            access::load(kv),
+            access::load_optional(sinks),
+            access::load_int(indices),
+            q.size(0),
+            q.size(1),
+            kv.size(1),
+            q.size(2),
+            indices.size(2),
+            q.size(1) / kv.size(1),
+            scale};
   return p;
 }
 
@@ -171,7 +180,8 @@ void dsa_sparse_attention_bwd(double softmax_scale, const TensorView& q, const T
         double acc = 0.0;
         for (int64_t t = 0; t < pb.T; ++t) {
           const int64_t r = t * pb.H + h;
-          acc -= std::exp(pb.sinks[static_cast<size_t>(h)] - lse[static_cast<size_t>(r)]) * delta[static_cast<size_t>(r)];
+          acc -=
+              std::exp(pb.sinks[static_cast<size_t>(h)] - lse[static_cast<size_t>(r)]) * delta[static_cast<size_t>(r)];
         }
         g_sink[static_cast<size_t>(h)] = acc;
       }
