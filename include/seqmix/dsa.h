@@ -71,7 +71,8 @@ struct DsaCompressorParams {
   double rms_norm_eps = 1e-6;
 };
 
-// kv, gate: [B, T, C*D] (dense, cu_seqlens nullptr) or [T, C*D] packed with cu_seqlens.
+// kv, gate: [B, T, C*D] (dense, cu_seqlens nullptr) or [T, C*D] packed with cu_seqlens
+// (nullptr: one sequence).
 // position_bias [m, C*D]; norm_weight [D]; cos/sin [P, R/2] position tables (row = position,
 // P > the last window start); out [B, T/m, D] or [T_c, D] with the entries of sequence b at
 // rows cu_compressed[b].. (see dsa_compressed_cu_seqlens).
@@ -92,9 +93,10 @@ void dsa_compressed_cu_seqlens(const TensorView& cu_seqlens, int64_t compress_ra
 //   score(t, s) = sum_h weights[t,h] * weights_scaling * relu(q[t,h] . k[s]) * softmax_scale
 // over the compressed entries s < (pos_t + 1) / m of t's sequence (pos_t: position in the
 // sequence); indices[t] = the top-k of those, best first, padded with -1. Streaming: one
-// size-k selection per query, never the [T, T_c] score matrix. Ties: the lower index wins
-// (torch.topk on the CPU leaves the order of equal scores to std::partial_sort/nth_element,
-// so HF may pick another entry among exactly equal scores).
+// size-k selection per query, never the [T, T_c] score matrix. Ties: the lower index wins.
+// torch.topk on the CPU orders equal scores as std::nth_element / partial_sort leave them
+// (torch 2.11: topk(zeros(10), 3) -> [8, 6, 7]), so HF may pick other entries among exactly
+// equal scores; the selected score multiset is the same.
 struct DsaIndexerParams {
   int64_t compress_ratio = 4;             // m of the compressed keys
   std::optional<double> softmax_scale;    // default index_head_dim^-0.5
