@@ -61,4 +61,7 @@ void hstu_attention_bwd(const HstuAttentionParams& params, const TensorView& q, 
 
 }  // namespace seqmix
 
-// ---- attention truncation and FP8 quantization ----
+// Attention truncation (ULTRA-HSTU mid-stack) and FP8 quantization of the operands: one include
+// gives the whole family.
+#include "seqmix/hstu_fp8.h"
+#include "seqmix/hstu_truncation.h"

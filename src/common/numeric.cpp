@@ -104,11 +104,12 @@ uint8_t encode(const Fp8Format& f, double value) {
   const double magnitude = std::fabs(value);
   const uint8_t overflow = f.overflow_to_nan ? 0x7Fu : 0x7Cu;
   const double max_value = decode_positive(f, f.max_finite_code);
-  // e4m3fn has no code above max (0x7F is NaN), so torch keeps rounding down to max until a
-  // whole ulp above it; e5m2 overflows to inf from the midpoint, as round-to-nearest-even does.
-  const double ulp_at_max = max_value - decode_positive(f, f.max_finite_code - 1);
-  const double overflow_threshold = max_value + (f.overflow_to_nan ? ulp_at_max : ulp_at_max / 2.0);
-  if (std::isinf(magnitude) || magnitude >= overflow_threshold) {
+  // Round-to-nearest-even past the largest finite code: above the midpoint to the next
+  // (non-finite) code overflows; at the midpoint the even code wins, which is max for e4m3fn
+  // (0x7E, so 464 -> 448 and 464.5 -> NaN, as torch) and inf for e5m2 (0x7C).
+  const double midpoint = max_value + (max_value - decode_positive(f, f.max_finite_code - 1)) / 2.0;
+  const bool max_code_is_odd = f.max_finite_code & 1;
+  if (std::isinf(magnitude) || magnitude > midpoint || (magnitude == midpoint && max_code_is_odd)) {
     return static_cast<uint8_t>(sign | overflow);
   }
   int lo = 0;
