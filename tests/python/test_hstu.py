@@ -231,3 +231,17 @@ def test_torch_compile_fullgraph(backend):
     block.zero_grad()
     expected.sum().backward()
     torch.testing.assert_close(grad, block.proj.weight.grad, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.skipif(not TORCH_2_1, reason="torch.export needs torch >= 2.1")
+def test_torch_export_traces_through_meta():
+    class Attention(torch.nn.Module):
+        def forward(self, q, k, v, seq_offsets, num_targets):
+            return seqmix.hstu_attention(q, k, v, seq_offsets, 9, 0.5, num_targets=num_targets, max_attn_len=2)
+
+    q, k, v, seq_offsets = make_inputs()
+    num_targets = torch.tensor([2, 0, 1, 3])
+    exported = torch.export.export(Attention(), (q, k, v, seq_offsets, num_targets))
+    assert any(node.target == torch.ops.seqmix.hstu_attention.default for node in exported.graph.nodes)
+    expected = reference(q, k, v, seq_offsets, 9, 0.5, num_targets=num_targets, max_attn_len=2)
+    torch.testing.assert_close(exported.module()(q, k, v, seq_offsets, num_targets), expected, atol=1e-12, rtol=1e-10)

@@ -210,3 +210,21 @@ def test_meta_tensors_give_shapes(varlen):
         assert t.grad.shape == t.shape and t.grad.dtype == t.dtype, name
     o, ht, hbt = seqmix.chunk_ttt_linear(**inputs)
     assert ht is None and hbt is None
+
+
+@pytest.mark.skipif(tuple(int(x) for x in torch.__version__.split(".")[:2]) < (2, 1),
+                    reason="torch.compile(fullgraph=True) of custom ops needs torch >= 2.1")
+def test_torch_compile_fullgraph_with_states():
+    def step(inputs):
+        o, final_state, final_state_bias = seqmix.chunk_ttt_linear(**inputs, chunk_size=4, output_final_state=True)
+        return o.sum() + final_state.sum() + final_state_bias.sum()
+
+    inputs = differentiable(make_inputs(length=6, states=True))
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    got = compiled(inputs)
+    grads = torch.autograd.grad(got, list(inputs.values()))
+    expected = step(inputs)
+    want = torch.autograd.grad(expected, list(inputs.values()))
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-10)
+    for name, a, b in zip(inputs, grads, want):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10, msg=f"grad of {name}")
