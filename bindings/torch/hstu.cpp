@@ -1,11 +1,12 @@
 // torch.ops.seqmix.hstu_attention (generative-recommenders `hstu_mha` semantics, TorchEasyRec SLA):
 // q, k [L, H, Dqk], v [L, H, Dv], seq_offsets [B + 1] -> out [L, H, Dv]; gradients for q, k, v.
+#include "seqmix/hstu.h"
+
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
 #include "common.h"
-#include "seqmix/hstu.h"
 
 namespace seqmix::torch_binding {
 namespace {
@@ -28,11 +29,10 @@ HstuAttentionParams make_params(int64_t max_seq_len, double alpha, bool causal, 
 
 // ---- CPU and CUDA kernels ----
 
-at::Tensor hstu_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                          const at::Tensor& seq_offsets, int64_t max_seq_len, double alpha,
-                          const c10::optional<at::Tensor>& num_targets, bool causal, int64_t contextual_seq_len,
-                          int64_t max_attn_len, int64_t min_full_attn_seq_len, int64_t scaling_seqlen,
-                          int64_t sla_k1, int64_t sla_k2) {
+at::Tensor hstu_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& seq_offsets,
+                          int64_t max_seq_len, double alpha, const c10::optional<at::Tensor>& num_targets, bool causal,
+                          int64_t contextual_seq_len, int64_t max_attn_len, int64_t min_full_attn_seq_len,
+                          int64_t scaling_seqlen, int64_t sla_k1, int64_t sla_k2) {
   const HstuAttentionParams params = make_params(max_seq_len, alpha, causal, contextual_seq_len, max_attn_len,
                                                  min_full_attn_seq_len, scaling_seqlen, sla_k1, sla_k2);
   const at::DeviceGuard guard(q.device());
@@ -56,8 +56,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hstu_attention_backward(
   at::Tensor dk = at::empty(q_view.shape(), q.options());
   at::Tensor dv = at::empty(v_view.shape(), q.options());
   hstu_attention_bwd(params, q_view, view(k, "k"), v_view, view(seq_offsets, "seq_offsets"),
-                     OptionalView(num_targets, "num_targets").get(), view(dout, "dout"), view(dq, "dq"),
-                     view(dk, "dk"), view(dv, "dv"));
+                     OptionalView(num_targets, "num_targets").get(), view(dout, "dout"), view(dq, "dq"), view(dk, "dk"),
+                     view(dv, "dv"));
   return {dq, dk, dv};
 }
 
@@ -66,16 +66,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hstu_attention_backward(
 at::Tensor hstu_attention_meta(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor&,
                                int64_t, double, const c10::optional<at::Tensor>&, bool, int64_t, int64_t, int64_t,
                                int64_t, int64_t, int64_t) {
-  TORCH_CHECK(q.dim() == 3 && k.sizes() == q.sizes() && v.dim() == 3 && v.size(0) == q.size(0) &&
-                  v.size(1) == q.size(1),
-              "seqmix: hstu_attention expects q, k [L, H, Dqk] and v [L, H, Dv], got q ", q.sizes(), ", k ",
-              k.sizes(), ", v ", v.sizes());
+  TORCH_CHECK(
+      q.dim() == 3 && k.sizes() == q.sizes() && v.dim() == 3 && v.size(0) == q.size(0) && v.size(1) == q.size(1),
+      "seqmix: hstu_attention expects q, k [L, H, Dqk] and v [L, H, Dv], got q ", q.sizes(), ", k ", k.sizes(), ", v ",
+      v.sizes());
   return at::empty(v.sizes(), q.options());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hstu_attention_backward_meta(
-    const at::Tensor&, const at::Tensor& q, const at::Tensor&, const at::Tensor& v, const at::Tensor&, int64_t,
-    double, const c10::optional<at::Tensor>&, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t) {
+    const at::Tensor&, const at::Tensor& q, const at::Tensor&, const at::Tensor& v, const at::Tensor&, int64_t, double,
+    const c10::optional<at::Tensor>&, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t) {
   return {at::empty(q.sizes(), q.options()), at::empty(q.sizes(), q.options()), at::empty(v.sizes(), q.options())};
 }
 
@@ -84,7 +84,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hstu_attention_backward_meta(
 
 at::Tensor call_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& seq_offsets,
                         const c10::optional<at::Tensor>& num_targets, const HstuAttentionParams& p) {
-  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("seqmix::hstu_attention", "").typed<decltype(hstu_attention)>();
+  static auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("seqmix::hstu_attention", "").typed<decltype(hstu_attention)>();
   return op.call(q, k, v, seq_offsets, p.max_seq_len, p.alpha, num_targets, p.causal, p.contextual_seq_len,
                  p.max_attn_len, p.min_full_attn_seq_len, p.scaling_seqlen, p.sla_k1, p.sla_k2);
 }
@@ -139,7 +140,8 @@ class HstuAttentionFunction : public torch::autograd::Function<HstuAttentionFunc
     const c10::optional<at::Tensor> num_targets =
         saved[4].defined() ? c10::optional<at::Tensor>(saved[4]) : c10::nullopt;
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [dq, dk, dv] = call_backward(grads[0].contiguous(), saved[0], saved[1], saved[2], saved[3], num_targets, params);
+    auto [dq, dk, dv] =
+        call_backward(grads[0].contiguous(), saved[0], saved[1], saved[2], saved[3], num_targets, params);
     return {dq, dk, dv, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -183,6 +185,4 @@ TORCH_LIBRARY_IMPL(seqmix, Meta, m) {
   m.impl("hstu_attention_backward", &seqmix::torch_binding::hstu_attention_backward_meta);
 }
 
-TORCH_LIBRARY_IMPL(seqmix, Autograd, m) {
-  m.impl("hstu_attention", &seqmix::torch_binding::hstu_attention_autograd);
-}
+TORCH_LIBRARY_IMPL(seqmix, Autograd, m) { m.impl("hstu_attention", &seqmix::torch_binding::hstu_attention_autograd); }

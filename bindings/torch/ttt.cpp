@@ -3,12 +3,13 @@
 // initial_state_bias [N, H, 1, K] -> (o [B, T, H, K], final_state, final_state_bias); gradients for
 // every tensor input. The final states are [0]-sized when output_final_state is false (the Python
 // wrapper returns None for them), as an op returns the same tensors in every case.
+#include "seqmix/ttt.h"
+
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
 #include "common.h"
-#include "seqmix/ttt.h"
 
 namespace seqmix::torch_binding {
 namespace {
@@ -64,8 +65,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_ttt_linear(
   return {o, final_state, final_state_bias};
 }
 
-using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                                  at::Tensor, at::Tensor>;
+using BackwardResult =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // Returns (dq, dk, dv, dw, db, deta, dh0, dhb0); dh0 / dhb0 are [0]-sized when the initial state /
 // bias is absent.
@@ -82,9 +83,10 @@ BackwardResult chunk_ttt_linear_backward(const at::Tensor& grad_o, const Optiona
   at::Tensor db = at::empty(b.sizes(), b.options()), deta = at::empty(eta.sizes(), eta.options());
   const bool has_state = initial_state.has_value() && initial_state->defined();
   const bool has_bias = initial_state_bias.has_value() && initial_state_bias->defined();
-  at::Tensor dh0 = has_state ? at::empty(initial_state->sizes(), initial_state->options()) : at::empty({0}, q.options());
-  at::Tensor dhb0 = has_bias ? at::empty(initial_state_bias->sizes(), initial_state_bias->options())
-                             : at::empty({0}, q.options());
+  at::Tensor dh0 =
+      has_state ? at::empty(initial_state->sizes(), initial_state->options()) : at::empty({0}, q.options());
+  at::Tensor dhb0 =
+      has_bias ? at::empty(initial_state_bias->sizes(), initial_state_bias->options()) : at::empty({0}, q.options());
   chunk_ttt_linear_bwd(view(q, "q"), view(k, "k"), view(v, "v"), view(w, "w"), view(b, "b"), view(eta, "eta"),
                        OptionalView(initial_state, "initial_state").get(),
                        OptionalView(initial_state_bias, "initial_state_bias").get(),
@@ -117,21 +119,23 @@ BackwardResult chunk_ttt_linear_backward_meta(const at::Tensor&, const OptionalT
   const auto like = [&](const OptionalTensor& t) {
     return t.has_value() && t->defined() ? at::empty(t->sizes(), t->options()) : at::empty({0}, q.options());
   };
-  return {at::empty(q.sizes(), q.options()), at::empty(k.sizes(), k.options()), at::empty(v.sizes(), v.options()),
-          at::empty(w.sizes(), w.options()), at::empty(b.sizes(), b.options()), at::empty(eta.sizes(), eta.options()),
-          like(initial_state), like(initial_state_bias)};
+  return {at::empty(q.sizes(), q.options()),
+          at::empty(k.sizes(), k.options()),
+          at::empty(v.sizes(), v.options()),
+          at::empty(w.sizes(), w.options()),
+          at::empty(b.sizes(), b.options()),
+          at::empty(eta.sizes(), eta.options()),
+          like(initial_state),
+          like(initial_state_bias)};
 }
 
 // ---- Autograd: both passes call the ops below the autograd key (so Meta serves torch.compile and the
 // backward op needs no autograd kernel of its own; double backward is not supported) ----
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> call_forward(const at::Tensor& q, const at::Tensor& k,
-                                                            const at::Tensor& v, const at::Tensor& w,
-                                                            const at::Tensor& b, const at::Tensor& eta,
-                                                            const OptionalTensor& initial_state,
-                                                            const OptionalTensor& initial_state_bias,
-                                                            const OptionalTensor& cu_seqlens,
-                                                            const TTTLinearParams& p) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> call_forward(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& w, const at::Tensor& b,
+    const at::Tensor& eta, const OptionalTensor& initial_state, const OptionalTensor& initial_state_bias,
+    const OptionalTensor& cu_seqlens, const TTTLinearParams& p) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("seqmix::chunk_ttt_linear", "")
                        .typed<decltype(chunk_ttt_linear)>();
@@ -181,15 +185,17 @@ class ChunkTTTLinearFunction : public torch::autograd::Function<ChunkTTTLinearFu
     const auto s = ctx->get_saved_variables();
     auto& d = ctx->saved_data;
     const TTTLinearParams params =
-        make_params(d.count("scale") ? c10::optional<double>(d["scale"].toDouble()) : c10::nullopt,
-                    d["eps"].toDouble(), d["chunk_size"].toInt(), false);
+        make_params(d.count("scale") ? c10::optional<double>(d["scale"].toDouble()) : c10::nullopt, d["eps"].toDouble(),
+                    d["chunk_size"].toInt(), false);
     // An unused output has an undefined gradient: zero for o, absent (= zero) for the final states.
     const at::Tensor grad_o = grads[0].defined() ? grads[0].contiguous() : at::zeros_like(s[2]);
-    const OptionalTensor grad_final_state = grads[1].defined() && grads[1].numel() > 0 ? optional(grads[1].contiguous()) : c10::nullopt;
-    const OptionalTensor grad_final_state_bias = grads[2].defined() && grads[2].numel() > 0 ? optional(grads[2].contiguous()) : c10::nullopt;
+    const auto state_grad = [](const at::Tensor& g) {
+      return g.defined() && g.numel() > 0 ? OptionalTensor(g.contiguous()) : c10::nullopt;
+    };
     auto [dq, dk, dv, dw, db, deta, dh0, dhb0] =
-        call_backward(grad_o, grad_final_state, grad_final_state_bias, s[0], s[1], s[2], s[3], s[4], s[5],
+        call_backward(grad_o, state_grad(grads[1]), state_grad(grads[2]), s[0], s[1], s[2], s[3], s[4], s[5],
                       optional(s[6]), optional(s[7]), optional(s[8]), params);
+    // No gradient for an absent initial state, cu_seqlens or the options.
     return {dq, dk, dv, dw, db, deta, s[6].defined() ? dh0 : at::Tensor(), s[7].defined() ? dhb0 : at::Tensor(),
             at::Tensor(), at::Tensor()};
   }

@@ -88,7 +88,8 @@ CASES = {
     "t1_c3": (dict(length=1), dict(chunk_size=3, output_final_state=True)),
     "varlen_states": (dict(batch=1, length=11, states=True, num_seqs=4),
                       dict(chunk_size=3, output_final_state=True, cu_seqlens=torch.tensor([0, 4, 4, 5, 11]))),
-    "varlen_int32": (dict(batch=1, length=9), dict(chunk_size=4, cu_seqlens=torch.tensor([0, 6, 9], dtype=torch.int32))),
+    "varlen_int32": (dict(batch=1, length=9),
+                     dict(chunk_size=4, cu_seqlens=torch.tensor([0, 6, 9], dtype=torch.int32))),
 }
 
 
