@@ -2,13 +2,14 @@
 // definitions of tests/cpp/dsa_test_util.h (HF's padded-window compressor, dense indexer scores +
 // full sort, dense multiplicity-masked sink softmax, complex-multiply RoPE, HF's dense mask for the
 // index lists) and each backward against fp64 central differences. Index rows count mismatched
-// indices / rows as their error. CPU only: no CUDA kernel yet.
+// indices / rows as their error. On CUDA: the kernels that exist (RoPE) against the CPU backend.
 #include <algorithm>
 #include <cmath>
 #include <set>
 
 #include "../tests/cpp/dsa_test_util.h"
 #include "check.h"
+#include "seqmix/device.h"
 #include "seqmix/dsa.h"
 
 namespace seqmix::tools {
@@ -236,9 +237,46 @@ void attention_rows(std::vector<CheckRow>& rows) {
   rows.push_back(lrow);
 }
 
+// CUDA RoPE (fp32 math, one rounding to bf16) against the CPU reference on the same bf16 input,
+// at V4-Flash head layout [nope 128 | rope 64]; tolerance: one bf16 ulp of |x| <= ~4.
+void cuda_rope_rows(std::vector<CheckRow>& rows, Device device) {
+  const int64_t tokens = 2048, heads = 8, head_dim = 192, rope_dim = 64;
+  const HostTensor x = filled({tokens, heads, head_dim}, 21, -4.0, 4.0).to(DType::bf16);
+  HostTensor positions(DType::i64, {tokens}), cos(DType::f32, {tokens, rope_dim / 2}), sin(DType::f32, {tokens, rope_dim / 2});
+  for (int64_t t = 0; t < tokens; ++t) positions.data_as<int64_t>()[t] = t;
+  DsaRopeTableParams table;
+  table.rope_dim = rope_dim;
+  dsa_rope_cos_sin(table, positions.view(), cos.view(), sin.view());
+  CudaTensor dx = CudaTensor::from_host(x, device.index), dcos = CudaTensor::from_host(cos, device.index);
+  CudaTensor dsin = CudaTensor::from_host(sin, device.index), dout(DType::bf16, {tokens, heads, head_dim}, device.index);
+  for (const bool inverse : {false, true}) {
+    CheckRow row{inverse ? "dsa_rope_bwd bf16 T2048 H8 D192 vs cpu" : "dsa_rope_fwd bf16 T2048 H8 D192 vs cpu"};
+    row.tolerance = 4.0 * std::ldexp(1.0, -7);
+    HostTensor expected(DType::bf16, {tokens, heads, head_dim});
+    if (inverse) {
+      dsa_rope_bwd({}, x.view(), cos.view(), sin.view(), nullptr, expected.view());
+    } else {
+      dsa_rope_fwd({}, x.view(), cos.view(), sin.view(), nullptr, expected.view());
+    }
+    row.ms = time_ms([&] {
+      if (inverse) {
+        dsa_rope_bwd({}, dx.view(), dcos.view(), dsin.view(), nullptr, dout.view());
+      } else {
+        dsa_rope_fwd({}, dx.view(), dcos.view(), dsin.view(), nullptr, dout.view());
+      }
+      cuda_synchronize();
+    });
+    compare(dout.to_host(), expected, row);
+    rows.push_back(row);
+  }
+}
+
 std::vector<CheckRow> check_dsa(Device device) {
-  if (device.type != DeviceType::cpu) return {};
   std::vector<CheckRow> rows;
+  if (device.type == DeviceType::cuda) {
+    cuda_rope_rows(rows, device);
+    return rows;
+  }
   rope_rows(rows);
   compressor_rows(rows);
   indexer_rows(rows);

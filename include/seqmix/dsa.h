@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <optional>
 
+#include "seqmix/device.h"
 #include "seqmix/tensor.h"
 
 namespace seqmix {
@@ -48,11 +49,13 @@ struct DsaRopeParams {
 // x, out [T, H, D]; cos, sin [P, R/2] (R = rope_dim <= D) indexed by position: token t uses row
 // position_ids[t] ([T] int32/int64) or row t when position_ids is nullptr. Channels [0, D - R)
 // are copied unchanged.
+// On CUDA (bf16/f16/f32, fp32 math as HF) cos/sin must be contiguous in f32 or x's dtype, out
+// separate from x, and a position outside [0, P) yields NaN (no host-side check without a sync).
 void dsa_rope_fwd(const DsaRopeParams& params, const TensorView& x, const TensorView& cos, const TensorView& sin,
-                  const TensorView* position_ids, const TensorView& out);
+                  const TensorView* position_ids, const TensorView& out, Stream stream = nullptr);
 // dx = rotation by the opposite angle of dout.
 void dsa_rope_bwd(const DsaRopeParams& params, const TensorView& dout, const TensorView& cos, const TensorView& sin,
-                  const TensorView* position_ids, const TensorView& dx);
+                  const TensorView* position_ids, const TensorView& dx, Stream stream = nullptr);
 
 // ---------------------------------------------------------------------------------------
 // KV compressor (HF DeepseekV4CSACompressor / DeepseekV4HCACompressor / the indexer's own

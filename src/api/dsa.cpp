@@ -13,22 +13,16 @@
 #include "cpu/dsa/compressor.h"
 #include "cpu/dsa/indexer.h"
 #include "cpu/dsa/rope.h"
+#ifdef SEQMIX_WITH_CUDA
+#include "cuda/dsa/rope.h"
+#endif
 #include "cpu/dsa/sparse_attention.h"
 
 namespace seqmix {
 namespace {
 
 using validate::kAnySize;
-using Named = std::pair<const TensorView*, const char*>;
-
-// All tensors on the device of the first; returns that device.
-Device common_device(std::initializer_list<Named> tensors) {
-  const Named& first = *tensors.begin();
-  for (const Named& t : tensors) {
-    if (t.first) validate::expect(*t.first, t.second).device(first.first->device);
-  }
-  return first.first->device;
-}
+using validate::Named;
 
 void finite_scale(const std::optional<double>& v, const char* name) {
   SEQMIX_CHECK(!v || std::isfinite(*v), name, " must be finite, got ", v ? *v : 0.0);
@@ -78,9 +72,16 @@ void check_rope_apply(const char* op, const TensorView& x, const char* x_name, c
     SEQMIX_CHECK(cos.size(0) >= x.size(0), "cos: without position_ids token t reads row t, so cos needs >= ", x.size(0),
                  " rows, got ", cos.size(0));
   }
-  const Device device =
-      common_device({{&x, x_name}, {&cos, "cos"}, {&sin, "sin"}, {position_ids, "position_ids"}, {&out, out_name}});
-  if (device.type == DeviceType::cuda) dispatch::cuda_not_implemented(op);
+  validate::same_device({{&x, x_name}, {&cos, "cos"}, {&sin, "sin"}, {position_ids, "position_ids"}, {&out, out_name}});
+  if (x.device.type == DeviceType::cuda) {
+    if (!dispatch::built_with_cuda()) dispatch::cuda_not_implemented(op);
+    validate::expect(x, x_name).dtype_in({DType::bf16, DType::f16, DType::f32});
+    SEQMIX_CHECK(x.stride(2) == 1, x_name, ": CUDA needs a contiguous head dim, got stride ", x.stride(2));
+    SEQMIX_CHECK(out.stride(2) == 1, out_name, ": CUDA needs a contiguous head dim, got stride ", out.stride(2));
+    validate::expect(cos, "cos").contiguous().dtype_in({DType::f32, x.dtype});
+    validate::expect(sin, "sin").contiguous().same_dtype(cos, "cos");
+    SEQMIX_CHECK(x.numel() == 0 || x.data != out.data, out_name, ": CUDA RoPE does not run in place; pass a separate output");
+  }
 }
 
 std::vector<int64_t> rope_positions(const TensorView* position_ids, const TensorView& cos) {
@@ -88,6 +89,18 @@ std::vector<int64_t> rope_positions(const TensorView* position_ids, const Tensor
   std::vector<int64_t> positions = access::load_int(*position_ids);
   check_index_range(positions, 1, "position_ids", [&](int64_t) { return cos.size(0); });
   return positions;
+}
+
+// Rotates on the device of x: the CUDA kernel or the CPU reference.
+void rope_apply(bool inverse, const TensorView& x, const TensorView& cos, const TensorView& sin,
+                const TensorView* position_ids, const TensorView& out, Stream stream) {
+  if (x.device.type == DeviceType::cuda) {
+#ifdef SEQMIX_WITH_CUDA
+    cuda::interleaved_rope(x, cos, sin, position_ids, out, inverse, static_cast<cudaStream_t>(stream));
+    return;
+#endif
+  }
+  cpu::dsa_rope_apply(inverse, x, cos, sin, rope_positions(position_ids, cos), out);
 }
 
 // ----- compressor --------------------------------------------------------------------------
@@ -120,13 +133,13 @@ CompressorLayout check_compressor(const char* op, const DsaCompressorParams& p, 
       .non_null();
   check_rope_tables(cos, sin);
   SEQMIX_CHECK(2 * cos.size(1) <= D, "cos: rope_dim = 2 * cos.size(1) = ", 2 * cos.size(1), " must be <= head_dim ", D);
-  const Device device = common_device({{&kv, "kv"},
+  const Device device = validate::same_device({{&kv, "kv"},
                                        {&gate, "gate"},
                                        {&position_bias, "position_bias"},
                                        {&norm_weight, "norm_weight"},
                                        {&cos, "cos"},
                                        {&sin, "sin"}});
-  for (const Named& t : extra) validate::expect(*t.first, t.second).device(device);
+  for (const Named& t : extra) validate::expect(*t.tensor, t.name).device(device);
   if (device.type == DeviceType::cuda) dispatch::cuda_not_implemented(op);
 
   CompressorLayout layout_out;
@@ -164,9 +177,9 @@ IndexerSetup check_indexer(const char* op, const DsaIndexerParams& p, const Tens
   validate::expect(indices, "indices").rank(2, "[T, index_topk]").integer().non_null();
   SEQMIX_CHECK(indices.size(0) == T, "indices: expected shape [", T, ", index_topk], got ", indices.shape_string());
   SEQMIX_CHECK(indices.size(1) >= 1, "indices: index_topk = indices.size(1) must be >= 1, got ", indices.size(1));
-  const Device device = common_device({{&q, "q"}, {&k, "k"}, {&weights, "weights"}, {&indices, "indices"}});
+  const Device device = validate::same_device({{&q, "q"}, {&k, "k"}, {&weights, "weights"}, {&indices, "indices"}});
   for (const Named& t : extra) {
-    if (t.first) validate::expect(*t.first, t.second).device(device);
+    if (t.tensor) validate::expect(*t.tensor, t.name).device(device);
   }
   if (device.type == DeviceType::cuda) dispatch::cuda_not_implemented(op);
   IndexerSetup s;
@@ -192,9 +205,9 @@ double check_sparse_attention(const char* op, const DsaSparseAttentionParams& p,
   SEQMIX_CHECK(Hkv >= 1 && H % Hkv == 0, "kv: H_kv = ", Hkv, " must divide the query heads H = ", H);
   validate::expect(indices, "indices").shape({T, Hkv, kAnySize}, "[T, H_kv, W]").integer().non_null();
   if (sinks) validate::expect(*sinks, "sinks").shape({H}, "[H]").floating().non_null();
-  const Device device = common_device({{&q, "q"}, {&kv, "kv"}, {&indices, "indices"}, {sinks, "sinks"}});
+  const Device device = validate::same_device({{&q, "q"}, {&kv, "kv"}, {&indices, "indices"}, {sinks, "sinks"}});
   for (const Named& t : extra) {
-    if (t.first) validate::expect(*t.first, t.second).device(device);
+    if (t.tensor) validate::expect(*t.tensor, t.name).device(device);
   }
   if (device.type == DeviceType::cuda) dispatch::cuda_not_implemented(op);
   check_index_range(access::load_int(indices), 1, "indices", [&](int64_t) { return kv.size(0); });
@@ -219,21 +232,21 @@ void dsa_rope_cos_sin(const DsaRopeTableParams& params, const TensorView& positi
   const int64_t P = position_ids.size(0);
   validate::expect(cos, "cos").shape({P, params.rope_dim / 2}, "[P, rope_dim / 2]").floating().non_null();
   validate::expect(sin, "sin").shape({P, params.rope_dim / 2}, "[P, rope_dim / 2]").floating().non_null();
-  const Device device = common_device({{&position_ids, "position_ids"}, {&cos, "cos"}, {&sin, "sin"}});
+  const Device device = validate::same_device({{&position_ids, "position_ids"}, {&cos, "cos"}, {&sin, "sin"}});
   if (device.type == DeviceType::cuda) dispatch::cuda_not_implemented("dsa_rope_cos_sin");
   cpu::dsa_rope_cos_sin(params, position_ids, cos, sin);
 }
 
 void dsa_rope_fwd(const DsaRopeParams& params, const TensorView& x, const TensorView& cos, const TensorView& sin,
-                  const TensorView* position_ids, const TensorView& out) {
+                  const TensorView* position_ids, const TensorView& out, Stream stream) {
   check_rope_apply("dsa_rope_fwd", x, "x", cos, sin, position_ids, out, "out");
-  cpu::dsa_rope_apply(params.inverse, x, cos, sin, rope_positions(position_ids, cos), out);
+  rope_apply(params.inverse, x, cos, sin, position_ids, out, stream);
 }
 
 void dsa_rope_bwd(const DsaRopeParams& params, const TensorView& dout, const TensorView& cos, const TensorView& sin,
-                  const TensorView* position_ids, const TensorView& dx) {
+                  const TensorView* position_ids, const TensorView& dx, Stream stream) {
   check_rope_apply("dsa_rope_bwd", dout, "dout", cos, sin, position_ids, dx, "dx");
-  cpu::dsa_rope_apply(!params.inverse, dout, cos, sin, rope_positions(position_ids, cos), dx);
+  rope_apply(!params.inverse, dout, cos, sin, position_ids, dx, stream);
 }
 
 void dsa_compressor_fwd(const DsaCompressorParams& params, const TensorView& kv, const TensorView& gate,
@@ -356,7 +369,7 @@ void dsa_sparse_indices(const DsaIndexListParams& params, const TensorView* cu_s
     SEQMIX_CHECK(params.compress_ratio > 0, "topk_indices: given but compress_ratio is 0 (a sliding-only layer)");
     validate::expect(*topk_indices, "topk_indices").shape({T, kAnySize}, "[T, K]").integer().non_null();
   }
-  const Device device = common_device({{&indices, "indices"}, {topk_indices, "topk_indices"}});
+  const Device device = validate::same_device({{&indices, "indices"}, {topk_indices, "topk_indices"}});
   if (device.type == DeviceType::cuda) dispatch::cuda_not_implemented("dsa_sparse_indices");
   const std::vector<int64_t> cu = sequences(cu_seqlens, T);
   const int64_t longest = max_length(cu);
