@@ -7,6 +7,7 @@ from seqmix import _library
 _library.load()
 
 from seqmix.hstu import hstu_attention, hstu_mha  # noqa: E402
+from seqmix.kda import chunk_kda  # noqa: E402
 from seqmix.ttt import chunk_ttt_linear  # noqa: E402
 
-__all__ = ["hstu_attention", "hstu_mha", "chunk_ttt_linear"]
+__all__ = ["hstu_attention", "hstu_mha", "chunk_kda", "chunk_ttt_linear"]

@@ -51,15 +51,37 @@ def hstu_mha(
     sort_by_length: bool = False,
     kernel=None,
     enable_tma: bool = False,
+    attn_func: Optional[torch.Tensor] = None,
+    scaling_seqlen: int = -1,
 ) -> torch.Tensor:
-    """Drop-in for generative_recommenders.ops.hstu_attention.hstu_mha (same arguments, same order).
-    sort_by_length, kernel and enable_tma choose among GR's kernels and have no meaning here."""
+    """Drop-in for generative-recommenders' `generative_recommenders.ops.hstu_attention.hstu_mha` (same
+    arguments in the same order) and for TorchEasyRec's `tzrec.ops.hstu_attention.hstu_mha` called with
+    keywords, as TorchEasyRec does (its extra `attn_func` and `scaling_seqlen` come last here; it has no
+    `attn_scale`). Returns [L, H, Dv] in q's dtype, differentiable in q, k, v (and attn_scale).
+
+    attn_scale (GR): a 0-dim or per-token [L] tensor that replaces 1 / max_seq_len, as GR's PyTorch
+    reference. sort_by_length, kernel and enable_tma choose among the peers' kernels and are ignored.
+    dropout_pr must be 0 in training (dropout is not implemented; outside training it is the identity).
+    attn_func (TorchEasyRec's arbitrary-mask tensor) is not implemented: its SLA mask is
+    seqmix.hstu_attention(..., sla_k1=, sla_k2=)."""
     if dropout_pr > 0.0 and training:
-        raise NotImplementedError(f"seqmix.hstu_mha: dropout_pr > 0 in training is not implemented, got {dropout_pr}")
+        raise NotImplementedError(
+            f"seqmix.hstu_mha: dropout is not implemented, dropout_pr must be 0 in training, got {dropout_pr}")
+    if attn_func is not None:
+        raise NotImplementedError("seqmix.hstu_mha: attn_func (arbitrary mask) is not implemented; for "
+                                  "TorchEasyRec's SLA mask use seqmix.hstu_attention(..., sla_k1=, sla_k2=)")
     if attn_scale is not None:
-        raise NotImplementedError("seqmix.hstu_mha: attn_scale is not implemented, got a tensor")
-    return hstu_attention(
+        if scaling_seqlen != -1:
+            raise ValueError("seqmix.hstu_mha: attn_scale and scaling_seqlen both set the divisor; pass one")
+        if attn_scale.dim() > 1 or (attn_scale.dim() == 1 and attn_scale.shape[0] != q.shape[0]):
+            raise ValueError(f"seqmix.hstu_mha: attn_scale: expected a 0-dim or [L = {q.shape[0]}] tensor, "
+                             f"got shape {tuple(attn_scale.shape)}")
+        scaling_seqlen = 1
+    out = hstu_attention(
         q, k, v, seq_offsets, max_seq_len, alpha, num_targets=num_targets, causal=causal,
         contextual_seq_len=contextual_seq_len, max_attn_len=max_attn_len,
-        min_full_attn_seq_len=min_full_attn_seq_len,
+        min_full_attn_seq_len=min_full_attn_seq_len, scaling_seqlen=scaling_seqlen,
     )
+    if attn_scale is not None:
+        out = out * attn_scale.to(out.dtype).view(-1, 1, 1)
+    return out

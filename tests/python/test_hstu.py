@@ -1,12 +1,14 @@
 """seqmix.hstu_attention / seqmix.hstu_mha through torch.ops.seqmix against a dense pure-torch
 reference of the generative-recommenders mask and TorchEasyRec's SLA mask (include/seqmix/hstu.h)."""
 
+import ast
 import inspect
 
 import pytest
 import torch
 
 import seqmix
+from conftest import load_peer_module, peer_path, register_fbgemm_jagged_ops
 
 F64 = torch.float64
 TORCH_2_1 = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 1)
@@ -143,10 +145,38 @@ def test_gradcheck(name):
 GR_HSTU_MHA_ARGS = ["max_seq_len", "alpha", "q", "k", "v", "seq_offsets", "causal", "dropout_pr", "training",
                     "num_targets", "attn_scale", "max_attn_len", "contextual_seq_len", "min_full_attn_seq_len",
                     "sort_by_length", "kernel", "enable_tma"]
+TZREC_EXTRA_ARGS = ["attn_func", "scaling_seqlen"]
 
 
-def test_hstu_mha_has_generative_recommenders_signature_and_forwards():
-    assert list(inspect.signature(seqmix.hstu_mha).parameters) == GR_HSTU_MHA_ARGS
+def peer_hstu_mha_arguments(peer, relative):
+    """{name: default source text} of the peer's hstu_mha, read from its source (importing it needs Triton)."""
+    source = peer_path(peer, relative)
+    if source is None:
+        pytest.skip(f"{peer} checkout not found (set SEQMIX_PEERS)")
+    tree = ast.parse(open(source).read())
+    fn = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "hstu_mha")
+    names = [a.arg for a in fn.args.args]
+    defaults = [None] * (len(names) - len(fn.args.defaults)) + [ast.unparse(d) for d in fn.args.defaults]
+    return dict(zip(names, defaults))
+
+
+def test_hstu_mha_signature_is_generative_recommenders_then_torcheasyrec_extras():
+    parameters = inspect.signature(seqmix.hstu_mha).parameters
+    assert list(parameters) == GR_HSTU_MHA_ARGS + TZREC_EXTRA_ARGS
+    for peer, relative in [("gr", "generative_recommenders/ops/hstu_attention.py"),
+                           ("tzrec", "tzrec/ops/hstu_attention.py")]:
+        if peer_path(peer, relative) is None:
+            continue
+        arguments = peer_hstu_mha_arguments(peer, relative)
+        if peer == "gr":
+            assert list(arguments) == GR_HSTU_MHA_ARGS
+        assert set(arguments) <= set(parameters), peer
+        for name, default in arguments.items():
+            if default is not None and name != "kernel":  # kernel: each peer's own enum, ignored here
+                assert repr(parameters[name].default) == default, (peer, name)
+
+
+def test_hstu_mha_forwards_to_hstu_attention():
     q, k, v, seq_offsets = make_inputs()
     num_targets = torch.tensor([2, 0, 1, 3])
     out = seqmix.hstu_mha(9, 0.5, q, k, v, seq_offsets, True, 0.0, True, num_targets, None, 2, 1, 1)
@@ -156,14 +186,82 @@ def test_hstu_mha_has_generative_recommenders_signature_and_forwards():
     # dropout is inactive outside training
     torch.testing.assert_close(seqmix.hstu_mha(9, 0.5, q, k, v, seq_offsets, dropout_pr=0.3, training=False),
                                reference(q, k, v, seq_offsets, 9, 0.5), atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(seqmix.hstu_mha(9, 0.5, q, k, v, seq_offsets, scaling_seqlen=4),
+                               reference(q, k, v, seq_offsets, 9, 0.5, scaling_seqlen=4), atol=1e-12, rtol=1e-10)
+    per_token = torch.rand(q.shape[0], dtype=F64)
+    torch.testing.assert_close(seqmix.hstu_mha(9, 0.5, q, k, v, seq_offsets, attn_scale=per_token),
+                               reference(q, k, v, seq_offsets, 9, 0.5, scaling_seqlen=1) * per_token.view(-1, 1, 1),
+                               atol=1e-12, rtol=1e-10)
 
 
 def test_hstu_mha_unsupported_options_raise():
     q, k, v, seq_offsets = make_inputs()
     with pytest.raises(NotImplementedError, match="dropout_pr"):
         seqmix.hstu_mha(9, 1.0, q, k, v, seq_offsets, dropout_pr=0.1, training=True)
-    with pytest.raises(NotImplementedError, match="attn_scale"):
-        seqmix.hstu_mha(9, 1.0, q, k, v, seq_offsets, attn_scale=torch.ones(1))
+    with pytest.raises(NotImplementedError, match="attn_func"):
+        seqmix.hstu_mha(9, 1.0, q, k, v, seq_offsets, attn_func=torch.zeros(2, 3, 14, dtype=torch.int32))
+    with pytest.raises(ValueError, match="attn_scale"):
+        seqmix.hstu_mha(9, 1.0, q, k, v, seq_offsets, attn_scale=torch.ones(3))
+    with pytest.raises(ValueError, match="attn_scale"):
+        seqmix.hstu_mha(9, 1.0, q, k, v, seq_offsets, attn_scale=torch.ones(()), scaling_seqlen=2)
+
+
+# hstu_mha keyword arguments; "attn_scale": "scalar" / "per_token" (GR only), num_targets as lists.
+PEER_CONFIGS = {
+    "causal": dict(),
+    "targets": dict(num_targets=[2, 0, 1, 3]),
+    "contextual_targets": dict(contextual_seq_len=2, num_targets=[1, 0, 0, 2]),
+    "window": dict(max_attn_len=2),
+    "window_min_full_targets": dict(max_attn_len=1, min_full_attn_seq_len=2, num_targets=[1, 0, 1, 2]),
+    "contextual_window": dict(max_attn_len=2, contextual_seq_len=1),
+    "attn_scale_scalar": dict(attn_scale="scalar", num_targets=[2, 0, 1, 3]),
+    "attn_scale_per_token": dict(attn_scale="per_token", contextual_seq_len=1),
+    "scaling_seqlen": dict(scaling_seqlen=5, num_targets=[2, 0, 1, 3]),
+    "noncausal": dict(causal=False, num_targets=[2, 0, 0, 1]),
+}
+PEER_REFERENCES = {
+    "gr": "generative_recommenders/ops/pytorch/pt_hstu_attention.py",
+    "tzrec": "tzrec/ops/_pytorch/pt_hstu_attention.py",
+}
+
+
+def peer_cases():
+    """(peer, config name) pairs the peer's reference takes: GR has attn_scale but no scaling_seqlen and
+    asserts causal; TorchEasyRec has scaling_seqlen but no attn_scale."""
+    for peer in sorted(PEER_REFERENCES):
+        for name, config in sorted(PEER_CONFIGS.items()):
+            if peer == "gr" and ("scaling_seqlen" in config or config.get("causal") is False):
+                continue
+            if peer == "tzrec" and "attn_scale" in config:
+                continue
+            yield peer, name
+
+
+@pytest.mark.parametrize("peer,name", list(peer_cases()))
+def test_hstu_mha_matches_peer_pytorch_reference(peer, name):
+    """The peers' own pytorch_hstu_mha (their CPU fallback) with fbgemm's two jagged ops provided by
+    conftest: outputs and gradients in float64."""
+    config = dict(PEER_CONFIGS[name])
+    module = load_peer_module(peer, PEER_REFERENCES[peer])
+    if module is None:
+        pytest.skip(f"{peer} checkout not found (set SEQMIX_PEERS)")
+    if not register_fbgemm_jagged_ops():
+        pytest.skip("torch.library cannot register the fbgemm jagged ops' stand-ins in this torch")
+    q, k, v, seq_offsets = make_inputs()
+    if "num_targets" in config:
+        config["num_targets"] = torch.tensor(config["num_targets"])
+    if config.get("attn_scale") == "scalar":
+        config["attn_scale"] = torch.tensor(0.3, dtype=F64)
+    elif config.get("attn_scale") == "per_token":
+        config["attn_scale"] = torch.rand(q.shape[0], dtype=F64)
+    ours = [t.clone().requires_grad_() for t in (q, k, v)]
+    theirs = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = seqmix.hstu_mha(9, 0.7, *ours, seq_offsets, **config)
+    expected = module.pytorch_hstu_mha(9, 0.7, *theirs, seq_offsets, **config)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-10)
+    dout = torch.randn_like(out)
+    for n, got, want in zip("qkv", torch.autograd.grad(out, ours, dout), torch.autograd.grad(expected, theirs, dout)):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10, msg=f"d{n}")
 
 
 def bad_inputs():
