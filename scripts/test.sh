@@ -7,8 +7,11 @@ bash scripts/build.sh
 jobs=${SEQMIX_JOBS:-$(nproc)}
 ctest --test-dir build --output-on-failure -j "$jobs"
 python=$(sed -n 's/^SEQMIX_PYTHON:[A-Z]*=//p' build/CMakeCache.txt)
-if [ -f build/libseqmix_torch.so ]; then
-  "${python:-/usr/bin/python3}" -m pytest -q -p no:cacheprovider tests/python
+python=${python:-/usr/bin/python3}
+if [ ! -f build/libseqmix_torch.so ]; then
+  echo "PyTorch extension not built (SEQMIX_TORCH=OFF or no torch for ${python}): skipping tests/python"
+elif ! "$python" -c "import pytest" 2>/dev/null; then
+  echo "${python} has no pytest: skipping tests/python"
 else
-  echo "PyTorch extension not built (SEQMIX_TORCH=OFF or no torch): skipping tests/python"
+  "$python" -m pytest -q -p no:cacheprovider tests/python
 fi

@@ -25,6 +25,22 @@ def peer_path(name, relative):
     return None
 
 
+def stub_module(module):
+    """A stand-in for an uninstalled module: `from module import name` works, calling `name` raises."""
+    stub = types.ModuleType(module)
+
+    def missing(attribute):
+        if attribute.startswith("__"):
+            raise AttributeError(attribute)
+
+        def fail(*args, **kwargs):
+            raise ImportError(f"{module}.{attribute}: {module} is not installed")
+        return fail
+
+    stub.__getattr__ = missing
+    return stub
+
+
 def load_peer_module(name, relative, stub_modules=()):
     """Loads one peer file as a module without importing its package (whose __init__ may need Triton).
     Each of `stub_modules` that is not installed is replaced while loading by a module whose attributes
@@ -37,13 +53,7 @@ def load_peer_module(name, relative, stub_modules=()):
         if importlib.util.find_spec(module) is None:
             stub = types.ModuleType(module)
 
-            def missing(attribute, module=module):
-                def fail(*args, **kwargs):
-                    raise ImportError(f"{module}.{attribute}: {module} is not installed")
-                return fail
-
-            stub.__getattr__ = missing
-            sys.modules[module] = stub
+            sys.modules[module] = stub_module(module)
             stubs.append(module)
     try:
         spec = importlib.util.spec_from_file_location(f"peer_{name}_{relative}".replace("/", "_").replace(".", "_"),

@@ -4,14 +4,17 @@ option of include/seqmix/kda.h), which is itself checked against FLA's own naive
 also against FLA's Triton chunk_kda."""
 
 import ast
+import importlib.util
 import inspect
+import os
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import seqmix
-from conftest import load_peer_module, peer_path
+from conftest import load_peer_module, peer_path, stub_module
 
 F64 = torch.float64
 TORCH_2_1 = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 1)
@@ -458,6 +461,13 @@ def test_cuda_runs_or_says_it_has_no_kernel():
 
 
 def fla_triton_chunk_kda():
+    """FLA's chunk_kda from PYTHONPATH or the checkout conftest.peer_path finds. FLA's package imports
+    einops in modules chunk_kda does not use: a stand-in serves where einops is not installed."""
+    root = peer_path("fla-repo", "fla/ops/kda/chunk.py")
+    if root is not None and "fla" not in sys.modules:
+        sys.path.append(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(root)))))
+    if importlib.util.find_spec("einops") is None:
+        sys.modules["einops"] = stub_module("einops")
     try:
         from fla.ops.kda import chunk_kda
     except ImportError as error:
