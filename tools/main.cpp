@@ -77,6 +77,7 @@ int run_check(int argc, char** argv) {
         result = check.fn(device);
       } catch (const std::exception& e) {
         std::printf("%-8s %-6s %-44s error: %s\n", check.family.c_str(), device_name(device).c_str(), "-", e.what());
+        ++rows;
         ++failed;
         continue;
       }
