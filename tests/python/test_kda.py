@@ -456,26 +456,45 @@ def fla_triton_chunk_kda():
         from fla.ops.kda import chunk_kda
     except ImportError as error:
         pytest.skip(f"FLA (with Triton) not importable: {error}")
+    if os.environ.get("SEQMIX_FLA_ONE_CONFIG") == "1":
+        # Autotuning compiles every config of every FLA kernel (minutes on a fresh machine); the first
+        # config gives the same values up to summation order.
+        import triton.runtime.autotuner as autotuner
+
+        prune = autotuner.Autotuner.prune_configs
+        if not getattr(prune, "first_only", False):
+            def first_config(self, kwargs):
+                return prune(self, kwargs)[:1]
+            first_config.first_only = True
+            autotuner.Autotuner.prune_configs = first_config
     return chunk_kda
 
 
+# One head layout and head dim throughout, so that FLA's Triton autotuning runs few times.
 FLA_CUDA_CASES = {
-    "plain": (dict(batch=2, length=200, heads=2, dk=64, dv=64), dict()),
-    "gate_states_l2": (dict(batch=2, length=130, heads=2, dk=64, dv=64, gate=True, states=True),
+    "plain": (dict(batch=2, length=128, heads=2, dk=64, dv=64), dict()),
+    "gate_states_l2": (dict(batch=2, length=128, heads=2, dk=64, dv=64, gate=True, states=True),
                        dict(use_gate_in_kernel=True, use_qk_l2norm_in_kernel=True, output_final_state=True)),
-    "gva_varlen": (dict(batch=1, length=300, heads=1, value_heads=2, dk=128, dv=128, states=True, num_seqs=4),
-                   dict(output_final_state=True, cu_seqlens=torch.tensor([0, 1, 64, 65, 300]))),
-    "beta_sigmoid_lower_bound": (dict(batch=1, length=100, heads=2, dk=64, dv=64, gate=True),
+    "gva_varlen": (dict(batch=1, length=256, heads=1, value_heads=2, dk=64, dv=64, states=True, num_seqs=4),
+                   dict(output_final_state=True, cu_seqlens=torch.tensor([0, 1, 64, 65, 256]))),
+    "lower_bound_beta_sigmoid": (dict(batch=2, length=128, heads=2, dk=64, dv=64, gate=True),
                                  dict(use_gate_in_kernel=True, lower_bound=-5.0, safe_gate=True,
                                       use_beta_sigmoid_in_kernel=True)),
 }
 
 
+def error_ratio(got, want):
+    """FLA's test metric (fla.utils.assert_close): RMS of the difference over RMS of the reference."""
+    got, want = got.detach().double().cpu(), want.detach().double().cpu()
+    return ((got - want).square().mean().sqrt() / (want.square().mean().sqrt() + 1e-8)).item()
+
+
 @pytest.mark.skipif(not CUDA, reason="needs a GPU")
-@pytest.mark.parametrize("name", sorted(FLA_CUDA_CASES))
+@pytest.mark.parametrize("name", list(FLA_CUDA_CASES))
 def test_matches_fla_triton_chunk_kda(name):
     """FLA's Triton chunk_kda (float32 inputs on the GPU) against ours: on the GPU when the CUDA
-    backend has KDA, else the CPU reference on the same inputs. Outputs and every gradient."""
+    backend has KDA, else the CPU reference on the same inputs. Outputs and every gradient, by FLA's
+    error ratio: below 0.005 for o and the final state, 0.008 for the gradients."""
     fla_chunk_kda = fla_triton_chunk_kda()
     device = "cuda" if cuda_backend_has_kda() else "cpu"
     make, options = FLA_CUDA_CASES[name]
@@ -490,15 +509,18 @@ def test_matches_fla_triton_chunk_kda(name):
         ours_options["cu_seqlens"] = ours_options["cu_seqlens"].to(device)
     o_fla, final_fla = fla_chunk_kda(*split(fla)[0], **split(fla)[1], **fla_options)
     o, final_state = seqmix.chunk_kda(*split(ours)[0], **split(ours)[1], **ours_options)
-    torch.testing.assert_close(o.cpu(), o_fla.cpu(), atol=5e-3, rtol=5e-3)
     outputs, fla_outputs = [o], [o_fla]
+    ratios = {"o": error_ratio(o, o_fla)}
     if final_fla is not None:
-        torch.testing.assert_close(final_state.cpu(), final_fla.cpu(), atol=5e-3, rtol=5e-3)
+        ratios["final_state"] = error_ratio(final_state, final_fla)
         outputs.append(final_state)
         fla_outputs.append(final_fla)
     cotangents = [torch.randn_like(t.cpu()) for t in outputs]
     grads = torch.autograd.grad(outputs, list(ours.values()), [c.to(device) for c in cotangents])
     fla_grads = torch.autograd.grad(fla_outputs, list(fla.values()), [c.cuda() for c in cotangents])
     for n, got, want in zip(ours, grads, fla_grads):
-        scale = want.abs().max().item() or 1.0
-        torch.testing.assert_close(got.cpu() / scale, want.cpu() / scale, atol=1e-2, rtol=1e-2, msg=f"d{n}")
+        ratios[f"d{n}"] = error_ratio(got, want)
+    print(f"\nFLA-PARITY {name} (seqmix on {device}): "
+          + ", ".join(f"{n} {r:.2e}" for n, r in ratios.items()))
+    for n, r in ratios.items():
+        assert r < (0.005 if n in ("o", "final_state") else 0.008), (n, r)
