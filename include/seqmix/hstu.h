@@ -25,6 +25,7 @@
 
 #include <cstdint>
 
+#include "seqmix/device.h"
 #include "seqmix/tensor.h"
 
 namespace seqmix {
@@ -52,12 +53,13 @@ struct HstuAttentionParams {
 // out [L, H, Dv] in the dtype of q. num_targets [B] (int32/int64) or nullptr (no targets).
 void hstu_attention_fwd(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
                         const TensorView& v, const TensorView& seq_offsets, const TensorView* num_targets,
-                        const TensorView& out);
+                        const TensorView& out, Stream stream = nullptr);
 
 // Gradients of sum(out * dout): dq, dk [L, H, Dqk], dv [L, H, Dv] in the dtype of q.
 void hstu_attention_bwd(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
                         const TensorView& v, const TensorView& seq_offsets, const TensorView* num_targets,
-                        const TensorView& dout, const TensorView& dq, const TensorView& dk, const TensorView& dv);
+                        const TensorView& dout, const TensorView& dq, const TensorView& dk, const TensorView& dv,
+                        Stream stream = nullptr);
 
 }  // namespace seqmix
 

@@ -212,7 +212,7 @@ TEST_P(HstuAttentionMask, ForwardMatchesBruteForce) {
   EXPECT_LT(testing::max_abs_diff(out, brute_force(c.params, c.inputs, b)), 1e-13);
 }
 
-// The skipped column ranges never hide an attended column, and `exact` ranges hold only attended ones.
+// The skipped column ranges never hide an attended column; `exact` ranges and full_columns hold only attended ones.
 TEST_P(HstuAttentionMask, ColumnRangesCoverTheMask) {
   const MaskCase& c = GetParam();
   for (size_t s = 0; s < c.inputs.lengths.size(); ++s) {
@@ -224,12 +224,15 @@ TEST_P(HstuAttentionMask, ColumnRangesCoverTheMask) {
       int64_t begin[2], end[2];
       bool exact = false;
       const int count = mask.column_ranges(i, begin, end, exact);
+      int64_t full_begin = 0, full_end = 0;
+      mask.full_columns(i, full_begin, full_end);
       for (int64_t j = 0; j < n; ++j) {
         bool inside = false;
         for (int r = 0; r < count; ++r) inside = inside || (j >= begin[r] && j < end[r]);
         ASSERT_EQ(mask.allowed(i, j), static_cast<bool>(m[i][j])) << "seq " << s << " (" << i << ", " << j << ")";
         if (m[i][j]) ASSERT_TRUE(inside) << "seq " << s << " (" << i << ", " << j << ") skipped";
         if (inside && exact) ASSERT_TRUE(m[i][j]) << "seq " << s << " (" << i << ", " << j << ") exact";
+        if (j >= full_begin && j < full_end) ASSERT_TRUE(m[i][j]) << "seq " << s << " (" << i << ", " << j << ") full";
       }
     }
   }
