@@ -1,0 +1,183 @@
+// Public KDA entry points: validate every argument once, then dispatch on the device.
+#include "seqmix/kda.h"
+
+#include <cmath>
+#include <string>
+
+#include "common/dispatch.h"
+#include "common/validate.h"
+#include "cpu/kda/kda.h"
+
+namespace seqmix {
+
+namespace {
+
+constexpr const char* kStateLayoutKFirst = "[N, HV, K, V]";
+constexpr const char* kStateLayoutVFirst = "[N, HV, V, K] (state_v_first)";
+
+struct StateShape {
+  std::vector<int64_t> sizes;
+  const char* layout;
+};
+
+StateShape state_shape(const cpu::KdaArgs& a) {
+  const int64_t N = static_cast<int64_t>(a.offsets.size()) - 1;
+  if (a.params.state_v_first) return {{N, a.HV, a.V, a.K}, kStateLayoutVFirst};
+  return {{N, a.HV, a.K, a.V}, kStateLayoutKFirst};
+}
+
+void expect_state(const TensorView& t, const char* name, const cpu::KdaArgs& a) {
+  const StateShape s = state_shape(a);
+  validate::expect(t, name).shape(s.sizes, s.layout).dtype_in({DType::f32, DType::f64}).device(a.q->device).non_null();
+}
+
+// Validates the inputs shared by the forward and backward entries and resolves shapes and sequences.
+cpu::KdaArgs validate_inputs(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& g,
+                             const TensorView& beta, const TensorView* A_log, const TensorView* dt_bias,
+                             const TensorView* initial_state, const TensorView* cu_seqlens, const KdaParams& params) {
+  cpu::KdaArgs a;
+  a.q = &q;
+  a.k = &k;
+  a.v = &v;
+  a.g = &g;
+  a.beta = &beta;
+  a.A_log = A_log;
+  a.dt_bias = dt_bias;
+  a.initial_state = initial_state;
+  a.params = params;
+
+  validate::expect(q, "q").rank(4, "[B, T, H, K]").floating().non_null();
+  a.B = q.size(0);
+  a.T = q.size(1);
+  a.H = q.size(2);
+  a.K = q.size(3);
+  validate::positive(a.H, "q: num heads H");
+  validate::positive(a.K, "q: head dim K");
+  const Device device = q.device;
+  validate::expect(k, "k").shape({a.B, a.T, a.H, a.K}, "[B, T, H, K]").same_dtype(q, "q").device(device).non_null();
+  validate::expect(v, "v").rank(4, "[B, T, HV, V]");
+  validate::expect(v, "v").shape({a.B, a.T, validate::kAnySize, validate::kAnySize}, "[B, T, HV, V]")
+      .same_dtype(q, "q").device(device).non_null();
+  a.HV = v.size(2);
+  a.V = v.size(3);
+  validate::positive(a.V, "v: head dim V");
+  SEQMIX_CHECK(a.HV >= a.H && a.HV % a.H == 0, "v: num value heads HV must be a multiple of the q/k heads H = ", a.H,
+               " (GVA), got HV = ", a.HV);
+  validate::expect(g, "g").shape({a.B, a.T, a.HV, a.K}, "[B, T, HV, K]").same_dtype(q, "q").device(device).non_null();
+  validate::expect(beta, "beta").shape({a.B, a.T, a.HV}, "[B, T, HV]").same_dtype(q, "q").device(device).non_null();
+
+  if (params.scale) {
+    SEQMIX_CHECK(std::isfinite(*params.scale), "scale: expected a finite value, got ", *params.scale);
+    a.scale = *params.scale;
+  } else {
+    a.scale = 1.0 / std::sqrt(static_cast<double>(a.K));
+  }
+  SEQMIX_CHECK(params.chunk_size == 32 || params.chunk_size == 64, "chunk_size: expected 32 or 64 (as FLA), got ",
+               params.chunk_size);
+  SEQMIX_CHECK(!params.allow_neg_eigval || params.use_beta_sigmoid_in_kernel,
+               "allow_neg_eigval: requires use_beta_sigmoid_in_kernel = true");
+
+  if (params.use_gate_in_kernel) {
+    SEQMIX_CHECK(A_log != nullptr || params.lower_bound.has_value(),
+                 "A_log: required when use_gate_in_kernel = true and lower_bound is not set");
+    if (params.lower_bound) {
+      SEQMIX_CHECK(std::isfinite(*params.lower_bound), "lower_bound: expected a finite value, got ",
+                   *params.lower_bound);
+    }
+  } else {
+    // FLA ignores these without the fused gate; passing them is a caller error here.
+    SEQMIX_CHECK(A_log == nullptr, "A_log: only used with use_gate_in_kernel = true");
+    SEQMIX_CHECK(dt_bias == nullptr, "dt_bias: only used with use_gate_in_kernel = true");
+    SEQMIX_CHECK(!params.lower_bound, "lower_bound: only used with use_gate_in_kernel = true");
+  }
+  if (A_log) validate::expect(*A_log, "A_log").shape({a.HV}, "[HV]").floating().device(device).non_null();
+  if (dt_bias) validate::expect(*dt_bias, "dt_bias").shape({a.HV * a.K}, "[HV * K]").floating().device(device).non_null();
+
+  if (cu_seqlens) {
+    SEQMIX_CHECK(a.B == 1, "cu_seqlens: expected batch size B == 1 (flattened sequences) with cu_seqlens, got B = ",
+                 a.B);
+    a.offsets = validate::cu_seqlens(*cu_seqlens, "cu_seqlens", a.T);
+  } else {
+    for (int64_t b = 0; b <= a.B; ++b) a.offsets.push_back(b * a.T);
+  }
+  if (initial_state) expect_state(*initial_state, "initial_state", a);
+  return a;
+}
+
+void validate_final_state(const cpu::KdaArgs& a, const TensorView* final_state) {
+  SEQMIX_CHECK((final_state != nullptr) == a.params.output_final_state,
+               "final_state: must be given exactly when output_final_state is true (output_final_state = ",
+               a.params.output_final_state, ", final_state ", final_state ? "given" : "null", ")");
+  if (final_state) expect_state(*final_state, "final_state", a);
+}
+
+void expect_like(const TensorView& t, const char* name, const TensorView& like, const char* like_name,
+                 const char* layout) {
+  validate::expect(t, name).shape(like.shape(), layout).same_dtype(like, like_name).device(like.device).non_null();
+}
+
+using CpuForward = void (*)(const cpu::KdaArgs&, const TensorView&, const TensorView*);
+
+void forward(const char* op, CpuForward cpu_fn, const TensorView& q, const TensorView& k, const TensorView& v,
+             const TensorView& g, const TensorView& beta, const TensorView* A_log, const TensorView* dt_bias,
+             const TensorView* initial_state, const TensorView* cu_seqlens, const KdaParams& params,
+             const TensorView& o, const TensorView* final_state) {
+  const cpu::KdaArgs a = validate_inputs(q, k, v, g, beta, A_log, dt_bias, initial_state, cu_seqlens, params);
+  expect_like(o, "o", v, "v", "[B, T, HV, V]");
+  validate_final_state(a, final_state);
+  if (q.device.type == DeviceType::cuda) dispatch::cuda_not_implemented(op);
+  cpu_fn(a, o, final_state);
+}
+
+}  // namespace
+
+void kda_recurrent_fwd(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& g,
+                       const TensorView& beta, const TensorView* A_log, const TensorView* dt_bias,
+                       const TensorView* initial_state, const TensorView* cu_seqlens, const KdaParams& params,
+                       const TensorView& o, const TensorView* final_state) {
+  forward("kda_recurrent_fwd", cpu::kda_recurrent_fwd, q, k, v, g, beta, A_log, dt_bias, initial_state, cu_seqlens,
+          params, o, final_state);
+}
+
+void chunk_kda_fwd(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& g,
+                   const TensorView& beta, const TensorView* A_log, const TensorView* dt_bias,
+                   const TensorView* initial_state, const TensorView* cu_seqlens, const KdaParams& params,
+                   const TensorView& o, const TensorView* final_state) {
+  forward("chunk_kda_fwd", cpu::chunk_kda_fwd, q, k, v, g, beta, A_log, dt_bias, initial_state, cu_seqlens, params,
+          o, final_state);
+}
+
+void chunk_kda_bwd(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& g,
+                   const TensorView& beta, const TensorView* A_log, const TensorView* dt_bias,
+                   const TensorView* initial_state, const TensorView* cu_seqlens, const KdaParams& params,
+                   const TensorView& do_, const TensorView* dht, const TensorView& dq, const TensorView& dk,
+                   const TensorView& dv, const TensorView& dg, const TensorView& dbeta, const TensorView* dh0,
+                   const TensorView* dA_log, const TensorView* ddt_bias) {
+  const cpu::KdaArgs a = validate_inputs(q, k, v, g, beta, A_log, dt_bias, initial_state, cu_seqlens, params);
+  expect_like(do_, "do", v, "v", "[B, T, HV, V]");
+  if (dht) {
+    SEQMIX_CHECK(params.output_final_state, "dht: given but output_final_state is false (no final state to differentiate)");
+    expect_state(*dht, "dht", a);
+  }
+  expect_like(dq, "dq", q, "q", "[B, T, H, K]");
+  expect_like(dk, "dk", k, "k", "[B, T, H, K]");
+  expect_like(dv, "dv", v, "v", "[B, T, HV, V]");
+  expect_like(dg, "dg", g, "g", "[B, T, HV, K]");
+  expect_like(dbeta, "dbeta", beta, "beta", "[B, T, HV]");
+  if (dh0) {
+    SEQMIX_CHECK(initial_state != nullptr, "dh0: given without initial_state");
+    expect_state(*dh0, "dh0", a);
+  }
+  if (dA_log) {
+    SEQMIX_CHECK(A_log != nullptr, "dA_log: given without A_log");
+    expect_like(*dA_log, "dA_log", *A_log, "A_log", "[HV]");
+  }
+  if (ddt_bias) {
+    SEQMIX_CHECK(dt_bias != nullptr, "ddt_bias: given without dt_bias");
+    expect_like(*ddt_bias, "ddt_bias", *dt_bias, "dt_bias", "[HV * K]");
+  }
+  if (q.device.type == DeviceType::cuda) dispatch::cuda_not_implemented("chunk_kda_bwd");
+  cpu::chunk_kda_bwd(a, do_, dht, dq, dk, dv, dg, dbeta, dh0, dA_log, ddt_bias);
+}
+
+}  // namespace seqmix

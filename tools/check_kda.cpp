@@ -1,0 +1,141 @@
+// `seqmix check` rows for KDA on the CPU: the chunked forward against the token recurrence
+// (dense and varlen), and the backward against fp64 central differences on a tiny shape with
+// every option on. No CUDA kernel exists yet, so CUDA returns no rows.
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <random>
+
+#include "check.h"
+#include "seqmix/kda.h"
+
+namespace seqmix::tools {
+namespace {
+
+HostTensor random_tensor(std::vector<int64_t> sizes, std::mt19937_64& rng, double lo, double hi) {
+  HostTensor t(DType::f64, std::move(sizes));
+  std::uniform_real_distribution<double> dist(lo, hi);
+  for (int64_t i = 0; i < t.numel(); ++i) t.set(i, dist(rng));
+  return t;
+}
+
+// One KDA problem with every input option; shapes [B, T, H|HV, K|V].
+struct Problem {
+  int64_t B, T, H, HV, K, V;
+  std::vector<int64_t> cu_seqlens;
+  KdaParams params;
+  HostTensor q, k, v, g, beta, A_log, dt_bias, h0, cu;
+
+  Problem(int64_t B_, int64_t T_, int64_t H_, int64_t HV_, int64_t K_, int64_t V_, std::vector<int64_t> cu_,
+          std::optional<double> lower_bound, uint64_t seed)
+      : B(B_), T(T_), H(H_), HV(HV_), K(K_), V(V_), cu_seqlens(std::move(cu_)) {
+    std::mt19937_64 rng(seed);
+    params.output_final_state = true;
+    params.use_qk_l2norm_in_kernel = true;
+    params.use_gate_in_kernel = true;
+    params.lower_bound = lower_bound;
+    params.use_beta_sigmoid_in_kernel = true;
+    params.allow_neg_eigval = lower_bound.has_value();
+    params.chunk_size = 32;
+    q = random_tensor({B, T, H, K}, rng, -1, 1);
+    k = random_tensor({B, T, H, K}, rng, -1, 1);
+    v = random_tensor({B, T, HV, V}, rng, -1, 1);
+    g = random_tensor({B, T, HV, K}, rng, -2, 2);
+    beta = random_tensor({B, T, HV}, rng, -2, 2);
+    A_log = random_tensor({HV}, rng, -1, 0.3);
+    dt_bias = random_tensor({HV * K}, rng, -0.5, 0.5);
+    h0 = random_tensor(state_sizes(), rng, -0.5, 0.5);
+    if (!cu_seqlens.empty()) {
+      cu = HostTensor(DType::i64, {static_cast<int64_t>(cu_seqlens.size())});
+      for (size_t i = 0; i < cu_seqlens.size(); ++i) cu.data_as<int64_t>()[i] = cu_seqlens[i];
+    }
+  }
+  int64_t N() const { return cu_seqlens.empty() ? B : static_cast<int64_t>(cu_seqlens.size()) - 1; }
+  std::vector<int64_t> state_sizes() const { return {N(), HV, K, V}; }
+
+  void forward(decltype(&chunk_kda_fwd) fn, HostTensor& o, HostTensor& ht) const {
+    o = HostTensor(DType::f64, {B, T, HV, V});
+    ht = HostTensor(DType::f64, state_sizes());
+    const TensorView A = A_log.view(), bias = dt_bias.view(), s0 = h0.view(), cu_v = cu.view(), ht_v = ht.view();
+    fn(q.view(), k.view(), v.view(), g.view(), beta.view(), &A, &bias, &s0, cu_seqlens.empty() ? nullptr : &cu_v,
+       params, o.view(), &ht_v);
+  }
+};
+
+CheckRow chunk_vs_recurrent(const char* op, Problem& p) {
+  CheckRow row{op};
+  row.tolerance = 1e-10;
+  HostTensor o, ht, o_ref, ht_ref;
+  row.ms = time_ms([&] { p.forward(chunk_kda_fwd, o, ht); });
+  p.forward(kda_recurrent_fwd, o_ref, ht_ref);
+  compare(o, o_ref, row);
+  compare(ht, ht_ref, row);
+  return row;
+}
+
+// Analytic gradients of L = sum(o * w_o) + sum(ht * w_ht) against central differences of every
+// entry of every input.
+CheckRow backward_vs_finite_differences(const char* op, Problem& p) {
+  CheckRow row{op};
+  row.tolerance = 1e-6;
+  std::mt19937_64 rng(99);
+  const HostTensor w_o = random_tensor({p.B, p.T, p.HV, p.V}, rng, -1, 1);
+  const HostTensor w_ht = random_tensor(p.state_sizes(), rng, -1, 1);
+  auto loss = [&] {
+    HostTensor o, ht;
+    p.forward(chunk_kda_fwd, o, ht);
+    double s = 0.0;
+    for (int64_t i = 0; i < o.numel(); ++i) s += o.get(i) * w_o.get(i);
+    for (int64_t i = 0; i < ht.numel(); ++i) s += ht.get(i) * w_ht.get(i);
+    return s;
+  };
+  HostTensor dq(DType::f64, p.q.sizes()), dk(DType::f64, p.k.sizes()), dv(DType::f64, p.v.sizes()),
+      dg(DType::f64, p.g.sizes()), dbeta(DType::f64, p.beta.sizes()), dh0(DType::f64, p.state_sizes()),
+      dA(DType::f64, {p.HV}), dbias(DType::f64, {p.HV * p.K});
+  const TensorView A = p.A_log.view(), bias = p.dt_bias.view(), s0 = p.h0.view(), dht = w_ht.view(),
+                   dh0_v = dh0.view(), dA_v = dA.view(), dbias_v = dbias.view(), cu_v = p.cu.view();
+  row.ms = time_ms([&] {
+    chunk_kda_bwd(p.q.view(), p.k.view(), p.v.view(), p.g.view(), p.beta.view(), &A, &bias, &s0,
+                  p.cu_seqlens.empty() ? nullptr : &cu_v, p.params, w_o.view(), &dht, dq.view(), dk.view(), dv.view(),
+                  dg.view(), dbeta.view(), &dh0_v, &dA_v, &dbias_v);
+  });
+  const std::pair<HostTensor*, const HostTensor*> pairs[] = {{&p.q, &dq},         {&p.k, &dk},    {&p.v, &dv},
+                                                              {&p.g, &dg},         {&p.beta, &dbeta}, {&p.h0, &dh0},
+                                                              {&p.A_log, &dA},     {&p.dt_bias, &dbias}};
+  constexpr double kStep = 1e-6;
+  for (const auto& [param, grad] : pairs) {
+    for (int64_t i = 0; i < param->numel(); ++i) {
+      double* x = param->data_as<double>() + i;
+      const double saved = *x;
+      *x = saved + kStep;
+      const double plus = loss();
+      *x = saved - kStep;
+      const double minus = loss();
+      *x = saved;
+      const double numeric = (plus - minus) / (2 * kStep), analytic = grad->get(i);
+      const double diff = std::fabs(analytic - numeric);
+      row.max_abs_err = std::isnan(diff) ? INFINITY : std::max(row.max_abs_err, diff);
+      row.max_rel_err = std::max(row.max_rel_err, diff / std::max(std::fabs(numeric), 1e-6));
+    }
+  }
+  return row;
+}
+
+std::vector<CheckRow> check_kda(Device device) {
+  if (device.type != DeviceType::cpu) return {};
+  std::vector<CheckRow> rows;
+  Problem dense(2, 130, 2, 4, 16, 16, {}, std::nullopt, 1);
+  rows.push_back(chunk_vs_recurrent("chunk_kda_fwd vs kda_recurrent_fwd", dense));
+  Problem varlen(1, 97, 1, 2, 16, 8, {0, 1, 40, 40, 97}, -5.0, 2);
+  rows.push_back(chunk_vs_recurrent("chunk_kda_fwd vs recurrent (varlen)", varlen));
+  Problem tiny_softplus(1, 37, 1, 2, 3, 2, {}, std::nullopt, 3);
+  rows.push_back(backward_vs_finite_differences("chunk_kda_bwd vs FD (softplus gate)", tiny_softplus));
+  Problem tiny_lower_bound(1, 37, 1, 2, 3, 2, {0, 2, 2, 37}, -5.0, 4);
+  rows.push_back(backward_vs_finite_differences("chunk_kda_bwd vs FD (lower_bound, varlen)", tiny_lower_bound));
+  return rows;
+}
+
+const CheckRegistrar registrar("kda", check_kda);
+
+}  // namespace
+}  // namespace seqmix::tools
