@@ -61,6 +61,8 @@ void check_cuda_layout(const char* op, const HstuAttentionParams& params, const 
                  ": CUDA kernels need 16-byte aligned data");
   }
   SEQMIX_CHECK(q.size(1) <= 65535, op, ": q: CUDA kernels support at most 65535 heads, got ", q.size(1));
+  SEQMIX_CHECK(q.size(0) < (int64_t{1} << 31), op, ": q: CUDA kernels support at most 2^31 - 1 tokens, got ",
+               q.size(0));
   const int64_t blocks = batch * ((params.max_seq_len + 63) / 64);
   SEQMIX_CHECK(blocks <= (int64_t{1} << 31) - 1, op, ": B * ceil(max_seq_len / 64) = ", blocks,
                " exceeds the CUDA grid");

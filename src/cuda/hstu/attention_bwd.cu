@@ -27,7 +27,7 @@ struct SiluGrad {
 };
 
 __device__ __forceinline__ SiluGrad silu_grad(float x, float dp) {
-  const float sig = 1.0f / (1.0f + __expf(-x));
+  const float sig = sigmoid(x);
   return {x * sig, dp * sig * (1.0f + x * (1.0f - sig))};
 }
 
@@ -74,11 +74,11 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Args
                                       t * kBwdQueryRows, s.length);
   };
 
-  float dk[D / 8][4], dv[D / 8][4];
+  float dk[1][D / 8][4], dv[1][D / 8][4];
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.0f;
+    for (int e = 0; e < 4; ++e) dk[0][n][e] = dv[0][n][e] = 0.0f;
   }
 
   bool full = false;
@@ -97,32 +97,32 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Args
     const T* sq = sqdo + 2 * stage * kQueryTile;
     const T* sdo = sq + kQueryTile;
 
-    float st[kBwdQueryRows / 8][4], dpt[kBwdQueryRows / 8][4];
-    gemm_abt<D, kBwdQueryRows>(st, sk, warp * 16, sq);
-    gemm_abt<D, kBwdQueryRows>(dpt, sv, warp * 16, sdo);
+    float st[1][kBwdQueryRows / 8][4], dpt[1][kBwdQueryRows / 8][4];
+    gemm_abt<D, kBwdQueryRows, 1, T>(st, sk, warp * 16, sq);
+    gemm_abt<D, kBwdQueryRows, 1, T>(dpt, sv, warp * 16, sdo);
 #pragma unroll
     for (int n = 0; n < kBwdQueryRows / 8; ++n) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        SiluGrad g = silu_grad(a.alpha * st[n][e], dpt[n][e]);
+        SiluGrad g = silu_grad(a.alpha * st[0][n][e], dpt[0][n][e]);
         if (!full) {
           const int64_t j = j0 + warp * 16 + lane / 4 + (e / 2) * 8;
           const int64_t i = t * kBwdQueryRows + n * 8 + 2 * (lane % 4) + e % 2;
           if (!s.rule.allowed(i, j)) g = {0.0f, 0.0f};
         }
-        st[n][e] = g.p;
-        dpt[n][e] = g.ds;
+        st[0][n][e] = g.p;
+        dpt[0][n][e] = g.ds;
       }
     }
-    gemm_ab_acc<D, kBwdQueryRows, T>(dv, st, sdo);
-    gemm_ab_acc<D, kBwdQueryRows, T>(dk, dpt, sq);
+    gemm_ab_acc<D, kBwdQueryRows, 1, T>(dv, st, sdo);
+    gemm_ab_acc<D, kBwdQueryRows, 1, T>(dk, dpt, sq);
     __syncthreads();
     t = t_next;
     full = full_next;
   }
   wait_async_all();
-  store_rows<D, T>(a.dv, s.start, head, j0 + warp * 16, s.length, dv, a.inv_scaling);
-  store_rows<D, T>(a.dk, s.start, head, j0 + warp * 16, s.length, dk, a.alpha * a.inv_scaling);
+  store_rows<D, T>(a.dv, s.start, head, j0 + warp * 16, s.length, dv[0], a.inv_scaling);
+  store_rows<D, T>(a.dk, s.start, head, j0 + warp * 16, s.length, dk[0], a.alpha * a.inv_scaling);
 }
 
 constexpr int kKvStages = 2;
@@ -163,9 +163,10 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const Args a
     load_tile_async<kTileRows, D>(skv + (2 * stage + 1) * kTile, a.v, s.start, head, j0, s.length);
   };
 
-  float dq[D / 8][4];
+  const RowPairMask row_mask(s.rule, i0 + warp * 16 + lane / 4);
+  float dq[1][D / 8][4];
 #pragma unroll
-  for (int n = 0; n < D / 8; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
+  for (int n = 0; n < D / 8; ++n) dq[0][n][0] = dq[0][n][1] = dq[0][n][2] = dq[0][n][3] = 0.0f;
 
   int64_t j0 = j_begin < j_end ? next_tile(j_begin) : j_end;
   if (j0 < j_end) load_kv(j0, 0);
@@ -181,46 +182,47 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const Args a
     const T* sk = skv + 2 * stage * kTile;
     const T* sv = sk + kTile;
 
-    float st[kTileRows / 8][4], dp[kTileRows / 8][4];
-    gemm_abt<D, kTileRows>(st, sq, warp * 16, sk);
-    gemm_abt<D, kTileRows>(dp, sdo, warp * 16, sv);
+    float st[1][kTileRows / 8][4], dp[1][kTileRows / 8][4];
+    gemm_abt<D, kTileRows, 1, T>(st, sq, warp * 16, sk);
+    gemm_abt<D, kTileRows, 1, T>(dp, sdo, warp * 16, sv);
     const bool full = cols.fully_attended(j0, min(j0 + kTileRows, s.length));
 #pragma unroll
     for (int n = 0; n < kTileRows / 8; ++n) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        float ds = silu_grad(a.alpha * st[n][e], dp[n][e]).ds;
+        float ds = silu_grad(a.alpha * st[0][n][e], dp[0][n][e]).ds;
         if (!full) {
           const int64_t i = i0 + warp * 16 + lane / 4 + (e / 2) * 8;
           const int64_t j = j0 + n * 8 + 2 * (lane % 4) + e % 2;
-          if (!s.rule.allowed(i, j)) ds = 0.0f;
+          if (!row_mask.allowed(s.rule, e / 2, i, j)) ds = 0.0f;
         }
-        dp[n][e] = ds;
+        dp[0][n][e] = ds;
       }
     }
-    gemm_ab_acc<D, kTileRows, T>(dq, dp, sk);
+    gemm_ab_acc<D, kTileRows, 1, T>(dq, dp, sk);
     __syncthreads();
     j0 = j_next;
   }
   wait_async_all();
-  store_rows<D, T>(a.dq, s.start, head, i0 + warp * 16, s.length, dq, a.alpha * a.inv_scaling);
+  store_rows<D, T>(a.dq, s.start, head, i0 + warp * 16, s.length, dq[0], a.alpha * a.inv_scaling);
 }
 
 template <class T, int D>
-void launch_bwd(const Args& a, int64_t heads, cudaStream_t stream) {
+void launch_bwd(Args a, int64_t heads, cudaStream_t stream) {
   const size_t dkdv_smem = dkdv_smem_elements<D>() * sizeof(T);
   const size_t dq_smem = dq_smem_elements<D>() * sizeof(T);
   SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_dkdv_kernel<T, D>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dkdv_smem)));
   SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_dq_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(dq_smem)));
-  attention_bwd_dkdv_kernel<T, D><<<grid_of(a, heads), kThreads, dkdv_smem, stream>>>(a);
+  const dim3 grid = grid_of(a, heads, kTileRows);
+  attention_bwd_dkdv_kernel<T, D><<<grid, kThreads, dkdv_smem, stream>>>(a);
   SEQMIX_CUDA_CHECK(cudaGetLastError());
-  attention_bwd_dq_kernel<T, D><<<grid_of(a, heads), kThreads, dq_smem, stream>>>(a);
+  attention_bwd_dq_kernel<T, D><<<grid, kThreads, dq_smem, stream>>>(a);
   SEQMIX_CUDA_CHECK(cudaGetLastError());
 }
 
-using BwdLauncher = void (*)(const Args&, int64_t, cudaStream_t);
+using BwdLauncher = void (*)(Args, int64_t, cudaStream_t);
 
 // The dispatch table: dtype x head dim -> instance (the API has validated the combination).
 BwdLauncher bwd_launcher(DType dtype, int64_t head_dim) {

@@ -5,10 +5,11 @@
 // 1 / N is applied once to the f32 accumulator, so P keeps full 16-bit precision even in f16
 // (silu(s) / 4096 would sit in f16's subnormal range).
 //
-// Tiles: a block owns 64 query rows of one (sequence, head); each of its 4 warps owns 16 rows.
-// Shared memory holds Q [64][D], K [64][D] and V [64][D] (rows padded by 16 bytes), two K/V
-// stages so the next key tile loads (cp.async) while the current one multiplies. Registers
-// hold S (16 x 64 per warp, f32) and O (16 x D per warp, f32). Per key tile:
+// Tiles: a block owns 128 query rows of one (sequence, head); each of its 4 warps owns 32 rows
+// (two 16-row MMA blocks, so each K / V fragment read from shared memory feeds two MMAs).
+// Shared memory holds Q [128][D] and two stages of K [KN][D], V [KN][D] (KN = 32 at D = 128, 64
+// at D = 64; rows padded by 16 bytes) so the next key tile loads (cp.async) while the current one
+// multiplies. Registers hold S (32 x KN per warp, f32) and O (32 x D per warp, f32). Per key tile:
 //   S = Q K^T (mma m16n8k16) -> P = silu(alpha S), masked -> packed to 16 bits in registers ->
 //   O += P V. Key tiles outside the mask's column hull of the query tile are never visited;
 //   tiles inside the run every query row attends skip the per-element mask.
@@ -21,50 +22,64 @@ namespace hstu {
 namespace {
 
 constexpr int kKvStages = 2;
+constexpr int kWarpRowBlocks = kFwdQueryRows / (16 * kWarps);  // 16-row MMA blocks per warp
+
+// Key rows per step: 32 at D = 128 keeps S (32 x 32 per warp) and O (32 x 128) in registers
+// without spills; 64 at D = 64.
+template <int D>
+constexpr int fwd_key_rows() {
+  return D == 128 ? 32 : 64;
+}
 
 template <int D>
 constexpr size_t fwd_smem_elements() {
-  return static_cast<size_t>(1 + 2 * kKvStages) * kTileRows * SmemRow<D>::kStride;
+  return static_cast<size_t>(kFwdQueryRows + 2 * kKvStages * fwd_key_rows<D>()) * SmemRow<D>::kStride;
 }
 
 template <class T, int D>
-__global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const Args a) {
+__global__ void __launch_bounds__(kThreads) attention_fwd_kernel(Args a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  constexpr int kTile = kTileRows * SmemRow<D>::kStride;
+  constexpr int kKeyRows = fwd_key_rows<D>();
+  constexpr int kTile = kKeyRows * SmemRow<D>::kStride;
+  constexpr int M = kWarpRowBlocks;
   T* const sq = reinterpret_cast<T*>(smem_raw);
-  T* const skv = sq + kTile;  // stage s: K at skv + 2 s kTile, V right after it
+  T* const skv = sq + kFwdQueryRows * SmemRow<D>::kStride;  // stage s: K at skv + 2 s kTile, V after it
 
   const Sequence s = sequence_of_block(a);
-  const int64_t i0 = static_cast<int64_t>(s.tile) * kTileRows;
+  const int64_t i0 = static_cast<int64_t>(s.tile) * kFwdQueryRows;
   if (i0 >= s.length) return;
   const int head = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warp_row0 = warp * 16 * M;
 
-  load_tile_async<kTileRows, D>(sq, a.q, s.start, head, i0, s.length);
-  const TileColumns cols = tile_columns(s.rule, i0, min(i0 + kTileRows, s.length));
+  load_tile_async<kFwdQueryRows, D>(sq, a.q, s.start, head, i0, s.length);
+  const TileColumns cols = tile_columns(s.rule, i0, min(i0 + kFwdQueryRows, s.length));
 
   // The key tiles to visit: those touching the hull, in order.
-  const int64_t j_begin = min(cols.begin[0], cols.begin[1]) / kTileRows * kTileRows;
+  const int64_t j_begin = min(cols.begin[0], cols.begin[1]) / kKeyRows * kKeyRows;
   const int64_t j_end = max(cols.end[0], cols.end[1]);
   auto next_tile = [&](int64_t j0) {
-    for (; j0 < j_end; j0 += kTileRows) {
-      if (cols.touches(j0, min(j0 + kTileRows, s.length))) return j0;
+    for (; j0 < j_end; j0 += kKeyRows) {
+      if (cols.touches(j0, min(j0 + kKeyRows, s.length))) return j0;
     }
     return j_end;
   };
   auto load_kv = [&](int64_t j0, int stage) {
-    load_tile_async<kTileRows, D>(skv + 2 * stage * kTile, a.k, s.start, head, j0, s.length);
-    load_tile_async<kTileRows, D>(skv + (2 * stage + 1) * kTile, a.v, s.start, head, j0, s.length);
+    load_tile_async<kKeyRows, D>(skv + 2 * stage * kTile, a.k, s.start, head, j0, s.length);
+    load_tile_async<kKeyRows, D>(skv + (2 * stage + 1) * kTile, a.v, s.start, head, j0, s.length);
   };
 
-  float o[D / 8][4];
+  float o[M][D / 8][4];
 #pragma unroll
-  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) o[m][n][0] = o[m][n][1] = o[m][n][2] = o[m][n][3] = 0.0f;
+  }
 
   int64_t j0 = j_begin < j_end ? next_tile(j_begin) : j_end;
   if (j0 < j_end) load_kv(j0, 0);
   for (int stage = 0; j0 < j_end; stage ^= 1) {
-    const int64_t j_next = next_tile(j0 + kTileRows);
+    const int64_t j_next = next_tile(j0 + kKeyRows);
     // The other stage was last read before the barrier that ended the previous iteration.
     if (j_next < j_end) {
       load_kv(j_next, stage ^ 1);
@@ -76,41 +91,50 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const Args a) {
     const T* sk = skv + 2 * stage * kTile;
     const T* sv = sk + kTile;
 
-    float p[kTileRows / 8][4];
-    gemm_abt<D, kTileRows>(p, sq, warp * 16, sk);
-    const bool full = cols.fully_attended(j0, min(j0 + kTileRows, s.length));
+    float p[M][kKeyRows / 8][4];
+    gemm_abt<D, kKeyRows, M, T>(p, sq, warp_row0, sk);
+    const bool full = cols.fully_attended(j0, min(j0 + kKeyRows, s.length));
 #pragma unroll
-    for (int n = 0; n < kTileRows / 8; ++n) {
+    for (int m = 0; m < M; ++m) {
+      // Built per tile, not kept across the loop: the registers go to O.
+      const RowPairMask row_mask = full ? RowPairMask() : RowPairMask(s.rule, i0 + warp_row0 + 16 * m + lane / 4);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float x = a.alpha * p[n][e];
-        float silu = x / (1.0f + __expf(-x));
-        if (!full) {
-          const int64_t i = i0 + warp * 16 + lane / 4 + (e / 2) * 8;
-          const int64_t j = j0 + n * 8 + 2 * (lane % 4) + e % 2;
-          if (!s.rule.allowed(i, j)) silu = 0.0f;
+      for (int n = 0; n < kKeyRows / 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float x = a.alpha * p[m][n][e];
+          float silu = x * sigmoid(x);
+          if (!full) {
+            const int64_t i = i0 + warp_row0 + 16 * m + lane / 4 + (e / 2) * 8;
+            const int64_t j = j0 + n * 8 + 2 * (lane % 4) + e % 2;
+            if (!row_mask.allowed(s.rule, e / 2, i, j)) silu = 0.0f;
+          }
+          p[m][n][e] = silu;
         }
-        p[n][e] = silu;
       }
     }
-    gemm_ab_acc<D, kTileRows, T>(o, p, sv);
+    gemm_ab_acc<D, kKeyRows, M, T>(o, p, sv);
     __syncthreads();
     j0 = j_next;
   }
   wait_async_all();
-  store_rows<D, T>(a.out_or_dout, s.start, head, i0 + warp * 16, s.length, o, a.inv_scaling);
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    store_rows<D, T>(a.out_or_dout, s.start, head, i0 + warp_row0 + 16 * m, s.length, o[m], a.inv_scaling);
+  }
 }
 
 template <class T, int D>
-void launch_fwd(const Args& a, int64_t heads, cudaStream_t stream) {
+void launch_fwd(Args a, int64_t heads, cudaStream_t stream) {
   const size_t smem = fwd_smem_elements<D>() * sizeof(T);
   SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem)));
-  attention_fwd_kernel<T, D><<<grid_of(a, heads), kThreads, smem, stream>>>(a);
+  const dim3 grid = grid_of(a, heads, kFwdQueryRows);
+  attention_fwd_kernel<T, D><<<grid, kThreads, smem, stream>>>(a);
   SEQMIX_CUDA_CHECK(cudaGetLastError());
 }
 
-using FwdLauncher = void (*)(const Args&, int64_t, cudaStream_t);
+using FwdLauncher = void (*)(Args, int64_t, cudaStream_t);
 
 // The dispatch table: dtype x head dim -> instance (the API has validated the combination).
 FwdLauncher fwd_launcher(DType dtype, int64_t head_dim) {

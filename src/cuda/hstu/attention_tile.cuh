@@ -18,9 +18,11 @@
 
 namespace seqmix::cuda::hstu {
 
-constexpr int kTileRows = 64;          // query rows per forward / dq block, key rows per dk-dv block
-constexpr int kWarps = 4;              // each warp owns 16 of the kTileRows rows
+constexpr int kTileRows = 64;          // key rows per tile; query rows per dq block (16 per warp)
+constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
+constexpr int kFwdQueryRows = 128;     // query rows per forward block: 32 per warp, so every K / V
+                                       // fragment read from shared memory feeds two MMAs
 constexpr int kBwdQueryRows = 32;      // query rows per step of the dk-dv pass (register budget)
 constexpr int kSmemPad = 8;            // 16 bytes per shared row: ldmatrix rows hit distinct banks
 constexpr int kChunk = 8;              // 16-byte vector = 8 elements
@@ -48,7 +50,8 @@ struct Args {
   float alpha;
   float inv_scaling;  // 1 / N
   int64_t batch;
-  int tiles_per_sequence;  // grid.x = batch * tiles_per_sequence
+  int64_t max_seq_len;
+  int tiles_per_sequence;  // grid.x = batch * tiles_per_sequence (set by grid_of)
 };
 
 __device__ __forceinline__ int64_t load_index(const void* p, int64_t i, bool i64) {
@@ -124,6 +127,36 @@ __device__ inline TileColumns tile_columns(const hstu_mask::Rule& rule, int64_t 
   return c;
 }
 
+// The mask of the two accumulator rows a thread holds (rows g and g + 8 of a 16-row block). Masks
+// whose column ranges are exact (SLA) become interval tests on 32-bit positions (the API keeps L
+// below 2^31); the others fall back to the shared predicate.
+struct RowPairMask {
+  int begin[2][2], end[2][2];
+  bool exact;
+
+  RowPairMask() = default;
+  __device__ __forceinline__ RowPairMask(const hstu_mask::Rule& rule, int64_t row0) {
+    for (int h = 0; h < 2; ++h) {
+      int64_t b[2], e[2];
+      const int count = rule.column_ranges(row0 + 8 * h, b, e, exact);
+      if (count < 2) b[1] = e[1] = 0;
+      for (int r = 0; r < 2; ++r) {
+        begin[h][r] = static_cast<int>(min(max(b[r], int64_t{0}), rule.length));
+        end[h][r] = static_cast<int>(min(max(e[r], int64_t{0}), rule.length));
+      }
+    }
+  }
+  // Row row0 + 8 half attends column j (< length).
+  __device__ __forceinline__ bool allowed(const hstu_mask::Rule& rule, int half, int64_t i, int64_t j) const {
+    if (!exact) return rule.allowed(i, j);
+    const int c = static_cast<int>(j);
+    return (c >= begin[half][0] && c < end[half][0]) || (c >= begin[half][1] && c < end[half][1]);
+  }
+};
+
+// silu(x) = x sigmoid(x) with the fast exp and reciprocal (2 MUFU ops; |x| large saturates cleanly).
+__device__ __forceinline__ float sigmoid(float x) { return __fdividef(1.0f, 1.0f + __expf(-x)); }
+
 // ---- shared memory tiles ----
 
 template <int D>
@@ -142,7 +175,7 @@ __device__ __forceinline__ void load_tile_async(T* smem, const Operand& x, int64
                                                 int64_t rows_valid) {
   constexpr int kChunksPerRow = D / kChunk;
   const T* base = static_cast<const T*>(x.data) + head * x.head_stride;
-  for (int c = threadIdx.x; c < ROWS * kChunksPerRow; c += kThreads) {
+  for (int c = threadIdx.x; c < ROWS * kChunksPerRow; c += blockDim.x) {
     const int r = c / kChunksPerRow;
     const int col = (c % kChunksPerRow) * kChunk;
     const bool valid = row0 + r < rows_valid;
@@ -238,39 +271,50 @@ __device__ __forceinline__ void accumulators_to_a(uint32_t (&a)[4], const float 
   a[3] = pack2<T>(hi[2], hi[3]);
 }
 
-// C = X Y^T for a warp's 16 rows of X (smem rows [x_row0, +16)) against ROWS rows of Y (smem):
-// c[n] is the 16 x 8 block of Y rows [8n, 8n + 8).
-template <int D, int ROWS, class T>
-__device__ __forceinline__ void gemm_abt(float (&c)[ROWS / 8][4], const T* x, int x_row0, const T* y) {
+// C = X Y^T for M blocks of 16 rows of X (smem rows x_row0 + 16 m ...) against ROWS rows of Y
+// (smem): c[m][n] is the 16 x 8 block of X rows x_row0 + 16 m .. and Y rows [8n, 8n + 8).
+template <int D, int ROWS, int M, class T>
+__device__ __forceinline__ void gemm_abt(float (&c)[M][ROWS / 8][4], const T* x, int x_row0, const T* y) {
 #pragma unroll
-  for (int n = 0; n < ROWS / 8; ++n) c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0.0f;
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int n = 0; n < ROWS / 8; ++n) c[m][n][0] = c[m][n][1] = c[m][n][2] = c[m][n][3] = 0.0f;
+  }
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
-    uint32_t a[4];
-    load_a<D>(a, x, x_row0, kk * 16);
+    uint32_t a[M][4];
+#pragma unroll
+    for (int m = 0; m < M; ++m) load_a<D>(a[m], x, x_row0 + 16 * m, kk * 16);
 #pragma unroll
     for (int n = 0; n < ROWS / 16; ++n) {
       uint32_t b[4];
       load_b_rows<D>(b, y, n * 16, kk * 16);
-      mma<T>(c[2 * n], a, b[0], b[1]);
-      mma<T>(c[2 * n + 1], a, b[2], b[3]);
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        mma<T>(c[m][2 * n], a[m], b[0], b[1]);
+        mma<T>(c[m][2 * n + 1], a[m], b[2], b[3]);
+      }
     }
   }
 }
 
-// acc += P Y with P a warp's 16 x ROWS accumulator tile (rounded to T) and Y [ROWS][D] in smem.
-template <int D, int ROWS, class T>
-__device__ __forceinline__ void gemm_ab_acc(float (&acc)[D / 8][4], const float (&p)[ROWS / 8][4], const T* y) {
+// acc[m] += P[m] Y with P[m] 16 x ROWS accumulator tiles (rounded to T) and Y [ROWS][D] in smem.
+template <int D, int ROWS, int M, class T>
+__device__ __forceinline__ void gemm_ab_acc(float (&acc)[M][D / 8][4], const float (&p)[M][ROWS / 8][4], const T* y) {
 #pragma unroll
   for (int step = 0; step < ROWS / 16; ++step) {
-    uint32_t a[4];
-    accumulators_to_a<T>(a, p[2 * step], p[2 * step + 1]);
+    uint32_t a[M][4];
+#pragma unroll
+    for (int m = 0; m < M; ++m) accumulators_to_a<T>(a[m], p[m][2 * step], p[m][2 * step + 1]);
 #pragma unroll
     for (int n = 0; n < D / 16; ++n) {
       uint32_t b[4];
       load_b_cols<D>(b, y, step * 16, n * 16);
-      mma<T>(acc[2 * n], a, b[0], b[1]);
-      mma<T>(acc[2 * n + 1], a, b[2], b[3]);
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        mma<T>(acc[m][2 * n], a[m], b[0], b[1]);
+        mma<T>(acc[m][2 * n + 1], a[m], b[2], b[3]);
+      }
     }
   }
 }
@@ -299,7 +343,7 @@ __device__ __forceinline__ void store_rows(const Operand& x, int64_t start, int 
 
 inline Operand operand_of(const TensorView& t) { return {t.data, t.stride(0), t.stride(1)}; }
 
-// Everything but the output operands; grid.x covers every tile of max_seq_len per sequence.
+// Everything but the output operands.
 inline Args make_args(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
                       const TensorView& v, const TensorView& seq_offsets, const TensorView* num_targets) {
   Args a{};
@@ -319,12 +363,13 @@ inline Args make_args(const HstuAttentionParams& params, const TensorView& q, co
   a.inv_scaling = static_cast<float>(1.0 / static_cast<double>(params.scaling_seqlen == -1 ? params.max_seq_len
                                                                                            : params.scaling_seqlen));
   a.batch = seq_offsets.size(0) - 1;
-  a.tiles_per_sequence = static_cast<int>((params.max_seq_len + kTileRows - 1) / kTileRows);
+  a.max_seq_len = params.max_seq_len;
   return a;
 }
 
-// The launch grid: x = (sequence, tile), y = head. Empty when there is nothing to compute.
-inline dim3 grid_of(const Args& a, int64_t heads) {
+// The launch grid for blocks of `rows` rows: x = (sequence, tile), y = head; sets the tile count.
+inline dim3 grid_of(Args& a, int64_t heads, int rows) {
+  a.tiles_per_sequence = static_cast<int>((a.max_seq_len + rows - 1) / rows);
   return dim3(static_cast<unsigned>(a.batch * a.tiles_per_sequence), static_cast<unsigned>(heads));
 }
 
