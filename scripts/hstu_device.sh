@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# HSTU CUDA on a GPU machine in one go: narrow build, CUDA-vs-CPU tests, a compute-sanitizer
+# memcheck subset, then bench/hstu_vs_peers.py (ours vs the Triton peers) in the time left.
+# Logs go to $OUT. Knobs: PEERS (peer checkouts, default ../peers or ../../peers), TOTAL_S (time
+# budget of the whole script, default 450), SANITIZE=0, BENCH=0, TESTS=0, BENCH_ARGS.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/hstu_out}; mkdir -p "$OUT"
+t0=$(date +%s)
+total_s=${TOTAL_S:-450}
+peers=${PEERS:-}
+for p in ../peers ../../peers; do [ -z "$peers" ] && [ -d "$p/gr" ] && peers=$p; done
+{ nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader; nvcc --version | tail -2; } > "$OUT/summary.txt" 2>&1
+log() { echo "$*" | tee -a "$OUT/summary.txt"; }
+
+gtest_src=/usr/src/googletest
+[ -d .deps/googletest ] && gtest_src=$PWD/.deps/googletest
+cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DSEQMIX_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
+  -DSEQMIX_GTEST_SOURCE_DIR="$gtest_src" > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+cmake --build build-cuda -j 16 --target hstu_cuda_test hstu_attention_test >> "$OUT/build.log" 2>&1 ||
+  { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
+g++ -O2 -std=c++20 -shared -fPIC bench/hstu_capi.cpp -Iinclude build-cuda/libseqmix.a \
+  -L"$(dirname "$(which nvcc)")/../lib64" -lcudart -o build-cuda/libseqmix_hstu_capi.so >> "$OUT/build.log" 2>&1 ||
+  { tail -20 "$OUT/build.log"; exit 1; }
+log "build $(( $(date +%s) - t0 )) s"
+
+if [ "${TESTS:-1}" = 1 ]; then
+  SEQMIX_TEST_CUDA=1 timeout 150 ./build-cuda/hstu_cuda_test > "$OUT/hstu_cuda_test.log" 2>&1
+  log "hstu_cuda_test rc=$? ($(( $(date +%s) - t0 )) s)"
+  grep -E "^\[==========\]|^\[  PASSED  \]|^\[  FAILED  \]|^\[  SKIPPED \]" "$OUT/hstu_cuda_test.log" | tee -a "$OUT/summary.txt"
+  grep -E "Failure|Expected|Which is|which is" "$OUT/hstu_cuda_test.log" | head -30 | tee -a "$OUT/summary.txt"
+  # The worst scaled error per tensor over all cases.
+  grep -E "^\[hstu_cuda\]" "$OUT/hstu_cuda_test.log" | awk '{for (i = 1; i <= NF; ++i) if ($i ~ /^(out|dq|dk|dv)$/) {
+      v = $(i + 1) + 0; if (v > m[$i]) { m[$i] = v; c[$i] = $2 " " $3 } } }
+    END { for (t in m) printf "max %s err/max|ref| %.3e (%s)\n", t, m[t], c[t] }' | tee -a "$OUT/summary.txt"
+  timeout 60 ./build-cuda/hstu_attention_test > "$OUT/hstu_attention_test.log" 2>&1
+  log "hstu_attention_test rc=$? $(tail -1 "$OUT/hstu_attention_test.log")"
+fi
+if [ "${SANITIZE:-1}" = 1 ]; then
+  timeout 90 compute-sanitizer --tool memcheck --leak-check no ./build-cuda/hstu_cuda_test \
+    --gtest_filter='Masks/*causal_targets_bf16*:Masks/*sla_targets_f16*:Masks/*window_min_full_contextual_targets_bf16*:Masks/*sla_k2_ge_length_f16*:HstuCudaLayout.*' \
+    > "$OUT/memcheck.log" 2>&1
+  log "memcheck rc=$? ($(( $(date +%s) - t0 )) s)"
+  grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | head -5 | tee -a "$OUT/summary.txt"
+fi
+if [ "${BENCH:-1}" = 1 ]; then
+  left=$(( total_s - ($(date +%s) - t0) ))
+  log "bench budget $(( left - 60 )) s, peers at ${peers:-none}"
+  timeout $(( left - 10 )) python3 bench/hstu_vs_peers.py --lib build-cuda/libseqmix_hstu_capi.so \
+    --peers "${peers:-/nonexistent}" --out "$OUT/hstu_vs_peers.json" --budget-s $(( left - 60 )) ${BENCH_ARGS:-} \
+    > "$OUT/bench.log" 2>&1
+  log "bench rc=$?"
+  tail -5 "$OUT/bench.log"
+fi
+log "total $(( $(date +%s) - t0 )) s"
