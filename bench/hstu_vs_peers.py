@@ -1,8 +1,11 @@
-"""HSTU attention: seqmix CUDA vs the Triton peers, in one process on the same tensors.
+"""HSTU attention: seqmix CUDA vs the Triton peers on the same inputs, in one device run.
 
 Peers (git-ignored checkouts under peers/): generative-recommenders `triton_hstu_mha` and
 TorchEasyRec `tzrec.ops._triton.triton_hstu_mha`. seqmix is reached through the C ABI of
-bench/hstu_capi.cpp (ctypes) until the torch extension lands.
+bench/hstu_capi.cpp (ctypes) until the torch extension lands. Each implementation runs in its own
+process (--impl) on inputs seeded identically, so a crash loses one column, not the run; the
+peer processes also run ours on their first dense shape of each size for a parity check; --merge
+joins the columns into one row per shape.
 
 Shapes (DESIGN.md / issue 4): B = 32 jagged, max_len 1024 / 4096 / 8192, lengths "uniform"
 (U(0.4, 1) * max_len) or "skewed" (Beta(0.7, 0.3) * max_len, most mass near 0 and 1), both
@@ -19,8 +22,10 @@ inputs (our outputs are torch-allocated too).
 Peer autotuning is capped to a few configs per kernel (PEER_MAX_CONFIGS, default 4) so the first
 compile fits in one device run; the configs are chosen from the peers' own lists.
 
-Usage (device): python3 bench/hstu_vs_peers.py --lib build-cuda/libseqmix_hstu_capi.so \
-    --peers ../../peers --out results.json [--budget-s 300] [--quick]
+Usage (device, see scripts/hstu_device.sh):
+  python3 bench/hstu_vs_peers.py --impl seqmix|gr|tzrec --lib build-cuda/libseqmix_hstu_capi.so \
+      --peers ../../peers --out IMPL.json [--budget-s 150] [--max-lens 1024 4096 8192]
+  python3 bench/hstu_vs_peers.py --merge seqmix.json gr.json tzrec.json --out hstu_vs_peers.json
 """
 
 import argparse
@@ -42,13 +47,18 @@ def load_peer_package(name, root):
     sys.modules[name] = module
 
 
-def cap_autotune(module, preferences, limit, log):
+def cap_autotune(module, limit, log):
+    """Keeps `limit` configs per kernel from the peer's own list: no TLX (needs TMA descriptors), no
+    SEQUENCE_PARALLEL backward (atomics and a lock buffer; a first device run crashed with an illegal
+    address inside a generative-recommenders call while those were eligible)."""
     import triton
 
     for name, obj in vars(module).items():
         if not isinstance(obj, triton.runtime.autotuner.Autotuner):
             continue
-        configs = [c for c in obj.configs if not c.kwargs.get("USE_TLX", False)]
+        configs = [c for c in obj.configs
+                   if not c.kwargs.get("USE_TLX", False) and not c.kwargs.get("SEQUENCE_PARALLEL", False)]
+        preferences = BWD_PREFERENCES if "SEQUENCE_PARALLEL" in obj.configs[0].kwargs else FWD_PREFERENCES
 
         def key(c):
             k = (c.kwargs.get("BLOCK_M"), c.kwargs.get("BLOCK_N"), c.num_warps, c.num_stages)
@@ -156,152 +166,192 @@ def rel_err(a, b):
     return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp(min=1e-30)).item()
 
 
+def make_inputs(max_len, heads, dist, mask, batch, dim, device):
+    """The inputs of one shape, identical in every process (seeded on the CPU)."""
+    gen = torch.Generator().manual_seed(max_len * 31 + heads * 7 + (dist == "skewed"))
+    lengths = lengths_of(dist, batch, max_len, gen)
+    targets = torch.minimum(torch.randint(1, 65, (batch,), generator=gen), lengths)
+    offsets = torch.zeros(batch + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(lengths, 0)
+    total = int(offsets[-1])
+    q, k, v, dout = (torch.randn(total, heads, dim, generator=gen).to(device, torch.bfloat16) for _ in range(4))
+    # int64 offsets and int32 targets, as generative-recommenders' own benchmark passes them.
+    return lengths, targets, offsets.to(device), targets.to(device, torch.int32), q, k, v, dout
+
+
+def run_impl(args, impl, log):
+    device = torch.device("cuda")
+    ours = Seqmix(args.lib)
+    peer = None
+    if impl != "seqmix":
+        limit = int(os.environ.get("PEER_MAX_CONFIGS", "4"))
+        if impl == "gr":
+            load_peer_package("generative_recommenders", os.path.join(args.peers, "gr"))
+            import generative_recommenders.ops.triton.triton_hstu_attention as mod
+
+            def peer(q, k, v, so, nt, n, a, w):
+                return mod.triton_hstu_mha(n, a, q, k, v, so, num_targets=nt, max_attn_len=w)
+        else:
+            load_peer_package("tzrec", os.path.join(args.peers, "tzrec"))
+            import tzrec.ops._triton.triton_hstu_attention as mod
+
+            def peer(q, k, v, so, nt, n, a, w):
+                return mod.triton_hstu_mha(n, a, q, k, v, so, causal=True, num_targets=nt, max_attn_len=w)
+
+        cap_autotune(mod, limit, log)
+
+    batch, dim, sla_k1, sla_k2 = 32, 128, 256, 32
+    alpha = 1.0 / math.sqrt(dim)
+    t_start = time.time()
+    rows = []
+    for max_len in args.max_lens:
+        for heads in (4, 8):
+            for dist in ("uniform", "skewed"):
+                for mask in ("causal_targets", "sla_targets"):
+                    if time.time() - t_start > args.budget_s:
+                        log(f"{impl}: time guard, skipping max_len {max_len} H {heads} {dist} {mask}")
+                        continue
+                    lengths, targets, so, nt, q, k, v, dout = make_inputs(max_len, heads, dist, mask, batch, dim,
+                                                                         device)
+                    sla = mask == "sla_targets"
+                    k1, k2 = (sla_k1, sla_k2) if sla else (0, 0)
+                    row = {"max_seq_len": max_len, "H": heads, "lengths": dist, "mask": mask,
+                           "tokens": int(q.shape[0]), "attended_pairs": attended_pairs(lengths, targets, k1, k2) * heads}
+                    if impl == "seqmix":
+                        def f():
+                            return ours.fwd(q, k, v, so, nt, max_len, alpha, k1, k2)
+
+                        def fb():
+                            ours.fwd(q, k, v, so, nt, max_len, alpha, k1, k2)
+                            return ours.bwd(q, k, v, so, nt, max_len, alpha, dout, k1, k2)
+                    else:
+                        window = sla_k1 if sla else 0
+                        qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+                        row["peer_mask"] = f"window{sla_k1}_targets" if sla else mask
+
+                        def f():
+                            with torch.no_grad():
+                                return peer(q, k, v, so, nt, max_len, alpha, window)
+
+                        def fb():
+                            out = peer(qg, kg, vg, so, nt, max_len, alpha, window)
+                            return torch.autograd.grad(out, (qg, kg, vg), dout)
+
+                    try:
+                        # One checked call of each before timing: a failure names its stage.
+                        f()
+                        torch.cuda.synchronize()
+                        fb()
+                        torch.cuda.synchronize()
+                        fwd_ms, fb_ms = timed(f), timed(fb)
+                        row.update(fwd_ms=round(fwd_ms, 4), fwd_bwd_ms=round(fb_ms, 4), fwd_peak_mb=round(peak_mb(f), 1),
+                                   fwd_bwd_peak_mb=round(peak_mb(fb), 1))
+                    except Exception as e:
+                        row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+                        log(f"{impl}: {row}")
+                        rows.append(row)
+                        break_out = "illegal" in str(e) or "CUDA error" in str(e)
+                        if break_out:
+                            return rows
+                        continue
+                    # Parity with the peer on the dense mask, one shape per size (same inputs).
+                    if peer is not None and not sla and heads == 4 and dist == "uniform":
+                        out = ours.fwd(q, k, v, so, nt, max_len, alpha)
+                        dq, dk, dv = ours.bwd(q, k, v, so, nt, max_len, alpha, dout)
+                        ref = peer(qg, kg, vg, so, nt, max_len, alpha, 0)
+                        g = torch.autograd.grad(ref, (qg, kg, vg), dout)
+                        row["parity_seqmix_vs_peer"] = {"out": rel_err(out, ref), "dq": rel_err(dq, g[0]),
+                                                       "dk": rel_err(dk, g[1]), "dv": rel_err(dv, g[2])}
+                    log(f"{impl}: {json.dumps(row)}")
+                    rows.append(row)
+                    with open(args.out, "w") as fh:
+                        json.dump({"impl": impl, "rows": rows}, fh)
+                    del q, k, v, dout
+                    torch.cuda.empty_cache()
+    return rows
+
+
+def merge(paths, out_path, command):
+    """One row per shape with every implementation side by side, ratios and the SLA prediction."""
+    by_shape = {}
+    device = None
+    for path in paths:
+        try:
+            with open(path) as fh:
+                data = json.load(fh)
+        except (OSError, ValueError):
+            continue
+        device = data.get("device", device)
+        for r in data["rows"]:
+            key = (r["max_seq_len"], r["H"], r["lengths"], r["mask"])
+            row = by_shape.setdefault(key, {"op": "hstu_attention", "B": 32, "max_seq_len": key[0], "H": key[1],
+                                            "D": 128, "dtype": "bf16", "lengths": key[2], "mask": key[3],
+                                            "tokens": r["tokens"], "attended_pairs": r["attended_pairs"]})
+            entry = {n: r[n] for n in ("fwd_ms", "fwd_bwd_ms", "fwd_peak_mb", "fwd_bwd_peak_mb", "error",
+                                      "peer_mask", "parity_seqmix_vs_peer") if n in r}
+            row[data["impl"]] = entry
+    rows = []
+    for key in sorted(by_shape):
+        row = by_shape[key]
+        ours = row.get("seqmix", {})
+        if "fwd_ms" in ours:
+            pairs = row["attended_pairs"]
+            ours["fwd_tflops"] = round(4 * 128 * pairs / (ours["fwd_ms"] * 1e9), 1)
+            ours["fwd_bwd_tflops"] = round(14 * 128 * pairs / (ours["fwd_bwd_ms"] * 1e9), 1)
+            peers = [row[n] for n in ("gr", "tzrec") if "fwd_ms" in row.get(n, {})]
+            if peers:  # on SLA rows the peers ran the window proxy, named in the key
+                tag = "_window_proxy" if key[3] == "sla_targets" else ""
+                row[f"speedup_fwd_vs_fastest_peer{tag}"] = round(min(p["fwd_ms"] for p in peers) / ours["fwd_ms"], 3)
+                row[f"speedup_fwd_bwd_vs_fastest_peer{tag}"] = round(
+                    min(p["fwd_bwd_ms"] for p in peers) / ours["fwd_bwd_ms"], 3)
+            dense = by_shape.get((key[0], key[1], key[2], "causal_targets"), {}).get("seqmix", {})
+            if key[3] == "sla_targets" and "fwd_ms" in dense:
+                scale = pairs / by_shape[(key[0], key[1], key[2], "causal_targets")]["attended_pairs"]
+                row["sla_time_over_pair_prediction_fwd"] = round(ours["fwd_ms"] / (dense["fwd_ms"] * scale), 3)
+                row["sla_time_over_pair_prediction_fwd_bwd"] = round(
+                    ours["fwd_bwd_ms"] / (dense["fwd_bwd_ms"] * scale), 3)
+        rows.append(row)
+    result = {"command": command, "device": device, "peer_max_configs": os.environ.get("PEER_MAX_CONFIGS", "4"),
+              "flops": "4 D per attended pair fwd, 10 D bwd", "bf16_matmul_tflops_reference": 787, "rows": rows}
+    with open(out_path, "w") as fh:
+        json.dump(result, fh, indent=1)
+    hdr = f"{'max_len':>7} {'H':>2} {'lengths':>7} {'mask':>14} | {'ours fwd':>8} {'fb':>8} {'TF/s':>5} | " \
+          f"{'gr fwd':>8} {'fb':>8} | {'tz fwd':>8} {'fb':>8} | {'x fwd':>5} {'x fb':>5}"
+    print(hdr + " sla/pred")
+    nan = float("nan")
+    for r in rows:
+        def ms(n, f):
+            return f"{r.get(n, {}).get(f, float('nan')):8.3f}"
+        print(f"{r['max_seq_len']:>7} {r['H']:>2} {r['lengths']:>7} {r['mask']:>14} | {ms('seqmix', 'fwd_ms')} "
+              f"{ms('seqmix', 'fwd_bwd_ms')} {r.get('seqmix', {}).get('fwd_bwd_tflops', float('nan')):5.0f} | "
+              f"{ms('gr', 'fwd_ms')} {ms('gr', 'fwd_bwd_ms')} | {ms('tzrec', 'fwd_ms')} {ms('tzrec', 'fwd_bwd_ms')} | "
+              f"{r.get('speedup_fwd_vs_fastest_peer', r.get('speedup_fwd_vs_fastest_peer_window_proxy', nan)):5.2f} "
+              f"{r.get('speedup_fwd_bwd_vs_fastest_peer', r.get('speedup_fwd_bwd_vs_fastest_peer_window_proxy', nan)):5.2f}"
+              f" {r.get('sla_time_over_pair_prediction_fwd_bwd', nan):5.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--lib", required=True)
-    ap.add_argument("--peers", required=True)
+    ap.add_argument("--impl", choices=["seqmix", "gr", "tzrec"])
+    ap.add_argument("--merge", nargs="+", help="per-implementation JSON files to merge into --out")
+    ap.add_argument("--lib", default="build-cuda/libseqmix_hstu_capi.so")
+    ap.add_argument("--peers", default="../peers")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--budget-s", type=float, default=300.0)
-    ap.add_argument("--quick", action="store_true", help="max_len 1024 only")
-    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--budget-s", type=float, default=150.0)
+    ap.add_argument("--max-lens", type=int, nargs="+", default=[1024, 4096, 8192])
     args = ap.parse_args()
-    t_start = time.time()
+    if args.merge:
+        merge(args.merge, args.out, os.environ.get("BENCH_COMMAND", " ".join(sys.argv)))
+        return
     lines = []
 
     def log(s):
         print(s, flush=True)
         lines.append(s)
 
-    device = torch.device("cuda")
-    ours = Seqmix(args.lib)
-    peers = {}
-    if not args.no_peers:
-        limit = int(os.environ.get("PEER_MAX_CONFIGS", "4"))
-        try:
-            load_peer_package("generative_recommenders", os.path.join(args.peers, "gr"))
-            import generative_recommenders.ops.triton.triton_hstu_attention as gr_mod
-
-            cap_autotune(gr_mod, FWD_PREFERENCES + BWD_PREFERENCES, limit, log)
-            peers["gr"] = lambda q, k, v, so, nt, n, a, w: gr_mod.triton_hstu_mha(
-                n, a, q, k, v, so, num_targets=nt, max_attn_len=w)
-        except Exception as e:  # report and go on with the other peer
-            log(f"gr unavailable: {type(e).__name__}: {e}")
-        try:
-            load_peer_package("tzrec", os.path.join(args.peers, "tzrec"))
-            import tzrec.ops._triton.triton_hstu_attention as tz_mod
-
-            cap_autotune(tz_mod, FWD_PREFERENCES + BWD_PREFERENCES, limit, log)
-            peers["tzrec"] = lambda q, k, v, so, nt, n, a, w: tz_mod.triton_hstu_mha(
-                n, a, q, k, v, so, causal=True, num_targets=nt, max_attn_len=w)
-        except Exception as e:
-            log(f"tzrec unavailable: {type(e).__name__}: {e}")
-
-    batch, dim, sla_k1, sla_k2 = 32, 128, 256, 32
-    alpha = 1.0 / math.sqrt(dim)
-    max_lens = [1024] if args.quick else [1024, 4096, 8192]
-    rows = []
-    dense_ms = {}
-
-    def write_result():  # after every row, so a run cut short still leaves its rows
-        result = {"command": " ".join(sys.argv), "device": torch.cuda.get_device_name(),
-                  "torch": torch.__version__, "peer_max_configs": os.environ.get("PEER_MAX_CONFIGS", "4"),
-                  "bf16_matmul_tflops_reference": 787, "rows": rows, "elapsed_s": round(time.time() - t_start, 1)}
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
-
-    for max_len in max_lens:
-        for heads in (4, 8):
-            for dist in ("uniform", "skewed"):
-                for mask in ("causal_targets", "sla_targets"):
-                    if time.time() - t_start > args.budget_s:
-                        log(f"time guard: skipping max_len {max_len} H {heads} {dist} {mask}")
-                        continue
-                    gen = torch.Generator().manual_seed(max_len * 31 + heads * 7 + (dist == "skewed"))
-                    lengths = lengths_of(dist, batch, max_len, gen)
-                    targets = torch.minimum(torch.randint(1, 65, (batch,), generator=gen), lengths)
-                    offsets = torch.zeros(batch + 1, dtype=torch.int64)
-                    offsets[1:] = torch.cumsum(lengths, 0)
-                    total = int(offsets[-1])
-                    so, nt = offsets.to(device), targets.to(device)
-                    q, k, v, dout = (torch.randn(total, heads, dim, device=device, dtype=torch.bfloat16)
-                                     for _ in range(4))
-                    sla = mask == "sla_targets"
-                    k1, k2 = (sla_k1, sla_k2) if sla else (0, 0)
-                    pairs = attended_pairs(lengths, targets, k1, k2) * heads
-                    row = {"op": "hstu_attention", "B": batch, "max_seq_len": max_len, "H": heads, "D": dim,
-                           "lengths": dist, "mask": mask, "tokens": total, "attended_pairs": pairs,
-                           "dtype": "bf16"}
-
-                    def ours_fwd():
-                        return ours.fwd(q, k, v, so, nt, max_len, alpha, k1, k2)
-
-                    def ours_fwd_bwd():
-                        ours.fwd(q, k, v, so, nt, max_len, alpha, k1, k2)
-                        return ours.bwd(q, k, v, so, nt, max_len, alpha, dout, k1, k2)
-
-                    results = {"seqmix": (ours_fwd, ours_fwd_bwd)}
-                    for name, fn in peers.items():
-                        window = sla_k1 if sla else 0
-                        qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
-
-                        def peer_fwd(fn=fn, window=window):
-                            with torch.no_grad():
-                                return fn(q, k, v, so, nt, max_len, alpha, window)
-
-                        def peer_fwd_bwd(fn=fn, window=window, qg=qg, kg=kg, vg=vg):
-                            out = fn(qg, kg, vg, so, nt, max_len, alpha, window)
-                            return torch.autograd.grad(out, (qg, kg, vg), dout)
-
-                        results[name] = (peer_fwd, peer_fwd_bwd)
-                    if sla and peers:
-                        row["peer_mask"] = f"window{sla_k1}"
-                    for name, (f, fb) in results.items():
-                        try:
-                            fwd_ms = timed(f)
-                            fb_ms = timed(fb)
-                            row[name] = {"fwd_ms": round(fwd_ms, 4), "fwd_bwd_ms": round(fb_ms, 4),
-                                         "fwd_peak_mb": round(peak_mb(f), 1), "fwd_bwd_peak_mb": round(peak_mb(fb), 1)}
-                            if name == "seqmix":
-                                row[name]["fwd_tflops"] = round(4 * dim * pairs / (fwd_ms * 1e9), 1)
-                                row[name]["fwd_bwd_tflops"] = round(14 * dim * pairs / (fb_ms * 1e9), 1)
-                        except Exception as e:
-                            row[name] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
-                        torch.cuda.empty_cache()
-                    # Parity with the peers on the dense mask (same inputs), first shape of each size.
-                    if not sla and heads == 4 and dist == "uniform":
-                        out = ours_fwd()
-                        dq, dk, dv = ours.bwd(q, k, v, so, nt, max_len, alpha, dout)
-                        for name, fn in peers.items():
-                            try:
-                                qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
-                                ref = fn(qg, kg, vg, so, nt, max_len, alpha, 0)
-                                g = torch.autograd.grad(ref, (qg, kg, vg), dout)
-                                row[f"parity_vs_{name}"] = {"out": rel_err(out, ref), "dq": rel_err(dq, g[0]),
-                                                            "dk": rel_err(dk, g[1]), "dv": rel_err(dv, g[2])}
-                            except Exception as e:
-                                row[f"parity_vs_{name}"] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
-                    ok = [r for n, r in row.items() if n in peers and isinstance(r, dict) and "fwd_ms" in r]
-                    if ok and "fwd_ms" in row["seqmix"]:
-                        row["speedup_fwd_vs_fastest_peer"] = round(min(r["fwd_ms"] for r in ok) / row["seqmix"]["fwd_ms"], 3)
-                        row["speedup_fwd_bwd_vs_fastest_peer"] = round(
-                            min(r["fwd_bwd_ms"] for r in ok) / row["seqmix"]["fwd_bwd_ms"], 3)
-                    key = (max_len, heads, dist)
-                    if "fwd_ms" in row["seqmix"]:
-                        if not sla:
-                            dense_ms[key] = (row["seqmix"]["fwd_ms"], row["seqmix"]["fwd_bwd_ms"], pairs)
-                        elif key in dense_ms:
-                            d_fwd, d_fb, d_pairs = dense_ms[key]
-                            row["sla_time_over_pair_prediction_fwd"] = round(
-                                row["seqmix"]["fwd_ms"] / (d_fwd * pairs / d_pairs), 3)
-                            row["sla_time_over_pair_prediction_fwd_bwd"] = round(
-                                row["seqmix"]["fwd_bwd_ms"] / (d_fb * pairs / d_pairs), 3)
-                    rows.append(row)
-                    log(json.dumps(row))
-                    write_result()
-                    del q, k, v, dout
-                    torch.cuda.empty_cache()
-    write_result()
-    log(f"done in {time.time() - t_start:.0f} s")
+    rows = run_impl(args, args.impl, log)
+    with open(args.out, "w") as fh:
+        json.dump({"impl": args.impl, "device": torch.cuda.get_device_name(), "rows": rows}, fh)
 
 
 if __name__ == "__main__":

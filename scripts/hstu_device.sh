@@ -44,12 +44,24 @@ if [ "${SANITIZE:-1}" = 1 ]; then
   grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | head -5 | tee -a "$OUT/summary.txt"
 fi
 if [ "${BENCH:-1}" = 1 ]; then
-  left=$(( total_s - ($(date +%s) - t0) ))
-  log "bench budget $(( left - 60 )) s, peers at ${peers:-none}"
-  timeout $(( left - 10 )) python3 bench/hstu_vs_peers.py --lib build-cuda/libseqmix_hstu_capi.so \
-    --peers "${peers:-/nonexistent}" --out "$OUT/hstu_vs_peers.json" --budget-s $(( left - 60 )) ${BENCH_ARGS:-} \
-    > "$OUT/bench.log" 2>&1
-  log "bench rc=$?"
-  tail -5 "$OUT/bench.log"
+  # One process per implementation (a crash loses one column); ours first, then the peers
+  # sharing what is left; the biggest shapes come last and are skipped past each budget.
+  bench() {  # impl budget_s
+    timeout $(( $2 + 60 )) python3 bench/hstu_vs_peers.py --impl "$1" --lib build-cuda/libseqmix_hstu_capi.so \
+      --peers "${peers:-/nonexistent}" --out "$OUT/bench_$1.json" --budget-s "$2" ${BENCH_ARGS:-} \
+      > "$OUT/bench_$1.log" 2>&1
+    log "bench $1 rc=$? ($(( $(date +%s) - t0 )) s)"
+    grep -vE "UserWarning|invalid_mask|tracemalloc" "$OUT/bench_$1.log" | grep -E "error|Error|guard|configs" | head -8
+  }
+  bench seqmix 60
+  left=$(( total_s - ($(date +%s) - t0) - 30 ))
+  bench gr $(( left / 2 - 60 ))
+  left=$(( total_s - ($(date +%s) - t0) - 20 ))
+  bench tzrec $(( left - 60 ))
+  BENCH_COMMAND="TOTAL_S=$total_s bash scripts/hstu_device.sh (bench/hstu_vs_peers.py --impl seqmix|gr|tzrec, then --merge)" \
+    python3 bench/hstu_vs_peers.py --merge "$OUT"/bench_seqmix.json "$OUT"/bench_gr.json "$OUT"/bench_tzrec.json \
+    --out "$OUT/hstu_vs_peers.json" | tee "$OUT/bench_table.txt"
+  cat "$OUT"/bench_seqmix.log "$OUT"/bench_gr.log "$OUT"/bench_tzrec.log | grep -vE "UserWarning|invalid_mask|tracemalloc" \
+    > "$OUT/bench_logs.txt"; rm -f "$OUT"/bench_*.log "$OUT"/bench_seqmix.json "$OUT"/bench_gr.json "$OUT"/bench_tzrec.json
 fi
 log "total $(( $(date +%s) - t0 )) s"
