@@ -65,6 +65,9 @@ def cap_autotune(module, limit, log):
             return preferences.index(k) if k in preferences else len(preferences)
 
         chosen = sorted(configs, key=key)[:limit]
+        if os.environ.get("PEER_NUM_STAGES"):  # the retry after an illegal address (triton#10573)
+            for c in chosen:
+                c.num_stages = int(os.environ["PEER_NUM_STAGES"])
         obj.configs = chosen
         log(f"  {module.__name__}.{name}: {len(chosen)} of {len(configs)} configs: "
             + ", ".join(f"M{c.kwargs.get('BLOCK_M')}N{c.kwargs.get('BLOCK_N')}w{c.num_warps}s{c.num_stages}"
@@ -237,17 +240,20 @@ def run_impl(args, impl, log):
                             out = peer(qg, kg, vg, so, nt, max_len, alpha, window)
                             return torch.autograd.grad(out, (qg, kg, vg), dout)
 
+                    stage = "first fwd"
                     try:
                         # One checked call of each before timing: a failure names its stage.
                         f()
                         torch.cuda.synchronize()
+                        stage = "first fwd+bwd"
                         fb()
                         torch.cuda.synchronize()
+                        stage = "timing"
                         fwd_ms, fb_ms = timed(f), timed(fb)
                         row.update(fwd_ms=round(fwd_ms, 4), fwd_bwd_ms=round(fb_ms, 4), fwd_peak_mb=round(peak_mb(f), 1),
                                    fwd_bwd_peak_mb=round(peak_mb(fb), 1))
                     except Exception as e:
-                        row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+                        row["error"] = f"{stage}: {type(e).__name__}: {str(e)[:120]}"
                         log(f"{impl}: {row}")
                         rows.append(row)
                         break_out = "illegal" in str(e) or "CUDA error" in str(e)
@@ -265,7 +271,8 @@ def run_impl(args, impl, log):
                     log(f"{impl}: {json.dumps(row)}")
                     rows.append(row)
                     with open(args.out, "w") as fh:
-                        json.dump({"impl": impl, "rows": rows}, fh)
+                        json.dump({"impl": impl, "rows": rows,
+                                   "peer_num_stages": os.environ.get("PEER_NUM_STAGES", "as configured")}, fh)
                     del q, k, v, dout
                     torch.cuda.empty_cache()
     return rows
@@ -289,6 +296,8 @@ def merge(paths, out_path, command):
                                             "tokens": r["tokens"], "attended_pairs": r["attended_pairs"]})
             entry = {n: r[n] for n in ("fwd_ms", "fwd_bwd_ms", "fwd_peak_mb", "fwd_bwd_peak_mb", "error",
                                       "peer_mask", "parity_seqmix_vs_peer") if n in r}
+            if data["impl"] != "seqmix":
+                entry["num_stages"] = data.get("peer_num_stages")
             row[data["impl"]] = entry
     rows = []
     for key in sorted(by_shape):
@@ -351,7 +360,8 @@ def main():
 
     rows = run_impl(args, args.impl, log)
     with open(args.out, "w") as fh:
-        json.dump({"impl": args.impl, "device": torch.cuda.get_device_name(), "rows": rows}, fh)
+        json.dump({"impl": args.impl, "device": torch.cuda.get_device_name(), "rows": rows,
+                   "peer_num_stages": os.environ.get("PEER_NUM_STAGES", "as configured")}, fh)
 
 
 if __name__ == "__main__":

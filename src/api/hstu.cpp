@@ -46,6 +46,11 @@ struct HostIndex {
 // row 16-byte aligned (they load 8-element vectors), and a grid that fits the launch limits.
 void check_cuda_layout(const char* op, const HstuAttentionParams& params, const TensorView& q, const TensorView& v,
                        int64_t batch, const std::vector<std::pair<const TensorView*, const char*>>& tensors) {
+  if (q.dtype == DType::fp8_e4m3 || q.dtype == DType::fp8_e5m2) {
+    SEQMIX_NOT_IMPLEMENTED(op, ": q: FP8 attention (", dtype_name(q.dtype),
+                           ") has no CUDA kernel yet; the FP8 quant modes 0..5 run on the CPU reference "
+                           "(hstu_fp8_fake_quantize, then this op on CPU tensors)");
+  }
   SEQMIX_CHECK(q.dtype == DType::bf16 || q.dtype == DType::f16, op, ": q: CUDA kernels take bfloat16/float16, got ",
                dtype_name(q.dtype));
   SEQMIX_CHECK(q.size(2) == 64 || q.size(2) == 128, op, ": q: CUDA kernels support head dim 64 or 128, got ",

@@ -212,7 +212,8 @@ TEST_P(HstuAttentionMask, ForwardMatchesBruteForce) {
   EXPECT_LT(testing::max_abs_diff(out, brute_force(c.params, c.inputs, b)), 1e-13);
 }
 
-// The skipped column ranges never hide an attended column; `exact` ranges and full_columns hold only attended ones.
+// The skipped column ranges never hide an attended column; `exact` ranges and full_columns hold only attended
+// ones; the row ranges of a key tile never hide an attending row.
 TEST_P(HstuAttentionMask, ColumnRangesCoverTheMask) {
   const MaskCase& c = GetParam();
   for (size_t s = 0; s < c.inputs.lengths.size(); ++s) {
@@ -233,6 +234,20 @@ TEST_P(HstuAttentionMask, ColumnRangesCoverTheMask) {
         if (m[i][j]) ASSERT_TRUE(inside) << "seq " << s << " (" << i << ", " << j << ") skipped";
         if (inside && exact) ASSERT_TRUE(m[i][j]) << "seq " << s << " (" << i << ", " << j << ") exact";
         if (j >= full_begin && j < full_end) ASSERT_TRUE(m[i][j]) << "seq " << s << " (" << i << ", " << j << ") full";
+      }
+    }
+    // row_ranges of every key tile (widths 1, 3 and 8) hold every row attending one of its columns.
+    for (int64_t width : {1, 3, 8}) {
+      for (int64_t j0 = 0; j0 < n; j0 += width) {
+        const int64_t j1 = std::min(j0 + width, n);
+        int64_t begin[2], end[2];
+        mask.row_ranges(j0, j1, begin, end);
+        for (int64_t i = 0; i < n; ++i) {
+          const bool inside = (i >= begin[0] && i < end[0]) || (i >= begin[1] && i < end[1]);
+          for (int64_t j = j0; j < j1; ++j) {
+            if (m[i][j]) ASSERT_TRUE(inside) << "seq " << s << " row " << i << " of key tile [" << j0 << ", " << j1 << ")";
+          }
+        }
       }
     }
   }

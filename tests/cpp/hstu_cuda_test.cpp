@@ -2,6 +2,9 @@
 // bf16/f16 values the GPU reads, so the difference is the kernels' own rounding: P (and dS) are
 // rounded to 16 bits before their MMA, accumulation is f32, and outputs are rounded once.
 //
+// The kernels' sigmoid is (1 + tanh.approx(x / 2)) / 2 (relative error about 2^-11, f16's own
+// rounding of P), which the f16 tolerance below absorbs as well.
+//
 // Tolerance, per output tensor: max |cuda - ref| <= tol * max |ref|, with tol = 2e-2 for bf16
 // (8-bit mantissa: the output rounding alone is 2^-9 = 0.2% of each value, and the 16-bit P / dS
 // add errors of the same relative size on sums whose terms cancel, so a few 2^-9 of the tensor's
@@ -200,6 +203,12 @@ std::vector<Case> long_cases() {
   add("long_sla_bf16_d128", {4096, 1000}, {16, 0}, DType::bf16, 128, [](auto& p) { p.sla_k1 = 256, p.sla_k2 = 32; });
   add("long_window_contextual_f16_d64", {4096}, {100}, DType::f16, 64,
       [](auto& p) { p.max_attn_len = 300, p.contextual_seq_len = 10; });
+  // SLA with a contextual prefix and targets past the window: the backward's key blocks jump from
+  // their window to the target rows; f16 at D = 128 and bf16 at D = 64 complete the dtype x D grid.
+  add("long_sla_contextual_targets_f16_d128", {2500, 700, 1, 0, 300}, {64, 700, 1, 0, 3}, DType::f16, 128,
+      [](auto& p) { p.sla_k1 = 100, p.contextual_seq_len = 20; });
+  add("long_causal_contextual_targets_bf16_d64", {2100, 33, 1500}, {9, 33, 64}, DType::bf16, 64,
+      [](auto& p) { p.contextual_seq_len = 70; });
   // Skewed: one long sequence among many short ones, most blocks of the grid exit at once.
   add("skewed_targets_contextual_bf16_d64", {3000, 1, 0, 5, 77, 2, 129, 0, 1}, {40, 1, 0, 2, 7, 0, 64, 0, 0},
       DType::bf16, 64, [](auto& p) { p.contextual_seq_len = 3; });
@@ -284,6 +293,12 @@ TEST(HstuCudaBadInputs, LayoutErrorsNameTheArgument) {
       o32(DType::f32, {total, H, 64});
   expect_error(fwd(cuda_view(q32), cuda_view(k32), cuda_view(v32), cuda_view(o32)),
                {"hstu_attention_fwd", "q", "bfloat16/float16", "float32"});
+  // FP8 attention has no CUDA kernel: a loud "not implemented", never a silent bf16 fallback.
+  HostTensor x8(DType::fp8_e4m3, {total, H, 64});
+  const TensorView x8v = cuda_view(x8);
+  expect_error(fwd(x8v, x8v, x8v, x8v), {"hstu_attention_fwd", "not implemented", "FP8", "float8_e4m3fn"});
+  expect_error([&] { hstu_attention_bwd(p, x8v, x8v, x8v, sv, nullptr, x8v, x8v, x8v, x8v); },
+               {"hstu_attention_bwd", "not implemented", "FP8"});
   HostTensor q48(DType::bf16, {total, H, 48}), v48(DType::bf16, {total, H, 48});
   expect_error(fwd(cuda_view(q48), cuda_view(q48), cuda_view(v48), cuda_view(v48)), {"q", "head dim 64 or 128", "48"});
   HostTensor v128(DType::bf16, {total, H, 128});

@@ -30,6 +30,11 @@ class HstuMask {
   // An interval [begin, end) (possibly empty) of columns that row i certainly attends.
   void full_columns(int64_t i, int64_t& begin, int64_t& end) const { rule_.full_columns(i, begin, end); }
 
+  // Two row intervals outside which no row attends a column of [j0, j1) (conservative).
+  void row_ranges(int64_t j0, int64_t j1, int64_t begin[2], int64_t end[2]) const {
+    rule_.row_ranges(j0, j1, begin, end);
+  }
+
  private:
   hstu_mask::Rule rule_;
 };

@@ -115,6 +115,30 @@ struct Rule {
     return 1;
   }
 
+  // Two row intervals [begin[r], end[r]) (either may be empty) outside which no row attends a
+  // column of [j0, j1), 0 <= j0 < j1 <= length: the transpose of column_ranges for a tile of keys,
+  // conservative, so a backward pass over key tiles need not scan every query tile.
+  SEQMIX_HSTU_MASK_FN void row_ranges(int64_t j0, int64_t j1, int64_t begin[2], int64_t end[2]) const {
+    begin[1] = end[1] = 0;
+    if (sla) {
+      // History rows i >= j attend j < K2 whatever their distance, other j only while i < j + k1 - 1;
+      // target rows attend every history column.
+      begin[0] = j0;
+      end[0] = j0 < global_prefix ? history_end : min_of(history_end, j1 - 1 + o.sla_k1);
+      if (j0 < history_end) {
+        begin[1] = history_end;
+        end[1] = length;
+      }
+      return;
+    }
+    begin[0] = 0;
+    end[0] = length;
+    if (!o.causal) return;
+    // Causal: i == j or id(i) > id(j), which needs i > j; or a contextual row (id 0: i < contextual_seq_len).
+    begin[0] = j0;
+    if (o.contextual_seq_len > 0) end[1] = min_of(o.contextual_seq_len, length);
+  }
+
   // The first position j in [0, length] with id(j) >= x (length when none). Past the
   // contextual prefix and below the target boundary id(j) = j - contextual_seq_len + 1 (or j).
   SEQMIX_HSTU_MASK_FN int64_t first_with_id_at_least(int64_t x) const {

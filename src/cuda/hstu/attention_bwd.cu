@@ -8,10 +8,12 @@
 //
 // Pass 1 (dk, dv): a block owns 64 key rows of one (sequence, head), 16 per warp, with K and V
 // in shared memory and dK, dV (16 x D per warp, f32) in registers. It walks the 32-row query
-// tiles whose mask hull touches its keys, double-buffering Q and dO with cp.async:
+// tiles whose mask hull touches its keys, looking only inside the rows that may attend them
+// (Rule::row_ranges), double-buffering Q and dO with cp.async; a warp whose 16 keys a tile does
+// not touch skips its MMAs:
 //   S^T = K Q^T, dP^T = V dO^T -> P^T, dS^T in registers -> dV += P^T dO, dK += dS^T Q.
 // Pass 2 (dq): a block owns 64 query rows (16 per warp) with Q and dO in shared memory and walks
-// the key tiles of the query tile's hull, as the forward does:
+// the key tiles of the query tile's hull, as the forward does (warps skip tiles their rows miss):
 //   S = Q K^T, dP = dO V^T -> dS -> dQ += dS K.
 #include "cuda/common/cuda_check.h"
 #include "cuda/hstu/attention.h"
@@ -55,14 +57,39 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Args
   load_tile_async<kTileRows, D>(sk, a.k, s.start, head, j0, s.length);
   load_tile_async<kTileRows, D>(sv, a.v, s.start, head, j0, s.length);
 
-  const int64_t query_tiles = (s.length + kBwdQueryRows - 1) / kBwdQueryRows;
-  // The next query tile at or after `t` whose rows attend some of [j0, j1); `full` when all do.
-  auto next_tile = [&](int64_t t, bool& full) {
-    for (; t < query_tiles; ++t) {
-      const int64_t i0 = t * kBwdQueryRows;
+  const int query_tiles = static_cast<int>((s.length + kBwdQueryRows - 1) / kBwdQueryRows);
+  // Only query tiles meeting the rows that may attend [j0, j1) are examined (not all of them: a
+  // causal key block starts at its own diagonal, an SLA one scans its window and the targets):
+  // tiles [tile_begin[r], tile_end[r]).
+  int tile_begin[2], tile_end[2];
+  {
+    int64_t begin[2], end[2];
+    s.rule.row_ranges(j0, j1, begin, end);
+    for (int r = 0; r < 2; ++r) {
+      begin[r] = max(begin[r], int64_t{0});
+      end[r] = min(end[r], s.length);
+      tile_begin[r] = begin[r] < end[r] ? static_cast<int>(begin[r] / kBwdQueryRows) : 0;
+      tile_end[r] = begin[r] < end[r] ? static_cast<int>((end[r] + kBwdQueryRows - 1) / kBwdQueryRows) : 0;
+    }
+  }
+  // The next query tile at or after `t` whose rows attend some of [j0, j1); for this warp's 16
+  // keys, `active` when some do, `full` when all do.
+  auto jump = [&](int t) {  // the first tile at or after t in a range
+    int first = query_tiles;
+    for (int r = 0; r < 2; ++r) {
+      const int candidate = max(t, tile_begin[r]);
+      if (candidate < tile_end[r]) first = min(first, candidate);
+    }
+    return first;
+  };
+  auto next_tile = [&](int t, bool& active, bool& full) {
+    for (t = jump(t); t < query_tiles; t = jump(t + 1)) {
+      const int64_t i0 = static_cast<int64_t>(t) * kBwdQueryRows;
       const TileColumns cols = tile_columns(s.rule, i0, min(i0 + kBwdQueryRows, s.length));
       if (cols.touches(j0, j1)) {
-        full = cols.fully_attended(j0, j1);
+        const int64_t jw0 = min(j0 + warp * 16, s.length), jw1 = min(j0 + warp * 16 + 16, s.length);
+        active = cols.touches(jw0, jw1);
+        full = cols.fully_attended(jw0, jw1);
         return t;
       }
     }
@@ -81,12 +108,12 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Args
     for (int e = 0; e < 4; ++e) dk[0][n][e] = dv[0][n][e] = 0.0f;
   }
 
-  bool full = false;
-  int64_t t = next_tile(0, full);
+  bool active = false, full = false;
+  int t = next_tile(0, active, full);
   if (t < query_tiles) load_qdo(t, 0);
   for (int stage = 0; t < query_tiles; stage ^= 1) {
-    bool full_next = false;
-    const int64_t t_next = next_tile(t + 1, full_next);
+    bool active_next = false, full_next = false;
+    const int t_next = next_tile(t + 1, active_next, full_next);
     if (t_next < query_tiles) {
       load_qdo(t_next, stage ^ 1);
       asm volatile("cp.async.wait_group 2;\n" ::);
@@ -96,6 +123,13 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Args
     __syncthreads();
     const T* sq = sqdo + 2 * stage * kQueryTile;
     const T* sdo = sq + kQueryTile;
+    if (!active) {
+      __syncthreads();
+      t = t_next;
+      active = active_next;
+      full = full_next;
+      continue;
+    }
 
     float st[1][kBwdQueryRows / 8][4], dpt[1][kBwdQueryRows / 8][4];
     gemm_abt<D, kBwdQueryRows, 1, T>(st, sk, warp * 16, sq);
@@ -118,6 +152,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(const Args
     gemm_ab_acc<D, kBwdQueryRows, 1, T>(dk, dpt, sq);
     __syncthreads();
     t = t_next;
+    active = active_next;
     full = full_next;
   }
   wait_async_all();
@@ -164,6 +199,8 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const Args a
   };
 
   const RowPairMask row_mask(s.rule, i0 + warp * 16 + lane / 4);
+  // This warp's 16 rows: it skips the MMAs of key tiles they do not touch.
+  const TileColumns warp_cols = tile_columns(s.rule, min(i0 + warp * 16, s.length), min(i0 + warp * 16 + 16, s.length));
   float dq[1][D / 8][4];
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) dq[0][n][0] = dq[0][n][1] = dq[0][n][2] = dq[0][n][3] = 0.0f;
@@ -182,10 +219,16 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const Args a
     const T* sk = skv + 2 * stage * kTile;
     const T* sv = sk + kTile;
 
+    const int64_t j1 = min(j0 + kTileRows, s.length);
+    if (!warp_cols.touches(j0, j1)) {
+      __syncthreads();
+      j0 = j_next;
+      continue;
+    }
     float st[1][kTileRows / 8][4], dp[1][kTileRows / 8][4];
     gemm_abt<D, kTileRows, 1, T>(st, sq, warp * 16, sk);
     gemm_abt<D, kTileRows, 1, T>(dp, sdo, warp * 16, sv);
-    const bool full = cols.fully_attended(j0, min(j0 + kTileRows, s.length));
+    const bool full = warp_cols.fully_attended(j0, j1);
 #pragma unroll
     for (int n = 0; n < kTileRows / 8; ++n) {
 #pragma unroll

@@ -11,8 +11,9 @@
 // at D = 64; rows padded by 16 bytes) so the next key tile loads (cp.async) while the current one
 // multiplies. Registers hold S (32 x KN per warp, f32) and O (32 x D per warp, f32). Per key tile:
 //   S = Q K^T (mma m16n8k16) -> P = silu(alpha S), masked -> packed to 16 bits in registers ->
-//   O += P V. Key tiles outside the mask's column hull of the query tile are never visited;
-//   tiles inside the run every query row attends skip the per-element mask.
+//   O += P V. Key tiles outside the mask's column hull of the query tile are never visited; a
+//   warp skips the MMAs of tiles outside its own 32 rows' hull, and tiles inside the run every
+//   row of the warp attends skip the per-element mask.
 #include "cuda/common/cuda_check.h"
 #include "cuda/hstu/attention.h"
 #include "cuda/hstu/attention_tile.cuh"
@@ -54,6 +55,10 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(Args a) {
 
   load_tile_async<kFwdQueryRows, D>(sq, a.q, s.start, head, i0, s.length);
   const TileColumns cols = tile_columns(s.rule, i0, min(i0 + kFwdQueryRows, s.length));
+  // This warp's own rows: it skips the MMAs of key tiles they do not touch (the diagonal of a
+  // causal block, the SLA window of history rows in a block that also holds targets).
+  const TileColumns warp_cols =
+      tile_columns(s.rule, min(i0 + warp_row0, s.length), min(i0 + warp_row0 + 16 * M, s.length));
 
   // The key tiles to visit: those touching the hull, in order.
   const int64_t j_begin = min(cols.begin[0], cols.begin[1]) / kKeyRows * kKeyRows;
@@ -91,9 +96,15 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(Args a) {
     const T* sk = skv + 2 * stage * kTile;
     const T* sv = sk + kTile;
 
+    const int64_t j1 = min(j0 + kKeyRows, s.length);
+    if (!warp_cols.touches(j0, j1)) {
+      __syncthreads();
+      j0 = j_next;
+      continue;
+    }
     float p[M][kKeyRows / 8][4];
     gemm_abt<D, kKeyRows, M, T>(p, sq, warp_row0, sk);
-    const bool full = cols.fully_attended(j0, min(j0 + kKeyRows, s.length));
+    const bool full = warp_cols.fully_attended(j0, j1);
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       // Built per tile, not kept across the loop: the registers go to O.
@@ -103,13 +114,13 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(Args a) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const float x = a.alpha * p[m][n][e];
-          float silu = x * sigmoid(x);
+          float p_ij = silu(x);
           if (!full) {
             const int64_t i = i0 + warp_row0 + 16 * m + lane / 4 + (e / 2) * 8;
             const int64_t j = j0 + n * 8 + 2 * (lane % 4) + e % 2;
-            if (!row_mask.allowed(s.rule, e / 2, i, j)) silu = 0.0f;
+            if (!row_mask.allowed(s.rule, e / 2, i, j)) p_ij = 0.0f;
           }
-          p[m][n][e] = silu;
+          p[m][n][e] = p_ij;
         }
       }
     }

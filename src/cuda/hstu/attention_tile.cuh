@@ -11,6 +11,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <climits>
 #include <cstdint>
 
 #include "cpu/hstu/mask.h"
@@ -79,9 +80,11 @@ __device__ __forceinline__ Sequence sequence_of_block(const Args& a) {
 
 // What rows [i0, i1) of a tile attend: the hull of each of the (up to two) column ranges over
 // the rows, and `full`, the columns every row attends (no per-element mask needed there).
+// Positions are 32-bit (the API keeps L below 2^31): kernels hold one of these for the block
+// and one for the warp through their main loop, in registers next to the accumulators.
 struct TileColumns {
-  int64_t begin[2], end[2];
-  int64_t full_begin, full_end;
+  int begin[2], end[2];
+  int full_begin, full_end;
 
   __device__ __forceinline__ bool touches(int64_t j0, int64_t j1) const {
     return (begin[0] < j1 && j0 < end[0]) || (begin[1] < j1 && j0 < end[1]);
@@ -91,30 +94,34 @@ struct TileColumns {
   }
 };
 
+__device__ __forceinline__ int clamp_to_int(int64_t x) {
+  return static_cast<int>(min(max(x, static_cast<int64_t>(INT_MIN)), static_cast<int64_t>(INT_MAX)));
+}
+
 // Computed redundantly by every warp (lanes stride over the rows, then butterfly reductions),
 // so no shared memory or block barrier is needed.
 __device__ inline TileColumns tile_columns(const hstu_mask::Rule& rule, int64_t i0, int64_t i1) {
   const int lane = threadIdx.x % 32;
   TileColumns c;
-  c.begin[0] = c.begin[1] = INT64_MAX;
-  c.end[0] = c.end[1] = INT64_MIN;
-  c.full_begin = INT64_MIN;
-  c.full_end = INT64_MAX;
+  c.begin[0] = c.begin[1] = INT_MAX;
+  c.end[0] = c.end[1] = INT_MIN;
+  c.full_begin = INT_MIN;
+  c.full_end = INT_MAX;
   for (int64_t i = i0 + lane; i < i1; i += 32) {
     int64_t begin[2], end[2];
     bool exact;
     const int count = rule.column_ranges(i, begin, end, exact);
     for (int r = 0; r < count; ++r) {
       if (begin[r] < end[r]) {
-        c.begin[r] = min(c.begin[r], begin[r]);
-        c.end[r] = max(c.end[r], end[r]);
+        c.begin[r] = min(c.begin[r], clamp_to_int(begin[r]));
+        c.end[r] = max(c.end[r], clamp_to_int(end[r]));
       }
     }
     int64_t full_begin, full_end;
     rule.full_columns(i, full_begin, full_end);
     if (full_begin >= full_end) full_begin = INT64_MAX;  // an empty row empties the tile's run
-    c.full_begin = max(c.full_begin, full_begin);
-    c.full_end = min(c.full_end, full_end);
+    c.full_begin = max(c.full_begin, clamp_to_int(full_begin));
+    c.full_end = min(c.full_end, clamp_to_int(full_end));
   }
   for (int offset = 16; offset > 0; offset /= 2) {
     for (int r = 0; r < 2; ++r) {
@@ -154,8 +161,20 @@ struct RowPairMask {
   }
 };
 
-// silu(x) = x sigmoid(x) with the fast exp and reciprocal (2 MUFU ops; |x| large saturates cleanly).
-__device__ __forceinline__ float sigmoid(float x) { return __fdividef(1.0f, 1.0f + __expf(-x)); }
+// sigmoid(x) = (1 + tanh(x / 2)) / 2 and silu(x) = x sigmoid(x) = h + h tanh(h), h = x / 2: one
+// MUFU op per score (tanh.approx.f32, max relative error about 2^-11, the size of f16's rounding
+// of P) where exp and a reciprocal take two; the MUFU rate (16 / clock / SM) is the kernels' other
+// limit next to the MMAs. Saturates cleanly for large |x|.
+__device__ __forceinline__ float tanh_approx(float x) {
+  float y;
+  asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float sigmoid(float x) { return fmaf(0.5f, tanh_approx(0.5f * x), 0.5f); }
+__device__ __forceinline__ float silu(float x) {
+  const float h = 0.5f * x;
+  return fmaf(h, tanh_approx(h), h);
+}
 
 // ---- shared memory tiles ----
 
