@@ -49,34 +49,41 @@ def load_peer_package(name, root):
 
 def cap_autotune(module, limit, log):
     """Keeps `limit` configs per kernel from the peer's own list: no TLX (needs TMA descriptors), no
-    SEQUENCE_PARALLEL backward (atomics and a lock buffer; a first device run crashed with an illegal
-    address inside a generative-recommenders call while those were eligible)."""
+    SEQUENCE_PARALLEL backward (atomics and a lock buffer). On this stack (triton 3.6, torch 2.11) both
+    peers' backward died with an illegal address (device runs 2-3, with num_stages 2 and 1, BLOCK_N
+    128 configs eligible; cf. triton#10573), so the backward keeps BLOCK_N <= 64 configs, and
+    PEER_BWD_SAFE=1 (the retry) keeps only their smallest one."""
     import triton
 
+    safe = os.environ.get("PEER_BWD_SAFE") == "1"
     for name, obj in vars(module).items():
         if not isinstance(obj, triton.runtime.autotuner.Autotuner):
             continue
+        available = len(obj.configs)
         configs = [c for c in obj.configs
                    if not c.kwargs.get("USE_TLX", False) and not c.kwargs.get("SEQUENCE_PARALLEL", False)]
-        preferences = BWD_PREFERENCES if "SEQUENCE_PARALLEL" in obj.configs[0].kwargs else FWD_PREFERENCES
+        backward = "SEQUENCE_PARALLEL" in obj.configs[0].kwargs
+        if backward:
+            configs = [c for c in configs if c.kwargs["BLOCK_N"] <= 64 and c.kwargs.get("UNROLL", 1) == 1]
+        preferences = (BWD_SAFE_PREFERENCES if safe else BWD_PREFERENCES) if backward else FWD_PREFERENCES
 
         def key(c):
             k = (c.kwargs.get("BLOCK_M"), c.kwargs.get("BLOCK_N"), c.num_warps, c.num_stages)
             return preferences.index(k) if k in preferences else len(preferences)
 
-        chosen = sorted(configs, key=key)[:limit]
-        if os.environ.get("PEER_NUM_STAGES"):  # the retry after an illegal address (triton#10573)
+        chosen = sorted(configs, key=key)[: (1 if safe and backward else limit)]
+        if os.environ.get("PEER_NUM_STAGES"):
             for c in chosen:
                 c.num_stages = int(os.environ["PEER_NUM_STAGES"])
         obj.configs = chosen
-        log(f"  {module.__name__}.{name}: {len(chosen)} of {len(configs)} configs: "
+        log(f"  {module.__name__}.{name}: {len(chosen)} of {available} configs: "
             + ", ".join(f"M{c.kwargs.get('BLOCK_M')}N{c.kwargs.get('BLOCK_N')}w{c.num_warps}s{c.num_stages}"
                         for c in chosen))
 
 
 FWD_PREFERENCES = [(128, 64, 8, 2), (128, 64, 4, 2), (64, 64, 4, 2), (128, 32, 4, 2), (64, 32, 4, 2)]
-BWD_PREFERENCES = [(32, 128, 8, 2), (32, 64, 4, 2), (64, 128, 8, 2), (32, 128, 4, 2), (64, 64, 4, 2),
-                   (32, 64, 8, 2), (32, 32, 4, 2)]
+BWD_PREFERENCES = [(32, 64, 4, 2), (64, 64, 4, 2), (32, 64, 8, 2), (32, 32, 4, 2), (64, 64, 8, 2)]
+BWD_SAFE_PREFERENCES = [(16, 32, 2, 2), (16, 32, 4, 2), (32, 32, 4, 1), (32, 32, 4, 2)]
 
 
 class Seqmix:
@@ -169,6 +176,10 @@ def rel_err(a, b):
     return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp(min=1e-30)).item()
 
 
+def peer_configs():
+    return {k: os.environ[k] for k in ("PEER_MAX_CONFIGS", "PEER_NUM_STAGES", "PEER_BWD_SAFE") if k in os.environ}
+
+
 def make_inputs(max_len, heads, dist, mask, batch, dim, device):
     """The inputs of one shape, identical in every process (seeded on the CPU)."""
     gen = torch.Generator().manual_seed(max_len * 31 + heads * 7 + (dist == "skewed"))
@@ -182,7 +193,7 @@ def make_inputs(max_len, heads, dist, mask, batch, dim, device):
     return lengths, targets, offsets.to(device), targets.to(device, torch.int32), q, k, v, dout
 
 
-def run_impl(args, impl, log):
+def run_impl(args, impl, mode, log):
     device = torch.device("cuda")
     ours = Seqmix(args.lib)
     peer = None
@@ -243,36 +254,36 @@ def run_impl(args, impl, log):
                     stage = "first fwd"
                     try:
                         # One checked call of each before timing: a failure names its stage.
-                        f()
+                        out = f()
                         torch.cuda.synchronize()
-                        stage = "first fwd+bwd"
-                        fb()
-                        torch.cuda.synchronize()
+                        if mode != "fwd":
+                            stage = "first fwd+bwd"
+                            grads = fb()
+                            torch.cuda.synchronize()
                         stage = "timing"
-                        fwd_ms, fb_ms = timed(f), timed(fb)
-                        row.update(fwd_ms=round(fwd_ms, 4), fwd_bwd_ms=round(fb_ms, 4), fwd_peak_mb=round(peak_mb(f), 1),
-                                   fwd_bwd_peak_mb=round(peak_mb(fb), 1))
+                        if mode != "fwd_bwd":
+                            row.update(fwd_ms=round(timed(f), 4), fwd_peak_mb=round(peak_mb(f), 1))
+                        if mode != "fwd":
+                            row.update(fwd_bwd_ms=round(timed(fb), 4), fwd_bwd_peak_mb=round(peak_mb(fb), 1))
                     except Exception as e:
                         row["error"] = f"{stage}: {type(e).__name__}: {str(e)[:120]}"
                         log(f"{impl}: {row}")
                         rows.append(row)
-                        break_out = "illegal" in str(e) or "CUDA error" in str(e)
-                        if break_out:
+                        if "illegal" in str(e) or "CUDA error" in str(e):
                             return rows
                         continue
                     # Parity with the peer on the dense mask, one shape per size (same inputs).
                     if peer is not None and not sla and heads == 4 and dist == "uniform":
-                        out = ours.fwd(q, k, v, so, nt, max_len, alpha)
-                        dq, dk, dv = ours.bwd(q, k, v, so, nt, max_len, alpha, dout)
-                        ref = peer(qg, kg, vg, so, nt, max_len, alpha, 0)
-                        g = torch.autograd.grad(ref, (qg, kg, vg), dout)
-                        row["parity_seqmix_vs_peer"] = {"out": rel_err(out, ref), "dq": rel_err(dq, g[0]),
-                                                       "dk": rel_err(dk, g[1]), "dv": rel_err(dv, g[2])}
-                    log(f"{impl}: {json.dumps(row)}")
+                        parity = {"out": rel_err(ours.fwd(q, k, v, so, nt, max_len, alpha), out)}
+                        if mode != "fwd":
+                            dq, dk, dv = ours.bwd(q, k, v, so, nt, max_len, alpha, dout)
+                            parity.update(dq=rel_err(dq, grads[0]), dk=rel_err(dk, grads[1]), dv=rel_err(dv, grads[2]))
+                        row["parity_seqmix_vs_peer"] = parity
+                        del out
+                    log(f"{impl} {mode}: {json.dumps(row)}")
                     rows.append(row)
                     with open(args.out, "w") as fh:
-                        json.dump({"impl": impl, "rows": rows,
-                                   "peer_num_stages": os.environ.get("PEER_NUM_STAGES", "as configured")}, fh)
+                        json.dump({"impl": impl, "mode": mode, "rows": rows, "peer_configs": peer_configs()}, fh)
                     del q, k, v, dout
                     torch.cuda.empty_cache()
     return rows
@@ -294,11 +305,16 @@ def merge(paths, out_path, command):
             row = by_shape.setdefault(key, {"op": "hstu_attention", "B": 32, "max_seq_len": key[0], "H": key[1],
                                             "D": 128, "dtype": "bf16", "lengths": key[2], "mask": key[3],
                                             "tokens": r["tokens"], "attended_pairs": r["attended_pairs"]})
-            entry = {n: r[n] for n in ("fwd_ms", "fwd_bwd_ms", "fwd_peak_mb", "fwd_bwd_peak_mb", "error",
-                                      "peer_mask", "parity_seqmix_vs_peer") if n in r}
+            entry = row.setdefault(data["impl"], {})
+            for n in ("fwd_ms", "fwd_bwd_ms", "fwd_peak_mb", "fwd_bwd_peak_mb", "peer_mask"):
+                if n in r:
+                    entry[n] = r[n]
+            if "error" in r:
+                entry[f"error_{data.get('mode', 'both')}"] = r["error"]
+            if "parity_seqmix_vs_peer" in r:
+                entry.setdefault("parity_seqmix_vs_peer", {}).update(r["parity_seqmix_vs_peer"])
             if data["impl"] != "seqmix":
-                entry["num_stages"] = data.get("peer_num_stages")
-            row[data["impl"]] = entry
+                entry[f"configs_{data.get('mode', 'both')}"] = data.get("peer_configs", {})
     rows = []
     for key in sorted(by_shape):
         row = by_shape[key]
@@ -307,12 +323,11 @@ def merge(paths, out_path, command):
             pairs = row["attended_pairs"]
             ours["fwd_tflops"] = round(4 * 128 * pairs / (ours["fwd_ms"] * 1e9), 1)
             ours["fwd_bwd_tflops"] = round(14 * 128 * pairs / (ours["fwd_bwd_ms"] * 1e9), 1)
-            peers = [row[n] for n in ("gr", "tzrec") if "fwd_ms" in row.get(n, {})]
-            if peers:  # on SLA rows the peers ran the window proxy, named in the key
-                tag = "_window_proxy" if key[3] == "sla_targets" else ""
-                row[f"speedup_fwd_vs_fastest_peer{tag}"] = round(min(p["fwd_ms"] for p in peers) / ours["fwd_ms"], 3)
-                row[f"speedup_fwd_bwd_vs_fastest_peer{tag}"] = round(
-                    min(p["fwd_bwd_ms"] for p in peers) / ours["fwd_bwd_ms"], 3)
+            tag = "_window_proxy" if key[3] == "sla_targets" else ""  # SLA rows: the peers ran the window proxy
+            for what in ("fwd", "fwd_bwd"):
+                peers = [row[n][f"{what}_ms"] for n in ("gr", "tzrec") if f"{what}_ms" in row.get(n, {})]
+                if peers and f"{what}_ms" in ours:
+                    row[f"speedup_{what}_vs_fastest_peer{tag}"] = round(min(peers) / ours[f"{what}_ms"], 3)
             dense = by_shape.get((key[0], key[1], key[2], "causal_targets"), {}).get("seqmix", {})
             if key[3] == "sla_targets" and "fwd_ms" in dense:
                 scale = pairs / by_shape[(key[0], key[1], key[2], "causal_targets")]["attended_pairs"]
@@ -342,6 +357,8 @@ def merge(paths, out_path, command):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--impl", choices=["seqmix", "gr", "tzrec"])
+    ap.add_argument("--mode", choices=["both", "fwd", "fwd_bwd"], default="both",
+                    help="what to time (the peers run fwd and fwd_bwd in separate processes)")
     ap.add_argument("--merge", nargs="+", help="per-implementation JSON files to merge into --out")
     ap.add_argument("--lib", default="build-cuda/libseqmix_hstu_capi.so")
     ap.add_argument("--peers", default="../peers")
@@ -358,10 +375,10 @@ def main():
         print(s, flush=True)
         lines.append(s)
 
-    rows = run_impl(args, args.impl, log)
+    rows = run_impl(args, args.impl, args.mode, log)
     with open(args.out, "w") as fh:
-        json.dump({"impl": args.impl, "device": torch.cuda.get_device_name(), "rows": rows,
-                   "peer_num_stages": os.environ.get("PEER_NUM_STAGES", "as configured")}, fh)
+        json.dump({"impl": args.impl, "mode": args.mode, "device": torch.cuda.get_device_name(), "rows": rows,
+                   "peer_configs": peer_configs()}, fh)
 
 
 if __name__ == "__main__":

@@ -45,36 +45,39 @@ if [ "${SANITIZE:-1}" = 1 ]; then
   grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | head -5 | tee -a "$OUT/summary.txt"
 fi
 if [ "${BENCH:-1}" = 1 ]; then
-  # One process per implementation (a crash loses one column); ours first, then the peers
-  # sharing what is left; the biggest shapes come last and are skipped past each budget.
-  bench() {  # impl budget_s
+  # One process per implementation and mode (a crash loses one column): ours (fwd and fwd+bwd),
+  # then each peer's forward, then each peer's fwd+bwd; the biggest shapes come last and are
+  # skipped past each budget.
+  bench() {  # impl mode budget_s
     local lens=""
     [ "$1" != seqmix ] && [ -n "${PEER_MAX_LENS:-}" ] && lens="--max-lens $PEER_MAX_LENS"
-    timeout $(( $2 + 60 )) python3 bench/hstu_vs_peers.py --impl "$1" --lib build-cuda/libseqmix_hstu_capi.so \
-      --peers "${peers:-/nonexistent}" --out "$OUT/bench_$1.json" --budget-s "$2" $lens ${BENCH_ARGS:-} \
-      > "$OUT/bench_$1.log" 2>&1
-    log "bench $1 rc=$? ($(( $(date +%s) - t0 )) s)"
-    grep -vE "UserWarning|invalid_mask|tracemalloc" "$OUT/bench_$1.log" | grep -E "error|Error|guard|configs" | head -8
+    timeout $(( $3 + 60 )) python3 bench/hstu_vs_peers.py --impl "$1" --mode "$2" \
+      --lib build-cuda/libseqmix_hstu_capi.so --peers "${peers:-/nonexistent}" --out "$OUT/bench_$1_$2.json" \
+      --budget-s "$3" $lens ${BENCH_ARGS:-} > "$OUT/bench_$1_$2.log" 2>&1
+    log "bench $1 $2 rc=$? ($(( $(date +%s) - t0 )) s)"
+    grep -vE "UserWarning|invalid_mask|tracemalloc" "$OUT/bench_$1_$2.log" | grep -E "error|Error|guard|configs" | cut -c1-300 | head -6
   }
-  bench seqmix ${SEQMIX_BUDGET_S:-75}
-  left=$(( total_s - ($(date +%s) - t0) - 30 ))
-  # Triton 3.6 may fault on pipelined (num_stages 2) attention kernels (triton#10573): a peer
-  # whose first shape dies with an illegal address is run again with num_stages = 1.
-  peer() {  # impl budget_s
+  # Triton 3.6 faults in both peers' backward here (cf. triton#10573): a fwd+bwd process whose
+  # first shape dies with an illegal address is retried once with num_stages 1 and the smallest config.
+  peer_fwd_bwd() {  # impl budget_s
     local t=$(date +%s)
-    bench "$1" "$2"
-    if grep -q "illegal" "$OUT/bench_$1.json" 2>/dev/null; then
-      cp "$OUT/bench_$1.log" "$OUT/bench_$1_stages2.log"
-      PEER_NUM_STAGES=1 bench "$1" $(( $2 - ($(date +%s) - t) ))
+    bench "$1" fwd_bwd "$2"
+    if grep -q "illegal" "$OUT/bench_$1_fwd_bwd.json" 2>/dev/null; then
+      mv "$OUT/bench_$1_fwd_bwd.log" "$OUT/bench_$1_fwd_bwd_first.log"
+      PEER_NUM_STAGES=1 PEER_BWD_SAFE=1 bench "$1" fwd_bwd $(( $2 - ($(date +%s) - t) ))
     fi
   }
-  peer gr $(( left / 2 - 60 ))
+  bench seqmix both ${SEQMIX_BUDGET_S:-75}
+  left=$(( total_s - ($(date +%s) - t0) - 30 ))
+  bench gr fwd $(( left / 5 ))
+  bench tzrec fwd $(( left / 5 ))
+  left=$(( total_s - ($(date +%s) - t0) - 30 ))
+  peer_fwd_bwd gr $(( left / 2 - 40 ))
   left=$(( total_s - ($(date +%s) - t0) - 20 ))
-  peer tzrec $(( left - 60 ))
-  BENCH_COMMAND="TOTAL_S=$total_s bash scripts/hstu_device.sh (bench/hstu_vs_peers.py --impl seqmix|gr|tzrec, then --merge)" \
-    python3 bench/hstu_vs_peers.py --merge "$OUT"/bench_seqmix.json "$OUT"/bench_gr.json "$OUT"/bench_tzrec.json \
-    --out "$OUT/hstu_vs_peers.json" | tee "$OUT/bench_table.txt"
-  cat "$OUT"/bench_*.log | grep -vE "UserWarning|invalid_mask|tracemalloc" \
-    > "$OUT/bench_logs.txt"; rm -f "$OUT"/bench_*.log "$OUT"/bench_seqmix.json "$OUT"/bench_gr.json "$OUT"/bench_tzrec.json
+  peer_fwd_bwd tzrec $(( left - 60 ))
+  BENCH_COMMAND="TOTAL_S=$total_s PEER_MAX_CONFIGS=${PEER_MAX_CONFIGS:-4} bash scripts/hstu_device.sh (bench/hstu_vs_peers.py --impl seqmix|gr|tzrec --mode both|fwd|fwd_bwd, then --merge)" \
+    python3 bench/hstu_vs_peers.py --merge "$OUT"/bench_*.json --out "$OUT/hstu_vs_peers.json" | tee "$OUT/bench_table.txt"
+  cat "$OUT"/bench_*.log | grep -vE "UserWarning|invalid_mask|tracemalloc" > "$OUT/bench_logs.txt"
+  rm -f "$OUT"/bench_*.log "$OUT"/bench_*.json
 fi
 log "total $(( $(date +%s) - t0 )) s"

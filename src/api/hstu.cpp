@@ -46,11 +46,6 @@ struct HostIndex {
 // row 16-byte aligned (they load 8-element vectors), and a grid that fits the launch limits.
 void check_cuda_layout(const char* op, const HstuAttentionParams& params, const TensorView& q, const TensorView& v,
                        int64_t batch, const std::vector<std::pair<const TensorView*, const char*>>& tensors) {
-  if (q.dtype == DType::fp8_e4m3 || q.dtype == DType::fp8_e5m2) {
-    SEQMIX_NOT_IMPLEMENTED(op, ": q: FP8 attention (", dtype_name(q.dtype),
-                           ") has no CUDA kernel yet; the FP8 quant modes 0..5 run on the CPU reference "
-                           "(hstu_fp8_fake_quantize, then this op on CPU tensors)");
-  }
   SEQMIX_CHECK(q.dtype == DType::bf16 || q.dtype == DType::f16, op, ": q: CUDA kernels take bfloat16/float16, got ",
                dtype_name(q.dtype));
   SEQMIX_CHECK(q.size(2) == 64 || q.size(2) == 128, op, ": q: CUDA kernels support head dim 64 or 128, got ",
@@ -84,6 +79,12 @@ HostIndex check_inputs(const char* op, const HstuAttentionParams& params, const 
                        std::initializer_list<std::pair<const TensorView*, const char*>> same_as_q,
                        std::initializer_list<std::pair<const TensorView*, const char*>> same_as_v) {
   check_params(params);
+  // FP8 operands are a request for the FP8 kernels, which do not exist yet: say so, never fall back.
+  if (q.dtype == DType::fp8_e4m3 || q.dtype == DType::fp8_e5m2) {
+    SEQMIX_NOT_IMPLEMENTED(op, ": q: FP8 attention (", dtype_name(q.dtype), ", ", device_name(q.device),
+                           ") has no kernel yet; emulate the FP8 quant modes 0..5 with hstu_fp8_fake_quantize "
+                           "and this op on bf16/f16/f32 inputs");
+  }
   validate::expect(q, "q").rank(3, "[L, H, Dqk]").floating().non_null();
   const int64_t total = q.size(0), heads = q.size(1);
   validate::expect(k, "k").shape({total, heads, q.size(2)}, "[L, H, Dqk]").same_dtype(q, "q").non_null();

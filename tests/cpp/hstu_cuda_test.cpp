@@ -296,7 +296,7 @@ TEST(HstuCudaBadInputs, LayoutErrorsNameTheArgument) {
   // FP8 attention has no CUDA kernel: a loud "not implemented", never a silent bf16 fallback.
   HostTensor x8(DType::fp8_e4m3, {total, H, 64});
   const TensorView x8v = cuda_view(x8);
-  expect_error(fwd(x8v, x8v, x8v, x8v), {"hstu_attention_fwd", "not implemented", "FP8", "float8_e4m3fn"});
+  expect_error(fwd(x8v, x8v, x8v, x8v), {"hstu_attention_fwd", "not implemented", "FP8", "float8_e4m3fn", "cuda:0"});
   expect_error([&] { hstu_attention_bwd(p, x8v, x8v, x8v, sv, nullptr, x8v, x8v, x8v, x8v); },
                {"hstu_attention_bwd", "not implemented", "FP8"});
   HostTensor q48(DType::bf16, {total, H, 48}), v48(DType::bf16, {total, H, 48});

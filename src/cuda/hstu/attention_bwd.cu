@@ -189,6 +189,8 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const Args a
   const int64_t j_end = max(cols.end[0], cols.end[1]);
   auto next_tile = [&](int64_t j0) {
     for (; j0 < j_end; j0 += kTileRows) {
+      // Jump the gap between the two column ranges (SLA: global prefix, local window).
+      if (j0 >= cols.end[0] && j0 + kTileRows <= cols.begin[1]) j0 = cols.begin[1] / kTileRows * kTileRows;
       if (cols.touches(j0, min(j0 + kTileRows, s.length))) return j0;
     }
     return j_end;
