@@ -18,7 +18,7 @@ gtest_src=/usr/src/googletest
 [ -d .deps/googletest ] && gtest_src=$PWD/.deps/googletest
 cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DSEQMIX_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
   -DSEQMIX_GTEST_SOURCE_DIR="$gtest_src" > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
-cmake --build build-cuda -j 16 --target hstu_cuda_test hstu_attention_test >> "$OUT/build.log" 2>&1 ||
+cmake --build build-cuda -j 16 --target hstu_cuda_test hstu_attention_test hstu_truncation_cuda_test >> "$OUT/build.log" 2>&1 ||
   { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
 g++ -O2 -std=c++20 -shared -fPIC bench/hstu_capi.cpp -Iinclude build-cuda/libseqmix.a \
   -L"$(dirname "$(which nvcc)")/../lib64" -lcudart -o build-cuda/libseqmix_hstu_capi.so >> "$OUT/build.log" 2>&1 ||
@@ -36,6 +36,9 @@ if [ "${TESTS:-1}" = 1 ]; then
     END { for (t in m) printf "max %s err/max|ref| %.3e (%s)\n", t, m[t], c[t] }' | tee -a "$OUT/summary.txt"
   timeout 60 ./build-cuda/hstu_attention_test > "$OUT/hstu_attention_test.log" 2>&1
   log "hstu_attention_test rc=$? $(tail -1 "$OUT/hstu_attention_test.log")"
+  SEQMIX_TEST_CUDA=1 timeout 60 ./build-cuda/hstu_truncation_cuda_test > "$OUT/hstu_truncation_cuda_test.log" 2>&1
+  log "hstu_truncation_cuda_test rc=$? $(grep -E "PASSED|FAILED" "$OUT/hstu_truncation_cuda_test.log" | head -3 | tr '\n' ' ')"
+  cat "$OUT/hstu_truncation_cuda_test.log" >> "$OUT/hstu_attention_test.log"; rm "$OUT/hstu_truncation_cuda_test.log"
 fi
 if [ "${SANITIZE:-1}" = 1 ]; then
   timeout 90 compute-sanitizer --tool memcheck --leak-check no ./build-cuda/hstu_cuda_test \
