@@ -24,8 +24,8 @@ struct Views {
 // dtype code: 0 = bf16, 1 = f16 (the CUDA kernels' dtypes).
 Views make_views(void* q, void* k, void* v, void* seq_offsets, int offsets_i64, void* num_targets, int targets_i64,
                  int64_t batch, int64_t total, int64_t heads, int64_t head_dim, int dtype, int64_t max_seq_len,
-                 double alpha, int64_t scaling_seqlen, int64_t contextual_seq_len, int64_t max_attn_len,
-                 int64_t sla_k1, int64_t sla_k2) {
+                 double alpha, int64_t scaling_seqlen, int64_t contextual_seq_len, int64_t max_attn_len, int64_t sla_k1,
+                 int64_t sla_k2) {
   using seqmix::DType;
   using seqmix::TensorView;
   const seqmix::Device gpu = seqmix::Device::cuda(0);
@@ -35,7 +35,8 @@ Views make_views(void* q, void* k, void* v, void* seq_offsets, int offsets_i64, 
   w.k = TensorView::contiguous(k, t, {total, heads, head_dim}, gpu);
   w.v = TensorView::contiguous(v, t, {total, heads, head_dim}, gpu);
   w.seq_offsets = TensorView::contiguous(seq_offsets, offsets_i64 ? DType::i64 : DType::i32, {batch + 1}, gpu);
-  if (num_targets) w.num_targets = TensorView::contiguous(num_targets, targets_i64 ? DType::i64 : DType::i32, {batch}, gpu);
+  if (num_targets)
+    w.num_targets = TensorView::contiguous(num_targets, targets_i64 ? DType::i64 : DType::i32, {batch}, gpu);
   w.params.max_seq_len = max_seq_len;
   w.params.alpha = alpha;
   w.params.scaling_seqlen = scaling_seqlen;
@@ -57,9 +58,9 @@ int seqmix_hstu_fwd(void* q, void* k, void* v, void* seq_offsets, int offsets_i6
                     double alpha, int64_t scaling_seqlen, int64_t contextual_seq_len, int64_t max_attn_len,
                     int64_t sla_k1, int64_t sla_k2, void* out, void* stream) {
   try {
-    const Views w = make_views(q, k, v, seq_offsets, offsets_i64, num_targets, targets_i64, batch, total, heads,
-                               head_dim, dtype, max_seq_len, alpha, scaling_seqlen, contextual_seq_len, max_attn_len,
-                               sla_k1, sla_k2);
+    const Views w =
+        make_views(q, k, v, seq_offsets, offsets_i64, num_targets, targets_i64, batch, total, heads, head_dim, dtype,
+                   max_seq_len, alpha, scaling_seqlen, contextual_seq_len, max_attn_len, sla_k1, sla_k2);
     const seqmix::TensorView o = seqmix::TensorView::contiguous(out, w.q.dtype, {total, heads, head_dim}, w.q.device);
     seqmix::hstu_attention_fwd(w.params, w.q, w.k, w.v, w.seq_offsets, num_targets ? &w.num_targets : nullptr, o,
                                stream);
@@ -75,9 +76,9 @@ int seqmix_hstu_bwd(void* q, void* k, void* v, void* seq_offsets, int offsets_i6
                     double alpha, int64_t scaling_seqlen, int64_t contextual_seq_len, int64_t max_attn_len,
                     int64_t sla_k1, int64_t sla_k2, void* dout, void* dq, void* dk, void* dv, void* stream) {
   try {
-    const Views w = make_views(q, k, v, seq_offsets, offsets_i64, num_targets, targets_i64, batch, total, heads,
-                               head_dim, dtype, max_seq_len, alpha, scaling_seqlen, contextual_seq_len, max_attn_len,
-                               sla_k1, sla_k2);
+    const Views w =
+        make_views(q, k, v, seq_offsets, offsets_i64, num_targets, targets_i64, batch, total, heads, head_dim, dtype,
+                   max_seq_len, alpha, scaling_seqlen, contextual_seq_len, max_attn_len, sla_k1, sla_k2);
     auto view = [&](void* p) {
       return seqmix::TensorView::contiguous(p, w.q.dtype, {total, heads, head_dim}, w.q.device);
     };

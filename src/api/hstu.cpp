@@ -30,8 +30,8 @@ void check_params(const HstuAttentionParams& p) {
     // TorchEasyRec's SLA mask replaces the fixed mask, so these options would do nothing.
     SEQMIX_CHECK(p.causal, "causal must be true with SLA (sla_k1 = ", p.sla_k1, ", sla_k2 = ", p.sla_k2,
                  "): the SLA mask is causal, got causal = false");
-    SEQMIX_CHECK(p.max_attn_len == 0, "max_attn_len must be 0 with SLA (sla_k1 = ", p.sla_k1, ", sla_k2 = ",
-                 p.sla_k2, "): sla_k1 is the window, got max_attn_len = ", p.max_attn_len);
+    SEQMIX_CHECK(p.max_attn_len == 0, "max_attn_len must be 0 with SLA (sla_k1 = ", p.sla_k1, ", sla_k2 = ", p.sla_k2,
+                 "): sla_k1 is the window, got max_attn_len = ", p.max_attn_len);
     SEQMIX_CHECK(p.min_full_attn_seq_len == 0, "min_full_attn_seq_len must be 0 with SLA (sla_k1 = ", p.sla_k1,
                  ", sla_k2 = ", p.sla_k2, "), got ", p.min_full_attn_seq_len);
   }
@@ -144,7 +144,8 @@ void hstu_attention_fwd(const HstuAttentionParams& params, const TensorView& q, 
   const HostIndex index =
       check_inputs("hstu_attention_fwd", params, q, k, v, seq_offsets, num_targets, {}, {{&out, "out"}});
 #ifdef SEQMIX_WITH_CUDA
-  if (q.device.type == DeviceType::cuda) return cuda::hstu_attention_fwd(params, q, k, v, seq_offsets, num_targets, out, stream);
+  if (q.device.type == DeviceType::cuda)
+    return cuda::hstu_attention_fwd(params, q, k, v, seq_offsets, num_targets, out, stream);
 #endif
   (void)stream;
   cpu::hstu_attention_fwd(params, q, k, v, index.seq_offsets, index.num_targets, out);

@@ -245,7 +245,8 @@ TEST_P(HstuAttentionMask, ColumnRangesCoverTheMask) {
         for (int64_t i = 0; i < n; ++i) {
           const bool inside = (i >= begin[0] && i < end[0]) || (i >= begin[1] && i < end[1]);
           for (int64_t j = j0; j < j1; ++j) {
-            if (m[i][j]) ASSERT_TRUE(inside) << "seq " << s << " row " << i << " of key tile [" << j0 << ", " << j1 << ")";
+            if (m[i][j])
+              ASSERT_TRUE(inside) << "seq " << s << " row " << i << " of key tile [" << j0 << ", " << j1 << ")";
           }
         }
       }
@@ -321,7 +322,9 @@ TEST(HstuAttentionMaskCorners, ContextualRowsSeeTheWholeHistory) {
   p.contextual_seq_len = 2;
   EXPECT_EQ(rows_of(p, 5, -1), (Rows{"11111", "11111", "111..", "1111.", "11111"}));
   // with targets the contextual rows stop at the history boundary
-  EXPECT_EQ(rows_of(p, 5, 1), (Rows{"1111.", "1111.", "111..", "1111.", "1111" "1"}));
+  EXPECT_EQ(rows_of(p, 5, 1), (Rows{"1111.", "1111.", "111..", "1111.",
+                                    "1111"
+                                    "1"}));
 }
 
 TEST(HstuAttentionMaskCorners, WindowCountsFromTheTargetBoundary) {
@@ -416,7 +419,8 @@ TEST(HstuAttentionLayout, EmptyBatch) {
   const HstuAttentionParams p = make_params(4);
   for (const std::vector<int64_t>& offsets : {std::vector<int64_t>{0, 0, 0}, std::vector<int64_t>{0}}) {
     const HostTensor q(DType::f32, {0, 2, 4}), v(DType::f32, {0, 2, 3});
-    HostTensor out(DType::f32, {0, 2, 3}), dq(DType::f32, {0, 2, 4}), dk(DType::f32, {0, 2, 4}), dv(DType::f32, {0, 2, 3});
+    HostTensor out(DType::f32, {0, 2, 3}), dq(DType::f32, {0, 2, 4}), dk(DType::f32, {0, 2, 4}),
+        dv(DType::f32, {0, 2, 3});
     const HostTensor seq_offsets = testing::int_tensor(offsets);
     const HostTensor targets = testing::int_tensor(std::vector<int64_t>(offsets.size() - 1, 0));
     const TensorView targets_view = targets.view();
@@ -564,8 +568,8 @@ TEST_F(BadInputs, Backward) {
   const HostTensor bad(DType::f64, {5, 2, 2});
   auto bwd = [&](const HostTensor& o, const HostTensor& q_grad, const HostTensor& k_grad, const HostTensor& v_grad) {
     return [&] {
-      hstu_attention_bwd(p, b.q.view(), b.k.view(), b.v.view(), b.seq_offsets.view(), nullptr, o.view(),
-                         q_grad.view(), k_grad.view(), v_grad.view());
+      hstu_attention_bwd(p, b.q.view(), b.k.view(), b.v.view(), b.seq_offsets.view(), nullptr, o.view(), q_grad.view(),
+                         k_grad.view(), v_grad.view());
     };
   };
   expect_error(bwd(bad, dq, dk, dv), {"dout", "[5, 2, 3]"});

@@ -37,12 +37,12 @@ bool cuda_required() {
   return v && std::string(v) == "1";
 }
 
-#define SEQMIX_REQUIRE_GPU()                                                                 \
-  do {                                                                                       \
-    if (!cuda_available()) {                                                                 \
-      if (cuda_required()) FAIL() << "SEQMIX_TEST_CUDA=1 but no CUDA device is available";  \
-      GTEST_SKIP() << "no CUDA device (set SEQMIX_TEST_CUDA=1 to make this a failure)";      \
-    }                                                                                        \
+#define SEQMIX_REQUIRE_GPU()                                                               \
+  do {                                                                                     \
+    if (!cuda_available()) {                                                               \
+      if (cuda_required()) FAIL() << "SEQMIX_TEST_CUDA=1 but no CUDA device is available"; \
+      GTEST_SKIP() << "no CUDA device (set SEQMIX_TEST_CUDA=1 to make this a failure)";    \
+    }                                                                                      \
   } while (0)
 
 struct Case {
@@ -94,8 +94,8 @@ void compare_with_cpu(const Case& c) {
   const TensorView targets_host = num_targets.view();
   const TensorView* targets_host_ptr = has_targets ? &targets_host : nullptr;
   hstu_attention_fwd(c.params, q64.view(), k64.view(), v64.view(), seq_offsets.view(), targets_host_ptr, out64.view());
-  hstu_attention_bwd(c.params, q64.view(), k64.view(), v64.view(), seq_offsets.view(), targets_host_ptr,
-                     do64.view(), dq64.view(), dk64.view(), dv64.view());
+  hstu_attention_bwd(c.params, q64.view(), k64.view(), v64.view(), seq_offsets.view(), targets_host_ptr, do64.view(),
+                     dq64.view(), dk64.view(), dv64.view());
 
   const CudaTensor qg = CudaTensor::from_host(q), kg = CudaTensor::from_host(k), vg = CudaTensor::from_host(v),
                    dog = CudaTensor::from_host(dout), offsets_g = CudaTensor::from_host(seq_offsets),
@@ -162,7 +162,8 @@ std::vector<Case> mask_cases() {
       [](auto& p) { p.max_attn_len = 30, p.min_full_attn_seq_len = 10, p.contextual_seq_len = 4; });
   add("noncausal", [](auto& p) { p.causal = false; });
   add("noncausal_window_contextual", [](auto& p) { p.causal = false, p.max_attn_len = 50, p.contextual_seq_len = 6; });
-  add("noncausal_window_min_full", [](auto& p) { p.causal = false, p.max_attn_len = 10, p.min_full_attn_seq_len = 40; });
+  add("noncausal_window_min_full",
+      [](auto& p) { p.causal = false, p.max_attn_len = 10, p.min_full_attn_seq_len = 40; });
   add("sla", [](auto& p) { p.sla_k1 = 70, p.sla_k2 = 20; });
   add("sla_k1_ge_length", [](auto& p) { p.sla_k1 = 400; });
   add("sla_k2_0_contextual", [](auto& p) { p.sla_k1 = 33, p.contextual_seq_len = 12; });
@@ -186,8 +187,8 @@ INSTANTIATE_TEST_SUITE_P(Masks, HstuCuda, ::testing::ValuesIn(mask_cases()), cas
 
 std::vector<Case> long_cases() {
   std::vector<Case> cases;
-  auto add = [&](const std::string& name, std::vector<int64_t> lengths, std::vector<int64_t> targets,
-                 DType dtype, int64_t head_dim, auto&& set) {
+  auto add = [&](const std::string& name, std::vector<int64_t> lengths, std::vector<int64_t> targets, DType dtype,
+                 int64_t head_dim, auto&& set) {
     Case c;
     c.name = name;
     c.lengths = std::move(lengths);
@@ -265,8 +266,8 @@ TEST(HstuCudaLayout, EmptyBatch) {
     const CudaTensor q(DType::bf16, {0, 2, 64}), out(DType::bf16, {0, 2, 64});
     const CudaTensor seq_offsets = CudaTensor::from_host(testing::int_tensor(offsets));
     hstu_attention_fwd(p, q.view(), q.view(), q.view(), seq_offsets.view(), nullptr, out.view());
-    hstu_attention_bwd(p, q.view(), q.view(), q.view(), seq_offsets.view(), nullptr, q.view(), out.view(),
-                       out.view(), out.view());
+    hstu_attention_bwd(p, q.view(), q.view(), q.view(), seq_offsets.view(), nullptr, q.view(), out.view(), out.view(),
+                       out.view());
     cuda_synchronize();
   }
 }
@@ -323,7 +324,8 @@ TEST(HstuCudaBadInputs, LayoutErrorsNameTheArgument) {
   const TensorView tv = cuda_view(targets);
   expect_error([&] { hstu_attention_fwd(p, qv, kv, vv, sv, &tv, ov); }, {"num_targets", "[1]", "[2]"});
   HostTensor dq48(DType::bf16, {total, H, 48});
-  expect_error([&] { hstu_attention_bwd(p, qv, kv, vv, sv, nullptr, ov, cuda_view(dq48), ov, ov); }, {"dq", "[5, 2, 64]"});
+  expect_error([&] { hstu_attention_bwd(p, qv, kv, vv, sv, nullptr, ov, cuda_view(dq48), ov, ov); },
+               {"dq", "[5, 2, 64]"});
   p.sla_k1 = 4;
   p.causal = false;
   expect_error(fwd(qv, kv, vv, ov), {"causal", "SLA"});

@@ -36,7 +36,7 @@ SEQMIX_HSTU_MASK_FN int64_t max_of(int64_t a, int64_t b) { return a > b ? a : b;
 struct Rule {
   Options o;
   int64_t length;
-  bool sla;             // TorchEasyRec builds the SLA mask only when sla_k1 > 0 or sla_k2 > 0
+  bool sla;  // TorchEasyRec builds the SLA mask only when sla_k1 > 0 or sla_k2 > 0
   bool has_targets;
   int64_t max_id;         // GR mask: id of the history boundary
   int64_t history_end;    // SLA: Hb = length - num_targets

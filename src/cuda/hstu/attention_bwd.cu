@@ -256,8 +256,8 @@ template <class T, int D>
 void launch_bwd(Args a, int64_t heads, cudaStream_t stream) {
   const size_t dkdv_smem = dkdv_smem_elements<D>() * sizeof(T);
   const size_t dq_smem = dq_smem_elements<D>() * sizeof(T);
-  SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_dkdv_kernel<T, D>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dkdv_smem)));
+  SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_dkdv_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(dkdv_smem)));
   SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_dq_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(dq_smem)));
   const dim3 grid = grid_of(a, heads, kTileRows);

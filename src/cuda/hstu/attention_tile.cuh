@@ -19,14 +19,14 @@
 
 namespace seqmix::cuda::hstu {
 
-constexpr int kTileRows = 64;          // key rows per tile; query rows per dq block (16 per warp)
+constexpr int kTileRows = 64;  // key rows per tile; query rows per dq block (16 per warp)
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr int kFwdQueryRows = 128;     // query rows per forward block: 32 per warp, so every K / V
-                                       // fragment read from shared memory feeds two MMAs
-constexpr int kBwdQueryRows = 32;      // query rows per step of the dk-dv pass (register budget)
-constexpr int kSmemPad = 8;            // 16 bytes per shared row: ldmatrix rows hit distinct banks
-constexpr int kChunk = 8;              // 16-byte vector = 8 elements
+constexpr int kFwdQueryRows = 128;  // query rows per forward block: 32 per warp, so every K / V
+                                    // fragment read from shared memory feeds two MMAs
+constexpr int kBwdQueryRows = 32;   // query rows per step of the dk-dv pass (register budget)
+constexpr int kSmemPad = 8;         // 16 bytes per shared row: ldmatrix rows hit distinct banks
+constexpr int kChunk = 8;           // 16-byte vector = 8 elements
 
 // One jagged [L, H, D] operand: element (token, head, d) at data[token * token_stride + head * head_stride + d].
 struct Operand {
@@ -73,7 +73,8 @@ __device__ __forceinline__ Sequence sequence_of_block(const Args& a) {
   const Index& ix = a.index;
   s.start = load_index(ix.seq_offsets, b * ix.seq_offsets_stride, ix.seq_offsets_i64);
   s.length = load_index(ix.seq_offsets, (b + 1) * ix.seq_offsets_stride, ix.seq_offsets_i64) - s.start;
-  const int64_t targets = ix.num_targets ? load_index(ix.num_targets, b * ix.num_targets_stride, ix.num_targets_i64) : -1;
+  const int64_t targets =
+      ix.num_targets ? load_index(ix.num_targets, b * ix.num_targets_stride, ix.num_targets_i64) : -1;
   s.rule = hstu_mask::Rule::make(a.mask, s.length, targets);
   return s;
 }
@@ -199,8 +200,9 @@ __device__ __forceinline__ void load_tile_async(T* smem, const Operand& x, int64
     const int col = (c % kChunksPerRow) * kChunk;
     const bool valid = row0 + r < rows_valid;
     const T* src = valid ? base + (start + row0 + r) * x.token_stride + col : base;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(smem + r * SmemRow<D>::kStride + col)),
-                 "l"(src), "r"(valid ? 16 : 0));
+    asm volatile(
+        "cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(smem + r * SmemRow<D>::kStride + col)),
+        "l"(src), "r"(valid ? 16 : 0));
   }
   asm volatile("cp.async.commit_group;\n" ::);
 }
@@ -352,8 +354,7 @@ __device__ __forceinline__ void store_rows(const Operand& x, int64_t start, int 
     T* dst = base + (start + row) * x.token_stride + 2 * (lane % 4);
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
-      *reinterpret_cast<uint32_t*>(dst + n * 8) =
-          pack2<T>(acc[n][2 * half] * scale, acc[n][2 * half + 1] * scale);
+      *reinterpret_cast<uint32_t*>(dst + n * 8) = pack2<T>(acc[n][2 * half] * scale, acc[n][2 * half + 1] * scale);
     }
   }
 }
@@ -363,8 +364,8 @@ __device__ __forceinline__ void store_rows(const Operand& x, int64_t start, int 
 inline Operand operand_of(const TensorView& t) { return {t.data, t.stride(0), t.stride(1)}; }
 
 // Everything but the output operands.
-inline Args make_args(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
-                      const TensorView& v, const TensorView& seq_offsets, const TensorView* num_targets) {
+inline Args make_args(const HstuAttentionParams& params, const TensorView& q, const TensorView& k, const TensorView& v,
+                      const TensorView& seq_offsets, const TensorView* num_targets) {
   Args a{};
   a.q = operand_of(q);
   a.k = operand_of(k);
@@ -379,8 +380,8 @@ inline Args make_args(const HstuAttentionParams& params, const TensorView& q, co
   }
   a.mask = hstu_mask::options_of(params);
   a.alpha = static_cast<float>(params.alpha);
-  a.inv_scaling = static_cast<float>(1.0 / static_cast<double>(params.scaling_seqlen == -1 ? params.max_seq_len
-                                                                                           : params.scaling_seqlen));
+  a.inv_scaling = static_cast<float>(
+      1.0 / static_cast<double>(params.scaling_seqlen == -1 ? params.max_seq_len : params.scaling_seqlen));
   a.batch = seq_offsets.size(0) - 1;
   a.max_seq_len = params.max_seq_len;
   return a;
