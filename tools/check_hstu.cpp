@@ -1,11 +1,14 @@
 // `seqmix check` rows for HSTU attention: the forward against a dense brute force that states
 // each mask in words ("brute"; tgt = num_targets, ctx = contextual_seq_len, win = max_attn_len),
-// the backward against fp64 central differences of every entry ("fd"). CPU only: there is no
-// CUDA kernel yet.
+// the backward against fp64 central differences of every entry ("fd"). On CUDA: the kernels on
+// bf16 inputs against the CPU reference run in fp64 on the same values ("cpu"); their max_abs_err
+// column is max |err| / max |ref| per tensor (worst of dq, dk, dv for the backward), tolerance
+// 2e-2 (tests/cpp/hstu_cuda_test.cpp explains the bound).
 #include <algorithm>
 #include <cmath>
 
 #include "check.h"
+#include "seqmix/device.h"
 #include "seqmix/hstu.h"
 
 namespace seqmix::tools {
@@ -138,8 +141,95 @@ std::vector<Config> configs() {
   };
 }
 
+// CUDA vs CPU on sequences spanning several 64-row tiles (and empty / length-1 ones), D = 128.
+std::vector<CheckRow> check_hstu_cuda(Device device) {
+  const std::vector<int64_t> lengths = {300, 1, 0, 65, 130};
+  const std::vector<int64_t> targets = {20, 1, 0, 0, 64};
+  const int64_t heads = 2, dim = 128;
+  std::vector<int64_t> offsets = {0};
+  for (int64_t n : lengths) offsets.push_back(offsets.back() + n);
+  const int64_t total = offsets.back();
+  HostTensor seq_offsets(DType::i64, {static_cast<int64_t>(offsets.size())});
+  for (size_t i = 0; i < offsets.size(); ++i) seq_offsets.set(static_cast<int64_t>(i), offsets[i]);
+  HostTensor num_targets(DType::i64, {static_cast<int64_t>(targets.size())});
+  for (size_t i = 0; i < targets.size(); ++i) num_targets.set(static_cast<int64_t>(i), targets[i]);
+  // Uniform (-1, 1) entries scaled to unit variance, rounded to bf16; the reference reads the same values.
+  auto input = [&](uint64_t seed) {
+    HostTensor x = Problem::filled({total, heads, dim}, seed);
+    for (int64_t i = 0; i < x.numel(); ++i) x.set(i, x.get(i) * std::sqrt(3.0));
+    return x.to(DType::bf16);
+  };
+  const HostTensor q = input(11), k = input(12), v = input(13), dout = input(14);
+  const CudaTensor qg = CudaTensor::from_host(q, device.index), kg = CudaTensor::from_host(k, device.index),
+                   vg = CudaTensor::from_host(v, device.index), dog = CudaTensor::from_host(dout, device.index),
+                   offsets_g = CudaTensor::from_host(seq_offsets, device.index),
+                   targets_g = CudaTensor::from_host(num_targets, device.index);
+  const HostTensor q64 = q.to(DType::f64), k64 = k.to(DType::f64), v64 = v.to(DType::f64), do64 = dout.to(DType::f64);
+  std::vector<CheckRow> rows;
+  auto make = [&](auto&& set) {
+    HstuAttentionParams p;
+    p.max_seq_len = 300;
+    p.alpha = 1.0 / std::sqrt(static_cast<double>(dim));
+    set(p);
+    return p;
+  };
+  const Config cuda_configs[] = {
+      {"causal", false, make([](auto&) {})},
+      {"tgt+ctx", true, make([](auto& p) { p.contextual_seq_len = 6; })},
+      {"tgt+win+min_full", true, make([](auto& p) { p.max_attn_len = 40, p.min_full_attn_seq_len = 20; })},
+      {"noncausal+ctx+win", true,
+       make([](auto& p) { p.causal = false, p.contextual_seq_len = 6, p.max_attn_len = 40; })},
+      {"sla+tgt+ctx", true, make([](auto& p) { p.sla_k1 = 70, p.sla_k2 = 20, p.contextual_seq_len = 30; })},
+      {"sla_prefix+scaling", true, make([](auto& p) { p.sla_k2 = 66, p.scaling_seqlen = 50; })},
+  };
+  for (const Config& c : cuda_configs) {
+    const TensorView targets_host = num_targets.view(), targets_dev = targets_g.view();
+    const TensorView* th = c.targets ? &targets_host : nullptr;
+    const TensorView* td = c.targets ? &targets_dev : nullptr;
+    HostTensor out64(DType::f64, {total, heads, dim}), dq64(DType::f64, {total, heads, dim}),
+        dk64(DType::f64, {total, heads, dim}), dv64(DType::f64, {total, heads, dim});
+    hstu_attention_fwd(c.params, q64.view(), k64.view(), v64.view(), seq_offsets.view(), th, out64.view());
+    hstu_attention_bwd(c.params, q64.view(), k64.view(), v64.view(), seq_offsets.view(), th, do64.view(),
+                       dq64.view(), dk64.view(), dv64.view());
+    CudaTensor out(DType::bf16, {total, heads, dim}, device.index), dq(DType::bf16, {total, heads, dim}, device.index),
+        dk(DType::bf16, {total, heads, dim}, device.index), dv(DType::bf16, {total, heads, dim}, device.index);
+    auto scale_of = [](const HostTensor& t) {
+      double m = 0.0;
+      for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::abs(t.get(i)));
+      return m;
+    };
+    CheckRow fwd{std::string("hstu_attention_fwd[") + c.name + "] cpu"};
+    fwd.ms = time_ms([&] {
+      hstu_attention_fwd(c.params, qg.view(), kg.view(), vg.view(), offsets_g.view(), td, out.view());
+      cuda_synchronize();
+    });
+    compare(out.to_host(), out64, fwd);
+    fwd.max_abs_err /= std::max(scale_of(out64), 1e-30);  // scaled: max |err| / max |ref|
+    fwd.tolerance = 2e-2;
+    rows.push_back(fwd);
+    CheckRow bwd{std::string("hstu_attention_bwd[") + c.name + "] cpu"};
+    bwd.ms = time_ms([&] {
+      hstu_attention_bwd(c.params, qg.view(), kg.view(), vg.view(), offsets_g.view(), td, dog.view(), dq.view(),
+                         dk.view(), dv.view());
+      cuda_synchronize();
+    });
+    // One row for three tensors of different scales: each error is measured against its own scale.
+    double worst = 0.0;
+    for (auto [got, ref] : {std::pair{&dq, &dq64}, std::pair{&dk, &dk64}, std::pair{&dv, &dv64}}) {
+      CheckRow part;
+      compare(got->to_host(), *ref, part);
+      worst = std::max(worst, part.max_abs_err / std::max(scale_of(*ref), 1e-30));
+      bwd.max_rel_err = std::max(bwd.max_rel_err, part.max_rel_err);
+    }
+    bwd.max_abs_err = worst;  // scaled: max over dq, dk, dv of max |err| / max |ref|
+    bwd.tolerance = 2e-2;
+    rows.push_back(bwd);
+  }
+  return rows;
+}
+
 std::vector<CheckRow> check_hstu(Device device) {
-  if (device.type != DeviceType::cpu) return {};
+  if (device.type == DeviceType::cuda) return check_hstu_cuda(device);
   std::vector<CheckRow> rows;
   for (const Config& c : configs()) {
     const Problem pr(c.targets);

@@ -25,6 +25,7 @@
 
 #include <cstdint>
 
+#include "seqmix/device.h"
 #include "seqmix/tensor.h"
 
 namespace seqmix {
@@ -49,15 +50,23 @@ struct HstuAttentionParams {
   int64_t sla_k2 = 0;
 };
 
+// Devices: CPU tensors run the fp64 reference (any floating dtype, any strides). CUDA tensors
+// (all on one GPU, seq_offsets and num_targets included) run the tensor-core kernels on `stream`:
+// bf16/f16, Dqk == Dv in {64, 128}, head dim contiguous, 16-byte aligned rows; no host sync and no
+// workspace, so the values of seq_offsets / num_targets are not checked there: the caller
+// guarantees what the CPU path checks (seq_offsets starts at 0, is non-decreasing, ends at L,
+// lengths <= max_seq_len; 0 <= num_targets[b] <= length b). The backward is deterministic.
+
 // out [L, H, Dv] in the dtype of q. num_targets [B] (int32/int64) or nullptr (no targets).
 void hstu_attention_fwd(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
                         const TensorView& v, const TensorView& seq_offsets, const TensorView* num_targets,
-                        const TensorView& out);
+                        const TensorView& out, Stream stream = nullptr);
 
 // Gradients of sum(out * dout): dq, dk [L, H, Dqk], dv [L, H, Dv] in the dtype of q.
 void hstu_attention_bwd(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
                         const TensorView& v, const TensorView& seq_offsets, const TensorView* num_targets,
-                        const TensorView& dout, const TensorView& dq, const TensorView& dk, const TensorView& dv);
+                        const TensorView& dout, const TensorView& dq, const TensorView& dk, const TensorView& dv,
+                        Stream stream = nullptr);
 
 }  // namespace seqmix
 

@@ -2,12 +2,16 @@
 #include "seqmix/hstu.h"
 
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "common/access.h"
 #include "common/dispatch.h"
 #include "common/validate.h"
 #include "cpu/hstu/attention.h"
+#ifdef SEQMIX_WITH_CUDA
+#include "cuda/hstu/attention.h"
+#endif
 
 namespace seqmix {
 namespace {
@@ -26,8 +30,8 @@ void check_params(const HstuAttentionParams& p) {
     // TorchEasyRec's SLA mask replaces the fixed mask, so these options would do nothing.
     SEQMIX_CHECK(p.causal, "causal must be true with SLA (sla_k1 = ", p.sla_k1, ", sla_k2 = ", p.sla_k2,
                  "): the SLA mask is causal, got causal = false");
-    SEQMIX_CHECK(p.max_attn_len == 0, "max_attn_len must be 0 with SLA (sla_k1 = ", p.sla_k1, ", sla_k2 = ",
-                 p.sla_k2, "): sla_k1 is the window, got max_attn_len = ", p.max_attn_len);
+    SEQMIX_CHECK(p.max_attn_len == 0, "max_attn_len must be 0 with SLA (sla_k1 = ", p.sla_k1, ", sla_k2 = ", p.sla_k2,
+                 "): sla_k1 is the window, got max_attn_len = ", p.max_attn_len);
     SEQMIX_CHECK(p.min_full_attn_seq_len == 0, "min_full_attn_seq_len must be 0 with SLA (sla_k1 = ", p.sla_k1,
                  ", sla_k2 = ", p.sla_k2, "), got ", p.min_full_attn_seq_len);
   }
@@ -38,13 +42,49 @@ struct HostIndex {
   std::vector<int64_t> num_targets;  // empty when not given
 };
 
+// The CUDA kernels' layout: bf16/f16, Dqk == Dv in {64, 128}, the head dim contiguous and every
+// row 16-byte aligned (they load 8-element vectors), and a grid that fits the launch limits.
+void check_cuda_layout(const char* op, const HstuAttentionParams& params, const TensorView& q, const TensorView& v,
+                       int64_t batch, const std::vector<std::pair<const TensorView*, const char*>>& tensors) {
+  SEQMIX_CHECK(q.dtype == DType::bf16 || q.dtype == DType::f16, op, ": q: CUDA kernels take bfloat16/float16, got ",
+               dtype_name(q.dtype));
+  SEQMIX_CHECK(q.size(2) == 64 || q.size(2) == 128, op, ": q: CUDA kernels support head dim 64 or 128, got ",
+               q.size(2));
+  SEQMIX_CHECK(v.size(2) == q.size(2), op, ": v: CUDA kernels need Dv == Dqk (", q.size(2), "), got Dv = ", v.size(2));
+  for (const auto& [t, name] : tensors) {
+    SEQMIX_CHECK(t->stride(2) == 1, op, ": ", name, ": CUDA kernels need the last dim contiguous, got stride ",
+                 t->stride(2));
+    SEQMIX_CHECK(t->stride(0) % 8 == 0 && t->stride(1) % 8 == 0, op, ": ", name,
+                 ": CUDA kernels need token and head strides that are multiples of 8, got ", t->stride(0), ", ",
+                 t->stride(1));
+    SEQMIX_CHECK(reinterpret_cast<uintptr_t>(t->data) % 16 == 0, op, ": ", name,
+                 ": CUDA kernels need 16-byte aligned data");
+  }
+  SEQMIX_CHECK(q.size(1) <= 65535, op, ": q: CUDA kernels support at most 65535 heads, got ", q.size(1));
+  SEQMIX_CHECK(q.size(0) < (int64_t{1} << 31), op, ": q: CUDA kernels support at most 2^31 - 1 tokens, got ",
+               q.size(0));
+  const int64_t blocks = batch * ((params.max_seq_len + 63) / 64);
+  SEQMIX_CHECK(blocks <= (int64_t{1} << 31) - 1, op, ": B * ceil(max_seq_len / 64) = ", blocks,
+               " exceeds the CUDA grid");
+}
+
 // Checks q, k, v, seq_offsets, num_targets and the tensors in `same_as_q` / `same_as_v`
-// (outputs and dout, which take the shape of q or v and the dtype of q); returns the host index.
+// (outputs and dout, which take the shape of q or v and the dtype of q). For CPU tensors it also
+// checks the values of seq_offsets / num_targets and returns them; for CUDA tensors those stay on
+// the GPU (reading them would sync), so only their shapes and dtypes are checked: the caller
+// guarantees seq_offsets starts at 0, is non-decreasing, ends at L with no sequence longer than
+// max_seq_len, and 0 <= num_targets[b] <= length b.
 HostIndex check_inputs(const char* op, const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
                        const TensorView& v, const TensorView& seq_offsets, const TensorView* num_targets,
                        std::initializer_list<std::pair<const TensorView*, const char*>> same_as_q,
                        std::initializer_list<std::pair<const TensorView*, const char*>> same_as_v) {
   check_params(params);
+  // FP8 operands are a request for the FP8 kernels, which do not exist yet: say so, never fall back.
+  if (q.dtype == DType::fp8_e4m3 || q.dtype == DType::fp8_e5m2) {
+    SEQMIX_NOT_IMPLEMENTED(op, ": q: FP8 attention (", dtype_name(q.dtype), ", ", device_name(q.device),
+                           ") has no kernel yet; emulate the FP8 quant modes 0..5 with hstu_fp8_fake_quantize "
+                           "and this op on bf16/f16/f32 inputs");
+  }
   validate::expect(q, "q").rank(3, "[L, H, Dqk]").floating().non_null();
   const int64_t total = q.size(0), heads = q.size(1);
   validate::expect(k, "k").shape({total, heads, q.size(2)}, "[L, H, Dqk]").same_dtype(q, "q").non_null();
@@ -68,7 +108,14 @@ HostIndex check_inputs(const char* op, const HstuAttentionParams& params, const 
   for (const auto& [t, name] : same_as_v) validate::expect(*t, name).device(device);
   validate::expect(seq_offsets, "seq_offsets").device(device);
   if (num_targets) validate::expect(*num_targets, "num_targets").device(device);
-  if (device.type == DeviceType::cuda) dispatch::cuda_not_implemented(op);
+  if (device.type == DeviceType::cuda) {
+    if (!dispatch::built_with_cuda()) dispatch::cuda_not_implemented(op);
+    std::vector<std::pair<const TensorView*, const char*>> all = {{&q, "q"}, {&k, "k"}, {&v, "v"}};
+    all.insert(all.end(), same_as_q);
+    all.insert(all.end(), same_as_v);
+    check_cuda_layout(op, params, q, v, batch, all);
+    return {};
+  }
 
   HostIndex index;
   index.seq_offsets = validate::cu_seqlens(seq_offsets, "seq_offsets", total);
@@ -93,17 +140,29 @@ HostIndex check_inputs(const char* op, const HstuAttentionParams& params, const 
 
 void hstu_attention_fwd(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
                         const TensorView& v, const TensorView& seq_offsets, const TensorView* num_targets,
-                        const TensorView& out) {
+                        const TensorView& out, Stream stream) {
   const HostIndex index =
       check_inputs("hstu_attention_fwd", params, q, k, v, seq_offsets, num_targets, {}, {{&out, "out"}});
+#ifdef SEQMIX_WITH_CUDA
+  if (q.device.type == DeviceType::cuda)
+    return cuda::hstu_attention_fwd(params, q, k, v, seq_offsets, num_targets, out, stream);
+#endif
+  (void)stream;
   cpu::hstu_attention_fwd(params, q, k, v, index.seq_offsets, index.num_targets, out);
 }
 
 void hstu_attention_bwd(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
                         const TensorView& v, const TensorView& seq_offsets, const TensorView* num_targets,
-                        const TensorView& dout, const TensorView& dq, const TensorView& dk, const TensorView& dv) {
+                        const TensorView& dout, const TensorView& dq, const TensorView& dk, const TensorView& dv,
+                        Stream stream) {
   const HostIndex index = check_inputs("hstu_attention_bwd", params, q, k, v, seq_offsets, num_targets,
                                        {{&dq, "dq"}, {&dk, "dk"}}, {{&dout, "dout"}, {&dv, "dv"}});
+#ifdef SEQMIX_WITH_CUDA
+  if (q.device.type == DeviceType::cuda) {
+    return cuda::hstu_attention_bwd(params, q, k, v, seq_offsets, num_targets, dout, dq, dk, dv, stream);
+  }
+#endif
+  (void)stream;
   cpu::hstu_attention_bwd(params, q, k, v, index.seq_offsets, index.num_targets, dout, dq, dk, dv);
 }
 

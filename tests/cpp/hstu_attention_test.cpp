@@ -212,7 +212,8 @@ TEST_P(HstuAttentionMask, ForwardMatchesBruteForce) {
   EXPECT_LT(testing::max_abs_diff(out, brute_force(c.params, c.inputs, b)), 1e-13);
 }
 
-// The skipped column ranges never hide an attended column, and `exact` ranges hold only attended ones.
+// The skipped column ranges never hide an attended column; `exact` ranges and full_columns hold only attended
+// ones; the row ranges of a key tile never hide an attending row.
 TEST_P(HstuAttentionMask, ColumnRangesCoverTheMask) {
   const MaskCase& c = GetParam();
   for (size_t s = 0; s < c.inputs.lengths.size(); ++s) {
@@ -224,12 +225,30 @@ TEST_P(HstuAttentionMask, ColumnRangesCoverTheMask) {
       int64_t begin[2], end[2];
       bool exact = false;
       const int count = mask.column_ranges(i, begin, end, exact);
+      int64_t full_begin = 0, full_end = 0;
+      mask.full_columns(i, full_begin, full_end);
       for (int64_t j = 0; j < n; ++j) {
         bool inside = false;
         for (int r = 0; r < count; ++r) inside = inside || (j >= begin[r] && j < end[r]);
         ASSERT_EQ(mask.allowed(i, j), static_cast<bool>(m[i][j])) << "seq " << s << " (" << i << ", " << j << ")";
         if (m[i][j]) ASSERT_TRUE(inside) << "seq " << s << " (" << i << ", " << j << ") skipped";
         if (inside && exact) ASSERT_TRUE(m[i][j]) << "seq " << s << " (" << i << ", " << j << ") exact";
+        if (j >= full_begin && j < full_end) ASSERT_TRUE(m[i][j]) << "seq " << s << " (" << i << ", " << j << ") full";
+      }
+    }
+    // row_ranges of every key tile (widths 1, 3 and 8) hold every row attending one of its columns.
+    for (int64_t width : {1, 3, 8}) {
+      for (int64_t j0 = 0; j0 < n; j0 += width) {
+        const int64_t j1 = std::min(j0 + width, n);
+        int64_t begin[2], end[2];
+        mask.row_ranges(j0, j1, begin, end);
+        for (int64_t i = 0; i < n; ++i) {
+          const bool inside = (i >= begin[0] && i < end[0]) || (i >= begin[1] && i < end[1]);
+          for (int64_t j = j0; j < j1; ++j) {
+            if (m[i][j])
+              ASSERT_TRUE(inside) << "seq " << s << " row " << i << " of key tile [" << j0 << ", " << j1 << ")";
+          }
+        }
       }
     }
   }
@@ -303,7 +322,9 @@ TEST(HstuAttentionMaskCorners, ContextualRowsSeeTheWholeHistory) {
   p.contextual_seq_len = 2;
   EXPECT_EQ(rows_of(p, 5, -1), (Rows{"11111", "11111", "111..", "1111.", "11111"}));
   // with targets the contextual rows stop at the history boundary
-  EXPECT_EQ(rows_of(p, 5, 1), (Rows{"1111.", "1111.", "111..", "1111.", "1111" "1"}));
+  EXPECT_EQ(rows_of(p, 5, 1), (Rows{"1111.", "1111.", "111..", "1111.",
+                                    "1111"
+                                    "1"}));
 }
 
 TEST(HstuAttentionMaskCorners, WindowCountsFromTheTargetBoundary) {
@@ -398,7 +419,8 @@ TEST(HstuAttentionLayout, EmptyBatch) {
   const HstuAttentionParams p = make_params(4);
   for (const std::vector<int64_t>& offsets : {std::vector<int64_t>{0, 0, 0}, std::vector<int64_t>{0}}) {
     const HostTensor q(DType::f32, {0, 2, 4}), v(DType::f32, {0, 2, 3});
-    HostTensor out(DType::f32, {0, 2, 3}), dq(DType::f32, {0, 2, 4}), dk(DType::f32, {0, 2, 4}), dv(DType::f32, {0, 2, 3});
+    HostTensor out(DType::f32, {0, 2, 3}), dq(DType::f32, {0, 2, 4}), dk(DType::f32, {0, 2, 4}),
+        dv(DType::f32, {0, 2, 3});
     const HostTensor seq_offsets = testing::int_tensor(offsets);
     const HostTensor targets = testing::int_tensor(std::vector<int64_t>(offsets.size() - 1, 0));
     const TensorView targets_view = targets.view();
@@ -464,6 +486,10 @@ TEST_F(BadInputs, Tensors) {
   const HostTensor qi(DType::i32, {5, 2, 4});
   expect_error([&] { fwd_with(qi.view(), b.k.view(), b.v.view(), b.seq_offsets.view(), nullptr, out.view()); },
                {"q", "int32"});
+  // FP8 operands ask for FP8 kernels that do not exist: "not implemented", not a dtype complaint.
+  const HostTensor q8(DType::fp8_e5m2, {5, 2, 4});
+  expect_error([&] { fwd_with(q8.view(), q8.view(), q8.view(), b.seq_offsets.view(), nullptr, q8.view()); },
+               {"hstu_attention_fwd", "not implemented", "FP8", "float8_e5m2", "hstu_fp8_fake_quantize"});
   const HostTensor k5(DType::f64, {5, 2, 5});
   expect_error([&] { fwd_with(b.q.view(), k5.view(), b.v.view(), b.seq_offsets.view(), nullptr, out.view()); },
                {"k", "[5, 2, 4]", "[5, 2, 5]"});
@@ -542,8 +568,8 @@ TEST_F(BadInputs, Backward) {
   const HostTensor bad(DType::f64, {5, 2, 2});
   auto bwd = [&](const HostTensor& o, const HostTensor& q_grad, const HostTensor& k_grad, const HostTensor& v_grad) {
     return [&] {
-      hstu_attention_bwd(p, b.q.view(), b.k.view(), b.v.view(), b.seq_offsets.view(), nullptr, o.view(),
-                         q_grad.view(), k_grad.view(), v_grad.view());
+      hstu_attention_bwd(p, b.q.view(), b.k.view(), b.v.view(), b.seq_offsets.view(), nullptr, o.view(), q_grad.view(),
+                         k_grad.view(), v_grad.view());
     };
   };
   expect_error(bwd(bad, dq, dk, dv), {"dout", "[5, 2, 3]"});

@@ -5,33 +5,38 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu/hstu/mask.h"
 #include "seqmix/hstu.h"
 
 namespace seqmix::cpu {
 
-// The attention mask of one sequence, evaluated per (i, j); never materialised.
+// The attention mask of one sequence, evaluated per (i, j); never materialised. The formulas
+// live in cpu/hstu/mask.h, shared with the CUDA kernels.
 class HstuMask {
  public:
   // num_targets < 0 means "num_targets not given" (the GR mask treats that case separately).
-  HstuMask(const HstuAttentionParams& params, int64_t length, int64_t num_targets);
+  HstuMask(const HstuAttentionParams& params, int64_t length, int64_t num_targets)
+      : rule_(hstu_mask::Rule::make(hstu_mask::options_of(params), length, num_targets)) {}
 
-  bool allowed(int64_t i, int64_t j) const;
+  bool allowed(int64_t i, int64_t j) const { return rule_.allowed(i, j); }
 
   // Up to two column intervals [begin[r], end[r]) of row i outside which nothing is attended;
   // returns the count. When `exact` is set every column inside is attended, otherwise
   // allowed(i, j) must still be evaluated.
-  int column_ranges(int64_t i, int64_t begin[2], int64_t end[2], bool& exact) const;
+  int column_ranges(int64_t i, int64_t begin[2], int64_t end[2], bool& exact) const {
+    return rule_.column_ranges(i, begin, end, exact);
+  }
+
+  // An interval [begin, end) (possibly empty) of columns that row i certainly attends.
+  void full_columns(int64_t i, int64_t& begin, int64_t& end) const { rule_.full_columns(i, begin, end); }
+
+  // Two row intervals outside which no row attends a column of [j0, j1) (conservative).
+  void row_ranges(int64_t j0, int64_t j1, int64_t begin[2], int64_t end[2]) const {
+    rule_.row_ranges(j0, j1, begin, end);
+  }
 
  private:
-  int64_t id(int64_t position) const;
-
-  HstuAttentionParams params_;
-  int64_t length_;
-  bool sla_;
-  bool has_targets_;
-  int64_t max_id_;          // GR mask: id of the history boundary
-  int64_t history_end_;     // SLA: Hb = length - num_targets
-  int64_t global_prefix_;   // SLA: max(sla_k2, contextual_seq_len)
+  hstu_mask::Rule rule_;
 };
 
 void hstu_attention_fwd(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,

@@ -1,0 +1,171 @@
+// HSTU attention forward (FlashAttention-2-style tiling, no softmax).
+//
+// Math, per sequence of n tokens and head h (the CPU reference, src/cpu/hstu/attention.cpp):
+//   s_ij = alpha q_i . k_j,   p_ij = M_ij silu(s_ij),   o_i = (1 / N) sum_j p_ij v_j
+// 1 / N is applied once to the f32 accumulator, so P keeps full 16-bit precision even in f16
+// (silu(s) / 4096 would sit in f16's subnormal range).
+//
+// Tiles: a block owns 128 query rows of one (sequence, head); each of its 4 warps owns 32 rows
+// (two 16-row MMA blocks, so each K / V fragment read from shared memory feeds two MMAs).
+// Shared memory holds Q [128][D] and two stages of K [KN][D], V [KN][D] (KN = 32 at D = 128, 64
+// at D = 64; rows padded by 16 bytes) so the next key tile loads (cp.async) while the current one
+// multiplies. Registers hold S (32 x KN per warp, f32) and O (32 x D per warp, f32). Per key tile:
+//   S = Q K^T (mma m16n8k16) -> P = silu(alpha S), masked -> packed to 16 bits in registers ->
+//   O += P V. Key tiles outside the mask's column hull of the query tile are never visited; a
+//   warp skips the MMAs of tiles outside its own 32 rows' hull, and tiles inside the run every
+//   row of the warp attends skip the per-element mask.
+#include "cuda/common/cuda_check.h"
+#include "cuda/hstu/attention.h"
+#include "cuda/hstu/attention_tile.cuh"
+
+namespace seqmix::cuda {
+namespace hstu {
+namespace {
+
+constexpr int kKvStages = 2;
+constexpr int kWarpRowBlocks = kFwdQueryRows / (16 * kWarps);  // 16-row MMA blocks per warp
+
+// Key rows per step: 32 at D = 128 keeps S (32 x 32 per warp) and O (32 x 128) in registers
+// without spills; 64 at D = 64.
+template <int D>
+constexpr int fwd_key_rows() {
+  return D == 128 ? 32 : 64;
+}
+
+template <int D>
+constexpr size_t fwd_smem_elements() {
+  return static_cast<size_t>(kFwdQueryRows + 2 * kKvStages * fwd_key_rows<D>()) * SmemRow<D>::kStride;
+}
+
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads) attention_fwd_kernel(Args a) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int kKeyRows = fwd_key_rows<D>();
+  constexpr int kTile = kKeyRows * SmemRow<D>::kStride;
+  constexpr int M = kWarpRowBlocks;
+  T* const sq = reinterpret_cast<T*>(smem_raw);
+  T* const skv = sq + kFwdQueryRows * SmemRow<D>::kStride;  // stage s: K at skv + 2 s kTile, V after it
+
+  const Sequence s = sequence_of_block(a);
+  const int64_t i0 = static_cast<int64_t>(s.tile) * kFwdQueryRows;
+  if (i0 >= s.length) return;
+  const int head = blockIdx.y;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warp_row0 = warp * 16 * M;
+
+  load_tile_async<kFwdQueryRows, D>(sq, a.q, s.start, head, i0, s.length);
+  const TileColumns cols = tile_columns(s.rule, i0, min(i0 + kFwdQueryRows, s.length));
+  // This warp's own rows: it skips the MMAs of key tiles they do not touch (the diagonal of a
+  // causal block, the SLA window of history rows in a block that also holds targets).
+  const TileColumns warp_cols =
+      tile_columns(s.rule, min(i0 + warp_row0, s.length), min(i0 + warp_row0 + 16 * M, s.length));
+
+  // The key tiles to visit: those touching the hull, in order.
+  const int64_t j_begin = min(cols.begin[0], cols.begin[1]) / kKeyRows * kKeyRows;
+  const int64_t j_end = max(cols.end[0], cols.end[1]);
+  auto next_tile = [&](int64_t j0) {
+    for (; j0 < j_end; j0 += kKeyRows) {
+      // Jump the gap between the two column ranges (SLA: global prefix, local window).
+      if (j0 >= cols.end[0] && j0 + kKeyRows <= cols.begin[1]) j0 = cols.begin[1] / kKeyRows * kKeyRows;
+      if (cols.touches(j0, min(j0 + kKeyRows, s.length))) return j0;
+    }
+    return j_end;
+  };
+  auto load_kv = [&](int64_t j0, int stage) {
+    load_tile_async<kKeyRows, D>(skv + 2 * stage * kTile, a.k, s.start, head, j0, s.length);
+    load_tile_async<kKeyRows, D>(skv + (2 * stage + 1) * kTile, a.v, s.start, head, j0, s.length);
+  };
+
+  float o[M][D / 8][4];
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) o[m][n][0] = o[m][n][1] = o[m][n][2] = o[m][n][3] = 0.0f;
+  }
+
+  int64_t j0 = j_begin < j_end ? next_tile(j_begin) : j_end;
+  if (j0 < j_end) load_kv(j0, 0);
+  for (int stage = 0; j0 < j_end; stage ^= 1) {
+    const int64_t j_next = next_tile(j0 + kKeyRows);
+    // The other stage was last read before the barrier that ended the previous iteration.
+    if (j_next < j_end) {
+      load_kv(j_next, stage ^ 1);
+      asm volatile("cp.async.wait_group 2;\n" ::);  // this stage's K and V (and Q) have landed
+    } else {
+      wait_async_all();
+    }
+    __syncthreads();
+    const T* sk = skv + 2 * stage * kTile;
+    const T* sv = sk + kTile;
+
+    const int64_t j1 = min(j0 + kKeyRows, s.length);
+    if (!warp_cols.touches(j0, j1)) {
+      __syncthreads();
+      j0 = j_next;
+      continue;
+    }
+    float p[M][kKeyRows / 8][4];
+    gemm_abt<D, kKeyRows, M, T>(p, sq, warp_row0, sk);
+    const bool full = warp_cols.fully_attended(j0, j1);
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      // Built per tile, not kept across the loop: the registers go to O.
+      const RowPairMask row_mask = full ? RowPairMask() : RowPairMask(s.rule, i0 + warp_row0 + 16 * m + lane / 4);
+#pragma unroll
+      for (int n = 0; n < kKeyRows / 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float x = a.alpha * p[m][n][e];
+          float p_ij = silu(x);
+          if (!full) {
+            const int64_t i = i0 + warp_row0 + 16 * m + lane / 4 + (e / 2) * 8;
+            const int64_t j = j0 + n * 8 + 2 * (lane % 4) + e % 2;
+            if (!row_mask.allowed(s.rule, e / 2, i, j)) p_ij = 0.0f;
+          }
+          p[m][n][e] = p_ij;
+        }
+      }
+    }
+    gemm_ab_acc<D, kKeyRows, M, T>(o, p, sv);
+    __syncthreads();
+    j0 = j_next;
+  }
+  wait_async_all();
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    store_rows<D, T>(a.out_or_dout, s.start, head, i0 + warp_row0 + 16 * m, s.length, o[m], a.inv_scaling);
+  }
+}
+
+template <class T, int D>
+void launch_fwd(Args a, int64_t heads, cudaStream_t stream) {
+  const size_t smem = fwd_smem_elements<D>() * sizeof(T);
+  SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem)));
+  const dim3 grid = grid_of(a, heads, kFwdQueryRows);
+  attention_fwd_kernel<T, D><<<grid, kThreads, smem, stream>>>(a);
+  SEQMIX_CUDA_CHECK(cudaGetLastError());
+}
+
+using FwdLauncher = void (*)(Args, int64_t, cudaStream_t);
+
+// The dispatch table: dtype x head dim -> instance (the API has validated the combination).
+FwdLauncher fwd_launcher(DType dtype, int64_t head_dim) {
+  const bool bf16 = dtype == DType::bf16;
+  if (head_dim == 64) return bf16 ? launch_fwd<__nv_bfloat16, 64> : launch_fwd<__half, 64>;
+  return bf16 ? launch_fwd<__nv_bfloat16, 128> : launch_fwd<__half, 128>;
+}
+
+}  // namespace
+}  // namespace hstu
+
+void hstu_attention_fwd(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
+                        const TensorView& v, const TensorView& seq_offsets, const TensorView* num_targets,
+                        const TensorView& out, Stream stream) {
+  hstu::Args a = hstu::make_args(params, q, k, v, seq_offsets, num_targets);
+  a.out_or_dout = hstu::operand_of(out);
+  if (a.batch == 0 || q.size(1) == 0) return;
+  hstu::fwd_launcher(q.dtype, q.size(2))(a, q.size(1), static_cast<cudaStream_t>(stream));
+}
+
+}  // namespace seqmix::cuda
