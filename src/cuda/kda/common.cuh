@@ -1,0 +1,140 @@
+// Shared pieces of the KDA CUDA kernels: the argument block every kernel receives, dtype-generic
+// loads/stores (a runtime dtype switch instead of template instances keeps the build small), the
+// chunk table lookup and the fused gate.
+//
+// Scratch layout (fp32 unless noted; row-major, token-major like the inputs):
+//   seq_offsets, chunk_offsets int64 [N + 1]   sequence n: tokens [seq_offsets[n], seq_offsets[n+1]),
+//                                              chunks [chunk_offsets[n], chunk_offsets[n+1])
+//   qp, kp [tokens, H, K]     q, k after the optional L2 norm (unscaled); q_rstd, k_rstd [tokens, H]
+//   gc [tokens, HV, K]        in-chunk inclusive cumsum of the applied log decay
+//   bp [tokens, HV]           applied beta
+//   A, Aqk [tokens, HV, 64]   row i of the chunk's (I + M)^-1 and of scale * tril(q Gamma K^T)
+//   w [tokens, HV, K], u [tokens, HV, V]   WY vectors
+//   backward only: vn, dvn [tokens, HV, V]; hs, dhs [max_chunks, HV, K, V] (state entering chunk c,
+//   gradient of the state leaving chunk c); dq_hv, dk_hv, dgc [tokens, HV, K]; dbp [tokens, HV]
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/kda/kda.h"
+
+namespace seqmix::cuda::kda {
+
+constexpr int kChunk = 64;          // tokens per chunk (FLA's BT)
+constexpr int kThreads = 256;       // threads of every chunk / state block
+constexpr int kVTile = 32;          // value columns per state-recurrence block
+constexpr int kSmallStride = kChunk + 1;  // row stride of 64 x 64 tiles in shared memory (no bank conflicts)
+constexpr int kMaxEntries = 32;     // (row, channel) entries per thread of a 64 x K tile, K <= 128
+
+// Element types a KDA tensor may have on the device.
+enum DtCode : int { kF32 = 0, kF64 = 1, kBF16 = 2, kF16 = 3 };
+
+__device__ __forceinline__ float load_f(const void* p, int dt, int64_t i) {
+  switch (dt) {
+    case kF32: return static_cast<const float*>(p)[i];
+    case kF64: return static_cast<float>(static_cast<const double*>(p)[i]);
+    case kBF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    default: return __half2float(static_cast<const __half*>(p)[i]);
+  }
+}
+
+__device__ __forceinline__ void store_f(void* p, int dt, int64_t i, float v) {
+  switch (dt) {
+    case kF32: static_cast<float*>(p)[i] = v; break;
+    case kF64: static_cast<double*>(p)[i] = v; break;
+    case kBF16: static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v); break;
+    default: static_cast<__half*>(p)[i] = __float2half_rn(v); break;
+  }
+}
+
+// Everything a kernel needs; passed by value.
+struct KdaDev {
+  // inputs (dtype codes alongside)
+  const void *q, *k, *v, *g, *beta, *A_log, *dt_bias, *h0, *cu_seqlens;
+  int in_dt, A_log_dt, dt_bias_dt, h0_dt, cu_is_64;
+  int64_t tokens, T;  // total tokens; tokens per sequence without cu_seqlens
+  int N, H, HV, G, K, V;
+  float scale;
+  bool l2norm, use_gate, has_lower_bound, beta_sigmoid, state_v_first;
+  float lower_bound, beta_mult;
+  // scratch
+  int64_t *seq_offsets, *chunk_offsets;
+  float *qp, *kp, *q_rstd, *k_rstd, *gc, *bp, *A, *Aqk, *w, *u;
+  float *vn, *dvn, *hs, *dhs, *dq_hv, *dk_hv, *dgc, *dbp;
+};
+
+// Offset of state entry (d, e) of (sequence n, head hv) in [N, HV, K, V] or [N, HV, V, K].
+__device__ __forceinline__ int64_t state_index(const KdaDev& p, int n, int hv, int d, int e) {
+  const int64_t head = static_cast<int64_t>(n) * p.HV + hv;
+  return p.state_v_first ? (head * p.V + e) * p.K + d : (head * p.K + d) * p.V + e;
+}
+
+// Maps global chunk c to its first token and length; false when c is past the last chunk
+// (grids are sized by an upper bound so no chunk count has to come back to the host).
+__device__ __forceinline__ bool locate_chunk(const KdaDev& p, int64_t c, int64_t& start, int& length) {
+  const int64_t* co = p.chunk_offsets;
+  if (c >= co[p.N]) return false;
+  int lo = 0, hi = p.N - 1;  // the last n with co[n] <= c owns c (empty sequences repeat offsets)
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (co[mid] <= c) lo = mid; else hi = mid - 1;
+  }
+  start = p.seq_offsets[lo] + (c - co[lo]) * kChunk;
+  const int64_t left = p.seq_offsets[lo + 1] - start;
+  length = static_cast<int>(left < kChunk ? left : kChunk);
+  return true;
+}
+
+// Fused gate (FLA kda gate) in fp32; d_raw = dg/dg_raw, d_A = dg/dA_log when asked.
+__device__ __forceinline__ float gate_value(const KdaDev& p, float g_raw, int hv, int d, float* d_raw, float* d_A) {
+  if (!p.use_gate) {
+    if (d_raw) *d_raw = 1.0f;
+    if (d_A) *d_A = 0.0f;
+    return g_raw;
+  }
+  const float x = g_raw + (p.dt_bias ? load_f(p.dt_bias, p.dt_bias_dt, static_cast<int64_t>(hv) * p.K + d) : 0.0f);
+  const float rate = p.A_log ? expf(load_f(p.A_log, p.A_log_dt, hv)) : 1.0f;
+  if (p.has_lower_bound) {
+    const float s = 1.0f / (1.0f + expf(-rate * x));
+    const float dr = p.lower_bound * s * (1.0f - s) * rate;
+    if (d_raw) *d_raw = dr;
+    if (d_A) *d_A = p.A_log ? dr * x : 0.0f;
+    return p.lower_bound * s;
+  }
+  constexpr float kSoftplusThreshold = 20.0f;  // torch softplus default
+  const float sp = x > kSoftplusThreshold ? x : log1pf(expf(x));
+  if (d_raw) *d_raw = -rate * (x > kSoftplusThreshold ? 1.0f : 1.0f / (1.0f + expf(-x)));
+  if (d_A) *d_A = -rate * sp;
+  return -rate * sp;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Host side shared by forward.cu and backward.cu.
+struct Workspace {
+  void* base = nullptr;
+  cudaStream_t stream = nullptr;
+  ~Workspace();
+};
+
+// Fills `dev` from validated arguments and carves the scratch; runs the table, prepare and
+// intra-chunk kernels, then the state recurrence (which writes o when given, and hs / vn for
+// the backward when `for_backward`).
+void run_forward(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const TensorView* o,
+                 const TensorView* final_state, bool for_backward, KdaDev& dev, int64_t& max_chunks,
+                 Workspace& workspace, cudaStream_t stream);
+
+int dtype_code(DType dtype, const char* name);
+
+// Opts `kernel` into `bytes` of dynamic shared memory; NOT_IMPLEMENTED when the device has less.
+void set_smem_limit(const void* kernel, size_t bytes);
+
+}  // namespace seqmix::cuda::kda

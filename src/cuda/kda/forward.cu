@@ -1,0 +1,443 @@
+// KDA chunked forward on CUDA (FLA chunk_kda decomposition, fp32 arithmetic on the CUDA cores).
+//
+// Per chunk of 64 tokens (cumulative gates G = cumsum g within the chunk, fp32):
+//   M = tril(diag(beta) K Gamma K^T, -1),  M_ij = beta_i sum_d k_id k_jd exp(G_id - G_jd)
+//   A = (I + M)^-1                           forward substitution, row by row
+//   w = A diag(beta) (exp(G) * K),  u = A diag(beta) V,  Aqk = scale * tril(q Gamma K^T) (diagonal kept)
+// Per (sequence, head, 32 value columns), sequentially over chunks with the state tile in shared memory:
+//   v_new = u - w S;  o = (scale exp(G) * q) S + Aqk v_new;  S <- exp(G_last) S + (exp(G_last - G) * K)^T v_new
+// exp(G_i - G_j) is formed per pair (i >= j, so the exponent is <= 0 for decays g <= 0) rather than
+// as exp(G_i) * exp(-G_j): that product overflows once a chunk decays by more than ~88 nats, which
+// FLA avoids with 16-token sub-chunks; per-pair exponentials need no such split.
+//
+// Kernels: build_tables (sequence -> chunk offsets on the device), prepare_qk (L2 norm), prepare_gate
+// (fused gate, beta sigmoid, in-chunk cumsum), intra_fwd (one block per (chunk, head): M, A, w, u, Aqk;
+// k, q, G tiles [64, K] in shared memory), state_fwd (one block per (sequence, head, V tile)).
+#include <algorithm>
+
+#include "cuda/common/cuda_check.h"
+#include "cuda/kda/common.cuh"
+
+namespace seqmix::cuda {
+namespace kda {
+
+namespace {
+
+constexpr int kTableThreads = 1024;
+
+// seq_offsets / chunk_offsets from cu_seqlens (or multiples of T) with one block: each thread
+// counts the chunks of a contiguous run of sequences, then a serial scan of the per-thread totals.
+__global__ void __launch_bounds__(kTableThreads) build_tables_kernel(KdaDev p) {
+  __shared__ int64_t totals[kTableThreads];
+  const int per = (p.N + kTableThreads - 1) / kTableThreads;
+  const int n0 = min(p.N, threadIdx.x * per), n1 = min(p.N, n0 + per);
+  auto offset = [&](int n) -> int64_t {
+    if (!p.cu_seqlens) return static_cast<int64_t>(n) * p.T;
+    return p.cu_is_64 ? static_cast<const int64_t*>(p.cu_seqlens)[n]
+                      : static_cast<int64_t>(static_cast<const int32_t*>(p.cu_seqlens)[n]);
+  };
+  int64_t local = 0;
+  for (int n = n0; n < n1; ++n) local += (offset(n + 1) - offset(n) + kChunk - 1) / kChunk;
+  totals[threadIdx.x] = local;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int64_t run = 0;
+    for (int i = 0; i < kTableThreads; ++i) {
+      const int64_t t = totals[i];
+      totals[i] = run;
+      run += t;
+    }
+    p.chunk_offsets[p.N] = run;
+    p.seq_offsets[p.N] = offset(p.N);
+  }
+  __syncthreads();
+  int64_t run = totals[threadIdx.x];
+  for (int n = n0; n < n1; ++n) {
+    const int64_t a = offset(n);
+    p.seq_offsets[n] = a;
+    p.chunk_offsets[n] = run;
+    run += (offset(n + 1) - a + kChunk - 1) / kChunk;
+  }
+}
+
+// One warp per (token, head) row of q and k: fp32 copy, L2-normalised when asked (FLA eps 1e-6).
+__global__ void prepare_qk_kernel(KdaDev p) {
+  constexpr float kL2NormEps = 1e-6f;
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= p.tokens * p.H) return;
+  for (int which = 0; which < 2; ++which) {
+    const void* src = which ? p.k : p.q;
+    float* dst = which ? p.kp : p.qp;
+    float* rstd = which ? p.k_rstd : p.q_rstd;
+    float x[4];
+    float ss = 0.0f;
+    for (int r = 0; r < p.K / 32; ++r) {
+      x[r] = load_f(src, p.in_dt, row * p.K + r * 32 + lane);
+      ss += x[r] * x[r];
+    }
+    float s = 1.0f;
+    if (p.l2norm) {
+      s = rsqrtf(warp_sum(ss) + kL2NormEps);
+      if (lane == 0) rstd[row] = s;
+    }
+    for (int r = 0; r < p.K / 32; ++r) dst[row * p.K + r * 32 + lane] = x[r] * s;
+  }
+}
+
+// One block per (chunk, value head): applied gate and its in-chunk cumsum (thread per channel),
+// applied beta (thread per token).
+__global__ void prepare_gate_kernel(KdaDev p) {
+  int64_t t0;
+  int L;
+  if (!locate_chunk(p, blockIdx.x, t0, L)) return;
+  const int hv = blockIdx.y;
+  for (int d = threadIdx.x; d < p.K; d += blockDim.x) {
+    float run = 0.0f;
+    for (int i = 0; i < L; ++i) {
+      const int64_t at = ((t0 + i) * p.HV + hv) * p.K + d;
+      run += gate_value(p, load_f(p.g, p.in_dt, at), hv, d, nullptr, nullptr);
+      p.gc[at] = run;
+    }
+  }
+  for (int i = threadIdx.x; i < L; i += blockDim.x) {
+    const int64_t at = (t0 + i) * p.HV + hv;
+    float b = load_f(p.beta, p.in_dt, at);
+    if (p.beta_sigmoid) b = p.beta_mult / (1.0f + expf(-b));
+    p.bp[at] = b;
+  }
+}
+
+// One block per (chunk, value head). Shared: k, q (later beta exp(G) k, then beta v), G as [64, K + 1];
+// M and A as [64, 65]; beta [64].
+__global__ void __launch_bounds__(kThreads) intra_fwd_kernel(KdaDev p) {
+  int64_t t0;
+  int L;
+  if (!locate_chunk(p, blockIdx.x, t0, L)) return;
+  const int hv = blockIdx.y, h = hv / p.G, K = p.K, KP = K + 1, tid = threadIdx.x;
+  extern __shared__ float smem[];
+  float* kS = smem;
+  float* xS = kS + kChunk * KP;
+  float* gS = xS + kChunk * KP;
+  float* Ms = gS + kChunk * KP;
+  float* As = Ms + kChunk * kSmallStride;
+  float* bS = As + kChunk * kSmallStride;
+
+  for (int idx = tid; idx < kChunk * K; idx += kThreads) {
+    const int i = idx / K, d = idx % K;
+    const bool in = i < L;
+    const int64_t t = t0 + i;
+    kS[i * KP + d] = in ? p.kp[(t * p.H + h) * K + d] : 0.0f;
+    xS[i * KP + d] = in ? p.qp[(t * p.H + h) * K + d] : 0.0f;
+    gS[i * KP + d] = in ? p.gc[(t * p.HV + hv) * K + d] : 0.0f;
+  }
+  for (int i = tid; i < kChunk; i += kThreads) bS[i] = i < L ? p.bp[(t0 + i) * p.HV + hv] : 0.0f;
+  __syncthreads();
+
+  // M (strictly lower) and Aqk (lower with diagonal), per pair (i, j).
+  for (int idx = tid; idx < kChunk * kChunk; idx += kThreads) {
+    const int i = idx / kChunk, j = idx % kChunk;
+    float m = 0.0f, a = 0.0f;
+    if (j <= i && i < L) {
+      const float *ki = kS + i * KP, *kj = kS + j * KP, *qi = xS + i * KP, *gi = gS + i * KP, *gj = gS + j * KP;
+      for (int d = 0; d < K; ++d) {
+        const float e = __expf(gi[d] - gj[d]) * kj[d];
+        m += ki[d] * e;
+        a += qi[d] * e;
+      }
+      m = j < i ? bS[i] * m : 0.0f;
+      p.Aqk[((t0 + i) * p.HV + hv) * kChunk + j] = p.scale * a;
+    } else if (i < L) {
+      p.Aqk[((t0 + i) * p.HV + hv) * kChunk + j] = 0.0f;
+    }
+    Ms[i * kSmallStride + j] = m;
+    As[i * kSmallStride + j] = i == j ? 1.0f : 0.0f;
+  }
+  __syncthreads();
+
+  // A = (I + M)^-1: A_ij = -sum_{j <= m < i} M_im A_mj, row i after rows < i; 4 threads per column j.
+  for (int i = 1; i < L; ++i) {
+    const int j = tid / 4, part = tid % 4;
+    float s = 0.0f;
+    if (j < i)
+      for (int m = j + part; m < i; m += 4) s += Ms[i * kSmallStride + m] * As[m * kSmallStride + j];
+    s += __shfl_xor_sync(0xffffffffu, s, 1);
+    s += __shfl_xor_sync(0xffffffffu, s, 2);
+    if (j < i && part == 0) As[i * kSmallStride + j] = -s;
+    __syncthreads();
+  }
+  for (int idx = tid; idx < L * kChunk; idx += kThreads) {
+    const int i = idx / kChunk, j = idx % kChunk;
+    p.A[((t0 + i) * p.HV + hv) * kChunk + j] = As[i * kSmallStride + j];
+  }
+  // w = A (beta exp(G) k)
+  for (int idx = tid; idx < kChunk * K; idx += kThreads) {
+    const int j = idx / K, d = idx % K;
+    xS[j * KP + d] = bS[j] * __expf(gS[j * KP + d]) * kS[j * KP + d];
+  }
+  __syncthreads();
+  for (int idx = tid; idx < L * K; idx += kThreads) {
+    const int i = idx / K, d = idx % K;
+    float s = 0.0f;
+    for (int j = 0; j <= i; ++j) s += As[i * kSmallStride + j] * xS[j * KP + d];
+    p.w[((t0 + i) * p.HV + hv) * K + d] = s;
+  }
+  __syncthreads();
+  // u = A (beta v)   (V == K: the same tile shape)
+  for (int idx = tid; idx < kChunk * K; idx += kThreads) {
+    const int j = idx / K, e = idx % K;
+    xS[j * KP + e] = j < L ? bS[j] * load_f(p.v, p.in_dt, ((t0 + j) * p.HV + hv) * p.V + e) : 0.0f;
+  }
+  __syncthreads();
+  for (int idx = tid; idx < L * K; idx += kThreads) {
+    const int i = idx / K, e = idx % K;
+    float s = 0.0f;
+    for (int j = 0; j <= i; ++j) s += As[i * kSmallStride + j] * xS[j * KP + e];
+    p.u[((t0 + i) * p.HV + hv) * p.V + e] = s;
+  }
+}
+
+// One block per (sequence, value head, 32 value columns), chunks in order. Shared: w, exp(G_last - G) k,
+// scale exp(G) q as [64, K + 1]; Aqk [64, 65]; state tile S [K, 32]; v_new [64, 32]; G_last [K].
+// Writes o (when given), the final state, and for the backward hs (state entering each chunk) and v_new.
+__global__ void __launch_bounds__(kThreads) state_fwd_kernel(KdaDev p, void* o, int o_dt, void* final_state,
+                                                             int final_dt, bool for_backward) {
+  const int n = blockIdx.x, hv = blockIdx.y, e0 = blockIdx.z * kVTile, h = hv / p.G;
+  const int K = p.K, KP = K + 1, tid = threadIdx.x;
+  extern __shared__ float smem[];
+  float* wS = smem;
+  float* klS = wS + kChunk * KP;
+  float* qgS = klS + kChunk * KP;
+  float* aqS = qgS + kChunk * KP;
+  float* hS = aqS + kChunk * kSmallStride;
+  float* vnS = hS + K * kVTile;
+  float* glS = vnS + kChunk * kVTile;
+
+  for (int idx = tid; idx < K * kVTile; idx += kThreads) {
+    const int d = idx / kVTile, e = idx % kVTile;
+    hS[idx] = p.h0 ? load_f(p.h0, p.h0_dt, state_index(p, n, hv, d, e0 + e)) : 0.0f;
+  }
+  const int64_t c_end = p.chunk_offsets[n + 1];
+  for (int64_t c = p.chunk_offsets[n]; c < c_end; ++c) {
+    const int64_t t0 = p.seq_offsets[n] + (c - p.chunk_offsets[n]) * kChunk;
+    const int64_t left = p.seq_offsets[n + 1] - t0;
+    const int L = static_cast<int>(left < kChunk ? left : kChunk);
+    for (int d = tid; d < K; d += kThreads) glS[d] = p.gc[((t0 + L - 1) * p.HV + hv) * K + d];
+    __syncthreads();
+    for (int idx = tid; idx < kChunk * K; idx += kThreads) {
+      const int i = idx / K, d = idx % K;
+      const bool in = i < L;
+      const int64_t t = t0 + i;
+      const float g = in ? p.gc[(t * p.HV + hv) * K + d] : 0.0f;
+      wS[i * KP + d] = in ? p.w[(t * p.HV + hv) * K + d] : 0.0f;
+      klS[i * KP + d] = in ? __expf(glS[d] - g) * p.kp[(t * p.H + h) * K + d] : 0.0f;
+      qgS[i * KP + d] = in ? p.scale * __expf(g) * p.qp[(t * p.H + h) * K + d] : 0.0f;
+    }
+    for (int idx = tid; idx < kChunk * kChunk; idx += kThreads) {
+      const int i = idx / kChunk, j = idx % kChunk;
+      aqS[i * kSmallStride + j] = i < L ? p.Aqk[((t0 + i) * p.HV + hv) * kChunk + j] : 0.0f;
+    }
+    if (for_backward)
+      for (int idx = tid; idx < K * kVTile; idx += kThreads) {
+        const int d = idx / kVTile, e = idx % kVTile;
+        p.hs[((c * p.HV + hv) * K + d) * p.V + e0 + e] = hS[idx];
+      }
+    __syncthreads();
+    // v_new = u - w S
+    for (int idx = tid; idx < kChunk * kVTile; idx += kThreads) {
+      const int i = idx / kVTile, e = idx % kVTile;
+      float s = 0.0f;
+      if (i < L) {
+        const int64_t at = ((t0 + i) * p.HV + hv) * p.V + e0 + e;
+        s = p.u[at];
+        for (int d = 0; d < K; ++d) s -= wS[i * KP + d] * hS[d * kVTile + e];
+        if (for_backward) p.vn[at] = s;
+      }
+      vnS[idx] = s;
+    }
+    __syncthreads();
+    if (o)
+      for (int idx = tid; idx < L * kVTile; idx += kThreads) {
+        const int i = idx / kVTile, e = idx % kVTile;
+        float s = 0.0f;
+        for (int d = 0; d < K; ++d) s += qgS[i * KP + d] * hS[d * kVTile + e];
+        for (int j = 0; j <= i; ++j) s += aqS[i * kSmallStride + j] * vnS[j * kVTile + e];
+        store_f(o, o_dt, ((t0 + i) * p.HV + hv) * p.V + e0 + e, s);
+      }
+    __syncthreads();
+    for (int idx = tid; idx < K * kVTile; idx += kThreads) {
+      const int d = idx / kVTile, e = idx % kVTile;
+      float s = __expf(glS[d]) * hS[idx];
+      for (int j = 0; j < L; ++j) s += klS[j * KP + d] * vnS[j * kVTile + e];
+      hS[idx] = s;
+    }
+    __syncthreads();
+  }
+  if (final_state)
+    for (int idx = tid; idx < K * kVTile; idx += kThreads) {
+      const int d = idx / kVTile, e = idx % kVTile;
+      store_f(final_state, final_dt, state_index(p, n, hv, d, e0 + e), hS[idx]);
+    }
+}
+
+size_t intra_fwd_smem(int K) { return sizeof(float) * (3 * kChunk * (K + 1) + 2 * kChunk * kSmallStride + kChunk); }
+size_t state_fwd_smem(int K) {
+  return sizeof(float) * (3 * kChunk * (K + 1) + kChunk * kSmallStride + K * kVTile + kChunk * kVTile + K);
+}
+
+template <class T>
+T* carve(char*& cursor, int64_t count) {
+  T* p = reinterpret_cast<T*>(cursor);
+  cursor += (static_cast<size_t>(count) * sizeof(T) + 255) / 256 * 256;
+  return p;
+}
+
+struct Sizes {
+  int64_t tokens, N, C, H, HV, K, V;
+};
+
+// Carves (or with base == nullptr, measures) the scratch.
+size_t carve_all(char* base, const Sizes& s, bool backward, KdaDev* dev) {
+  KdaDev scratch{};
+  KdaDev& p = dev ? *dev : scratch;
+  char* cursor = base;
+  p.seq_offsets = carve<int64_t>(cursor, s.N + 1);
+  p.chunk_offsets = carve<int64_t>(cursor, s.N + 1);
+  p.qp = carve<float>(cursor, s.tokens * s.H * s.K);
+  p.kp = carve<float>(cursor, s.tokens * s.H * s.K);
+  p.q_rstd = carve<float>(cursor, s.tokens * s.H);
+  p.k_rstd = carve<float>(cursor, s.tokens * s.H);
+  p.gc = carve<float>(cursor, s.tokens * s.HV * s.K);
+  p.bp = carve<float>(cursor, s.tokens * s.HV);
+  p.A = carve<float>(cursor, s.tokens * s.HV * kChunk);
+  p.Aqk = carve<float>(cursor, s.tokens * s.HV * kChunk);
+  p.w = carve<float>(cursor, s.tokens * s.HV * s.K);
+  p.u = carve<float>(cursor, s.tokens * s.HV * s.V);
+  if (backward) {
+    p.vn = carve<float>(cursor, s.tokens * s.HV * s.V);
+    p.dvn = carve<float>(cursor, s.tokens * s.HV * s.V);
+    p.hs = carve<float>(cursor, s.C * s.HV * s.K * s.V);
+    p.dhs = carve<float>(cursor, s.C * s.HV * s.K * s.V);
+    p.dq_hv = carve<float>(cursor, s.tokens * s.HV * s.K);
+    p.dk_hv = carve<float>(cursor, s.tokens * s.HV * s.K);
+    p.dgc = carve<float>(cursor, s.tokens * s.HV * s.K);
+    p.dbp = carve<float>(cursor, s.tokens * s.HV);
+  }
+  return static_cast<size_t>(cursor - base);
+}
+
+}  // namespace
+
+void set_smem_limit(const void* kernel, size_t bytes) {
+  int device = 0, optin = 0;
+  SEQMIX_CUDA_CHECK(cudaGetDevice(&device));
+  SEQMIX_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  if (static_cast<int64_t>(bytes) > optin)
+    SEQMIX_NOT_IMPLEMENTED("chunk_kda on CUDA: this head dim needs ", bytes, " bytes of shared memory per block, ",
+                           "the device allows ", optin);
+  SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
+int dtype_code(DType dtype, const char* name) {
+  switch (dtype) {
+    case DType::f32: return kF32;
+    case DType::f64: return kF64;
+    case DType::bf16: return kBF16;
+    case DType::f16: return kF16;
+    default: SEQMIX_NOT_IMPLEMENTED(name, ": dtype ", dtype_name(dtype), " on CUDA");
+  }
+}
+
+Workspace::~Workspace() {
+  if (base) cudaFreeAsync(base, stream);
+}
+
+void run_forward(const cpu::KdaArgs& a, const TensorView* cu_seqlens, const TensorView* o,
+                 const TensorView* final_state, bool for_backward, KdaDev& p, int64_t& max_chunks,
+                 Workspace& workspace, cudaStream_t stream) {
+  p = KdaDev{};
+  p.q = a.q->data;
+  p.k = a.k->data;
+  p.v = a.v->data;
+  p.g = a.g->data;
+  p.beta = a.beta->data;
+  p.in_dt = dtype_code(a.q->dtype, "q");
+  p.A_log = a.A_log ? a.A_log->data : nullptr;
+  p.A_log_dt = a.A_log ? dtype_code(a.A_log->dtype, "A_log") : 0;
+  p.dt_bias = a.dt_bias ? a.dt_bias->data : nullptr;
+  p.dt_bias_dt = a.dt_bias ? dtype_code(a.dt_bias->dtype, "dt_bias") : 0;
+  p.h0 = a.initial_state ? a.initial_state->data : nullptr;
+  p.h0_dt = a.initial_state ? dtype_code(a.initial_state->dtype, "initial_state") : 0;
+  p.cu_seqlens = cu_seqlens ? cu_seqlens->data : nullptr;
+  p.cu_is_64 = cu_seqlens && cu_seqlens->dtype == DType::i64;
+  p.tokens = a.B * a.T;
+  p.T = a.T;
+  p.N = static_cast<int>(a.N);
+  p.H = static_cast<int>(a.H);
+  p.HV = static_cast<int>(a.HV);
+  p.G = static_cast<int>(a.HV / a.H);
+  p.K = static_cast<int>(a.K);
+  p.V = static_cast<int>(a.V);
+  p.scale = static_cast<float>(a.scale);
+  p.l2norm = a.params.use_qk_l2norm_in_kernel;
+  p.use_gate = a.params.use_gate_in_kernel;
+  p.has_lower_bound = a.params.lower_bound.has_value();
+  p.lower_bound = static_cast<float>(a.params.lower_bound.value_or(0.0));
+  p.beta_sigmoid = a.params.use_beta_sigmoid_in_kernel;
+  p.beta_mult = a.params.allow_neg_eigval ? 2.0f : 1.0f;
+  p.state_v_first = a.params.state_v_first;
+
+  max_chunks = chunk_kda_max_chunks(a, cu_seqlens != nullptr);
+  const Sizes sizes{p.tokens, a.N, max_chunks, a.H, a.HV, a.K, a.V};
+  const size_t bytes = carve_all(nullptr, sizes, for_backward, nullptr);
+  workspace.stream = stream;
+  SEQMIX_CUDA_CHECK(cudaMallocAsync(&workspace.base, bytes, stream));
+  carve_all(static_cast<char*>(workspace.base), sizes, for_backward, &p);
+
+  if (p.N == 0) return;
+  build_tables_kernel<<<1, kTableThreads, 0, stream>>>(p);
+  SEQMIX_CUDA_CHECK(cudaGetLastError());
+  if (p.tokens > 0) {
+    const int64_t rows = p.tokens * p.H;
+    constexpr int kRowsPerBlock = 8;
+    prepare_qk_kernel<<<static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock), 32 * kRowsPerBlock, 0,
+                        stream>>>(p);
+    SEQMIX_CUDA_CHECK(cudaGetLastError());
+    const dim3 chunk_grid(static_cast<unsigned>(max_chunks), static_cast<unsigned>(p.HV));
+    prepare_gate_kernel<<<chunk_grid, 128, 0, stream>>>(p);
+    SEQMIX_CUDA_CHECK(cudaGetLastError());
+    const size_t intra_smem = intra_fwd_smem(p.K);
+    set_smem_limit(reinterpret_cast<const void*>(intra_fwd_kernel), intra_smem);
+    intra_fwd_kernel<<<chunk_grid, kThreads, intra_smem, stream>>>(p);
+    SEQMIX_CUDA_CHECK(cudaGetLastError());
+  }
+  const size_t state_smem = state_fwd_smem(p.K);
+  set_smem_limit(reinterpret_cast<const void*>(state_fwd_kernel), state_smem);
+  const dim3 state_grid(static_cast<unsigned>(p.N), static_cast<unsigned>(p.HV), static_cast<unsigned>(p.V / kVTile));
+  state_fwd_kernel<<<state_grid, kThreads, state_smem, stream>>>(
+      p, o ? o->data : nullptr, o ? dtype_code(o->dtype, "o") : 0, final_state ? final_state->data : nullptr,
+      final_state ? dtype_code(final_state->dtype, "final_state") : 0, for_backward);
+  SEQMIX_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace kda
+
+int64_t chunk_kda_max_chunks(const cpu::KdaArgs& a, bool varlen) {
+  if (!varlen) return a.B * ((a.T + kda::kChunk - 1) / kda::kChunk);
+  return (a.T + (kda::kChunk - 1) * a.N) / kda::kChunk;
+}
+
+size_t chunk_kda_workspace_bytes(int64_t tokens, int64_t num_seqs, int64_t max_chunks, int64_t H, int64_t HV,
+                                 int64_t K, int64_t V, bool backward) {
+  return kda::carve_all(nullptr, {tokens, num_seqs, max_chunks, H, HV, K, V}, backward, nullptr);
+}
+
+void chunk_kda_fwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const TensorView& o,
+                   const TensorView* final_state, cudaStream_t stream) {
+  kda::KdaDev dev;
+  kda::Workspace workspace;
+  int64_t max_chunks = 0;
+  kda::run_forward(args, cu_seqlens, &o, final_state, false, dev, max_chunks, workspace, stream);
+}
+
+}  // namespace seqmix::cuda
