@@ -12,20 +12,6 @@ namespace {
 
 using validate::expect;
 
-struct Named {
-  const TensorView* tensor;
-  const char* name;
-};
-
-// Every given tensor is on the device of the first one.
-Device common_device(std::initializer_list<Named> tensors) {
-  const Device device = tensors.begin()->tensor->device;
-  for (const Named& t : tensors) {
-    if (t.tensor != nullptr) expect(*t.tensor, t.name).device(device);
-  }
-  return device;
-}
-
 void check_eps(double value, const char* name) {
   SEQMIX_CHECK(std::isfinite(value) && value >= 0.0, name, " must be finite and >= 0, got ", value);
 }
@@ -72,7 +58,7 @@ void hc_pre_fwd(const TensorView& hidden_streams, const TensorView& fn, const Te
   expect(post, "post").shape({B, S, H}, "[B, S, hc_mult]").floating().non_null();
   expect(comb, "comb").shape({B, S, H, H}, "[B, S, hc_mult, hc_mult]").floating().non_null();
   expect(collapsed, "collapsed").shape({B, S, D}, "[B, S, D]").same_dtype(hidden_streams, "hidden_streams").non_null();
-  const Device device = common_device({{&hidden_streams, "hidden_streams"}, {&fn, "fn"}, {&base, "base"},
+  const Device device = validate::same_device({{&hidden_streams, "hidden_streams"}, {&fn, "fn"}, {&base, "base"},
                                        {&scale, "scale"}, {&post, "post"}, {&comb, "comb"},
                                        {&collapsed, "collapsed"}});
   if (device.type == DeviceType::cuda) dispatch::cuda_not_implemented("hc_pre_fwd");
@@ -96,7 +82,7 @@ void hc_pre_bwd(const TensorView& hidden_streams, const TensorView& fn, const Te
   expect(grad_fn, "grad_fn").shape(fn.shape(), "like fn").same_dtype(fn, "fn").non_null();
   expect(grad_base, "grad_base").shape(base.shape(), "like base").same_dtype(base, "base").non_null();
   expect(grad_scale, "grad_scale").shape(scale.shape(), "like scale").same_dtype(scale, "scale").non_null();
-  const Device device = common_device(
+  const Device device = validate::same_device(
       {{&hidden_streams, "hidden_streams"}, {&fn, "fn"}, {&base, "base"}, {&scale, "scale"}, {grad_post, "grad_post"},
        {grad_comb, "grad_comb"}, {grad_collapsed, "grad_collapsed"}, {&grad_hidden_streams, "grad_hidden_streams"},
        {&grad_fn, "grad_fn"}, {&grad_base, "grad_base"}, {&grad_scale, "grad_scale"}});
@@ -122,7 +108,7 @@ void hc_post_fwd(const TensorView& x, const TensorView& residual, const TensorVi
                  const TensorView& out) {
   validate_hc_post(x, residual, post, comb);
   expect(out, "out").shape(residual.shape(), "[B, S, hc_mult, D]").same_dtype(residual, "residual").non_null();
-  const Device device = common_device(
+  const Device device = validate::same_device(
       {{&x, "x"}, {&residual, "residual"}, {&post, "post"}, {&comb, "comb"}, {&out, "out"}});
   if (device.type == DeviceType::cuda) dispatch::cuda_not_implemented("hc_post_fwd");
   cpu::hc_post_fwd(x, residual, post, comb, out);
@@ -140,7 +126,7 @@ void hc_post_bwd(const TensorView& x, const TensorView& residual, const TensorVi
       .non_null();
   expect(grad_post, "grad_post").shape(post.shape(), "[B, S, hc_mult]").same_dtype(post, "post").non_null();
   expect(grad_comb, "grad_comb").shape(comb.shape(), "[B, S, hc_mult, hc_mult]").same_dtype(comb, "comb").non_null();
-  const Device device = common_device({{&x, "x"}, {&residual, "residual"}, {&post, "post"}, {&comb, "comb"},
+  const Device device = validate::same_device({{&x, "x"}, {&residual, "residual"}, {&post, "post"}, {&comb, "comb"},
                                        {&grad_out, "grad_out"}, {&grad_x, "grad_x"}, {&grad_residual, "grad_residual"},
                                        {&grad_post, "grad_post"}, {&grad_comb, "grad_comb"}});
   if (device.type == DeviceType::cuda) dispatch::cuda_not_implemented("hc_post_bwd");
@@ -168,7 +154,7 @@ void hc_head_fwd(const TensorView& hidden_streams, const TensorView& hc_fn, cons
       .shape({hidden_streams.size(0), hidden_streams.size(1), hidden_streams.size(3)}, "[B, S, D]")
       .same_dtype(hidden_streams, "hidden_streams")
       .non_null();
-  const Device device = common_device({{&hidden_streams, "hidden_streams"}, {&hc_fn, "hc_fn"},
+  const Device device = validate::same_device({{&hidden_streams, "hidden_streams"}, {&hc_fn, "hc_fn"},
                                        {&hc_base, "hc_base"}, {&hc_scale, "hc_scale"}, {&out, "out"}});
   if (device.type == DeviceType::cuda) dispatch::cuda_not_implemented("hc_head_fwd");
   cpu::hc_head_fwd(hidden_streams, hc_fn, hc_base, hc_scale, out, params);
@@ -193,7 +179,7 @@ void hc_head_bwd(const TensorView& hidden_streams, const TensorView& hc_fn, cons
       .shape(hc_scale.shape(), "like hc_scale")
       .same_dtype(hc_scale, "hc_scale")
       .non_null();
-  const Device device = common_device({{&hidden_streams, "hidden_streams"}, {&hc_fn, "hc_fn"},
+  const Device device = validate::same_device({{&hidden_streams, "hidden_streams"}, {&hc_fn, "hc_fn"},
                                        {&hc_base, "hc_base"}, {&hc_scale, "hc_scale"}, {&grad_out, "grad_out"},
                                        {&grad_hidden_streams, "grad_hidden_streams"}, {&grad_hc_fn, "grad_hc_fn"},
                                        {&grad_hc_base, "grad_hc_base"}, {&grad_hc_scale, "grad_hc_scale"}});

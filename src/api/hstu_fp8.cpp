@@ -11,25 +11,6 @@
 namespace seqmix {
 namespace {
 
-struct Named {
-  const TensorView* tensor;  // nullptr: optional argument not given
-  const char* name;
-};
-
-void expect_one_device(std::initializer_list<Named> tensors) {
-  const Named* first = nullptr;
-  for (const Named& t : tensors) {
-    if (!t.tensor) continue;
-    if (!first) {
-      first = &t;
-      continue;
-    }
-    SEQMIX_CHECK(t.tensor->device == first->tensor->device, t.name, ": expected device ",
-                 device_name(first->tensor->device), " (the device of ", first->name, "), got ",
-                 device_name(t.tensor->device));
-  }
-}
-
 bool is_block_mode(const HstuFp8Params& p) { return p.quant_mode == 2 || (p.quant_mode == 1 && p.transposed); }
 
 void check_params(const HstuFp8Params& p) {
@@ -101,7 +82,7 @@ void hstu_fp8_quantize(const TensorView& x, const TensorView& seq_offsets, const
   check_seq_offsets_structure(seq_offsets);
   validate::expect(x_fp8, "x_fp8").shape(x.shape(), "[L, H, D]").dtype(DType::fp8_e4m3).non_null();
   check_descale_offsets(descale_offsets, params, seq_offsets.size(0) - 1);
-  expect_one_device({{&x, "x"},
+  validate::same_device({{&x, "x"},
                      {&seq_offsets, "seq_offsets"},
                      {&x_fp8, "x_fp8"},
                      {&descale, "descale"},
@@ -122,7 +103,7 @@ void hstu_fp8_dequantize(const TensorView& x_fp8, const TensorView& descale, con
   validate::expect(x_fp8, "x_fp8").rank(3, "[L, H, D]").dtype(DType::fp8_e4m3).non_null();
   check_seq_offsets_structure(seq_offsets);
   validate::expect(x, "x").shape(x_fp8.shape(), "[L, H, D]").floating().non_null();
-  expect_one_device({{&x_fp8, "x_fp8"}, {&descale, "descale"}, {&seq_offsets, "seq_offsets"}, {&x, "x"}});
+  validate::same_device({{&x_fp8, "x_fp8"}, {&descale, "descale"}, {&seq_offsets, "seq_offsets"}, {&x, "x"}});
   if (x_fp8.device.type == DeviceType::cuda) dispatch::cuda_not_implemented("hstu_fp8_dequantize");
   const cpu::HstuFp8Layout layout = host_layout(x_fp8.shape(), seq_offsets);
   check_descale(descale, layout, params);
@@ -135,7 +116,7 @@ void hstu_fp8_fake_quantize(const TensorView& x, const TensorView& seq_offsets, 
   validate::expect(x, "x").rank(3, "[L, H, D]").floating().non_null();
   check_seq_offsets_structure(seq_offsets);
   validate::expect(out, "out").shape(x.shape(), "[L, H, D]").floating().non_null();
-  expect_one_device({{&x, "x"}, {&seq_offsets, "seq_offsets"}, {&out, "out"}});
+  validate::same_device({{&x, "x"}, {&seq_offsets, "seq_offsets"}, {&out, "out"}});
   if (x.device.type == DeviceType::cuda) dispatch::cuda_not_implemented("hstu_fp8_fake_quantize");
   const cpu::HstuFp8Layout layout = host_layout(x.shape(), seq_offsets);
   const cpu::HstuFp8Quantized q = cpu::hstu_fp8_quantize(access::load(x), x.dtype, layout, params);

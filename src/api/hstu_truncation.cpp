@@ -11,25 +11,6 @@
 namespace seqmix {
 namespace {
 
-struct Named {
-  const TensorView* tensor;  // nullptr: optional argument not given
-  const char* name;
-};
-
-void expect_one_device(std::initializer_list<Named> tensors) {
-  const Named* first = nullptr;
-  for (const Named& t : tensors) {
-    if (!t.tensor) continue;
-    if (!first) {
-      first = &t;
-      continue;
-    }
-    SEQMIX_CHECK(t.tensor->device == first->tensor->device, t.name, ": expected device ",
-                 device_name(first->tensor->device), " (the device of ", first->name, "), got ",
-                 device_name(t.tensor->device));
-  }
-}
-
 void expect_index_vector(const TensorView& t, const char* name, int64_t size, const char* layout) {
   validate::expect(t, name).shape({size}, layout).integer().non_null();
 }
@@ -73,7 +54,7 @@ cpu::HstuTruncationPlan plan_on_host(const TensorView& seq_offsets, const Tensor
 HstuTruncationSizes hstu_truncation_sizes(const TensorView& seq_offsets, const TensorView* num_targets,
                                           const HstuTruncationParams& params) {
   check_plan_inputs(seq_offsets, num_targets, params);
-  expect_one_device({{&seq_offsets, "seq_offsets"}, {num_targets, "num_targets"}});
+  validate::same_device({{&seq_offsets, "seq_offsets"}, {num_targets, "num_targets"}});
   if (seq_offsets.device.type == DeviceType::cuda) dispatch::cuda_not_implemented("hstu_truncation_sizes");
   return plan_on_host(seq_offsets, num_targets, params).sizes;
 }
@@ -91,7 +72,7 @@ void hstu_truncation_plan(const TensorView& seq_offsets, const TensorView* num_t
   validate::expect(gather_index, "gather_index").rank(1, "[new_total]").dtype(DType::i64).non_null();
   if (offsets_prefix) expect_index_vector(*offsets_prefix, "offsets_prefix", batch + 1, "[B + 1]");
   if (offsets_rest) expect_index_vector(*offsets_rest, "offsets_rest", batch + 1, "[B + 1]");
-  expect_one_device({{&seq_offsets, "seq_offsets"},
+  validate::same_device({{&seq_offsets, "seq_offsets"},
                      {num_targets, "num_targets"},
                      {&new_lengths, "new_lengths"},
                      {&new_seq_offsets, "new_seq_offsets"},
@@ -125,7 +106,7 @@ std::vector<int64_t> check_gather(const TensorView& rows, const char* rows_name,
   std::vector<int64_t> expected = rows.shape();
   expected[0] = gather_index.size(0);
   validate::expect(gathered, gathered_name).shape(expected, "[L', ...]").same_dtype(rows, rows_name).non_null();
-  expect_one_device({{&rows, rows_name}, {&gather_index, "gather_index"}, {&gathered, gathered_name}});
+  validate::same_device({{&rows, rows_name}, {&gather_index, "gather_index"}, {&gathered, gathered_name}});
   if (rows.device.type == DeviceType::cuda) dispatch::cuda_not_implemented(op);
   std::vector<int64_t> index = access::load_int(gather_index);
   for (size_t i = 0; i < index.size(); ++i) {

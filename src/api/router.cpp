@@ -15,19 +15,6 @@ namespace {
 
 using validate::expect;
 
-struct Named {
-  const TensorView* tensor;
-  const char* name;
-};
-
-Device common_device(std::initializer_list<Named> tensors) {
-  const Device device = tensors.begin()->tensor->device;
-  for (const Named& t : tensors) {
-    if (t.tensor != nullptr) expect(*t.tensor, t.name).device(device);
-  }
-  return device;
-}
-
 struct RouterShape {
   int64_t tokens, hidden, experts;
 };
@@ -73,7 +60,7 @@ void router_topk_fwd(const TensorView& hidden_states, const TensorView& weight,
         .non_null();
   }
   validate_outputs(s, logits, weights, indices, params.num_experts_per_tok);
-  const Device device = common_device({{&hidden_states, "hidden_states"}, {&weight, "weight"},
+  const Device device = validate::same_device({{&hidden_states, "hidden_states"}, {&weight, "weight"},
                                        {e_score_correction_bias, "e_score_correction_bias"}, {logits, "logits"},
                                        {&weights, "weights"}, {&indices, "indices"}});
   if (device.type == DeviceType::cuda) dispatch::cuda_not_implemented("router_topk_fwd");
@@ -93,7 +80,7 @@ void router_hash_fwd(const TensorView& hidden_states, const TensorView& weight, 
                params.num_experts_per_tok, " columns [vocab_size, num_experts_per_tok], got ", tid2eid.shape_string());
   validate_outputs(s, logits, weights, indices, params.num_experts_per_tok);
   const Device device =
-      common_device({{&hidden_states, "hidden_states"}, {&weight, "weight"}, {&input_ids, "input_ids"},
+      validate::same_device({{&hidden_states, "hidden_states"}, {&weight, "weight"}, {&input_ids, "input_ids"},
                      {&tid2eid, "tid2eid"}, {logits, "logits"}, {&weights, "weights"}, {&indices, "indices"}});
   if (device.type == DeviceType::cuda) dispatch::cuda_not_implemented("router_hash_fwd");
 
@@ -131,7 +118,7 @@ void router_bwd(const TensorView& hidden_states, const TensorView& weight, const
     expect(*grad_weight, "grad_weight").shape(weight.shape(), "like weight").same_dtype(weight, "weight").non_null();
   }
   const Device device =
-      common_device({{&hidden_states, "hidden_states"}, {&weight, "weight"}, {&indices, "indices"},
+      validate::same_device({{&hidden_states, "hidden_states"}, {&weight, "weight"}, {&indices, "indices"},
                      {&grad_weights, "grad_weights"}, {grad_logits, "grad_logits"},
                      {grad_hidden_states, "grad_hidden_states"}, {grad_weight, "grad_weight"}});
   if (device.type == DeviceType::cuda) dispatch::cuda_not_implemented("router_bwd");

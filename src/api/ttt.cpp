@@ -26,12 +26,6 @@ struct Inputs {
   const TensorView* cu_seqlens;
 };
 
-void same_device(const TensorView& ref, std::initializer_list<std::pair<const TensorView*, const char*>> tensors) {
-  for (const auto& [t, name] : tensors) {
-    if (t) expect(*t, name).device(ref.device);
-  }
-}
-
 // Validates the forward inputs and params; returns the CPU config (offsets only for CPU tensors).
 cpu::TTTLinearConfig validate_inputs(const Inputs& in, const TTTLinearParams& params, bool* on_cuda) {
   expect(in.q, "q").rank(4, "[B, T, H, K]").floating().non_null();
@@ -43,8 +37,8 @@ cpu::TTTLinearConfig validate_inputs(const Inputs& in, const TTTLinearParams& pa
   expect(in.eta, "eta").shape({B, T, H, 1}, "[B, T, H, 1]").floating().non_null();
   expect(in.w, "w").shape({H, K}, "[H, V]").floating().non_null();
   expect(in.b, "b").shape({H, K}, "[H, V]").floating().non_null();
-  same_device(in.q, {{&in.k, "k"}, {&in.v, "v"}, {&in.eta, "eta"}, {&in.w, "w"}, {&in.b, "b"},
-                     {in.initial_state, "initial_state"}, {in.initial_state_bias, "initial_state_bias"}});
+  validate::same_device({{&in.q, "q"}, {&in.k, "k"}, {&in.v, "v"}, {&in.eta, "eta"}, {&in.w, "w"}, {&in.b, "b"},
+                         {in.initial_state, "initial_state"}, {in.initial_state_bias, "initial_state_bias"}});
 
   validate::positive(params.chunk_size, "chunk_size");
   SEQMIX_CHECK(params.eps >= 0.0 && std::isfinite(params.eps), "eps must be finite and >= 0, got ", params.eps);

@@ -90,6 +90,22 @@ std::vector<int64_t> cu_seqlens(const TensorView& t, const char* name, int64_t t
   return offsets;
 }
 
+Device same_device(std::initializer_list<Named> tensors) {
+  const Named* first = nullptr;
+  for (const Named& t : tensors) {
+    if (!t.tensor) continue;
+    if (!first) {
+      first = &t;
+      continue;
+    }
+    SEQMIX_CHECK(t.tensor->device == first->tensor->device, t.name, ": expected device ",
+                 device_name(first->tensor->device), " (the device of ", first->name, "), got ",
+                 device_name(t.tensor->device));
+  }
+  SEQMIX_CHECK(first != nullptr, "internal: same_device needs at least one tensor");
+  return first->tensor->device;
+}
+
 void non_negative(int64_t value, const char* name) {
   SEQMIX_CHECK(value >= 0, name, " must be >= 0, got ", value);
 }

@@ -44,6 +44,15 @@ inline Expect expect(const TensorView& t, const char* name) { return Expect(t, n
 // non-decreasing, last == total) and returns it as int64. `total` < 0 skips the last check.
 std::vector<int64_t> cu_seqlens(const TensorView& t, const char* name, int64_t total);
 
+// A tensor argument and its name; tensor == nullptr is an optional argument not given.
+struct Named {
+  const TensorView* tensor;
+  const char* name;
+};
+
+// Every given tensor is on the device of the first given one; returns that device.
+Device same_device(std::initializer_list<Named> tensors);
+
 // Checks a scalar option, e.g. non_negative(max_attn_len, "max_attn_len").
 void non_negative(int64_t value, const char* name);
 void positive(int64_t value, const char* name);

@@ -3,11 +3,13 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <map>
 #include <string>
 #include <vector>
 
+#include "seqmix/device.h"
 #include "seqmix/tensor.h"
 
 namespace seqmix::testing {
@@ -46,3 +48,14 @@ std::vector<std::string> list_golden(const std::string& family);
 const HostTensor& golden_tensor(const GoldenCase& c, const std::string& name);
 
 }  // namespace seqmix::testing
+
+// In a CUDA test: skips when no GPU is visible, unless SEQMIX_TEST_CUDA=1 demands one (then
+// the test fails), so a GPU machine can never pass the suite by skipping it.
+#define SEQMIX_REQUIRE_CUDA()                                                                  \
+  do {                                                                                         \
+    if (!::seqmix::cuda_available()) {                                                         \
+      const char* demanded = std::getenv("SEQMIX_TEST_CUDA");                                  \
+      if (demanded && std::string(demanded) == "1") FAIL() << "SEQMIX_TEST_CUDA=1 but no GPU"; \
+      GTEST_SKIP() << "no CUDA device";                                                        \
+    }                                                                                          \
+  } while (0)
