@@ -11,14 +11,15 @@
 //
 // Layouts: q, k [B, T, H, K]; v [B, T, HV, V]; g [B, T, HV, K]; beta [B, T, HV]; o [B, T, HV, V];
 // A_log [HV]; dt_bias [HV * K]. Varlen: B == 1 and cu_seqlens [N + 1] (int32/int64, on the tensors'
-// device). On the CPU its contents are checked; on CUDA they are read by the kernels only (checking
-// them would need a device-to-host copy), so the caller guarantees 0 = cu[0] <= ... <= cu[N] = T.
+// device). Its contents are checked (0 = cu[0] <= ... <= cu[N] = T); on CUDA that costs one small
+// device-to-host copy on params.stream and a wait for it (FLA's chunk_kda reads cu_seqlens on the host too).
 // States [N, HV, K, V] ([N, HV, V, K] with state_v_first), f32 or f64; N = B without cu_seqlens.
 // Inputs f32/f64/bf16/f16 (q, k, v, g, beta share one dtype); outputs and gradients in that dtype.
 // CUDA (chunk_kda_fwd / chunk_kda_bwd): q/k/v/g/beta bf16, f16 or f32, K == V in {64, 128},
 // chunk_size 64, contiguous tensors, every option; anything else is SEQMIX_NOT_IMPLEMENTED naming it.
 // Each CUDA call allocates its fp32 scratch stream-ordered (cudaMallocAsync / cudaFreeAsync on
-// params.stream; size from chunk_kda_workspace_bytes) and never synchronises with the host.
+// params.stream; size from chunk_kda_workspace_bytes) and never synchronises with the host except
+// for the cu_seqlens copy above. Non-contiguous CUDA tensors raise seqmix::Error naming the argument.
 #pragma once
 
 #include <cstddef>

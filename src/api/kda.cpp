@@ -100,12 +100,17 @@ cpu::KdaArgs validate_inputs(const TensorView& q, const TensorView& k, const Ten
     SEQMIX_CHECK(a.B == 1, "cu_seqlens: expected batch size B == 1 (flattened sequences) with cu_seqlens, got B = ",
                  a.B);
     if (device.type == DeviceType::cuda) {
-      // Contents stay on the device (no device-to-host copy); see include/seqmix/kda.h.
       validate::expect(*cu_seqlens, "cu_seqlens").rank(1, "[N + 1]").integer().device(device).non_null();
       SEQMIX_CHECK(cu_seqlens->size(0) >= 1, "cu_seqlens: expected at least one entry [N + 1], got ",
                    cu_seqlens->shape_string());
       SEQMIX_CHECK(cu_seqlens->is_contiguous(), "cu_seqlens: expected a contiguous tensor on CUDA");
       a.N = cu_seqlens->size(0) - 1;
+#ifdef SEQMIX_WITH_CUDA
+      // One small device-to-host copy (FLA's chunk_kda reads cu_seqlens on the host too), so bad
+      // contents raise seqmix::Error here instead of faulting in a kernel.
+      const HostTensor host = cuda::cu_seqlens_to_host(*cu_seqlens, static_cast<cudaStream_t>(params.stream));
+      a.offsets = validate::cu_seqlens(host.view(), "cu_seqlens", a.T);
+#endif
     } else {
       a.offsets = validate::cu_seqlens(*cu_seqlens, "cu_seqlens", a.T);
       a.N = static_cast<int64_t>(a.offsets.size()) - 1;
@@ -133,7 +138,7 @@ void expect_like(const TensorView& t, const char* name, const TensorView& like, 
 
 // The CUDA dispatch table: which validated combinations have a kernel. Anything else raises
 // SEQMIX_NOT_IMPLEMENTED naming the option, so a CUDA tensor never falls back silently.
-void check_cuda_supported(const char* op, const cpu::KdaArgs& a, std::initializer_list<const TensorView*> tensors) {
+void check_cuda_supported(const char* op, const cpu::KdaArgs& a, std::initializer_list<validate::Named> tensors) {
   if (!dispatch::built_with_cuda()) dispatch::cuda_not_implemented(op);
   const DType dt = a.q->dtype;
   if (dt != DType::bf16 && dt != DType::f16 && dt != DType::f32)
@@ -142,10 +147,8 @@ void check_cuda_supported(const char* op, const cpu::KdaArgs& a, std::initialize
     SEQMIX_NOT_IMPLEMENTED(op, " on CUDA: head dims K = ", a.K, ", V = ", a.V, " (supported: K == V in {64, 128})");
   if (a.params.chunk_size != 64)
     SEQMIX_NOT_IMPLEMENTED(op, " on CUDA: chunk_size = ", a.params.chunk_size, " (supported: 64)");
-  for (const TensorView* t : tensors)
-    if (t && !t->is_contiguous())
-      SEQMIX_NOT_IMPLEMENTED(op, " on CUDA: non-contiguous tensor of shape ", t->shape_string(),
-                             " (CUDA kernels take contiguous tensors)");
+  for (const validate::Named& t : tensors)
+    if (t.tensor) validate::expect(*t.tensor, t.name).contiguous();
 }
 
 using CpuForward = void (*)(const cpu::KdaArgs&, const TensorView&, const TensorView*);
@@ -159,7 +162,9 @@ void forward(const char* op, CpuForward cpu_fn, const TensorView& q, const Tenso
   validate_final_state(a, final_state);
   if (q.device.type == DeviceType::cuda) {
     if (cpu_fn != cpu::chunk_kda_fwd) dispatch::cuda_not_implemented(op);
-    check_cuda_supported(op, a, {&q, &k, &v, &g, &beta, A_log, dt_bias, initial_state, &o, final_state});
+    check_cuda_supported(op, a,
+                         {{&q, "q"}, {&k, "k"}, {&v, "v"}, {&g, "g"}, {&beta, "beta"}, {A_log, "A_log"},
+                          {dt_bias, "dt_bias"}, {initial_state, "initial_state"}, {&o, "o"}, {final_state, "final_state"}});
 #ifdef SEQMIX_WITH_CUDA
     cuda::chunk_kda_fwd(a, cu_seqlens, o, final_state, static_cast<cudaStream_t>(params.stream));
 #endif
@@ -217,8 +222,10 @@ void chunk_kda_bwd(const TensorView& q, const TensorView& k, const TensorView& v
   }
   if (q.device.type == DeviceType::cuda) {
     check_cuda_supported("chunk_kda_bwd", a,
-                         {&q, &k, &v, &g, &beta, A_log, dt_bias, initial_state, &do_, dht, &dq, &dk, &dv, &dg, &dbeta,
-                          dh0, dA_log, ddt_bias});
+                         {{&q, "q"}, {&k, "k"}, {&v, "v"}, {&g, "g"}, {&beta, "beta"}, {A_log, "A_log"},
+                          {dt_bias, "dt_bias"}, {initial_state, "initial_state"}, {&do_, "do"}, {dht, "dht"},
+                          {&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}, {&dg, "dg"}, {&dbeta, "dbeta"}, {dh0, "dh0"},
+                          {dA_log, "dA_log"}, {ddt_bias, "ddt_bias"}});
 #ifdef SEQMIX_WITH_CUDA
     cuda::chunk_kda_bwd(a, cu_seqlens, do_, dht, dq, dk, dv, dg, dbeta, dh0, dA_log, ddt_bias,
                         static_cast<cudaStream_t>(params.stream));

@@ -27,15 +27,6 @@
 namespace seqmix {
 namespace {
 
-#define SEQMIX_REQUIRE_CUDA()                                                                   \
-  do {                                                                                          \
-    if (!cuda_available()) {                                                                    \
-      const char* env = std::getenv("SEQMIX_TEST_CUDA");                                        \
-      if (env && std::string(env) == "1") FAIL() << "SEQMIX_TEST_CUDA=1 but no CUDA device";  \
-      GTEST_SKIP() << "no CUDA device (set SEQMIX_TEST_CUDA=1 to make this a failure)";       \
-    }                                                                                           \
-  } while (0)
-
 enum class Gate { none, softplus, lower_bound };
 
 struct Case {
@@ -166,12 +157,12 @@ DeviceInputs upload(const Inputs& in) {
   return d;
 }
 
-struct Run {
+struct Outputs {
   HostTensor o, ht, dq, dk, dv, dg, dbeta, dh0, dA_log, ddt_bias;
 };
 
 // The CPU reference on the exact (f64) values of the low-precision inputs.
-Run reference(const Case& c, const Inputs& in, const HostTensor& d_o, const HostTensor& dht) {
+Outputs reference(const Case& c, const Inputs& in, const HostTensor& d_o, const HostTensor& dht) {
   const KdaParams params = c.params();
   const HostTensor q = in.q.to(DType::f64), k = in.k.to(DType::f64), v = in.v.to(DType::f64),
                    g = in.g.to(DType::f64), beta = in.beta.to(DType::f64);
@@ -180,7 +171,7 @@ Run reference(const Case& c, const Inputs& in, const HostTensor& d_o, const Host
   const TensorView* bias_p = c.dt_bias ? &bias : nullptr;
   const TensorView* h0_p = c.h0 ? &h0 : nullptr;
   const TensorView* cu_p = c.cu_seqlens.empty() ? nullptr : &cu;
-  Run r;
+  Outputs r;
   r.o = HostTensor(DType::f64, v.sizes());
   if (c.ht) r.ht = HostTensor(DType::f64, c.state_sizes());
   const TensorView ht = r.ht.view();
@@ -203,7 +194,7 @@ Run reference(const Case& c, const Inputs& in, const HostTensor& d_o, const Host
   return r;
 }
 
-Run on_device(const Case& c, const Inputs& in, const HostTensor& d_o, const HostTensor& dht) {
+Outputs on_device(const Case& c, const Inputs& in, const HostTensor& d_o, const HostTensor& dht) {
   const KdaParams params = c.params();
   const DeviceInputs d = upload(in);
   const TensorView A = d.A_log.view(), bias = d.dt_bias.view(), h0 = d.h0.view(), cu = d.cu.view();
@@ -217,7 +208,7 @@ Run on_device(const Case& c, const Inputs& in, const HostTensor& d_o, const Host
   chunk_kda_fwd(d.q.view(), d.k.view(), d.v.view(), d.g.view(), d.beta.view(), A_p, bias_p, h0_p, cu_p, params,
                 o.view(), c.ht ? &ht_v : nullptr);
   cuda_synchronize();
-  Run r;
+  Outputs r;
   r.o = o.to_host();
   if (c.ht) r.ht = ht.to_host();
   if (!c.backward) return r;
@@ -249,8 +240,8 @@ void check_case(const Case& c, uint64_t seed) {
   const HostTensor d_o = testing::randn(in.v.sizes(), seed + 11, 1.0, c.dtype);
   HostTensor dht;
   if (c.ht) dht = testing::randn(c.state_sizes(), seed + 12, 0.3, DType::f32);
-  const Run ref = reference(c, in, d_o, dht);
-  const Run got = on_device(c, in, d_o, dht);
+  const Outputs ref = reference(c, in, d_o, dht);
+  const Outputs got = on_device(c, in, d_o, dht);
   const Tolerance lo = low_precision_tol(c), st = state_tol(c);
   expect_close(c.name + " o", got.o, ref.o, lo);
   if (c.ht) expect_close(c.name + " final_state", got.ht, ref.ht, st);
@@ -350,10 +341,10 @@ TEST(KdaCuda, LongSequence8192ForwardAndBackward) {
   check_case(c, 7);
 }
 
-TEST(KdaCuda, LongSequence32768Forward) {
+TEST(KdaCuda, LongSequence32768ForwardAndBackward) {
   SEQMIX_REQUIRE_CUDA();
-  Case c{"T32768 K64 H2 ht fwd"};
-  c.T = 32768, c.K = 64, c.H = 2, c.HV = 2, c.ht = true, c.backward = false;
+  Case c{"T32768 K64 h0 ht gate l2norm"};
+  c.T = 32768, c.K = 64, c.h0 = c.ht = true, c.l2norm = true, c.gate = Gate::softplus, c.A_log = c.dt_bias = true;
   check_case(c, 9);
 }
 
@@ -365,10 +356,39 @@ TEST(KdaCuda, BackwardIsDeterministic) {
   const Inputs in = make_inputs(c, 3);
   const HostTensor d_o = testing::randn(in.v.sizes(), 4, 1.0, c.dtype);
   const HostTensor dht = testing::randn(c.state_sizes(), 5, 0.3, DType::f32);
-  const Run a = on_device(c, in, d_o, dht), b = on_device(c, in, d_o, dht);
+  const Outputs a = on_device(c, in, d_o, dht), b = on_device(c, in, d_o, dht);
   for (auto [x, y] : {std::pair{&a.dq, &b.dq}, {&a.dk, &b.dk}, {&a.dg, &b.dg}, {&a.dbeta, &b.dbeta},
                       {&a.dA_log, &b.dA_log}, {&a.ddt_bias, &b.ddt_bias}, {&a.dh0, &b.dh0}})
     EXPECT_EQ(testing::max_abs_diff(*x, *y), 0.0);
+}
+
+TEST(KdaCuda, BadInputsNameTheArgument) {
+  SEQMIX_REQUIRE_CUDA();
+  const int64_t T = 70, K = 64;
+  CudaTensor q(DType::bf16, {1, T, 1, K}), k(DType::bf16, {1, T, 1, K}), v(DType::bf16, {1, T, 1, K}),
+      g(DType::bf16, {1, T, 1, K}), beta(DType::bf16, {1, T, 1}), o(DType::bf16, {1, T, 1, K}),
+      g_f16(DType::f16, {1, T, 1, K}), big(DType::bf16, {1, T, 2, K});
+  HostTensor k_host(DType::bf16, {1, T, 1, K});
+  const KdaParams p;
+  auto fwd = [&](const TensorView& kv, const TensorView& gv, const TensorView* cu) {
+    chunk_kda_fwd(q.view(), kv, v.view(), gv, beta.view(), nullptr, nullptr, nullptr, cu, p, o.view(), nullptr);
+  };
+  // k on the CPU, the rest on CUDA
+  testing::expect_error([&] { fwd(k_host.view(), g.view(), nullptr); }, {"k", "device"});
+  testing::expect_error([&] { fwd(k.view(), g_f16.view(), nullptr); }, {"g", "dtype"});
+  // g: every other head of a [1, T, 2, K] buffer (shape right, strides not row-major)
+  TensorView g_strided = big.view();
+  g_strided.sizes[2] = 1;
+  testing::expect_error([&] { fwd(k.view(), g_strided, nullptr); }, {"g", "contiguous"});
+  const CudaTensor cu_bad_start = CudaTensor::from_host(testing::int_tensor({1, 30, T}, DType::i32));
+  const CudaTensor cu_decreasing = CudaTensor::from_host(testing::int_tensor({0, 40, 30, T}, DType::i64));
+  const CudaTensor cu_bad_end = CudaTensor::from_host(testing::int_tensor({0, 30, T - 1}, DType::i32));
+  const CudaTensor cu_float = CudaTensor::from_host(HostTensor(DType::f32, {3}));
+  const TensorView v1 = cu_bad_start.view(), v2 = cu_decreasing.view(), v3 = cu_bad_end.view(), v4 = cu_float.view();
+  testing::expect_error([&] { fwd(k.view(), g.view(), &v1); }, {"cu_seqlens", "start at 0"});
+  testing::expect_error([&] { fwd(k.view(), g.view(), &v2); }, {"cu_seqlens", "non-decreasing"});
+  testing::expect_error([&] { fwd(k.view(), g.view(), &v3); }, {"cu_seqlens", "total token count"});
+  testing::expect_error([&] { fwd(k.view(), g.view(), &v4); }, {"cu_seqlens"});
 }
 
 TEST(KdaCuda, UnsupportedCombinationsNameTheOption) {

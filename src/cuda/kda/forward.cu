@@ -432,6 +432,14 @@ size_t chunk_kda_workspace_bytes(int64_t tokens, int64_t num_seqs, int64_t max_c
   return kda::carve_all(nullptr, {tokens, num_seqs, max_chunks, H, HV, K, V}, backward, nullptr);
 }
 
+HostTensor cu_seqlens_to_host(const TensorView& cu_seqlens, cudaStream_t stream) {
+  HostTensor host(cu_seqlens.dtype, cu_seqlens.shape());
+  const size_t bytes = static_cast<size_t>(cu_seqlens.numel()) * dtype_size(cu_seqlens.dtype);
+  SEQMIX_CUDA_CHECK(cudaMemcpyAsync(host.view().data, cu_seqlens.data, bytes, cudaMemcpyDeviceToHost, stream));
+  SEQMIX_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return host;
+}
+
 void chunk_kda_fwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const TensorView& o,
                    const TensorView* final_state, cudaStream_t stream) {
   kda::KdaDev dev;

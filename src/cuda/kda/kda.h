@@ -20,6 +20,10 @@ size_t chunk_kda_workspace_bytes(int64_t tokens, int64_t num_seqs, int64_t max_c
 // cu_seqlens, (T + 63 N) / 64 with it (computed from shapes only: no device-to-host copy).
 int64_t chunk_kda_max_chunks(const cpu::KdaArgs& args, bool varlen);
 
+// Copies a contiguous int32/int64 cu_seqlens from the device (stream-ordered on `stream`, then waits
+// for it) into a host tensor of the same dtype, so its contents can be validated like the CPU's.
+HostTensor cu_seqlens_to_host(const TensorView& cu_seqlens, cudaStream_t stream);
+
 void chunk_kda_fwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const TensorView& o,
                    const TensorView* final_state, cudaStream_t stream);
 
