@@ -12,7 +12,7 @@
 // Build on a GPU machine after building the library (build-cuda):
 //   g++ -O2 -std=c++20 bench/kda_bench.cpp -Iinclude -Isrc -I"$(dirname "$(which nvcc)")/../include" build-cuda/libseqmix.a \
 //       -L"$(dirname "$(which nvcc)")/../lib64" -lcudart -lpthread -o build-cuda/kda_bench
-//   ./build-cuda/kda_bench [out.json]
+//   ./build-cuda/kda_bench [out.json]     (or --once with SEQMIX_KDA_TIMING=1: per-kernel times)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -82,6 +82,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "no CUDA device\n");
     return 1;
   }
+  // --once: one fwd and one fwd+bwd per shape, untimed (with SEQMIX_KDA_TIMING=1: per-stage times).
+  const bool once = argc > 1 && std::string(argv[1]) == "--once";
+  const char* out_path = argc > 1 && !once ? argv[1] : nullptr;
   // 64 skewed lengths totalling 32768: a few long, many short (weights (i + 1)^-1.5, rounded, the
   // remainder added to the longest); the same rule as bench/kda_vs_fla.py.
   std::vector<int64_t> skewed(64);
@@ -143,6 +146,15 @@ int main(int argc, char** argv) {
                           bytes_of(dt_bias) + (s.lengths.empty() ? 0 : bytes_of(cu));
     const size_t grads = bytes_of(dout) + bytes_of(dq) + bytes_of(dk) + bytes_of(dv) + bytes_of(dg) + bytes_of(dbeta) +
                          bytes_of(dA) + bytes_of(dbias);
+    if (once) {
+      std::printf("%s: fwd\n", s.name.c_str());
+      fwd();
+      cuda_synchronize();
+      std::printf("%s: fwd+bwd\n", s.name.c_str());
+      fwd_bwd();
+      cuda_synchronize();
+      continue;
+    }
     fwd();
     cuda_synchronize();
     pool_reset();
@@ -179,8 +191,8 @@ int main(int argc, char** argv) {
     json += std::string(json.size() > 2 ? ",\n" : "") + line;
   }
   json += "\n}\n";
-  if (argc > 1) {
-    FILE* f = std::fopen(argv[1], "w");
+  if (out_path) {
+    FILE* f = std::fopen(out_path, "w");
     if (f) {
       std::fputs(json.c_str(), f);
       std::fclose(f);

@@ -166,7 +166,10 @@ Outputs reference(const Case& c, const Inputs& in, const HostTensor& d_o, const 
   const KdaParams params = c.params();
   const HostTensor q = in.q.to(DType::f64), k = in.k.to(DType::f64), v = in.v.to(DType::f64),
                    g = in.g.to(DType::f64), beta = in.beta.to(DType::f64);
-  const TensorView A = in.A_log.view(), bias = in.dt_bias.view(), h0 = in.h0.view(), cu = in.cu.view();
+  // Gate parameters in f64 so that dA_log / ddt_bias (f64 here) match their dtype.
+  const HostTensor A_log = c.A_log ? in.A_log.to(DType::f64) : HostTensor();
+  const HostTensor dt_bias = c.dt_bias ? in.dt_bias.to(DType::f64) : HostTensor();
+  const TensorView A = A_log.view(), bias = dt_bias.view(), h0 = in.h0.view(), cu = in.cu.view();
   const TensorView* A_p = c.A_log ? &A : nullptr;
   const TensorView* bias_p = c.dt_bias ? &bias : nullptr;
   const TensorView* h0_p = c.h0 ? &h0 : nullptr;
@@ -196,7 +199,9 @@ Outputs reference(const Case& c, const Inputs& in, const HostTensor& d_o, const 
 
 Outputs on_device(const Case& c, const Inputs& in, const HostTensor& d_o, const HostTensor& dht) {
   const KdaParams params = c.params();
+  std::fprintf(stderr, "[kda_cuda] %s: upload\n", c.name.c_str());
   const DeviceInputs d = upload(in);
+  std::fprintf(stderr, "[kda_cuda] %s: forward\n", c.name.c_str());
   const TensorView A = d.A_log.view(), bias = d.dt_bias.view(), h0 = d.h0.view(), cu = d.cu.view();
   const TensorView* A_p = c.A_log ? &A : nullptr;
   const TensorView* bias_p = c.dt_bias ? &bias : nullptr;
@@ -212,6 +217,7 @@ Outputs on_device(const Case& c, const Inputs& in, const HostTensor& d_o, const 
   r.o = o.to_host();
   if (c.ht) r.ht = ht.to_host();
   if (!c.backward) return r;
+  std::fprintf(stderr, "[kda_cuda] %s: backward\n", c.name.c_str());
   const CudaTensor d_o_dev = CudaTensor::from_host(d_o);
   CudaTensor dht_dev, dq(c.dtype, in.q.sizes()), dk(c.dtype, in.k.sizes()), dv(c.dtype, in.v.sizes()),
       dg(c.dtype, in.g.sizes()), dbeta(c.dtype, in.beta.sizes()), dh0, dA_log, ddt_bias;

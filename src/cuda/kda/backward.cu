@@ -28,25 +28,28 @@ namespace kda {
 
 namespace {
 
-// One block per (sequence, value head, 32 value columns), chunks in reverse. Shared: w, Kl, Qg as
-// [64, K + 1]; Aqk [64, 65]; dS tile [K, 32]; do and dv_new tiles [64, 32]; G_last [K].
+// One block per (sequence, value head, BV value columns), chunks in reverse; products on the tensor
+// cores (3xTF32). Shared (strides padded by 4): w, Kl, Qg as [64, K + 4]; Aqk [64, 68]; dS tile
+// [K, BV + 8]; do and dv_new tiles [64, BV + 8]; G_last [K].
+template <int BV>
 __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const void* d_out, int d_out_dt,
                                                              const void* dht, int dht_dt, void* dh0, int dh0_dt) {
-  const int n = blockIdx.x, hv = blockIdx.y, e0 = blockIdx.z * kVTile, h = hv / p.G;
-  const int K = p.K, KP = K + 1, tid = threadIdx.x;
+  constexpr int SP = BV + 8, AP = kChunk + 4, NT = BV / 8;
+  const int n = blockIdx.x, hv = blockIdx.y, e0 = blockIdx.z * BV, h = hv / p.G;
+  const int K = p.K, KP = K + 4, tid = threadIdx.x, warp = tid / 32;
   extern __shared__ float smem[];
   float* wS = smem;
   float* klS = wS + kChunk * KP;
   float* qgS = klS + kChunk * KP;
   float* aqS = qgS + kChunk * KP;
-  float* dhS = aqS + kChunk * kSmallStride;
-  float* doS = dhS + K * kVTile;
-  float* dvS = doS + kChunk * kVTile;
-  float* glS = dvS + kChunk * kVTile;
+  float* dhS = aqS + kChunk * AP;
+  float* doS = dhS + K * SP;
+  float* dvS = doS + kChunk * SP;
+  float* glS = dvS + kChunk * SP;
 
-  for (int idx = tid; idx < K * kVTile; idx += kThreads) {
-    const int d = idx / kVTile, e = idx % kVTile;
-    dhS[idx] = dht ? load_f(dht, dht_dt, state_index(p, n, hv, d, e0 + e)) : 0.0f;
+  for (int idx = tid; idx < K * BV; idx += kThreads) {
+    const int d = idx / BV, e = idx % BV;
+    dhS[d * SP + e] = dht ? load_f(dht, dht_dt, state_index(p, n, hv, d, e0 + e)) : 0.0f;
   }
   const int64_t c_begin = p.chunk_offsets[n];
   for (int64_t c = p.chunk_offsets[n + 1] - 1; c >= c_begin; --c) {
@@ -66,42 +69,49 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
     }
     for (int idx = tid; idx < kChunk * kChunk; idx += kThreads) {
       const int i = idx / kChunk, j = idx % kChunk;
-      aqS[i * kSmallStride + j] = i < L ? p.Aqk[((t0 + i) * p.HV + hv) * kChunk + j] : 0.0f;
+      aqS[i * AP + j] = i < L ? p.Aqk[((t0 + i) * p.HV + hv) * kChunk + j] : 0.0f;
     }
-    for (int idx = tid; idx < kChunk * kVTile; idx += kThreads) {
-      const int i = idx / kVTile, e = idx % kVTile;
-      doS[idx] = i < L ? load_f(d_out, d_out_dt, ((t0 + i) * p.HV + hv) * p.V + e0 + e) : 0.0f;
+    for (int idx = tid; idx < kChunk * BV; idx += kThreads) {
+      const int i = idx / BV, e = idx % BV;
+      doS[i * SP + e] = i < L ? load_f(d_out, d_out_dt, ((t0 + i) * p.HV + hv) * p.V + e0 + e) : 0.0f;
     }
-    for (int idx = tid; idx < K * kVTile; idx += kThreads) {
-      const int d = idx / kVTile, e = idx % kVTile;
-      p.dhs[((c * p.HV + hv) * K + d) * p.V + e0 + e] = dhS[idx];
+    for (int idx = tid; idx < K * BV; idx += kThreads) {
+      const int d = idx / BV, e = idx % BV;
+      p.dhs[((c * p.HV + hv) * K + d) * p.V + e0 + e] = dhS[d * SP + e];
     }
     __syncthreads();
-    // dv_new = Aqk^T do + Kl dS'
-    for (int idx = tid; idx < kChunk * kVTile; idx += kThreads) {
-      const int j = idx / kVTile, e = idx % kVTile;
-      float s = 0.0f;
-      if (j < L) {
-        for (int i = j; i < L; ++i) s += aqS[i * kSmallStride + j] * doS[i * kVTile + e];
-        for (int d = 0; d < K; ++d) s += klS[j * KP + d] * dhS[d * kVTile + e];
-        p.dvn[((t0 + j) * p.HV + hv) * p.V + e0 + e] = s;
+    // dv_new = Aqk^T do + Kl dS'   (64 x BV)
+    for (int tile = warp; tile < 4 * NT; tile += kThreads / 32) {
+      const int r0 = (tile / NT) * 16, c0 = (tile % NT) * 8;
+      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      warp_gemm(acc, aqS + r0, 1, AP, doS + c0, SP, 1, kChunk);
+      warp_gemm(acc, klS + r0 * KP, KP, 1, dhS + c0, SP, 1, K);
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int j = r0 + frag_row(r), e = c0 + frag_col(r);
+        dvS[j * SP + e] = acc[r];
+        if (j < L) p.dvn[((t0 + j) * p.HV + hv) * p.V + e0 + e] = acc[r];
       }
-      dvS[idx] = s;
     }
     __syncthreads();
-    // dS = exp(G_last) dS' + Qg^T do - w^T dv_new
-    for (int idx = tid; idx < K * kVTile; idx += kThreads) {
-      const int d = idx / kVTile, e = idx % kVTile;
-      float s = __expf(glS[d]) * dhS[idx];
-      for (int i = 0; i < L; ++i) s += qgS[i * KP + d] * doS[i * kVTile + e] - wS[i * KP + d] * dvS[i * kVTile + e];
-      dhS[idx] = s;
+    // dS = exp(G_last) dS' + Qg^T do - w^T dv_new   (K x BV; each warp owns its tiles)
+    for (int tile = warp; tile < (K / 16) * NT; tile += kThreads / 32) {
+      const int r0 = (tile / NT) * 16, c0 = (tile % NT) * 8;
+      float pos[4] = {0.0f, 0.0f, 0.0f, 0.0f}, neg[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      warp_gemm(pos, qgS + r0, 1, KP, doS + c0, SP, 1, kChunk);
+      warp_gemm(neg, wS + r0, 1, KP, dvS + c0, SP, 1, kChunk);
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int d = r0 + frag_row(r), e = c0 + frag_col(r);
+        dhS[d * SP + e] = __expf(glS[d]) * dhS[d * SP + e] + pos[r] - neg[r];
+      }
     }
     __syncthreads();
   }
   if (dh0)
-    for (int idx = tid; idx < K * kVTile; idx += kThreads) {
-      const int d = idx / kVTile, e = idx % kVTile;
-      store_f(dh0, dh0_dt, state_index(p, n, hv, d, e0 + e), dhS[idx]);
+    for (int idx = tid; idx < K * BV; idx += kThreads) {
+      const int d = idx / BV, e = idx % BV;
+      store_f(dh0, dh0_dt, state_index(p, n, hv, d, e0 + e), dhS[d * SP + e]);
     }
 }
 
@@ -481,8 +491,8 @@ __global__ void __launch_bounds__(kReduceThreads) reduce_gate_params_kernel(KdaD
   }
 }
 
-size_t state_bwd_smem(int K) {
-  return sizeof(float) * (3 * kChunk * (K + 1) + kChunk * kSmallStride + K * kVTile + 2 * kChunk * kVTile + K);
+size_t state_bwd_smem(int K, int BV) {
+  return sizeof(float) * (3 * kChunk * (K + 4) + kChunk * (kChunk + 4) + (K + 2 * kChunk) * (BV + 8) + K);
 }
 size_t intra_bwd_smem(int K) {
   return sizeof(float) * (5 * kChunk * (K + 1) + 3 * kChunk * kSmallStride + kChunk * 4 + K + kChunk);
@@ -498,17 +508,30 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
   using namespace kda;
   KdaDev p;
   Workspace workspace;
+  StageTimer timer(stream);
   int64_t max_chunks = 0;
-  run_forward(args, cu_seqlens, nullptr, nullptr, true, p, max_chunks, workspace, stream);
+  run_forward(args, cu_seqlens, nullptr, nullptr, true, p, max_chunks, workspace, timer, stream);
   const int dt = dtype_code(dq.dtype, "dq");
   if (p.N == 0) return;
-  const size_t state_smem = state_bwd_smem(p.K);
-  set_smem_limit(reinterpret_cast<const void*>(state_bwd_kernel), state_smem);
-  const dim3 state_grid(static_cast<unsigned>(p.N), static_cast<unsigned>(p.HV), static_cast<unsigned>(p.V / kVTile));
-  state_bwd_kernel<<<state_grid, kThreads, state_smem, stream>>>(
-      p, do_.data, dtype_code(do_.dtype, "do"), dht ? dht->data : nullptr, dht ? dtype_code(dht->dtype, "dht") : 0,
-      dh0 ? dh0->data : nullptr, dh0 ? dtype_code(dh0->dtype, "dh0") : 0);
+  const int bv = state_value_tile(p);
+  const size_t state_smem = state_bwd_smem(p.K, bv);
+  const dim3 state_grid(static_cast<unsigned>(p.N), static_cast<unsigned>(p.HV), static_cast<unsigned>(p.V / bv));
+  const int do_dt = dtype_code(do_.dtype, "do");
+  const void* dht_ptr = dht ? dht->data : nullptr;
+  const int dht_dt = dht ? dtype_code(dht->dtype, "dht") : 0;
+  void* dh0_ptr = dh0 ? dh0->data : nullptr;
+  const int dh0_dt = dh0 ? dtype_code(dh0->dtype, "dh0") : 0;
+  if (bv == 16) {
+    set_smem_limit(reinterpret_cast<const void*>(state_bwd_kernel<16>), state_smem);
+    state_bwd_kernel<16><<<state_grid, kThreads, state_smem, stream>>>(p, do_.data, do_dt, dht_ptr, dht_dt, dh0_ptr,
+                                                                        dh0_dt);
+  } else {
+    set_smem_limit(reinterpret_cast<const void*>(state_bwd_kernel<32>), state_smem);
+    state_bwd_kernel<32><<<state_grid, kThreads, state_smem, stream>>>(p, do_.data, do_dt, dht_ptr, dht_dt, dh0_ptr,
+                                                                        dh0_dt);
+  }
   SEQMIX_CUDA_CHECK(cudaGetLastError());
+  timer.mark("state_bwd");
   if (p.tokens > 0) {
     const size_t intra_smem = intra_bwd_smem(p.K);
     set_smem_limit(reinterpret_cast<const void*>(intra_bwd_kernel), intra_smem);
@@ -516,6 +539,7 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
     intra_bwd_kernel<<<chunk_grid, kThreads, intra_smem, stream>>>(p, do_.data, dtype_code(do_.dtype, "do"), dv.data,
                                                                    dtype_code(dv.dtype, "dv"));
     SEQMIX_CUDA_CHECK(cudaGetLastError());
+    timer.mark("intra_bwd");
     const int64_t rows = p.tokens * p.H;
     constexpr int kRowsPerBlock = 8;
     finalize_qk_kernel<<<static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock), 32 * kRowsPerBlock, 0,
@@ -525,12 +549,14 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n_g + 255) / 256, 65535));
     finalize_gate_beta_kernel<<<blocks, 256, 0, stream>>>(p, dg.data, dbeta.data, dt);
     SEQMIX_CUDA_CHECK(cudaGetLastError());
+    timer.mark("finalize");
   }
   if (dA_log || ddt_bias) {
     reduce_gate_params_kernel<<<static_cast<unsigned>(p.HV), kReduceThreads, 0, stream>>>(
         p, dA_log ? dA_log->data : nullptr, dA_log ? dtype_code(dA_log->dtype, "dA_log") : 0,
         ddt_bias ? ddt_bias->data : nullptr, ddt_bias ? dtype_code(ddt_bias->dtype, "ddt_bias") : 0);
     SEQMIX_CUDA_CHECK(cudaGetLastError());
+    timer.mark("gate_params");
   }
 }
 

@@ -26,7 +26,6 @@ namespace seqmix::cuda::kda {
 
 constexpr int kChunk = 64;          // tokens per chunk (FLA's BT)
 constexpr int kThreads = 256;       // threads of every chunk / state block
-constexpr int kVTile = 32;          // value columns per state-recurrence block
 constexpr int kSmallStride = kChunk + 1;  // row stride of 64 x 64 tiles in shared memory (no bank conflicts)
 constexpr int kMaxEntries = 32;     // (row, channel) entries per thread of a 64 x K tile, K <= 128
 
@@ -118,6 +117,68 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// ---- Tensor-core products on fp32 shared-memory operands (mma.sync m16n8k8 TF32) ----
+// Operands are split x = hi + lo (both TF32) and multiplied as hi*hi + hi*lo + lo*hi ("3xTF32"),
+// which keeps fp32 accuracy (error ~2^-21 relative per product) at 3 MMAs per step.
+// Strided access lets one helper serve A, A^T, B and B^T: element (r, c) of A at a[r * a_rs + c * a_cs].
+// Shared tiles use row strides of (columns + 4) floats so the fragment loads hit 32 distinct banks.
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+}
+
+__device__ __forceinline__ void split_tf32(float x, uint32_t& hi, uint32_t& lo) {
+  hi = to_tf32(x);
+  lo = to_tf32(x - __uint_as_float(hi));
+}
+
+__device__ __forceinline__ void mma_tf32(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// c (a 16 x 8 warp tile: c[0] (g, 2t), c[1] (g, 2t + 1), c[2] (g + 8, 2t), c[3] (g + 8, 2t + 1) with
+// g = lane / 4, t = lane % 4) += A[16, kdim] * B[kdim, 8]; kdim a multiple of 8; a, b point at the tile.
+__device__ __forceinline__ void warp_gemm(float c[4], const float* a, int a_rs, int a_cs, const float* b, int b_rs,
+                                          int b_cs, int kdim) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  for (int k0 = 0; k0 < kdim; k0 += 8) {
+    uint32_t ah[4], al[4], bh[2], bl[2];
+    split_tf32(a[g * a_rs + (k0 + t) * a_cs], ah[0], al[0]);
+    split_tf32(a[(g + 8) * a_rs + (k0 + t) * a_cs], ah[1], al[1]);
+    split_tf32(a[g * a_rs + (k0 + t + 4) * a_cs], ah[2], al[2]);
+    split_tf32(a[(g + 8) * a_rs + (k0 + t + 4) * a_cs], ah[3], al[3]);
+    split_tf32(b[(k0 + t) * b_rs + g * b_cs], bh[0], bl[0]);
+    split_tf32(b[(k0 + t + 4) * b_rs + g * b_cs], bh[1], bl[1]);
+    mma_tf32(c, al, bh);
+    mma_tf32(c, ah, bl);
+    mma_tf32(c, ah, bh);
+  }
+}
+
+// Row / column of accumulator entry r (0..3) of a warp tile.
+__device__ __forceinline__ int frag_row(int r) { return ((threadIdx.x & 31) >> 2) + (r >= 2 ? 8 : 0); }
+__device__ __forceinline__ int frag_col(int r) { return 2 * (threadIdx.x & 3) + (r & 1); }
+
+// Optional per-stage timing of the launches (SEQMIX_KDA_TIMING=1): events on the stream, printed
+// to stderr after a synchronisation at the end of the call. For profiling only.
+struct StageTimer {
+  explicit StageTimer(cudaStream_t stream);
+  ~StageTimer();
+  void mark(const char* name);
+  bool enabled = false;
+  cudaStream_t stream = nullptr;
+  int count = 0;
+  cudaEvent_t events[16];
+  const char* names[16];
+};
+
 // Host side shared by forward.cu and backward.cu.
 struct Workspace {
   void* base = nullptr;
@@ -130,7 +191,11 @@ struct Workspace {
 // the backward when `for_backward`).
 void run_forward(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const TensorView* o,
                  const TensorView* final_state, bool for_backward, KdaDev& dev, int64_t& max_chunks,
-                 Workspace& workspace, cudaStream_t stream);
+                 Workspace& workspace, StageTimer& timer, cudaStream_t stream);
+
+// Value columns per block of the sequential state kernels: 16 when 32-column blocks would not fill
+// the device twice over or for varlen packs (shorter per-chunk latency on the longest sequence), else 32.
+int state_value_tile(const KdaDev& p);
 
 int dtype_code(DType dtype, const char* name);
 

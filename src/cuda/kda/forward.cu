@@ -14,6 +14,8 @@
 // (fused gate, beta sigmoid, in-chunk cumsum), intra_fwd (one block per (chunk, head): M, A, w, u, Aqk;
 // k, q, G tiles [64, K] in shared memory), state_fwd (one block per (sequence, head, V tile)).
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 
 #include "cuda/common/cuda_check.h"
 #include "cuda/kda/common.cuh"
@@ -176,12 +178,21 @@ __global__ void __launch_bounds__(kThreads) intra_fwd_kernel(KdaDev p) {
     xS[j * KP + d] = bS[j] * __expf(gS[j * KP + d]) * kS[j * KP + d];
   }
   __syncthreads();
-  for (int idx = tid; idx < L * K; idx += kThreads) {
-    const int i = idx / K, d = idx % K;
-    float s = 0.0f;
-    for (int j = 0; j <= i; ++j) s += As[i * kSmallStride + j] * xS[j * KP + d];
-    p.w[((t0 + i) * p.HV + hv) * K + d] = s;
-  }
+  const int warp = tid / 32, col_tiles = K / 8;
+  // out[64, K] = A x on the tensor cores (3xTF32); rows >= L are not stored.
+  auto product = [&](float* out, int64_t out_stride) {
+    for (int tile = warp; tile < 4 * col_tiles; tile += kThreads / 32) {
+      const int r0 = (tile / col_tiles) * 16, c0 = (tile % col_tiles) * 8;
+      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      warp_gemm(acc, As + r0 * kSmallStride, kSmallStride, 1, xS + c0, KP, 1, kChunk);
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int i = r0 + frag_row(r), d = c0 + frag_col(r);
+        if (i < L) out[((t0 + i) * p.HV + hv) * out_stride + d] = acc[r];
+      }
+    }
+  };
+  product(p.w, K);
   __syncthreads();
   // u = A (beta v)   (V == K: the same tile shape)
   for (int idx = tid; idx < kChunk * K; idx += kThreads) {
@@ -189,33 +200,33 @@ __global__ void __launch_bounds__(kThreads) intra_fwd_kernel(KdaDev p) {
     xS[j * KP + e] = j < L ? bS[j] * load_f(p.v, p.in_dt, ((t0 + j) * p.HV + hv) * p.V + e) : 0.0f;
   }
   __syncthreads();
-  for (int idx = tid; idx < L * K; idx += kThreads) {
-    const int i = idx / K, e = idx % K;
-    float s = 0.0f;
-    for (int j = 0; j <= i; ++j) s += As[i * kSmallStride + j] * xS[j * KP + e];
-    p.u[((t0 + i) * p.HV + hv) * p.V + e] = s;
-  }
+  product(p.u, p.V);
 }
 
-// One block per (sequence, value head, 32 value columns), chunks in order. Shared: w, exp(G_last - G) k,
-// scale exp(G) q as [64, K + 1]; Aqk [64, 65]; state tile S [K, 32]; v_new [64, 32]; G_last [K].
+// One block per (sequence, value head, BV value columns), chunks in order; the products run on the
+// tensor cores (3xTF32, fp32-accurate). Shared (row strides padded by 4): w, Kl = exp(G_last - G) k,
+// Qg = scale exp(G) q as [64, K + 4]; Aqk [64, 68]; state tile S [K, BV + 8]; u and v_new [64, BV + 8];
+// G_last [K]. Per chunk: v_new = u - w S; o = Qg S + Aqk v_new; S <- exp(G_last) S + Kl^T v_new.
 // Writes o (when given), the final state, and for the backward hs (state entering each chunk) and v_new.
+template <int BV>
 __global__ void __launch_bounds__(kThreads) state_fwd_kernel(KdaDev p, void* o, int o_dt, void* final_state,
                                                              int final_dt, bool for_backward) {
-  const int n = blockIdx.x, hv = blockIdx.y, e0 = blockIdx.z * kVTile, h = hv / p.G;
-  const int K = p.K, KP = K + 1, tid = threadIdx.x;
+  constexpr int SP = BV + 8, AP = kChunk + 4, NT = BV / 8;  // strides; 8-column warp tiles per row block
+  const int n = blockIdx.x, hv = blockIdx.y, e0 = blockIdx.z * BV, h = hv / p.G;
+  const int K = p.K, KP = K + 4, tid = threadIdx.x, warp = tid / 32;
   extern __shared__ float smem[];
   float* wS = smem;
   float* klS = wS + kChunk * KP;
   float* qgS = klS + kChunk * KP;
   float* aqS = qgS + kChunk * KP;
-  float* hS = aqS + kChunk * kSmallStride;
-  float* vnS = hS + K * kVTile;
-  float* glS = vnS + kChunk * kVTile;
+  float* hS = aqS + kChunk * AP;
+  float* uS = hS + K * SP;
+  float* vnS = uS + kChunk * SP;
+  float* glS = vnS + kChunk * SP;
 
-  for (int idx = tid; idx < K * kVTile; idx += kThreads) {
-    const int d = idx / kVTile, e = idx % kVTile;
-    hS[idx] = p.h0 ? load_f(p.h0, p.h0_dt, state_index(p, n, hv, d, e0 + e)) : 0.0f;
+  for (int idx = tid; idx < K * BV; idx += kThreads) {
+    const int d = idx / BV, e = idx % BV;
+    hS[d * SP + e] = p.h0 ? load_f(p.h0, p.h0_dt, state_index(p, n, hv, d, e0 + e)) : 0.0f;
   }
   const int64_t c_end = p.chunk_offsets[n + 1];
   for (int64_t c = p.chunk_offsets[n]; c < c_end; ++c) {
@@ -235,54 +246,71 @@ __global__ void __launch_bounds__(kThreads) state_fwd_kernel(KdaDev p, void* o, 
     }
     for (int idx = tid; idx < kChunk * kChunk; idx += kThreads) {
       const int i = idx / kChunk, j = idx % kChunk;
-      aqS[i * kSmallStride + j] = i < L ? p.Aqk[((t0 + i) * p.HV + hv) * kChunk + j] : 0.0f;
+      aqS[i * AP + j] = i < L ? p.Aqk[((t0 + i) * p.HV + hv) * kChunk + j] : 0.0f;
+    }
+    for (int idx = tid; idx < kChunk * BV; idx += kThreads) {
+      const int i = idx / BV, e = idx % BV;
+      uS[i * SP + e] = i < L ? p.u[((t0 + i) * p.HV + hv) * p.V + e0 + e] : 0.0f;
     }
     if (for_backward)
-      for (int idx = tid; idx < K * kVTile; idx += kThreads) {
-        const int d = idx / kVTile, e = idx % kVTile;
-        p.hs[((c * p.HV + hv) * K + d) * p.V + e0 + e] = hS[idx];
+      for (int idx = tid; idx < K * BV; idx += kThreads) {
+        const int d = idx / BV, e = idx % BV;
+        p.hs[((c * p.HV + hv) * K + d) * p.V + e0 + e] = hS[d * SP + e];
       }
     __syncthreads();
-    // v_new = u - w S
-    for (int idx = tid; idx < kChunk * kVTile; idx += kThreads) {
-      const int i = idx / kVTile, e = idx % kVTile;
-      float s = 0.0f;
-      if (i < L) {
-        const int64_t at = ((t0 + i) * p.HV + hv) * p.V + e0 + e;
-        s = p.u[at];
-        for (int d = 0; d < K; ++d) s -= wS[i * KP + d] * hS[d * kVTile + e];
-        if (for_backward) p.vn[at] = s;
+    // v_new = u - w S   (64 x BV: 4 * NT warp tiles)
+    for (int tile = warp; tile < 4 * NT; tile += kThreads / 32) {
+      const int r0 = (tile / NT) * 16, c0 = (tile % NT) * 8;
+      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      warp_gemm(acc, wS + r0 * KP, KP, 1, hS + c0, SP, 1, K);
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int i = r0 + frag_row(r), e = c0 + frag_col(r);
+        const float x = uS[i * SP + e] - acc[r];
+        vnS[i * SP + e] = x;
+        if (for_backward && i < L) p.vn[((t0 + i) * p.HV + hv) * p.V + e0 + e] = x;
       }
-      vnS[idx] = s;
     }
     __syncthreads();
+    // o = Qg S + Aqk v_new
     if (o)
-      for (int idx = tid; idx < L * kVTile; idx += kThreads) {
-        const int i = idx / kVTile, e = idx % kVTile;
-        float s = 0.0f;
-        for (int d = 0; d < K; ++d) s += qgS[i * KP + d] * hS[d * kVTile + e];
-        for (int j = 0; j <= i; ++j) s += aqS[i * kSmallStride + j] * vnS[j * kVTile + e];
-        store_f(o, o_dt, ((t0 + i) * p.HV + hv) * p.V + e0 + e, s);
+      for (int tile = warp; tile < 4 * NT; tile += kThreads / 32) {
+        const int r0 = (tile / NT) * 16, c0 = (tile % NT) * 8;
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        warp_gemm(acc, qgS + r0 * KP, KP, 1, hS + c0, SP, 1, K);
+        warp_gemm(acc, aqS + r0 * AP, AP, 1, vnS + c0, SP, 1, kChunk);
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int i = r0 + frag_row(r), e = c0 + frag_col(r);
+          if (i < L) store_f(o, o_dt, ((t0 + i) * p.HV + hv) * p.V + e0 + e, acc[r]);
+        }
       }
     __syncthreads();
-    for (int idx = tid; idx < K * kVTile; idx += kThreads) {
-      const int d = idx / kVTile, e = idx % kVTile;
-      float s = __expf(glS[d]) * hS[idx];
-      for (int j = 0; j < L; ++j) s += klS[j * KP + d] * vnS[j * kVTile + e];
-      hS[idx] = s;
+    // S <- exp(G_last) S + Kl^T v_new   (K x BV; each warp owns its tiles, updated in place)
+    for (int tile = warp; tile < (K / 16) * NT; tile += kThreads / 32) {
+      const int r0 = (tile / NT) * 16, c0 = (tile % NT) * 8;
+      float acc[4];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int d = r0 + frag_row(r), e = c0 + frag_col(r);
+        acc[r] = __expf(glS[d]) * hS[d * SP + e];
+      }
+      warp_gemm(acc, klS + r0, 1, KP, vnS + c0, SP, 1, kChunk);
+#pragma unroll
+      for (int r = 0; r < 4; ++r) hS[(r0 + frag_row(r)) * SP + c0 + frag_col(r)] = acc[r];
     }
     __syncthreads();
   }
   if (final_state)
-    for (int idx = tid; idx < K * kVTile; idx += kThreads) {
-      const int d = idx / kVTile, e = idx % kVTile;
-      store_f(final_state, final_dt, state_index(p, n, hv, d, e0 + e), hS[idx]);
+    for (int idx = tid; idx < K * BV; idx += kThreads) {
+      const int d = idx / BV, e = idx % BV;
+      store_f(final_state, final_dt, state_index(p, n, hv, d, e0 + e), hS[d * SP + e]);
     }
 }
 
 size_t intra_fwd_smem(int K) { return sizeof(float) * (3 * kChunk * (K + 1) + 2 * kChunk * kSmallStride + kChunk); }
-size_t state_fwd_smem(int K) {
-  return sizeof(float) * (3 * kChunk * (K + 1) + kChunk * kSmallStride + K * kVTile + kChunk * kVTile + K);
+size_t state_fwd_smem(int K, int BV) {
+  return sizeof(float) * (3 * kChunk * (K + 4) + kChunk * (kChunk + 4) + (K + 2 * kChunk) * (BV + 8) + K);
 }
 
 template <class T>
@@ -348,13 +376,47 @@ int dtype_code(DType dtype, const char* name) {
   }
 }
 
+StageTimer::StageTimer(cudaStream_t s) : stream(s) {
+  const char* env = std::getenv("SEQMIX_KDA_TIMING");
+  enabled = env && env[0] == '1';
+}
+
+void StageTimer::mark(const char* name) {
+  if (!enabled || count >= 16) return;
+  cudaEventCreate(&events[count]);
+  cudaEventRecord(events[count], stream);
+  names[count++] = name;
+}
+
+StageTimer::~StageTimer() {
+  if (!enabled || count == 0) return;
+  cudaEventSynchronize(events[count - 1]);
+  for (int i = 1; i < count; ++i) {
+    float ms = 0.0f;
+    cudaEventElapsedTime(&ms, events[i - 1], events[i]);
+    std::fprintf(stderr, "[kda timing] %-12s %8.3f ms\n", names[i], ms);
+  }
+  for (int i = 0; i < count; ++i) cudaEventDestroy(events[i]);
+}
+
+int state_value_tile(const KdaDev& p) {
+  static int sms = [] {
+    int device = 0, count = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
+    return count;
+  }();
+  const int64_t blocks32 = static_cast<int64_t>(p.N) * p.HV * (p.V / 32);
+  return (p.cu_seqlens != nullptr || blocks32 < 2 * static_cast<int64_t>(sms)) ? 16 : 32;
+}
+
 Workspace::~Workspace() {
   if (base) cudaFreeAsync(base, stream);
 }
 
 void run_forward(const cpu::KdaArgs& a, const TensorView* cu_seqlens, const TensorView* o,
                  const TensorView* final_state, bool for_backward, KdaDev& p, int64_t& max_chunks,
-                 Workspace& workspace, cudaStream_t stream) {
+                 Workspace& workspace, StageTimer& timer, cudaStream_t stream) {
   p = KdaDev{};
   p.q = a.q->data;
   p.k = a.k->data;
@@ -395,6 +457,7 @@ void run_forward(const cpu::KdaArgs& a, const TensorView* cu_seqlens, const Tens
   carve_all(static_cast<char*>(workspace.base), sizes, for_backward, &p);
 
   if (p.N == 0) return;
+  timer.mark("start");
   build_tables_kernel<<<1, kTableThreads, 0, stream>>>(p);
   SEQMIX_CUDA_CHECK(cudaGetLastError());
   if (p.tokens > 0) {
@@ -406,17 +469,28 @@ void run_forward(const cpu::KdaArgs& a, const TensorView* cu_seqlens, const Tens
     const dim3 chunk_grid(static_cast<unsigned>(max_chunks), static_cast<unsigned>(p.HV));
     prepare_gate_kernel<<<chunk_grid, 128, 0, stream>>>(p);
     SEQMIX_CUDA_CHECK(cudaGetLastError());
+    timer.mark("prepare");
     const size_t intra_smem = intra_fwd_smem(p.K);
     set_smem_limit(reinterpret_cast<const void*>(intra_fwd_kernel), intra_smem);
     intra_fwd_kernel<<<chunk_grid, kThreads, intra_smem, stream>>>(p);
     SEQMIX_CUDA_CHECK(cudaGetLastError());
+    timer.mark("intra_fwd");
   }
-  const size_t state_smem = state_fwd_smem(p.K);
-  set_smem_limit(reinterpret_cast<const void*>(state_fwd_kernel), state_smem);
-  const dim3 state_grid(static_cast<unsigned>(p.N), static_cast<unsigned>(p.HV), static_cast<unsigned>(p.V / kVTile));
-  state_fwd_kernel<<<state_grid, kThreads, state_smem, stream>>>(
-      p, o ? o->data : nullptr, o ? dtype_code(o->dtype, "o") : 0, final_state ? final_state->data : nullptr,
-      final_state ? dtype_code(final_state->dtype, "final_state") : 0, for_backward);
+  const int bv = state_value_tile(p);
+  const size_t state_smem = state_fwd_smem(p.K, bv);
+  const dim3 state_grid(static_cast<unsigned>(p.N), static_cast<unsigned>(p.HV), static_cast<unsigned>(p.V / bv));
+  void* o_ptr = o ? o->data : nullptr;
+  const int o_dt = o ? dtype_code(o->dtype, "o") : 0;
+  void* fs_ptr = final_state ? final_state->data : nullptr;
+  const int fs_dt = final_state ? dtype_code(final_state->dtype, "final_state") : 0;
+  if (bv == 16) {
+    set_smem_limit(reinterpret_cast<const void*>(state_fwd_kernel<16>), state_smem);
+    state_fwd_kernel<16><<<state_grid, kThreads, state_smem, stream>>>(p, o_ptr, o_dt, fs_ptr, fs_dt, for_backward);
+  } else {
+    set_smem_limit(reinterpret_cast<const void*>(state_fwd_kernel<32>), state_smem);
+    state_fwd_kernel<32><<<state_grid, kThreads, state_smem, stream>>>(p, o_ptr, o_dt, fs_ptr, fs_dt, for_backward);
+  }
+  timer.mark("state_fwd");
   SEQMIX_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -444,8 +518,9 @@ void chunk_kda_fwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
                    const TensorView* final_state, cudaStream_t stream) {
   kda::KdaDev dev;
   kda::Workspace workspace;
+  kda::StageTimer timer(stream);
   int64_t max_chunks = 0;
-  kda::run_forward(args, cu_seqlens, &o, final_state, false, dev, max_chunks, workspace, stream);
+  kda::run_forward(args, cu_seqlens, &o, final_state, false, dev, max_chunks, workspace, timer, stream);
 }
 
 }  // namespace seqmix::cuda
