@@ -158,10 +158,10 @@ int main(int argc, char** argv) {
     fwd();
     cuda_synchronize();
     pool_reset();
-    const double fwd_ms = time_ms(fwd, 10);
+    const double fwd_ms = time_ms(fwd, 5);
     const size_t fwd_peak = inputs + bytes_of(o) + pool_high();
     pool_reset();
-    const double fwd_bwd_ms = time_ms(fwd_bwd, 5);
+    const double fwd_bwd_ms = time_ms(fwd_bwd, 3);
     const size_t fwd_bwd_peak = inputs + bytes_of(o) + grads + pool_high();
 
     // Roofline. bf16 traffic: q, k, v, g (+ beta) in, o out (fwd); backward reads them again plus do and

@@ -6,6 +6,7 @@ fwd+bwd runs the autograd forward and o.backward(do). Peak memory = torch.cuda.m
 timed calls (inputs, outputs and gradients included, as kda_bench counts them).
 
   PYTHONPATH=peers/fla-repo python3 bench/kda_vs_fla.py --out fla.json [--ours ours.json --merge h100.json]
+  python3 bench/kda_vs_fla.py --out unused --fla-json fla.json --ours ours.json --merge bench/results/h100.json
 
 With --ours/--merge, writes {"kda": {shape: {"ours": ..., "fla": ..., ratios}}} into the merge file, keeping
 its other keys.
@@ -46,12 +47,13 @@ def time_ms(fn, iters):
     return start.elapsed_time(end) / iters
 
 
-def bench_fla():
+def bench_fla(out_path, order):
     from fla.ops.kda import chunk_kda
 
     dev = "cuda"
     out = {}
-    for name, B, T, H, lengths in SHAPES:
+    shapes = sorted(SHAPES, key=lambda x: order.index(x[0]) if x[0] in order else len(order))
+    for name, B, T, H, lengths in shapes:
         D = 128
         torch.manual_seed(0)
         q = torch.empty(B, T, H, D, device=dev, dtype=torch.bfloat16).uniform_(-1, 1)
@@ -105,6 +107,8 @@ def bench_fla():
               f"{fb_peak / mib:8.1f} MiB", flush=True)
         del q, k, v, g, beta, do, params
         torch.cuda.empty_cache()
+        with open(out_path, "w") as f:  # after every shape: a timeout keeps what was measured
+            json.dump(out, f, indent=1)
     return out
 
 
@@ -114,10 +118,16 @@ def main():
     ap.add_argument("--ours")
     ap.add_argument("--merge")
     ap.add_argument("--command", default="")
+    ap.add_argument("--order", default="", help="comma-separated shape names to run first")
+    ap.add_argument("--fla-json", nargs="*", help="merge only: FLA results measured earlier (later files win)")
     args = ap.parse_args()
-    fla = bench_fla()
-    with open(args.out, "w") as f:
-        json.dump(fla, f, indent=1)
+    if args.fla_json:
+        fla = {}
+        for path in args.fla_json:
+            with open(path) as f:
+                fla.update(json.load(f))
+    else:
+        fla = bench_fla(args.out, args.order.split(","))
     if not (args.ours and args.merge):
         return
     with open(args.ours) as f:
@@ -127,7 +137,8 @@ def main():
             merged = json.load(f)
     except (OSError, ValueError):
         merged = {}
-    kda = {"command": args.command, "device": torch.cuda.get_device_name(), "fla_commit": "bc3b101",
+    kda = {"command": args.command, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "H100",
+           "fla_commit": "bc3b101",
            "config": "bf16, K=V=128, qk l2norm + softplus gate (A_log, dt_bias) in kernel, no states", "shapes": {}}
     for name in fla:
         o, r = ours.get(name, {}), fla[name]

@@ -41,9 +41,8 @@ cmd="OUT=\$OUT bash bench/run_kda_device.sh (kda_bench + PYTHONPATH=peers/fla-re
 export TRITON_CACHE_DIR=$PWD/.triton_cache PYTHONUNBUFFERED=1
 left=$(( BUDGET - $(date +%s) + t0 )); echo "fla gets ${left} s"
 PYTHONPATH=$FLA timeout $left python3 bench/kda_vs_fla.py --out "$RES/fla.json" --ours "$RES/ours.json" \
-  --merge "$RES/h100_kda.json" --command "$cmd" > "$OUT/fla.txt" 2>&1; echo "fla rc=$?"; tail -12 "$OUT/fla.txt"
+  --merge "$RES/h100_kda.json" --command "$cmd" --order "${FLA_ORDER:-}" > "$OUT/fla.txt" 2>&1; echo "fla rc=$?"; tail -12 "$OUT/fla.txt"
 echo "fla $(( $(date +%s) - t0 )) s"
-tar czf "$RES/triton_cache.tgz" .triton_cache 2>/dev/null; ls -la "$RES/triton_cache.tgz"
 if [ "${SANITIZE:-1}" = 1 ]; then
   timeout ${SAN_TIMEOUT:-60} compute-sanitizer --tool memcheck ./build-cuda/kda_cuda_test \
     --gtest_filter='KdaCuda.BadInputs*:KdaCuda.BackwardIsDeterministic' > "$OUT/memcheck.log" 2>&1

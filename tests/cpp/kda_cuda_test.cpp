@@ -143,17 +143,18 @@ struct DeviceInputs {
   CudaTensor q, k, v, g, beta, A_log, dt_bias, h0, cu;
 };
 
-DeviceInputs upload(const Inputs& in) {
+// Optional inputs by the case's flags (a default HostTensor is rank 0 with numel() == 1, not empty).
+DeviceInputs upload(const Case& c, const Inputs& in) {
   DeviceInputs d;
   d.q = CudaTensor::from_host(in.q);
   d.k = CudaTensor::from_host(in.k);
   d.v = CudaTensor::from_host(in.v);
   d.g = CudaTensor::from_host(in.g);
   d.beta = CudaTensor::from_host(in.beta);
-  if (in.A_log.numel()) d.A_log = CudaTensor::from_host(in.A_log);
-  if (in.dt_bias.numel()) d.dt_bias = CudaTensor::from_host(in.dt_bias);
-  if (in.h0.numel()) d.h0 = CudaTensor::from_host(in.h0);
-  if (in.cu.numel()) d.cu = CudaTensor::from_host(in.cu);
+  if (c.A_log) d.A_log = CudaTensor::from_host(in.A_log);
+  if (c.dt_bias) d.dt_bias = CudaTensor::from_host(in.dt_bias);
+  if (c.h0) d.h0 = CudaTensor::from_host(in.h0);
+  if (!c.cu_seqlens.empty()) d.cu = CudaTensor::from_host(in.cu);
   return d;
 }
 
@@ -200,7 +201,7 @@ Outputs reference(const Case& c, const Inputs& in, const HostTensor& d_o, const 
 Outputs on_device(const Case& c, const Inputs& in, const HostTensor& d_o, const HostTensor& dht) {
   const KdaParams params = c.params();
   std::fprintf(stderr, "[kda_cuda] %s: upload\n", c.name.c_str());
-  const DeviceInputs d = upload(in);
+  const DeviceInputs d = upload(c, in);
   std::fprintf(stderr, "[kda_cuda] %s: forward\n", c.name.c_str());
   const TensorView A = d.A_log.view(), bias = d.dt_bias.view(), h0 = d.h0.view(), cu = d.cu.view();
   const TensorView* A_p = c.A_log ? &A : nullptr;

@@ -58,23 +58,14 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
     const int L = static_cast<int>(left < kChunk ? left : kChunk);
     for (int d = tid; d < K; d += kThreads) glS[d] = p.gc[((t0 + L - 1) * p.HV + hv) * K + d];
     __syncthreads();
-    for (int idx = tid; idx < kChunk * K; idx += kThreads) {
-      const int i = idx / K, d = idx % K;
-      const bool in = i < L;
-      const int64_t t = t0 + i;
-      const float g = in ? p.gc[(t * p.HV + hv) * K + d] : 0.0f;
-      wS[i * KP + d] = in ? p.w[(t * p.HV + hv) * K + d] : 0.0f;
-      klS[i * KP + d] = in ? __expf(glS[d] - g) * p.kp[(t * p.H + h) * K + d] : 0.0f;
-      qgS[i * KP + d] = in ? p.scale * __expf(g) * p.qp[(t * p.H + h) * K + d] : 0.0f;
-    }
-    for (int idx = tid; idx < kChunk * kChunk; idx += kThreads) {
-      const int i = idx / kChunk, j = idx % kChunk;
-      aqS[i * AP + j] = i < L ? p.Aqk[((t0 + i) * p.HV + hv) * kChunk + j] : 0.0f;
-    }
-    for (int idx = tid; idx < kChunk * BV; idx += kThreads) {
-      const int i = idx / BV, e = idx % BV;
-      doS[i * SP + e] = i < L ? load_f(d_out, d_out_dt, ((t0 + i) * p.HV + hv) * p.V + e0 + e) : 0.0f;
-    }
+    load_chunk_tiles(p, t0, L, hv, h, glS, wS, klS, qgS, aqS);
+    batched<8>(
+        kChunk * BV,
+        [&](int idx) {
+          const int i = idx / BV, e = idx % BV;
+          return i < L ? load_f(d_out, d_out_dt, ((t0 + i) * p.HV + hv) * p.V + e0 + e) : 0.0f;
+        },
+        [&](int idx, float v) { doS[(idx / BV) * SP + idx % BV] = v; });
     for (int idx = tid; idx < K * BV; idx += kThreads) {
       const int d = idx / BV, e = idx % BV;
       p.dhs[((c * p.HV + hv) * K + d) * p.V + e0 + e] = dhS[d * SP + e];
@@ -143,20 +134,38 @@ __global__ void __launch_bounds__(kThreads) intra_bwd_kernel(KdaDev p, const voi
 
   auto row_at = [&](int i) { return (t0 + i) * p.HV + hv; };
   // Loads rows [0, 64) of a [tokens, HV, K]-shaped fp32 scratch (or the dtype input) into a tile.
+  const int k4 = K / 4;
+  // Rows [0, 64) of a row-major fp32 array (row i at src + (t0 + i) * row_stride + col0) into a
+  // [64, K + 1] tile, float4 loads batched per thread; rows >= L zero.
+  auto load_f32_rows = [&](float* dst, const float* src, int64_t row_stride, int64_t col0) {
+    batched<4>(
+        kChunk * k4,
+        [&](int idx) {
+          const int i = idx / k4, d = (idx % k4) * 4;
+          return i < L ? ldg4(src + (t0 + i) * row_stride + col0 + d) : zero4();
+        },
+        [&](int idx, const float4& v) { st4_scalar(dst + (idx / k4) * KP + (idx % k4) * 4, v); });
+  };
+  // Loads rows [0, 64) of a [tokens, HV, K]-shaped fp32 scratch (or the dtype input) into a tile.
   auto load_rows = [&](float* dst, const float* src_f32, const void* src, int src_dt) {
-    for (int idx = tid; idx < kChunk * K; idx += kThreads) {
-      const int i = idx / K, d = idx % K;
-      float x = 0.0f;
-      if (i < L) x = src_f32 ? src_f32[row_at(i) * K + d] : load_f(src, src_dt, row_at(i) * K + d);
-      dst[i * KP + d] = x;
+    if (src_f32) {
+      load_f32_rows(dst, src_f32, static_cast<int64_t>(p.HV) * K, static_cast<int64_t>(hv) * K);
+      return;
     }
+    batched<8>(
+        kChunk * K,
+        [&](int idx) {
+          const int i = idx / K, d = idx % K;
+          return i < L ? load_f(src, src_dt, row_at(i) * K + d) : 0.0f;
+        },
+        [&](int idx, float x) { dst[(idx / K) * KP + idx % K] = x; });
   };
   // Rows [64 * half, 64 * half + 64) of the [K, V] state tile of chunk c.
   auto load_state_half = [&](float* dst, const float* states, int half) {
-    for (int idx = tid; idx < kChunk * K; idx += kThreads) {
-      const int r = idx / K, e = idx % K;
-      dst[r * KP + e] = states[((c * p.HV + hv) * K + half * kChunk + r) * p.V + e];
-    }
+    const float* base = states + ((c * p.HV + hv) * K + half * kChunk) * p.V;
+    batched<4>(
+        kChunk * k4, [&](int idx) { return ldg4(base + (idx / k4) * p.V + (idx % k4) * 4); },
+        [&](int idx, const float4& v) { st4_scalar(dst + (idx / k4) * KP + (idx % k4) * 4, v); });
   };
   // Adds a per-entry value into the dbeta partial of its row (warp sum; one owner per slot).
   auto add_dbeta = [&](int r, float value) {
@@ -165,21 +174,39 @@ __global__ void __launch_bounds__(kThreads) intra_bwd_kernel(KdaDev p, const voi
     if (lane == 0) red[(idx / K) * 4 + (idx % K) / 32] += s;
   };
 
+  // s0[i][dd] = sum_e a_tile[i][e] Z[dd][e] for i, dd < 64 (a_tile [64, K + 1], Z a half state tile
+  // [64, K + 1]) on the tensor cores (3xTF32); s0 is free between the dAqk and dA steps.
+  const int warp = tid / 32;
+  // With lower: only j <= i < L kept (the rest zero).
+  auto product = [&](const float* a_tile, const float* b_tile, bool lower) {
+    for (int tile = warp; tile < 32; tile += kThreads / 32) {
+      const int r0 = (tile / 8) * 16, c0 = (tile % 8) * 8;
+      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      warp_gemm(acc, a_tile + r0 * KP, KP, 1, b_tile + c0 * KP, 1, KP, K);
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int i = r0 + frag_row(r), j = c0 + frag_col(r);
+        s0[i * kSmallStride + j] = (!lower || (j <= i && i < L)) ? acc[r] : 0.0f;
+      }
+    }
+  };
+  auto product_half = [&](const float* a_tile) { product(a_tile, Z, false); };
+
   float acc_dq[kMaxEntries], acc_dk[kMaxEntries], acc_dg[kMaxEntries], tmp[kMaxEntries];
 #pragma unroll
   for (int r = 0; r < kMaxEntries; ++r) acc_dq[r] = acc_dk[r] = acc_dg[r] = tmp[r] = 0.0f;
 
-  for (int idx = tid; idx < kChunk * K; idx += kThreads) {
-    const int i = idx / K, d = idx % K;
-    kS[i * KP + d] = i < L ? p.kp[((t0 + i) * p.H + h) * K + d] : 0.0f;
-  }
+  load_f32_rows(kS, p.kp, static_cast<int64_t>(p.H) * K, static_cast<int64_t>(h) * K);
   load_rows(gS, p.gc, nullptr, 0);
   load_rows(X, nullptr, d_out, d_out_dt);
   load_rows(Y, p.vn, nullptr, 0);
-  for (int idx = tid; idx < kChunk * kChunk; idx += kThreads) {
-    const int i = idx / kChunk, j = idx % kChunk;
-    s1[i * kSmallStride + j] = i < L ? p.A[row_at(i) * kChunk + j] : 0.0f;
-  }
+  batched<4>(
+      kChunk * (kChunk / 4),
+      [&](int idx) {
+        const int i = idx / (kChunk / 4), j = (idx % (kChunk / 4)) * 4;
+        return i < L ? ldg4(p.A + row_at(i) * kChunk + j) : zero4();
+      },
+      [&](int idx, const float4& v) { st4_scalar(s1 + (idx / (kChunk / 4)) * kSmallStride + (idx % (kChunk / 4)) * 4, v); });
   for (int i = tid; i < kChunk; i += kThreads) {
     bS[i] = i < L ? p.bp[row_at(i)] : 0.0f;
     for (int s = 0; s < 4; ++s) red[i * 4 + s] = 0.0f;
@@ -187,19 +214,10 @@ __global__ void __launch_bounds__(kThreads) intra_bwd_kernel(KdaDev p, const voi
   __syncthreads();
   for (int d = tid; d < K; d += kThreads) dGl[d] = gS[(L - 1) * KP + d];
   // dAqk = tril(do v_new^T)
-  for (int idx = tid; idx < kChunk * kChunk; idx += kThreads) {
-    const int i = idx / kChunk, j = idx % kChunk;
-    float s = 0.0f;
-    if (j <= i && i < L)
-      for (int e = 0; e < K; ++e) s += X[i * KP + e] * Y[j * KP + e];
-    s0[i * kSmallStride + j] = s;
-  }
+  product(X, Y, true);
   __syncthreads();
   const float* g_last = dGl;  // G_last lives in dGl until the dG_last sums replace it below
-  for (int idx = tid; idx < kChunk * K; idx += kThreads) {
-    const int i = idx / K, d = idx % K;
-    Z[i * KP + d] = i < L ? p.qp[((t0 + i) * p.H + h) * K + d] : 0.0f;
-  }
+  load_f32_rows(Z, p.qp, static_cast<int64_t>(p.H) * K, static_cast<int64_t>(h) * K);
   __syncthreads();
   // dq += scale sum_{j<=i} dAqk_ij k_j exp(G_i - G_j);  dk_i += scale sum_{m>=i} dAqk_mi q_m exp(G_m - G_i)
 #pragma unroll
@@ -220,14 +238,14 @@ __global__ void __launch_bounds__(kThreads) intra_bwd_kernel(KdaDev p, const voi
   for (int half = 0; half < K / kChunk; ++half) {
     load_state_half(Z, p.dhs, half);
     __syncthreads();
+    product_half(Y);
+    __syncthreads();
 #pragma unroll
     for (int r = 0; r < kMaxEntries; ++r) {
       if (r >= entries) break;
       const int idx = tid + r * kThreads, i = idx / K, d = idx % K;
       if (i >= L || d / kChunk != half) continue;
-      float s = 0.0f;
-      const float* zr = Z + (d - half * kChunk) * KP;
-      for (int e = 0; e < K; ++e) s += Y[i * KP + e] * zr[e];
+      float s = s0[i * kSmallStride + d - half * kChunk];
       s *= __expf(g_last[d] - gS[i * KP + d]);
       tmp[r] = kS[i * KP + d] * s;
       acc_dk[r] += s;
@@ -263,14 +281,14 @@ __global__ void __launch_bounds__(kThreads) intra_bwd_kernel(KdaDev p, const voi
       dGl[tid] += __expf(gl_own) * s;
     }
     // dq += scale exp(G_i) sum_e do_ie S_de   (X = do)
+    product_half(X);
+    __syncthreads();
 #pragma unroll
     for (int r = 0; r < kMaxEntries; ++r) {
       if (r >= entries) break;
       const int idx = tid + r * kThreads, i = idx / K, d = idx % K;
       if (i >= L || d / kChunk != half) continue;
-      float s = 0.0f;
-      const float* zr = Z + (d - half * kChunk) * KP;
-      for (int e = 0; e < K; ++e) s += X[i * KP + e] * zr[e];
+      const float s = s0[i * kSmallStride + d - half * kChunk];
       acc_dq[r] += p.scale * __expf(gS[i * KP + d]) * s;
     }
   }
@@ -281,15 +299,14 @@ __global__ void __launch_bounds__(kThreads) intra_bwd_kernel(KdaDev p, const voi
     __syncthreads();
     load_state_half(Z, p.hs, half);
     __syncthreads();
+    product_half(X);
+    __syncthreads();
 #pragma unroll
     for (int r = 0; r < kMaxEntries; ++r) {
       if (r >= entries) break;
       const int idx = tid + r * kThreads, i = idx / K, d = idx % K;
       if (i >= L || d / kChunk != half) continue;
-      float s = 0.0f;
-      const float* zr = Z + (d - half * kChunk) * KP;
-      for (int e = 0; e < K; ++e) s -= X[i * KP + e] * zr[e];
-      tmp[r] = s;
+      tmp[r] = -s0[i * kSmallStride + d - half * kChunk];
     }
   }
   __syncthreads();
@@ -299,6 +316,7 @@ __global__ void __launch_bounds__(kThreads) intra_bwd_kernel(KdaDev p, const voi
     const int idx = tid + r * kThreads;
     Y[(idx / K) * KP + idx % K] = tmp[r];
   }
+  load_rows(Z, nullptr, p.v, p.in_dt);  // v (V == K: the same tile shape)
   __syncthreads();
   // d(beta Kb)_j = (A^T dw)_j: dk_j += beta_j exp(G_j) T2_j; dbeta_j += T2_j . Kb_j
   // d(beta v)_j = (A^T dv_new)_j: dv_j = beta_j T3_j; dbeta_j += T3_j . v_j
@@ -317,16 +335,12 @@ __global__ void __launch_bounds__(kThreads) intra_bwd_kernel(KdaDev p, const voi
       const float dkb = bS[j] * eg * t2;
       acc_dk[r] += dkb;
       acc_dg[r] += kS[j * KP + d] * dkb;
-      v_jd = load_f(p.v, p.in_dt, row_at(j) * p.V + d);
+      v_jd = Z[j * KP + d];
       store_f(dv, dv_dt, row_at(j) * p.V + d, bS[j] * t3);
     }
     add_dbeta(r, t2 * eg * kS[j * KP + d] + t3 * v_jd);
   }
-  // dA_ij (j < i) = beta_j (dw_i . Kb_j + dv_new_i . v_j); v goes to Z
-  for (int idx = tid; idx < kChunk * K; idx += kThreads) {
-    const int j = idx / K, e = idx % K;
-    Z[j * KP + e] = j < L ? load_f(p.v, p.in_dt, row_at(j) * p.V + e) : 0.0f;
-  }
+  // dA_ij (j < i) = beta_j (dw_i . Kb_j + dv_new_i . v_j)   (Z = v)
   __syncthreads();
   for (int idx = tid; idx < kChunk * kChunk; idx += kThreads) {
     const int i = idx / kChunk, j = idx % kChunk;
@@ -461,15 +475,17 @@ __global__ void finalize_gate_beta_kernel(KdaDev p, void* dg, void* dbeta, int d
   }
 }
 
-// One block per value head: dA_log[hv] = sum_{t,d} dG * dg/dA_log, ddt_bias[hv, d] = sum_t dG * dg/dg_raw,
-// each thread a fixed (channel, token stride) slice, combined in a fixed order.
+// dA_log[hv] = sum_{t,d} dG * dg/dA_log, ddt_bias[hv, d] = sum_t dG * dg/dg_raw in two deterministic
+// passes: one block per (value head, token slice) writes slice partials (each thread a fixed channel
+// and token stride, combined in a fixed order), then one block per value head adds the slices in order.
 constexpr int kReduceThreads = 256;
-__global__ void __launch_bounds__(kReduceThreads) reduce_gate_params_kernel(KdaDev p, void* dA_log, int dA_dt,
-                                                                            void* ddt_bias, int dbias_dt) {
+__global__ void __launch_bounds__(kReduceThreads) gate_params_partial_kernel(KdaDev p) {
   __shared__ float bias_part[kReduceThreads], a_part[kReduceThreads];
-  const int hv = blockIdx.x, tid = threadIdx.x, d = tid % p.K, lanes_per_d = kReduceThreads / p.K;
+  const int hv = blockIdx.x, slice = blockIdx.y, tid = threadIdx.x, d = tid % p.K, lanes_per_d = kReduceThreads / p.K;
+  const int64_t per = (p.tokens + kGateSlices - 1) / kGateSlices, t_begin = slice * per;
+  const int64_t t_end = t_begin + per < p.tokens ? t_begin + per : p.tokens;
   float sb = 0.0f, sa = 0.0f;
-  for (int64_t t = tid / p.K; t < p.tokens; t += lanes_per_d) {
+  for (int64_t t = t_begin + tid / p.K; t < t_end; t += lanes_per_d) {
     const int64_t i = (t * p.HV + hv) * p.K + d;
     float d_raw, d_A;
     gate_value(p, load_f(p.g, p.in_dt, i), hv, d, &d_raw, &d_A);
@@ -479,14 +495,28 @@ __global__ void __launch_bounds__(kReduceThreads) reduce_gate_params_kernel(KdaD
   bias_part[tid] = sb;
   a_part[tid] = sa;
   __syncthreads();
-  if (ddt_bias && tid < p.K) {
+  float* out = p.gate_part + (static_cast<int64_t>(hv) * kGateSlices + slice) * (p.K + 1);
+  if (tid < p.K) {
     float s = 0.0f;
     for (int l = 0; l < lanes_per_d; ++l) s += bias_part[l * p.K + tid];
-    store_f(ddt_bias, dbias_dt, static_cast<int64_t>(hv) * p.K + tid, s);
+    out[tid] = s;
   }
-  if (dA_log && tid == 0) {
+  if (tid == 0) {
     float s = 0.0f;
     for (int l = 0; l < kReduceThreads; ++l) s += a_part[l];
+    out[p.K] = s;
+  }
+}
+
+__global__ void gate_params_final_kernel(KdaDev p, void* dA_log, int dA_dt, void* ddt_bias, int dbias_dt) {
+  const int hv = blockIdx.x, tid = threadIdx.x;
+  if (tid > p.K) return;
+  const float* part = p.gate_part + static_cast<int64_t>(hv) * kGateSlices * (p.K + 1);
+  float s = 0.0f;
+  for (int slice = 0; slice < kGateSlices; ++slice) s += part[slice * (p.K + 1) + tid];
+  if (tid < p.K) {
+    if (ddt_bias) store_f(ddt_bias, dbias_dt, static_cast<int64_t>(hv) * p.K + tid, s);
+  } else if (dA_log) {
     store_f(dA_log, dA_dt, hv, s);
   }
 }
@@ -512,7 +542,6 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
   int64_t max_chunks = 0;
   run_forward(args, cu_seqlens, nullptr, nullptr, true, p, max_chunks, workspace, timer, stream);
   const int dt = dtype_code(dq.dtype, "dq");
-  if (p.N == 0) return;
   const int bv = state_value_tile(p);
   const size_t state_smem = state_bwd_smem(p.K, bv);
   const dim3 state_grid(static_cast<unsigned>(p.N), static_cast<unsigned>(p.HV), static_cast<unsigned>(p.V / bv));
@@ -521,7 +550,9 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
   const int dht_dt = dht ? dtype_code(dht->dtype, "dht") : 0;
   void* dh0_ptr = dh0 ? dh0->data : nullptr;
   const int dh0_dt = dh0 ? dtype_code(dh0->dtype, "dh0") : 0;
-  if (bv == 16) {
+  if (p.N == 0) {
+    // no sequence: nothing to differentiate (dA_log / ddt_bias below become zero)
+  } else if (bv == 16) {
     set_smem_limit(reinterpret_cast<const void*>(state_bwd_kernel<16>), state_smem);
     state_bwd_kernel<16><<<state_grid, kThreads, state_smem, stream>>>(p, do_.data, do_dt, dht_ptr, dht_dt, dh0_ptr,
                                                                         dh0_dt);
@@ -552,7 +583,9 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
     timer.mark("finalize");
   }
   if (dA_log || ddt_bias) {
-    reduce_gate_params_kernel<<<static_cast<unsigned>(p.HV), kReduceThreads, 0, stream>>>(
+    gate_params_partial_kernel<<<dim3(static_cast<unsigned>(p.HV), kGateSlices), kReduceThreads, 0, stream>>>(p);
+    SEQMIX_CUDA_CHECK(cudaGetLastError());
+    gate_params_final_kernel<<<static_cast<unsigned>(p.HV), p.K + 1, 0, stream>>>(
         p, dA_log ? dA_log->data : nullptr, dA_log ? dtype_code(dA_log->dtype, "dA_log") : 0,
         ddt_bias ? ddt_bias->data : nullptr, ddt_bias ? dtype_code(ddt_bias->dtype, "ddt_bias") : 0);
     SEQMIX_CUDA_CHECK(cudaGetLastError());

@@ -26,6 +26,7 @@ namespace seqmix::cuda::kda {
 
 constexpr int kChunk = 64;          // tokens per chunk (FLA's BT)
 constexpr int kThreads = 256;       // threads of every chunk / state block
+constexpr int kGateSlices = 64;     // token slices of the dA_log / ddt_bias reduction
 constexpr int kSmallStride = kChunk + 1;  // row stride of 64 x 64 tiles in shared memory (no bank conflicts)
 constexpr int kMaxEntries = 32;     // (row, channel) entries per thread of a 64 x K tile, K <= 128
 
@@ -64,6 +65,7 @@ struct KdaDev {
   int64_t *seq_offsets, *chunk_offsets;
   float *qp, *kp, *q_rstd, *k_rstd, *gc, *bp, *A, *Aqk, *w, *u;
   float *vn, *dvn, *hs, *dhs, *dq_hv, *dk_hv, *dgc, *dbp;
+  float* gate_part;  // [HV, kGateSlices, K + 1]: per-slice partial sums of ddt_bias (K) and dA_log (1)
 };
 
 // Offset of state entry (d, e) of (sequence n, head hv) in [N, HV, K, V] or [N, HV, V, K].
@@ -117,6 +119,30 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// ---- Batched loads: every thread issues U independent loads before storing any (the kernels are
+// otherwise bound by the latency of one global load at a time). load(idx) -> value, store(idx, value).
+template <int U, class Load, class Store>
+__device__ __forceinline__ void batched(int n, Load load, Store store) {
+  for (int base = threadIdx.x; base < n; base += kThreads * U) {
+    decltype(load(0)) v[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = base + u * kThreads;
+      if (idx < n) v[u] = load(idx);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = base + u * kThreads;
+      if (idx < n) store(idx, v[u]);
+    }
+  }
+}
+
+__device__ __forceinline__ float4 ldg4(const float* p) { return __ldg(reinterpret_cast<const float4*>(p)); }
+__device__ __forceinline__ float4 zero4() { return make_float4(0.0f, 0.0f, 0.0f, 0.0f); }
+__device__ __forceinline__ void st4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+__device__ __forceinline__ void st4_scalar(float* p, float4 v) { p[0] = v.x, p[1] = v.y, p[2] = v.z, p[3] = v.w; }
+
 // ---- Tensor-core products on fp32 shared-memory operands (mma.sync m16n8k8 TF32) ----
 // Operands are split x = hi + lo (both TF32) and multiplied as hi*hi + hi*lo + lo*hi ("3xTF32"),
 // which keeps fp32 accuracy (error ~2^-21 relative per product) at 3 MMAs per step.
@@ -166,6 +192,50 @@ __device__ __forceinline__ void warp_gemm(float c[4], const float* a, int a_rs, 
 __device__ __forceinline__ int frag_row(int r) { return ((threadIdx.x & 31) >> 2) + (r >= 2 ? 8 : 0); }
 __device__ __forceinline__ int frag_col(int r) { return 2 * (threadIdx.x & 3) + (r & 1); }
 
+// Loads w, Kl = exp(G_last - G) k, Qg = scale exp(G) q as [64, K + 4] and Aqk as [64, 68] for the
+// chunk at t0 (rows >= L zero), float4 loads batched per thread. glS must hold G_last.
+__device__ __forceinline__ void load_chunk_tiles(const KdaDev& p, int64_t t0, int L, int hv, int h, const float* glS,
+                                                 float* wS, float* klS, float* qgS, float* aqS) {
+  struct Four {
+    float4 g, w, k, q;
+  };
+  const int K = p.K, KP = K + 4, k4 = K / 4;
+  batched<2>(
+      kChunk * k4,
+      [&](int idx) {
+        Four f{zero4(), zero4(), zero4(), zero4()};
+        const int i = idx / k4, d = (idx % k4) * 4;
+        if (i < L) {
+          const int64_t t = t0 + i, a = (t * p.HV + hv) * K + d, b = (t * p.H + h) * K + d;
+          f.g = ldg4(p.gc + a);
+          f.w = ldg4(p.w + a);
+          f.k = ldg4(p.kp + b);
+          f.q = ldg4(p.qp + b);
+        }
+        return f;
+      },
+      [&](int idx, const Four& f) {
+        const int i = idx / k4, d = (idx % k4) * 4;
+        const bool in = i < L;
+        const float s = p.scale;
+        st4(wS + i * KP + d, f.w);
+        st4(klS + i * KP + d, in ? make_float4(__expf(glS[d] - f.g.x) * f.k.x, __expf(glS[d + 1] - f.g.y) * f.k.y,
+                                               __expf(glS[d + 2] - f.g.z) * f.k.z, __expf(glS[d + 3] - f.g.w) * f.k.w)
+                                 : zero4());
+        st4(qgS + i * KP + d, in ? make_float4(s * __expf(f.g.x) * f.q.x, s * __expf(f.g.y) * f.q.y,
+                                               s * __expf(f.g.z) * f.q.z, s * __expf(f.g.w) * f.q.w)
+                                 : zero4());
+      });
+  constexpr int AP = kChunk + 4, c4 = kChunk / 4;
+  batched<4>(
+      kChunk * c4,
+      [&](int idx) {
+        const int i = idx / c4, j = (idx % c4) * 4;
+        return i < L ? ldg4(p.Aqk + ((t0 + i) * p.HV + hv) * kChunk + j) : zero4();
+      },
+      [&](int idx, const float4& v) { st4(aqS + (idx / c4) * AP + (idx % c4) * 4, v); });
+}
+
 // Optional per-stage timing of the launches (SEQMIX_KDA_TIMING=1): events on the stream, printed
 // to stderr after a synchronisation at the end of the call. For profiling only.
 struct StageTimer {
@@ -193,8 +263,8 @@ void run_forward(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const T
                  const TensorView* final_state, bool for_backward, KdaDev& dev, int64_t& max_chunks,
                  Workspace& workspace, StageTimer& timer, cudaStream_t stream);
 
-// Value columns per block of the sequential state kernels: 16 when 32-column blocks would not fill
-// the device twice over or for varlen packs (shorter per-chunk latency on the longest sequence), else 32.
+// Value columns per block of the sequential state kernels: 16 when 32-column blocks would not occupy
+// every SM once (more blocks, shorter per-chunk latency), else 32 (half the per-chunk loads in total).
 int state_value_tile(const KdaDev& p);
 
 int dtype_code(DType dtype, const char* name);

@@ -125,14 +125,29 @@ __global__ void __launch_bounds__(kThreads) intra_fwd_kernel(KdaDev p) {
   float* As = Ms + kChunk * kSmallStride;
   float* bS = As + kChunk * kSmallStride;
 
-  for (int idx = tid; idx < kChunk * K; idx += kThreads) {
-    const int i = idx / K, d = idx % K;
-    const bool in = i < L;
-    const int64_t t = t0 + i;
-    kS[i * KP + d] = in ? p.kp[(t * p.H + h) * K + d] : 0.0f;
-    xS[i * KP + d] = in ? p.qp[(t * p.H + h) * K + d] : 0.0f;
-    gS[i * KP + d] = in ? p.gc[(t * p.HV + hv) * K + d] : 0.0f;
-  }
+  struct Three {
+    float4 k, q, g;
+  };
+  const int k4 = K / 4;
+  batched<2>(
+      kChunk * k4,
+      [&](int idx) {
+        Three f{zero4(), zero4(), zero4()};
+        const int i = idx / k4, d = (idx % k4) * 4;
+        if (i < L) {
+          const int64_t t = t0 + i;
+          f.k = ldg4(p.kp + (t * p.H + h) * K + d);
+          f.q = ldg4(p.qp + (t * p.H + h) * K + d);
+          f.g = ldg4(p.gc + (t * p.HV + hv) * K + d);
+        }
+        return f;
+      },
+      [&](int idx, const Three& f) {
+        const int at = (idx / k4) * KP + (idx % k4) * 4;
+        st4_scalar(kS + at, f.k);
+        st4_scalar(xS + at, f.q);
+        st4_scalar(gS + at, f.g);
+      });
   for (int i = tid; i < kChunk; i += kThreads) bS[i] = i < L ? p.bp[(t0 + i) * p.HV + hv] : 0.0f;
   __syncthreads();
 
@@ -195,10 +210,13 @@ __global__ void __launch_bounds__(kThreads) intra_fwd_kernel(KdaDev p) {
   product(p.w, K);
   __syncthreads();
   // u = A (beta v)   (V == K: the same tile shape)
-  for (int idx = tid; idx < kChunk * K; idx += kThreads) {
-    const int j = idx / K, e = idx % K;
-    xS[j * KP + e] = j < L ? bS[j] * load_f(p.v, p.in_dt, ((t0 + j) * p.HV + hv) * p.V + e) : 0.0f;
-  }
+  batched<8>(
+      kChunk * K,
+      [&](int idx) {
+        const int j = idx / K, e = idx % K;
+        return j < L ? bS[j] * load_f(p.v, p.in_dt, ((t0 + j) * p.HV + hv) * p.V + e) : 0.0f;
+      },
+      [&](int idx, float x) { xS[(idx / K) * KP + idx % K] = x; });
   __syncthreads();
   product(p.u, p.V);
 }
@@ -235,23 +253,14 @@ __global__ void __launch_bounds__(kThreads) state_fwd_kernel(KdaDev p, void* o, 
     const int L = static_cast<int>(left < kChunk ? left : kChunk);
     for (int d = tid; d < K; d += kThreads) glS[d] = p.gc[((t0 + L - 1) * p.HV + hv) * K + d];
     __syncthreads();
-    for (int idx = tid; idx < kChunk * K; idx += kThreads) {
-      const int i = idx / K, d = idx % K;
-      const bool in = i < L;
-      const int64_t t = t0 + i;
-      const float g = in ? p.gc[(t * p.HV + hv) * K + d] : 0.0f;
-      wS[i * KP + d] = in ? p.w[(t * p.HV + hv) * K + d] : 0.0f;
-      klS[i * KP + d] = in ? __expf(glS[d] - g) * p.kp[(t * p.H + h) * K + d] : 0.0f;
-      qgS[i * KP + d] = in ? p.scale * __expf(g) * p.qp[(t * p.H + h) * K + d] : 0.0f;
-    }
-    for (int idx = tid; idx < kChunk * kChunk; idx += kThreads) {
-      const int i = idx / kChunk, j = idx % kChunk;
-      aqS[i * AP + j] = i < L ? p.Aqk[((t0 + i) * p.HV + hv) * kChunk + j] : 0.0f;
-    }
-    for (int idx = tid; idx < kChunk * BV; idx += kThreads) {
-      const int i = idx / BV, e = idx % BV;
-      uS[i * SP + e] = i < L ? p.u[((t0 + i) * p.HV + hv) * p.V + e0 + e] : 0.0f;
-    }
+    load_chunk_tiles(p, t0, L, hv, h, glS, wS, klS, qgS, aqS);
+    batched<2>(
+        kChunk * (BV / 4),
+        [&](int idx) {
+          const int i = idx / (BV / 4), e = (idx % (BV / 4)) * 4;
+          return i < L ? ldg4(p.u + ((t0 + i) * p.HV + hv) * p.V + e0 + e) : zero4();
+        },
+        [&](int idx, const float4& v) { st4(uS + (idx / (BV / 4)) * SP + (idx % (BV / 4)) * 4, v); });
     if (for_backward)
       for (int idx = tid; idx < K * BV; idx += kThreads) {
         const int d = idx / BV, e = idx % BV;
@@ -350,6 +359,7 @@ size_t carve_all(char* base, const Sizes& s, bool backward, KdaDev* dev) {
     p.dk_hv = carve<float>(cursor, s.tokens * s.HV * s.K);
     p.dgc = carve<float>(cursor, s.tokens * s.HV * s.K);
     p.dbp = carve<float>(cursor, s.tokens * s.HV);
+    p.gate_part = carve<float>(cursor, s.HV * kGateSlices * (s.K + 1));
   }
   return static_cast<size_t>(cursor - base);
 }
@@ -407,7 +417,7 @@ int state_value_tile(const KdaDev& p) {
     return count;
   }();
   const int64_t blocks32 = static_cast<int64_t>(p.N) * p.HV * (p.V / 32);
-  return (p.cu_seqlens != nullptr || blocks32 < 2 * static_cast<int64_t>(sms)) ? 16 : 32;
+  return blocks32 < static_cast<int64_t>(sms) ? 16 : 32;
 }
 
 Workspace::~Workspace() {
