@@ -37,16 +37,16 @@ timeout 30 ./build-cuda/seqmix check --device cuda --family kda > "$OUT/check_cu
 SEQMIX_KDA_TIMING=1 timeout 30 ./build-cuda/kda_bench --once > "$OUT/timing.txt" 2>&1; grep -E "timing|shape|B4|B1|varlen" "$OUT/timing.txt" | head -60
 timeout ${BENCH_TIMEOUT:-90} ./build-cuda/kda_bench "$RES/ours.json" 2>&1 | tee "$OUT/bench.txt"
 echo "ours bench $(( $(date +%s) - t0 )) s"
+if [ "${SANITIZE:-1}" = 1 ]; then
+  timeout ${SAN_TIMEOUT:-60} compute-sanitizer --tool memcheck ./build-cuda/kda_cuda_test \
+    --gtest_filter='KdaCuda.BadInputs*:KdaCuda.BackwardIsDeterministic' > "$OUT/memcheck.log" 2>&1
+  echo "memcheck rc=$?"; grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | head
+fi
 cmd="OUT=\$OUT bash bench/run_kda_device.sh (kda_bench + PYTHONPATH=peers/fla-repo python3 bench/kda_vs_fla.py)"
 export TRITON_CACHE_DIR=$PWD/.triton_cache PYTHONUNBUFFERED=1
 left=$(( BUDGET - $(date +%s) + t0 )); echo "fla gets ${left} s"
 PYTHONPATH=$FLA timeout $left python3 bench/kda_vs_fla.py --out "$RES/fla.json" --ours "$RES/ours.json" \
   --merge "$RES/h100_kda.json" --command "$cmd" --order "${FLA_ORDER:-}" > "$OUT/fla.txt" 2>&1; echo "fla rc=$?"; tail -12 "$OUT/fla.txt"
 echo "fla $(( $(date +%s) - t0 )) s"
-if [ "${SANITIZE:-1}" = 1 ]; then
-  timeout ${SAN_TIMEOUT:-60} compute-sanitizer --tool memcheck ./build-cuda/kda_cuda_test \
-    --gtest_filter='KdaCuda.BadInputs*:KdaCuda.BackwardIsDeterministic' > "$OUT/memcheck.log" 2>&1
-  echo "memcheck rc=$?"; grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | head
-fi
 echo "total $(( $(date +%s) - t0 )) s"
 tar czf "$RES/logs.tgz" -C "$RES" logs && rm -rf "$RES/logs"
