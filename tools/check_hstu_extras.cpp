@@ -6,6 +6,7 @@
 
 #include "check.h"
 #include "common/numeric.h"
+#include "seqmix/device.h"
 #include "seqmix/hstu_fp8.h"
 #include "seqmix/hstu_truncation.h"
 
@@ -151,8 +152,66 @@ std::vector<CheckRow> check_fp8() {
   return out;
 }
 
+// CUDA truncation (plan on the device, gather fwd/bwd in bf16) against the CPU backend: exact.
+std::vector<CheckRow> check_truncation_cuda() {
+  std::vector<int64_t> offsets = {0};
+  std::vector<int64_t> targets;
+  for (int64_t b = 0; b < 64; ++b) {
+    offsets.push_back(offsets.back() + 3 + (b * 37) % 200);
+    targets.push_back(b % 5);
+  }
+  const HstuTruncationParams params{32, 3};
+  const int64_t batch = 64, rows = offsets.back(), width = 8 * 128;
+  const HostTensor seq = ints(offsets), nt = ints(targets);
+  const TensorView nt_view = nt.view();
+  HostTensor nl(DType::i64, {batch}), no(DType::i64, {batch + 1}), oh(DType::i64, {batch + 1}),
+      ot(DType::i64, {batch + 1}), gi(DType::i64, {rows});
+  hstu_truncation_plan(seq.view(), &nt_view, params, nl.view(), no.view(), oh.view(), ot.view(), gi.view());
+  const HostTensor x = deterministic({rows, width}, DType::bf16, 1.0);
+  HostTensor y(DType::bf16, {rows, width}), dx(DType::bf16, {rows, width});
+  jagged_gather_rows_fwd(x.view(), gi.view(), y.view());
+  jagged_gather_rows_bwd(y.view(), gi.view(), dx.view());
+
+  CudaTensor d_seq = CudaTensor::from_host(seq), d_nt = CudaTensor::from_host(nt), d_nl(DType::i64, {batch}),
+             d_no(DType::i64, {batch + 1}), d_oh(DType::i64, {batch + 1}), d_ot(DType::i64, {batch + 1}),
+             d_gi(DType::i64, {rows});
+  const TensorView d_nt_view = d_nt.view();
+  auto plan = [&] {
+    hstu_truncation_plan(d_seq.view(), &d_nt_view, params, d_nl.view(), d_no.view(), d_oh.view(), d_ot.view(),
+                         d_gi.view());
+  };
+  plan();  // warm-up (module load)
+  cuda_synchronize();
+  std::vector<CheckRow> out;
+  CheckRow plan_row{"hstu_truncation_plan B64 vs cpu"};
+  plan_row.ms = time_ms([&] {
+    plan();
+    cuda_synchronize();
+  });
+  compare(d_gi.to_host(), gi, plan_row);
+  compare(d_no.to_host(), no, plan_row);
+  out.push_back(plan_row);
+
+  CudaTensor d_x = CudaTensor::from_host(x), d_y(DType::bf16, {rows, width}), d_dx(DType::bf16, {rows, width});
+  CheckRow fwd_row{"jagged_gather_rows_fwd bf16 vs cpu"};
+  fwd_row.ms = time_ms([&] {
+    jagged_gather_rows_fwd(d_x.view(), d_gi.view(), d_y.view());
+    cuda_synchronize();
+  });
+  compare(d_y.to_host(), y, fwd_row);
+  out.push_back(fwd_row);
+  CheckRow bwd_row{"jagged_gather_rows_bwd bf16 vs cpu"};
+  bwd_row.ms = time_ms([&] {
+    jagged_gather_rows_bwd(d_y.view(), d_gi.view(), d_dx.view());
+    cuda_synchronize();
+  });
+  compare(d_dx.to_host(), dx, bwd_row);
+  out.push_back(bwd_row);
+  return out;
+}
+
 std::vector<CheckRow> check_hstu_extras(Device device) {
-  if (device.type != DeviceType::cpu) return {};  // no CUDA kernels for these ops yet
+  if (device.type == DeviceType::cuda) return check_truncation_cuda();  // the FP8 quantizers are CPU-only
   std::vector<CheckRow> rows = check_truncation();
   for (CheckRow& r : check_fp8()) rows.push_back(r);
   return rows;

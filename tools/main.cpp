@@ -1,5 +1,6 @@
-// seqmix CLI. `seqmix check [--device cpu|cuda] [--family NAME]` runs every registered
+// seqmix CLI. `seqmix check [--device cpu|cuda|all] [--family NAME]` runs every registered
 // family's checks and prints one table; the exit status is 0 only when every row passes.
+// Without --device it checks the CPU, and CUDA too when a GPU is present.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -7,6 +8,7 @@
 
 #include "check.h"
 #include "common/dispatch.h"
+#include "seqmix/device.h"
 
 namespace seqmix::tools {
 
@@ -40,19 +42,22 @@ namespace {
 
 void usage() {
   std::puts(
-      "usage: seqmix check [--device cpu|cuda] [--family NAME]\n"
-      "  runs every op on small shapes, compares with the reference and prints a table");
+      "usage: seqmix check [--device cpu|cuda|all] [--family NAME]\n"
+      "  runs every op on small shapes, compares with the reference and prints a table;\n"
+      "  default: the CPU, and CUDA as well when a GPU is present");
 }
 
 int run_check(int argc, char** argv) {
   std::vector<Device> devices = {Device::cpu()};
+  if (cuda_available()) devices.push_back(Device::cuda(0));
   std::string only_family;
   for (int i = 2; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--device") && i + 1 < argc) {
       const std::string d = argv[++i];
       if (d == "cpu") devices = {Device::cpu()};
       else if (d == "cuda") devices = {Device::cuda(0)};
-      else { std::fprintf(stderr, "--device: expected cpu or cuda, got %s\n", d.c_str()); return 2; }
+      else if (d == "all") devices = {Device::cpu(), Device::cuda(0)};
+      else { std::fprintf(stderr, "--device: expected cpu, cuda or all, got %s\n", d.c_str()); return 2; }
     } else if (!std::strcmp(argv[i], "--family") && i + 1 < argc) {
       only_family = argv[++i];
     } else {
@@ -72,6 +77,7 @@ int run_check(int argc, char** argv) {
         result = check.fn(device);
       } catch (const std::exception& e) {
         std::printf("%-8s %-6s %-44s error: %s\n", check.family.c_str(), device_name(device).c_str(), "-", e.what());
+        ++rows;
         ++failed;
         continue;
       }

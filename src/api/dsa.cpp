@@ -80,7 +80,7 @@ void check_rope_apply(const char* op, const TensorView& x, const char* x_name, c
     SEQMIX_CHECK(out.stride(2) == 1, out_name, ": CUDA needs a contiguous head dim, got stride ", out.stride(2));
     validate::expect(cos, "cos").contiguous().dtype_in({DType::f32, x.dtype});
     validate::expect(sin, "sin").contiguous().same_dtype(cos, "cos");
-    SEQMIX_CHECK(x.data != out.data, out_name, ": CUDA RoPE does not run in place; pass a separate output");
+    SEQMIX_CHECK(x.numel() == 0 || x.data != out.data, out_name, ": CUDA RoPE does not run in place; pass a separate output");
   }
 }
 

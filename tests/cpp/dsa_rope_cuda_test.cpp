@@ -115,7 +115,8 @@ TEST(DsaRopeCuda, RejectsWhatTheKernelCannotDo) {
   CudaTensor dx32 = CudaTensor::from_host(x.to(DType::f32));
   testing::expect_error([&] { dsa_rope_fwd({}, dx32.view(), dcos.view(), dsin.view(), nullptr, dx32.view()); },
                         {"out", "in place"});
-  testing::expect_error([&] { dsa_rope_fwd({}, dx32.view(), cos.view(), dsin.view(), nullptr, dout.view()); },
+  CudaTensor dout32(DType::f32, {3, 2, 8});
+  testing::expect_error([&] { dsa_rope_fwd({}, dx32.view(), cos.view(), dsin.view(), nullptr, dout32.view()); },
                         {"cos", "device"});
 }
 

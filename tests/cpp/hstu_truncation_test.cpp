@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "seqmix/hstu_truncation.h"
+#include "common/dispatch.h"
 #include "test_util.h"
 
 namespace seqmix {
@@ -224,6 +225,32 @@ TEST(HstuTruncationGolden, MatchesTorchEasyRec) {
   }
 }
 
+TEST(HstuTruncation, GatherIndexPaddedPastNewTotalWithMinusOne) {
+  const HostTensor seq = int_tensor({0, 3, 7});
+  const HostTensor nt = int_tensor({1, 1});
+  const TensorView nt_view = nt.view();
+  const HstuTruncationParams params{1, 1};  // keeps C = 1, one history token, one target
+  HostTensor nl(DType::i64, {2}), no(DType::i64, {3}), oh(DType::i64, {3}), ot(DType::i64, {3}), gi(DType::i64, {7});
+  hstu_truncation_plan(seq.view(), &nt_view, params, nl.view(), no.view(), oh.view(), ot.view(), gi.view());
+  const std::vector<int64_t> expected = {0, 1, 2, 3, 5, 6, -1};
+  for (int64_t i = 0; i < 7; ++i) EXPECT_EQ(gi.get(i), expected[static_cast<size_t>(i)]) << i;
+  EXPECT_EQ(no.get(2), 6);
+
+  const HostTensor x = testing::randn({7, 3}, 2);
+  HostTensor y(DType::f64, {7, 3});
+  jagged_gather_rows_fwd(x.view(), gi.view(), y.view());
+  for (int64_t c = 0; c < 3; ++c) {
+    EXPECT_EQ(y.get(4 * 3 + c), x.get(5 * 3 + c));
+    EXPECT_EQ(y.get(6 * 3 + c), 0.0);  // the padding row
+  }
+  HostTensor dx(DType::f64, {7, 3});
+  jagged_gather_rows_bwd(y.view(), gi.view(), dx.view());
+  for (int64_t c = 0; c < 3; ++c) {
+    EXPECT_EQ(dx.get(4 * 3 + c), 0.0);  // row 4 was dropped
+    EXPECT_EQ(dx.get(6 * 3 + c), x.get(6 * 3 + c));
+  }
+}
+
 TEST(HstuTruncation, BadInputs) {
   const HostTensor seq = int_tensor({0, 3, 7});
   const HostTensor nt = int_tensor({1, 1});
@@ -246,7 +273,10 @@ TEST(HstuTruncation, BadInputs) {
                {"seq_offsets", "sequence 0", "length 3", "contextual_seq_len = 4"});
   TensorView cuda_seq = seq.view();
   cuda_seq.device = Device::cuda(0);
-  expect_error([&] { hstu_truncation_sizes(cuda_seq, nullptr, params); }, {"hstu_truncation_sizes"});
+  // A host pointer labelled CUDA may only be fed to a build without the CUDA backend.
+  if (!dispatch::built_with_cuda()) {
+    expect_error([&] { hstu_truncation_sizes(cuda_seq, nullptr, params); }, {"hstu_truncation_sizes"});
+  }
   expect_error([&] { hstu_truncation_sizes(cuda_seq, &nt_view, params); }, {"num_targets", "cuda:0", "cpu"});
 
   HostTensor nl(DType::i64, {2}), no(DType::i64, {3}), oh(DType::i64, {3}), ot(DType::i64, {3}), gi(DType::i64, {7});
@@ -256,7 +286,7 @@ TEST(HstuTruncation, BadInputs) {
   expect_error([&] { plan(HostTensor(DType::i64, {3}).view(), gi.view()); }, {"new_lengths", "[2]", "[3]"});
   expect_error([&] { plan(HostTensor(DType::f32, {2}).view(), gi.view()); }, {"new_lengths", "float32"});
   expect_error([&] { plan(nl.view(), HostTensor(DType::i32, {7}).view()); }, {"gather_index", "int64", "int32"});
-  expect_error([&] { plan(nl.view(), HostTensor(DType::i64, {6}).view()); }, {"gather_index", "[7]", "[6]"});
+  expect_error([&] { plan(nl.view(), HostTensor(DType::i64, {6}).view()); }, {"gather_index", "at least new_total = 7", "[6]"});
   TensorView cuda_gather = gi.view();
   cuda_gather.device = Device::cuda(0);
   expect_error([&] { plan(nl.view(), cuda_gather); }, {"gather_index", "cuda:0", "cpu"});
@@ -265,9 +295,9 @@ TEST(HstuTruncation, BadInputs) {
   const HostTensor idx = int_tensor({0, 6, 3});
   HostTensor y(DType::f64, {3, 2});
   expect_error([&] { jagged_gather_rows_fwd(x.view(), int_tensor({0, 7, 3}).view(), y.view()); },
-               {"gather_index[1]", "[0, 7)", "7"});
-  expect_error([&] { jagged_gather_rows_fwd(x.view(), int_tensor({0, -1, 3}).view(), y.view()); },
-               {"gather_index[1]", "-1"});
+               {"gather_index[1]", "[-1, 7)", "7"});
+  expect_error([&] { jagged_gather_rows_fwd(x.view(), int_tensor({0, -2, 3}).view(), y.view()); },
+               {"gather_index[1]", "-2"});
   expect_error([&] { jagged_gather_rows_fwd(x.view(), idx.view(), HostTensor(DType::f64, {3, 3}).view()); },
                {"y", "[3, 2]", "[3, 3]"});
   expect_error([&] { jagged_gather_rows_fwd(x.view(), idx.view(), HostTensor(DType::f32, {3, 2}).view()); },
@@ -284,12 +314,14 @@ TEST(HstuTruncation, BadInputs) {
   HostTensor cuda_idx_host = int_tensor({0, 6, 3});
   TensorView cuda_idx = cuda_idx_host.view();
   cuda_idx.device = Device::cuda(0);
-  expect_error([&] { jagged_gather_rows_fwd(cuda_x, cuda_idx, cuda_y); }, {"jagged_gather_rows_fwd"});
+  if (!dispatch::built_with_cuda()) {
+    expect_error([&] { jagged_gather_rows_fwd(cuda_x, cuda_idx, cuda_y); }, {"jagged_gather_rows_fwd"});
+  }
   HostTensor dx(DType::f64, {7, 2});
   expect_error([&] { jagged_gather_rows_bwd(HostTensor(DType::f64, {2, 2}).view(), idx.view(), dx.view()); },
                {"dy", "[3, 2]", "[2, 2]"});
   expect_error([&] { jagged_gather_rows_bwd(y.view(), int_tensor({0, 9, 3}).view(), dx.view()); },
-               {"gather_index[1]", "[0, 7)", "dx"});
+               {"gather_index[1]", "[-1, 7)", "dx"});
 }
 
 }  // namespace

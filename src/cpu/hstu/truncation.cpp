@@ -54,7 +54,9 @@ void jagged_gather_rows_fwd(const TensorView& x, const std::vector<int64_t>& gat
   std::vector<double> ys(static_cast<size_t>(y.numel()));
   parallel::parallel_for(rows, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const double* src = xs.data() + gather_index[static_cast<size_t>(i)] * width;
+      const int64_t row = gather_index[static_cast<size_t>(i)];
+      if (row < 0) continue;  // -1: a padding row, left zero
+      const double* src = xs.data() + row * width;
       std::copy(src, src + width, ys.data() + i * width);
     }
   });
@@ -71,6 +73,7 @@ void jagged_gather_rows_bwd(const TensorView& dy, const std::vector<int64_t>& ga
   parallel::parallel_for(width, [&](int64_t col_begin, int64_t col_end) {
     for (int64_t i = 0; i < rows; ++i) {
       const int64_t row = gather_index[static_cast<size_t>(i)];
+      if (row < 0) continue;
       for (int64_t c = col_begin; c < col_end; ++c) dxs[static_cast<size_t>(row * width + c)] += dys[static_cast<size_t>(i * width + c)];
     }
   });
