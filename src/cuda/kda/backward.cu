@@ -133,7 +133,6 @@ __global__ void __launch_bounds__(kThreads) intra_bwd_kernel(KdaDev p, const voi
   float* bS = dGl + K;
 
   auto row_at = [&](int i) { return (t0 + i) * p.HV + hv; };
-  // Loads rows [0, 64) of a [tokens, HV, K]-shaped fp32 scratch (or the dtype input) into a tile.
   const int k4 = K / 4;
   // Rows [0, 64) of a row-major fp32 array (row i at src + (t0 + i) * row_stride + col0) into a
   // [64, K + 1] tile, float4 loads batched per thread; rows >= L zero.

@@ -1,10 +1,12 @@
-// KDA chunked forward on CUDA (FLA chunk_kda decomposition, fp32 arithmetic on the CUDA cores).
+// KDA chunked forward on CUDA (FLA chunk_kda decomposition, fp32 arithmetic; the matrix products w, u
+// and the state recurrence on the tensor cores as 3xTF32, the pairwise-decay products M, Aqk and the
+// triangular inverse on the CUDA cores).
 //
 // Per chunk of 64 tokens (cumulative gates G = cumsum g within the chunk, fp32):
 //   M = tril(diag(beta) K Gamma K^T, -1),  M_ij = beta_i sum_d k_id k_jd exp(G_id - G_jd)
 //   A = (I + M)^-1                           forward substitution, row by row
 //   w = A diag(beta) (exp(G) * K),  u = A diag(beta) V,  Aqk = scale * tril(q Gamma K^T) (diagonal kept)
-// Per (sequence, head, 32 value columns), sequentially over chunks with the state tile in shared memory:
+// Per (sequence, head, 16 or 32 value columns), sequentially over chunks with the state tile in shared memory:
 //   v_new = u - w S;  o = (scale exp(G) * q) S + Aqk v_new;  S <- exp(G_last) S + (exp(G_last - G) * K)^T v_new
 // exp(G_i - G_j) is formed per pair (i >= j, so the exponent is <= 0 for decays g <= 0) rather than
 // as exp(G_i) * exp(-G_j): that product overflows once a chunk decays by more than ~88 nats, which
