@@ -319,6 +319,19 @@ std::vector<Case> sweep() {
     add(c);
   }
   {
+    // many short and a few long sequences in one pack: lengths 0, 1, 63, 64, 65, 129, 3, 0, 200, 7, 1, 40
+    Case c{"varlen 12 seqs mixed lengths GVA H2 HV4 K64 gate h0 ht"};
+    c.T = 573, c.H = 2, c.HV = 4, c.cu_seqlens = {0, 0, 1, 64, 128, 193, 322, 325, 325, 525, 532, 533, 573};
+    c.gate = Gate::softplus, c.A_log = c.dt_bias = true, c.l2norm = true, c.h0 = c.ht = true;
+    add(c);
+  }
+  {
+    Case c{"f16 K128 GVA varlen beta sigmoid"};
+    c.T = 150, c.H = 1, c.HV = 2, c.K = 128, c.dtype = DType::f16, c.cu_seqlens = {0, 80, 81, 150};
+    c.beta_sigmoid = true, c.ht = true;
+    add(c);
+  }
+  {
     Case c{"f16 K64 h0 ht"};
     c.T = 77, c.dtype = DType::f16, c.h0 = c.ht = true;
     add(c);
@@ -364,7 +377,8 @@ TEST(KdaCuda, BackwardIsDeterministic) {
   const HostTensor d_o = testing::randn(in.v.sizes(), 4, 1.0, c.dtype);
   const HostTensor dht = testing::randn(c.state_sizes(), 5, 0.3, DType::f32);
   const Outputs a = on_device(c, in, d_o, dht), b = on_device(c, in, d_o, dht);
-  for (auto [x, y] : {std::pair{&a.dq, &b.dq}, {&a.dk, &b.dk}, {&a.dg, &b.dg}, {&a.dbeta, &b.dbeta},
+  for (auto [x, y] : {std::pair{&a.o, &b.o}, {&a.ht, &b.ht}, {&a.dq, &b.dq}, {&a.dk, &b.dk}, {&a.dv, &b.dv},
+                      {&a.dg, &b.dg}, {&a.dbeta, &b.dbeta},
                       {&a.dA_log, &b.dA_log}, {&a.ddt_bias, &b.ddt_bias}, {&a.dh0, &b.dh0}})
     EXPECT_EQ(testing::max_abs_diff(*x, *y), 0.0);
 }
