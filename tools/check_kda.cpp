@@ -1,12 +1,14 @@
 // `seqmix check` rows for KDA on the CPU: the chunked forward against the token recurrence
 // (dense and varlen), and the backward against fp64 central differences on a tiny shape with
-// every option on. No CUDA kernel exists yet, so CUDA returns no rows.
+// every option on. On CUDA: the CUDA kernels against the CPU reference on the same bf16 inputs
+// (errors relative to max |reference|, tolerance 2e-2: bf16 outputs round at ~4e-3 of an element).
 #include <algorithm>
 #include <cmath>
 #include <optional>
 #include <random>
 
 #include "check.h"
+#include "seqmix/device.h"
 #include "seqmix/kda.h"
 
 namespace seqmix::tools {
@@ -121,8 +123,86 @@ CheckRow backward_vs_finite_differences(const char* op, Problem& p) {
   return row;
 }
 
+// max |got - ref| / max |ref| over the pairs, into row.max_abs_err (and the plain max relative error).
+void compare_scaled(const std::vector<std::pair<HostTensor, const HostTensor*>>& pairs, CheckRow& row) {
+  for (const auto& [got, ref] : pairs) {
+    double scale = 0.0;
+    for (int64_t i = 0; i < ref->numel(); ++i) scale = std::max(scale, std::fabs(ref->get(i)));
+    CheckRow part{row.op};
+    compare(got, *ref, part);
+    row.max_abs_err = std::max(row.max_abs_err, part.max_abs_err / std::max(scale, 1e-12));
+    row.max_rel_err = std::max(row.max_rel_err, part.max_rel_err);
+  }
+}
+
+// CUDA vs CPU on one problem with every option (chunk 64, K = V = 64, varlen with an empty sequence).
+std::vector<CheckRow> check_kda_cuda() {
+  if (!cuda_available()) return {};
+  Problem p(1, 200, 1, 2, 64, 64, {0, 1, 90, 90, 200}, std::nullopt, 5);
+  p.params.chunk_size = 64;
+  for (HostTensor* t : {&p.q, &p.k, &p.v, &p.g, &p.beta}) *t = t->to(DType::bf16).to(DType::f64);
+  std::mt19937_64 rng(17);
+  const HostTensor d_o = random_tensor({p.B, p.T, p.HV, p.V}, rng, -1, 1).to(DType::bf16).to(DType::f64);
+  const HostTensor dht = random_tensor(p.state_sizes(), rng, -1, 1);
+
+  HostTensor o_ref, ht_ref;
+  p.forward(chunk_kda_fwd, o_ref, ht_ref);
+  HostTensor dq(DType::f64, p.q.sizes()), dk(DType::f64, p.k.sizes()), dv(DType::f64, p.v.sizes()),
+      dg(DType::f64, p.g.sizes()), dbeta(DType::f64, p.beta.sizes()), dh0(DType::f64, p.state_sizes()),
+      dA(DType::f64, {p.HV}), dbias(DType::f64, {p.HV * p.K});
+  {
+    const TensorView A = p.A_log.view(), bias = p.dt_bias.view(), s0 = p.h0.view(), dht_v = dht.view(),
+                     dh0_v = dh0.view(), dA_v = dA.view(), dbias_v = dbias.view(), cu_v = p.cu.view();
+    chunk_kda_bwd(p.q.view(), p.k.view(), p.v.view(), p.g.view(), p.beta.view(), &A, &bias, &s0, &cu_v, p.params,
+                  d_o.view(), &dht_v, dq.view(), dk.view(), dv.view(), dg.view(), dbeta.view(), &dh0_v, &dA_v,
+                  &dbias_v);
+  }
+
+  auto up = [](const HostTensor& t, DType dtype) { return CudaTensor::from_host(t.to(dtype)); };
+  const CudaTensor q = up(p.q, DType::bf16), k = up(p.k, DType::bf16), v = up(p.v, DType::bf16),
+                   g = up(p.g, DType::bf16), beta = up(p.beta, DType::bf16), A_log = up(p.A_log, DType::f32),
+                   dt_bias = up(p.dt_bias, DType::f32), h0 = up(p.h0, DType::f32), cu = up(p.cu, DType::i64),
+                   d_o_dev = up(d_o, DType::bf16), dht_dev = up(dht, DType::f32);
+  CudaTensor o(DType::bf16, {p.B, p.T, p.HV, p.V}), ht(DType::f32, p.state_sizes());
+  const TensorView A = A_log.view(), bias = dt_bias.view(), s0 = h0.view(), cu_v = cu.view(), ht_v = ht.view();
+  std::vector<CheckRow> rows;
+  CheckRow fwd{"chunk_kda_fwd cuda vs cpu (bf16, all options, varlen)"};
+  fwd.tolerance = 2e-2;
+  fwd.ms = time_ms([&] {
+    chunk_kda_fwd(q.view(), k.view(), v.view(), g.view(), beta.view(), &A, &bias, &s0, &cu_v, p.params, o.view(),
+                  &ht_v);
+    cuda_synchronize();
+  });
+  compare_scaled({{o.to_host(), &o_ref}, {ht.to_host(), &ht_ref}}, fwd);
+  rows.push_back(fwd);
+
+  CudaTensor dq_d(DType::bf16, p.q.sizes()), dk_d(DType::bf16, p.k.sizes()), dv_d(DType::bf16, p.v.sizes()),
+      dg_d(DType::bf16, p.g.sizes()), dbeta_d(DType::bf16, p.beta.sizes()), dh0_d(DType::f32, p.state_sizes()),
+      dA_d(DType::f32, {p.HV}), dbias_d(DType::f32, {p.HV * p.K});
+  const TensorView dht_v = dht_dev.view(), dh0_v = dh0_d.view(), dA_v = dA_d.view(), dbias_v = dbias_d.view();
+  CheckRow bwd{"chunk_kda_bwd cuda vs cpu (bf16, all options, varlen)"};
+  bwd.tolerance = 2e-2;
+  bwd.ms = time_ms([&] {
+    chunk_kda_bwd(q.view(), k.view(), v.view(), g.view(), beta.view(), &A, &bias, &s0, &cu_v, p.params,
+                  d_o_dev.view(), &dht_v, dq_d.view(), dk_d.view(), dv_d.view(), dg_d.view(), dbeta_d.view(), &dh0_v,
+                  &dA_v, &dbias_v);
+    cuda_synchronize();
+  });
+  compare_scaled({{dq_d.to_host(), &dq},
+                  {dk_d.to_host(), &dk},
+                  {dv_d.to_host(), &dv},
+                  {dg_d.to_host(), &dg},
+                  {dbeta_d.to_host(), &dbeta},
+                  {dh0_d.to_host(), &dh0},
+                  {dA_d.to_host(), &dA},
+                  {dbias_d.to_host(), &dbias}},
+                 bwd);
+  rows.push_back(bwd);
+  return rows;
+}
+
 std::vector<CheckRow> check_kda(Device device) {
-  if (device.type != DeviceType::cpu) return {};
+  if (device.type == DeviceType::cuda) return check_kda_cuda();
   std::vector<CheckRow> rows;
   Problem dense(2, 130, 2, 4, 16, 16, {}, std::nullopt, 1);
   rows.push_back(chunk_vs_recurrent("chunk_kda_fwd vs kda_recurrent_fwd", dense));

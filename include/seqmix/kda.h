@@ -10,14 +10,27 @@
 // (2 * sigmoid(beta) with allow_neg_eigval).
 //
 // Layouts: q, k [B, T, H, K]; v [B, T, HV, V]; g [B, T, HV, K]; beta [B, T, HV]; o [B, T, HV, V];
-// A_log [HV]; dt_bias [HV * K]. Varlen: B == 1 and cu_seqlens [N + 1] (int32/int64, on the CPU).
+// A_log [HV]; dt_bias [HV * K]. Varlen: B == 1 and cu_seqlens [N + 1] (int32/int64, on the tensors'
+// device). Its contents are checked (0 = cu[0] <= ... <= cu[N] = T); on CUDA that costs one small
+// device-to-host copy on params.stream and a wait for it (FLA's chunk_kda reads cu_seqlens on the host too).
 // States [N, HV, K, V] ([N, HV, V, K] with state_v_first), f32 or f64; N = B without cu_seqlens.
 // Inputs f32/f64/bf16/f16 (q, k, v, g, beta share one dtype); outputs and gradients in that dtype.
+// CUDA (chunk_kda_fwd / chunk_kda_bwd): q/k/v/g/beta bf16, f16 or f32, K == V in {64, 128},
+// chunk_size 64, contiguous tensors, every option; anything else is SEQMIX_NOT_IMPLEMENTED naming it.
+// Each CUDA call allocates its fp32 scratch stream-ordered (cudaMallocAsync / cudaFreeAsync on
+// params.stream; size from chunk_kda_workspace_bytes) and never synchronises with the host except
+// for the cu_seqlens copy above. Non-contiguous CUDA tensors raise seqmix::Error naming the argument.
+// Dispatch is by the tensors' device: every tensor argument must be on q's device (a mix raises
+// seqmix::Error naming the argument). CUDA arithmetic is fp32 throughout (matrix products on the tensor
+// cores as 3xTF32, fp32-accurate; fp32 states whatever their storage dtype) and deterministic (no
+// atomics): the same call gives bit-identical results. Kernels: src/cuda/kda/{forward,backward}.cu.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 
+#include "seqmix/device.h"
 #include "seqmix/tensor.h"
 
 namespace seqmix {
@@ -42,7 +55,17 @@ struct KdaParams {
   // Tokens per chunk of the chunked form (FLA accepts 32 or 64); the backward checkpoints the
   // state every chunk_size tokens.
   int64_t chunk_size = 64;
+  // CUDA stream of the CUDA kernels (nullptr = default stream); unused on the CPU.
+  Stream stream = nullptr;
 };
+
+// Bytes of device scratch chunk_kda_fwd (backward = false) or chunk_kda_bwd (true) allocate for CUDA
+// tensors of these shapes; num_seqs = cu_seqlens entries - 1, or -1 without cu_seqlens (then N = B).
+// The backward holds the state entering each chunk and its gradient in fp32: about
+// 2 * (T / 64 + N) * HV * K * V * 4 bytes plus ~12 fp32 [T, HV, K] arrays.
+// 0 in a build without CUDA.
+size_t chunk_kda_workspace_bytes(int64_t B, int64_t T, int64_t H, int64_t HV, int64_t K, int64_t V, int64_t num_seqs,
+                                 bool backward);
 
 // Token-by-token recurrence (FLA's naive_recurrent_kda / fused_recurrent_kda).
 void kda_recurrent_fwd(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& g,

@@ -2,11 +2,15 @@
 #include "seqmix/kda.h"
 
 #include <cmath>
+#include <initializer_list>
 #include <string>
 
 #include "common/dispatch.h"
 #include "common/validate.h"
 #include "cpu/kda/kda.h"
+#ifdef SEQMIX_WITH_CUDA
+#include "cuda/kda/kda.h"
+#endif
 
 namespace seqmix {
 
@@ -21,9 +25,8 @@ struct StateShape {
 };
 
 StateShape state_shape(const cpu::KdaArgs& a) {
-  const int64_t N = static_cast<int64_t>(a.offsets.size()) - 1;
-  if (a.params.state_v_first) return {{N, a.HV, a.V, a.K}, kStateLayoutVFirst};
-  return {{N, a.HV, a.K, a.V}, kStateLayoutKFirst};
+  if (a.params.state_v_first) return {{a.N, a.HV, a.V, a.K}, kStateLayoutVFirst};
+  return {{a.N, a.HV, a.K, a.V}, kStateLayoutKFirst};
 }
 
 void expect_state(const TensorView& t, const char* name, const cpu::KdaArgs& a) {
@@ -96,9 +99,26 @@ cpu::KdaArgs validate_inputs(const TensorView& q, const TensorView& k, const Ten
   if (cu_seqlens) {
     SEQMIX_CHECK(a.B == 1, "cu_seqlens: expected batch size B == 1 (flattened sequences) with cu_seqlens, got B = ",
                  a.B);
-    a.offsets = validate::cu_seqlens(*cu_seqlens, "cu_seqlens", a.T);
+    if (device.type == DeviceType::cuda) {
+      validate::expect(*cu_seqlens, "cu_seqlens").rank(1, "[N + 1]").integer().device(device).non_null();
+      SEQMIX_CHECK(cu_seqlens->size(0) >= 1, "cu_seqlens: expected at least one entry [N + 1], got ",
+                   cu_seqlens->shape_string());
+      SEQMIX_CHECK(cu_seqlens->is_contiguous(), "cu_seqlens: expected a contiguous tensor on CUDA");
+      a.N = cu_seqlens->size(0) - 1;
+#ifdef SEQMIX_WITH_CUDA
+      // One small device-to-host copy (FLA's chunk_kda reads cu_seqlens on the host too), so bad
+      // contents raise seqmix::Error here instead of faulting in a kernel.
+      const HostTensor host = cuda::cu_seqlens_to_host(*cu_seqlens, static_cast<cudaStream_t>(params.stream));
+      a.offsets = validate::cu_seqlens(host.view(), "cu_seqlens", a.T);
+#endif
+    } else {
+      a.offsets = validate::cu_seqlens(*cu_seqlens, "cu_seqlens", a.T);
+      a.N = static_cast<int64_t>(a.offsets.size()) - 1;
+    }
   } else {
-    for (int64_t b = 0; b <= a.B; ++b) a.offsets.push_back(b * a.T);
+    a.N = a.B;
+    if (device.type == DeviceType::cpu)
+      for (int64_t b = 0; b <= a.B; ++b) a.offsets.push_back(b * a.T);
   }
   if (initial_state) expect_state(*initial_state, "initial_state", a);
   return a;
@@ -116,6 +136,21 @@ void expect_like(const TensorView& t, const char* name, const TensorView& like, 
   validate::expect(t, name).shape(like.shape(), layout).same_dtype(like, like_name).device(like.device).non_null();
 }
 
+// The CUDA dispatch table: which validated combinations have a kernel. Anything else raises
+// SEQMIX_NOT_IMPLEMENTED naming the option, so a CUDA tensor never falls back silently.
+void check_cuda_supported(const char* op, const cpu::KdaArgs& a, std::initializer_list<validate::Named> tensors) {
+  if (!dispatch::built_with_cuda()) dispatch::cuda_not_implemented(op);
+  const DType dt = a.q->dtype;
+  if (dt != DType::bf16 && dt != DType::f16 && dt != DType::f32)
+    SEQMIX_NOT_IMPLEMENTED(op, " on CUDA: q dtype ", dtype_name(dt), " (supported: bfloat16, float16, float32)");
+  if (a.K != a.V || (a.K != 64 && a.K != 128))
+    SEQMIX_NOT_IMPLEMENTED(op, " on CUDA: head dims K = ", a.K, ", V = ", a.V, " (supported: K == V in {64, 128})");
+  if (a.params.chunk_size != 64)
+    SEQMIX_NOT_IMPLEMENTED(op, " on CUDA: chunk_size = ", a.params.chunk_size, " (supported: 64)");
+  for (const validate::Named& t : tensors)
+    if (t.tensor) validate::expect(*t.tensor, t.name).contiguous();
+}
+
 using CpuForward = void (*)(const cpu::KdaArgs&, const TensorView&, const TensorView*);
 
 void forward(const char* op, CpuForward cpu_fn, const TensorView& q, const TensorView& k, const TensorView& v,
@@ -125,7 +160,16 @@ void forward(const char* op, CpuForward cpu_fn, const TensorView& q, const Tenso
   const cpu::KdaArgs a = validate_inputs(q, k, v, g, beta, A_log, dt_bias, initial_state, cu_seqlens, params);
   expect_like(o, "o", v, "v", "[B, T, HV, V]");
   validate_final_state(a, final_state);
-  if (q.device.type == DeviceType::cuda) dispatch::cuda_not_implemented(op);
+  if (q.device.type == DeviceType::cuda) {
+    if (cpu_fn != cpu::chunk_kda_fwd) dispatch::cuda_not_implemented(op);
+    check_cuda_supported(op, a,
+                         {{&q, "q"}, {&k, "k"}, {&v, "v"}, {&g, "g"}, {&beta, "beta"}, {A_log, "A_log"},
+                          {dt_bias, "dt_bias"}, {initial_state, "initial_state"}, {&o, "o"}, {final_state, "final_state"}});
+#ifdef SEQMIX_WITH_CUDA
+    cuda::chunk_kda_fwd(a, cu_seqlens, o, final_state, static_cast<cudaStream_t>(params.stream));
+#endif
+    return;
+  }
   cpu_fn(a, o, final_state);
 }
 
@@ -176,8 +220,34 @@ void chunk_kda_bwd(const TensorView& q, const TensorView& k, const TensorView& v
     SEQMIX_CHECK(dt_bias != nullptr, "ddt_bias: given without dt_bias");
     expect_like(*ddt_bias, "ddt_bias", *dt_bias, "dt_bias", "[HV * K]");
   }
-  if (q.device.type == DeviceType::cuda) dispatch::cuda_not_implemented("chunk_kda_bwd");
+  if (q.device.type == DeviceType::cuda) {
+    check_cuda_supported("chunk_kda_bwd", a,
+                         {{&q, "q"}, {&k, "k"}, {&v, "v"}, {&g, "g"}, {&beta, "beta"}, {A_log, "A_log"},
+                          {dt_bias, "dt_bias"}, {initial_state, "initial_state"}, {&do_, "do"}, {dht, "dht"},
+                          {&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}, {&dg, "dg"}, {&dbeta, "dbeta"}, {dh0, "dh0"},
+                          {dA_log, "dA_log"}, {ddt_bias, "ddt_bias"}});
+#ifdef SEQMIX_WITH_CUDA
+    cuda::chunk_kda_bwd(a, cu_seqlens, do_, dht, dq, dk, dv, dg, dbeta, dh0, dA_log, ddt_bias,
+                        static_cast<cudaStream_t>(params.stream));
+#endif
+    return;
+  }
   cpu::chunk_kda_bwd(a, do_, dht, dq, dk, dv, dg, dbeta, dh0, dA_log, ddt_bias);
+}
+
+size_t chunk_kda_workspace_bytes(int64_t B, int64_t T, int64_t H, int64_t HV, int64_t K, int64_t V, int64_t num_seqs,
+                                 bool backward) {
+#ifdef SEQMIX_WITH_CUDA
+  cpu::KdaArgs a;
+  a.B = B;
+  a.T = T;
+  a.N = num_seqs < 0 ? B : num_seqs;
+  const int64_t max_chunks = cuda::chunk_kda_max_chunks(a, num_seqs >= 0);
+  return cuda::chunk_kda_workspace_bytes(B * T, a.N, max_chunks, H, HV, K, V, backward);
+#else
+  (void)B, (void)T, (void)H, (void)HV, (void)K, (void)V, (void)num_seqs, (void)backward;
+  return 0;
+#endif
 }
 
 }  // namespace seqmix

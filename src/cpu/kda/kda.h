@@ -22,8 +22,10 @@ struct KdaArgs {
   KdaParams params;
   double scale = 0.0;  // resolved params.scale
   int64_t B = 0, T = 0, H = 0, HV = 0, K = 0, V = 0;
+  int64_t N = 0;  // sequences: cu_seqlens entries - 1, or B
   // Sequence n covers flat tokens [offsets[n], offsets[n + 1]) of the B * T tokens
-  // (cu_seqlens, or multiples of T without it).
+  // (cu_seqlens, or multiples of T without it). For CUDA tensors: filled from cu_seqlens only (the
+  // kernels read the device copy), empty without it.
   std::vector<int64_t> offsets;
 };
 

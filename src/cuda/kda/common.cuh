@@ -1,0 +1,275 @@
+// Shared pieces of the KDA CUDA kernels: the argument block every kernel receives, dtype-generic
+// loads/stores (a runtime dtype switch instead of template instances keeps the build small), the
+// chunk table lookup and the fused gate.
+//
+// Scratch layout (fp32 unless noted; row-major, token-major like the inputs):
+//   seq_offsets, chunk_offsets int64 [N + 1]   sequence n: tokens [seq_offsets[n], seq_offsets[n+1]),
+//                                              chunks [chunk_offsets[n], chunk_offsets[n+1])
+//   qp, kp [tokens, H, K]     q, k after the optional L2 norm (unscaled); q_rstd, k_rstd [tokens, H]
+//   gc [tokens, HV, K]        in-chunk inclusive cumsum of the applied log decay
+//   bp [tokens, HV]           applied beta
+//   A, Aqk [tokens, HV, 64]   row i of the chunk's (I + M)^-1 and of scale * tril(q Gamma K^T)
+//   w [tokens, HV, K], u [tokens, HV, V]   WY vectors
+//   backward only: vn, dvn [tokens, HV, V]; hs, dhs [max_chunks, HV, K, V] (state entering chunk c,
+//   gradient of the state leaving chunk c); dq_hv, dk_hv, dgc [tokens, HV, K]; dbp [tokens, HV]
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/kda/kda.h"
+
+namespace seqmix::cuda::kda {
+
+constexpr int kChunk = 64;          // tokens per chunk (FLA's BT)
+constexpr int kThreads = 256;       // threads of every chunk / state block
+constexpr int kGateSlices = 64;     // token slices of the dA_log / ddt_bias reduction
+constexpr int kSmallStride = kChunk + 1;  // row stride of 64 x 64 tiles in shared memory (no bank conflicts)
+constexpr int kMaxEntries = 32;     // (row, channel) entries per thread of a 64 x K tile, K <= 128
+
+// Element types a KDA tensor may have on the device.
+enum DtCode : int { kF32 = 0, kF64 = 1, kBF16 = 2, kF16 = 3 };
+
+__device__ __forceinline__ float load_f(const void* p, int dt, int64_t i) {
+  switch (dt) {
+    case kF32: return static_cast<const float*>(p)[i];
+    case kF64: return static_cast<float>(static_cast<const double*>(p)[i]);
+    case kBF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    default: return __half2float(static_cast<const __half*>(p)[i]);
+  }
+}
+
+__device__ __forceinline__ void store_f(void* p, int dt, int64_t i, float v) {
+  switch (dt) {
+    case kF32: static_cast<float*>(p)[i] = v; break;
+    case kF64: static_cast<double*>(p)[i] = v; break;
+    case kBF16: static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v); break;
+    default: static_cast<__half*>(p)[i] = __float2half_rn(v); break;
+  }
+}
+
+// Everything a kernel needs; passed by value.
+struct KdaDev {
+  // inputs (dtype codes alongside)
+  const void *q, *k, *v, *g, *beta, *A_log, *dt_bias, *h0, *cu_seqlens;
+  int in_dt, A_log_dt, dt_bias_dt, h0_dt, cu_is_64;
+  int64_t tokens, T;  // total tokens; tokens per sequence without cu_seqlens
+  int N, H, HV, G, K, V;
+  float scale;
+  bool l2norm, use_gate, has_lower_bound, beta_sigmoid, state_v_first;
+  float lower_bound, beta_mult;
+  // scratch
+  int64_t *seq_offsets, *chunk_offsets;
+  float *qp, *kp, *q_rstd, *k_rstd, *gc, *bp, *A, *Aqk, *w, *u;
+  float *vn, *dvn, *hs, *dhs, *dq_hv, *dk_hv, *dgc, *dbp;
+  float* gate_part;  // [HV, kGateSlices, K + 1]: per-slice partial sums of ddt_bias (K) and dA_log (1)
+};
+
+// Offset of state entry (d, e) of (sequence n, head hv) in [N, HV, K, V] or [N, HV, V, K].
+__device__ __forceinline__ int64_t state_index(const KdaDev& p, int n, int hv, int d, int e) {
+  const int64_t head = static_cast<int64_t>(n) * p.HV + hv;
+  return p.state_v_first ? (head * p.V + e) * p.K + d : (head * p.K + d) * p.V + e;
+}
+
+// Maps global chunk c to its first token and length; false when c is past the last chunk
+// (grids are sized by an upper bound so no chunk count has to come back to the host).
+__device__ __forceinline__ bool locate_chunk(const KdaDev& p, int64_t c, int64_t& start, int& length) {
+  const int64_t* co = p.chunk_offsets;
+  if (c >= co[p.N]) return false;
+  int lo = 0, hi = p.N - 1;  // the last n with co[n] <= c owns c (empty sequences repeat offsets)
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (co[mid] <= c) lo = mid; else hi = mid - 1;
+  }
+  start = p.seq_offsets[lo] + (c - co[lo]) * kChunk;
+  const int64_t left = p.seq_offsets[lo + 1] - start;
+  length = static_cast<int>(left < kChunk ? left : kChunk);
+  return true;
+}
+
+// Fused gate (FLA kda gate) in fp32; d_raw = dg/dg_raw, d_A = dg/dA_log when asked.
+__device__ __forceinline__ float gate_value(const KdaDev& p, float g_raw, int hv, int d, float* d_raw, float* d_A) {
+  if (!p.use_gate) {
+    if (d_raw) *d_raw = 1.0f;
+    if (d_A) *d_A = 0.0f;
+    return g_raw;
+  }
+  const float x = g_raw + (p.dt_bias ? load_f(p.dt_bias, p.dt_bias_dt, static_cast<int64_t>(hv) * p.K + d) : 0.0f);
+  const float rate = p.A_log ? expf(load_f(p.A_log, p.A_log_dt, hv)) : 1.0f;
+  if (p.has_lower_bound) {
+    const float s = 1.0f / (1.0f + expf(-rate * x));
+    const float dr = p.lower_bound * s * (1.0f - s) * rate;
+    if (d_raw) *d_raw = dr;
+    if (d_A) *d_A = p.A_log ? dr * x : 0.0f;
+    return p.lower_bound * s;
+  }
+  constexpr float kSoftplusThreshold = 20.0f;  // torch softplus default
+  const float sp = x > kSoftplusThreshold ? x : log1pf(expf(x));
+  if (d_raw) *d_raw = -rate * (x > kSoftplusThreshold ? 1.0f : 1.0f / (1.0f + expf(-x)));
+  if (d_A) *d_A = -rate * sp;
+  return -rate * sp;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// ---- Batched loads: every thread issues U independent loads before storing any (the kernels are
+// otherwise bound by the latency of one global load at a time). load(idx) -> value, store(idx, value).
+template <int U, class Load, class Store>
+__device__ __forceinline__ void batched(int n, Load load, Store store) {
+  for (int base = threadIdx.x; base < n; base += kThreads * U) {
+    decltype(load(0)) v[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = base + u * kThreads;
+      if (idx < n) v[u] = load(idx);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = base + u * kThreads;
+      if (idx < n) store(idx, v[u]);
+    }
+  }
+}
+
+__device__ __forceinline__ float4 ldg4(const float* p) { return __ldg(reinterpret_cast<const float4*>(p)); }
+__device__ __forceinline__ float4 zero4() { return make_float4(0.0f, 0.0f, 0.0f, 0.0f); }
+__device__ __forceinline__ void st4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+__device__ __forceinline__ void st4_scalar(float* p, float4 v) { p[0] = v.x, p[1] = v.y, p[2] = v.z, p[3] = v.w; }
+
+// ---- Tensor-core products on fp32 shared-memory operands (mma.sync m16n8k8 TF32) ----
+// Operands are split x = hi + lo (both TF32) and multiplied as hi*hi + hi*lo + lo*hi ("3xTF32"),
+// which keeps fp32 accuracy (error ~2^-21 relative per product) at 3 MMAs per step.
+// Strided access lets one helper serve A, A^T, B and B^T: element (r, c) of A at a[r * a_rs + c * a_cs].
+// Shared tiles use row strides of (columns + 4) floats so the fragment loads hit 32 distinct banks.
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+}
+
+__device__ __forceinline__ void split_tf32(float x, uint32_t& hi, uint32_t& lo) {
+  hi = to_tf32(x);
+  lo = to_tf32(x - __uint_as_float(hi));
+}
+
+__device__ __forceinline__ void mma_tf32(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// c (a 16 x 8 warp tile: c[0] (g, 2t), c[1] (g, 2t + 1), c[2] (g + 8, 2t), c[3] (g + 8, 2t + 1) with
+// g = lane / 4, t = lane % 4) += A[16, kdim] * B[kdim, 8]; kdim a multiple of 8; a, b point at the tile.
+__device__ __forceinline__ void warp_gemm(float c[4], const float* a, int a_rs, int a_cs, const float* b, int b_rs,
+                                          int b_cs, int kdim) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  for (int k0 = 0; k0 < kdim; k0 += 8) {
+    uint32_t ah[4], al[4], bh[2], bl[2];
+    split_tf32(a[g * a_rs + (k0 + t) * a_cs], ah[0], al[0]);
+    split_tf32(a[(g + 8) * a_rs + (k0 + t) * a_cs], ah[1], al[1]);
+    split_tf32(a[g * a_rs + (k0 + t + 4) * a_cs], ah[2], al[2]);
+    split_tf32(a[(g + 8) * a_rs + (k0 + t + 4) * a_cs], ah[3], al[3]);
+    split_tf32(b[(k0 + t) * b_rs + g * b_cs], bh[0], bl[0]);
+    split_tf32(b[(k0 + t + 4) * b_rs + g * b_cs], bh[1], bl[1]);
+    mma_tf32(c, al, bh);
+    mma_tf32(c, ah, bl);
+    mma_tf32(c, ah, bh);
+  }
+}
+
+// Row / column of accumulator entry r (0..3) of a warp tile.
+__device__ __forceinline__ int frag_row(int r) { return ((threadIdx.x & 31) >> 2) + (r >= 2 ? 8 : 0); }
+__device__ __forceinline__ int frag_col(int r) { return 2 * (threadIdx.x & 3) + (r & 1); }
+
+// Loads w, Kl = exp(G_last - G) k, Qg = scale exp(G) q as [64, K + 4] and Aqk as [64, 68] for the
+// chunk at t0 (rows >= L zero), float4 loads batched per thread. glS must hold G_last.
+__device__ __forceinline__ void load_chunk_tiles(const KdaDev& p, int64_t t0, int L, int hv, int h, const float* glS,
+                                                 float* wS, float* klS, float* qgS, float* aqS) {
+  struct Four {
+    float4 g, w, k, q;
+  };
+  const int K = p.K, KP = K + 4, k4 = K / 4;
+  batched<2>(
+      kChunk * k4,
+      [&](int idx) {
+        Four f{zero4(), zero4(), zero4(), zero4()};
+        const int i = idx / k4, d = (idx % k4) * 4;
+        if (i < L) {
+          const int64_t t = t0 + i, a = (t * p.HV + hv) * K + d, b = (t * p.H + h) * K + d;
+          f.g = ldg4(p.gc + a);
+          f.w = ldg4(p.w + a);
+          f.k = ldg4(p.kp + b);
+          f.q = ldg4(p.qp + b);
+        }
+        return f;
+      },
+      [&](int idx, const Four& f) {
+        const int i = idx / k4, d = (idx % k4) * 4;
+        const bool in = i < L;
+        const float s = p.scale;
+        st4(wS + i * KP + d, f.w);
+        st4(klS + i * KP + d, in ? make_float4(__expf(glS[d] - f.g.x) * f.k.x, __expf(glS[d + 1] - f.g.y) * f.k.y,
+                                               __expf(glS[d + 2] - f.g.z) * f.k.z, __expf(glS[d + 3] - f.g.w) * f.k.w)
+                                 : zero4());
+        st4(qgS + i * KP + d, in ? make_float4(s * __expf(f.g.x) * f.q.x, s * __expf(f.g.y) * f.q.y,
+                                               s * __expf(f.g.z) * f.q.z, s * __expf(f.g.w) * f.q.w)
+                                 : zero4());
+      });
+  constexpr int AP = kChunk + 4, c4 = kChunk / 4;
+  batched<4>(
+      kChunk * c4,
+      [&](int idx) {
+        const int i = idx / c4, j = (idx % c4) * 4;
+        return i < L ? ldg4(p.Aqk + ((t0 + i) * p.HV + hv) * kChunk + j) : zero4();
+      },
+      [&](int idx, const float4& v) { st4(aqS + (idx / c4) * AP + (idx % c4) * 4, v); });
+}
+
+// Optional per-stage timing of the launches (SEQMIX_KDA_TIMING=1): events on the stream, printed
+// to stderr after a synchronisation at the end of the call. For profiling only.
+struct StageTimer {
+  explicit StageTimer(cudaStream_t stream);
+  ~StageTimer();
+  void mark(const char* name);
+  bool enabled = false;
+  cudaStream_t stream = nullptr;
+  int count = 0;
+  cudaEvent_t events[16];
+  const char* names[16];
+};
+
+// Host side shared by forward.cu and backward.cu.
+struct Workspace {
+  void* base = nullptr;
+  cudaStream_t stream = nullptr;
+  ~Workspace();
+};
+
+// Fills `dev` from validated arguments and carves the scratch; runs the table, prepare and
+// intra-chunk kernels, then the state recurrence (which writes o when given, and hs / vn for
+// the backward when `for_backward`).
+void run_forward(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const TensorView* o,
+                 const TensorView* final_state, bool for_backward, KdaDev& dev, int64_t& max_chunks,
+                 Workspace& workspace, StageTimer& timer, cudaStream_t stream);
+
+// Value columns per block of the sequential state kernels: 16 when 32-column blocks would not occupy
+// every SM once (more blocks, shorter per-chunk latency), else 32 (half the per-chunk loads in total).
+int state_value_tile(const KdaDev& p);
+
+int dtype_code(DType dtype, const char* name);
+
+// Opts `kernel` into `bytes` of dynamic shared memory; NOT_IMPLEMENTED when the device has less.
+void set_smem_limit(const void* kernel, size_t bytes);
+
+}  // namespace seqmix::cuda::kda

@@ -1,0 +1,35 @@
+// CUDA backend of KDA's chunked form (see include/seqmix/kda.h for the math). Arguments are
+// validated by src/api/kda.cpp; the dispatch there only calls these for supported combinations
+// (q/k/v/g/beta bf16, f16 or f32; K == V in {64, 128}; chunk_size 64; contiguous tensors).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "cpu/kda/kda.h"
+
+namespace seqmix::cuda {
+
+// Bytes of fp32 scratch one call allocates (stream-ordered, freed on the same stream).
+size_t chunk_kda_workspace_bytes(int64_t tokens, int64_t num_seqs, int64_t max_chunks, int64_t H, int64_t HV,
+                                 int64_t K, int64_t V, bool backward);
+
+// Upper bound of the number of 64-token chunks over all sequences: B * ceil(T / 64) without
+// cu_seqlens, (T + 63 N) / 64 with it (computed from shapes only: no device-to-host copy).
+int64_t chunk_kda_max_chunks(const cpu::KdaArgs& args, bool varlen);
+
+// Copies a contiguous int32/int64 cu_seqlens from the device (stream-ordered on `stream`, then waits
+// for it) into a host tensor of the same dtype, so its contents can be validated like the CPU's.
+HostTensor cu_seqlens_to_host(const TensorView& cu_seqlens, cudaStream_t stream);
+
+void chunk_kda_fwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const TensorView& o,
+                   const TensorView* final_state, cudaStream_t stream);
+
+void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const TensorView& do_,
+                   const TensorView* dht, const TensorView& dq, const TensorView& dk, const TensorView& dv,
+                   const TensorView& dg, const TensorView& dbeta, const TensorView* dh0, const TensorView* dA_log,
+                   const TensorView* ddt_bias, cudaStream_t stream);
+
+}  // namespace seqmix::cuda

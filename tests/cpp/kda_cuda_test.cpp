@@ -1,0 +1,434 @@
+// KDA CUDA kernels against the CPU reference (fp64 arithmetic on the same low-precision inputs):
+// forward outputs and final state, every gradient, over odd / short / long lengths, varlen packs
+// with empty and length-1 sequences, GVA, every option, bf16 / f16 / f32 inputs, strong decay.
+//
+// Tolerances (errors relative to the reference's scale: rms = ||x - ref||_2 / ||ref||_2,
+// max = max |x - ref| / max |ref|):
+//   bf16 / f16 outputs and gradients: rms 5e-3, max 2e-2. Rounding the result to bf16 alone gives
+//     rms ~ 2^-9 / sqrt(3) ~ 1.1e-3 and max up to 2^-8 ~ 3.9e-3 of an element; fp32 accumulation over
+//     64-token chunks and (for gradients) long reverse sweeps adds less than that. FLA's own bf16
+//     tests accept 5e-3..1e-2 against its naive reference.
+//   fp32 states (final state, dh0) and fp32 parameter gradients (dA_log, ddt_bias): rms 1e-3, max 5e-3
+//     (fp32 arithmetic only, no output rounding; dA_log / ddt_bias sum over every token).
+//   f32 inputs: rms 1e-4, max 1e-3 everywhere (fp32 arithmetic against fp64).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "seqmix/device.h"
+#include "seqmix/kda.h"
+#include "test_util.h"
+
+namespace seqmix {
+namespace {
+
+enum class Gate { none, softplus, lower_bound };
+
+struct Case {
+  std::string name;
+  int64_t B = 1, T = 100, H = 1, HV = 1, K = 64;
+  std::vector<int64_t> cu_seqlens;  // empty: none
+  DType cu_dtype = DType::i32;
+  bool l2norm = false;
+  Gate gate = Gate::none;
+  bool A_log = false, dt_bias = false;
+  bool beta_sigmoid = false, neg_eigval = false;
+  bool h0 = false, ht = false, v_first = false;
+  double g_lo = -1.0, g_hi = -0.01;  // log decay range without the fused gate
+  DType dtype = DType::bf16;
+  bool backward = true;
+
+  int64_t V() const { return K; }
+  int64_t N() const { return cu_seqlens.empty() ? B : static_cast<int64_t>(cu_seqlens.size()) - 1; }
+  std::vector<int64_t> state_sizes() const {
+    return v_first ? std::vector<int64_t>{N(), HV, V(), K} : std::vector<int64_t>{N(), HV, K, V()};
+  }
+  KdaParams params() const {
+    KdaParams p;
+    p.output_final_state = ht;
+    p.use_qk_l2norm_in_kernel = l2norm;
+    p.use_gate_in_kernel = gate != Gate::none;
+    if (gate == Gate::lower_bound) p.lower_bound = -5.0;
+    p.use_beta_sigmoid_in_kernel = beta_sigmoid;
+    p.allow_neg_eigval = neg_eigval;
+    p.state_v_first = v_first;
+    return p;
+  }
+};
+
+struct Tolerance {
+  double rms, max;
+};
+
+Tolerance low_precision_tol(const Case& c) { return c.dtype == DType::f32 ? Tolerance{1e-4, 1e-3} : Tolerance{5e-3, 2e-2}; }
+Tolerance state_tol(const Case& c) { return c.dtype == DType::f32 ? Tolerance{1e-4, 1e-3} : Tolerance{1e-3, 5e-3}; }
+
+// Host inputs: low-precision copies (`lo`, what the GPU gets) and their exact f64 values (`hi`,
+// what the CPU reference gets). States and gate parameters are f32 on both sides.
+struct Inputs {
+  HostTensor q, k, v, g, beta, A_log, dt_bias, h0, cu;
+};
+
+Inputs make_inputs(const Case& c, uint64_t seed) {
+  Inputs in;
+  const int64_t tokens = c.B * c.T;
+  in.q = testing::randn({c.B, c.T, c.H, c.K}, seed, 1.0);
+  in.k = testing::randn({c.B, c.T, c.H, c.K}, seed + 1, 1.0);
+  if (!c.l2norm) {
+    // The delta rule needs |k| <= 1 to stay bounded: normalise here when the kernel does not.
+    std::vector<double> k = in.k.to_f64();
+    for (int64_t r = 0; r < tokens * c.H; ++r) {
+      double ss = 0.0;
+      for (int64_t d = 0; d < c.K; ++d) ss += k[r * c.K + d] * k[r * c.K + d];
+      for (int64_t d = 0; d < c.K; ++d) k[r * c.K + d] /= std::sqrt(ss);
+    }
+    in.k = HostTensor::from_f64(k, in.k.sizes(), DType::f64);
+    in.q = HostTensor::from_f64(in.q.to_f64(), in.q.sizes(), DType::f64);
+  }
+  in.v = testing::randn({c.B, c.T, c.HV, c.V()}, seed + 2, 1.0);
+  if (c.gate == Gate::none) {
+    in.g = testing::uniform({c.B, c.T, c.HV, c.K}, seed + 3, c.g_lo, c.g_hi);
+  } else {
+    in.g = testing::randn({c.B, c.T, c.HV, c.K}, seed + 3, 1.0);
+  }
+  in.beta = c.beta_sigmoid ? testing::randn({c.B, c.T, c.HV}, seed + 4, 1.0)
+                           : testing::uniform({c.B, c.T, c.HV}, seed + 4, 0.05, 1.0);
+  in.q = in.q.to(c.dtype);
+  in.k = in.k.to(c.dtype);
+  in.v = in.v.to(c.dtype);
+  in.g = in.g.to(c.dtype);
+  in.beta = in.beta.to(c.dtype);
+  if (c.A_log) in.A_log = testing::uniform({c.HV}, seed + 5, -1.5, 0.3, DType::f32);
+  if (c.dt_bias) in.dt_bias = testing::randn({c.HV * c.K}, seed + 6, 0.5, DType::f32);
+  if (c.h0) in.h0 = testing::randn(c.state_sizes(), seed + 7, 0.5, DType::f32);
+  if (!c.cu_seqlens.empty()) in.cu = testing::int_tensor(c.cu_seqlens, c.cu_dtype);
+  return in;
+}
+
+double rms_ratio(const HostTensor& got, const HostTensor& ref) {
+  const std::vector<double> a = got.to_f64(), b = ref.to_f64();
+  double num = 0.0, den = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (a[i] - b[i]) * (a[i] - b[i]);
+    den += b[i] * b[i];
+  }
+  return den > 0.0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+double max_ratio(const HostTensor& got, const HostTensor& ref) {
+  const std::vector<double> a = got.to_f64(), b = ref.to_f64();
+  double err = 0.0, scale = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    err = std::max(err, std::abs(a[i] - b[i]));
+    scale = std::max(scale, std::abs(b[i]));
+  }
+  return scale > 0.0 ? err / scale : err;
+}
+
+void expect_close(const std::string& what, const HostTensor& got, const HostTensor& ref, Tolerance tol) {
+  ASSERT_EQ(got.numel(), ref.numel()) << what;
+  const double rms = rms_ratio(got, ref), mx = max_ratio(got, ref);
+  std::printf("[kda_cuda] %-52s rms %.3e  max %.3e\n", what.c_str(), rms, mx);
+  EXPECT_LE(rms, tol.rms) << what;
+  EXPECT_LE(mx, tol.max) << what;
+  EXPECT_TRUE(std::isfinite(rms)) << what;
+}
+
+struct DeviceInputs {
+  CudaTensor q, k, v, g, beta, A_log, dt_bias, h0, cu;
+};
+
+// Optional inputs by the case's flags (a default HostTensor is rank 0 with numel() == 1, not empty).
+DeviceInputs upload(const Case& c, const Inputs& in) {
+  DeviceInputs d;
+  d.q = CudaTensor::from_host(in.q);
+  d.k = CudaTensor::from_host(in.k);
+  d.v = CudaTensor::from_host(in.v);
+  d.g = CudaTensor::from_host(in.g);
+  d.beta = CudaTensor::from_host(in.beta);
+  if (c.A_log) d.A_log = CudaTensor::from_host(in.A_log);
+  if (c.dt_bias) d.dt_bias = CudaTensor::from_host(in.dt_bias);
+  if (c.h0) d.h0 = CudaTensor::from_host(in.h0);
+  if (!c.cu_seqlens.empty()) d.cu = CudaTensor::from_host(in.cu);
+  return d;
+}
+
+struct Outputs {
+  HostTensor o, ht, dq, dk, dv, dg, dbeta, dh0, dA_log, ddt_bias;
+};
+
+// The CPU reference on the exact (f64) values of the low-precision inputs.
+Outputs reference(const Case& c, const Inputs& in, const HostTensor& d_o, const HostTensor& dht) {
+  const KdaParams params = c.params();
+  const HostTensor q = in.q.to(DType::f64), k = in.k.to(DType::f64), v = in.v.to(DType::f64),
+                   g = in.g.to(DType::f64), beta = in.beta.to(DType::f64);
+  // Gate parameters in f64 so that dA_log / ddt_bias (f64 here) match their dtype.
+  const HostTensor A_log = c.A_log ? in.A_log.to(DType::f64) : HostTensor();
+  const HostTensor dt_bias = c.dt_bias ? in.dt_bias.to(DType::f64) : HostTensor();
+  const TensorView A = A_log.view(), bias = dt_bias.view(), h0 = in.h0.view(), cu = in.cu.view();
+  const TensorView* A_p = c.A_log ? &A : nullptr;
+  const TensorView* bias_p = c.dt_bias ? &bias : nullptr;
+  const TensorView* h0_p = c.h0 ? &h0 : nullptr;
+  const TensorView* cu_p = c.cu_seqlens.empty() ? nullptr : &cu;
+  Outputs r;
+  r.o = HostTensor(DType::f64, v.sizes());
+  if (c.ht) r.ht = HostTensor(DType::f64, c.state_sizes());
+  const TensorView ht = r.ht.view();
+  chunk_kda_fwd(q.view(), k.view(), v.view(), g.view(), beta.view(), A_p, bias_p, h0_p, cu_p, params, r.o.view(),
+                c.ht ? &ht : nullptr);
+  if (!c.backward) return r;
+  r.dq = HostTensor(DType::f64, q.sizes());
+  r.dk = HostTensor(DType::f64, k.sizes());
+  r.dv = HostTensor(DType::f64, v.sizes());
+  r.dg = HostTensor(DType::f64, g.sizes());
+  r.dbeta = HostTensor(DType::f64, beta.sizes());
+  if (c.h0) r.dh0 = HostTensor(DType::f64, c.state_sizes());
+  if (c.A_log) r.dA_log = HostTensor(DType::f64, {c.HV});
+  if (c.dt_bias) r.ddt_bias = HostTensor(DType::f64, {c.HV * c.K});
+  const HostTensor d_o64 = d_o.to(DType::f64);
+  const TensorView dht_v = dht.view(), dh0 = r.dh0.view(), dA = r.dA_log.view(), dbias = r.ddt_bias.view();
+  chunk_kda_bwd(q.view(), k.view(), v.view(), g.view(), beta.view(), A_p, bias_p, h0_p, cu_p, params, d_o64.view(),
+                c.ht ? &dht_v : nullptr, r.dq.view(), r.dk.view(), r.dv.view(), r.dg.view(), r.dbeta.view(),
+                c.h0 ? &dh0 : nullptr, c.A_log ? &dA : nullptr, c.dt_bias ? &dbias : nullptr);
+  return r;
+}
+
+Outputs on_device(const Case& c, const Inputs& in, const HostTensor& d_o, const HostTensor& dht) {
+  const KdaParams params = c.params();
+  std::fprintf(stderr, "[kda_cuda] %s: upload\n", c.name.c_str());
+  const DeviceInputs d = upload(c, in);
+  std::fprintf(stderr, "[kda_cuda] %s: forward\n", c.name.c_str());
+  const TensorView A = d.A_log.view(), bias = d.dt_bias.view(), h0 = d.h0.view(), cu = d.cu.view();
+  const TensorView* A_p = c.A_log ? &A : nullptr;
+  const TensorView* bias_p = c.dt_bias ? &bias : nullptr;
+  const TensorView* h0_p = c.h0 ? &h0 : nullptr;
+  const TensorView* cu_p = c.cu_seqlens.empty() ? nullptr : &cu;
+  CudaTensor o(c.dtype, in.v.sizes()), ht;
+  if (c.ht) ht = CudaTensor(DType::f32, c.state_sizes());
+  const TensorView ht_v = ht.view();
+  chunk_kda_fwd(d.q.view(), d.k.view(), d.v.view(), d.g.view(), d.beta.view(), A_p, bias_p, h0_p, cu_p, params,
+                o.view(), c.ht ? &ht_v : nullptr);
+  cuda_synchronize();
+  Outputs r;
+  r.o = o.to_host();
+  if (c.ht) r.ht = ht.to_host();
+  if (!c.backward) return r;
+  std::fprintf(stderr, "[kda_cuda] %s: backward\n", c.name.c_str());
+  const CudaTensor d_o_dev = CudaTensor::from_host(d_o);
+  CudaTensor dht_dev, dq(c.dtype, in.q.sizes()), dk(c.dtype, in.k.sizes()), dv(c.dtype, in.v.sizes()),
+      dg(c.dtype, in.g.sizes()), dbeta(c.dtype, in.beta.sizes()), dh0, dA_log, ddt_bias;
+  if (c.ht) dht_dev = CudaTensor::from_host(dht);
+  if (c.h0) dh0 = CudaTensor(DType::f32, c.state_sizes());
+  if (c.A_log) dA_log = CudaTensor(DType::f32, {c.HV});
+  if (c.dt_bias) ddt_bias = CudaTensor(DType::f32, {c.HV * c.K});
+  const TensorView dht_v = dht_dev.view(), dh0_v = dh0.view(), dA_v = dA_log.view(), dbias_v = ddt_bias.view();
+  chunk_kda_bwd(d.q.view(), d.k.view(), d.v.view(), d.g.view(), d.beta.view(), A_p, bias_p, h0_p, cu_p, params,
+                d_o_dev.view(), c.ht ? &dht_v : nullptr, dq.view(), dk.view(), dv.view(), dg.view(), dbeta.view(),
+                c.h0 ? &dh0_v : nullptr, c.A_log ? &dA_v : nullptr, c.dt_bias ? &dbias_v : nullptr);
+  cuda_synchronize();
+  r.dq = dq.to_host();
+  r.dk = dk.to_host();
+  r.dv = dv.to_host();
+  r.dg = dg.to_host();
+  r.dbeta = dbeta.to_host();
+  if (c.h0) r.dh0 = dh0.to_host();
+  if (c.A_log) r.dA_log = dA_log.to_host();
+  if (c.dt_bias) r.ddt_bias = ddt_bias.to_host();
+  return r;
+}
+
+void check_case(const Case& c, uint64_t seed) {
+  const Inputs in = make_inputs(c, seed);
+  const HostTensor d_o = testing::randn(in.v.sizes(), seed + 11, 1.0, c.dtype);
+  HostTensor dht;
+  if (c.ht) dht = testing::randn(c.state_sizes(), seed + 12, 0.3, DType::f32);
+  const Outputs ref = reference(c, in, d_o, dht);
+  const Outputs got = on_device(c, in, d_o, dht);
+  const Tolerance lo = low_precision_tol(c), st = state_tol(c);
+  expect_close(c.name + " o", got.o, ref.o, lo);
+  if (c.ht) expect_close(c.name + " final_state", got.ht, ref.ht, st);
+  if (!c.backward) return;
+  expect_close(c.name + " dq", got.dq, ref.dq, lo);
+  expect_close(c.name + " dk", got.dk, ref.dk, lo);
+  expect_close(c.name + " dv", got.dv, ref.dv, lo);
+  expect_close(c.name + " dg", got.dg, ref.dg, lo);
+  expect_close(c.name + " dbeta", got.dbeta, ref.dbeta, lo);
+  if (c.h0) expect_close(c.name + " dh0", got.dh0, ref.dh0, st);
+  if (c.A_log) expect_close(c.name + " dA_log", got.dA_log, ref.dA_log, st);
+  if (c.dt_bias) expect_close(c.name + " ddt_bias", got.ddt_bias, ref.ddt_bias, st);
+}
+
+std::vector<Case> sweep() {
+  std::vector<Case> cases;
+  auto add = [&](Case c) { cases.push_back(std::move(c)); };
+  {
+    Case c{"B2 T100 H2 K64 plain"};
+    c.B = 2, c.T = 100, c.H = 2, c.HV = 2;
+    add(c);
+  }
+  {
+    Case c{"B1 T37 K128 h0 ht (T < 64)"};
+    c.T = 37, c.K = 128, c.h0 = c.ht = true;
+    add(c);
+  }
+  {
+    Case c{"B1 T1 K64 h0 ht"};
+    c.T = 1, c.h0 = c.ht = true;
+    add(c);
+  }
+  {
+    Case c{"varlen empty/len-1 K64 H2 h0 ht i32"};
+    c.T = 203, c.H = 2, c.HV = 2, c.cu_seqlens = {0, 0, 1, 70, 70, 200, 203}, c.h0 = c.ht = true;
+    add(c);
+  }
+  {
+    Case c{"varlen K128 i64 trailing empty"};
+    c.T = 129, c.K = 128, c.cu_seqlens = {0, 64, 65, 129, 129}, c.cu_dtype = DType::i64, c.ht = true;
+    add(c);
+  }
+  {
+    Case c{"GVA H2 HV4 K128 T150 h0 ht"};
+    c.T = 150, c.H = 2, c.HV = 4, c.K = 128, c.h0 = c.ht = true;
+    add(c);
+  }
+  {
+    Case c{"all options softplus gate varlen GVA K64"};
+    c.T = 170, c.H = 1, c.HV = 2, c.cu_seqlens = {0, 1, 90, 170}, c.l2norm = true, c.gate = Gate::softplus;
+    c.A_log = c.dt_bias = true, c.beta_sigmoid = true, c.h0 = c.ht = true;
+    add(c);
+  }
+  {
+    Case c{"lower_bound gate no A_log neg_eigval v_first K128"};
+    c.T = 131, c.K = 128, c.l2norm = true, c.gate = Gate::lower_bound, c.dt_bias = true;
+    c.beta_sigmoid = c.neg_eigval = true, c.h0 = c.ht = c.v_first = true;
+    add(c);
+  }
+  {
+    Case c{"lower_bound gate A_log softplus-free K64"};
+    c.T = 96, c.gate = Gate::lower_bound, c.A_log = true, c.l2norm = true, c.ht = true;
+    add(c);
+  }
+  {
+    Case c{"strong decay g in [-6, -1] K64"};  // chunk cumsum ~ -220: exp(-G) alone overflows fp32
+    c.T = 200, c.g_lo = -6.0, c.g_hi = -1.0, c.h0 = c.ht = true;
+    add(c);
+  }
+  {
+    // many short and a few long sequences in one pack: lengths 0, 1, 63, 64, 65, 129, 3, 0, 200, 7, 1, 40
+    Case c{"varlen 12 seqs mixed lengths GVA H2 HV4 K64 gate h0 ht"};
+    c.T = 573, c.H = 2, c.HV = 4, c.cu_seqlens = {0, 0, 1, 64, 128, 193, 322, 325, 325, 525, 532, 533, 573};
+    c.gate = Gate::softplus, c.A_log = c.dt_bias = true, c.l2norm = true, c.h0 = c.ht = true;
+    add(c);
+  }
+  {
+    Case c{"f16 K128 GVA varlen beta sigmoid"};
+    c.T = 150, c.H = 1, c.HV = 2, c.K = 128, c.dtype = DType::f16, c.cu_seqlens = {0, 80, 81, 150};
+    c.beta_sigmoid = true, c.ht = true;
+    add(c);
+  }
+  {
+    Case c{"f16 K64 h0 ht"};
+    c.T = 77, c.dtype = DType::f16, c.h0 = c.ht = true;
+    add(c);
+  }
+  {
+    Case c{"f32 K128 all options"};
+    c.T = 140, c.K = 128, c.H = 1, c.HV = 2, c.dtype = DType::f32, c.l2norm = true, c.gate = Gate::softplus;
+    c.A_log = c.dt_bias = true, c.beta_sigmoid = true, c.h0 = c.ht = true;
+    add(c);
+  }
+  return cases;
+}
+
+TEST(KdaCuda, MatchesCpuReferenceOverSweep) {
+  SEQMIX_REQUIRE_CUDA();
+  uint64_t seed = 100;
+  for (const Case& c : sweep()) {
+    SCOPED_TRACE(c.name);
+    check_case(c, seed += 20);
+  }
+}
+
+TEST(KdaCuda, LongSequence8192ForwardAndBackward) {
+  SEQMIX_REQUIRE_CUDA();
+  Case c{"T8192 K128 HV2 h0 ht l2norm"};
+  c.T = 8192, c.K = 128, c.H = 1, c.HV = 2, c.l2norm = true, c.h0 = c.ht = true;
+  check_case(c, 7);
+}
+
+TEST(KdaCuda, LongSequence32768ForwardAndBackward) {
+  SEQMIX_REQUIRE_CUDA();
+  Case c{"T32768 K64 h0 ht gate l2norm"};
+  c.T = 32768, c.K = 64, c.h0 = c.ht = true, c.l2norm = true, c.gate = Gate::softplus, c.A_log = c.dt_bias = true;
+  check_case(c, 9);
+}
+
+TEST(KdaCuda, BackwardIsDeterministic) {
+  SEQMIX_REQUIRE_CUDA();
+  Case c{"determinism"};
+  c.T = 300, c.K = 64, c.H = 1, c.HV = 2, c.cu_seqlens = {0, 100, 300}, c.gate = Gate::softplus, c.A_log = true;
+  c.dt_bias = true, c.h0 = c.ht = true;
+  const Inputs in = make_inputs(c, 3);
+  const HostTensor d_o = testing::randn(in.v.sizes(), 4, 1.0, c.dtype);
+  const HostTensor dht = testing::randn(c.state_sizes(), 5, 0.3, DType::f32);
+  const Outputs a = on_device(c, in, d_o, dht), b = on_device(c, in, d_o, dht);
+  for (auto [x, y] : {std::pair{&a.o, &b.o}, {&a.ht, &b.ht}, {&a.dq, &b.dq}, {&a.dk, &b.dk}, {&a.dv, &b.dv},
+                      {&a.dg, &b.dg}, {&a.dbeta, &b.dbeta},
+                      {&a.dA_log, &b.dA_log}, {&a.ddt_bias, &b.ddt_bias}, {&a.dh0, &b.dh0}})
+    EXPECT_EQ(testing::max_abs_diff(*x, *y), 0.0);
+}
+
+TEST(KdaCuda, BadInputsNameTheArgument) {
+  SEQMIX_REQUIRE_CUDA();
+  const int64_t T = 70, K = 64;
+  CudaTensor q(DType::bf16, {1, T, 1, K}), k(DType::bf16, {1, T, 1, K}), v(DType::bf16, {1, T, 1, K}),
+      g(DType::bf16, {1, T, 1, K}), beta(DType::bf16, {1, T, 1}), o(DType::bf16, {1, T, 1, K}),
+      g_f16(DType::f16, {1, T, 1, K}), big(DType::bf16, {1, T, 2, K});
+  HostTensor k_host(DType::bf16, {1, T, 1, K});
+  const KdaParams p;
+  auto fwd = [&](const TensorView& kv, const TensorView& gv, const TensorView* cu) {
+    chunk_kda_fwd(q.view(), kv, v.view(), gv, beta.view(), nullptr, nullptr, nullptr, cu, p, o.view(), nullptr);
+  };
+  // k on the CPU, the rest on CUDA
+  testing::expect_error([&] { fwd(k_host.view(), g.view(), nullptr); }, {"k", "device"});
+  testing::expect_error([&] { fwd(k.view(), g_f16.view(), nullptr); }, {"g", "dtype"});
+  // g: every other head of a [1, T, 2, K] buffer (shape right, strides not row-major)
+  TensorView g_strided = big.view();
+  g_strided.sizes[2] = 1;
+  testing::expect_error([&] { fwd(k.view(), g_strided, nullptr); }, {"g", "contiguous"});
+  const CudaTensor cu_bad_start = CudaTensor::from_host(testing::int_tensor({1, 30, T}, DType::i32));
+  const CudaTensor cu_decreasing = CudaTensor::from_host(testing::int_tensor({0, 40, 30, T}, DType::i64));
+  const CudaTensor cu_bad_end = CudaTensor::from_host(testing::int_tensor({0, 30, T - 1}, DType::i32));
+  const CudaTensor cu_float = CudaTensor::from_host(HostTensor(DType::f32, {3}));
+  const TensorView v1 = cu_bad_start.view(), v2 = cu_decreasing.view(), v3 = cu_bad_end.view(), v4 = cu_float.view();
+  testing::expect_error([&] { fwd(k.view(), g.view(), &v1); }, {"cu_seqlens", "start at 0"});
+  testing::expect_error([&] { fwd(k.view(), g.view(), &v2); }, {"cu_seqlens", "non-decreasing"});
+  testing::expect_error([&] { fwd(k.view(), g.view(), &v3); }, {"cu_seqlens", "total token count"});
+  testing::expect_error([&] { fwd(k.view(), g.view(), &v4); }, {"cu_seqlens"});
+}
+
+TEST(KdaCuda, UnsupportedCombinationsNameTheOption) {
+  SEQMIX_REQUIRE_CUDA();
+  auto run = [](int64_t K, int64_t V, DType dtype, int64_t chunk_size) {
+    CudaTensor q(dtype, {1, 8, 1, K}), k(dtype, {1, 8, 1, K}), v(dtype, {1, 8, 1, V}), g(dtype, {1, 8, 1, K}),
+        beta(dtype, {1, 8, 1}), o(dtype, {1, 8, 1, V});
+    KdaParams p;
+    p.chunk_size = chunk_size;
+    chunk_kda_fwd(q.view(), k.view(), v.view(), g.view(), beta.view(), nullptr, nullptr, nullptr, nullptr, p, o.view(),
+                  nullptr);
+  };
+  testing::expect_error([&] { run(32, 32, DType::bf16, 64); }, {"not implemented", "K = 32"});
+  testing::expect_error([&] { run(64, 128, DType::bf16, 64); }, {"not implemented", "V = 128"});
+  testing::expect_error([&] { run(64, 64, DType::f64, 64); }, {"not implemented", "float64"});
+  testing::expect_error([&] { run(64, 64, DType::bf16, 32); }, {"not implemented", "chunk_size = 32"});
+  EXPECT_GT(chunk_kda_workspace_bytes(1, 4096, 16, 16, 128, 128, -1, true),
+            chunk_kda_workspace_bytes(1, 4096, 16, 16, 128, 128, -1, false));
+}
+
+}  // namespace
+}  // namespace seqmix
