@@ -1,21 +1,57 @@
 #!/usr/bin/env bash
-# On a GPU machine: builds with the CUDA backend and runs the whole suite with the CUDA
-# comparisons switched on (SEQMIX_TEST_CUDA=1 makes a missing GPU a failure, not a skip),
-# then `seqmix check` on both devices. Logs go to $LOG_DIR (default build-cuda/logs).
+# On a GPU machine: builds with the CUDA backend (and the PyTorch extension when the Python has
+# torch), runs the whole C++ suite with the CUDA comparisons switched on (SEQMIX_TEST_CUDA=1 makes a
+# missing GPU a failure, not a skip), `seqmix check` on both devices, then tests/python on the GPU
+# (parity with the peers' Triton kernels when peers/ holds them). Logs go to $LOG_DIR.
+# TIME_BUDGET_S (default 560) bounds the whole run: the FLA Triton parity cases run last, as time allows.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 log_dir=${LOG_DIR:-build-cuda/logs}
 mkdir -p "$log_dir"
+t0=$(date +%s)
+left() { echo $(( ${TIME_BUDGET_S:-560} - $(date +%s) + t0 )); }
+python=$(command -v python3)
 gtest_src=/usr/src/googletest
 [ -d .deps/googletest ] && gtest_src=$PWD/.deps/googletest
 cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DSEQMIX_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
-  -DSEQMIX_GTEST_SOURCE_DIR="$gtest_src" > "$log_dir/configure.log" 2>&1 || { tail -30 "$log_dir/configure.log"; exit 1; }
+  -DSEQMIX_GTEST_SOURCE_DIR="$gtest_src" -DSEQMIX_PYTHON="$python" > "$log_dir/configure.log" 2>&1 ||
+  { tail -30 "$log_dir/configure.log"; exit 1; }
 cmake --build build-cuda -j "$(nproc)" > "$log_dir/build.log" 2>&1 || { grep -E "error" "$log_dir/build.log" | head -40; exit 1; }
+echo "build done at $(( $(date +%s) - t0 )) s"
 SEQMIX_TEST_CUDA=1 ctest --test-dir build-cuda --output-on-failure -j 8 > "$log_dir/ctest.log" 2>&1
 ctest_status=$?
-tail -25 "$log_dir/ctest.log"
-./build-cuda/seqmix check > "$log_dir/check_cpu.log" 2>&1; cpu_status=$?
-./build-cuda/seqmix check --device cuda > "$log_dir/check_cuda.log" 2>&1; cuda_status=$?
-tail -3 "$log_dir/check_cpu.log"
-cat "$log_dir/check_cuda.log"
-exit $(( ctest_status || cpu_status || cuda_status ))
+grep -E "tests passed|tests failed|\(Failed\)|\(Timeout\)|Total Test time" "$log_dir/ctest.log" | tail -25
+echo "ctest done at $(( $(date +%s) - t0 )) s"
+./build-cuda/seqmix check > "$log_dir/check.log" 2>&1; check_status=$?
+grep -E "cuda|passed" "$log_dir/check.log"
+py_status=0
+if [ -f build-cuda/libseqmix_torch.so ]; then
+  export SEQMIX_PEERS=${SEQMIX_PEERS:-$PWD/peers} SEQMIX_FLA_ONE_CONFIG=1 SEQMIX_TORCH_LIB=$PWD/build-cuda/libseqmix_torch.so
+  # One process per file, verbose into the log: a crash in one file hides nothing else and names its test.
+  for f in tests/python/test_*.py; do
+    timeout $(( $(left) > 40 ? 60 : 10 )) "$python" -X faulthandler -m pytest -v -p no:cacheprovider -rs "$f" \
+      -k "not fla_triton" >> "$log_dir/pytest.log" 2>&1
+    rc=$?
+    [ $rc -eq 0 ] || py_status=$rc
+    echo "pytest $f rc=$rc: $(grep -c ' PASSED' "$log_dir/pytest.log") passed / $(grep -c ' FAILED' "$log_dir/pytest.log") failed / $(grep -c ' SKIPPED' "$log_dir/pytest.log") skipped so far, at $(( $(date +%s) - t0 )) s"
+    [ $rc -eq 0 ] || grep -E "FAILED|Fatal Python|::test_" "$log_dir/pytest.log" | tail -3
+    if [ $rc -ge 128 ] && command -v cuda-gdb > /dev/null; then  # a crash: the native backtrace
+      crashed=$(grep -E "::test_" "$log_dir/pytest.log" | tail -1 | awk '{print $1}')
+      timeout 90 cuda-gdb -batch -ex run -ex bt --args "$python" -m pytest -q -p no:cacheprovider "$crashed" 2>&1 |
+        grep -v "^\[New Thread\|^\[Thread" | tail -40 > "$log_dir/crash_backtrace.log"
+      grep -E "^#" "$log_dir/crash_backtrace.log" | head -20
+    fi
+  done
+  for c in plain gate_states_l2 gva_varlen lower_bound_beta_sigmoid; do
+    [ "$(left)" -gt 40 ] || { echo "FLA parity $c not run (time)"; continue; }
+    timeout $(( $(left) - 10 )) "$python" -m pytest -q -s -p no:cacheprovider -rs tests/python/test_kda.py \
+      -k "fla_triton and $c" >> "$log_dir/fla_parity.log" 2>&1
+    rc=$?
+    [ $rc -eq 0 ] || py_status=$rc
+    echo "FLA parity $c rc=$rc at $(( $(date +%s) - t0 )) s"
+  done
+  grep -E "FLA-PARITY" "$log_dir/fla_parity.log"
+else
+  echo "PyTorch extension not built: tests/python not run on the GPU"
+fi
+exit $(( ctest_status || check_status || py_status ))
