@@ -493,8 +493,10 @@ def error_ratio(got, want):
 @pytest.mark.parametrize("name", list(FLA_CUDA_CASES))
 def test_matches_fla_triton_chunk_kda(name):
     """FLA's Triton chunk_kda (float32 inputs on the GPU) against ours: on the GPU when the CUDA
-    backend has KDA, else the CPU reference on the same inputs. Outputs and every gradient, by FLA's
-    error ratio: below 0.005 for o and the final state, 0.008 for the gradients."""
+    backend has KDA, else the CPU reference on the same inputs. Outputs and every gradient: ours no
+    further from the fp64 CPU reference than FLA is (the issue's accuracy goal), and within FLA's own
+    error-ratio thresholds of FLA (0.005 for o and the final state, 0.008 for the gradients) unless
+    ours is the closer of the two to the fp64 reference."""
     fla_chunk_kda = fla_triton_chunk_kda()
     device = "cuda" if cuda_backend_has_kda() else "cpu"
     make, options = FLA_CUDA_CASES[name]
@@ -513,18 +515,31 @@ def test_matches_fla_triton_chunk_kda(name):
         ours_options["cu_seqlens"] = ours_options["cu_seqlens"].to(device)
     o_fla, final_fla = fla_chunk_kda(*split(fla)[0], **split(fla)[1], **fla_options)
     o, final_state = seqmix.chunk_kda(*split(ours)[0], **split(ours)[1], **ours_options)
-    outputs, fla_outputs = [o], [o_fla]
-    ratios = {"o": error_ratio(o, o_fla)}
+    # The fp64 CPU reference on the same (float32) inputs: the judge of which of the two is closer.
+    exact = {n: t.double().requires_grad_() for n, t in inputs.items()}
+    o_ref, final_ref = seqmix.chunk_kda(*split(exact)[0], **split(exact)[1], **reference_options(options))
+    outputs, fla_outputs, ref_outputs = [o], [o_fla], [o_ref]
     if final_fla is not None:
-        ratios["final_state"] = error_ratio(final_state, final_fla)
         outputs.append(final_state)
         fla_outputs.append(final_fla)
+        ref_outputs.append(final_ref)
     cotangents = [torch.randn_like(t.cpu()) for t in outputs]
     grads = torch.autograd.grad(outputs, list(ours.values()), [c.to(device) for c in cotangents])
     fla_grads = torch.autograd.grad(fla_outputs, list(fla.values()), [c.cuda() for c in cotangents])
-    for n, got, want in zip(ours, grads, fla_grads):
-        ratios[f"d{n}"] = error_ratio(got, want)
+    ref_grads = torch.autograd.grad(ref_outputs, list(exact.values()), [c.double() for c in cotangents])
+    names = ["o", "final_state"][: len(outputs)] + [f"d{n}" for n in ours]
+    ratios, ours_err, fla_err = {}, {}, {}
+    for n, got, want, ref in zip(names, outputs + list(grads), fla_outputs + list(fla_grads),
+                                 ref_outputs + list(ref_grads)):
+        ratios[n] = error_ratio(got, want)
+        ours_err[n] = error_ratio(got, ref)
+        fla_err[n] = error_ratio(want, ref)
     print(f"\nFLA-PARITY {name} (seqmix on {device}): "
           + ", ".join(f"{n} {r:.2e}" for n, r in ratios.items()))
-    for n, r in ratios.items():
-        assert r < (0.005 if n in ("o", "final_state") else 0.008), (n, r)
+    print(f"FP64-ERROR {name}: " + ", ".join(f"{n} ours {ours_err[n]:.2e} fla {fla_err[n]:.2e}" for n in names))
+    for n in names:
+        # Ours must be no further from the fp64 reference than FLA is (plus a float32-level floor),
+        # and within FLA's own test thresholds of FLA.
+        assert ours_err[n] <= max(1.25 * fla_err[n], 1e-5), (n, ours_err[n], fla_err[n])
+        assert ratios[n] < (0.005 if n in ("o", "final_state") else 0.008) or ours_err[n] < fla_err[n], (
+            n, ratios[n], ours_err[n], fla_err[n])
