@@ -63,6 +63,12 @@ Stream current_stream(const at::Tensor& t) {
   return nullptr;
 }
 
+void rethrow_as_torch_error(const Error& error) {
+  const std::string message = error.what();
+  TORCH_CHECK_NOT_IMPLEMENTED(message.find("not implemented") == std::string::npos, message);
+  TORCH_CHECK(false, message);
+}
+
 }  // namespace seqmix::torch_binding
 
 // The namespace; each family adds its ops with TORCH_LIBRARY_FRAGMENT(seqmix, m) in its own file.

@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "seqmix/device.h"
+#include "seqmix/error.h"
 #include "seqmix/tensor.h"
 
 namespace seqmix::torch_binding {
@@ -31,5 +32,20 @@ class OptionalView {
 // The current torch stream of t's device for CUDA tensors, nullptr (the default stream) otherwise.
 // For the C++ entries that take a seqmix::Stream; compiled with CUDA only when the build has it.
 Stream current_stream(const at::Tensor& t);
+
+// Rethrows a seqmix::Error as torch's own error (c10::NotImplementedError when the message says
+// "not implemented", else c10::Error), so Python sees the RuntimeError / NotImplementedError every
+// torch op raises and the exception crosses the dispatcher as the type it is built for.
+[[noreturn]] void rethrow_as_torch_error(const Error& error);
+
+// Runs a call into the seqmix C++ API under that translation.
+template <class Fn>
+void call_seqmix(Fn&& fn) {
+  try {
+    fn();
+  } catch (const Error& error) {
+    rethrow_as_torch_error(error);
+  }
+}
 
 }  // namespace seqmix::torch_binding

@@ -38,8 +38,10 @@ at::Tensor hstu_attention(const at::Tensor& q, const at::Tensor& k, const at::Te
   const at::DeviceGuard guard(q.device());
   const TensorView q_view = view(q, "q"), v_view = view(v, "v");
   at::Tensor out = at::empty(v_view.shape(), q.options());
-  hstu_attention_fwd(params, q_view, view(k, "k"), v_view, view(seq_offsets, "seq_offsets"),
-                     OptionalView(num_targets, "num_targets").get(), view(out, "out"), current_stream(q));
+  call_seqmix([&] {
+    hstu_attention_fwd(params, q_view, view(k, "k"), v_view, view(seq_offsets, "seq_offsets"),
+                       OptionalView(num_targets, "num_targets").get(), view(out, "out"), current_stream(q));
+  });
   return out;
 }
 
@@ -55,9 +57,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hstu_attention_backward(
   at::Tensor dq = at::empty(q_view.shape(), q.options());
   at::Tensor dk = at::empty(q_view.shape(), q.options());
   at::Tensor dv = at::empty(v_view.shape(), q.options());
-  hstu_attention_bwd(params, q_view, view(k, "k"), v_view, view(seq_offsets, "seq_offsets"),
-                     OptionalView(num_targets, "num_targets").get(), view(dout, "dout"), view(dq, "dq"), view(dk, "dk"),
-                     view(dv, "dv"), current_stream(q));
+  call_seqmix([&] {
+    hstu_attention_bwd(params, q_view, view(k, "k"), v_view, view(seq_offsets, "seq_offsets"),
+                       OptionalView(num_targets, "num_targets").get(), view(dout, "dout"), view(dq, "dq"),
+                       view(dk, "dk"), view(dv, "dv"), current_stream(q));
+  });
   return {dq, dk, dv};
 }
 

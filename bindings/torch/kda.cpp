@@ -82,10 +82,12 @@ std::tuple<at::Tensor, at::Tensor> chunk_kda(const at::Tensor& q, const at::Tens
   at::Tensor final_state = at::empty(
       output_final_state ? state_shape(q, v, cu_seqlens, state_v_first) : std::vector<int64_t>{0}, state_options(q));
   const OptionalView final_state_view(output_final_state ? OptionalTensor(final_state) : c10::nullopt, "final_state");
-  chunk_kda_fwd(view(q_, "q"), view(k_, "k"), view(v_, "v"), view(g_, "g"), view(beta_, "beta"),
-                OptionalView(A_log_, "A_log").get(), OptionalView(dt_bias_, "dt_bias").get(),
-                OptionalView(h0, "initial_state").get(), OptionalView(cu_seqlens, "cu_seqlens").get(), params,
-                view(o, "o"), final_state_view.get());
+  call_seqmix([&] {
+    chunk_kda_fwd(view(q_, "q"), view(k_, "k"), view(v_, "v"), view(g_, "g"), view(beta_, "beta"),
+                  OptionalView(A_log_, "A_log").get(), OptionalView(dt_bias_, "dt_bias").get(),
+                  OptionalView(h0, "initial_state").get(), OptionalView(cu_seqlens, "cu_seqlens").get(), params,
+                  view(o, "o"), final_state_view.get());
+  });
   return {o, final_state};
 }
 
@@ -123,12 +125,14 @@ BackwardResult chunk_kda_backward(const at::Tensor& grad_o, const OptionalTensor
   };
   const OptionalView dh0_view = out_view(dh0, has_h0, "dh0"), dA_log_view = out_view(dA_log, has_dA_log, "dA_log"),
                      ddt_bias_view = out_view(ddt_bias, has_ddt_bias, "ddt_bias");
-  chunk_kda_bwd(view(q_, "q"), view(k_, "k"), view(v_, "v"), view(g_, "g"), view(beta_, "beta"),
-                OptionalView(A_log_, "A_log").get(), OptionalView(dt_bias_, "dt_bias").get(),
-                OptionalView(h0, "initial_state").get(), OptionalView(cu_seqlens, "cu_seqlens").get(), params,
-                view(dense(grad_o), "do"), OptionalView(dense(grad_final_state), "dht").get(), view(dq, "dq"),
-                view(dk, "dk"), view(dv, "dv"), view(dg, "dg"), view(dbeta, "dbeta"), dh0_view.get(), dA_log_view.get(),
-                ddt_bias_view.get());
+  call_seqmix([&] {
+    chunk_kda_bwd(view(q_, "q"), view(k_, "k"), view(v_, "v"), view(g_, "g"), view(beta_, "beta"),
+                  OptionalView(A_log_, "A_log").get(), OptionalView(dt_bias_, "dt_bias").get(),
+                  OptionalView(h0, "initial_state").get(), OptionalView(cu_seqlens, "cu_seqlens").get(), params,
+                  view(dense(grad_o), "do"), OptionalView(dense(grad_final_state), "dht").get(), view(dq, "dq"),
+                  view(dk, "dk"), view(dv, "dv"), view(dg, "dg"), view(dbeta, "dbeta"), dh0_view.get(),
+                  dA_log_view.get(), ddt_bias_view.get());
+  });
   return {dq, dk, dv, dg, dbeta, dh0, dA_log, ddt_bias};
 }
 

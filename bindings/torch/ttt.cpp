@@ -57,11 +57,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_ttt_linear(
   const OptionalView final_state_view(output_final_state ? OptionalTensor(final_state) : c10::nullopt, "final_state");
   const OptionalView final_state_bias_view(output_final_state ? OptionalTensor(final_state_bias) : c10::nullopt,
                                            "final_state_bias");
-  chunk_ttt_linear_fwd(view(q, "q"), view(k, "k"), view(v, "v"), view(w, "w"), view(b, "b"), view(eta, "eta"),
-                       OptionalView(initial_state, "initial_state").get(),
-                       OptionalView(initial_state_bias, "initial_state_bias").get(),
-                       OptionalView(cu_seqlens, "cu_seqlens").get(), params, view(o, "o"), final_state_view.get(),
-                       final_state_bias_view.get());
+  call_seqmix([&] {
+    chunk_ttt_linear_fwd(view(q, "q"), view(k, "k"), view(v, "v"), view(w, "w"), view(b, "b"), view(eta, "eta"),
+                         OptionalView(initial_state, "initial_state").get(),
+                         OptionalView(initial_state_bias, "initial_state_bias").get(),
+                         OptionalView(cu_seqlens, "cu_seqlens").get(), params, view(o, "o"), final_state_view.get(),
+                         final_state_bias_view.get());
+  });
   return {o, final_state, final_state_bias};
 }
 
@@ -87,14 +89,16 @@ BackwardResult chunk_ttt_linear_backward(const at::Tensor& grad_o, const Optiona
       has_state ? at::empty(initial_state->sizes(), initial_state->options()) : at::empty({0}, q.options());
   at::Tensor dhb0 =
       has_bias ? at::empty(initial_state_bias->sizes(), initial_state_bias->options()) : at::empty({0}, q.options());
-  chunk_ttt_linear_bwd(view(q, "q"), view(k, "k"), view(v, "v"), view(w, "w"), view(b, "b"), view(eta, "eta"),
-                       OptionalView(initial_state, "initial_state").get(),
-                       OptionalView(initial_state_bias, "initial_state_bias").get(),
-                       OptionalView(cu_seqlens, "cu_seqlens").get(), view(grad_o, "do"),
-                       OptionalView(grad_final_state, "dht").get(), OptionalView(grad_final_state_bias, "dhbt").get(),
-                       params, view(dq, "dq"), view(dk, "dk"), view(dv, "dv"), view(dw, "dw"), view(db, "db"),
-                       view(deta, "deta"), OptionalView(has_state ? OptionalTensor(dh0) : c10::nullopt, "dh0").get(),
-                       OptionalView(has_bias ? OptionalTensor(dhb0) : c10::nullopt, "dhb0").get());
+  call_seqmix([&] {
+    chunk_ttt_linear_bwd(view(q, "q"), view(k, "k"), view(v, "v"), view(w, "w"), view(b, "b"), view(eta, "eta"),
+                         OptionalView(initial_state, "initial_state").get(),
+                         OptionalView(initial_state_bias, "initial_state_bias").get(),
+                         OptionalView(cu_seqlens, "cu_seqlens").get(), view(grad_o, "do"),
+                         OptionalView(grad_final_state, "dht").get(), OptionalView(grad_final_state_bias, "dhbt").get(),
+                         params, view(dq, "dq"), view(dk, "dk"), view(dv, "dv"), view(dw, "dw"), view(db, "db"),
+                         view(deta, "deta"), OptionalView(has_state ? OptionalTensor(dh0) : c10::nullopt, "dh0").get(),
+                         OptionalView(has_bias ? OptionalTensor(dhb0) : c10::nullopt, "dhb0").get());
+  });
   return {dq, dk, dv, dw, db, deta, dh0, dhb0};
 }
 
@@ -196,8 +200,16 @@ class ChunkTTTLinearFunction : public torch::autograd::Function<ChunkTTTLinearFu
         call_backward(grad_o, state_grad(grads[1]), state_grad(grads[2]), s[0], s[1], s[2], s[3], s[4], s[5],
                       optional(s[6]), optional(s[7]), optional(s[8]), params);
     // No gradient for an absent initial state, cu_seqlens or the options.
-    return {dq, dk, dv, dw, db, deta, s[6].defined() ? dh0 : at::Tensor(), s[7].defined() ? dhb0 : at::Tensor(),
-            at::Tensor(), at::Tensor()};
+    return {dq,
+            dk,
+            dv,
+            dw,
+            db,
+            deta,
+            s[6].defined() ? dh0 : at::Tensor(),
+            s[7].defined() ? dhb0 : at::Tensor(),
+            at::Tensor(),
+            at::Tensor()};
   }
 };
 

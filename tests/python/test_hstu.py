@@ -292,6 +292,19 @@ def test_bad_input_raises_naming_the_argument(argument, kwargs):
         seqmix.hstu_attention(**kwargs)
 
 
+@pytest.mark.skipif(not hasattr(torch, "float8_e4m3fn"), reason="torch without float8")
+def test_missing_kernels_raise_not_implemented_error():
+    """seqmix's "not implemented" errors arrive as NotImplementedError (a RuntimeError), the others as
+    RuntimeError: the binding rethrows them as torch's own error types."""
+    q, k, v, seq_offsets = make_inputs()
+    fp8 = [t.to(torch.float8_e4m3fn) for t in (q, k, v)]
+    with pytest.raises(NotImplementedError, match="FP8 attention"):
+        seqmix.hstu_attention(*fp8, seq_offsets, 9)
+    with pytest.raises(RuntimeError, match="q: expected rank 3") as error:
+        seqmix.hstu_attention(q[0], k[0], v[0], seq_offsets, 9)
+    assert not isinstance(error.value, NotImplementedError)
+
+
 def test_meta_tensors_give_shapes_forward_and_backward():
     q, k, v, seq_offsets = (t.to("meta") for t in make_inputs(dqk=4, dv=6, dtype=torch.bfloat16))
     q.requires_grad_()
