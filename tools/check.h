@@ -40,4 +40,8 @@ double time_ms(const std::function<void()>& fn);
 // max |a - b| and max |a - b| / max(|b|, 1e-6) over two tensors of the same size.
 void compare(const HostTensor& got, const HostTensor& reference, CheckRow& row);
 
+// Central differences (step `step`) of loss() with respect to every entry of `param`, as f64;
+// param is perturbed in place and restored.
+HostTensor numeric_gradient(HostTensor& param, const std::function<double()>& loss, double step = 1e-6);
+
 }  // namespace seqmix::tools

@@ -13,7 +13,6 @@ namespace seqmix::tools {
 namespace {
 
 constexpr int64_t kB = 2, kS = 3, kH = 4, kD = 5;  // small, odd sizes
-constexpr double kFdStep = 1e-6;
 
 HostTensor random_tensor(std::vector<int64_t> sizes, uint64_t seed, double scale, double shift = 0.0) {
   HostTensor t(DType::f64, std::move(sizes));
@@ -27,21 +26,6 @@ double dot(const HostTensor& a, const HostTensor& b) {
   double s = 0.0;
   for (int64_t i = 0; i < a.numel(); ++i) s += a.get(i) * b.get(i);
   return s;
-}
-
-// Central differences of loss() with respect to every entry of `param` (f64).
-HostTensor numeric_gradient(HostTensor& param, const std::function<double()>& loss) {
-  HostTensor g(DType::f64, param.sizes());
-  for (int64_t i = 0; i < param.numel(); ++i) {
-    const double saved = param.get(i);
-    param.set(i, saved + kFdStep);
-    const double plus = loss();
-    param.set(i, saved - kFdStep);
-    const double minus = loss();
-    param.set(i, saved);
-    g.set(i, (plus - minus) / (2.0 * kFdStep));
-  }
-  return g;
 }
 
 double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }

@@ -13,7 +13,6 @@ namespace seqmix::tools {
 namespace {
 
 constexpr int64_t kT = 7, kHidden = 6, kExperts = 9, kTopK = 3, kVocab = 11;
-constexpr double kFdStep = 1e-6;
 
 HostTensor random_tensor(std::vector<int64_t> sizes, uint64_t seed, double scale) {
   HostTensor t(DType::f64, std::move(sizes));
@@ -39,20 +38,6 @@ HostTensor reference_weights(const HostTensor& x, const HostTensor& w, const std
     for (int64_t k = 0; k < kTopK; ++k) out.set(t * kTopK + k, s[k] / (sum + 1e-20) * p.routed_scaling_factor);
   }
   return out;
-}
-
-HostTensor numeric_gradient(HostTensor& param, const std::function<double()>& loss) {
-  HostTensor g(DType::f64, param.sizes());
-  for (int64_t i = 0; i < param.numel(); ++i) {
-    const double saved = param.get(i);
-    param.set(i, saved + kFdStep);
-    const double plus = loss();
-    param.set(i, saved - kFdStep);
-    const double minus = loss();
-    param.set(i, saved);
-    g.set(i, (plus - minus) / (2.0 * kFdStep));
-  }
-  return g;
 }
 
 std::vector<CheckRow> check_router(Device device) {

@@ -38,6 +38,20 @@ void compare(const HostTensor& got, const HostTensor& reference, CheckRow& row) 
   }
 }
 
+HostTensor numeric_gradient(HostTensor& param, const std::function<double()>& loss, double step) {
+  HostTensor g(DType::f64, param.sizes());
+  for (int64_t i = 0; i < param.numel(); ++i) {
+    const double saved = param.get(i);
+    param.set(i, saved + step);
+    const double plus = loss();
+    param.set(i, saved - step);
+    const double minus = loss();
+    param.set(i, saved);
+    g.set(i, (plus - minus) / (2.0 * step));
+  }
+  return g;
+}
+
 namespace {
 
 void usage() {

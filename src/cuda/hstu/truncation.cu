@@ -25,11 +25,6 @@ namespace {
 constexpr int kPlanThreads = 1024;
 constexpr int kGatherThreads = 256;
 
-template <class T>
-__device__ inline int64_t load_index(const void* p, int64_t i) {
-  return static_cast<int64_t>(static_cast<const T*>(p)[i]);
-}
-
 struct IndexRef {
   void* data = nullptr;
   bool is64 = true;
