@@ -38,8 +38,8 @@ if [ -f build-cuda/libseqmix_torch.so ]; then
     if [ $rc -ge 128 ] && command -v cuda-gdb > /dev/null; then  # a crash: the native backtrace
       crashed=$(grep -E "::test_" "$log_dir/pytest.log" | tail -1 | awk '{print $1}')
       timeout 90 cuda-gdb -batch -ex run -ex bt --args "$python" -m pytest -q -p no:cacheprovider "$crashed" 2>&1 |
-        grep -v "^\[New Thread\|^\[Thread" | tail -40 > "$log_dir/crash_backtrace.log"
-      grep -E "^#" "$log_dir/crash_backtrace.log" | head -20
+        grep -v "^\[New Thread\|^\[Thread" > "$log_dir/crash_backtrace.log"
+      grep -E "^#" "$log_dir/crash_backtrace.log" | head -30
     fi
   done
   for c in plain gate_states_l2 gva_varlen lower_bound_beta_sigmoid; do
