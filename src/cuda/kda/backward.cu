@@ -6,15 +6,15 @@
 //   state_bwd (per sequence, head, V tile; chunks in reverse):
 //     dv_new = Aqk^T do + Kl dS'
 //     dS     = exp(G_last) dS' + Qg^T do - w^T dv_new          (dS entering the chunk; dh0 at the start)
-//   intra_bwd (per chunk, head):
-//     dAqk = tril(do v_new^T)         -> dq += dAqk-weighted k exp(G_i - G_j), dk likewise with q
-//     dq  += scale exp(G) (do S^T);   dk += Kl-part (v_new dS'^T)
+//   wy_bwd (per chunk, head; all products on the tensor cores):
+//     dq  = scale exp(G) (do S^T);   dk = exp(G_last - G) (v_new dS'^T);   dAqk = scale tril(do v_new^T)
 //     dw = -dv_new S^T, du = dv_new   -> through w = A diag(beta) Kb, u = A diag(beta) v:
 //        d(beta Kb) = A^T dw, d(beta v) = A^T du, dA = dw (beta Kb)^T + du (beta v)^T
-//     dM = -A^T dA A^T (strictly lower) -> through M_ij = beta_i sum_d k_id k_jd exp(G_id - G_jd)
-//     dG: every factor exp(G_i - G_j) contributes +x_i dx_i at row i and -x_j dx_j at row j;
-//        G_last collects sum_e dS' * S_next = sum_j k_j dKl_j + exp(G_last) sum_e S dS';
-//        dg = reverse cumsum of dG within the chunk.
+//     dM = -A^T dA A^T (strictly lower);  dG_last = sum_j k_j dKl_j + exp(G_last) sum_e S dS'
+//   pair_bwd (per chunk, head, 32 key channels): the pairwise-decay terms of Aqk and
+//     M_ij = beta_i sum_d k_id k_jd exp(G_id - G_jd) by 16-token sub-chunks (off-diagonal blocks as
+//     products, diagonal blocks per pair); every factor exp(G_i - G_j) contributes +x_i dx_i to dG at
+//     row i and -x_j dx_j at row j; dg = reverse cumsum of dG within the chunk, plus dG_last.
 //   finalize: dq, dk summed over the value heads of a q/k head (GVA) and through the L2 norm;
 //     dg through the fused gate, dbeta through the sigmoid; dA_log, ddt_bias reduced in a fixed
 //     order (deterministic, no atomics anywhere).
@@ -106,319 +106,416 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
     }
 }
 
-// One block per (chunk, value head); thread `tid` owns entries idx = tid + r * 256 of [64, K]
-// tiles (row idx / K, channel idx % K) and accumulates dq, dk, dG for them in registers.
-// Shared: k, G, X, Y, Z as [64, K + 1] (V == K, so value rows share the shape; state tiles
-// [K, V] go through Z in halves of 64 rows); dAqk / dA / dM, A, scratch as [64, 65];
-// dbeta partials [64, K / 32]; dG_last [K]; beta [64].
-__global__ void __launch_bounds__(kThreads) intra_bwd_kernel(KdaDev p, const void* d_out, int d_out_dt, void* dv,
-                                                             int dv_dt) {
+// ---- Within-chunk gradients: two kernels per chunk, FLA's chunk_kda_bwd_wy_dqkg_fused and
+// chunk_kda_bwd_intra split, every product on the tensor cores (3xTF32, fp32-accurate).
+
+constexpr int kWyThreads = 512;    // 16 warps: one block per SM (shared memory), so warps hide latency
+constexpr int kPairThreads = 128;  // 4 warps, warp w owns the 16-token sub-chunk w
+constexpr int kSlice = 32;         // key channels per pair_bwd block (FLA's BK)
+constexpr int kSub = 16;           // sub-chunk length (FLA's BC)
+constexpr int kSliceStride = kSlice + 4;
+
+// c += a * b on one m16n8k8 step from fp32 fragment values (a0 (g, t), a1 (g + 8, t), a2 (g, t + 4),
+// a3 (g + 8, t + 4); b0 (t, g), b1 (t + 4, g)), split hi + lo as in warp_gemm.
+__device__ __forceinline__ void mma_3xtf32(float c[4], const float a[4], const float b[2]) {
+  uint32_t ah[4], al[4], bh[2], bl[2];
+#pragma unroll
+  for (int r = 0; r < 4; ++r) split_tf32(a[r], ah[r], al[r]);
+  split_tf32(b[0], bh[0], bl[0]);
+  split_tf32(b[1], bh[1], bl[1]);
+  mma_tf32(c, al, bh);
+  mma_tf32(c, ah, bl);
+  mma_tf32(c, ah, bh);
+}
+
+// Rows [0, 64) x `cols` of a row-major fp32 source (row i at src + i * src_rs) into a shared tile of
+// row stride dst_rs; rows >= rows_valid zero. U float4 loads in flight per thread.
+template <int NT, int U = 4>
+__device__ __forceinline__ void load_rows4(float* dst, int dst_rs, const float* src, int64_t src_rs, int rows,
+                                           int rows_valid, int cols) {
+  const int c4 = cols / 4, n = rows * c4;
+  for (int base = threadIdx.x; base < n; base += NT * U) {
+    float4 v[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = base + u * NT, i = idx / c4;
+      v[u] = idx < n && i < rows_valid ? ldg4(src + i * src_rs + (idx % c4) * 4) : zero4();
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = base + u * NT;
+      if (idx < n) st4(dst + (idx / c4) * dst_rs + (idx % c4) * 4, v[u]);
+    }
+  }
+}
+
+// Same for a [tokens, HV, V] input of any dtype (do, v).
+template <int NT, int U = 8>
+__device__ __forceinline__ void load_rows_dt(float* dst, int dst_rs, const void* src, int dt, int64_t src_rs,
+                                             int64_t offset, int rows_valid, int cols) {
+  const int n = kChunk * cols;
+  for (int base = threadIdx.x; base < n; base += NT * U) {
+    float v[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = base + u * NT, i = idx / cols;
+      v[u] = idx < n && i < rows_valid ? load_f(src, dt, offset + i * src_rs + idx % cols) : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = base + u * NT;
+      if (idx < n) dst[(idx / cols) * dst_rs + idx % cols] = v[u];
+    }
+  }
+}
+
+// One block per (chunk, value head), 16 warps; every [64, K] product is tiled 16 x 8 per warp with
+// the same tile -> warp map, so a thread re-reads in a later step exactly the dq / dk / dG entries it
+// wrote earlier (no barrier needed for those read-modify-writes). Shared (KP = K + 4, AP = 68):
+//   sS [max(K, 128), KP]: dS', then S, then Kb = exp(G) k (rows 0..63) and v (rows 64..127)
+//   sX [64, KP]: do, then dv_new;  sY [64, KP]: v_new;  sO [64, KP]: k * dk_state, then dw, then dA A^T
+//   sA, sP [64, 68]: A, dA;  G_last, sum_e S dS' [K]; beta [64]; dbeta partials [64, K / 8]
+// Steps: dk_state = exp(G_last - G) (v_new dS'^T), dG_last; dq_state = scale exp(G) (do S^T), dAqk =
+// scale tril(do v_new^T); dw = -dv_new S^T; A^T dw -> dk, dG, dbeta; A^T dv_new -> dv, dbeta;
+// dA = (dw Kb^T + dv_new v^T) diag(beta) (strictly lower); dM = -A^T dA A^T.
+// Writes dq_hv, dk_hv, dgc (per-token dG, before the in-chunk reverse cumsum), dbp, dAqk, dM, dg_last.
+__global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const void* d_out, int d_out_dt, void* dv,
+                                                               int dv_dt) {
   int64_t t0;
   int L;
   if (!locate_chunk(p, blockIdx.x, t0, L)) return;
-  const int hv = blockIdx.y, h = hv / p.G, K = p.K, KP = K + 1, tid = threadIdx.x, lane = tid % 32;
-  const int entries = kChunk * K / kThreads, slots = K / 32;
+  constexpr int AP = kChunk + 4, kWarps = kWyThreads / 32;
+  const int hv = blockIdx.y, h = hv / p.G, K = p.K, V = p.V, KP = K + 4, tid = threadIdx.x, warp = tid / 32;
+  const int lane = tid % 32, ct = K / 8;  // 8-column tiles per row block of a [64, K] product
+  const int64_t c = blockIdx.x;
+  extern __shared__ float smem[];
+  float* sS = smem;
+  float* sX = sS + (K > 2 * kChunk ? K : 2 * kChunk) * KP;
+  float* sY = sX + kChunk * KP;
+  float* sO = sY + kChunk * KP;
+  float* sA = sO + kChunk * KP;
+  float* sP = sA + kChunk * AP;
+  float* glS = sP + kChunk * AP;
+  float* sdS = glS + K;
+  float* bS = sdS + K;
+  float* red = bS + kChunk;  // [64, K / 8]
+
+  auto row_at = [&](int i) { return (t0 + i) * p.HV + hv; };
+  const int64_t state_off = (c * p.HV + hv) * static_cast<int64_t>(K) * V;
+  for (int d = tid; d < K; d += kWyThreads) glS[d] = p.gc[row_at(L - 1) * K + d];
+  for (int i = tid; i < kChunk; i += kWyThreads) bS[i] = i < L ? p.bp[row_at(i)] : 0.0f;
+  load_rows4<kWyThreads>(sS, KP, p.dhs + state_off, V, K, K, V);
+  load_rows4<kWyThreads>(sY, KP, p.vn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, kChunk, L, V);
+  __syncthreads();
+
+  // dk_state = exp(G_last - G) (v_new dS'^T); dG -= k dk_state; sO = k dk_state for the dG_last sum.
+  for (int tile = warp; tile < 4 * ct; tile += kWarps) {
+    const int r0 = (tile / ct) * 16, c0 = (tile % ct) * 8;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    warp_gemm(acc, sY + r0 * KP, KP, 1, sS + c0 * KP, 1, KP, V);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int i = r0 + frag_row(r), d = c0 + frag_col(r);
+      float kd = 0.0f;
+      if (i < L) {
+        const int64_t at = row_at(i) * K + d;
+        kd = p.kp[((t0 + i) * p.H + h) * K + d];
+        const float x = __expf(glS[d] - p.gc[at]) * acc[r];
+        p.dk_hv[at] = x;
+        p.dgc[at] = -kd * x;
+        kd *= x;
+      }
+      sO[i * KP + d] = kd;
+    }
+  }
+  // sum_e S dS' per key channel, one warp per row in a fixed order
+  for (int d = warp; d < K; d += kWarps) {
+    float s = 0.0f;
+    for (int e = lane; e < V; e += 32) s += p.hs[state_off + static_cast<int64_t>(d) * V + e] * sS[d * KP + e];
+    s = warp_sum(s);
+    if (lane == 0) sdS[d] = s;
+  }
+  __syncthreads();
+  // dG_last = exp(G_last) sum_e S dS' + sum_i k_i dk_state_i
+  for (int d = tid; d < K; d += kWyThreads) {
+    float s = 0.0f;
+    for (int i = 0; i < L; ++i) s += sO[i * KP + d];
+    p.dg_last[(c * p.HV + hv) * K + d] = __expf(glS[d]) * sdS[d] + s;
+  }
+  __syncthreads();
+  load_rows4<kWyThreads>(sS, KP, p.hs + state_off, V, K, K, V);
+  load_rows_dt<kWyThreads>(sX, KP, d_out, d_out_dt, static_cast<int64_t>(p.HV) * V, row_at(0) * V, L, V);
+  __syncthreads();
+  // dq_state = scale exp(G) (do S^T)
+  for (int tile = warp; tile < 4 * ct; tile += kWarps) {
+    const int r0 = (tile / ct) * 16, c0 = (tile % ct) * 8;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    warp_gemm(acc, sX + r0 * KP, KP, 1, sS + c0 * KP, 1, KP, V);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int i = r0 + frag_row(r), d = c0 + frag_col(r);
+      if (i < L) {
+        const int64_t at = row_at(i) * K + d;
+        p.dq_hv[at] = p.scale * __expf(p.gc[at]) * acc[r];
+      }
+    }
+  }
+  // dAqk = scale tril(do v_new^T)   (64 x 64: 32 warp tiles)
+  for (int tile = warp; tile < 32; tile += kWarps) {
+    const int r0 = (tile / 8) * 16, c0 = (tile % 8) * 8;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    warp_gemm(acc, sX + r0 * KP, KP, 1, sY + c0 * KP, 1, KP, V);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int i = r0 + frag_row(r), j = c0 + frag_col(r);
+      if (i < L) p.dAqk[row_at(i) * kChunk + j] = j <= i ? p.scale * acc[r] : 0.0f;
+    }
+  }
+  __syncthreads();
+  load_rows4<kWyThreads>(sX, KP, p.dvn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, kChunk, L, V);
+  load_rows4<kWyThreads>(sA, AP, p.A + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L, kChunk);
+  for (int idx = tid; idx < kChunk * ct; idx += kWyThreads) red[idx] = 0.0f;
+  __syncthreads();
+  // dw = -dv_new S^T -> sO
+  for (int tile = warp; tile < 4 * ct; tile += kWarps) {
+    const int r0 = (tile / ct) * 16, c0 = (tile % ct) * 8;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    warp_gemm(acc, sX + r0 * KP, KP, 1, sS + c0 * KP, 1, KP, V);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) sO[(r0 + frag_row(r)) * KP + c0 + frag_col(r)] = -acc[r];
+  }
+  __syncthreads();
+  // T2 = A^T dw: dk += beta exp(G) T2, dG += k beta exp(G) T2, dbeta += T2 . (exp(G) k);
+  // T3 = A^T dv_new: dv = beta T3, dbeta += T3 . v   (V == K: the same tiles)
+  for (int tile = warp; tile < 4 * ct; tile += kWarps) {
+    const int r0 = (tile / ct) * 16, c0 = (tile % ct) * 8;
+    float t2[4] = {0.0f, 0.0f, 0.0f, 0.0f}, t3[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    warp_gemm(t2, sA + r0, 1, AP, sO + c0, KP, 1, kChunk);
+    warp_gemm(t3, sA + r0, 1, AP, sX + c0, KP, 1, kChunk);
+    float db[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int j = r0 + frag_row(r), d = c0 + frag_col(r);
+      if (j < L) {
+        const int64_t at = row_at(j) * K + d;
+        const float eg = __expf(p.gc[at]), kd = p.kp[((t0 + j) * p.H + h) * K + d];
+        const float dkb = bS[j] * eg * t2[r];
+        p.dk_hv[at] += dkb;
+        p.dgc[at] += kd * dkb;
+        const int64_t vat = row_at(j) * V + d;
+        store_f(dv, dv_dt, vat, bS[j] * t3[r]);
+        db[r / 2] += t2[r] * eg * kd + t3[r] * load_f(p.v, p.in_dt, vat);
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      db[q] += __shfl_xor_sync(0xffffffffu, db[q], 1);
+      db[q] += __shfl_xor_sync(0xffffffffu, db[q], 2);
+    }
+    if ((lane & 3) == 0) {
+      red[(r0 + lane / 4) * ct + c0 / 8] = db[0];
+      red[(r0 + lane / 4 + 8) * ct + c0 / 8] = db[1];
+    }
+  }
+  // Kb = exp(G) k -> sS rows [0, 64), v -> sS rows [64, 128) (S is no longer read after dw)
+  for (int idx = tid; idx < kChunk * K; idx += kWyThreads) {
+    const int i = idx / K, d = idx % K;
+    sS[i * KP + d] = i < L ? __expf(p.gc[row_at(i) * K + d]) * p.kp[((t0 + i) * p.H + h) * K + d] : 0.0f;
+  }
+  load_rows_dt<kWyThreads>(sS + kChunk * KP, KP, p.v, p.in_dt, static_cast<int64_t>(p.HV) * V, row_at(0) * V, L, V);
+  __syncthreads();
+  if (tid < L) {
+    float s = 0.0f;
+    for (int q = 0; q < ct; ++q) s += red[tid * ct + q];
+    p.dbp[row_at(tid)] = s;
+  }
+  // dA_ij = beta_j (dw_i . Kb_j + dv_new_i . v_j), j < i < L -> sP
+  for (int tile = warp; tile < 32; tile += kWarps) {
+    const int r0 = (tile / 8) * 16, c0 = (tile % 8) * 8;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    warp_gemm(acc, sO + r0 * KP, KP, 1, sS + c0 * KP, 1, KP, K);
+    warp_gemm(acc, sX + r0 * KP, KP, 1, sS + (kChunk + c0) * KP, 1, KP, V);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int i = r0 + frag_row(r), j = c0 + frag_col(r);
+      sP[i * AP + j] = j < i && i < L ? bS[j] * acc[r] : 0.0f;
+    }
+  }
+  __syncthreads();
+  // dA A^T -> sO (as [64, 68])
+  float* sQ = sO;
+  for (int tile = warp; tile < 32; tile += kWarps) {
+    const int r0 = (tile / 8) * 16, c0 = (tile % 8) * 8;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    warp_gemm(acc, sP + r0 * AP, AP, 1, sA + c0 * AP, 1, AP, kChunk);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) sQ[(r0 + frag_row(r)) * AP + c0 + frag_col(r)] = acc[r];
+  }
+  __syncthreads();
+  // dM = -A^T (dA A^T), strictly lower
+  for (int tile = warp; tile < 32; tile += kWarps) {
+    const int r0 = (tile / 8) * 16, c0 = (tile % 8) * 8;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    warp_gemm(acc, sA + r0, 1, AP, sQ + c0, AP, 1, kChunk);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int i = r0 + frag_row(r), j = c0 + frag_col(r);
+      if (i < L) p.dM[row_at(i) * kChunk + j] = j < i ? -acc[r] : 0.0f;
+    }
+  }
+}
+
+// One block per (chunk, value head, 32 key channels), warp w owning sub-chunk w (rows 16w..16w+15).
+// The pairwise-decay terms
+//   dq_i += sum_{j<=i} dAqk_ij k_j exp(G_i - G_j),  R_i = sum_{j<i} dM_ij k_j exp(G_i - G_j)
+//   C_j  = sum_{i>=j} dAqk_ij q_i exp(G_i - G_j) + sum_{i>j} dM_ij beta_i k_i exp(G_i - G_j)
+// split by sub-chunk (FLA): for sub-chunks J < I, exp(G_i - G_j) = exp(G_i - G_ref) exp(G_ref - G_j) with
+// G_ref the gate at the first row of I (row sums) or at the last row of J (column sums); both factors
+// are <= 1 for decays g <= 0, so the off-diagonal blocks are tensor-core products of pre-scaled operands
+// and only the 16 x 16 diagonal blocks take per-pair exponentials. Then dk += beta R + C, dbeta += k . R,
+// dG += q dq + k (beta R - C) and dg = reverse cumsum of dG within the chunk, starting from dG_last.
+// Shared: k, q, G as [64, 36] (rows >= L: zero, G repeats the last row so every exponent stays finite);
+// dAqk, dM [64, 68]; beta [64]; dG staging [64, 36].
+__global__ void __launch_bounds__(kPairThreads) pair_bwd_kernel(KdaDev p) {
+  int64_t t0;
+  int L;
+  if (!locate_chunk(p, blockIdx.x, t0, L)) return;
+  constexpr int KS = kSliceStride, AP = kChunk + 4;
+  const int hv = blockIdx.y, h = hv / p.G, K = p.K, d0 = blockIdx.z * kSlice, tid = threadIdx.x;
+  const int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int64_t c = blockIdx.x;
   extern __shared__ float smem[];
   float* kS = smem;
-  float* gS = kS + kChunk * KP;
-  float* X = gS + kChunk * KP;
-  float* Y = X + kChunk * KP;
-  float* Z = Y + kChunk * KP;
-  float* s0 = Z + kChunk * KP;
-  float* s1 = s0 + kChunk * kSmallStride;
-  float* s2 = s1 + kChunk * kSmallStride;
-  float* red = s2 + kChunk * kSmallStride;
-  float* dGl = red + kChunk * 4;
-  float* bS = dGl + K;
-
+  float* qS = kS + kChunk * KS;
+  float* gS = qS + kChunk * KS;
+  float* stS = gS + kChunk * KS;
+  float* aqS = stS + kChunk * KS;
+  float* dmS = aqS + kChunk * AP;
+  float* bS = dmS + kChunk * AP;
   auto row_at = [&](int i) { return (t0 + i) * p.HV + hv; };
-  const int k4 = K / 4;
-  // Rows [0, 64) of a row-major fp32 array (row i at src + (t0 + i) * row_stride + col0) into a
-  // [64, K + 1] tile, float4 loads batched per thread; rows >= L zero.
-  auto load_f32_rows = [&](float* dst, const float* src, int64_t row_stride, int64_t col0) {
-    batched<4>(
-        kChunk * k4,
-        [&](int idx) {
-          const int i = idx / k4, d = (idx % k4) * 4;
-          return i < L ? ldg4(src + (t0 + i) * row_stride + col0 + d) : zero4();
-        },
-        [&](int idx, const float4& v) { st4_scalar(dst + (idx / k4) * KP + (idx % k4) * 4, v); });
-  };
-  // Loads rows [0, 64) of a [tokens, HV, K]-shaped fp32 scratch (or the dtype input) into a tile.
-  auto load_rows = [&](float* dst, const float* src_f32, const void* src, int src_dt) {
-    if (src_f32) {
-      load_f32_rows(dst, src_f32, static_cast<int64_t>(p.HV) * K, static_cast<int64_t>(hv) * K);
-      return;
-    }
-    batched<8>(
-        kChunk * K,
-        [&](int idx) {
-          const int i = idx / K, d = idx % K;
-          return i < L ? load_f(src, src_dt, row_at(i) * K + d) : 0.0f;
-        },
-        [&](int idx, float x) { dst[(idx / K) * KP + idx % K] = x; });
-  };
-  // Rows [64 * half, 64 * half + 64) of the [K, V] state tile of chunk c.
-  auto load_state_half = [&](float* dst, const float* states, int half) {
-    const float* base = states + ((c * p.HV + hv) * K + half * kChunk) * p.V;
-    batched<4>(
-        kChunk * k4, [&](int idx) { return ldg4(base + (idx / k4) * p.V + (idx % k4) * 4); },
-        [&](int idx, const float4& v) { st4_scalar(dst + (idx / k4) * KP + (idx % k4) * 4, v); });
-  };
-  // Adds a per-entry value into the dbeta partial of its row (warp sum; one owner per slot).
-  auto add_dbeta = [&](int r, float value) {
-    const int idx = tid + r * kThreads;
-    const float s = warp_sum(value);
-    if (lane == 0) red[(idx / K) * 4 + (idx % K) / 32] += s;
-  };
 
-  // s0[i][dd] = sum_e a_tile[i][e] Z[dd][e] for i, dd < 64 (a_tile [64, K + 1], Z a half state tile
-  // [64, K + 1]) on the tensor cores (3xTF32); s0 is free between the dAqk and dA steps.
-  const int warp = tid / 32;
-  // With lower: only j <= i < L kept (the rest zero).
-  auto product = [&](const float* a_tile, const float* b_tile, bool lower) {
-    for (int tile = warp; tile < 32; tile += kThreads / 32) {
-      const int r0 = (tile / 8) * 16, c0 = (tile % 8) * 8;
-      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      warp_gemm(acc, a_tile + r0 * KP, KP, 1, b_tile + c0 * KP, 1, KP, K);
+  const int64_t qk_rs = static_cast<int64_t>(p.H) * K;
+  load_rows4<kPairThreads>(kS, KS, p.kp + (t0 * p.H + h) * K + d0, qk_rs, kChunk, L, kSlice);
+  load_rows4<kPairThreads>(qS, KS, p.qp + (t0 * p.H + h) * K + d0, qk_rs, kChunk, L, kSlice);
+  load_rows4<kPairThreads>(aqS, AP, p.dAqk + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L,
+                           kChunk);
+  load_rows4<kPairThreads>(dmS, AP, p.dM + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L,
+                           kChunk);
+  for (int idx = tid; idx < kChunk * (kSlice / 4); idx += kPairThreads) {
+    const int i = idx / (kSlice / 4), d = (idx % (kSlice / 4)) * 4, src = i < L ? i : L - 1;
+    st4(gS + i * KS + d, ldg4(p.gc + row_at(src) * K + d0 + d));
+  }
+  for (int i = tid; i < kChunk; i += kPairThreads) bS[i] = i < L ? p.bp[row_at(i)] : 0.0f;
+  __syncthreads();
+
+  const int base = warp * kSub;  // this warp's sub-chunk
+  float dq[4][4], rm[4][4], ct[4][4];
+#pragma unroll
+  for (int n = 0; n < 4; ++n)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) dq[n][r] = rm[n][r] = ct[n][r] = 0.0f;
+
+  if (base < L) {
+    // Row sums over earlier sub-chunks, reference G at row `base`.
+    for (int J = 0; J < warp; ++J)
+#pragma unroll
+      for (int kk = 0; kk < kSub; kk += 8) {
+        const int j0 = J * kSub + kk;
+        const float* aq = aqS + base * AP + j0;
+        const float* dm = dmS + base * AP + j0;
+        const float fa[4] = {aq[g * AP + t], aq[(g + 8) * AP + t], aq[g * AP + t + 4], aq[(g + 8) * AP + t + 4]};
+        const float fm[4] = {dm[g * AP + t], dm[(g + 8) * AP + t], dm[g * AP + t + 4], dm[(g + 8) * AP + t + 4]};
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+          const int d = n * 8 + g;
+          const float gn = gS[base * KS + d];
+          const float b[2] = {kS[(j0 + t) * KS + d] * __expf(gn - gS[(j0 + t) * KS + d]),
+                              kS[(j0 + t + 4) * KS + d] * __expf(gn - gS[(j0 + t + 4) * KS + d])};
+          mma_3xtf32(dq[n], fa, b);
+          mma_3xtf32(rm[n], fm, b);
+        }
+      }
+    // Column sums over later sub-chunks, reference G at the last row of this sub-chunk.
+    const int ref = min(base + kSub, L) - 1;
+    for (int I = warp + 1; I < kChunk / kSub && I * kSub < L; ++I)
+#pragma unroll
+      for (int kk = 0; kk < kSub; kk += 8) {
+        const int i0 = I * kSub + kk;
+        // A = dAqk^T block: element (row j, col i) = dAqk[i0 + i][base + j]
+        const float* aq = aqS + i0 * AP + base;
+        const float* dm = dmS + i0 * AP + base;
+        const float fa[4] = {aq[t * AP + g], aq[t * AP + g + 8], aq[(t + 4) * AP + g], aq[(t + 4) * AP + g + 8]};
+        const float fm[4] = {dm[t * AP + g], dm[t * AP + g + 8], dm[(t + 4) * AP + g], dm[(t + 4) * AP + g + 8]};
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+          const int d = n * 8 + g;
+          const float gn = gS[ref * KS + d];
+          const float e0 = __expf(gS[(i0 + t) * KS + d] - gn), e1 = __expf(gS[(i0 + t + 4) * KS + d] - gn);
+          const float bq[2] = {qS[(i0 + t) * KS + d] * e0, qS[(i0 + t + 4) * KS + d] * e1};
+          const float bk[2] = {bS[i0 + t] * kS[(i0 + t) * KS + d] * e0, bS[i0 + t + 4] * kS[(i0 + t + 4) * KS + d] * e1};
+          mma_3xtf32(ct[n], fa, bq);
+          mma_3xtf32(ct[n], fm, bk);
+        }
+      }
+    // Rescale the block products, then the diagonal block per pair.
+#pragma unroll
+    for (int n = 0; n < 4; ++n)
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
-        const int i = r0 + frag_row(r), j = c0 + frag_col(r);
-        s0[i * kSmallStride + j] = (!lower || (j <= i && i < L)) ? acc[r] : 0.0f;
+        const int i = base + frag_row(r), d = n * 8 + frag_col(r);
+        const float gi = gS[i * KS + d];
+        const float up = __expf(gi - gS[base * KS + d]), down = __expf(gS[ref * KS + d] - gi);
+        float sq = dq[n][r] * up, sm = rm[n][r] * up, sc = ct[n][r] * down;
+        for (int j = base; j <= i; ++j) {
+          const float e = __expf(gi - gS[j * KS + d]) * kS[j * KS + d];
+          sq += aqS[i * AP + j] * e;
+          sm += dmS[i * AP + j] * e;
+        }
+        for (int m = i; m < base + kSub && m < L; ++m) {
+          const float e = __expf(gS[m * KS + d] - gi);
+          sc += (aqS[m * AP + i] * qS[m * KS + d] + dmS[m * AP + i] * bS[m] * kS[m * KS + d]) * e;
+        }
+        dq[n][r] = sq;
+        rm[n][r] = sm;
+        ct[n][r] = sc;
       }
-    }
-  };
-  auto product_half = [&](const float* a_tile) { product(a_tile, Z, false); };
-
-  float acc_dq[kMaxEntries], acc_dk[kMaxEntries], acc_dg[kMaxEntries], tmp[kMaxEntries];
-#pragma unroll
-  for (int r = 0; r < kMaxEntries; ++r) acc_dq[r] = acc_dk[r] = acc_dg[r] = tmp[r] = 0.0f;
-
-  load_f32_rows(kS, p.kp, static_cast<int64_t>(p.H) * K, static_cast<int64_t>(h) * K);
-  load_rows(gS, p.gc, nullptr, 0);
-  load_rows(X, nullptr, d_out, d_out_dt);
-  load_rows(Y, p.vn, nullptr, 0);
-  batched<4>(
-      kChunk * (kChunk / 4),
-      [&](int idx) {
-        const int i = idx / (kChunk / 4), j = (idx % (kChunk / 4)) * 4;
-        return i < L ? ldg4(p.A + row_at(i) * kChunk + j) : zero4();
-      },
-      [&](int idx, const float4& v) { st4_scalar(s1 + (idx / (kChunk / 4)) * kSmallStride + (idx % (kChunk / 4)) * 4, v); });
-  for (int i = tid; i < kChunk; i += kThreads) {
-    bS[i] = i < L ? p.bp[row_at(i)] : 0.0f;
-    for (int s = 0; s < 4; ++s) red[i * 4 + s] = 0.0f;
   }
-  __syncthreads();
-  for (int d = tid; d < K; d += kThreads) dGl[d] = gS[(L - 1) * KP + d];
-  // dAqk = tril(do v_new^T)
-  product(X, Y, true);
-  __syncthreads();
-  const float* g_last = dGl;  // G_last lives in dGl until the dG_last sums replace it below
-  load_f32_rows(Z, p.qp, static_cast<int64_t>(p.H) * K, static_cast<int64_t>(h) * K);
-  __syncthreads();
-  // dq += scale sum_{j<=i} dAqk_ij k_j exp(G_i - G_j);  dk_i += scale sum_{m>=i} dAqk_mi q_m exp(G_m - G_i)
+  // Combine with the wy_bwd partials; dbeta partial of this slice per row.
+  float db[2] = {0.0f, 0.0f};
 #pragma unroll
-  for (int r = 0; r < kMaxEntries; ++r) {
-    if (r >= entries) break;
-    const int idx = tid + r * kThreads, i = idx / K, d = idx % K;
-    if (i >= L) continue;
-    const float gi = gS[i * KP + d];
-    float dq_i = 0.0f, dk_i = 0.0f;
-    for (int j = 0; j <= i; ++j) dq_i += s0[i * kSmallStride + j] * kS[j * KP + d] * __expf(gi - gS[j * KP + d]);
-    for (int m = i; m < L; ++m) dk_i += s0[m * kSmallStride + i] * Z[m * KP + d] * __expf(gS[m * KP + d] - gi);
-    acc_dq[r] += p.scale * dq_i;
-    acc_dk[r] += p.scale * dk_i;
-    acc_dg[r] -= kS[i * KP + d] * p.scale * dk_i;
-  }
-  __syncthreads();
-  // Kl part: dk_j += exp(G_last - G_j) sum_e v_new_je dS'_de (Y = v_new, Z = rows of dS')
-  for (int half = 0; half < K / kChunk; ++half) {
-    load_state_half(Z, p.dhs, half);
-    __syncthreads();
-    product_half(Y);
-    __syncthreads();
+  for (int n = 0; n < 4; ++n)
 #pragma unroll
-    for (int r = 0; r < kMaxEntries; ++r) {
-      if (r >= entries) break;
-      const int idx = tid + r * kThreads, i = idx / K, d = idx % K;
-      if (i >= L || d / kChunk != half) continue;
-      float s = s0[i * kSmallStride + d - half * kChunk];
-      s *= __expf(g_last[d] - gS[i * KP + d]);
-      tmp[r] = kS[i * KP + d] * s;
-      acc_dk[r] += s;
-      acc_dg[r] -= tmp[r];
-    }
-    __syncthreads();
-  }
-  // dG_last = sum_j k_j dKl_j + exp(G_last) sum_e S dS' (column sums in a fixed order)
-#pragma unroll
-  for (int r = 0; r < kMaxEntries; ++r) {
-    if (r >= entries) break;
-    const int idx = tid + r * kThreads, i = idx / K, d = idx % K;
-    Y[i * KP + d] = tmp[r];
-    tmp[r] = 0.0f;
-  }
-  float gl_own = 0.0f;
-  if (tid < K) gl_own = g_last[tid];
-  __syncthreads();
-  if (tid < K) {
-    float s = 0.0f;
-    for (int i = 0; i < L; ++i) s += Y[i * KP + tid];
-    dGl[tid] = s;
-  }
-  for (int half = 0; half < K / kChunk; ++half) {
-    __syncthreads();
-    load_state_half(Z, p.hs, half);
-    load_state_half(Y, p.dhs, half);
-    __syncthreads();
-    if (tid / kChunk == half && tid < K) {
-      const int r = tid - half * kChunk;
-      float s = 0.0f;
-      for (int e = 0; e < K; ++e) s += Z[r * KP + e] * Y[r * KP + e];
-      dGl[tid] += __expf(gl_own) * s;
-    }
-    // dq += scale exp(G_i) sum_e do_ie S_de   (X = do)
-    product_half(X);
-    __syncthreads();
-#pragma unroll
-    for (int r = 0; r < kMaxEntries; ++r) {
-      if (r >= entries) break;
-      const int idx = tid + r * kThreads, i = idx / K, d = idx % K;
-      if (i >= L || d / kChunk != half) continue;
-      const float s = s0[i * kSmallStride + d - half * kChunk];
-      acc_dq[r] += p.scale * __expf(gS[i * KP + d]) * s;
-    }
-  }
-  __syncthreads();
-  // dw = -dv_new S^T   (X = dv_new, Z = rows of S), kept in tmp, then stored to Y
-  load_rows(X, p.dvn, nullptr, 0);
-  for (int half = 0; half < K / kChunk; ++half) {
-    __syncthreads();
-    load_state_half(Z, p.hs, half);
-    __syncthreads();
-    product_half(X);
-    __syncthreads();
-#pragma unroll
-    for (int r = 0; r < kMaxEntries; ++r) {
-      if (r >= entries) break;
-      const int idx = tid + r * kThreads, i = idx / K, d = idx % K;
-      if (i >= L || d / kChunk != half) continue;
-      tmp[r] = -s0[i * kSmallStride + d - half * kChunk];
-    }
-  }
-  __syncthreads();
-#pragma unroll
-  for (int r = 0; r < kMaxEntries; ++r) {
-    if (r >= entries) break;
-    const int idx = tid + r * kThreads;
-    Y[(idx / K) * KP + idx % K] = tmp[r];
-  }
-  load_rows(Z, nullptr, p.v, p.in_dt);  // v (V == K: the same tile shape)
-  __syncthreads();
-  // d(beta Kb)_j = (A^T dw)_j: dk_j += beta_j exp(G_j) T2_j; dbeta_j += T2_j . Kb_j
-  // d(beta v)_j = (A^T dv_new)_j: dv_j = beta_j T3_j; dbeta_j += T3_j . v_j
-#pragma unroll
-  for (int r = 0; r < kMaxEntries; ++r) {
-    if (r >= entries) break;
-    const int idx = tid + r * kThreads, j = idx / K, d = idx % K;
-    float t2 = 0.0f, t3 = 0.0f, v_jd = 0.0f;
-    const float eg = __expf(gS[j * KP + d]);
-    if (j < L) {
-      for (int i = j; i < L; ++i) {
-        const float a = s1[i * kSmallStride + j];
-        t2 += a * Y[i * KP + d];
-        t3 += a * X[i * KP + d];
+    for (int r = 0; r < 4; ++r) {
+      const int i = base + frag_row(r), d = n * 8 + frag_col(r);
+      float dG = 0.0f;
+      if (i < L) {
+        const int64_t at = row_at(i) * K + d0 + d;
+        const float kd = kS[i * KS + d], qd = qS[i * KS + d];
+        const float dq_t = p.dq_hv[at] + dq[n][r];
+        p.dq_hv[at] = dq_t;
+        p.dk_hv[at] += bS[i] * rm[n][r] + ct[n][r];
+        dG = p.dgc[at] + qd * dq_t + kd * (bS[i] * rm[n][r] - ct[n][r]);
+        db[r / 2] += kd * rm[n][r];
       }
-      const float dkb = bS[j] * eg * t2;
-      acc_dk[r] += dkb;
-      acc_dg[r] += kS[j * KP + d] * dkb;
-      v_jd = Z[j * KP + d];
-      store_f(dv, dv_dt, row_at(j) * p.V + d, bS[j] * t3);
+      stS[i * KS + d] = dG;
     }
-    add_dbeta(r, t2 * eg * kS[j * KP + d] + t3 * v_jd);
-  }
-  // dA_ij (j < i) = beta_j (dw_i . Kb_j + dv_new_i . v_j)   (Z = v)
-  __syncthreads();
-  for (int idx = tid; idx < kChunk * kChunk; idx += kThreads) {
-    const int i = idx / kChunk, j = idx % kChunk;
-    float s = 0.0f;
-    if (j < i && i < L) {
-      for (int d = 0; d < K; ++d)
-        s += Y[i * KP + d] * __expf(gS[j * KP + d]) * kS[j * KP + d] + X[i * KP + d] * Z[j * KP + d];
-      s *= bS[j];
-    }
-    s0[i * kSmallStride + j] = s;
-  }
-  __syncthreads();
-  // dM = -A^T dA A^T, strictly lower: s2 = dA A^T, then s0 = -A^T s2
-  for (int idx = tid; idx < kChunk * kChunk; idx += kThreads) {
-    const int i = idx / kChunk, j = idx % kChunk;
-    float s = 0.0f;
-    for (int m = 0; m <= j && m < i; ++m) s += s0[i * kSmallStride + m] * s1[j * kSmallStride + m];
-    s2[i * kSmallStride + j] = s;
-  }
-  __syncthreads();
-  for (int idx = tid; idx < kChunk * kChunk; idx += kThreads) {
-    const int i = idx / kChunk, j = idx % kChunk;
-    float s = 0.0f;
-    if (j < i && i < L)
-      for (int m = i; m < L; ++m) s -= s1[m * kSmallStride + i] * s2[m * kSmallStride + j];
-    s0[i * kSmallStride + j] = s;
-  }
-  __syncthreads();
-  // Through M_ij = beta_i sum_d k_id k_jd exp(G_id - G_jd):
-  //   row side  S_i = sum_{j<i} dM_ij k_j exp(G_i - G_j): dk_i += beta_i S_i, dbeta_i += k_i . S_i
-  //   column side R_j = sum_{i>j} dM_ij beta_i k_i exp(G_i - G_j): dk_j += R_j
 #pragma unroll
-  for (int r = 0; r < kMaxEntries; ++r) {
-    if (r >= entries) break;
-    const int idx = tid + r * kThreads, i = idx / K, d = idx % K;
-    float row_side = 0.0f;
-    if (i < L) {
-      const float gi = gS[i * KP + d], ki = kS[i * KP + d];
-      float col_side = 0.0f;
-      for (int j = 0; j < i; ++j) row_side += s0[i * kSmallStride + j] * kS[j * KP + d] * __expf(gi - gS[j * KP + d]);
-      for (int m = i + 1; m < L; ++m)
-        col_side += s0[m * kSmallStride + i] * bS[m] * kS[m * KP + d] * __expf(gS[m * KP + d] - gi);
-      acc_dk[r] += bS[i] * row_side + col_side;
-      acc_dg[r] += ki * bS[i] * row_side - ki * col_side;
-      row_side *= ki;
-    }
-    add_dbeta(r, row_side);
+  for (int q = 0; q < 2; ++q) {
+    db[q] += __shfl_xor_sync(0xffffffffu, db[q], 1);
+    db[q] += __shfl_xor_sync(0xffffffffu, db[q], 2);
   }
-  // dq, dk per value head; dG += q . dq; then dg = reverse cumsum of dG plus dG_last.
-#pragma unroll
-  for (int r = 0; r < kMaxEntries; ++r) {
-    if (r >= entries) break;
-    const int idx = tid + r * kThreads, i = idx / K, d = idx % K;
-    if (i < L) {
-      const int64_t at = row_at(i) * K + d;
-      p.dq_hv[at] = acc_dq[r];
-      p.dk_hv[at] = acc_dk[r];
-      acc_dg[r] += p.qp[((t0 + i) * p.H + h) * K + d] * acc_dq[r];
-    }
+  if (t == 0) {
+    float* out = p.dbp_slice + blockIdx.z * p.tokens * p.HV;
+    if (base + g < L) out[row_at(base + g)] = db[0];
+    if (base + g + 8 < L) out[row_at(base + g + 8)] = db[1];
   }
   __syncthreads();
-#pragma unroll
-  for (int r = 0; r < kMaxEntries; ++r) {
-    if (r >= entries) break;
-    const int idx = tid + r * kThreads;
-    Y[(idx / K) * KP + idx % K] = acc_dg[r];
-  }
-  __syncthreads();
-  if (tid < K) {
-    float run = dGl[tid];
+  if (tid < kSlice) {
+    float run = p.dg_last[(c * p.HV + hv) * K + d0 + tid];
     for (int i = L - 1; i >= 0; --i) {
-      run += Y[i * KP + tid];
-      p.dgc[row_at(i) * K + tid] = run;
+      run += stS[i * KS + tid];
+      p.dgc[row_at(i) * K + d0 + tid] = run;
     }
-  }
-  if (tid < L) {
-    float s = 0.0f;
-    for (int q = 0; q < slots; ++q) s += red[tid * 4 + q];
-    p.dbp[row_at(tid)] = s;
   }
 }
 
@@ -465,6 +562,7 @@ __global__ void finalize_gate_beta_kernel(KdaDev p, void* dg, void* dbeta, int d
     store_f(dg, dt, i, p.dgc[i] * d_raw);
     if (i < p.tokens * p.HV) {
       float db = p.dbp[i];
+      for (int s = 0; s < p.K / kSlice; ++s) db += p.dbp_slice[s * p.tokens * p.HV + i];
       if (p.beta_sigmoid) {
         const float s = 1.0f / (1.0f + expf(-load_f(p.beta, p.in_dt, i)));
         db *= p.beta_mult * s * (1.0f - s);
@@ -523,9 +621,12 @@ __global__ void gate_params_final_kernel(KdaDev p, void* dA_log, int dA_dt, void
 size_t state_bwd_smem(int K, int BV) {
   return sizeof(float) * (3 * kChunk * (K + 4) + kChunk * (kChunk + 4) + (K + 2 * kChunk) * (BV + 8) + K);
 }
-size_t intra_bwd_smem(int K) {
-  return sizeof(float) * (5 * kChunk * (K + 1) + 3 * kChunk * kSmallStride + kChunk * 4 + K + kChunk);
+size_t wy_bwd_smem(int K) {
+  const int KP = K + 4;
+  return sizeof(float) * ((std::max(K, 2 * kChunk) + 3 * kChunk) * KP + 2 * kChunk * (kChunk + 4) + 2 * K + kChunk +
+                          kChunk * (K / 8));
 }
+constexpr size_t kPairSmem = sizeof(float) * (4 * kChunk * kSliceStride + 2 * kChunk * (kChunk + 4) + kChunk);
 
 }  // namespace
 }  // namespace kda
@@ -563,13 +664,18 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
   SEQMIX_CUDA_CHECK(cudaGetLastError());
   timer.mark("state_bwd");
   if (p.tokens > 0) {
-    const size_t intra_smem = intra_bwd_smem(p.K);
-    set_smem_limit(reinterpret_cast<const void*>(intra_bwd_kernel), intra_smem);
     const dim3 chunk_grid(static_cast<unsigned>(max_chunks), static_cast<unsigned>(p.HV));
-    intra_bwd_kernel<<<chunk_grid, kThreads, intra_smem, stream>>>(p, do_.data, dtype_code(do_.dtype, "do"), dv.data,
-                                                                   dtype_code(dv.dtype, "dv"));
+    const size_t wy_smem = wy_bwd_smem(p.K);
+    set_smem_limit(reinterpret_cast<const void*>(wy_bwd_kernel), wy_smem);
+    wy_bwd_kernel<<<chunk_grid, kWyThreads, wy_smem, stream>>>(p, do_.data, do_dt, dv.data, dtype_code(dv.dtype, "dv"));
     SEQMIX_CUDA_CHECK(cudaGetLastError());
-    timer.mark("intra_bwd");
+    timer.mark("wy_bwd");
+    set_smem_limit(reinterpret_cast<const void*>(pair_bwd_kernel), kPairSmem);
+    const dim3 pair_grid(static_cast<unsigned>(max_chunks), static_cast<unsigned>(p.HV),
+                         static_cast<unsigned>(p.K / kSlice));
+    pair_bwd_kernel<<<pair_grid, kPairThreads, kPairSmem, stream>>>(p);
+    SEQMIX_CUDA_CHECK(cudaGetLastError());
+    timer.mark("pair_bwd");
     const int64_t rows = p.tokens * p.H;
     constexpr int kRowsPerBlock = 8;
     finalize_qk_kernel<<<static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock), 32 * kRowsPerBlock, 0,
