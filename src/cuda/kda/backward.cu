@@ -28,15 +28,56 @@ namespace kda {
 
 namespace {
 
+// count (<= MT) warp tiles stacked in rows, tile m at a + m * a_step, sharing the B fragment of each
+// k step: up to MT independent MMA chains per fragment load (one tile per call is latency-bound).
+// Layout and 3xTF32 split as in warp_gemm.
+template <int MT>
+__device__ __forceinline__ void warp_gemm_rows(float c[MT][4], int count, const float* a, int a_rs, int a_cs,
+                                               int a_step, const float* b, int b_rs, int b_cs, int kdim) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll 2
+  for (int k0 = 0; k0 < kdim; k0 += 8) {
+    uint32_t bh[2], bl[2];
+    split_tf32(b[(k0 + t) * b_rs + g * b_cs], bh[0], bl[0]);
+    split_tf32(b[(k0 + t + 4) * b_rs + g * b_cs], bh[1], bl[1]);
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      if (m < count) {
+        const float* am = a + m * a_step;
+        uint32_t ah[4], al[4];
+        split_tf32(am[g * a_rs + (k0 + t) * a_cs], ah[0], al[0]);
+        split_tf32(am[(g + 8) * a_rs + (k0 + t) * a_cs], ah[1], al[1]);
+        split_tf32(am[g * a_rs + (k0 + t + 4) * a_cs], ah[2], al[2]);
+        split_tf32(am[(g + 8) * a_rs + (k0 + t + 4) * a_cs], ah[3], al[3]);
+        mma_tf32(c[m], al, bh);
+        mma_tf32(c[m], ah, bl);
+        mma_tf32(c[m], ah, bh);
+      }
+    }
+  }
+}
+
+template <int MT>
+__device__ __forceinline__ void zero_tiles(float c[MT][4]) {
+#pragma unroll
+  for (int m = 0; m < MT; ++m) c[m][0] = c[m][1] = c[m][2] = c[m][3] = 0.0f;
+}
+
 // One block per (sequence, value head, BV value columns), chunks in reverse; products on the tensor
 // cores (3xTF32). Shared (strides padded by 4): w, Kl, Qg as [64, K + 4]; Aqk [64, 68]; dS tile
 // [K, BV + 8]; do and dv_new tiles [64, BV + 8]; G_last [K].
+constexpr int kStateTilesMax = 4;  // tiles per warp of the K x BV product, K <= 128, BV <= 32
+
 template <int BV>
 __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const void* d_out, int d_out_dt,
                                                              const void* dht, int dht_dt, void* dh0, int dh0_dt) {
   constexpr int SP = BV + 8, AP = kChunk + 4, NT = BV / 8;
   const int n = blockIdx.x, hv = blockIdx.y, e0 = blockIdx.z * BV, h = hv / p.G;
   const int K = p.K, KP = K + 4, tid = threadIdx.x, warp = tid / 32;
+  // Warp w owns the 16 x 8 tiles w + 8 m of both products: columns c_own, rows r_first + m * r_step
+  // (NT divides the 8 warps, so the column is the same for every m).
+  constexpr int kWarps = kThreads / 32;
+  const int c_own = (warp % NT) * 8, r_first = (warp / NT) * 16, r_step = (kWarps / NT) * 16;
   extern __shared__ float smem[];
   float* wS = smem;
   float* klS = wS + kChunk * KP;
@@ -72,30 +113,38 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
     }
     __syncthreads();
     // dv_new = Aqk^T do + Kl dS'   (64 x BV)
-    for (int tile = warp; tile < 4 * NT; tile += kThreads / 32) {
-      const int r0 = (tile / NT) * 16, c0 = (tile % NT) * 8;
-      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      warp_gemm(acc, aqS + r0, 1, AP, doS + c0, SP, 1, kChunk);
-      warp_gemm(acc, klS + r0 * KP, KP, 1, dhS + c0, SP, 1, K);
+    {
+      float acc[kStateTilesMax][4];
+      zero_tiles<kStateTilesMax>(acc);
+      warp_gemm_rows<kStateTilesMax>(acc, NT / 2, aqS + r_first, 1, AP, r_step, doS + c_own, SP, 1, kChunk);
+      warp_gemm_rows<kStateTilesMax>(acc, NT / 2, klS + r_first * KP, KP, 1, r_step * KP, dhS + c_own, SP, 1, K);
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int j = r0 + frag_row(r), e = c0 + frag_col(r);
-        dvS[j * SP + e] = acc[r];
-        if (j < L) p.dvn[((t0 + j) * p.HV + hv) * p.V + e0 + e] = acc[r];
-      }
+      for (int m = 0; m < kStateTilesMax; ++m)
+        if (m < NT / 2)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            const int j = r_first + m * r_step + frag_row(r), e = c_own + frag_col(r);
+            dvS[j * SP + e] = acc[m][r];
+            if (j < L) p.dvn[((t0 + j) * p.HV + hv) * p.V + e0 + e] = acc[m][r];
+          }
     }
     __syncthreads();
     // dS = exp(G_last) dS' + Qg^T do - w^T dv_new   (K x BV; each warp owns its tiles)
-    for (int tile = warp; tile < (K / 16) * NT; tile += kThreads / 32) {
-      const int r0 = (tile / NT) * 16, c0 = (tile % NT) * 8;
-      float pos[4] = {0.0f, 0.0f, 0.0f, 0.0f}, neg[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      warp_gemm(pos, qgS + r0, 1, KP, doS + c0, SP, 1, kChunk);
-      warp_gemm(neg, wS + r0, 1, KP, dvS + c0, SP, 1, kChunk);
+    {
+      const int count = (K / 16) * NT / kWarps;
+      float pos[kStateTilesMax][4], neg[kStateTilesMax][4];
+      zero_tiles<kStateTilesMax>(pos);
+      zero_tiles<kStateTilesMax>(neg);
+      warp_gemm_rows<kStateTilesMax>(pos, count, qgS + r_first, 1, KP, r_step, doS + c_own, SP, 1, kChunk);
+      warp_gemm_rows<kStateTilesMax>(neg, count, wS + r_first, 1, KP, r_step, dvS + c_own, SP, 1, kChunk);
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int d = r0 + frag_row(r), e = c0 + frag_col(r);
-        dhS[d * SP + e] = __expf(glS[d]) * dhS[d * SP + e] + pos[r] - neg[r];
-      }
+      for (int m = 0; m < kStateTilesMax; ++m)
+        if (m < count)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            const int d = r_first + m * r_step + frag_row(r), e = c_own + frag_col(r);
+            dhS[d * SP + e] = __expf(glS[d]) * dhS[d * SP + e] + pos[m][r] - neg[m][r];
+          }
     }
     __syncthreads();
   }
@@ -114,6 +163,7 @@ constexpr int kPairThreads = 128;  // 4 warps, warp w owns the 16-token sub-chun
 constexpr int kSlice = 32;         // key channels per pair_bwd block (FLA's BK)
 constexpr int kSub = 16;           // sub-chunk length (FLA's BC)
 constexpr int kSliceStride = kSlice + 4;
+constexpr int kWyTilesMax = 4;     // 16 x 8 tiles per warp of a [64, K] product, K <= 128
 
 // c += a * b on one m16n8k8 step from fp32 fragment values (a0 (g, t), a1 (g + 8, t), a2 (g, t + 4),
 // a3 (g + 8, t + 4); b0 (t, g), b1 (t + 4, g)), split hi + lo as in warp_gemm.
@@ -201,6 +251,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   float* red = bS + kChunk;  // [64, K / 8]
 
   auto row_at = [&](int i) { return (t0 + i) * p.HV + hv; };
+  auto k_at = [&](int i, int d) { return ((t0 + i) * p.H + h) * K + d; };
   const int64_t state_off = (c * p.HV + hv) * static_cast<int64_t>(K) * V;
   for (int d = tid; d < K; d += kWyThreads) glS[d] = p.gc[row_at(L - 1) * K + d];
   for (int i = tid; i < kChunk; i += kWyThreads) bS[i] = i < L ? p.bp[row_at(i)] : 0.0f;
@@ -208,33 +259,66 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   load_rows4<kWyThreads>(sY, KP, p.vn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, kChunk, L, V);
   __syncthreads();
 
-  // dk_state = exp(G_last - G) (v_new dS'^T); dG -= k dk_state; sO = k dk_state for the dG_last sum.
-  for (int tile = warp; tile < 4 * ct; tile += kWarps) {
-    const int r0 = (tile / ct) * 16, c0 = (tile % ct) * 8;
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    warp_gemm(acc, sY + r0 * KP, KP, 1, sS + c0 * KP, 1, KP, V);
+  // Warp w owns tiles w + 16 m of every [64, K] product (m < ct / 4: columns kc, rows kr + m * kstep)
+  // and of every [64, 64] product (m < 2: columns sc, rows sr + 32 m), so a thread keeps its dk and dG
+  // entries in registers from the dk_state step to the A^T dw step. Per-element global operands are
+  // loaded before each product so that their latency overlaps it.
+  const int kc = (warp % ct) * 8, kr = (warp / ct) * 16, kstep = (kWarps / ct) * 16, kcount = ct / 4;
+  const int sc = (warp % 8) * 8, sr = (warp / 8) * 16;
+  float dk_keep[kWyTilesMax][4], dg_keep[kWyTilesMax][4];
+  // dk_state = exp(G_last - G) (v_new dS'^T); dG = -k dk_state; sO = k dk_state for the dG_last sum.
+  {
+    float gv[kWyTilesMax][4], kv[kWyTilesMax][4], acc[kWyTilesMax][4];
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int i = r0 + frag_row(r), d = c0 + frag_col(r);
-      float kd = 0.0f;
-      if (i < L) {
-        const int64_t at = row_at(i) * K + d;
-        kd = p.kp[((t0 + i) * p.H + h) * K + d];
-        const float x = __expf(glS[d] - p.gc[at]) * acc[r];
-        p.dk_hv[at] = x;
-        p.dgc[at] = -kd * x;
-        kd *= x;
+    for (int m = 0; m < kWyTilesMax; ++m)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int i = kr + m * kstep + frag_row(r), d = kc + frag_col(r);
+        const bool in = m < kcount && i < L;
+        gv[m][r] = in ? p.gc[row_at(i) * K + d] : 0.0f;
+        kv[m][r] = in ? p.kp[k_at(i, d)] : 0.0f;
       }
-      sO[i * KP + d] = kd;
+    zero_tiles<kWyTilesMax>(acc);
+    warp_gemm_rows<kWyTilesMax>(acc, kcount, sY + kr * KP, KP, 1, kstep * KP, sS + kc * KP, 1, KP, V);
+#pragma unroll
+    for (int m = 0; m < kWyTilesMax; ++m)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int i = kr + m * kstep + frag_row(r), d = kc + frag_col(r);
+        const float x = i < L ? __expf(glS[d] - gv[m][r]) * acc[m][r] : 0.0f;
+        dk_keep[m][r] = x;
+        dg_keep[m][r] = -kv[m][r] * x;
+        if (m < kcount) sO[i * KP + d] = kv[m][r] * x;
+      }
+  }
+  __syncthreads();
+  // S -> sS with sum_e S dS' per key channel (dS' re-read from global, where it is L2-resident): the
+  // V / 4 float4 of a row span 32 or 16 consecutive lanes, reduced by shuffles in a fixed order.
+  {
+    const int c4 = V / 4, n = K * c4;
+    for (int base = tid; base < n; base += kWyThreads * 4) {
+      float4 s4[4], d4[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int idx = base + u * kWyThreads;
+        if (idx < n) {
+          s4[u] = ldg4(p.hs + state_off + 4 * static_cast<int64_t>(idx));
+          d4[u] = ldg4(p.dhs + state_off + 4 * static_cast<int64_t>(idx));
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int idx = base + u * kWyThreads;
+        if (idx < n) {  // uniform per warp (n is a multiple of 32)
+          st4(sS + (idx / c4) * KP + (idx % c4) * 4, s4[u]);
+          float s = s4[u].x * d4[u].x + s4[u].y * d4[u].y + s4[u].z * d4[u].z + s4[u].w * d4[u].w;
+          for (int o = c4 / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+          if (lane % c4 == 0) sdS[idx / c4] = s;
+        }
+      }
     }
   }
-  // sum_e S dS' per key channel, one warp per row in a fixed order
-  for (int d = warp; d < K; d += kWarps) {
-    float s = 0.0f;
-    for (int e = lane; e < V; e += 32) s += p.hs[state_off + static_cast<int64_t>(d) * V + e] * sS[d * KP + e];
-    s = warp_sum(s);
-    if (lane == 0) sdS[d] = s;
-  }
+  load_rows_dt<kWyThreads>(sX, KP, d_out, d_out_dt, static_cast<int64_t>(p.HV) * V, row_at(0) * V, L, V);
   __syncthreads();
   // dG_last = exp(G_last) sum_e S dS' + sum_i k_i dk_state_i
   for (int d = tid; d < K; d += kWyThreads) {
@@ -242,34 +326,38 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
     for (int i = 0; i < L; ++i) s += sO[i * KP + d];
     p.dg_last[(c * p.HV + hv) * K + d] = __expf(glS[d]) * sdS[d] + s;
   }
-  __syncthreads();
-  load_rows4<kWyThreads>(sS, KP, p.hs + state_off, V, K, K, V);
-  load_rows_dt<kWyThreads>(sX, KP, d_out, d_out_dt, static_cast<int64_t>(p.HV) * V, row_at(0) * V, L, V);
-  __syncthreads();
   // dq_state = scale exp(G) (do S^T)
-  for (int tile = warp; tile < 4 * ct; tile += kWarps) {
-    const int r0 = (tile / ct) * 16, c0 = (tile % ct) * 8;
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    warp_gemm(acc, sX + r0 * KP, KP, 1, sS + c0 * KP, 1, KP, V);
+  {
+    float gv[kWyTilesMax][4], acc[kWyTilesMax][4];
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int i = r0 + frag_row(r), d = c0 + frag_col(r);
-      if (i < L) {
-        const int64_t at = row_at(i) * K + d;
-        p.dq_hv[at] = p.scale * __expf(p.gc[at]) * acc[r];
+    for (int m = 0; m < kWyTilesMax; ++m)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int i = kr + m * kstep + frag_row(r), d = kc + frag_col(r);
+        gv[m][r] = m < kcount && i < L ? p.gc[row_at(i) * K + d] : 0.0f;
       }
-    }
+    zero_tiles<kWyTilesMax>(acc);
+    warp_gemm_rows<kWyTilesMax>(acc, kcount, sX + kr * KP, KP, 1, kstep * KP, sS + kc * KP, 1, KP, V);
+#pragma unroll
+    for (int m = 0; m < kWyTilesMax; ++m)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int i = kr + m * kstep + frag_row(r), d = kc + frag_col(r);
+        if (m < kcount && i < L) p.dq_hv[row_at(i) * K + d] = p.scale * __expf(gv[m][r]) * acc[m][r];
+      }
   }
   // dAqk = scale tril(do v_new^T)   (64 x 64: 32 warp tiles)
-  for (int tile = warp; tile < 32; tile += kWarps) {
-    const int r0 = (tile / 8) * 16, c0 = (tile % 8) * 8;
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    warp_gemm(acc, sX + r0 * KP, KP, 1, sY + c0 * KP, 1, KP, V);
+  {
+    float acc[2][4];
+    zero_tiles<2>(acc);
+    warp_gemm_rows<2>(acc, 2, sX + sr * KP, KP, 1, 32 * KP, sY + sc * KP, 1, KP, V);
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int i = r0 + frag_row(r), j = c0 + frag_col(r);
-      if (i < L) p.dAqk[row_at(i) * kChunk + j] = j <= i ? p.scale * acc[r] : 0.0f;
-    }
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int i = sr + 32 * m + frag_row(r), j = sc + frag_col(r);
+        if (i < L) p.dAqk[row_at(i) * kChunk + j] = j <= i ? p.scale * acc[m][r] : 0.0f;
+      }
   }
   __syncthreads();
   load_rows4<kWyThreads>(sX, KP, p.dvn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, kChunk, L, V);
@@ -277,50 +365,81 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   for (int idx = tid; idx < kChunk * ct; idx += kWyThreads) red[idx] = 0.0f;
   __syncthreads();
   // dw = -dv_new S^T -> sO
-  for (int tile = warp; tile < 4 * ct; tile += kWarps) {
-    const int r0 = (tile / ct) * 16, c0 = (tile % ct) * 8;
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    warp_gemm(acc, sX + r0 * KP, KP, 1, sS + c0 * KP, 1, KP, V);
+  {
+    float acc[kWyTilesMax][4];
+    zero_tiles<kWyTilesMax>(acc);
+    warp_gemm_rows<kWyTilesMax>(acc, kcount, sX + kr * KP, KP, 1, kstep * KP, sS + kc * KP, 1, KP, V);
 #pragma unroll
-    for (int r = 0; r < 4; ++r) sO[(r0 + frag_row(r)) * KP + c0 + frag_col(r)] = -acc[r];
+    for (int m = 0; m < kWyTilesMax; ++m)
+      if (m < kcount)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) sO[(kr + m * kstep + frag_row(r)) * KP + kc + frag_col(r)] = -acc[m][r];
   }
   __syncthreads();
   // T2 = A^T dw: dk += beta exp(G) T2, dG += k beta exp(G) T2, dbeta += T2 . (exp(G) k);
   // T3 = A^T dv_new: dv = beta T3, dbeta += T3 . v   (V == K: the same tiles)
-  for (int tile = warp; tile < 4 * ct; tile += kWarps) {
-    const int r0 = (tile / ct) * 16, c0 = (tile % ct) * 8;
-    float t2[4] = {0.0f, 0.0f, 0.0f, 0.0f}, t3[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    warp_gemm(t2, sA + r0, 1, AP, sO + c0, KP, 1, kChunk);
-    warp_gemm(t3, sA + r0, 1, AP, sX + c0, KP, 1, kChunk);
-    float db[2] = {0.0f, 0.0f};
+  {
+    float gv[kWyTilesMax][4], t2[kWyTilesMax][4], t3[kWyTilesMax][4];
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int j = r0 + frag_row(r), d = c0 + frag_col(r);
-      if (j < L) {
-        const int64_t at = row_at(j) * K + d;
-        const float eg = __expf(p.gc[at]), kd = p.kp[((t0 + j) * p.H + h) * K + d];
-        const float dkb = bS[j] * eg * t2[r];
-        p.dk_hv[at] += dkb;
-        p.dgc[at] += kd * dkb;
-        const int64_t vat = row_at(j) * V + d;
-        store_f(dv, dv_dt, vat, bS[j] * t3[r]);
-        db[r / 2] += t2[r] * eg * kd + t3[r] * load_f(p.v, p.in_dt, vat);
+    for (int m = 0; m < kWyTilesMax; ++m)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int j = kr + m * kstep + frag_row(r), d = kc + frag_col(r);
+        gv[m][r] = m < kcount && j < L ? p.gc[row_at(j) * K + d] : 0.0f;
       }
-    }
+    zero_tiles<kWyTilesMax>(t2);
+    zero_tiles<kWyTilesMax>(t3);
+    warp_gemm_rows<kWyTilesMax>(t2, kcount, sA + kr, 1, AP, kstep, sO + kc, KP, 1, kChunk);
+    warp_gemm_rows<kWyTilesMax>(t3, kcount, sA + kr, 1, AP, kstep, sX + kc, KP, 1, kChunk);
 #pragma unroll
-    for (int q = 0; q < 2; ++q) {
-      db[q] += __shfl_xor_sync(0xffffffffu, db[q], 1);
-      db[q] += __shfl_xor_sync(0xffffffffu, db[q], 2);
-    }
-    if ((lane & 3) == 0) {
-      red[(r0 + lane / 4) * ct + c0 / 8] = db[0];
-      red[(r0 + lane / 4 + 8) * ct + c0 / 8] = db[1];
+    for (int m = 0; m < kWyTilesMax; ++m) {
+      if (m >= kcount) break;
+      const int r0 = kr + m * kstep;
+      float db[2] = {0.0f, 0.0f};
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int j = r0 + frag_row(r), d = kc + frag_col(r);
+        if (j < L) {
+          const int64_t at = row_at(j) * K + d;
+          const float eg = __expf(gv[m][r]), dkb = bS[j] * eg * t2[m][r], kd = p.kp[k_at(j, d)];
+          p.dk_hv[at] = dk_keep[m][r] + dkb;
+          p.dgc[at] = dg_keep[m][r] + kd * dkb;
+          store_f(dv, dv_dt, row_at(j) * V + d, bS[j] * t3[m][r]);
+          db[r / 2] += t2[m][r] * eg * kd + t3[m][r] * load_f(p.v, p.in_dt, row_at(j) * V + d);
+        }
+      }
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        db[q] += __shfl_xor_sync(0xffffffffu, db[q], 1);
+        db[q] += __shfl_xor_sync(0xffffffffu, db[q], 2);
+      }
+      if ((lane & 3) == 0) {
+        red[(r0 + lane / 4) * ct + kc / 8] = db[0];
+        red[(r0 + lane / 4 + 8) * ct + kc / 8] = db[1];
+      }
     }
   }
   // Kb = exp(G) k -> sS rows [0, 64), v -> sS rows [64, 128) (S is no longer read after dw)
-  for (int idx = tid; idx < kChunk * K; idx += kWyThreads) {
-    const int i = idx / K, d = idx % K;
-    sS[i * KP + d] = i < L ? __expf(p.gc[row_at(i) * K + d]) * p.kp[((t0 + i) * p.H + h) * K + d] : 0.0f;
+  {
+    const int c4 = K / 4, n = kChunk * c4;
+    for (int base = tid; base < n; base += kWyThreads * 4) {
+      float4 g4[4], k4[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int idx = base + u * kWyThreads, i = idx / c4, d = (idx % c4) * 4;
+        const bool in = idx < n && i < L;
+        g4[u] = in ? ldg4(p.gc + row_at(i) * K + d) : zero4();
+        k4[u] = in ? ldg4(p.kp + k_at(i, d)) : zero4();
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int idx = base + u * kWyThreads;
+        if (idx < n)
+          st4(sS + (idx / c4) * KP + (idx % c4) * 4,
+              make_float4(__expf(g4[u].x) * k4[u].x, __expf(g4[u].y) * k4[u].y, __expf(g4[u].z) * k4[u].z,
+                          __expf(g4[u].w) * k4[u].w));
+      }
+    }
   }
   load_rows_dt<kWyThreads>(sS + kChunk * KP, KP, p.v, p.in_dt, static_cast<int64_t>(p.HV) * V, row_at(0) * V, L, V);
   __syncthreads();
@@ -330,38 +449,44 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
     p.dbp[row_at(tid)] = s;
   }
   // dA_ij = beta_j (dw_i . Kb_j + dv_new_i . v_j), j < i < L -> sP
-  for (int tile = warp; tile < 32; tile += kWarps) {
-    const int r0 = (tile / 8) * 16, c0 = (tile % 8) * 8;
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    warp_gemm(acc, sO + r0 * KP, KP, 1, sS + c0 * KP, 1, KP, K);
-    warp_gemm(acc, sX + r0 * KP, KP, 1, sS + (kChunk + c0) * KP, 1, KP, V);
+  {
+    float acc[2][4];
+    zero_tiles<2>(acc);
+    warp_gemm_rows<2>(acc, 2, sO + sr * KP, KP, 1, 32 * KP, sS + sc * KP, 1, KP, K);
+    warp_gemm_rows<2>(acc, 2, sX + sr * KP, KP, 1, 32 * KP, sS + (kChunk + sc) * KP, 1, KP, V);
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int i = r0 + frag_row(r), j = c0 + frag_col(r);
-      sP[i * AP + j] = j < i && i < L ? bS[j] * acc[r] : 0.0f;
-    }
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int i = sr + 32 * m + frag_row(r), j = sc + frag_col(r);
+        sP[i * AP + j] = j < i && i < L ? bS[j] * acc[m][r] : 0.0f;
+      }
   }
   __syncthreads();
   // dA A^T -> sO (as [64, 68])
   float* sQ = sO;
-  for (int tile = warp; tile < 32; tile += kWarps) {
-    const int r0 = (tile / 8) * 16, c0 = (tile % 8) * 8;
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    warp_gemm(acc, sP + r0 * AP, AP, 1, sA + c0 * AP, 1, AP, kChunk);
+  {
+    float acc[2][4];
+    zero_tiles<2>(acc);
+    warp_gemm_rows<2>(acc, 2, sP + sr * AP, AP, 1, 32 * AP, sA + sc * AP, 1, AP, kChunk);
 #pragma unroll
-    for (int r = 0; r < 4; ++r) sQ[(r0 + frag_row(r)) * AP + c0 + frag_col(r)] = acc[r];
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) sQ[(sr + 32 * m + frag_row(r)) * AP + sc + frag_col(r)] = acc[m][r];
   }
   __syncthreads();
   // dM = -A^T (dA A^T), strictly lower
-  for (int tile = warp; tile < 32; tile += kWarps) {
-    const int r0 = (tile / 8) * 16, c0 = (tile % 8) * 8;
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    warp_gemm(acc, sA + r0, 1, AP, sQ + c0, AP, 1, kChunk);
+  {
+    float acc[2][4];
+    zero_tiles<2>(acc);
+    warp_gemm_rows<2>(acc, 2, sA + sr, 1, AP, 32, sQ + sc, AP, 1, kChunk);
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int i = r0 + frag_row(r), j = c0 + frag_col(r);
-      if (i < L) p.dM[row_at(i) * kChunk + j] = j < i ? -acc[r] : 0.0f;
-    }
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int i = sr + 32 * m + frag_row(r), j = sc + frag_col(r);
+        if (i < L) p.dM[row_at(i) * kChunk + j] = j < i ? -acc[m][r] : 0.0f;
+      }
   }
 }
 
@@ -394,17 +519,30 @@ __global__ void __launch_bounds__(kPairThreads) pair_bwd_kernel(KdaDev p) {
   float* bS = dmS + kChunk * AP;
   auto row_at = [&](int i) { return (t0 + i) * p.HV + hv; };
 
-  const int64_t qk_rs = static_cast<int64_t>(p.H) * K;
-  load_rows4<kPairThreads>(kS, KS, p.kp + (t0 * p.H + h) * K + d0, qk_rs, kChunk, L, kSlice);
-  load_rows4<kPairThreads>(qS, KS, p.qp + (t0 * p.H + h) * K + d0, qk_rs, kChunk, L, kSlice);
-  load_rows4<kPairThreads>(aqS, AP, p.dAqk + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L,
-                           kChunk);
-  load_rows4<kPairThreads>(dmS, AP, p.dM + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L,
-                           kChunk);
-  for (int idx = tid; idx < kChunk * (kSlice / 4); idx += kPairThreads) {
-    const int i = idx / (kSlice / 4), d = (idx % (kSlice / 4)) * 4, src = i < L ? i : L - 1;
-    st4(gS + i * KS + d, ldg4(p.gc + row_at(src) * K + d0 + d));
+  // k, q, G slices (12 float4 loads in flight per thread), then dAqk, dM (16).
+  {
+    constexpr int c4 = kSlice / 4, n = kChunk * c4, U = n / kPairThreads;
+    float4 kv[U], qv[U], gv[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = tid + u * kPairThreads, i = idx / c4, d = d0 + (idx % c4) * 4, src = i < L ? i : L - 1;
+      const int64_t at = ((t0 + i) * p.H + h) * K + d;
+      kv[u] = i < L ? ldg4(p.kp + at) : zero4();
+      qv[u] = i < L ? ldg4(p.qp + at) : zero4();
+      gv[u] = ldg4(p.gc + row_at(src) * K + d);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = tid + u * kPairThreads, at = (idx / c4) * KS + (idx % c4) * 4;
+      st4(kS + at, kv[u]);
+      st4(qS + at, qv[u]);
+      st4(gS + at, gv[u]);
+    }
   }
+  load_rows4<kPairThreads, 8>(aqS, AP, p.dAqk + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L,
+                              kChunk);
+  load_rows4<kPairThreads, 8>(dmS, AP, p.dM + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L,
+                              kChunk);
   for (int i = tid; i < kChunk; i += kPairThreads) bS[i] = i < L ? p.bp[row_at(i)] : 0.0f;
   __syncthreads();
 
@@ -480,7 +618,19 @@ __global__ void __launch_bounds__(kPairThreads) pair_bwd_kernel(KdaDev p) {
         ct[n][r] = sc;
       }
   }
-  // Combine with the wy_bwd partials; dbeta partial of this slice per row.
+  // Combine with the wy_bwd partials (all loads first, so they are in flight together); dbeta partial
+  // of this slice per row.
+  float pq[4][4], pk[4][4], pg[4][4];
+#pragma unroll
+  for (int n = 0; n < 4; ++n)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int i = base + frag_row(r);
+      const int64_t at = row_at(i) * K + d0 + n * 8 + frag_col(r);
+      pq[n][r] = i < L ? p.dq_hv[at] : 0.0f;
+      pk[n][r] = i < L ? p.dk_hv[at] : 0.0f;
+      pg[n][r] = i < L ? p.dgc[at] : 0.0f;
+    }
   float db[2] = {0.0f, 0.0f};
 #pragma unroll
   for (int n = 0; n < 4; ++n)
@@ -491,10 +641,10 @@ __global__ void __launch_bounds__(kPairThreads) pair_bwd_kernel(KdaDev p) {
       if (i < L) {
         const int64_t at = row_at(i) * K + d0 + d;
         const float kd = kS[i * KS + d], qd = qS[i * KS + d];
-        const float dq_t = p.dq_hv[at] + dq[n][r];
+        const float dq_t = pq[n][r] + dq[n][r];
         p.dq_hv[at] = dq_t;
-        p.dk_hv[at] += bS[i] * rm[n][r] + ct[n][r];
-        dG = p.dgc[at] + qd * dq_t + kd * (bS[i] * rm[n][r] - ct[n][r]);
+        p.dk_hv[at] = pk[n][r] + bS[i] * rm[n][r] + ct[n][r];
+        dG = pg[n][r] + qd * dq_t + kd * (bS[i] * rm[n][r] - ct[n][r]);
         db[r / 2] += kd * rm[n][r];
       }
       stS[i * KS + d] = dG;
