@@ -595,28 +595,49 @@ __global__ void __launch_bounds__(kPairThreads) pair_bwd_kernel(KdaDev p) {
           mma_3xtf32(ct[n], fm, bk);
         }
       }
-    // Rescale the block products, then the diagonal block per pair.
+    // Rescale the block products; gi = G at this thread's entries.
+    float gi[4][4];
 #pragma unroll
     for (int n = 0; n < 4; ++n)
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const int i = base + frag_row(r), d = n * 8 + frag_col(r);
-        const float gi = gS[i * KS + d];
-        const float up = __expf(gi - gS[base * KS + d]), down = __expf(gS[ref * KS + d] - gi);
-        float sq = dq[n][r] * up, sm = rm[n][r] * up, sc = ct[n][r] * down;
-        for (int j = base; j <= i; ++j) {
-          const float e = __expf(gi - gS[j * KS + d]) * kS[j * KS + d];
-          sq += aqS[i * AP + j] * e;
-          sm += dmS[i * AP + j] * e;
-        }
-        for (int m = i; m < base + kSub && m < L; ++m) {
-          const float e = __expf(gS[m * KS + d] - gi);
-          sc += (aqS[m * AP + i] * qS[m * KS + d] + dmS[m * AP + i] * bS[m] * kS[m * KS + d]) * e;
-        }
-        dq[n][r] = sq;
-        rm[n][r] = sm;
-        ct[n][r] = sc;
+        gi[n][r] = gS[i * KS + d];
+        const float up = __expf(gi[n][r] - gS[base * KS + d]);
+        dq[n][r] *= up;
+        rm[n][r] *= up;
+        ct[n][r] *= __expf(gS[ref * KS + d] - gi[n][r]);
       }
+    // Diagonal block per pair, one token j of the sub-chunk per step: its k, q, G on this thread's 8
+    // channels and the dAqk / dM entries of its 2 rows are loaded once for all 16 entries. Row sums
+    // take j <= i, column sums j >= i; one exponential per pair, exp(-|G_i - G_j|) for decays g <= 0,
+    // with the other side selected away (never multiplied: its exponent may be large).
+#pragma unroll 4
+    for (int s = 0; s < kSub; ++s) {
+      const int j = base + s;
+      const float aq_row[2] = {aqS[(base + g) * AP + j], aqS[(base + g + 8) * AP + j]};
+      const float dm_row[2] = {dmS[(base + g) * AP + j], dmS[(base + g + 8) * AP + j]};
+      const float aq_col[2] = {aqS[j * AP + base + g], aqS[j * AP + base + g + 8]};
+      const float dm_col[2] = {dmS[j * AP + base + g], dmS[j * AP + base + g + 8]};
+      const float bj = bS[j];
+#pragma unroll
+      for (int n = 0; n < 4; ++n)
+#pragma unroll
+        for (int c2 = 0; c2 < 2; ++c2) {
+          const int d = n * 8 + 2 * t + c2;
+          const float gj = gS[j * KS + d], kj = kS[j * KS + d], qj = qS[j * KS + d];
+#pragma unroll
+          for (int rr = 0; rr < 2; ++rr) {
+            const int r = rr * 2 + c2, own = g + 8 * rr;  // entry r sits at row base + own
+            const float x = gi[n][r] - gj;
+            const float y = __expf(s <= own ? x : -x);
+            const float e_row = s <= own ? y : 0.0f, e_col = s >= own ? y : 0.0f;
+            dq[n][r] += aq_row[rr] * e_row * kj;
+            rm[n][r] += dm_row[rr] * e_row * kj;
+            ct[n][r] += (aq_col[rr] * qj + dm_col[rr] * bj * kj) * e_col;
+          }
+        }
+    }
   }
   // Combine with the wy_bwd partials (all loads first, so they are in flight together); dbeta partial
   // of this slice per row.
@@ -672,32 +693,46 @@ __global__ void __launch_bounds__(kPairThreads) pair_bwd_kernel(KdaDev p) {
 // One warp per (token, q/k head): sum over the value heads of the group, then through the L2 norm
 // (dx = rstd (dy - (dy . y) y) with y the normalised row).
 __global__ void finalize_qk_kernel(KdaDev p, void* dq, void* dk, int dt) {
+  constexpr int kMaxPerLane = 4;  // K / 32, K <= 128
   const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
+  const int lane = threadIdx.x % 32, per_lane = p.K / 32;
   if (row >= p.tokens * p.H) return;
   const int64_t t = row / p.H;
   const int h = static_cast<int>(row % p.H);
+  // Both rows' loads are issued before any arithmetic (fixed-size, unrolled: registers, no stack).
+  float x[2][kMaxPerLane], y[2][kMaxPerLane];
+#pragma unroll
+  for (int which = 0; which < 2; ++which)
+#pragma unroll
+    for (int r = 0; r < kMaxPerLane; ++r) {
+      x[which][r] = y[which][r] = 0.0f;
+      if (r < per_lane) {
+        const int d = r * 32 + lane;
+        y[which][r] = (which ? p.kp : p.qp)[row * p.K + d];
+        x[which][r] = (which ? p.dk_hv : p.dq_hv)[(t * p.HV + h * p.G) * p.K + d];
+      }
+    }
+#pragma unroll
   for (int which = 0; which < 2; ++which) {
     const float* src = which ? p.dk_hv : p.dq_hv;
-    const float* y = which ? p.kp : p.qp;
-    float x[4], dot = 0.0f;
-    for (int r = 0; r < p.K / 32; ++r) {
-      const int d = r * 32 + lane;
-      float s = 0.0f;
-      for (int g = 0; g < p.G; ++g) s += src[(t * p.HV + h * p.G + g) * p.K + d];
-      x[r] = s;
-      dot += s * y[row * p.K + d];
+    float dot = 0.0f;
+#pragma unroll
+    for (int r = 0; r < kMaxPerLane; ++r) {
+      if (r < per_lane)
+        for (int g = 1; g < p.G; ++g) x[which][r] += src[(t * p.HV + h * p.G + g) * p.K + r * 32 + lane];
+      dot += x[which][r] * y[which][r];
     }
     float rstd = 1.0f;
     if (p.l2norm) {
       dot = warp_sum(dot);
       rstd = (which ? p.k_rstd : p.q_rstd)[row];
     }
-    for (int r = 0; r < p.K / 32; ++r) {
-      const int d = r * 32 + lane;
-      const float out = p.l2norm ? rstd * (x[r] - dot * y[row * p.K + d]) : x[r];
-      store_f(which ? dk : dq, dt, row * p.K + d, out);
-    }
+#pragma unroll
+    for (int r = 0; r < kMaxPerLane; ++r)
+      if (r < per_lane) {
+        const float out = p.l2norm ? rstd * (x[which][r] - dot * y[which][r]) : x[which][r];
+        store_f(which ? dk : dq, dt, row * p.K + r * 32 + lane, out);
+      }
   }
 }
 
@@ -732,6 +767,7 @@ __global__ void __launch_bounds__(kReduceThreads) gate_params_partial_kernel(Kda
   const int64_t per = (p.tokens + kGateSlices - 1) / kGateSlices, t_begin = slice * per;
   const int64_t t_end = t_begin + per < p.tokens ? t_begin + per : p.tokens;
   float sb = 0.0f, sa = 0.0f;
+#pragma unroll 4
   for (int64_t t = t_begin + tid / p.K; t < t_end; t += lanes_per_d) {
     const int64_t i = (t * p.HV + hv) * p.K + d;
     float d_raw, d_A;
