@@ -57,6 +57,20 @@ __device__ __forceinline__ void warp_gemm_rows(float c[MT][4], int count, const 
   }
 }
 
+// Fetches the 128-byte line holding `ptr` into L2 (a hint, no effect on results): issued for data a
+// block reads in a later phase, so that those loads hit L2 instead of waiting on HBM.
+__device__ __forceinline__ void prefetch_l2(const void* ptr) { asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr)); }
+
+// Lines of `rows` rows of `bytes` bytes each (row r at base + r * stride_bytes), spread over the block.
+__device__ __forceinline__ void prefetch_rows(const void* base, int rows, int64_t stride_bytes, int bytes,
+                                              int threads) {
+  const int lines = (bytes + 127) / 128;
+  for (int idx = threadIdx.x; idx < rows * lines; idx += threads)
+    prefetch_l2(static_cast<const char*>(base) + (idx / lines) * stride_bytes + (idx % lines) * 128);
+}
+
+__device__ __forceinline__ int dtype_bytes(int dt) { return dt == kF32 ? 4 : dt == kF64 ? 8 : 2; }
+
 template <int MT>
 __device__ __forceinline__ void zero_tiles(float c[MT][4]) {
 #pragma unroll
@@ -97,6 +111,17 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
     const int64_t t0 = p.seq_offsets[n] + (c - c_begin) * kChunk;
     const int64_t left = p.seq_offsets[n + 1] - t0;
     const int L = static_cast<int>(left < kChunk ? left : kChunk);
+    if (c > c_begin) {  // the next chunk of this reverse sweep (a full one) into L2 while this one runs
+      const int64_t tp = t0 - kChunk, fs = sizeof(float);
+      prefetch_rows(p.w + (tp * p.HV + hv) * K, kChunk, p.HV * K * fs, K * fs, kThreads);
+      prefetch_rows(p.gc + (tp * p.HV + hv) * K, kChunk, p.HV * K * fs, K * fs, kThreads);
+      prefetch_rows(p.kp + (tp * p.H + h) * K, kChunk, p.H * K * fs, K * fs, kThreads);
+      prefetch_rows(p.qp + (tp * p.H + h) * K, kChunk, p.H * K * fs, K * fs, kThreads);
+      prefetch_rows(p.Aqk + (tp * p.HV + hv) * kChunk, kChunk, p.HV * kChunk * fs, kChunk * fs, kThreads);
+      const int es = dtype_bytes(d_out_dt);
+      prefetch_rows(static_cast<const char*>(d_out) + ((tp * p.HV + hv) * p.V + e0) * es, kChunk,
+                    static_cast<int64_t>(p.HV) * p.V * es, BV * es, kThreads);
+    }
     for (int d = tid; d < K; d += kThreads) glS[d] = p.gc[((t0 + L - 1) * p.HV + hv) * K + d];
     __syncthreads();
     load_chunk_tiles(p, t0, L, hv, h, glS, wS, klS, qgS, aqS);
@@ -253,6 +278,16 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   auto row_at = [&](int i) { return (t0 + i) * p.HV + hv; };
   auto k_at = [&](int i, int d) { return ((t0 + i) * p.H + h) * K + d; };
   const int64_t state_off = (c * p.HV + hv) * static_cast<int64_t>(K) * V;
+  {  // operands of the later steps into L2 while the first ones run
+    const int64_t fs = sizeof(float), es = dtype_bytes(p.in_dt), dos = dtype_bytes(d_out_dt);
+    prefetch_rows(p.hs + state_off, K, V * fs, V * fs, kWyThreads);
+    prefetch_rows(p.dvn + row_at(0) * V, L, p.HV * V * fs, V * fs, kWyThreads);
+    prefetch_rows(p.A + row_at(0) * kChunk, L, p.HV * kChunk * fs, kChunk * fs, kWyThreads);
+    prefetch_rows(static_cast<const char*>(p.v) + row_at(0) * V * es, L, p.HV * V * es, V * es, kWyThreads);
+    prefetch_rows(static_cast<const char*>(d_out) + row_at(0) * V * dos, L, p.HV * V * dos, V * dos, kWyThreads);
+    prefetch_rows(p.gc + row_at(0) * K, L, p.HV * K * fs, K * fs, kWyThreads);
+    prefetch_rows(p.kp + k_at(0, 0), L, p.H * K * fs, K * fs, kWyThreads);
+  }
   for (int d = tid; d < K; d += kWyThreads) glS[d] = p.gc[row_at(L - 1) * K + d];
   for (int i = tid; i < kChunk; i += kWyThreads) bS[i] = i < L ? p.bp[row_at(i)] : 0.0f;
   load_rows4<kWyThreads>(sS, KP, p.dhs + state_off, V, K, K, V);
@@ -519,6 +554,12 @@ __global__ void __launch_bounds__(kPairThreads) pair_bwd_kernel(KdaDev p) {
   float* bS = dmS + kChunk * AP;
   auto row_at = [&](int i) { return (t0 + i) * p.HV + hv; };
 
+  {  // the wy_bwd partials read at the end, into L2 now
+    const int64_t fs = sizeof(float), rs = static_cast<int64_t>(p.HV) * K * fs;
+    prefetch_rows(p.dq_hv + row_at(0) * K + d0, L, rs, kSlice * fs, kPairThreads);
+    prefetch_rows(p.dk_hv + row_at(0) * K + d0, L, rs, kSlice * fs, kPairThreads);
+    prefetch_rows(p.dgc + row_at(0) * K + d0, L, rs, kSlice * fs, kPairThreads);
+  }
   // k, q, G slices (12 float4 loads in flight per thread), then dAqk, dM (16).
   {
     constexpr int c4 = kSlice / 4, n = kChunk * c4, U = n / kPairThreads;
