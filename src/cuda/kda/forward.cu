@@ -67,6 +67,8 @@ __global__ void __launch_bounds__(kTableThreads) build_tables_kernel(KdaDev p) {
   }
 }
 
+constexpr int kChunk4 = kChunk + 4;  // row stride of 64 x 64 tiles (fragment loads on 32 banks)
+
 // ---- Tensor-core helpers. kPrecise: 3xTF32 (fp32-accurate, for f32 inputs); otherwise one TF32 MMA
 // per step (10-bit mantissa operands, fp32 accumulation: still finer than the bf16 operands FLA uses).
 template <bool kPrecise>
@@ -87,18 +89,38 @@ __device__ __forceinline__ void mma_step(float c[4], const float a[4], const flo
   }
 }
 
-// warp_gemm (common.cuh) with the precision chosen at compile time.
-template <bool kPrecise>
-__device__ __forceinline__ void gemm(float c[4], const float* a, int a_rs, int a_cs, const float* b, int b_rs, int b_cs,
-                                     int kdim) {
+// A 16 x (8 NTW) strip: c[j] += A[16, kdim] * B[kdim, 8j .. 8j + 8); B row-major (b_rs), columns contiguous.
+// The A fragment of a step is loaded (and converted) once for the NTW MMAs.
+template <bool kPrecise, int NTW>
+__device__ __forceinline__ void gemm_strip(float (&c)[NTW][4], const float* a, int a_rs, int a_cs, const float* b,
+                                           int b_rs, int kdim) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-#pragma unroll 4
+#pragma unroll 2
   for (int k0 = 0; k0 < kdim; k0 += 8) {
     const float af[4] = {a[g * a_rs + (k0 + t) * a_cs], a[(g + 8) * a_rs + (k0 + t) * a_cs],
                          a[g * a_rs + (k0 + t + 4) * a_cs], a[(g + 8) * a_rs + (k0 + t + 4) * a_cs]};
-    const float bf[2] = {b[(k0 + t) * b_rs + g * b_cs], b[(k0 + t + 4) * b_rs + g * b_cs]};
-    mma_step<kPrecise>(c, af, bf);
+#pragma unroll
+    for (int j = 0; j < NTW; ++j) {
+      const float bf[2] = {b[(k0 + t) * b_rs + 8 * j + g], b[(k0 + t + 4) * b_rs + 8 * j + g]};
+      mma_step<kPrecise>(c[j], af, bf);
+    }
   }
+}
+
+// out rows [r0, r0 + 16) x columns [c0, c0 + 8 NTW) of A x, A lower triangular [64, 68] (kdim r0 + 16);
+// rows >= L not stored; out row i at out[i * out_rs].
+template <bool kPrecise, int NTW>
+__device__ __forceinline__ void lower_product_strip(const float* As, const float* x, int x_rs, int r0, int c0, int L,
+                                                    float* out, int64_t out_rs) {
+  float acc[NTW][4] = {};
+  gemm_strip<kPrecise, NTW>(acc, As + r0 * kChunk4, kChunk4, 1, x + c0, x_rs, r0 + 16);
+#pragma unroll
+  for (int j = 0; j < NTW; ++j)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int i = r0 + frag_row(r);
+      if (i < L) out[i * out_rs + c0 + 8 * j + frag_col(r)] = acc[j][r];
+    }
 }
 
 // Four consecutive elements (i % 4 == 0) as floats: one 8- or 16-byte load when the base is aligned.
@@ -123,14 +145,14 @@ __device__ __forceinline__ float4 load4_f(const KdaDev& p, const void* base, int
 
 // The fused gate of gate_value (common.cuh) with dt_bias already added (x) and exp(A_log) hoisted (rate).
 __device__ __forceinline__ float applied_gate(const KdaDev& p, float x, float rate) {
-  if (p.has_lower_bound) return p.lower_bound * (1.0f / (1.0f + expf(-rate * x)));
+  if (p.has_lower_bound) return p.lower_bound * (1.0f / (1.0f + __expf(-rate * x)));
   constexpr float kSoftplusThreshold = 20.0f;  // torch softplus default
-  return -rate * (x > kSoftplusThreshold ? x : log1pf(expf(x)));
+  return -rate * (x > kSoftplusThreshold ? x : log1pf(__expf(x)));
 }
 
 constexpr int kSub = 16;                     // sub-chunk rows: the decay reference and the inverse's block size
 constexpr int kSubs = kChunk / kSub;         // 4 sub-chunks per chunk
-constexpr int kAP = kChunk + 4;              // row stride of 64 x 64 tiles (fragment loads on 32 banks)
+constexpr int kAP = kChunk4;                 // row stride of 64 x 64 tiles (fragment loads on 32 banks)
 constexpr int kMP = kSub + 4;                // row stride of one packed 16 x 16 block of M
 constexpr int kMBlocks = kSubs * (kSubs + 1) / 2;  // lower blocks of M, diagonal included
 
@@ -158,13 +180,13 @@ __host__ __device__ constexpr int q_region(int K) {
 //  4. kl = exp(G_last - G) k to global; k's buffer becomes beta exp(G) k, w = A (beta exp(G) k); G's
 //     buffer becomes beta v, u = A (beta v).
 // Written: Aqk, w, u, kl, gl always; qg when o is wanted; qp, kp, rstd, gc, bp, A for the backward.
-template <bool kPrecise>
+template <int kK, bool kPrecise>
 __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool need_qg, bool for_backward) {
   int64_t t0;
   int L;
   const int64_t c = blockIdx.x;
   if (!locate_chunk(p, c, t0, L)) return;
-  const int hv = blockIdx.y, h = hv / p.G, K = p.K, KP = K + 4, tid = threadIdx.x, warp = tid / 32, lane = tid & 31;
+  const int hv = blockIdx.y, h = hv / p.G, K = kK, KP = K + 4, tid = threadIdx.x, warp = tid / 32, lane = tid & 31;
   const int k4 = K / 4;
   extern __shared__ float smem[];
   float* kS = smem;
@@ -402,20 +424,15 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool n
         const float b = bS[i];
         st4(vS + i * KP + e, make_float4(b * x.x, b * x.y, b * x.z, b * x.w));
       });
-  const int col_tiles = K / 8;
-  // out[64, K] = A x (rows >= L not stored)
+  // out[64, K] = A x: warp = (16-row block, half of the columns)
+  const int r0 = (warp % 4) * 16, c0 = (warp / 4) * (K / 2);
+  const int64_t out_rs = static_cast<int64_t>(p.HV) * K, out_at = (t0 * p.HV + hv) * K;
   auto product = [&](const float* x, float* out) {
-    for (int tile = warp; tile < 4 * col_tiles; tile += kThreads / 32) {
-      const int r0 = (tile / col_tiles) * 16, c0 = (tile % col_tiles) * 8;
-      if (r0 >= L) continue;
-      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      gemm<kPrecise>(acc, As + r0 * kAP, kAP, 1, x + c0, KP, 1, r0 + 16);  // A is lower triangular
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int i = r0 + frag_row(r);
-        if (i < L) out[((t0 + i) * p.HV + hv) * K + c0 + frag_col(r)] = acc[r];
-      }
-    }
+    if (r0 >= L) return;
+    if constexpr (kK == 128)
+      lower_product_strip<kPrecise, 8>(As, x, KP, r0, c0, L, out + out_at, out_rs);
+    else
+      lower_product_strip<kPrecise, 4>(As, x, KP, r0, c0, L, out + out_at, out_rs);
   };
   product(kS, p.w);
   __syncthreads();
@@ -429,6 +446,26 @@ __device__ __forceinline__ void cp_async16(float* dst, const float* src, bool va
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void cp_async_wait_one() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+// S[r0 .. r0 + 16, cw .. cw + 8 NTW) <- exp(G_last) S + kl^T v_new (this warp's strip of the state).
+template <bool kPrecise, int NTW>
+__device__ __forceinline__ void update_state_strip(float* hS, int SP, const float* klS, int KP, const float* vnS,
+                                                   const float* glS, int r0, int cw) {
+  float acc[NTW][4];
+#pragma unroll
+  for (int j = 0; j < NTW; ++j)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int d = r0 + frag_row(r), e = cw + 8 * j + frag_col(r);
+      acc[j][r] = __expf(glS[d]) * hS[d * SP + e];
+    }
+  gemm_strip<kPrecise, NTW>(acc, klS + r0, 1, KP, vnS + cw, SP, kChunk);
+#pragma unroll
+  for (int j = 0; j < NTW; ++j)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) hS[(r0 + frag_row(r)) * SP + cw + 8 * j + frag_col(r)] = acc[j][r];
+}
 
 // One block per (sequence, value head, BV value columns), chunks in order, fp32 state tile in shared
 // memory. Shared: w, kl [64, K + 4]; u, v_new [64, BV + 8]; S [K, BV + 8]; G_last [K]. The output is
@@ -437,11 +474,14 @@ __device__ __forceinline__ void cp_async_wait_one() { asm volatile("cp.async.wai
 // Pipeline: w/u and kl/G_last travel as two cp.async groups; chunk c + 1's w/u load is issued once
 // v_new of chunk c is formed and overlaps the state update, its kl/G_last load overlaps the next v_new.
 // Two blocks fit an SM (~107 KB each at K 128, BV 32), so one block's loads also hide behind the other.
-template <int BV, bool kPrecise>
+template <int kK, int BV, bool kPrecise>
 __global__ void __launch_bounds__(kThreads, 2) state_fwd_kernel(KdaDev p, void* final_state, int final_dt) {
   constexpr int SP = BV + 8, NT = BV / 8;
-  const int n = blockIdx.x, hv = blockIdx.y, e0 = blockIdx.z * BV;
-  const int K = p.K, KP = K + 4, k4 = K / 4, tid = threadIdx.x, warp = tid / 32;
+  // blocks in sequence order (sequence slowest): a long sequence of a varlen pack starts in the first
+  // wave instead of waiting behind the short ones
+  const int tiles = p.V / BV, n = static_cast<int>(blockIdx.x / (p.HV * tiles));
+  const int hv = static_cast<int>(blockIdx.x / tiles) % p.HV, e0 = static_cast<int>(blockIdx.x % tiles) * BV;
+  const int K = kK, KP = K + 4, k4 = K / 4, tid = threadIdx.x, warp = tid / 32;
   extern __shared__ float smem[];
   float* wS = smem;
   float* klS = wS + kChunk * KP;
@@ -491,37 +531,32 @@ __global__ void __launch_bounds__(kThreads, 2) state_fwd_kernel(KdaDev p, void* 
       const int d = idx / (BV / 4), e = (idx % (BV / 4)) * 4;
       st4(p.hs + ((c * p.HV + hv) * K + d) * p.V + e0 + e, *reinterpret_cast<const float4*>(hS + d * SP + e));
     }
-    // v_new = u - w S   (64 x BV: 4 * NT warp tiles)
-    for (int tile = warp; tile < 4 * NT; tile += kThreads / 32) {
-      const int r0 = (tile / NT) * 16, c0 = (tile % NT) * 8;
-      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      gemm<kPrecise>(acc, wS + r0 * KP, KP, 1, hS + c0, SP, 1, K);
+    {  // v_new = u - w S   (64 x BV; warp = (16-row block, half of the columns))
+      constexpr int NTW = NT / 2;
+      const int r0 = (warp % 4) * 16, cw = (warp / 4) * NTW * 8;
+      float acc[NTW][4] = {};
+      gemm_strip<kPrecise, NTW>(acc, wS + r0 * KP, KP, 1, hS + cw, SP, K);
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int i = r0 + frag_row(r), e = c0 + frag_col(r);
-        const float x = uS[i * SP + e] - acc[r];
-        vnS[i * SP + e] = x;
-        if (i < L) p.vn[((t0 + i) * p.HV + hv) * p.V + e0 + e] = x;
-      }
+      for (int j = 0; j < NTW; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int i = r0 + frag_row(r), e = cw + 8 * j + frag_col(r);
+          const float x = uS[i * SP + e] - acc[j][r];
+          vnS[i * SP + e] = x;
+          if (i < L) p.vn[((t0 + i) * p.HV + hv) * p.V + e0 + e] = x;
+        }
     }
     __syncthreads();
     if (c + 1 < c_end) issue_w(c + 1);
     cp_async_commit();
     cp_async_wait_one();  // kl, G_last of chunk c
     __syncthreads();
-    // S <- exp(G_last) S + kl^T v_new   (K x BV; each warp owns its tiles, updated in place)
-    for (int tile = warp; tile < (K / 16) * NT; tile += kThreads / 32) {
-      const int r0 = (tile / NT) * 16, c0 = (tile % NT) * 8;
-      float acc[4];
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int d = r0 + frag_row(r), e = c0 + frag_col(r);
-        acc[r] = __expf(glS[d]) * hS[d * SP + e];
-      }
-      gemm<kPrecise>(acc, klS + r0, 1, KP, vnS + c0, SP, 1, kChunk);
-#pragma unroll
-      for (int r = 0; r < 4; ++r) hS[(r0 + frag_row(r)) * SP + c0 + frag_col(r)] = acc[r];
-    }
+    // S <- exp(G_last) S + kl^T v_new   (K x BV; warp = 16 rows of S, all columns (K 128) or half (K 64),
+    // updated in place)
+    if constexpr (kK == 128)
+      update_state_strip<kPrecise, NT>(hS, SP, klS, KP, vnS, glS, warp * 16, 0);
+    else
+      update_state_strip<kPrecise, NT / 2>(hS, SP, klS, KP, vnS, glS, (warp % 4) * 16, (warp / 4) * (NT / 2) * 8);
     __syncthreads();
     if (c + 1 < c_end) issue_kl(c + 1);
     cp_async_commit();
@@ -540,64 +575,52 @@ constexpr int kOutCols = 64;  // value columns per output block
 // One block per (chunk, value head, 64 value columns), all chunks in parallel:
 //   o = qg S + Aqk v_new   (qg = scale exp(G) q, S = hs of the chunk).
 // Shared: qg [64, K + 4], S [K, 72], Aqk [64, 68], v_new [64, 72].
-template <bool kPrecise>
+template <int kK, bool kPrecise>
 __global__ void __launch_bounds__(kThreads, 2) output_fwd_kernel(KdaDev p, void* o, int o_dt) {
   int64_t t0;
   int L;
   const int64_t c = blockIdx.x;
   if (!locate_chunk(p, c, t0, L)) return;
   constexpr int SP = kOutCols + 8, c4 = kChunk / 4, e4 = kOutCols / 4;
-  const int hv = blockIdx.y, e0 = blockIdx.z * kOutCols, K = p.K, KP = K + 4, k4 = K / 4, tid = threadIdx.x;
+  const int hv = blockIdx.y, e0 = blockIdx.z * kOutCols, K = kK, KP = K + 4, k4 = K / 4, tid = threadIdx.x;
   const int warp = tid / 32;
   extern __shared__ float smem[];
   float* qS = smem;
   float* hS = qS + kChunk * KP;
   float* aS = hS + K * SP;
   float* vS = aS + kChunk * kAP;
-  static_assert(kOutCols == kChunk, "Aqk and v_new rows share one load loop");
-  struct Two {
-    float4 a, v;
-  };
-  batched<2>(
-      kChunk * k4,
-      [&](int idx) {
-        const int i = idx / k4, d = (idx % k4) * 4;
-        return i < L ? ldg4(p.qg + ((t0 + i) * p.HV + hv) * K + d) : zero4();
-      },
-      [&](int idx, const float4& x) { st4(qS + (idx / k4) * KP + (idx % k4) * 4, x); });
-  batched<2>(
-      kChunk * c4,
-      [&](int idx) {
-        const int i = idx / c4, j = (idx % c4) * 4;
-        Two f{zero4(), zero4()};
-        if (i < L) {
-          f.a = ldg4(p.Aqk + ((t0 + i) * p.HV + hv) * kChunk + j);
-          f.v = ldg4(p.vn + ((t0 + i) * p.HV + hv) * p.V + e0 + j);
-        }
-        return f;
-      },
-      [&](int idx, const Two& f) {
-        const int i = idx / c4, j = (idx % c4) * 4;
-        st4(aS + i * kAP + j, f.a);
-        st4(vS + i * SP + j, f.v);
-      });
-  batched<4>(
-      K * e4, [&](int idx) { return ldg4(p.hs + ((c * p.HV + hv) * K + idx / e4) * p.V + e0 + (idx % e4) * 4); },
-      [&](int idx, const float4& x) { st4(hS + (idx / e4) * SP + (idx % e4) * 4, x); });
+  static_assert(kOutCols == kChunk, "Aqk and v_new rows share one copy loop");
+  for (int idx = tid; idx < kChunk * k4; idx += kThreads) {
+    const int i = idx / k4, d = (idx % k4) * 4;
+    cp_async16(qS + i * KP + d, p.qg + (i < L ? ((t0 + i) * p.HV + hv) * K + d : 0), i < L);
+  }
+  for (int idx = tid; idx < kChunk * c4; idx += kThreads) {
+    const int i = idx / c4, j = (idx % c4) * 4;
+    const int64_t row = i < L ? (t0 + i) * p.HV + hv : 0;
+    cp_async16(aS + i * kAP + j, p.Aqk + row * kChunk + j, i < L);
+    cp_async16(vS + i * SP + j, p.vn + row * p.V + e0 + j, i < L);
+  }
+  for (int idx = tid; idx < K * e4; idx += kThreads) {
+    const int d = idx / e4, e = (idx % e4) * 4;
+    cp_async16(hS + d * SP + e, p.hs + ((c * p.HV + hv) * K + d) * p.V + e0 + e, true);
+  }
+  cp_async_commit();
+  cp_async_wait_all();
   __syncthreads();
-  constexpr int NT = kOutCols / 8;
-  for (int tile = warp; tile < 4 * NT; tile += kThreads / 32) {
-    const int r0 = (tile / NT) * 16, c0 = (tile % NT) * 8;
-    if (r0 >= L) continue;
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    gemm<kPrecise>(acc, qS + r0 * KP, KP, 1, hS + c0, SP, 1, K);
-    gemm<kPrecise>(acc, aS + r0 * kAP, kAP, 1, vS + c0, SP, 1, r0 + 16);  // Aqk is lower triangular
+  // warp = (16-row block, half of the 64 columns)
+  constexpr int NTW = kOutCols / 16;
+  const int r0 = (warp % 4) * 16, cw = (warp / 4) * NTW * 8;
+  if (r0 >= L) return;
+  float acc[NTW][4] = {};
+  gemm_strip<kPrecise, NTW>(acc, qS + r0 * KP, KP, 1, hS + cw, SP, K);
+  gemm_strip<kPrecise, NTW>(acc, aS + r0 * kAP, kAP, 1, vS + cw, SP, r0 + 16);  // Aqk is lower triangular
+#pragma unroll
+  for (int j = 0; j < NTW; ++j)
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       const int i = r0 + frag_row(r);
-      if (i < L) store_f(o, o_dt, ((t0 + i) * p.HV + hv) * p.V + e0 + c0 + frag_col(r), acc[r]);
+      if (i < L) store_f(o, o_dt, ((t0 + i) * p.HV + hv) * p.V + e0 + cw + 8 * j + frag_col(r), acc[j][r]);
     }
-  }
 }
 
 size_t chunk_fwd_smem(int K) {
@@ -663,37 +686,37 @@ void set_smem_two_per_sm(const void* kernel, size_t bytes) {
       cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
 }
 
-template <bool kPrecise>
+template <int kK, bool kPrecise>
 void launch_chunks(KdaDev& p, const TensorView* o, const TensorView* final_state, bool for_backward,
                    int64_t max_chunks, StageTimer& timer, cudaStream_t stream) {
   const dim3 chunk_grid(static_cast<unsigned>(max_chunks), static_cast<unsigned>(p.HV));
   if (p.tokens > 0) {
     const size_t smem = chunk_fwd_smem(p.K);
-    set_smem_two_per_sm(reinterpret_cast<const void*>(chunk_fwd_kernel<kPrecise>), smem);
-    chunk_fwd_kernel<kPrecise><<<chunk_grid, kThreads, smem, stream>>>(p, o != nullptr && p.qg != nullptr,
+    set_smem_two_per_sm(reinterpret_cast<const void*>(chunk_fwd_kernel<kK, kPrecise>), smem);
+    chunk_fwd_kernel<kK, kPrecise><<<chunk_grid, kThreads, smem, stream>>>(p, o != nullptr && p.qg != nullptr,
                                                                          for_backward);
     SEQMIX_CUDA_CHECK(cudaGetLastError());
     timer.mark("chunk_fwd");
   }
   const int bv = state_value_tile(p);
   const size_t state_smem = state_fwd_smem(p.K, bv);
-  const dim3 state_grid(static_cast<unsigned>(p.N), static_cast<unsigned>(p.HV), static_cast<unsigned>(p.V / bv));
+  const dim3 state_grid(static_cast<unsigned>(static_cast<int64_t>(p.N) * p.HV * (p.V / bv)));
   void* fs_ptr = final_state ? final_state->data : nullptr;
   const int fs_dt = final_state ? dtype_code(final_state->dtype, "final_state") : 0;
-  const void* state_kernel = bv == 16 ? reinterpret_cast<const void*>(state_fwd_kernel<16, kPrecise>)
-                                      : reinterpret_cast<const void*>(state_fwd_kernel<32, kPrecise>);
+  const void* state_kernel = bv == 16 ? reinterpret_cast<const void*>(state_fwd_kernel<kK, 16, kPrecise>)
+                                      : reinterpret_cast<const void*>(state_fwd_kernel<kK, 32, kPrecise>);
   set_smem_two_per_sm(state_kernel, state_smem);
   if (bv == 16)
-    state_fwd_kernel<16, kPrecise><<<state_grid, kThreads, state_smem, stream>>>(p, fs_ptr, fs_dt);
+    state_fwd_kernel<kK, 16, kPrecise><<<state_grid, kThreads, state_smem, stream>>>(p, fs_ptr, fs_dt);
   else
-    state_fwd_kernel<32, kPrecise><<<state_grid, kThreads, state_smem, stream>>>(p, fs_ptr, fs_dt);
+    state_fwd_kernel<kK, 32, kPrecise><<<state_grid, kThreads, state_smem, stream>>>(p, fs_ptr, fs_dt);
   SEQMIX_CUDA_CHECK(cudaGetLastError());
   timer.mark("state_fwd");
   if (o && p.tokens > 0) {
     const size_t smem = output_fwd_smem(p.K);
-    set_smem_two_per_sm(reinterpret_cast<const void*>(output_fwd_kernel<kPrecise>), smem);
+    set_smem_two_per_sm(reinterpret_cast<const void*>(output_fwd_kernel<kK, kPrecise>), smem);
     const dim3 grid(static_cast<unsigned>(max_chunks), static_cast<unsigned>(p.HV), static_cast<unsigned>(p.V / kOutCols));
-    output_fwd_kernel<kPrecise><<<grid, kThreads, smem, stream>>>(p, o->data, dtype_code(o->dtype, "o"));
+    output_fwd_kernel<kK, kPrecise><<<grid, kThreads, smem, stream>>>(p, o->data, dtype_code(o->dtype, "o"));
     SEQMIX_CUDA_CHECK(cudaGetLastError());
     timer.mark("output_fwd");
   }
@@ -808,10 +831,14 @@ void run_forward(const cpu::KdaArgs& a, const TensorView* cu_seqlens, const Tens
   build_tables_kernel<<<1, kTableThreads, 0, stream>>>(p);
   SEQMIX_CUDA_CHECK(cudaGetLastError());
   timer.mark("tables");
-  if (p.in_dt == kF32 || p.in_dt == kF64)
-    launch_chunks<true>(p, o, final_state, for_backward, max_chunks, timer, stream);
-  else
-    launch_chunks<false>(p, o, final_state, for_backward, max_chunks, timer, stream);
+  const bool precise = p.in_dt == kF32 || p.in_dt == kF64;
+  if (p.K == 128) {
+    if (precise) launch_chunks<128, true>(p, o, final_state, for_backward, max_chunks, timer, stream);
+    else launch_chunks<128, false>(p, o, final_state, for_backward, max_chunks, timer, stream);
+  } else {
+    if (precise) launch_chunks<64, true>(p, o, final_state, for_backward, max_chunks, timer, stream);
+    else launch_chunks<64, false>(p, o, final_state, for_backward, max_chunks, timer, stream);
+  }
 }
 
 }  // namespace kda
