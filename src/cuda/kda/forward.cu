@@ -473,7 +473,8 @@ __device__ __forceinline__ void update_state_strip(float* hS, int SP, const floa
 //   v_new = u - w S;   S <- exp(G_last) S + kl^T v_new.
 // Pipeline: w/u and kl/G_last travel as two cp.async groups; chunk c + 1's w/u load is issued once
 // v_new of chunk c is formed and overlaps the state update, its kl/G_last load overlaps the next v_new.
-// Two blocks fit an SM (~107 KB each at K 128, BV 32), so one block's loads also hide behind the other.
+// BV 16 / 32: two blocks fit an SM (~107 KB each at K 128, BV 32), so one block's loads also hide behind
+// the other; BV 64 (~142 KB) runs one per SM with half the re-reads of w and kl.
 template <int kK, int BV, bool kPrecise>
 __global__ void __launch_bounds__(kThreads, 2) state_fwd_kernel(KdaDev p, void* final_state, int final_dt) {
   constexpr int SP = BV + 8, NT = BV / 8;
@@ -686,6 +687,25 @@ void set_smem_two_per_sm(const void* kernel, size_t bytes) {
       cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
 }
 
+int sm_count() {
+  static const int count = [] {
+    int device = 0, n = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device);
+    return n;
+  }();
+  return count;
+}
+
+// Value columns per block of the forward state pass. Every block reads the chunk's whole w and kl
+// (64 x K floats each) whatever its width, and those re-reads bound the pass (measured ~2 TB/s of
+// them at B4 T4096 H16 with 32 columns): take the widest tile that still gives about one block per SM.
+int forward_value_tile(const KdaDev& p) {
+  const int64_t heads = static_cast<int64_t>(p.N) * p.HV, sms = sm_count();
+  if (heads * (p.V / 64) >= sms * 7 / 8) return 64;
+  return heads * (p.V / 32) >= sms / 4 ? 32 : 16;
+}
+
 template <int kK, bool kPrecise>
 void launch_chunks(KdaDev& p, const TensorView* o, const TensorView* final_state, bool for_backward,
                    int64_t max_chunks, StageTimer& timer, cudaStream_t stream) {
@@ -698,18 +718,21 @@ void launch_chunks(KdaDev& p, const TensorView* o, const TensorView* final_state
     SEQMIX_CUDA_CHECK(cudaGetLastError());
     timer.mark("chunk_fwd");
   }
-  const int bv = state_value_tile(p);
+  const int bv = forward_value_tile(p);
   const size_t state_smem = state_fwd_smem(p.K, bv);
   const dim3 state_grid(static_cast<unsigned>(static_cast<int64_t>(p.N) * p.HV * (p.V / bv)));
   void* fs_ptr = final_state ? final_state->data : nullptr;
   const int fs_dt = final_state ? dtype_code(final_state->dtype, "final_state") : 0;
-  const void* state_kernel = bv == 16 ? reinterpret_cast<const void*>(state_fwd_kernel<kK, 16, kPrecise>)
-                                      : reinterpret_cast<const void*>(state_fwd_kernel<kK, 32, kPrecise>);
-  set_smem_two_per_sm(state_kernel, state_smem);
-  if (bv == 16)
-    state_fwd_kernel<kK, 16, kPrecise><<<state_grid, kThreads, state_smem, stream>>>(p, fs_ptr, fs_dt);
+  auto launch_state = [&](auto kernel) {
+    set_smem_two_per_sm(reinterpret_cast<const void*>(kernel), state_smem);
+    kernel<<<state_grid, kThreads, state_smem, stream>>>(p, fs_ptr, fs_dt);
+  };
+  if (bv == 64)
+    launch_state(state_fwd_kernel<kK, 64, kPrecise>);
+  else if (bv == 32)
+    launch_state(state_fwd_kernel<kK, 32, kPrecise>);
   else
-    state_fwd_kernel<kK, 32, kPrecise><<<state_grid, kThreads, state_smem, stream>>>(p, fs_ptr, fs_dt);
+    launch_state(state_fwd_kernel<kK, 16, kPrecise>);
   SEQMIX_CUDA_CHECK(cudaGetLastError());
   timer.mark("state_fwd");
   if (o && p.tokens > 0) {
@@ -768,14 +791,8 @@ StageTimer::~StageTimer() {
 }
 
 int state_value_tile(const KdaDev& p) {
-  static int sms = [] {
-    int device = 0, count = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
-    return count;
-  }();
   const int64_t blocks32 = static_cast<int64_t>(p.N) * p.HV * (p.V / 32);
-  return blocks32 < static_cast<int64_t>(sms) ? 16 : 32;
+  return blocks32 < static_cast<int64_t>(sm_count()) ? 16 : 32;
 }
 
 Workspace::~Workspace() {
