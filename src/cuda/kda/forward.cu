@@ -117,9 +117,9 @@ __device__ __forceinline__ void lower_product_strip(const float* As, const float
 #pragma unroll
   for (int j = 0; j < NTW; ++j)
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
+    for (int r = 0; r < 4; r += 2) {  // entries r, r + 1: adjacent columns of one row
       const int i = r0 + frag_row(r);
-      if (i < L) out[i * out_rs + c0 + 8 * j + frag_col(r)] = acc[j][r];
+      if (i < L) *reinterpret_cast<float2*>(out + i * out_rs + c0 + 8 * j + frag_col(r)) = make_float2(acc[j][r], acc[j][r + 1]);
     }
 }
 
@@ -291,13 +291,13 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool n
   const int64_t aqk_rs = static_cast<int64_t>(p.HV) * kChunk;
   {
     const int gq = lane >> 2, tq = lane & 3;
-    for (int task = warp; task < 12; task += kThreads / 32) {  // (pair (bi, bj) in row order, 8-column half)
-      const int pair = task / 2, bi = pair < 1 ? 1 : (pair < 3 ? 2 : 3), bj = pair - bi * (bi - 1) / 2;
-      const int n = kSub * bi, c0 = kSub * bj + 8 * (task % 2);
+    for (int pair = warp; pair < 6; pair += kThreads / 32) {  // (bi, bj) in row order; both 8-column halves
+      const int bi = pair < 1 ? 1 : (pair < 3 ? 2 : 3), bj = pair - bi * (bi - 1) / 2;
+      const int n = kSub * bi, c0 = kSub * bj;
       if (n >= L) continue;
       const float* gn = gS + n * KP;
-      const int ra = n + gq, rb = ra + 8, col = c0 + gq;
-      float am[4] = {0.0f, 0.0f, 0.0f, 0.0f}, aq[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      const int ra = n + gq, rb = ra + 8;
+      float am[2][4] = {}, aq[2][4] = {};
 #pragma unroll 2
       for (int k0 = 0; k0 < K; k0 += 8) {
         const int d0 = k0 + tq, d1 = d0 + 4;
@@ -308,18 +308,24 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool n
                              kS[rb * KP + d1] * e[3]};
         const float fq[4] = {qS[ra * KP + d0] * e[0], qS[rb * KP + d0] * e[1], qS[ra * KP + d1] * e[2],
                              qS[rb * KP + d1] * e[3]};
-        const float fb[2] = {kS[col * KP + d0] * __expf(gn0 - gS[col * KP + d0]),
-                             kS[col * KP + d1] * __expf(gn1 - gS[col * KP + d1])};
-        mma_step<kPrecise>(am, fk, fb);
-        mma_step<kPrecise>(aq, fq, fb);
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int col = c0 + 8 * half + gq;
+          const float fb[2] = {kS[col * KP + d0] * __expf(gn0 - gS[col * KP + d0]),
+                               kS[col * KP + d1] * __expf(gn1 - gS[col * KP + d1])};
+          mma_step<kPrecise>(am[half], fk, fb);
+          mma_step<kPrecise>(aq[half], fq, fb);
+        }
       }
       float* mb = m_block(Ms, bi, bj);
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int i = frag_row(r), j = c0 - kSub * bj + frag_col(r);
-        mb[i * kMP + j] = bS[n + i] * am[r];
-        if (n + i < L) Aqk[(n + i) * aqk_rs + c0 + frag_col(r)] = p.scale * aq[r];
-      }
+      for (int half = 0; half < 2; ++half)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int i = frag_row(r), j = 8 * half + frag_col(r);
+          mb[i * kMP + j] = bS[n + i] * am[half][r];
+          if (n + i < L) Aqk[(n + i) * aqk_rs + c0 + j] = p.scale * aq[half][r];
+        }
     }
     // diagonal blocks: the 136 lower pairs (i >= j) of each, per pair
     constexpr int kTri = kSub * (kSub + 1) / 2;
