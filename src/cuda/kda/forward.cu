@@ -237,23 +237,44 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool n
         st4(gS + at, g);
       });
   __syncthreads();
-  // L2 norm (FLA eps 1e-6), a warp per row; fp32 copies for the backward from the first value head of h.
+  // L2 norm (FLA eps 1e-6): a warp per 8 rows of q and k, the 16 row reductions interleaved (one at a time
+  // they are a chain of shuffle latencies); fp32 copies for the backward from the first value head of h.
   const bool write_qk = for_backward && hv % p.G == 0;
-  for (int i = warp; i < L; i += kThreads / 32) {
-    const int64_t row = (t0 + i) * p.H + h;
-    for (int which = 0; which < 2; ++which) {
-      float* x = (which ? kS : qS) + i * KP;
-      if (p.l2norm) {
-        constexpr float kL2NormEps = 1e-6f;
+  if (p.l2norm || write_qk) {
+    constexpr int kRows = kChunk / (kThreads / 32), kPer = K / 32;
+    constexpr float kL2NormEps = 1e-6f;
+    float scale_of[2][kRows];
+#pragma unroll
+    for (int which = 0; which < 2; ++which)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        const float* x = (which ? kS : qS) + (warp + r * (kThreads / 32)) * KP;
         float ss = 0.0f;
-        for (int d = lane; d < K; d += 32) ss += x[d] * x[d];
-        const float s = rsqrtf(warp_sum(ss) + kL2NormEps);
-        for (int d = lane; d < K; d += 32) x[d] *= s;
-        if (write_qk && lane == 0) (which ? p.k_rstd : p.q_rstd)[row] = s;
+#pragma unroll
+        for (int m = 0; m < kPer; ++m) ss += x[lane + 32 * m] * x[lane + 32 * m];
+        scale_of[which][r] = ss;
       }
-      if (write_qk)
-        for (int d = lane; d < K; d += 32) (which ? p.kp : p.qp)[row * K + d] = x[d];
-    }
+#pragma unroll
+    for (int which = 0; which < 2; ++which)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+        scale_of[which][r] = p.l2norm ? rsqrtf(warp_sum(scale_of[which][r]) + kL2NormEps) : 1.0f;
+#pragma unroll
+    for (int which = 0; which < 2; ++which)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        const int i = warp + r * (kThreads / 32);
+        const float s = scale_of[which][r];
+        float* x = (which ? kS : qS) + i * KP;
+#pragma unroll
+        for (int m = 0; m < kPer; ++m) x[lane + 32 * m] *= s;
+        if (write_qk && i < L) {
+          const int64_t row = (t0 + i) * p.H + h;
+          if (p.l2norm && lane == 0) (which ? p.k_rstd : p.q_rstd)[row] = s;
+#pragma unroll
+          for (int m = 0; m < kPer; ++m) (which ? p.kp : p.qp)[row * K + lane + 32 * m] = x[lane + 32 * m];
+        }
+      }
   }
   {  // in-chunk inclusive cumsum of the gate: thread (channel d, segment of R rows), then segment offsets
     const int parts = kThreads / K, R = kChunk / parts, d = tid % K, part = tid / K;
@@ -358,6 +379,15 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool n
   }
   __syncthreads();
 
+  // v for phase 4, loaded now so that the inverse hides its latency
+  constexpr int kVPer = kChunk * (K / 4) / kThreads;
+  float4 v_ahead[kVPer];
+#pragma unroll
+  for (int u = 0; u < kVPer; ++u) {
+    const int idx = tid + u * kThreads, i = idx / k4, e = (idx % k4) * 4;
+    v_ahead[u] = i < L ? load4_f(p, p.v, p.in_dt, ((t0 + i) * p.HV + hv) * p.V + e) : zero4();
+  }
+
   // ---- 3. A = (I + M)^-1 in q's buffer
   float* As = qS;
   float* Ts = As + kChunk * kAP;
@@ -419,17 +449,13 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool n
   __syncthreads();
   // beta v into G's buffer (V == K), while w is formed from k's buffer
   float* vS = gS;
-  batched<4>(
-      kChunk * k4,
-      [&](int idx) {
-        const int i = idx / k4, e = (idx % k4) * 4;
-        return i < L ? load4_f(p, p.v, p.in_dt, ((t0 + i) * p.HV + hv) * p.V + e) : zero4();
-      },
-      [&](int idx, const float4& x) {
-        const int i = idx / k4, e = (idx % k4) * 4;
-        const float b = bS[i];
-        st4(vS + i * KP + e, make_float4(b * x.x, b * x.y, b * x.z, b * x.w));
-      });
+#pragma unroll
+  for (int u = 0; u < kVPer; ++u) {
+    const int idx = tid + u * kThreads, i = idx / k4, e = (idx % k4) * 4;
+    const float b = bS[i];
+    const float4 x = v_ahead[u];
+    st4(vS + i * KP + e, make_float4(b * x.x, b * x.y, b * x.z, b * x.w));
+  }
   // out[64, K] = A x: warp = (16-row block, half of the columns)
   const int r0 = (warp % 4) * 16, c0 = (warp / 4) * (K / 2);
   const int64_t out_rs = static_cast<int64_t>(p.HV) * K, out_at = (t0 * p.HV + hv) * K;
