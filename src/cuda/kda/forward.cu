@@ -612,10 +612,13 @@ template <int kK, bool kPrecise>
 __global__ void __launch_bounds__(kThreads, 2) output_fwd_kernel(KdaDev p, void* o, int o_dt) {
   int64_t t0;
   int L;
-  const int64_t c = blockIdx.x;
+  // the column blocks of one chunk are neighbours, so the second reads qg and Aqk from L2
+  const int tiles = p.V / kOutCols;
+  const int64_t c = blockIdx.x / tiles;
   if (!locate_chunk(p, c, t0, L)) return;
   constexpr int SP = kOutCols + 8, c4 = kChunk / 4, e4 = kOutCols / 4;
-  const int hv = blockIdx.y, e0 = blockIdx.z * kOutCols, K = kK, KP = K + 4, k4 = K / 4, tid = threadIdx.x;
+  const int hv = blockIdx.y, e0 = static_cast<int>(blockIdx.x % tiles) * kOutCols, K = kK, KP = K + 4, k4 = K / 4;
+  const int tid = threadIdx.x;
   const int warp = tid / 32;
   extern __shared__ float smem[];
   float* qS = smem;
@@ -770,7 +773,7 @@ void launch_chunks(KdaDev& p, const TensorView* o, const TensorView* final_state
   if (o && p.tokens > 0) {
     const size_t smem = output_fwd_smem(p.K);
     set_smem_two_per_sm(reinterpret_cast<const void*>(output_fwd_kernel<kK, kPrecise>), smem);
-    const dim3 grid(static_cast<unsigned>(max_chunks), static_cast<unsigned>(p.HV), static_cast<unsigned>(p.V / kOutCols));
+    const dim3 grid(static_cast<unsigned>(max_chunks * (p.V / kOutCols)), static_cast<unsigned>(p.HV));
     output_fwd_kernel<kK, kPrecise><<<grid, kThreads, smem, stream>>>(p, o->data, dtype_code(o->dtype, "o"));
     SEQMIX_CUDA_CHECK(cudaGetLastError());
     timer.mark("output_fwd");
