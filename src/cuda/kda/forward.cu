@@ -14,10 +14,14 @@
 // Taking o out of the sequential loop (FLA's chunk_o) halves the work on the critical path; the price
 // is hs and v_new in global memory, which the backward keeps anyway.
 //
+// The input transforms (L2 norm, fused gate, beta sigmoid, cumsum) live in the chunk kernel rather than
+// in passes of their own: the fp32 copies they used to write cost more bandwidth than the arithmetic.
+// Forward-only calls write none of the backward's scratch (qp, kp, rstd, gc, bp, A).
+//
 // Kernels: build_tables (sequence -> chunk offsets on the device); chunk_fwd (one block per (chunk, value
-// head): input transforms fused, M, Aqk, A, w, u, exp(G_last - G) k); state_fwd (one block per (sequence,
-// value head, 16 or 32 value columns), cp.async-pipelined); output_fwd (one block per (chunk, value head,
-// 64 value columns)).
+// head): input transforms, M, Aqk, A, w, u, exp(G_last - G) k); state_fwd (one block per (sequence,
+// value head, 16 / 32 / 64 value columns), cp.async-pipelined); output_fwd (one block per (chunk, value
+// head, 64 value columns)).
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
