@@ -123,7 +123,8 @@ __device__ __forceinline__ void lower_product_strip(const float* As, const float
 #pragma unroll
     for (int r = 0; r < 4; r += 2) {  // entries r, r + 1: adjacent columns of one row
       const int i = r0 + frag_row(r);
-      if (i < L) *reinterpret_cast<float2*>(out + i * out_rs + c0 + 8 * j + frag_col(r)) = make_float2(acc[j][r], acc[j][r + 1]);
+      if (i < L)
+        *reinterpret_cast<float2*>(out + i * out_rs + c0 + 8 * j + frag_col(r)) = make_float2(acc[j][r], acc[j][r + 1]);
     }
 }
 
@@ -154,14 +155,16 @@ __device__ __forceinline__ float applied_gate(const KdaDev& p, float x, float ra
   return -rate * (x > kSoftplusThreshold ? x : log1pf(__expf(x)));
 }
 
-constexpr int kSub = 16;                     // sub-chunk rows: the decay reference and the inverse's block size
-constexpr int kSubs = kChunk / kSub;         // 4 sub-chunks per chunk
-constexpr int kAP = kChunk4;                 // row stride of 64 x 64 tiles (fragment loads on 32 banks)
-constexpr int kMP = kSub + 4;                // row stride of one packed 16 x 16 block of M
+constexpr int kSub = 16;                           // sub-chunk rows: the decay reference and the inverse's block size
+constexpr int kSubs = kChunk / kSub;               // 4 sub-chunks per chunk
+constexpr int kAP = kChunk4;                       // row stride of 64 x 64 tiles (fragment loads on 32 banks)
+constexpr int kMP = kSub + 4;                      // row stride of one packed 16 x 16 block of M
 constexpr int kMBlocks = kSubs * (kSubs + 1) / 2;  // lower blocks of M, diagonal included
 
 // Packed lower block (bi, bj), bi >= bj, of M.
-__device__ __forceinline__ float* m_block(float* Ms, int bi, int bj) { return Ms + (bi * (bi + 1) / 2 + bj) * kSub * kMP; }
+__device__ __forceinline__ float* m_block(float* Ms, int bi, int bj) {
+  return Ms + (bi * (bi + 1) / 2 + bj) * kSub * kMP;
+}
 
 // q's buffer later holds A [64, 68] and the partial sums [16, 68] of the inverse.
 __host__ __device__ constexpr int q_region(int K) {
@@ -549,7 +552,8 @@ __global__ void __launch_bounds__(kThreads, 2) state_fwd_kernel(KdaDev p, void* 
       const bool in = t0 + i < s1;
       cp_async16(klS + i * KP + d, p.kl + (in ? ((t0 + i) * p.HV + hv) * K + d : 0), in);
     }
-    for (int idx = tid; idx < k4; idx += kThreads) cp_async16(glS + idx * 4, p.gl + (c * p.HV + hv) * K + idx * 4, true);
+    for (int idx = tid; idx < k4; idx += kThreads)
+      cp_async16(glS + idx * 4, p.gl + (c * p.HV + hv) * K + idx * 4, true);
   };
   if (c_begin < c_end) issue_w(c_begin);
   cp_async_commit();
@@ -666,7 +670,9 @@ __global__ void __launch_bounds__(kThreads, 2) output_fwd_kernel(KdaDev p, void*
 size_t chunk_fwd_smem(int K) {
   return sizeof(float) * (2 * kChunk * (K + 4) + q_region(K) + kMBlocks * kSub * kMP + kChunk + K);
 }
-size_t state_fwd_smem(int K, int BV) { return sizeof(float) * (2 * kChunk * (K + 4) + (2 * kChunk + K) * (BV + 8) + K); }
+size_t state_fwd_smem(int K, int BV) {
+  return sizeof(float) * (2 * kChunk * (K + 4) + (2 * kChunk + K) * (BV + 8) + K);
+}
 size_t output_fwd_smem(int K) {
   return sizeof(float) * (kChunk * (K + 4) + K * (kOutCols + 8) + kChunk * kAP + kChunk * (kOutCols + 8));
 }
