@@ -14,6 +14,11 @@
 //   gradient of the state leaving chunk c); dq_hv, dk_hv, dgc [tokens, HV, K]; dbp [tokens, HV];
 //   dAqk, dM [tokens, HV, 64] (gradients of the chunk's Aqk and strictly-lower M); dg_last
 //   [max_chunks, HV, K] (gradient of the chunk's last cumulative gate); dbp_slice [K / 32, tokens, HV]
+//   Forward-only calls skip qp, kp, q_rstd, k_rstd, gc, bp, A and the gradients, but keep vn and hs
+//   (the output kernel reads them); the forward pipeline adds:
+//   kl [tokens, HV, K]        exp(G_last - G) * k, the state update's key operand
+//   gl [max_chunks, HV, K]    G_last, the chunk's total log decay
+//   qg [tokens, HV, K]        scale * exp(G) * q (only when o is wanted)
 #pragma once
 
 #include <cuda_bf16.h>
@@ -68,6 +73,8 @@ struct KdaDev {
   float *vn, *dvn, *hs, *dhs, *dq_hv, *dk_hv, *dgc, *dbp;
   float* gate_part;  // [HV, kGateSlices, K + 1]: per-slice partial sums of ddt_bias (K) and dA_log (1)
   float *dAqk, *dM, *dg_last, *dbp_slice;  // backward only (see the scratch layout above)
+  float *kl, *gl, *qg;
+  bool aligned;  // q, k, v, g base pointers 16-byte aligned: 4-element vector loads are safe
 };
 
 // Offset of state entry (d, e) of (sequence n, head hv) in [N, HV, K, V] or [N, HV, V, K].
