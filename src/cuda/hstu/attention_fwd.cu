@@ -23,57 +23,60 @@ namespace hstu {
 namespace {
 
 constexpr int kKvStages = 2;
-constexpr int kWarpRowBlocks = kFwdQueryRows / (16 * kWarps);  // 16-row MMA blocks per warp
 
-// Key rows per step: 32 at D = 128 keeps S (32 x 32 per warp) and O (32 x 128) in registers
-// without spills; 64 at D = 64.
-template <int D>
-constexpr int fwd_key_rows() {
-  return D == 128 ? 32 : 64;
-}
+// A forward tile shape: WARPS warps of ROW_BLOCKS 16-row MMA blocks each own kFwdQueryRows query
+// rows; S is computed KEY_ROWS keys at a time, SUB_TILES of those per loaded (and barriered) key
+// tile; MIN_BLOCKS is the occupancy asked of ptxas (its register cap).
+template <int WARPS, int ROW_BLOCKS, int KEY_ROWS, int SUB_TILES, int MIN_BLOCKS>
+struct FwdTiles {
+  static constexpr int kWarps = WARPS, kThreads = WARPS * 32, kRowBlocks = ROW_BLOCKS;
+  static constexpr int kKeyRows = KEY_ROWS, kSubTiles = SUB_TILES, kStepRows = KEY_ROWS * SUB_TILES;
+  static constexpr int kMinBlocks = MIN_BLOCKS;
+  static_assert(WARPS * 16 * ROW_BLOCKS == kFwdQueryRows);
+  template <int D>
+  static constexpr size_t smem_elements() {
+    return static_cast<size_t>(kFwdQueryRows + 2 * kKvStages * kStepRows) * SmemRow<D>::kStride;
+  }
+};
 
-template <int D>
-constexpr size_t fwd_smem_elements() {
-  return static_cast<size_t>(kFwdQueryRows + 2 * kKvStages * fwd_key_rows<D>()) * SmemRow<D>::kStride;
-}
-
-template <class T, int D>
-__global__ void __launch_bounds__(kThreads) attention_fwd_kernel(Args a) {
+template <class T, int D, class C>
+__global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) attention_fwd_kernel(Args a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  constexpr int kKeyRows = fwd_key_rows<D>();
-  constexpr int kTile = kKeyRows * SmemRow<D>::kStride;
-  constexpr int M = kWarpRowBlocks;
+  constexpr int kKeyRows = C::kKeyRows;
+  constexpr int kStepRows = C::kStepRows;
+  constexpr int kTile = kStepRows * SmemRow<D>::kStride;
+  constexpr int M = C::kRowBlocks;
   T* const sq = reinterpret_cast<T*>(smem_raw);
   T* const skv = sq + kFwdQueryRows * SmemRow<D>::kStride;  // stage s: K at skv + 2 s kTile, V after it
 
-  const Sequence s = sequence_of_block(a);
+  int head;
+  const Sequence s = sequence_longest_first(a, /*reverse_tiles=*/true, head);
   const int64_t i0 = static_cast<int64_t>(s.tile) * kFwdQueryRows;
   if (i0 >= s.length) return;
-  const int head = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int warp_row0 = warp * 16 * M;
 
   load_tile_async<kFwdQueryRows, D>(sq, a.q, s.start, head, i0, s.length);
   const TileColumns cols = tile_columns(s.rule, i0, min(i0 + kFwdQueryRows, s.length));
-  // This warp's own rows: it skips the MMAs of key tiles they do not touch (the diagonal of a
-  // causal block, the SLA window of history rows in a block that also holds targets).
+  // This warp's own rows: it skips the MMAs of key sub-tiles they do not touch (the diagonal of
+  // a causal block, the SLA window of history rows in a block that also holds targets).
   const TileColumns warp_cols =
       tile_columns(s.rule, min(i0 + warp_row0, s.length), min(i0 + warp_row0 + 16 * M, s.length));
 
   // The key tiles to visit: those touching the hull, in order.
-  const int64_t j_begin = min(cols.begin[0], cols.begin[1]) / kKeyRows * kKeyRows;
+  const int64_t j_begin = min(cols.begin[0], cols.begin[1]) / kStepRows * kStepRows;
   const int64_t j_end = max(cols.end[0], cols.end[1]);
   auto next_tile = [&](int64_t j0) {
-    for (; j0 < j_end; j0 += kKeyRows) {
+    for (; j0 < j_end; j0 += kStepRows) {
       // Jump the gap between the two column ranges (SLA: global prefix, local window).
-      if (j0 >= cols.end[0] && j0 + kKeyRows <= cols.begin[1]) j0 = cols.begin[1] / kKeyRows * kKeyRows;
-      if (cols.touches(j0, min(j0 + kKeyRows, s.length))) return j0;
+      if (j0 >= cols.end[0] && j0 + kStepRows <= cols.begin[1]) j0 = cols.begin[1] / kStepRows * kStepRows;
+      if (cols.touches(j0, min(j0 + kStepRows, s.length))) return j0;
     }
     return j_end;
   };
   auto load_kv = [&](int64_t j0, int stage) {
-    load_tile_async<kKeyRows, D>(skv + 2 * stage * kTile, a.k, s.start, head, j0, s.length);
-    load_tile_async<kKeyRows, D>(skv + (2 * stage + 1) * kTile, a.v, s.start, head, j0, s.length);
+    load_tile_async<kStepRows, D>(skv + 2 * stage * kTile, a.k, s.start, head, j0, s.length);
+    load_tile_async<kStepRows, D>(skv + (2 * stage + 1) * kTile, a.v, s.start, head, j0, s.length);
   };
 
   float o[M][D / 8][4];
@@ -85,75 +88,76 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(Args a) {
 
   int64_t j0 = j_begin < j_end ? next_tile(j_begin) : j_end;
   if (j0 < j_end) load_kv(j0, 0);
+  const float half_alpha = 0.5f * a.alpha;
   for (int stage = 0; j0 < j_end; stage ^= 1) {
-    const int64_t j_next = next_tile(j0 + kKeyRows);
-    // The other stage was last read before the barrier that ended the previous iteration.
-    if (j_next < j_end) {
-      load_kv(j_next, stage ^ 1);
-      asm volatile("cp.async.wait_group 2;\n" ::);  // this stage's K and V (and Q) have landed
-    } else {
-      wait_async_all();
-    }
+    // One barrier per key tile: it publishes this stage's K and V (and Q) and proves every warp
+    // has left the previous tile, whose stage the prefetch below overwrites.
+    wait_async_all();
     __syncthreads();
-    const T* sk = skv + 2 * stage * kTile;
-    const T* sv = sk + kTile;
+    const int64_t j_next = next_tile(j0 + kStepRows);
+    if (j_next < j_end) load_kv(j_next, stage ^ 1);
 
-    const int64_t j1 = min(j0 + kKeyRows, s.length);
-    if (!warp_cols.touches(j0, j1)) {
-      __syncthreads();
-      j0 = j_next;
-      continue;
-    }
-    float p[M][kKeyRows / 8][4];
-    gemm_abt<D, kKeyRows, M, T>(p, sq, warp_row0, sk);
-    const bool full = warp_cols.fully_attended(j0, j1);
+#pragma unroll 1
+    for (int sub = 0; sub < C::kSubTiles; ++sub) {
+      const int64_t js = j0 + sub * kKeyRows;
+      const int64_t js1 = min(js + kKeyRows, s.length);
+      if (js >= js1 || !warp_cols.touches(js, js1)) continue;
+      const T* sk = skv + 2 * stage * kTile + sub * kKeyRows * SmemRow<D>::kStride;
+      const T* sv = sk + kTile;
+      float p[M][kKeyRows / 8][4];
+      gemm_abt<D, kKeyRows, M, T>(p, sq, warp_row0, sk);
+      const bool full = warp_cols.fully_attended(js, js1);
 #pragma unroll
-    for (int m = 0; m < M; ++m) {
-      // Built per tile, not kept across the loop: the registers go to O.
-      const RowPairMask row_mask = full ? RowPairMask() : RowPairMask(s.rule, i0 + warp_row0 + 16 * m + lane / 4);
+      for (int m = 0; m < M; ++m) {
+        // Built per sub-tile, not kept across the loop: the registers go to O.
+        const RowPairMask row_mask = full ? RowPairMask() : RowPairMask(s.rule, i0 + warp_row0 + 16 * m + lane / 4);
 #pragma unroll
-      for (int n = 0; n < kKeyRows / 8; ++n) {
+        for (int n = 0; n < kKeyRows / 8; ++n) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float x = a.alpha * p[m][n][e];
-          float p_ij = silu(x);
-          if (!full) {
-            const int64_t i = i0 + warp_row0 + 16 * m + lane / 4 + (e / 2) * 8;
-            const int64_t j = j0 + n * 8 + 2 * (lane % 4) + e % 2;
-            if (!row_mask.allowed(s.rule, e / 2, i, j)) p_ij = 0.0f;
+          for (int e = 0; e < 4; ++e) {
+            float p_ij = silu_of_half(half_alpha * p[m][n][e]);
+            if (!full) {
+              const int64_t i = i0 + warp_row0 + 16 * m + lane / 4 + (e / 2) * 8;
+              const int64_t j = js + n * 8 + 2 * (lane % 4) + e % 2;
+              if (!row_mask.allowed(s.rule, e / 2, i, j)) p_ij = 0.0f;
+            }
+            p[m][n][e] = p_ij;
           }
-          p[m][n][e] = p_ij;
         }
       }
+      gemm_ab_acc<D, kKeyRows, M, T>(o, p, sv);
     }
-    gemm_ab_acc<D, kKeyRows, M, T>(o, p, sv);
-    __syncthreads();
     j0 = j_next;
   }
-  wait_async_all();
+  wait_async_all();  // Q, when no key tile was visited
 #pragma unroll
   for (int m = 0; m < M; ++m) {
     store_rows<D, T>(a.out_or_dout, s.start, head, i0 + warp_row0 + 16 * m, s.length, o[m], a.inv_scaling);
   }
 }
 
-template <class T, int D>
+template <class T, int D, class C>
 void launch_fwd(Args a, int64_t heads, cudaStream_t stream) {
-  const size_t smem = fwd_smem_elements<D>() * sizeof(T);
-  SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  const size_t smem = C::template smem_elements<D>() * sizeof(T);
+  SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_kernel<T, D, C>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem)));
-  const dim3 grid = grid_of(a, heads, kFwdQueryRows);
-  attention_fwd_kernel<T, D><<<grid, kThreads, smem, stream>>>(a);
+  const dim3 grid = grid_longest_first(a, heads, kFwdQueryRows);
+  attention_fwd_kernel<T, D, C><<<grid, C::kThreads, smem, stream>>>(a);
   SEQMIX_CUDA_CHECK(cudaGetLastError());
 }
+
+// 4 warps of 32 rows: every K / V fragment read from shared memory feeds two MMAs. S of 32 x 32
+// per warp at D = 128 leaves room for O (32 x 128) in registers; 32 x 64 spills.
+using Tiles128 = FwdTiles<4, 2, 32, 2, 1>;
+using Tiles64 = FwdTiles<4, 2, 64, 2, 1>;
 
 using FwdLauncher = void (*)(Args, int64_t, cudaStream_t);
 
 // The dispatch table: dtype x head dim -> instance (the API has validated the combination).
 FwdLauncher fwd_launcher(DType dtype, int64_t head_dim) {
   const bool bf16 = dtype == DType::bf16;
-  if (head_dim == 64) return bf16 ? launch_fwd<__nv_bfloat16, 64> : launch_fwd<__half, 64>;
-  return bf16 ? launch_fwd<__nv_bfloat16, 128> : launch_fwd<__half, 128>;
+  if (head_dim == 64) return bf16 ? launch_fwd<__nv_bfloat16, 64, Tiles64> : launch_fwd<__half, 64, Tiles64>;
+  return bf16 ? launch_fwd<__nv_bfloat16, 128, Tiles128> : launch_fwd<__half, 128, Tiles128>;
 }
 
 }  // namespace

@@ -53,6 +53,7 @@ struct Args {
   int64_t batch;
   int64_t max_seq_len;
   int tiles_per_sequence;  // grid.x = batch * tiles_per_sequence (set by grid_of)
+  int heads;               // set by grid_longest_first
 };
 
 __device__ __forceinline__ int64_t load_index(const void* p, int64_t i, bool i64) {
@@ -71,6 +72,49 @@ __device__ __forceinline__ Sequence sequence_of_block(const Args& a) {
   Sequence s;
   s.tile = a.tiles_per_sequence - 1 - static_cast<int>(blockIdx.x % a.tiles_per_sequence);
   const Index& ix = a.index;
+  s.start = load_index(ix.seq_offsets, b * ix.seq_offsets_stride, ix.seq_offsets_i64);
+  s.length = load_index(ix.seq_offsets, (b + 1) * ix.seq_offsets_stride, ix.seq_offsets_i64) - s.start;
+  const int64_t targets =
+      ix.num_targets ? load_index(ix.num_targets, b * ix.num_targets_stride, ix.num_targets_i64) : -1;
+  s.rule = hstu_mask::Rule::make(a.mask, s.length, targets);
+  return s;
+}
+
+constexpr int kRankedBatchMax = 256;  // batches up to this size run longest sequence first
+
+// Block -> (sequence, tile, head) for grid_longest_first. Blocks start in index order, so the
+// heaviest work goes first and the jagged tail is made of light blocks: sequences run longest
+// first (ranked in-kernel, a few hundred shared-memory compares), and within a sequence its heavy
+// tiles first (`reverse_tiles`: the last ones, as for causal query tiles). Heads vary fastest so
+// the blocks of one sequence run together and share its K / V in L2. Every thread must call it.
+__device__ inline Sequence sequence_longest_first(const Args& a, bool reverse_tiles, int& head) {
+  __shared__ int lengths[kRankedBatchMax];
+  __shared__ int ranked;
+  const Index& ix = a.index;
+  head = static_cast<int>(blockIdx.x % a.heads);
+  const int64_t rest = blockIdx.x / a.heads;
+  const int order = static_cast<int>(rest % a.tiles_per_sequence);
+  int64_t b = rest / a.tiles_per_sequence;
+  if (a.batch <= kRankedBatchMax) {
+    const int rank = static_cast<int>(b);
+    const int batch = static_cast<int>(a.batch);
+    for (int c = threadIdx.x; c < batch; c += blockDim.x) {
+      lengths[c] = static_cast<int>(load_index(ix.seq_offsets, (c + 1) * ix.seq_offsets_stride, ix.seq_offsets_i64) -
+                                    load_index(ix.seq_offsets, c * ix.seq_offsets_stride, ix.seq_offsets_i64));
+    }
+    __syncthreads();
+    // Rank = sequences longer, or as long with a lower index: a permutation, so one c matches.
+    for (int c = threadIdx.x; c < batch; c += blockDim.x) {
+      const int length = lengths[c];
+      int r = 0;
+      for (int other = 0; other < batch; ++other) r += lengths[other] > length || (lengths[other] == length && other < c);
+      if (r == rank) ranked = c;
+    }
+    __syncthreads();
+    b = ranked;
+  }
+  Sequence s;
+  s.tile = reverse_tiles ? a.tiles_per_sequence - 1 - order : order;
   s.start = load_index(ix.seq_offsets, b * ix.seq_offsets_stride, ix.seq_offsets_i64);
   s.length = load_index(ix.seq_offsets, (b + 1) * ix.seq_offsets_stride, ix.seq_offsets_i64) - s.start;
   const int64_t targets =
@@ -172,10 +216,8 @@ __device__ __forceinline__ float tanh_approx(float x) {
   return y;
 }
 __device__ __forceinline__ float sigmoid(float x) { return fmaf(0.5f, tanh_approx(0.5f * x), 0.5f); }
-__device__ __forceinline__ float silu(float x) {
-  const float h = 0.5f * x;
-  return fmaf(h, tanh_approx(h), h);
-}
+__device__ __forceinline__ float silu_of_half(float h) { return fmaf(h, tanh_approx(h), h); }  // silu(2 h)
+__device__ __forceinline__ float silu(float x) { return silu_of_half(0.5f * x); }
 
 // ---- shared memory tiles ----
 
@@ -391,6 +433,13 @@ inline Args make_args(const HstuAttentionParams& params, const TensorView& q, co
 inline dim3 grid_of(Args& a, int64_t heads, int rows) {
   a.tiles_per_sequence = static_cast<int>((a.max_seq_len + rows - 1) / rows);
   return dim3(static_cast<unsigned>(a.batch * a.tiles_per_sequence), static_cast<unsigned>(heads));
+}
+
+// The 1-D grid of sequence_longest_first for blocks of `rows` rows; sets the tile and head counts.
+inline dim3 grid_longest_first(Args& a, int64_t heads, int rows) {
+  a.tiles_per_sequence = static_cast<int>((a.max_seq_len + rows - 1) / rows);
+  a.heads = static_cast<int>(heads);
+  return dim3(static_cast<unsigned>(a.batch * a.tiles_per_sequence * heads));
 }
 
 }  // namespace seqmix::cuda::hstu
