@@ -7,14 +7,18 @@
 //   dk_j = (alpha / N) sum_i ds_ij q_i,   dq_i = (alpha / N) sum_j ds_ij k_j
 //
 // Pass 1 (dk, dv): a block owns 64 key rows of one (sequence, head), 16 per warp, with K and V
-// in shared memory and dK, dV (16 x D per warp, f32) in registers. It walks the 32-row query
-// tiles whose mask hull touches its keys, looking only inside the rows that may attend them
-// (Rule::row_ranges), double-buffering Q and dO with cp.async; a warp whose 16 keys a tile does
-// not touch skips its MMAs:
+// in shared memory and dK, dV (16 x D per warp, f32) in registers. It walks the 64-row query
+// steps whose mask hull touches its keys, looking only inside the rows that may attend them
+// (Rule::row_ranges), double-buffering Q and dO with cp.async under one barrier per step; each
+// step is multiplied as two 32-row sub-tiles (S^T, dP^T of 16 x 32 per warp), and a warp skips
+// the sub-tiles that do not touch its 16 keys:
 //   S^T = K Q^T, dP^T = V dO^T -> P^T, dS^T in registers -> dV += P^T dO, dK += dS^T Q.
 // Pass 2 (dq): a block owns 64 query rows (16 per warp) with Q and dO in shared memory and walks
-// the key tiles of the query tile's hull, as the forward does (warps skip tiles their rows miss):
+// the key tiles of the query tile's hull as the forward does (32 keys per tile at D = 128, for
+// three blocks per SM; warps skip tiles their rows miss):
 //   S = Q K^T, dP = dO V^T -> dS -> dQ += dS K.
+// Both passes build a tile's mask bits before its MMAs, read the rule from shared memory, and run
+// heaviest blocks first (causal: key tile 0 and the last query tile of the longest sequence).
 #include "cuda/common/cuda_check.h"
 #include "cuda/hstu/attention.h"
 #include "cuda/hstu/attention_tile.cuh"
@@ -55,9 +59,10 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) attention_bwd_dkdv_kerne
   const int64_t j0 = static_cast<int64_t>(s.tile) * kTileRows;
   if (j0 >= s.length) return;
   const int64_t j1 = min(j0 + kTileRows, s.length);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
   const int64_t jw0 = min(j0 + warp * 16, s.length), jw1 = min(j0 + warp * 16 + 16, s.length);
 
+  const hstu_mask::Rule& shared_rule = share_rule(s.rule);
   load_tile_async<kTileRows, D>(sk, a.k, s.start, head, j0, s.length);
   load_tile_async<kTileRows, D>(sv, a.v, s.start, head, j0, s.length);
 
@@ -93,7 +98,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) attention_bwd_dkdv_kerne
       for (int u = 0; u < kQuerySubTiles; ++u) {
         const int64_t i0 = static_cast<int64_t>(t) * kQueryStepRows + u * kBwdQueryRows;
         if (i0 >= s.length) break;
-        const TileColumns cols = tile_columns(s.rule, i0, min(i0 + kBwdQueryRows, s.length));
+        const TileColumns cols = tile_columns(shared_rule, i0, min(i0 + kBwdQueryRows, s.length));
         touched = touched || cols.touches(j0, j1);
         if (cols.touches(jw0, jw1)) active |= 1u << u;
         if (cols.fully_attended(jw0, jw1)) full |= 1u << u;
@@ -103,8 +108,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) attention_bwd_dkdv_kerne
     return steps;
   };
   auto load_qdo = [&](int64_t t, int stage) {
-    load_tile_async<kQueryStepRows, D>(sqdo + 2 * stage * kQueryTile, a.q, s.start, head, t * kQueryStepRows,
-                                       s.length);
+    load_tile_async<kQueryStepRows, D>(sqdo + 2 * stage * kQueryTile, a.q, s.start, head, t * kQueryStepRows, s.length);
     load_tile_async<kQueryStepRows, D>(sqdo + (2 * stage + 1) * kQueryTile, a.out_or_dout, s.start, head,
                                        t * kQueryStepRows, s.length);
   };
@@ -135,6 +139,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) attention_bwd_dkdv_kerne
       const T* sq = sqdo + 2 * stage * kQueryTile + u * kBwdQueryRows * SmemRow<D>::kStride;
       const T* sdo = sq + kQueryTile;
       const int64_t i0 = static_cast<int64_t>(t) * kQueryStepRows + u * kBwdQueryRows;
+      const uint32_t allowed = sub_full ? ~0u : mask_bits<kBwdQueryRows, true>(shared_rule, j0 + warp * 16, i0);
       float st[1][kBwdQueryRows / 8][4], dpt[1][kBwdQueryRows / 8][4];
       gemm_abt<D, kBwdQueryRows, 1, T>(st, sk, warp * 16, sq);
       gemm_abt<D, kBwdQueryRows, 1, T>(dpt, sv, warp * 16, sdo);
@@ -142,14 +147,10 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) attention_bwd_dkdv_kerne
       for (int n = 0; n < kBwdQueryRows / 8; ++n) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          SiluGrad g = silu_grad(a.alpha * st[0][n][e], dpt[0][n][e]);
-          if (!sub_full) {
-            const int64_t j = j0 + warp * 16 + lane / 4 + (e / 2) * 8;
-            const int64_t i = i0 + n * 8 + 2 * (lane % 4) + e % 2;
-            if (!s.rule.allowed(i, j)) g = {0.0f, 0.0f};
-          }
-          st[0][n][e] = g.p;
-          dpt[0][n][e] = g.ds;
+          const SiluGrad g = silu_grad(a.alpha * st[0][n][e], dpt[0][n][e]);
+          const bool keep = allowed >> (4 * n + e) & 1u;
+          st[0][n][e] = keep ? g.p : 0.0f;
+          dpt[0][n][e] = keep ? g.ds : 0.0f;
         }
       }
       gemm_ab_acc<D, kBwdQueryRows, 1, T>(dv, st, sdo);
@@ -166,82 +167,81 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) attention_bwd_dkdv_kerne
 
 constexpr int kKvStages = 2;
 
-template <int D>
+template <int D, int KEY_ROWS>
 constexpr size_t dq_smem_elements() {
-  return static_cast<size_t>(2 + 2 * kKvStages) * kTileRows * SmemRow<D>::kStride;
+  return static_cast<size_t>(2 * kTileRows + 2 * kKvStages * KEY_ROWS) * SmemRow<D>::kStride;
 }
 
-template <class T, int D, int MIN_BLOCKS>
+template <class T, int D, int KEY_ROWS, int MIN_BLOCKS>
 __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) attention_bwd_dq_kernel(const Args a) {
+  constexpr int kKeyRows = KEY_ROWS;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  constexpr int kTile = kTileRows * SmemRow<D>::kStride;
+  constexpr int kTile = kKeyRows * SmemRow<D>::kStride;
   T* const sq = reinterpret_cast<T*>(smem_raw);
-  T* const sdo = sq + kTile;
-  T* const skv = sdo + kTile;  // stage s: K at skv + 2 s kTile, V right after it
+  T* const sdo = sq + kTileRows * SmemRow<D>::kStride;
+  T* const skv = sdo + kTileRows * SmemRow<D>::kStride;  // stage s: K at skv + 2 s kTile, V right after it
 
   int head;
   const Sequence s = sequence_longest_first(a, /*reverse_tiles=*/true, head);
   const int64_t i0 = static_cast<int64_t>(s.tile) * kTileRows;
   if (i0 >= s.length) return;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
 
+  const hstu_mask::Rule& shared_rule = share_rule(s.rule);
   load_tile_async<kTileRows, D>(sq, a.q, s.start, head, i0, s.length);
   load_tile_async<kTileRows, D>(sdo, a.out_or_dout, s.start, head, i0, s.length);
   const TileColumns cols = tile_columns(s.rule, i0, min(i0 + kTileRows, s.length));
 
-  const int64_t j_begin = min(cols.begin[0], cols.begin[1]) / kTileRows * kTileRows;
-  const int64_t j_end = max(cols.end[0], cols.end[1]);
-  auto next_tile = [&](int64_t j0) {
-    for (; j0 < j_end; j0 += kTileRows) {
+  // 32-bit key positions, as in the forward.
+  const int j_begin = min(cols.begin[0], cols.begin[1]) / kKeyRows * kKeyRows;
+  const int j_end = max(cols.end[0], cols.end[1]);
+  const int length = static_cast<int>(s.length);
+  auto next_tile = [&](int j0) {
+    for (; j0 < j_end; j0 += kKeyRows) {
       // Jump the gap between the two column ranges (SLA: global prefix, local window).
-      if (j0 >= cols.end[0] && j0 + kTileRows <= cols.begin[1]) j0 = cols.begin[1] / kTileRows * kTileRows;
-      if (cols.touches(j0, min(j0 + kTileRows, s.length))) return j0;
+      if (j0 >= cols.end[0] && j0 + kKeyRows <= cols.begin[1]) j0 = cols.begin[1] / kKeyRows * kKeyRows;
+      if (cols.touches(j0, min(j0 + kKeyRows, length))) return j0;
     }
     return j_end;
   };
-  auto load_kv = [&](int64_t j0, int stage) {
-    load_tile_async<kTileRows, D>(skv + 2 * stage * kTile, a.k, s.start, head, j0, s.length);
-    load_tile_async<kTileRows, D>(skv + (2 * stage + 1) * kTile, a.v, s.start, head, j0, s.length);
+  auto load_kv = [&](int j0, int stage) {
+    load_tile_async<kKeyRows, D>(skv + 2 * stage * kTile, a.k, s.start, head, j0, s.length);
+    load_tile_async<kKeyRows, D>(skv + (2 * stage + 1) * kTile, a.v, s.start, head, j0, s.length);
   };
 
-  const RowPairMask row_mask(s.rule, i0 + warp * 16 + lane / 4);
   // This warp's 16 rows: it skips the MMAs of key tiles they do not touch.
   const TileColumns warp_cols = tile_columns(s.rule, min(i0 + warp * 16, s.length), min(i0 + warp * 16 + 16, s.length));
   float dq[1][D / 8][4];
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) dq[0][n][0] = dq[0][n][1] = dq[0][n][2] = dq[0][n][3] = 0.0f;
 
-  int64_t j0 = j_begin < j_end ? next_tile(j_begin) : j_end;
+  int j0 = j_begin < j_end ? next_tile(j_begin) : j_end;
   if (j0 < j_end) load_kv(j0, 0);
   for (int stage = 0; j0 < j_end; stage ^= 1) {
     // One barrier per key tile, as in the forward.
     wait_async_all();
     __syncthreads();
-    const int64_t j_next = next_tile(j0 + kTileRows);
+    const int j_next = next_tile(j0 + kKeyRows);
     if (j_next < j_end) load_kv(j_next, stage ^ 1);
     const T* sk = skv + 2 * stage * kTile;
     const T* sv = sk + kTile;
 
-    const int64_t j1 = min(j0 + kTileRows, s.length);
+    const int j1 = min(j0 + kKeyRows, length);
     if (warp_cols.touches(j0, j1)) {
-      float st[1][kTileRows / 8][4], dp[1][kTileRows / 8][4];
-      gemm_abt<D, kTileRows, 1, T>(st, sq, warp * 16, sk);
-      gemm_abt<D, kTileRows, 1, T>(dp, sdo, warp * 16, sv);
       const bool full = warp_cols.fully_attended(j0, j1);
+      const uint32_t allowed = full ? ~0u : mask_bits<kKeyRows>(shared_rule, i0 + warp * 16, j0);
+      float st[1][kKeyRows / 8][4], dp[1][kKeyRows / 8][4];
+      gemm_abt<D, kKeyRows, 1, T>(st, sq, warp * 16, sk);
+      gemm_abt<D, kKeyRows, 1, T>(dp, sdo, warp * 16, sv);
 #pragma unroll
-      for (int n = 0; n < kTileRows / 8; ++n) {
+      for (int n = 0; n < kKeyRows / 8; ++n) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          float ds = silu_grad(a.alpha * st[0][n][e], dp[0][n][e]).ds;
-          if (!full) {
-            const int64_t i = i0 + warp * 16 + lane / 4 + (e / 2) * 8;
-            const int64_t j = j0 + n * 8 + 2 * (lane % 4) + e % 2;
-            if (!row_mask.allowed(s.rule, e / 2, i, j)) ds = 0.0f;
-          }
-          dp[0][n][e] = ds;
+          const float ds = silu_grad(a.alpha * st[0][n][e], dp[0][n][e]).ds;
+          dp[0][n][e] = allowed >> (4 * n + e) & 1u ? ds : 0.0f;
         }
       }
-      gemm_ab_acc<D, kTileRows, 1, T>(dq, dp, sk);
+      gemm_ab_acc<D, kKeyRows, 1, T>(dq, dp, sk);
     }
     j0 = j_next;
   }
@@ -249,12 +249,12 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) attention_bwd_dq_kernel(
   store_rows<D, T>(a.dq, s.start, head, i0 + warp * 16, s.length, dq[0], a.alpha * a.inv_scaling);
 }
 
-template <class T, int D, int DKDV_SUB_TILES, int DKDV_MIN_BLOCKS, int DQ_MIN_BLOCKS>
+template <class T, int D, int DKDV_SUB_TILES, int DKDV_MIN_BLOCKS, int DQ_KEY_ROWS, int DQ_MIN_BLOCKS>
 void launch_bwd(Args a, int64_t heads, cudaStream_t stream) {
   const auto dkdv = attention_bwd_dkdv_kernel<T, D, DKDV_SUB_TILES, DKDV_MIN_BLOCKS>;
-  const auto dq = attention_bwd_dq_kernel<T, D, DQ_MIN_BLOCKS>;
+  const auto dq = attention_bwd_dq_kernel<T, D, DQ_KEY_ROWS, DQ_MIN_BLOCKS>;
   const size_t dkdv_smem = dkdv_smem_elements<D, DKDV_SUB_TILES>() * sizeof(T);
-  const size_t dq_smem = dq_smem_elements<D>() * sizeof(T);
+  const size_t dq_smem = dq_smem_elements<D, DQ_KEY_ROWS>() * sizeof(T);
   SEQMIX_CUDA_CHECK(
       cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dkdv_smem)));
   SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(dq, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dq_smem)));
@@ -270,8 +270,10 @@ using BwdLauncher = void (*)(Args, int64_t, cudaStream_t);
 // The dispatch table: dtype x head dim -> instance (the API has validated the combination).
 BwdLauncher bwd_launcher(DType dtype, int64_t head_dim) {
   const bool bf16 = dtype == DType::bf16;
-  if (head_dim == 64) return bf16 ? launch_bwd<__nv_bfloat16, 64, 2, 1, 1> : launch_bwd<__half, 64, 2, 1, 1>;
-  return bf16 ? launch_bwd<__nv_bfloat16, 128, 2, 1, 1> : launch_bwd<__half, 128, 2, 1, 1>;
+  if (head_dim == 64) return bf16 ? launch_bwd<__nv_bfloat16, 64, 2, 1, 64, 1> : launch_bwd<__half, 64, 2, 1, 64, 1>;
+  // D = 128: dq over 32-key tiles fits 168 registers and 70 KB of shared memory, three blocks
+  // (12 warps) per SM instead of two.
+  return bf16 ? launch_bwd<__nv_bfloat16, 128, 2, 1, 32, 3> : launch_bwd<__half, 128, 2, 1, 32, 3>;
 }
 
 }  // namespace

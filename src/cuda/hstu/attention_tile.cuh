@@ -19,14 +19,12 @@
 
 namespace seqmix::cuda::hstu {
 
-constexpr int kTileRows = 64;  // key rows per tile; query rows per dq block (16 per warp)
-constexpr int kWarps = 4;
+constexpr int kTileRows = 64;  // backward: key rows per dk-dv block, query rows per dq block (16 per warp)
+constexpr int kWarps = 4;      // backward blocks
 constexpr int kThreads = kWarps * 32;
-constexpr int kFwdQueryRows = 128;  // query rows per forward block: 32 per warp, so every K / V
-                                    // fragment read from shared memory feeds two MMAs
-constexpr int kBwdQueryRows = 32;   // query rows per step of the dk-dv pass (register budget)
-constexpr int kSmemPad = 8;         // 16 bytes per shared row: ldmatrix rows hit distinct banks
-constexpr int kChunk = 8;           // 16-byte vector = 8 elements
+constexpr int kBwdQueryRows = 32;  // query rows per sub-tile of the dk-dv pass (register budget)
+constexpr int kSmemPad = 8;        // 16 bytes per shared row: ldmatrix rows hit distinct banks
+constexpr int kChunk = 8;          // 16-byte vector = 8 elements
 
 // One jagged [L, H, D] operand: element (token, head, d) at data[token * token_stride + head * head_stride + d].
 struct Operand {
@@ -53,7 +51,8 @@ struct Args {
   int64_t batch;
   int64_t max_seq_len;
   int tiles_per_sequence;  // grid.x = batch * tiles_per_sequence (set by grid_of)
-  int heads;               // set by grid_longest_first
+  int heads;               // set by grid_longest_first, as is
+  int64_t blocks;          // batch * tiles_per_sequence * heads (the grid may hold a few more)
 };
 
 __device__ __forceinline__ int64_t load_index(const void* p, int64_t i, bool i64) {
@@ -91,12 +90,13 @@ __device__ inline Sequence sequence_longest_first(const Args& a, bool reverse_ti
   __shared__ int lengths[kRankedBatchMax];
   __shared__ int ranked;
   const Index& ix = a.index;
-  head = static_cast<int>(blockIdx.x % a.heads);
-  const int64_t rest = blockIdx.x / a.heads;
+  const int64_t linear = static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;
+  head = static_cast<int>(linear % a.heads);
+  const int64_t rest = linear / a.heads;
   const int order = static_cast<int>(rest % a.tiles_per_sequence);
   int64_t b = rest / a.tiles_per_sequence;
   if (a.batch <= kRankedBatchMax) {
-    const int rank = static_cast<int>(b);
+    const int rank = static_cast<int>(min(b, a.batch - 1));
     const int batch = static_cast<int>(a.batch);
     for (int c = threadIdx.x; c < batch; c += blockDim.x) {
       lengths[c] = static_cast<int>(load_index(ix.seq_offsets, (c + 1) * ix.seq_offsets_stride, ix.seq_offsets_i64) -
@@ -107,13 +107,20 @@ __device__ inline Sequence sequence_longest_first(const Args& a, bool reverse_ti
     for (int c = threadIdx.x; c < batch; c += blockDim.x) {
       const int length = lengths[c];
       int r = 0;
-      for (int other = 0; other < batch; ++other) r += lengths[other] > length || (lengths[other] == length && other < c);
+      for (int other = 0; other < batch; ++other)
+        r += lengths[other] > length || (lengths[other] == length && other < c);
       if (r == rank) ranked = c;
     }
     __syncthreads();
     b = ranked;
   }
   Sequence s;
+  if (linear >= a.blocks) {  // the grid's rounding: an empty sequence, the kernels return
+    s.start = s.length = 0;
+    s.tile = 0;
+    s.rule = hstu_mask::Rule::make(a.mask, 0, -1);
+    return s;
+  }
   s.tile = reverse_tiles ? a.tiles_per_sequence - 1 - order : order;
   s.start = load_index(ix.seq_offsets, b * ix.seq_offsets_stride, ix.seq_offsets_i64);
   s.length = load_index(ix.seq_offsets, (b + 1) * ix.seq_offsets_stride, ix.seq_offsets_i64) - s.start;
@@ -205,6 +212,53 @@ struct RowPairMask {
     return (c >= begin[half][0] && c < end[half][0]) || (c >= begin[half][1] && c < end[half][1]);
   }
 };
+
+// A block-wide copy of the rule in shared memory, for loops that read it only now and then (tile
+// hulls, the few sub-tiles that need a per-element mask): its 64-bit fields then hold no
+// registers next to the accumulators. Raw storage, since a __shared__ variable cannot have Rule's
+// default member initialisers. Every thread of the block must call it (a barrier).
+__device__ __forceinline__ const hstu_mask::Rule& share_rule(const hstu_mask::Rule& rule) {
+  __shared__ alignas(hstu_mask::Rule) unsigned char storage[sizeof(hstu_mask::Rule)];
+  auto* shared = reinterpret_cast<hstu_mask::Rule*>(storage);
+  if (threadIdx.x == 0) *shared = rule;
+  __syncthreads();
+  return *shared;
+}
+
+// The mask of a thread's accumulator elements of a 16 x COLS tile (rows row0 + 16 m ..., columns
+// col0 ...) as bits, bit 4 n + e for element e of 8-column block n. Built before the tile's MMAs
+// so that the mask arithmetic (64-bit positions, the rule) is not live next to S and O: inlined
+// among the accumulators it made ptxas spill. TRANSPOSED: the tile's rows are keys and its
+// columns queries (the dk-dv pass's S^T).
+template <int COLS, bool TRANSPOSED = false>
+__device__ __forceinline__ uint32_t mask_bits(const hstu_mask::Rule& rule, int64_t row0, int64_t col0) {
+  static_assert(COLS / 8 * 4 <= 32);
+  const int lane = threadIdx.x % 32;
+  uint32_t bits = 0;
+  if (TRANSPOSED) {
+#pragma unroll
+    for (int n = 0; n < COLS / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t j = row0 + lane / 4 + (e / 2) * 8;
+        const int64_t i = col0 + n * 8 + 2 * (lane % 4) + e % 2;
+        if (rule.allowed(i, j)) bits |= 1u << (4 * n + e);
+      }
+    }
+    return bits;
+  }
+  const RowPairMask rows(rule, row0 + lane / 4);
+#pragma unroll
+  for (int n = 0; n < COLS / 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t i = row0 + lane / 4 + (e / 2) * 8;
+      const int64_t j = col0 + n * 8 + 2 * (lane % 4) + e % 2;
+      if (rows.allowed(rule, e / 2, i, j)) bits |= 1u << (4 * n + e);
+    }
+  }
+  return bits;
+}
 
 // sigmoid(x) = (1 + tanh(x / 2)) / 2 and silu(x) = x sigmoid(x) = h + h tanh(h), h = x / 2: one
 // MUFU op per score (tanh.approx.f32, max relative error about 2^-11, the size of f16's rounding
@@ -435,11 +489,15 @@ inline dim3 grid_of(Args& a, int64_t heads, int rows) {
   return dim3(static_cast<unsigned>(a.batch * a.tiles_per_sequence), static_cast<unsigned>(heads));
 }
 
-// The 1-D grid of sequence_longest_first for blocks of `rows` rows; sets the tile and head counts.
+// The grid of sequence_longest_first for blocks of `rows` rows (x, then y when the count exceeds
+// grid.x's 2^31 - 1); sets the tile, head and block counts.
 inline dim3 grid_longest_first(Args& a, int64_t heads, int rows) {
   a.tiles_per_sequence = static_cast<int>((a.max_seq_len + rows - 1) / rows);
   a.heads = static_cast<int>(heads);
-  return dim3(static_cast<unsigned>(a.batch * a.tiles_per_sequence * heads));
+  a.blocks = a.batch * a.tiles_per_sequence * heads;
+  constexpr int64_t kMaxX = (int64_t{1} << 31) - 1;
+  const int64_t y = (a.blocks + kMaxX - 1) / kMaxX;
+  return dim3(static_cast<unsigned>((a.blocks + y - 1) / y), static_cast<unsigned>(y));
 }
 
 }  // namespace seqmix::cuda::hstu
