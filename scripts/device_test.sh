@@ -30,7 +30,7 @@ if [ -f build-cuda/libseqmix_torch.so ]; then
   # One process per file, verbose into the log: a crash in one file hides nothing else and names its test.
   for f in tests/python/test_*.py; do
     timeout $(( $(left) > 40 ? 60 : 10 )) "$python" -X faulthandler -m pytest -v -p no:cacheprovider -rs "$f" \
-      -k "not fla_triton" >> "$log_dir/pytest.log" 2>&1
+      -k "not fla_triton and not peer_triton" >> "$log_dir/pytest.log" 2>&1
     rc=$?
     [ $rc -eq 0 ] || py_status=$rc
     echo "pytest $f rc=$rc: $(grep -c ' PASSED' "$log_dir/pytest.log") passed / $(grep -c ' FAILED' "$log_dir/pytest.log") failed / $(grep -c ' SKIPPED' "$log_dir/pytest.log") skipped so far, at $(( $(date +%s) - t0 )) s"
@@ -50,7 +50,17 @@ if [ -f build-cuda/libseqmix_torch.so ]; then
     [ $rc -eq 0 ] || py_status=$rc
     echo "FLA parity $c rc=$rc at $(( $(date +%s) - t0 )) s"
   done
-  grep -E "FLA-PARITY" "$log_dir/fla_parity.log"
+  grep -E "FLA-PARITY|FP64-ERROR" "$log_dir/fla_parity.log"
+  if [ "$(left)" -gt 60 ]; then  # the HSTU peers' Triton kernels (autotune capped to two configs)
+    timeout $(( $(left) - 10 )) "$python" -m pytest -q -s -p no:cacheprovider -rs tests/python/test_hstu.py \
+      -k "peer_triton" > "$log_dir/hstu_triton_parity.log" 2>&1
+    rc=$?
+    [ $rc -eq 0 ] || py_status=$rc
+    echo "HSTU Triton parity rc=$rc at $(( $(date +%s) - t0 )) s"
+    grep -E "HSTU-TRITON-PARITY|passed|failed|Error" "$log_dir/hstu_triton_parity.log" | head -20
+  else
+    echo "HSTU Triton parity not run (time)"
+  fi
 else
   echo "PyTorch extension not built: tests/python not run on the GPU"
 fi
