@@ -37,16 +37,18 @@ __device__ __forceinline__ SiluGrad silu_grad(float x, float dp) {
   return {x * sig, dp * sig * (1.0f + x * (1.0f - sig))};
 }
 
-// SUB_TILES: kBwdQueryRows-row sub-tiles per loaded (and barriered) query step of the dk-dv pass.
-template <int D, int SUB_TILES>
+// kBwdQueryRows-row sub-tiles per loaded (and barriered) query step of the dk-dv pass: on the
+// H100 two beat one on causal masks (one barrier per 64 rows) and tie on SLA.
+constexpr int kQuerySubTiles = 2;
+constexpr int kQueryStepRows = kQuerySubTiles * kBwdQueryRows;
+
+template <int D>
 constexpr size_t dkdv_smem_elements() {
-  return static_cast<size_t>(2 * kTileRows + 2 * 2 * SUB_TILES * kBwdQueryRows) * SmemRow<D>::kStride;
+  return static_cast<size_t>(2 * kTileRows + 2 * 2 * kQueryStepRows) * SmemRow<D>::kStride;
 }
 
-template <class T, int D, int SUB_TILES, int MIN_BLOCKS>
-__global__ void __launch_bounds__(kThreads, MIN_BLOCKS) attention_bwd_dkdv_kernel(const Args a) {
-  constexpr int kQuerySubTiles = SUB_TILES;
-  constexpr int kQueryStepRows = kQuerySubTiles * kBwdQueryRows;
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads, 1) attention_bwd_dkdv_kernel(const Args a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int kKeyTile = kTileRows * SmemRow<D>::kStride;
   constexpr int kQueryTile = kQueryStepRows * SmemRow<D>::kStride;
@@ -249,11 +251,11 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) attention_bwd_dq_kernel(
   store_rows<D, T>(a.dq, s.start, head, i0 + warp * 16, s.length, dq[0], a.alpha * a.inv_scaling);
 }
 
-template <class T, int D, int DKDV_SUB_TILES, int DKDV_MIN_BLOCKS, int DQ_KEY_ROWS, int DQ_MIN_BLOCKS>
+template <class T, int D, int DQ_KEY_ROWS, int DQ_MIN_BLOCKS>
 void launch_bwd(Args a, int64_t heads, cudaStream_t stream) {
-  const auto dkdv = attention_bwd_dkdv_kernel<T, D, DKDV_SUB_TILES, DKDV_MIN_BLOCKS>;
+  const auto dkdv = attention_bwd_dkdv_kernel<T, D>;
   const auto dq = attention_bwd_dq_kernel<T, D, DQ_KEY_ROWS, DQ_MIN_BLOCKS>;
-  const size_t dkdv_smem = dkdv_smem_elements<D, DKDV_SUB_TILES>() * sizeof(T);
+  const size_t dkdv_smem = dkdv_smem_elements<D>() * sizeof(T);
   const size_t dq_smem = dq_smem_elements<D, DQ_KEY_ROWS>() * sizeof(T);
   SEQMIX_CUDA_CHECK(
       cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dkdv_smem)));
@@ -270,10 +272,10 @@ using BwdLauncher = void (*)(Args, int64_t, cudaStream_t);
 // The dispatch table: dtype x head dim -> instance (the API has validated the combination).
 BwdLauncher bwd_launcher(DType dtype, int64_t head_dim) {
   const bool bf16 = dtype == DType::bf16;
-  if (head_dim == 64) return bf16 ? launch_bwd<__nv_bfloat16, 64, 2, 1, 64, 1> : launch_bwd<__half, 64, 2, 1, 64, 1>;
+  if (head_dim == 64) return bf16 ? launch_bwd<__nv_bfloat16, 64, 64, 1> : launch_bwd<__half, 64, 64, 1>;
   // D = 128: dq over 32-key tiles fits 168 registers and 70 KB of shared memory, three blocks
-  // (12 warps) per SM instead of two.
-  return bf16 ? launch_bwd<__nv_bfloat16, 128, 2, 1, 32, 3> : launch_bwd<__half, 128, 2, 1, 32, 3>;
+  // (12 warps) per SM instead of two: the backward ran 1.01-1.09x faster on the H100.
+  return bf16 ? launch_bwd<__nv_bfloat16, 128, 32, 3> : launch_bwd<__half, 128, 32, 3>;
 }
 
 }  // namespace

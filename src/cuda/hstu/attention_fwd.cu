@@ -148,9 +148,10 @@ void launch_fwd(Args a, int64_t heads, cudaStream_t stream) {
   SEQMIX_CUDA_CHECK(cudaGetLastError());
 }
 
-// D = 128: 8 warps of 16 rows and a 128-register cap, two blocks (16 warps) per SM: measured on
-// the H100 1.15-1.25x faster than 4 warps of 32 rows (whose K / V fragments feed two MMAs each)
-// at 255 registers and 8 warps per SM; the kernels wait on latency, not on shared memory.
+// D = 128: 8 warps of 16 rows under a 128-register cap, two blocks (16 warps) per SM. Measured on
+// the H100 against 4 warps of 32 rows (each K / V fragment feeding two MMAs, 242 registers, 8
+// warps per SM): 1.05-1.1x faster at max_len 1024 and 1.2-1.25x on SLA, 0.9-0.95x on causal masks
+// at 4096-8192; 64-row blocks of 4 warps (four per SM) and 64-key sub-tiles were slower.
 using Tiles128 = FwdTiles<8, 1, 32, 2, 2>;
 using Tiles64 = FwdTiles<4, 2, 64, 2, 1>;
 
