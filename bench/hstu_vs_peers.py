@@ -127,7 +127,11 @@ def lengths_of(dist, batch, max_len, gen):
     if dist == "uniform":
         x = torch.rand(batch, generator=gen) * 0.6 + 0.4
     else:
-        x = torch.distributions.Beta(0.7, 0.3).sample((batch,))
+        # Beta sampling takes no generator: seed the global one from `gen` so every implementation's
+        # process draws the same lengths (before, the skewed rows of each process differed).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(gen.initial_seed())
+            x = torch.distributions.Beta(0.7, 0.3).sample((batch,))
     return (x * max_len).ceil().clamp(1, max_len).to(torch.int64)
 
 
@@ -306,7 +310,10 @@ def merge(paths, out_path, command):
                                             "D": 128, "dtype": "bf16", "lengths": key[2], "mask": key[3],
                                             "tokens": r["tokens"], "attended_pairs": r["attended_pairs"]})
             entry = row.setdefault(data["impl"], {})
-            for n in ("fwd_ms", "fwd_bwd_ms", "fwd_peak_mb", "fwd_bwd_peak_mb", "peer_mask"):
+            if data["impl"] == "seqmix":
+                row["tokens"], row["attended_pairs"] = r["tokens"], r["attended_pairs"]
+            for n in ("tokens", "attended_pairs", "fwd_ms", "fwd_bwd_ms", "fwd_peak_mb", "fwd_bwd_peak_mb",
+                      "peer_mask"):
                 if n in r:
                     entry[n] = r[n]
             if "error" in r:
@@ -324,13 +331,19 @@ def merge(paths, out_path, command):
             ours["fwd_tflops"] = round(4 * 128 * pairs / (ours["fwd_ms"] * 1e9), 1)
             ours["fwd_bwd_tflops"] = round(14 * 128 * pairs / (ours["fwd_bwd_ms"] * 1e9), 1)
             tag = "_window_proxy" if key[3] == "sla_targets" else ""  # SLA rows: the peers ran the window proxy
+            # Time per attended pair, so that a peer that ran other lengths (or the window proxy's pairs)
+            # compares fairly; equal to the plain time ratio when the pair counts match.
+            ours_pairs = ours.get("attended_pairs", pairs)
             for what in ("fwd", "fwd_bwd"):
-                peers = [row[n][f"{what}_ms"] for n in ("gr", "tzrec") if f"{what}_ms" in row.get(n, {})]
+                peers = [row[n][f"{what}_ms"] / row[n].get("attended_pairs", pairs) for n in ("gr", "tzrec")
+                         if f"{what}_ms" in row.get(n, {})]
                 if peers and f"{what}_ms" in ours:
-                    row[f"speedup_{what}_vs_fastest_peer{tag}"] = round(min(peers) / ours[f"{what}_ms"], 3)
+                    speedup = min(peers) * ours_pairs / ours[f"{what}_ms"]
+                    row[f"speedup_{what}_vs_fastest_peer{tag}"] = round(speedup, 3)
             dense = by_shape.get((key[0], key[1], key[2], "causal_targets"), {}).get("seqmix", {})
             if key[3] == "sla_targets" and "fwd_ms" in dense:
-                scale = pairs / by_shape[(key[0], key[1], key[2], "causal_targets")]["attended_pairs"]
+                dense_row = by_shape[(key[0], key[1], key[2], "causal_targets")]
+                scale = ours_pairs / dense.get("attended_pairs", dense_row["attended_pairs"])
                 row["sla_time_over_pair_prediction_fwd"] = round(ours["fwd_ms"] / (dense["fwd_ms"] * scale), 3)
                 row["sla_time_over_pair_prediction_fwd_bwd"] = round(
                     ours["fwd_bwd_ms"] / (dense["fwd_bwd_ms"] * scale), 3)
