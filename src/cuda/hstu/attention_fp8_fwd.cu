@@ -15,8 +15,9 @@
 //
 // Tiles: a block owns 128 query rows of one (sequence, head), 32 per warp (two 16-row MMA blocks).
 // Shared memory: Q8 [128][D + 16] bytes, two stages of K8 and V8 [KN][D + 16] bytes (cp.async,
-// 16-byte padded rows so ldmatrix rows hit distinct banks), and V [KN][D + 8] in 16 bits, the
-// dequantized V of the current stage. Per key tile: wait, V8 -> V (descales), barrier,
+// 16-byte padded rows so ldmatrix rows hit distinct banks), V [KN][D + 8] in 16 bits, the
+// dequantized V of the current stage, and the f32 descales of the q rows (times alpha) and of
+// the current key tile's columns (registers are taken by O). Per key tile: wait, V8 -> V (descales), barrier,
 // S = Q8 K8^T (mma m16n8k32 e4m3, k = 32 bytes along D; ldmatrix.b16 reads a pair of e4m3 as one
 // element, which is exactly the e4m3 fragment layout), descales, silu, mask, O += P V (m16n8k16).
 #include <cuda_fp8.h>
@@ -46,10 +47,12 @@ template <int D>
 constexpr int row_bytes() {
   return D + kRowPad;
 }
+// Q8, two stages of K8 and V8, the 16-bit V, then the f32 q-row and k-column descales.
 template <int D>
 constexpr size_t smem_bytes() {
   return static_cast<size_t>(kFwdQueryRows + 4 * key_rows<D>()) * row_bytes<D>() +
-         static_cast<size_t>(key_rows<D>()) * hstu::SmemRow<D>::kStride * 2;
+         static_cast<size_t>(key_rows<D>()) * hstu::SmemRow<D>::kStride * 2 +
+         static_cast<size_t>(kFwdQueryRows + key_rows<D>()) * sizeof(float);
 }
 
 // Rows [row0, row0 + ROWS) of one head of an e4m3 operand into smem (row stride D + 16 bytes);
@@ -107,6 +110,8 @@ __global__ void __launch_bounds__(kThreads) attention_fp8_fwd_kernel(Args a, Fp8
   uint8_t* const sq = smem_raw;
   uint8_t* const skv = sq + kFwdQueryRows * row_bytes<D>();  // stage s: K8 at skv + 2 s kTile8, V8 after it
   T* const sv = reinterpret_cast<T*>(skv + 4 * kTile8);
+  float* const sq_scale = reinterpret_cast<float*>(sv + KN * hstu::SmemRow<D>::kStride);  // [128]
+  float* const sk_scale = sq_scale + kFwdQueryRows;                                       // [KN]
 
   const hstu::Sequence s = hstu::sequence_of_block(a);
   const int64_t i0 = static_cast<int64_t>(s.tile) * kFwdQueryRows;
@@ -121,15 +126,11 @@ __global__ void __launch_bounds__(kThreads) attention_fp8_fwd_kernel(Args a, Fp8
   const hstu::TileColumns warp_cols =
       hstu::tile_columns(s.rule, min(i0 + warp_row0, s.length), min(i0 + warp_row0 + 16 * M, s.length));
 
-  // alpha times the q descale of this thread's rows (0 past the end: those rows are dropped).
-  float row_scale[M][2];
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int64_t i = i0 + warp_row0 + 16 * m + lane / 4 + 8 * half;
-      row_scale[m][half] = i < s.length ? a.alpha * f.q_descale[f.q.group(b, s.start + i, i, head, 0)] : 0.0f;
-    }
+  // alpha times the q descale of each row of the tile (0 past the end: those rows are dropped),
+  // read back per score from shared memory rather than held in registers next to O.
+  {
+    const int64_t i = i0 + threadIdx.x;
+    sq_scale[threadIdx.x] = i < s.length ? a.alpha * f.q_descale[f.q.group(b, s.start + i, i, head, 0)] : 0.0f;
   }
 
   const int64_t j_begin = min(cols.begin[0], cols.begin[1]) / KN * KN;
@@ -167,27 +168,26 @@ __global__ void __launch_bounds__(kThreads) attention_fp8_fwd_kernel(Args a, Fp8
     const uint8_t* sk = skv + 2 * stage * kTile8;
     const uint8_t* sv8 = sk + kTile8;
 
-    // Stage V: v8 * dv(j, d) in 16 bits (zero past the end of the sequence).
+    // Stage V: v8 * dv(j, d) in 16 bits, and the k descales of the tile's columns. A key tile
+    // (KN | 128 tokens from the sequence start) lies inside one descale block, so v's descale is
+    // one value (modes 0, 2..5) or one row of D values (mode 1, transposed copy) for the tile.
+    if (threadIdx.x < KN) {
+      const int64_t j = j0 + threadIdx.x;
+      sk_scale[threadIdx.x] = j < s.length ? f.k_descale[f.k.group(b, s.start + j, j, head, 0)] : 0.0f;
+    }
+    const float* v_scale = f.v_descale + f.v.group(b, s.start + j0, j0, head, 0);
+    const bool v_per_dim = f.v.per_dim();
     constexpr int kChunks = D / 8;
     for (int c = threadIdx.x; c < KN * kChunks; c += kThreads) {
       const int r = c / kChunks, col = (c % kChunks) * 8;
-      const int64_t j = j0 + r;
       const uint2 raw = *reinterpret_cast<const uint2*>(sv8 + r * row_bytes<D>() + col);
       const uint8_t* bytes = reinterpret_cast<const uint8_t*>(&raw);
-      float scale[8];
-      if (j < s.length) {
-        const int64_t g = f.v.group(b, s.start + j, j, head, col);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) scale[e] = f.v_descale[f.v.per_dim() ? g + e : g];
-      } else {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) scale[e] = 0.0f;
-      }
       uint4 packed;
       uint32_t* w = reinterpret_cast<uint32_t*>(&packed);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        w[e] = hstu::pack2<T>(from_e4m3(bytes[2 * e]) * scale[2 * e], from_e4m3(bytes[2 * e + 1]) * scale[2 * e + 1]);
+        const float s0 = v_scale[v_per_dim ? col + 2 * e : 0], s1 = v_scale[v_per_dim ? col + 2 * e + 1 : 0];
+        w[e] = hstu::pack2<T>(from_e4m3(bytes[2 * e]) * s0, from_e4m3(bytes[2 * e + 1]) * s1);
       }
       *reinterpret_cast<uint4*>(sv + r * hstu::SmemRow<D>::kStride + col) = packed;
     }
@@ -221,16 +221,6 @@ __global__ void __launch_bounds__(kThreads) attention_fp8_fwd_kernel(Args a, Fp8
         }
       }
     }
-    // k descales of this thread's columns.
-    float col_scale[KN / 8][2];
-#pragma unroll
-    for (int n = 0; n < KN / 8; ++n) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int64_t j = j0 + n * 8 + 2 * (lane % 4) + e;
-        col_scale[n][e] = j < s.length ? f.k_descale[f.k.group(b, s.start + j, j, head, 0)] : 0.0f;
-      }
-    }
     const bool full = warp_cols.fully_attended(j0, j1);
 #pragma unroll
     for (int m = 0; m < M; ++m) {
@@ -240,7 +230,8 @@ __global__ void __launch_bounds__(kThreads) attention_fp8_fwd_kernel(Args a, Fp8
       for (int n = 0; n < KN / 8; ++n) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const float x = p[m][n][e] * row_scale[m][e / 2] * col_scale[n][e % 2];
+          const float x = p[m][n][e] * sq_scale[warp_row0 + 16 * m + lane / 4 + (e / 2) * 8] *
+                          sk_scale[n * 8 + 2 * (lane % 4) + e % 2];
           float p_ij = hstu::silu(x);
           if (!full) {
             const int64_t i = i0 + warp_row0 + 16 * m + lane / 4 + (e / 2) * 8;
