@@ -9,8 +9,9 @@
 // copies of the 16-bit inputs, which hstu_fp8_attention_test checks equals the CPU quant_mode
 // path). The forward kernel multiplies the exact e4m3 values of q and k in f32 and applies the
 // descales to the f32 scores, so S matches to f32 rounding; what differs is P v, which runs in
-// the inputs' 16-bit dtype: v8 * descale and P are rounded to 16 bits (as in the bf16 kernel,
-// plus the one rounding of v), and silu uses tanh.approx (relative 2^-11). Tolerance, as
+// the inputs' 16-bit dtype: P (times v's descale in mode 2) is rounded to 16 bits as in the bf16
+// kernel, v8 * descale is rounded to 16 bits in mode 1 (exact elsewhere), and silu uses
+// tanh.approx (relative 2^-11). Tolerance, as
 // hstu_cuda_test: max |cuda - emulation| <= tol * max |emulation| with tol = 2e-2 (bf16) and
 // 5e-3 (f16). The backward (modes 0, 2..5) runs the 16-bit backward kernels on the fp8 copies
 // dequantized to 16 bits, so each operand carries one more 16-bit rounding (2^-9 bf16, 2^-11

@@ -65,9 +65,22 @@ __device__ __forceinline__ __half from_float<__half>(float x) {
   return __float2half_rn(x);
 }
 
+__device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+// 8 consecutive elements, as 16-byte vectors where the address allows (always for the
+// attention's operands; the public quantizer takes any token / head strides).
 template <class T>
 __device__ __forceinline__ void load8(float (&v)[kVector], const Strided& x, int64_t t, int h, int d0) {
   const T* p = static_cast<const T*>(x.data) + t * x.token_stride + h * x.head_stride + d0;
+  if (aligned16(p)) {
+    T w[kVector];
+    uint4* wv = reinterpret_cast<uint4*>(w);
+#pragma unroll
+    for (int i = 0; i < static_cast<int>(sizeof(w) / 16); ++i) wv[i] = reinterpret_cast<const uint4*>(p)[i];
+#pragma unroll
+    for (int e = 0; e < kVector; ++e) v[e] = to_float(w[e]);
+    return;
+  }
 #pragma unroll
   for (int e = 0; e < kVector; ++e) v[e] = to_float(p[e]);
 }
@@ -95,6 +108,13 @@ __device__ __forceinline__ void store8(const Strided& y, int64_t t, int h, int d
                                        const float (&descale)[kVector]) {
   if constexpr (sizeof(Y) == 1) {
     uint8_t* p = static_cast<uint8_t*>(y.data) + t * y.token_stride + h * y.head_stride + d0;
+    if ((reinterpret_cast<uintptr_t>(p) & 7) == 0) {
+      uint2 w;
+      w.x = q[0] | (q[1] << 8) | (q[2] << 16) | (static_cast<uint32_t>(q[3]) << 24);
+      w.y = q[4] | (q[5] << 8) | (q[6] << 16) | (static_cast<uint32_t>(q[7]) << 24);
+      *reinterpret_cast<uint2*>(p) = w;
+      return;
+    }
 #pragma unroll
     for (int e = 0; e < kVector; ++e) p[e] = q[e];
   } else {
@@ -200,23 +220,26 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(Strided x, Jagged j,
   store8<T, Y>(y, t, h, d0, q, ds);
 }
 
-// Mode 1 rows: one thread per (token, head) owns its group: amax, descale [H, L], quantize.
+// Mode 1 rows: one warp per (token, head) owns its group: amax (lanes over 8-dim chunks, then a
+// warp max), descale [H, L], quantize.
 template <class T, class Y>
 __global__ void __launch_bounds__(kThreads) rows_kernel(Strided x, Scheme s, float* descale, Strided y) {
-  const int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t t = id / s.heads;
-  if (t >= s.tokens) return;
-  const int h = static_cast<int>(id % s.heads);
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  const int64_t t = row / s.heads;
+  if (t >= s.tokens) return;  // warp-uniform
+  const int h = static_cast<int>(row % s.heads);
   unsigned m = 0;
-  for (int d0 = 0; d0 < s.dim; d0 += kVector) {
+  for (int d0 = lane * kVector; d0 < s.dim; d0 += 32 * kVector) {
     float v[kVector];
     load8<T>(v, x, t, h, d0);
 #pragma unroll
     for (int e = 0; e < kVector; ++e) m = max(m, __float_as_uint(fabsf(v[e])));
   }
+  m = __reduce_max_sync(0xffffffffu, m);
   const float d = descale_of<T>(__uint_as_float(m), true);
-  descale[static_cast<int64_t>(h) * s.tokens + t] = d;
-  for (int d0 = 0; d0 < s.dim; d0 += kVector) {
+  if (lane == 0) descale[static_cast<int64_t>(h) * s.tokens + t] = d;
+  for (int d0 = lane * kVector; d0 < s.dim; d0 += 32 * kVector) {
     float v[kVector], ds[kVector];
     uint8_t q[kVector];
     load8<T>(v, x, t, h, d0);
@@ -237,7 +260,7 @@ void quantize_as(const Strided& x, const Jagged& j, const Scheme& s, float* desc
   const int64_t chunks = s.dim / kVector;
   if (s.mode == 1 && !s.transposed) {
     if (s.tokens * s.heads > 0) {
-      rows_kernel<T, Y><<<blocks_for(s.tokens * s.heads), kThreads, 0, stream>>>(x, s, descale, y);
+      rows_kernel<T, Y><<<blocks_for(s.tokens * s.heads * 32), kThreads, 0, stream>>>(x, s, descale, y);
       SEQMIX_CUDA_CHECK(cudaGetLastError());
     }
     return;
