@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # HSTU FP8 on a GPU machine in one go: narrow build, the FP8 CUDA-vs-CPU tests, a
-# compute-sanitizer memcheck subset, then bench/hstu_fp8_bench.cpp (FP8 forward vs our bf16
-# forward). Logs go to $OUT. Knobs: TESTS=0, SANITIZE=0, BENCH=0.
+# bench/hstu_fp8_bench.cpp (FP8 forward vs our bf16 forward), then a compute-sanitizer memcheck
+# subset. Logs go to $OUT. Knobs: TESTS=0, BENCH=0, SANITIZE=0, TEST_S, BENCH_S, SANITIZE_S (timeouts).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/hstu_fp8_out}; mkdir -p "$OUT"
@@ -34,16 +34,16 @@ if [ "${TESTS:-1}" = 1 ]; then
   done
   cat "$OUT/hstu_fp8_test.log" >> "$OUT/hstu_fp8_attention_test.log"; rm "$OUT/hstu_fp8_test.log"
 fi
-if [ "${SANITIZE:-1}" = 1 ]; then
-  timeout 100 compute-sanitizer --tool memcheck --leak-check no ./build-cuda/hstu_fp8_cuda_test \
-    --gtest_filter='Modes/*block64_bf16*:Modes/*transposed_f16*:Masks/*mode1_targets_contextual*:Masks/*mode2_sla*:Masks/*mode4_window*:HstuFp8CudaBadInputs.*' \
-    > "$OUT/memcheck.log" 2>&1
-  log "memcheck rc=$? ($(( $(date +%s) - t0 )) s)"
-  grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | head -5 | tee -a "$OUT/summary.txt"
-fi
 if [ "${BENCH:-1}" = 1 ]; then
   timeout ${BENCH_S:-120} ./build-cuda/hstu_fp8_bench "$OUT/hstu_fp8_bench.json" > "$OUT/bench.txt" 2>&1
   log "bench rc=$? ($(( $(date +%s) - t0 )) s)"
   cat "$OUT/bench.txt" | tee -a "$OUT/summary.txt"
+fi
+if [ "${SANITIZE:-1}" = 1 ]; then
+  timeout ${SANITIZE_S:-100} compute-sanitizer --tool memcheck --leak-check no ./build-cuda/hstu_fp8_cuda_test \
+    --gtest_filter='Modes/*block64_bf16*:Modes/*transposed_f16*:Masks/*mode1_targets_contextual*:Masks/*mode2_sla*:Masks/*mode4_window*:HstuFp8CudaBadInputs.*' \
+    > "$OUT/memcheck.log" 2>&1
+  log "memcheck rc=$? ($(( $(date +%s) - t0 )) s)"
+  grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | head -5 | tee -a "$OUT/summary.txt"
 fi
 log "total $(( $(date +%s) - t0 )) s"
