@@ -206,7 +206,7 @@ __global__ void __launch_bounds__(kThreads) attention_fp8_fwd_kernel(Args a, Fp8
     // multiplies by dv(block, d): a key tile (KN | 128 tokens from the sequence start) lies in
     // one 128-token descale block, so that is one row of D descales for the tile.
     float v_tile = 1.0f;
-    float v_scale[8];
+    float v_scale[8] = {1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f};
     if constexpr (kScales == ScaleKind::per_token) {
       if (threadIdx.x < KN) {
         const int64_t j = j0 + threadIdx.x;
