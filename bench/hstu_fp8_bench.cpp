@@ -108,8 +108,8 @@ int main(int argc, char** argv) {
           hstu_attention_fwd(p, q.view(), k.view(), v.view(), seq_offsets.view(), &targets_view, out.view());
         };
         auto bwd = [&] {
-          hstu_attention_bwd(p, q.view(), k.view(), v.view(), seq_offsets.view(), &targets_view, dout.view(),
-                             dq.view(), dk.view(), dv.view());
+          hstu_attention_bwd(p, q.view(), k.view(), v.view(), seq_offsets.view(), &targets_view, dout.view(), dq.view(),
+                             dk.view(), dv.view());
         };
         const double fwd_ms = time_ms(fwd, 10);
         // The quantization alone: q, k, v into their forward copies (the public quantizer).
@@ -127,13 +127,15 @@ int main(int argc, char** argv) {
           CudaTensor x8(DType::fp8_e4m3, {total, heads, dim}), block_offsets(DType::i64, {batch + 1});
           const TensorView bo = block_offsets.view();
           const CudaTensor* inputs[3] = {&q, &k, &v};
-          quant_ms = time_ms([&] {
-            for (int i = 0; i < 3; ++i) {
-              const bool block_mode = mode == 2 || copies[i].transposed;
-              hstu_fp8_quantize(inputs[i]->view(), seq_offsets.view(), copies[i], x8.view(), descales[i].view(),
-                                block_mode ? &bo : nullptr);
-            }
-          }, 10);
+          quant_ms = time_ms(
+              [&] {
+                for (int i = 0; i < 3; ++i) {
+                  const bool block_mode = mode == 2 || copies[i].transposed;
+                  hstu_fp8_quantize(inputs[i]->view(), seq_offsets.view(), copies[i], x8.view(), descales[i].view(),
+                                    block_mode ? &bo : nullptr);
+                }
+              },
+              10);
         }
         const double bwd_ms = mode == 1 ? 0.0 : time_ms(bwd, 3);
         if (mode == -1) bf16_ms = fwd_ms;
@@ -143,13 +145,14 @@ int main(int argc, char** argv) {
                     tflops, bf16_ms / fwd_ms, quant_ms, bwd_ms);
         std::fflush(stdout);
         char line[512];
-        std::snprintf(line, sizeof(line),
-                      "  {\"op\": \"hstu_attention_fp8\", \"B\": %lld, \"max_seq_len\": %lld, \"H\": %lld, \"D\": %lld, "
-                      "\"tokens\": %lld, \"quant_mode\": %lld, \"fwd_ms\": %.4f, \"fwd_tflops\": %.2f, "
-                      "\"speedup_vs_bf16\": %.3f, \"quantize_ms\": %.4f, \"bwd_ms\": %.4f}",
-                      static_cast<long long>(batch), static_cast<long long>(max_len), static_cast<long long>(heads),
-                      static_cast<long long>(dim), static_cast<long long>(total), static_cast<long long>(mode), fwd_ms,
-                      tflops, bf16_ms / fwd_ms, quant_ms, bwd_ms);
+        std::snprintf(
+            line, sizeof(line),
+            "  {\"op\": \"hstu_attention_fp8\", \"B\": %lld, \"max_seq_len\": %lld, \"H\": %lld, \"D\": %lld, "
+            "\"tokens\": %lld, \"quant_mode\": %lld, \"fwd_ms\": %.4f, \"fwd_tflops\": %.2f, "
+            "\"speedup_vs_bf16\": %.3f, \"quantize_ms\": %.4f, \"bwd_ms\": %.4f}",
+            static_cast<long long>(batch), static_cast<long long>(max_len), static_cast<long long>(heads),
+            static_cast<long long>(dim), static_cast<long long>(total), static_cast<long long>(mode), fwd_ms, tflops,
+            bf16_ms / fwd_ms, quant_ms, bwd_ms);
         json += std::string(json.size() > 2 ? ",\n" : "") + line;
       }
     }

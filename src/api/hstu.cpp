@@ -86,7 +86,8 @@ void check_cuda_fp8(const char* op, const HstuAttentionParams& params, const Ten
                ": CUDA FP8 attention runs on sm_90 (Hopper) GPUs only, ", device_name(q.device), " is sm_", capability,
                "; use quant_mode = -1 there, or CPU tensors for the FP8 emulation");
   if (backward && params.quant_mode == 1) {
-    SEQMIX_NOT_IMPLEMENTED(op, ": quant_mode = 1: the CUDA FP8 backward of the two-direction mode (whose products "
+    SEQMIX_NOT_IMPLEMENTED(op,
+                           ": quant_mode = 1: the CUDA FP8 backward of the two-direction mode (whose products "
                            "read row and transposed copies of one tensor) has no kernel yet; quant_mode 0, 2..5 "
                            "and CPU tensors work");
   }
@@ -108,7 +109,8 @@ HostIndex check_inputs(const char* op, const HstuAttentionParams& params, const 
   // that are already fp8 have no descales to go with them, so they are refused, never reinterpreted.
   if (q.dtype == DType::fp8_e4m3 || q.dtype == DType::fp8_e5m2) {
     SEQMIX_NOT_IMPLEMENTED(op, ": q: FP8 attention on pre-quantized operands (", dtype_name(q.dtype), ", ",
-                           device_name(q.device), "): pass q, k, v in bfloat16/float16 with params.quant_mode 0..5 "
+                           device_name(q.device),
+                           "): pass q, k, v in bfloat16/float16 with params.quant_mode 0..5 "
                            "and the op quantizes them itself");
   }
   validate::expect(q, "q").rank(3, "[L, H, Dqk]").floating().non_null();
@@ -172,12 +174,14 @@ void hstu_attention_fwd(const HstuAttentionParams& params, const TensorView& q, 
 #ifdef SEQMIX_WITH_CUDA
   if (q.device.type == DeviceType::cuda) {
     if (params.quant_mode >= 0) check_cuda_fp8("hstu_attention_fwd", params, q, false);
-    if (params.quant_mode >= 0) return cuda::hstu_attention_fp8_fwd(params, q, k, v, seq_offsets, num_targets, out, stream);
+    if (params.quant_mode >= 0)
+      return cuda::hstu_attention_fp8_fwd(params, q, k, v, seq_offsets, num_targets, out, stream);
     return cuda::hstu_attention_fwd(params, q, k, v, seq_offsets, num_targets, out, stream);
   }
 #endif
   (void)stream;
-  if (params.quant_mode >= 0) return cpu::hstu_attention_fp8_fwd(params, q, k, v, index.seq_offsets, index.num_targets, out);
+  if (params.quant_mode >= 0)
+    return cpu::hstu_attention_fp8_fwd(params, q, k, v, index.seq_offsets, index.num_targets, out);
   cpu::hstu_attention_fwd(params, q, k, v, index.seq_offsets, index.num_targets, out);
 }
 

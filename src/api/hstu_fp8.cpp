@@ -61,8 +61,8 @@ void quantize_cuda(const TensorView& x, const TensorView& seq_offsets, const Hst
   if (!dispatch::built_with_cuda()) dispatch::cuda_not_implemented("hstu_fp8_quantize");
   SEQMIX_CHECK(x.dtype == DType::bf16 || x.dtype == DType::f16 || x.dtype == DType::f32,
                "hstu_fp8_quantize: x: the CUDA quantizer takes bfloat16/float16/float32, got ", dtype_name(x.dtype));
-  SEQMIX_CHECK(x.size(2) % 8 == 0, "hstu_fp8_quantize: x: the CUDA quantizer needs a head dim that is a multiple of 8, got ",
-               x.size(2));
+  SEQMIX_CHECK(x.size(2) % 8 == 0,
+               "hstu_fp8_quantize: x: the CUDA quantizer needs a head dim that is a multiple of 8, got ", x.size(2));
   SEQMIX_CHECK(x.stride(2) == 1 && x_fp8.stride(2) == 1,
                "hstu_fp8_quantize: x, x_fp8: the CUDA quantizer needs the last dim contiguous, got strides ",
                x.stride(2), " and ", x_fp8.stride(2));
@@ -70,14 +70,24 @@ void quantize_cuda(const TensorView& x, const TensorView& seq_offsets, const Hst
   std::vector<int64_t> shape;
   switch (params.quant_mode) {
     case 1:
-      shape = params.transposed ? std::vector<int64_t>{validate::kAnySize, heads, dim} : std::vector<int64_t>{heads, tokens};
+      shape = params.transposed ? std::vector<int64_t>{validate::kAnySize, heads, dim}
+                                : std::vector<int64_t>{heads, tokens};
       break;
-    case 2: shape = {heads, validate::kAnySize}; break;
-    case 3: shape = {batch, heads}; break;
-    case 4: shape = {batch}; break;
-    default: shape = {1};
+    case 2:
+      shape = {heads, validate::kAnySize};
+      break;
+    case 3:
+      shape = {batch, heads};
+      break;
+    case 4:
+      shape = {batch};
+      break;
+    default:
+      shape = {1};
   }
-  validate::expect(descale, "descale").shape(shape, "the mode's descale shape (hstu_fp8_descale_shape)").dtype(DType::f32)
+  validate::expect(descale, "descale")
+      .shape(shape, "the mode's descale shape (hstu_fp8_descale_shape)")
+      .dtype(DType::f32)
       .non_null();
   SEQMIX_CHECK(descale.is_contiguous(), "hstu_fp8_quantize: descale: the CUDA quantizer needs it contiguous");
 #ifdef SEQMIX_WITH_CUDA

@@ -101,8 +101,9 @@ TEST_P(HstuFp8Attention, ForwardIsTheReferenceOnFakeQuantizedOperands) {
   const HstuAttentionParams plain = p;
   p.quant_mode = mode;
   const HostTensor got = forward(p, in.q, in.k, in.v, in);
-  const HostTensor want = forward(plain, fake(in.q, in, mode, false, true, false),
-                                  fake(in.k, in, mode, false, false, false), fake(in.v, in, mode, false, false, true), in);
+  const HostTensor want =
+      forward(plain, fake(in.q, in, mode, false, true, false), fake(in.k, in, mode, false, false, false),
+              fake(in.v, in, mode, false, false, true), in);
   EXPECT_EQ(testing::max_abs_diff(got, want), 0.0);
   // FP8 keeps 3 mantissa bits (relative rounding <= 2^-4 per operand); averaged over ~100 keys the
   // output moves by a few percent of its scale, never by O(1).
@@ -136,7 +137,8 @@ TEST_P(HstuFp8Attention, BackwardIsTheReferenceOnFakeQuantizedOperands) {
   for (const auto& [g, r, name] : {std::tuple{&got.dq, &exact.dq, "dq"}, std::tuple{&got.dk, &exact.dk, "dk"},
                                    std::tuple{&got.dv, &exact.dv, "dv"}}) {
     const double e = scaled_error(*g, *r);
-    std::printf("[hstu_fp8_cpu] mode %lld %s err/max|ref| vs unquantized %.3e\n", static_cast<long long>(mode), name, e);
+    std::printf("[hstu_fp8_cpu] mode %lld %s err/max|ref| vs unquantized %.3e\n", static_cast<long long>(mode), name,
+                e);
     EXPECT_LT(e, 0.15) << name;
   }
 }

@@ -42,9 +42,9 @@ bool is_sm90() {
 #endif
 }
 
-#define SEQMIX_REQUIRE_SM90()                                                              \
-  do {                                                                                     \
-    SEQMIX_REQUIRE_CUDA();                                                                 \
+#define SEQMIX_REQUIRE_SM90()                                                                           \
+  do {                                                                                                  \
+    SEQMIX_REQUIRE_CUDA();                                                                              \
     if (!is_sm90()) GTEST_SKIP() << "FP8 attention runs on sm_90 only (checked by NonHopperIsRefused)"; \
   } while (0)
 
@@ -120,8 +120,9 @@ TEST_P(HstuFp8CudaQuantize, MatchesCpuBitForBit) {
       ++byte_mismatch;
     }
   }
-  EXPECT_EQ(byte_mismatch, 0) << "first at " << first << ": cuda " << int(x8_got.data_as<uint8_t>()[first < 0 ? 0 : first])
-                              << " cpu " << int(x8.data_as<uint8_t>()[first < 0 ? 0 : first]);
+  EXPECT_EQ(byte_mismatch, 0) << "first at " << first << ": cuda "
+                              << int(x8_got.data_as<uint8_t>()[first < 0 ? 0 : first]) << " cpu "
+                              << int(x8.data_as<uint8_t>()[first < 0 ? 0 : first]);
   EXPECT_EQ(std::memcmp(descale_got.data(), descale.data(), static_cast<size_t>(descale.numel()) * 4), 0) << "descale";
   if (block_mode) {
     const HostTensor got = offsets_g.to_host();
@@ -181,15 +182,17 @@ void compare_with_emulation(const Case& c) {
   const HostTensor dout = testing::randn({total, H, D}, seed + 3, 1.0, c.dtype);
   const HostTensor seq = testing::int_tensor(offsets, DType::i32);
   const bool has_targets = !c.targets.empty();
-  const HostTensor num_targets = testing::int_tensor(has_targets ? c.targets : std::vector<int64_t>(c.lengths.size(), 0));
+  const HostTensor num_targets =
+      testing::int_tensor(has_targets ? c.targets : std::vector<int64_t>(c.lengths.size(), 0));
   const TensorView targets_host = num_targets.view();
   const TensorView* targets_host_ptr = has_targets ? &targets_host : nullptr;
 
   HstuAttentionParams plain = c.params;
   plain.quant_mode = -1;
   HostTensor out64(DType::f64, {total, H, D});
-  hstu_attention_fwd(plain, fake(q, seq, mode, false, true, false).view(), fake(k, seq, mode, false, false, false).view(),
-                     fake(v, seq, mode, false, false, true).view(), seq.view(), targets_host_ptr, out64.view());
+  hstu_attention_fwd(plain, fake(q, seq, mode, false, true, false).view(),
+                     fake(k, seq, mode, false, false, false).view(), fake(v, seq, mode, false, false, true).view(),
+                     seq.view(), targets_host_ptr, out64.view());
 
   const CudaTensor qg = CudaTensor::from_host(q), kg = CudaTensor::from_host(k), vg = CudaTensor::from_host(v),
                    dog = CudaTensor::from_host(dout), seq_g = CudaTensor::from_host(seq),
@@ -206,9 +209,10 @@ void compare_with_emulation(const Case& c) {
   const double tol_bwd = c.dtype == DType::bf16 ? 3e-2 : 1e-2;
   if (c.backward) {
     HostTensor dq64(DType::f64, {total, H, D}), dk64(DType::f64, {total, H, D}), dv64(DType::f64, {total, H, D});
-    hstu_attention_bwd(plain, fake(q, seq, mode, true, true, false).view(), fake(k, seq, mode, true, false, false).view(),
-                       fake(v, seq, mode, true, false, false).view(), seq.view(), targets_host_ptr,
-                       fake(dout, seq, mode, true, true, false).view(), dq64.view(), dk64.view(), dv64.view());
+    hstu_attention_bwd(plain, fake(q, seq, mode, true, true, false).view(),
+                       fake(k, seq, mode, true, false, false).view(), fake(v, seq, mode, true, false, false).view(),
+                       seq.view(), targets_host_ptr, fake(dout, seq, mode, true, true, false).view(), dq64.view(),
+                       dk64.view(), dv64.view());
     CudaTensor dq(c.dtype, {total, H, D}), dk(c.dtype, {total, H, D}), dv(c.dtype, {total, H, D});
     hstu_attention_bwd(c.params, qg.view(), kg.view(), vg.view(), seq_g.view(), targets_dev_ptr, dog.view(), dq.view(),
                        dk.view(), dv.view());
@@ -301,9 +305,12 @@ TEST(HstuFp8CudaBadInputs, NameTheArgument) {
     return;
   }
   p.quant_mode = 1;
-  expect_error([&] { hstu_attention_bwd(p, q.view(), q.view(), q.view(), seq.view(), nullptr, q.view(), out.view(),
-                                        out.view(), out.view()); },
-               {"hstu_attention_bwd", "quant_mode = 1", "not implemented"});
+  expect_error(
+      [&] {
+        hstu_attention_bwd(p, q.view(), q.view(), q.view(), seq.view(), nullptr, q.view(), out.view(), out.view(),
+                           out.view());
+      },
+      {"hstu_attention_bwd", "quant_mode = 1", "not implemented"});
   // The CUDA quantizer: descale dtype and shape, input dtype.
   HstuFp8Params qp;
   qp.quant_mode = 3;
@@ -320,9 +327,9 @@ TEST(HstuFp8CudaBadInputs, NonHopperIsRefused) {
   const CudaTensor q = CudaTensor::from_host(testing::randn({4, 1, 64}, 1, 1.0, DType::bf16));
   const CudaTensor seq = CudaTensor::from_host(testing::int_tensor({0, 4}, DType::i32));
   CudaTensor out(DType::bf16, {4, 1, 64});
-  expect_error([&] { hstu_attention_fwd(make_params(4, 64, 2), q.view(), q.view(), q.view(), seq.view(), nullptr,
-                                        out.view()); },
-               {"hstu_attention_fwd", "quant_mode", "sm_90"});
+  expect_error(
+      [&] { hstu_attention_fwd(make_params(4, 64, 2), q.view(), q.view(), q.view(), seq.view(), nullptr, out.view()); },
+      {"hstu_attention_fwd", "quant_mode", "sm_90"});
 }
 
 }  // namespace

@@ -121,8 +121,8 @@ void hstu_attention_bwd(const HstuAttentionParams& params, const TensorView& q, 
                         const TensorView& dk, const TensorView& dv) {
   const std::vector<double> qd = access::load(q), kd = access::load(k), vd = access::load(v);
   const std::vector<double> dod = access::load(dout);
-  const HstuGradients g = hstu_attention_bwd_values(params, shapes_of(q, v), seq_offsets, num_targets,
-                                                    {qd, kd, dod, vd, kd, qd, dod});
+  const HstuGradients g =
+      hstu_attention_bwd_values(params, shapes_of(q, v), seq_offsets, num_targets, {qd, kd, dod, vd, kd, qd, dod});
   access::store(g.dq, dq);
   access::store(g.dk, dk);
   access::store(g.dv, dv);

@@ -27,11 +27,16 @@ size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 int64_t descale_capacity(const HstuFp8Params& p, int64_t tokens, int64_t batch, int64_t heads, int64_t dim) {
   const int64_t blocks = (tokens + p.block_size - 1) / p.block_size + batch;
   switch (p.quant_mode) {
-    case 1: return p.transposed ? blocks * heads * dim : heads * tokens;
-    case 2: return heads * blocks;
-    case 3: return batch * heads;
-    case 4: return std::max<int64_t>(batch, 1);
-    default: return 1;
+    case 1:
+      return p.transposed ? blocks * heads * dim : heads * tokens;
+    case 2:
+      return heads * blocks;
+    case 3:
+      return batch * heads;
+    case 4:
+      return std::max<int64_t>(batch, 1);
+    default:
+      return 1;
   }
 }
 
@@ -85,8 +90,8 @@ hstu_fp8::Scheme quantize_copy(const TensorView& x, const TensorView& seq_offset
   s.heads = static_cast<int>(heads);
   s.dim = static_cast<int>(dim);
   s.batch = seq_offsets.size(0) - 1;
-  s.block_offsets = reinterpret_cast<const int64_t*>(base + (c.params.block_size == 64 ? plan.offsets64
-                                                                                       : plan.offsets128));
+  s.block_offsets =
+      reinterpret_cast<const int64_t*>(base + (c.params.block_size == 64 ? plan.offsets64 : plan.offsets128));
   const hstu_fp8::Strided in{x.data, x.stride(0), x.stride(1), x.dtype};
   const hstu_fp8::Strided out{base + c.data_offset, heads * dim, dim, out_dtype};
   hstu_fp8::quantize(in, hstu_fp8::jagged_of(seq_offsets), s, reinterpret_cast<float*>(base + c.descale_offset),
@@ -169,7 +174,8 @@ void hstu_attention_fp8_bwd(const HstuAttentionParams& params, const TensorView&
   }
   HstuAttentionParams plain = params;
   plain.quant_mode = -1;
-  cuda::hstu_attention_bwd(plain, copies[0], copies[1], copies[2], seq_offsets, num_targets, copies[3], dq, dk, dv, stream);
+  cuda::hstu_attention_bwd(plain, copies[0], copies[1], copies[2], seq_offsets, num_targets, copies[3], dq, dk, dv,
+                           stream);
   SEQMIX_CUDA_CHECK(cudaFreeAsync(base, st));
 }
 

@@ -80,9 +80,9 @@ __device__ __forceinline__ void load_fp8_tile_async(uint8_t* smem, const Operand
     const int col = (c % kChunksPerRow) * 16;
     const bool valid = row0 + r < rows_valid;
     const uint8_t* src = valid ? base + (start + row0 + r) * x.token_stride + col : base;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(hstu::smem_address(
-                     smem + r * row_bytes<D>() + col)),
-                 "l"(src), "r"(valid ? 16 : 0));
+    asm volatile(
+        "cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(hstu::smem_address(smem + r * row_bytes<D>() + col)),
+        "l"(src), "r"(valid ? 16 : 0));
   }
   asm volatile("cp.async.commit_group;\n" ::);
 }
@@ -137,7 +137,7 @@ __global__ void __launch_bounds__(kThreads) attention_fp8_fwd_kernel(Args a, Fp8
   T* const sv = reinterpret_cast<T*>(skv + 4 * kTile8);
   float* const sq_scale = reinterpret_cast<float*>(sv + KN * hstu::SmemRow<D>::kStride);  // [128], per_token
   float* const sk_scale = sq_scale + kFwdQueryRows;                                       // [KN], per_token
-  constexpr int kChunks = D / 8;  // 8-byte chunks of a V8 row
+  constexpr int kChunks = D / 8;                                                          // 8-byte chunks of a V8 row
   static_assert(kThreads % kChunks == 0, "each thread stages the same 8 dims of every V row");
 
   const hstu::Sequence s = hstu::sequence_of_block(a);
@@ -309,15 +309,17 @@ void launch(Args a, const Fp8Operands& f, int64_t heads, cudaStream_t stream) {
 template <class T, int D>
 void launch_for_mode(const Args& a, const Fp8Operands& f, int64_t heads, cudaStream_t stream) {
   switch (f.q.mode) {
-    case 1: return launch<T, D, ScaleKind::per_token>(a, f, heads, stream);
+    case 1:
+      return launch<T, D, ScaleKind::per_token>(a, f, heads, stream);
     case 2:
       // Descale blocks line up with the tiles: one q block per query tile, key tiles inside a k/v block.
-      SEQMIX_CHECK(f.q.block_size == kFwdQueryRows && f.k.block_size % key_rows<D>() == 0 &&
-                       f.v.block_size % key_rows<D>() == 0,
-                   "hstu FP8 forward: quant_mode 2 block sizes (", f.q.block_size, ", ", f.k.block_size,
-                   ") do not line up with the kernel's tiles");
+      SEQMIX_CHECK(
+          f.q.block_size == kFwdQueryRows && f.k.block_size % key_rows<D>() == 0 && f.v.block_size % key_rows<D>() == 0,
+          "hstu FP8 forward: quant_mode 2 block sizes (", f.q.block_size, ", ", f.k.block_size,
+          ") do not line up with the kernel's tiles");
       return launch<T, D, ScaleKind::per_block>(a, f, heads, stream);
-    default: return launch<T, D, ScaleKind::per_sequence>(a, f, heads, stream);
+    default:
+      return launch<T, D, ScaleKind::per_sequence>(a, f, heads, stream);
   }
 }
 
@@ -328,7 +330,8 @@ void launch_attention_fp8_fwd(const Args& a, const Fp8Operands& f, DType dtype, 
                               cudaStream_t stream) {
   const bool bf16 = dtype == DType::bf16;
   if (head_dim == 64) {
-    return bf16 ? launch_for_mode<__nv_bfloat16, 64>(a, f, heads, stream) : launch_for_mode<__half, 64>(a, f, heads, stream);
+    return bf16 ? launch_for_mode<__nv_bfloat16, 64>(a, f, heads, stream)
+                : launch_for_mode<__half, 64>(a, f, heads, stream);
   }
   return bf16 ? launch_for_mode<__nv_bfloat16, 128>(a, f, heads, stream)
               : launch_for_mode<__half, 128>(a, f, heads, stream);

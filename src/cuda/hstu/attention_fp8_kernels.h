@@ -14,7 +14,7 @@ struct Fp8Operands {
   const float* v_descale;
 };
 
-void launch_attention_fp8_fwd(const hstu::Args& a, const Fp8Operands& f, DType dtype, int64_t heads,
-                              int64_t head_dim, cudaStream_t stream);
+void launch_attention_fp8_fwd(const hstu::Args& a, const Fp8Operands& f, DType dtype, int64_t heads, int64_t head_dim,
+                              cudaStream_t stream);
 
 }  // namespace seqmix::cuda::hstu_fp8

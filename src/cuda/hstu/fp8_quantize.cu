@@ -19,8 +19,8 @@ namespace seqmix::cuda::hstu_fp8 {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kVector = 8;          // dims per thread
-constexpr int kAmaxTokens = 64;     // tokens per thread of the amax pass
+constexpr int kVector = 8;       // dims per thread
+constexpr int kAmaxTokens = 64;  // tokens per thread of the amax pass
 constexpr float kDescaleFloor = 1e-6f;
 
 template <class T>
@@ -86,7 +86,9 @@ __device__ __forceinline__ void load8(float (&v)[kVector], const Strided& x, int
 }
 
 // Modes 1 (rows) and 2 divide amax by 448 in f32, the others in x's dtype.
-__device__ __forceinline__ bool divides_in_f32(const Scheme& s) { return (s.mode == 1 && !s.transposed) || s.mode == 2; }
+__device__ __forceinline__ bool divides_in_f32(const Scheme& s) {
+  return (s.mode == 1 && !s.transposed) || s.mode == 2;
+}
 
 template <class T>
 __device__ __forceinline__ float descale_of(float amax, bool in_f32) {
@@ -131,8 +133,10 @@ __global__ void block_offsets_kernel(Jagged j, int block_size, int64_t* out, voi
     if (b > 0) total += (j.at(b) - j.at(b - 1) + block_size - 1) / block_size;
     out[b] = total;
     if (copy) {
-      if (copy_i64) static_cast<int64_t*>(copy)[b * copy_stride] = total;
-      else static_cast<int32_t*>(copy)[b * copy_stride] = static_cast<int32_t>(total);
+      if (copy_i64)
+        static_cast<int64_t*>(copy)[b * copy_stride] = total;
+      else
+        static_cast<int32_t*>(copy)[b * copy_stride] = static_cast<int32_t>(total);
     }
   }
 }
@@ -174,8 +178,10 @@ __global__ void __launch_bounds__(kThreads) amax_kernel(Strided x, Jagged j, Sch
 #pragma unroll
     for (int e = 0; e < kVector; ++e) {
       const unsigned bits = __float_as_uint(fabsf(v[e]));
-      if (per_dim) m[e] = max(m[e], bits);
-      else m[0] = max(m[0], bits);
+      if (per_dim)
+        m[e] = max(m[e], bits);
+      else
+        m[0] = max(m[0], bits);
     }
   }
   flush();
@@ -197,8 +203,8 @@ __global__ void __launch_bounds__(kThreads) descale_kernel(Scheme s, float* desc
 
 // Modes 0, 1 transposed, 2..5: one thread per (token, head, 8 dims).
 template <class T, class Y>
-__global__ void __launch_bounds__(kThreads) quantize_kernel(Strided x, Jagged j, Scheme s, const float* descale,
-                                                            Strided y) {
+__global__ void __launch_bounds__(kThreads)
+    quantize_kernel(Strided x, Jagged j, Scheme s, const float* descale, Strided y) {
   const int chunks = s.dim / kVector;
   const int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t row_chunks = static_cast<int64_t>(s.heads) * chunks;
@@ -255,8 +261,8 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(Strided x, Scheme s, flo
 unsigned blocks_for(int64_t threads) { return static_cast<unsigned>((threads + kThreads - 1) / kThreads); }
 
 template <class T, class Y>
-void quantize_as(const Strided& x, const Jagged& j, const Scheme& s, float* descale, int64_t capacity,
-                 const Strided& y, cudaStream_t stream) {
+void quantize_as(const Strided& x, const Jagged& j, const Scheme& s, float* descale, int64_t capacity, const Strided& y,
+                 cudaStream_t stream) {
   const int64_t chunks = s.dim / kVector;
   if (s.mode == 1 && !s.transposed) {
     if (s.tokens * s.heads > 0) {
@@ -305,9 +311,12 @@ void block_offsets(const Jagged& jagged, int block_size, int64_t* out, const Ten
 void quantize(const Strided& x, const Jagged& jagged, const Scheme& scheme, float* descale, int64_t capacity,
               const Strided& y, cudaStream_t stream) {
   switch (x.dtype) {
-    case DType::bf16: return quantize_from<__nv_bfloat16>(x, jagged, scheme, descale, capacity, y, stream);
-    case DType::f16: return quantize_from<__half>(x, jagged, scheme, descale, capacity, y, stream);
-    default: return quantize_from<float>(x, jagged, scheme, descale, capacity, y, stream);
+    case DType::bf16:
+      return quantize_from<__nv_bfloat16>(x, jagged, scheme, descale, capacity, y, stream);
+    case DType::f16:
+      return quantize_from<__half>(x, jagged, scheme, descale, capacity, y, stream);
+    default:
+      return quantize_from<float>(x, jagged, scheme, descale, capacity, y, stream);
   }
 }
 

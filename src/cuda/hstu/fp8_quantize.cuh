@@ -29,7 +29,10 @@ struct Jagged {
     int64_t lo = 0, hi = batch;  // answer in [lo, hi)
     while (hi - lo > 1) {
       const int64_t mid = (lo + hi) / 2;
-      if (at(mid) <= t) lo = mid; else hi = mid;
+      if (at(mid) <= t)
+        lo = mid;
+      else
+        hi = mid;
     }
     return lo;
   }
@@ -55,20 +58,29 @@ struct Scheme {
       case 1:
         if (transposed) return ((block_offsets[b] + pos / block_size) * heads + h) * dim + d;
         return static_cast<int64_t>(h) * tokens + t;
-      case 2: return static_cast<int64_t>(h) * block_offsets[batch] + block_offsets[b] + pos / block_size;
-      case 3: return b * heads + h;
-      case 4: return b;
-      default: return 0;
+      case 2:
+        return static_cast<int64_t>(h) * block_offsets[batch] + block_offsets[b] + pos / block_size;
+      case 3:
+        return b * heads + h;
+      case 4:
+        return b;
+      default:
+        return 0;
     }
   }
   // Number of descales (device side: reads the block count).
   __device__ __forceinline__ int64_t count() const {
     switch (mode) {
-      case 1: return transposed ? block_offsets[batch] * heads * dim : static_cast<int64_t>(heads) * tokens;
-      case 2: return static_cast<int64_t>(heads) * block_offsets[batch];
-      case 3: return batch * heads;
-      case 4: return batch;
-      default: return 1;
+      case 1:
+        return transposed ? block_offsets[batch] * heads * dim : static_cast<int64_t>(heads) * tokens;
+      case 2:
+        return static_cast<int64_t>(heads) * block_offsets[batch];
+      case 3:
+        return batch * heads;
+      case 4:
+        return batch;
+      default:
+        return 1;
     }
   }
 };
