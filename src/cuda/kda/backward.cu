@@ -6,15 +6,15 @@
 //   state_bwd (per sequence, head, V tile; chunks in reverse):
 //     dv_new = Aqk^T do + Kl dS'
 //     dS     = exp(G_last) dS' + Qg^T do - w^T dv_new          (dS entering the chunk; dh0 at the start)
-//   intra_bwd (per chunk, head):
-//     dAqk = tril(do v_new^T)         -> dq += dAqk-weighted k exp(G_i - G_j), dk likewise with q
-//     dq  += scale exp(G) (do S^T);   dk += Kl-part (v_new dS'^T)
+//   wy_bwd (per chunk, head; all products on the tensor cores):
+//     dq  = scale exp(G) (do S^T);   dk = exp(G_last - G) (v_new dS'^T);   dAqk = scale tril(do v_new^T)
 //     dw = -dv_new S^T, du = dv_new   -> through w = A diag(beta) Kb, u = A diag(beta) v:
 //        d(beta Kb) = A^T dw, d(beta v) = A^T du, dA = dw (beta Kb)^T + du (beta v)^T
-//     dM = -A^T dA A^T (strictly lower) -> through M_ij = beta_i sum_d k_id k_jd exp(G_id - G_jd)
-//     dG: every factor exp(G_i - G_j) contributes +x_i dx_i at row i and -x_j dx_j at row j;
-//        G_last collects sum_e dS' * S_next = sum_j k_j dKl_j + exp(G_last) sum_e S dS';
-//        dg = reverse cumsum of dG within the chunk.
+//     dM = -A^T dA A^T (strictly lower);  dG_last = sum_j k_j dKl_j + exp(G_last) sum_e S dS'
+//   pair_bwd (per chunk, head, 32 key channels): the pairwise-decay terms of Aqk and
+//     M_ij = beta_i sum_d k_id k_jd exp(G_id - G_jd) by 16-token sub-chunks (off-diagonal blocks as
+//     products, diagonal blocks per pair); every factor exp(G_i - G_j) contributes +x_i dx_i to dG at
+//     row i and -x_j dx_j at row j; dg = reverse cumsum of dG within the chunk, plus dG_last.
 //   finalize: dq, dk summed over the value heads of a q/k head (GVA) and through the L2 norm;
 //     dg through the fused gate, dbeta through the sigmoid; dA_log, ddt_bias reduced in a fixed
 //     order (deterministic, no atomics anywhere).
@@ -28,15 +28,70 @@ namespace kda {
 
 namespace {
 
+// count (<= MT) warp tiles stacked in rows, tile m at a + m * a_step, sharing the B fragment of each
+// k step: up to MT independent MMA chains per fragment load (one tile per call is latency-bound).
+// Layout and 3xTF32 split as in warp_gemm.
+template <int MT>
+__device__ __forceinline__ void warp_gemm_rows(float c[MT][4], int count, const float* a, int a_rs, int a_cs,
+                                               int a_step, const float* b, int b_rs, int b_cs, int kdim) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll 2
+  for (int k0 = 0; k0 < kdim; k0 += 8) {
+    uint32_t bh[2], bl[2];
+    split_tf32(b[(k0 + t) * b_rs + g * b_cs], bh[0], bl[0]);
+    split_tf32(b[(k0 + t + 4) * b_rs + g * b_cs], bh[1], bl[1]);
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      if (m < count) {
+        const float* am = a + m * a_step;
+        uint32_t ah[4], al[4];
+        split_tf32(am[g * a_rs + (k0 + t) * a_cs], ah[0], al[0]);
+        split_tf32(am[(g + 8) * a_rs + (k0 + t) * a_cs], ah[1], al[1]);
+        split_tf32(am[g * a_rs + (k0 + t + 4) * a_cs], ah[2], al[2]);
+        split_tf32(am[(g + 8) * a_rs + (k0 + t + 4) * a_cs], ah[3], al[3]);
+        mma_tf32(c[m], al, bh);
+        mma_tf32(c[m], ah, bl);
+        mma_tf32(c[m], ah, bh);
+      }
+    }
+  }
+}
+
+// Fetches the 128-byte line holding `ptr` into L2 (a hint, no effect on results): issued for data a
+// block reads in a later phase, so that those loads hit L2 instead of waiting on HBM.
+__device__ __forceinline__ void prefetch_l2(const void* ptr) { asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr)); }
+
+// Lines of `rows` rows of `bytes` bytes each (row r at base + r * stride_bytes), spread over the block.
+__device__ __forceinline__ void prefetch_rows(const void* base, int rows, int64_t stride_bytes, int bytes,
+                                              int threads) {
+  const int lines = (bytes + 127) / 128;
+  for (int idx = threadIdx.x; idx < rows * lines; idx += threads)
+    prefetch_l2(static_cast<const char*>(base) + (idx / lines) * stride_bytes + (idx % lines) * 128);
+}
+
+__device__ __forceinline__ int dtype_bytes(int dt) { return dt == kF32 ? 4 : dt == kF64 ? 8 : 2; }
+
+template <int MT>
+__device__ __forceinline__ void zero_tiles(float c[MT][4]) {
+#pragma unroll
+  for (int m = 0; m < MT; ++m) c[m][0] = c[m][1] = c[m][2] = c[m][3] = 0.0f;
+}
+
 // One block per (sequence, value head, BV value columns), chunks in reverse; products on the tensor
 // cores (3xTF32). Shared (strides padded by 4): w, Kl, Qg as [64, K + 4]; Aqk [64, 68]; dS tile
 // [K, BV + 8]; do and dv_new tiles [64, BV + 8]; G_last [K].
+constexpr int kStateTilesMax = 4;  // tiles per warp of the K x BV product, K <= 128, BV <= 32
+
 template <int BV>
 __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const void* d_out, int d_out_dt,
                                                              const void* dht, int dht_dt, void* dh0, int dh0_dt) {
   constexpr int SP = BV + 8, AP = kChunk + 4, NT = BV / 8;
   const int n = blockIdx.x, hv = blockIdx.y, e0 = blockIdx.z * BV, h = hv / p.G;
   const int K = p.K, KP = K + 4, tid = threadIdx.x, warp = tid / 32;
+  // Warp w owns the 16 x 8 tiles w + 8 m of both products: columns c_own, rows r_first + m * r_step
+  // (NT divides the 8 warps, so the column is the same for every m).
+  constexpr int kWarps = kThreads / 32;
+  const int c_own = (warp % NT) * 8, r_first = (warp / NT) * 16, r_step = (kWarps / NT) * 16;
   extern __shared__ float smem[];
   float* wS = smem;
   float* klS = wS + kChunk * KP;
@@ -56,6 +111,17 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
     const int64_t t0 = p.seq_offsets[n] + (c - c_begin) * kChunk;
     const int64_t left = p.seq_offsets[n + 1] - t0;
     const int L = static_cast<int>(left < kChunk ? left : kChunk);
+    if (c > c_begin) {  // the next chunk of this reverse sweep (a full one) into L2 while this one runs
+      const int64_t tp = t0 - kChunk, fs = sizeof(float);
+      prefetch_rows(p.w + (tp * p.HV + hv) * K, kChunk, p.HV * K * fs, K * fs, kThreads);
+      prefetch_rows(p.gc + (tp * p.HV + hv) * K, kChunk, p.HV * K * fs, K * fs, kThreads);
+      prefetch_rows(p.kp + (tp * p.H + h) * K, kChunk, p.H * K * fs, K * fs, kThreads);
+      prefetch_rows(p.qp + (tp * p.H + h) * K, kChunk, p.H * K * fs, K * fs, kThreads);
+      prefetch_rows(p.Aqk + (tp * p.HV + hv) * kChunk, kChunk, p.HV * kChunk * fs, kChunk * fs, kThreads);
+      const int es = dtype_bytes(d_out_dt);
+      prefetch_rows(static_cast<const char*>(d_out) + ((tp * p.HV + hv) * p.V + e0) * es, kChunk,
+                    static_cast<int64_t>(p.HV) * p.V * es, BV * es, kThreads);
+    }
     for (int d = tid; d < K; d += kThreads) glS[d] = p.gc[((t0 + L - 1) * p.HV + hv) * K + d];
     __syncthreads();
     load_chunk_tiles(p, t0, L, hv, h, glS, wS, klS, qgS, aqS);
@@ -72,30 +138,38 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
     }
     __syncthreads();
     // dv_new = Aqk^T do + Kl dS'   (64 x BV)
-    for (int tile = warp; tile < 4 * NT; tile += kThreads / 32) {
-      const int r0 = (tile / NT) * 16, c0 = (tile % NT) * 8;
-      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      warp_gemm(acc, aqS + r0, 1, AP, doS + c0, SP, 1, kChunk);
-      warp_gemm(acc, klS + r0 * KP, KP, 1, dhS + c0, SP, 1, K);
+    {
+      float acc[kStateTilesMax][4];
+      zero_tiles<kStateTilesMax>(acc);
+      warp_gemm_rows<kStateTilesMax>(acc, NT / 2, aqS + r_first, 1, AP, r_step, doS + c_own, SP, 1, kChunk);
+      warp_gemm_rows<kStateTilesMax>(acc, NT / 2, klS + r_first * KP, KP, 1, r_step * KP, dhS + c_own, SP, 1, K);
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int j = r0 + frag_row(r), e = c0 + frag_col(r);
-        dvS[j * SP + e] = acc[r];
-        if (j < L) p.dvn[((t0 + j) * p.HV + hv) * p.V + e0 + e] = acc[r];
-      }
+      for (int m = 0; m < kStateTilesMax; ++m)
+        if (m < NT / 2)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            const int j = r_first + m * r_step + frag_row(r), e = c_own + frag_col(r);
+            dvS[j * SP + e] = acc[m][r];
+            if (j < L) p.dvn[((t0 + j) * p.HV + hv) * p.V + e0 + e] = acc[m][r];
+          }
     }
     __syncthreads();
     // dS = exp(G_last) dS' + Qg^T do - w^T dv_new   (K x BV; each warp owns its tiles)
-    for (int tile = warp; tile < (K / 16) * NT; tile += kThreads / 32) {
-      const int r0 = (tile / NT) * 16, c0 = (tile % NT) * 8;
-      float pos[4] = {0.0f, 0.0f, 0.0f, 0.0f}, neg[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      warp_gemm(pos, qgS + r0, 1, KP, doS + c0, SP, 1, kChunk);
-      warp_gemm(neg, wS + r0, 1, KP, dvS + c0, SP, 1, kChunk);
+    {
+      const int count = (K / 16) * NT / kWarps;
+      float pos[kStateTilesMax][4], neg[kStateTilesMax][4];
+      zero_tiles<kStateTilesMax>(pos);
+      zero_tiles<kStateTilesMax>(neg);
+      warp_gemm_rows<kStateTilesMax>(pos, count, qgS + r_first, 1, KP, r_step, doS + c_own, SP, 1, kChunk);
+      warp_gemm_rows<kStateTilesMax>(neg, count, wS + r_first, 1, KP, r_step, dvS + c_own, SP, 1, kChunk);
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int d = r0 + frag_row(r), e = c0 + frag_col(r);
-        dhS[d * SP + e] = __expf(glS[d]) * dhS[d * SP + e] + pos[r] - neg[r];
-      }
+      for (int m = 0; m < kStateTilesMax; ++m)
+        if (m < count)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            const int d = r_first + m * r_step + frag_row(r), e = c_own + frag_col(r);
+            dhS[d * SP + e] = __expf(glS[d]) * dhS[d * SP + e] + pos[m][r] - neg[m][r];
+          }
     }
     __syncthreads();
   }
@@ -106,351 +180,600 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
     }
 }
 
-// One block per (chunk, value head); thread `tid` owns entries idx = tid + r * 256 of [64, K]
-// tiles (row idx / K, channel idx % K) and accumulates dq, dk, dG for them in registers.
-// Shared: k, G, X, Y, Z as [64, K + 1] (V == K, so value rows share the shape; state tiles
-// [K, V] go through Z in halves of 64 rows); dAqk / dA / dM, A, scratch as [64, 65];
-// dbeta partials [64, K / 32]; dG_last [K]; beta [64].
-__global__ void __launch_bounds__(kThreads) intra_bwd_kernel(KdaDev p, const void* d_out, int d_out_dt, void* dv,
-                                                             int dv_dt) {
+// ---- Within-chunk gradients: two kernels per chunk, FLA's chunk_kda_bwd_wy_dqkg_fused and
+// chunk_kda_bwd_intra split, every product on the tensor cores (3xTF32, fp32-accurate).
+
+constexpr int kWyThreads = 512;    // 16 warps: one block per SM (shared memory), so warps hide latency
+constexpr int kPairThreads = 128;  // 4 warps, warp w owns the 16-token sub-chunk w
+constexpr int kSlice = 32;         // key channels per pair_bwd block (FLA's BK)
+constexpr int kSub = 16;           // sub-chunk length (FLA's BC)
+constexpr int kSliceStride = kSlice + 4;
+constexpr int kWyTilesMax = 4;     // 16 x 8 tiles per warp of a [64, K] product, K <= 128
+
+// c += a * b on one m16n8k8 step from fp32 fragment values (a0 (g, t), a1 (g + 8, t), a2 (g, t + 4),
+// a3 (g + 8, t + 4); b0 (t, g), b1 (t + 4, g)), split hi + lo as in warp_gemm.
+__device__ __forceinline__ void mma_3xtf32(float c[4], const float a[4], const float b[2]) {
+  uint32_t ah[4], al[4], bh[2], bl[2];
+#pragma unroll
+  for (int r = 0; r < 4; ++r) split_tf32(a[r], ah[r], al[r]);
+  split_tf32(b[0], bh[0], bl[0]);
+  split_tf32(b[1], bh[1], bl[1]);
+  mma_tf32(c, al, bh);
+  mma_tf32(c, ah, bl);
+  mma_tf32(c, ah, bh);
+}
+
+// Rows [0, 64) x `cols` of a row-major fp32 source (row i at src + i * src_rs) into a shared tile of
+// row stride dst_rs; rows >= rows_valid zero. U float4 loads in flight per thread.
+template <int NT, int U = 4>
+__device__ __forceinline__ void load_rows4(float* dst, int dst_rs, const float* src, int64_t src_rs, int rows,
+                                           int rows_valid, int cols) {
+  const int c4 = cols / 4, n = rows * c4;
+  for (int base = threadIdx.x; base < n; base += NT * U) {
+    float4 v[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = base + u * NT, i = idx / c4;
+      v[u] = idx < n && i < rows_valid ? ldg4(src + i * src_rs + (idx % c4) * 4) : zero4();
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = base + u * NT;
+      if (idx < n) st4(dst + (idx / c4) * dst_rs + (idx % c4) * 4, v[u]);
+    }
+  }
+}
+
+// Same for a [tokens, HV, V] input of any dtype (do, v).
+template <int NT, int U = 8>
+__device__ __forceinline__ void load_rows_dt(float* dst, int dst_rs, const void* src, int dt, int64_t src_rs,
+                                             int64_t offset, int rows_valid, int cols) {
+  const int n = kChunk * cols;
+  for (int base = threadIdx.x; base < n; base += NT * U) {
+    float v[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = base + u * NT, i = idx / cols;
+      v[u] = idx < n && i < rows_valid ? load_f(src, dt, offset + i * src_rs + idx % cols) : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = base + u * NT;
+      if (idx < n) dst[(idx / cols) * dst_rs + idx % cols] = v[u];
+    }
+  }
+}
+
+// One block per (chunk, value head), 16 warps; every [64, K] product is tiled 16 x 8 per warp with
+// the same tile -> warp map, so a thread re-reads in a later step exactly the dq / dk / dG entries it
+// wrote earlier (no barrier needed for those read-modify-writes). Shared (KP = K + 4, AP = 68):
+//   sS [max(K, 128), KP]: dS', then S, then Kb = exp(G) k (rows 0..63) and v (rows 64..127)
+//   sX [64, KP]: do, then dv_new;  sY [64, KP]: v_new;  sO [64, KP]: k * dk_state, then dw, then dA A^T
+//   sA, sP [64, 68]: A, dA;  G_last, sum_e S dS' [K]; beta [64]; dbeta partials [64, K / 8]
+// Steps: dk_state = exp(G_last - G) (v_new dS'^T), dG_last; dq_state = scale exp(G) (do S^T), dAqk =
+// scale tril(do v_new^T); dw = -dv_new S^T; A^T dw -> dk, dG, dbeta; A^T dv_new -> dv, dbeta;
+// dA = (dw Kb^T + dv_new v^T) diag(beta) (strictly lower); dM = -A^T dA A^T.
+// Writes dq_hv, dk_hv, dgc (per-token dG, before the in-chunk reverse cumsum), dbp, dAqk, dM, dg_last.
+__global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const void* d_out, int d_out_dt, void* dv,
+                                                               int dv_dt) {
   int64_t t0;
   int L;
   if (!locate_chunk(p, blockIdx.x, t0, L)) return;
-  const int hv = blockIdx.y, h = hv / p.G, K = p.K, KP = K + 1, tid = threadIdx.x, lane = tid % 32;
-  const int entries = kChunk * K / kThreads, slots = K / 32;
+  constexpr int AP = kChunk + 4, kWarps = kWyThreads / 32;
+  const int hv = blockIdx.y, h = hv / p.G, K = p.K, V = p.V, KP = K + 4, tid = threadIdx.x, warp = tid / 32;
+  const int lane = tid % 32, ct = K / 8;  // 8-column tiles per row block of a [64, K] product
+  const int64_t c = blockIdx.x;
+  extern __shared__ float smem[];
+  float* sS = smem;
+  float* sX = sS + (K > 2 * kChunk ? K : 2 * kChunk) * KP;
+  float* sY = sX + kChunk * KP;
+  float* sO = sY + kChunk * KP;
+  float* sA = sO + kChunk * KP;
+  float* sP = sA + kChunk * AP;
+  float* glS = sP + kChunk * AP;
+  float* sdS = glS + K;
+  float* bS = sdS + K;
+  float* red = bS + kChunk;  // [64, K / 8]
+
+  auto row_at = [&](int i) { return (t0 + i) * p.HV + hv; };
+  auto k_at = [&](int i, int d) { return ((t0 + i) * p.H + h) * K + d; };
+  const int64_t state_off = (c * p.HV + hv) * static_cast<int64_t>(K) * V;
+  {  // operands of the later steps into L2 while the first ones run
+    const int64_t fs = sizeof(float), es = dtype_bytes(p.in_dt), dos = dtype_bytes(d_out_dt);
+    prefetch_rows(p.hs + state_off, K, V * fs, V * fs, kWyThreads);
+    prefetch_rows(p.dvn + row_at(0) * V, L, p.HV * V * fs, V * fs, kWyThreads);
+    prefetch_rows(p.A + row_at(0) * kChunk, L, p.HV * kChunk * fs, kChunk * fs, kWyThreads);
+    prefetch_rows(static_cast<const char*>(p.v) + row_at(0) * V * es, L, p.HV * V * es, V * es, kWyThreads);
+    prefetch_rows(static_cast<const char*>(d_out) + row_at(0) * V * dos, L, p.HV * V * dos, V * dos, kWyThreads);
+    prefetch_rows(p.gc + row_at(0) * K, L, p.HV * K * fs, K * fs, kWyThreads);
+    prefetch_rows(p.kp + k_at(0, 0), L, p.H * K * fs, K * fs, kWyThreads);
+  }
+  for (int d = tid; d < K; d += kWyThreads) glS[d] = p.gc[row_at(L - 1) * K + d];
+  for (int i = tid; i < kChunk; i += kWyThreads) bS[i] = i < L ? p.bp[row_at(i)] : 0.0f;
+  load_rows4<kWyThreads>(sS, KP, p.dhs + state_off, V, K, K, V);
+  load_rows4<kWyThreads>(sY, KP, p.vn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, kChunk, L, V);
+  __syncthreads();
+
+  // Warp w owns tiles w + 16 m of every [64, K] product (m < ct / 4: columns kc, rows kr + m * kstep)
+  // and of every [64, 64] product (m < 2: columns sc, rows sr + 32 m), so a thread keeps its dk and dG
+  // entries in registers from the dk_state step to the A^T dw step. Per-element global operands are
+  // loaded before each product so that their latency overlaps it.
+  const int kc = (warp % ct) * 8, kr = (warp / ct) * 16, kstep = (kWarps / ct) * 16, kcount = ct / 4;
+  const int sc = (warp % 8) * 8, sr = (warp / 8) * 16;
+  float dk_keep[kWyTilesMax][4], dg_keep[kWyTilesMax][4];
+  // dk_state = exp(G_last - G) (v_new dS'^T); dG = -k dk_state; sO = k dk_state for the dG_last sum.
+  {
+    float gv[kWyTilesMax][4], kv[kWyTilesMax][4], acc[kWyTilesMax][4];
+#pragma unroll
+    for (int m = 0; m < kWyTilesMax; ++m)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int i = kr + m * kstep + frag_row(r), d = kc + frag_col(r);
+        const bool in = m < kcount && i < L;
+        gv[m][r] = in ? p.gc[row_at(i) * K + d] : 0.0f;
+        kv[m][r] = in ? p.kp[k_at(i, d)] : 0.0f;
+      }
+    zero_tiles<kWyTilesMax>(acc);
+    warp_gemm_rows<kWyTilesMax>(acc, kcount, sY + kr * KP, KP, 1, kstep * KP, sS + kc * KP, 1, KP, V);
+#pragma unroll
+    for (int m = 0; m < kWyTilesMax; ++m)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int i = kr + m * kstep + frag_row(r), d = kc + frag_col(r);
+        const float x = i < L ? __expf(glS[d] - gv[m][r]) * acc[m][r] : 0.0f;
+        dk_keep[m][r] = x;
+        dg_keep[m][r] = -kv[m][r] * x;
+        if (m < kcount) sO[i * KP + d] = kv[m][r] * x;
+      }
+  }
+  __syncthreads();
+  // S -> sS with sum_e S dS' per key channel (dS' re-read from global, where it is L2-resident): the
+  // V / 4 float4 of a row span 32 or 16 consecutive lanes, reduced by shuffles in a fixed order.
+  {
+    const int c4 = V / 4, n = K * c4;
+    for (int base = tid; base < n; base += kWyThreads * 4) {
+      float4 s4[4], d4[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int idx = base + u * kWyThreads;
+        if (idx < n) {
+          s4[u] = ldg4(p.hs + state_off + 4 * static_cast<int64_t>(idx));
+          d4[u] = ldg4(p.dhs + state_off + 4 * static_cast<int64_t>(idx));
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int idx = base + u * kWyThreads;
+        if (idx < n) {  // uniform per warp (n is a multiple of 32)
+          st4(sS + (idx / c4) * KP + (idx % c4) * 4, s4[u]);
+          float s = s4[u].x * d4[u].x + s4[u].y * d4[u].y + s4[u].z * d4[u].z + s4[u].w * d4[u].w;
+          for (int o = c4 / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+          if (lane % c4 == 0) sdS[idx / c4] = s;
+        }
+      }
+    }
+  }
+  load_rows_dt<kWyThreads>(sX, KP, d_out, d_out_dt, static_cast<int64_t>(p.HV) * V, row_at(0) * V, L, V);
+  __syncthreads();
+  // dG_last = exp(G_last) sum_e S dS' + sum_i k_i dk_state_i
+  for (int d = tid; d < K; d += kWyThreads) {
+    float s = 0.0f;
+    for (int i = 0; i < L; ++i) s += sO[i * KP + d];
+    p.dg_last[(c * p.HV + hv) * K + d] = __expf(glS[d]) * sdS[d] + s;
+  }
+  // dq_state = scale exp(G) (do S^T)
+  {
+    float gv[kWyTilesMax][4], acc[kWyTilesMax][4];
+#pragma unroll
+    for (int m = 0; m < kWyTilesMax; ++m)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int i = kr + m * kstep + frag_row(r), d = kc + frag_col(r);
+        gv[m][r] = m < kcount && i < L ? p.gc[row_at(i) * K + d] : 0.0f;
+      }
+    zero_tiles<kWyTilesMax>(acc);
+    warp_gemm_rows<kWyTilesMax>(acc, kcount, sX + kr * KP, KP, 1, kstep * KP, sS + kc * KP, 1, KP, V);
+#pragma unroll
+    for (int m = 0; m < kWyTilesMax; ++m)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int i = kr + m * kstep + frag_row(r), d = kc + frag_col(r);
+        if (m < kcount && i < L) p.dq_hv[row_at(i) * K + d] = p.scale * __expf(gv[m][r]) * acc[m][r];
+      }
+  }
+  // dAqk = scale tril(do v_new^T)   (64 x 64: 32 warp tiles)
+  {
+    float acc[2][4];
+    zero_tiles<2>(acc);
+    warp_gemm_rows<2>(acc, 2, sX + sr * KP, KP, 1, 32 * KP, sY + sc * KP, 1, KP, V);
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int i = sr + 32 * m + frag_row(r), j = sc + frag_col(r);
+        if (i < L) p.dAqk[row_at(i) * kChunk + j] = j <= i ? p.scale * acc[m][r] : 0.0f;
+      }
+  }
+  __syncthreads();
+  load_rows4<kWyThreads>(sX, KP, p.dvn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, kChunk, L, V);
+  load_rows4<kWyThreads>(sA, AP, p.A + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L, kChunk);
+  for (int idx = tid; idx < kChunk * ct; idx += kWyThreads) red[idx] = 0.0f;
+  __syncthreads();
+  // dw = -dv_new S^T -> sO
+  {
+    float acc[kWyTilesMax][4];
+    zero_tiles<kWyTilesMax>(acc);
+    warp_gemm_rows<kWyTilesMax>(acc, kcount, sX + kr * KP, KP, 1, kstep * KP, sS + kc * KP, 1, KP, V);
+#pragma unroll
+    for (int m = 0; m < kWyTilesMax; ++m)
+      if (m < kcount)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) sO[(kr + m * kstep + frag_row(r)) * KP + kc + frag_col(r)] = -acc[m][r];
+  }
+  __syncthreads();
+  // T2 = A^T dw: dk += beta exp(G) T2, dG += k beta exp(G) T2, dbeta += T2 . (exp(G) k);
+  // T3 = A^T dv_new: dv = beta T3, dbeta += T3 . v   (V == K: the same tiles)
+  {
+    float gv[kWyTilesMax][4], t2[kWyTilesMax][4], t3[kWyTilesMax][4];
+#pragma unroll
+    for (int m = 0; m < kWyTilesMax; ++m)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int j = kr + m * kstep + frag_row(r), d = kc + frag_col(r);
+        gv[m][r] = m < kcount && j < L ? p.gc[row_at(j) * K + d] : 0.0f;
+      }
+    zero_tiles<kWyTilesMax>(t2);
+    zero_tiles<kWyTilesMax>(t3);
+    warp_gemm_rows<kWyTilesMax>(t2, kcount, sA + kr, 1, AP, kstep, sO + kc, KP, 1, kChunk);
+    warp_gemm_rows<kWyTilesMax>(t3, kcount, sA + kr, 1, AP, kstep, sX + kc, KP, 1, kChunk);
+#pragma unroll
+    for (int m = 0; m < kWyTilesMax; ++m) {
+      if (m >= kcount) break;
+      const int r0 = kr + m * kstep;
+      float db[2] = {0.0f, 0.0f};
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int j = r0 + frag_row(r), d = kc + frag_col(r);
+        if (j < L) {
+          const int64_t at = row_at(j) * K + d;
+          const float eg = __expf(gv[m][r]), dkb = bS[j] * eg * t2[m][r], kd = p.kp[k_at(j, d)];
+          p.dk_hv[at] = dk_keep[m][r] + dkb;
+          p.dgc[at] = dg_keep[m][r] + kd * dkb;
+          store_f(dv, dv_dt, row_at(j) * V + d, bS[j] * t3[m][r]);
+          db[r / 2] += t2[m][r] * eg * kd + t3[m][r] * load_f(p.v, p.in_dt, row_at(j) * V + d);
+        }
+      }
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        db[q] += __shfl_xor_sync(0xffffffffu, db[q], 1);
+        db[q] += __shfl_xor_sync(0xffffffffu, db[q], 2);
+      }
+      if ((lane & 3) == 0) {
+        red[(r0 + lane / 4) * ct + kc / 8] = db[0];
+        red[(r0 + lane / 4 + 8) * ct + kc / 8] = db[1];
+      }
+    }
+  }
+  // Kb = exp(G) k -> sS rows [0, 64), v -> sS rows [64, 128) (S is no longer read after dw)
+  {
+    const int c4 = K / 4, n = kChunk * c4;
+    for (int base = tid; base < n; base += kWyThreads * 4) {
+      float4 g4[4], k4[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int idx = base + u * kWyThreads, i = idx / c4, d = (idx % c4) * 4;
+        const bool in = idx < n && i < L;
+        g4[u] = in ? ldg4(p.gc + row_at(i) * K + d) : zero4();
+        k4[u] = in ? ldg4(p.kp + k_at(i, d)) : zero4();
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int idx = base + u * kWyThreads;
+        if (idx < n)
+          st4(sS + (idx / c4) * KP + (idx % c4) * 4,
+              make_float4(__expf(g4[u].x) * k4[u].x, __expf(g4[u].y) * k4[u].y, __expf(g4[u].z) * k4[u].z,
+                          __expf(g4[u].w) * k4[u].w));
+      }
+    }
+  }
+  load_rows_dt<kWyThreads>(sS + kChunk * KP, KP, p.v, p.in_dt, static_cast<int64_t>(p.HV) * V, row_at(0) * V, L, V);
+  __syncthreads();
+  if (tid < L) {
+    float s = 0.0f;
+    for (int q = 0; q < ct; ++q) s += red[tid * ct + q];
+    p.dbp[row_at(tid)] = s;
+  }
+  // dA_ij = beta_j (dw_i . Kb_j + dv_new_i . v_j), j < i < L -> sP
+  {
+    float acc[2][4];
+    zero_tiles<2>(acc);
+    warp_gemm_rows<2>(acc, 2, sO + sr * KP, KP, 1, 32 * KP, sS + sc * KP, 1, KP, K);
+    warp_gemm_rows<2>(acc, 2, sX + sr * KP, KP, 1, 32 * KP, sS + (kChunk + sc) * KP, 1, KP, V);
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int i = sr + 32 * m + frag_row(r), j = sc + frag_col(r);
+        sP[i * AP + j] = j < i && i < L ? bS[j] * acc[m][r] : 0.0f;
+      }
+  }
+  __syncthreads();
+  // dA A^T -> sO (as [64, 68])
+  float* sQ = sO;
+  {
+    float acc[2][4];
+    zero_tiles<2>(acc);
+    warp_gemm_rows<2>(acc, 2, sP + sr * AP, AP, 1, 32 * AP, sA + sc * AP, 1, AP, kChunk);
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) sQ[(sr + 32 * m + frag_row(r)) * AP + sc + frag_col(r)] = acc[m][r];
+  }
+  __syncthreads();
+  // dM = -A^T (dA A^T), strictly lower
+  {
+    float acc[2][4];
+    zero_tiles<2>(acc);
+    warp_gemm_rows<2>(acc, 2, sA + sr, 1, AP, 32, sQ + sc, AP, 1, kChunk);
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int i = sr + 32 * m + frag_row(r), j = sc + frag_col(r);
+        if (i < L) p.dM[row_at(i) * kChunk + j] = j < i ? -acc[m][r] : 0.0f;
+      }
+  }
+}
+
+// One block per (chunk, value head, 32 key channels), warp w owning sub-chunk w (rows 16w..16w+15).
+// The pairwise-decay terms
+//   dq_i += sum_{j<=i} dAqk_ij k_j exp(G_i - G_j),  R_i = sum_{j<i} dM_ij k_j exp(G_i - G_j)
+//   C_j  = sum_{i>=j} dAqk_ij q_i exp(G_i - G_j) + sum_{i>j} dM_ij beta_i k_i exp(G_i - G_j)
+// split by sub-chunk (FLA): for sub-chunks J < I, exp(G_i - G_j) = exp(G_i - G_ref) exp(G_ref - G_j) with
+// G_ref the gate at the first row of I (row sums) or at the last row of J (column sums); both factors
+// are <= 1 for decays g <= 0, so the off-diagonal blocks are tensor-core products of pre-scaled operands
+// and only the 16 x 16 diagonal blocks take per-pair exponentials. Then dk += beta R + C, dbeta += k . R,
+// dG += q dq + k (beta R - C) and dg = reverse cumsum of dG within the chunk, starting from dG_last.
+// Shared: k, q, G as [64, 36] (rows >= L: zero, G repeats the last row so every exponent stays finite);
+// dAqk, dM [64, 68]; beta [64]; dG staging [64, 36].
+__global__ void __launch_bounds__(kPairThreads) pair_bwd_kernel(KdaDev p) {
+  int64_t t0;
+  int L;
+  if (!locate_chunk(p, blockIdx.x, t0, L)) return;
+  constexpr int KS = kSliceStride, AP = kChunk + 4;
+  const int hv = blockIdx.y, h = hv / p.G, K = p.K, d0 = blockIdx.z * kSlice, tid = threadIdx.x;
+  const int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int64_t c = blockIdx.x;
   extern __shared__ float smem[];
   float* kS = smem;
-  float* gS = kS + kChunk * KP;
-  float* X = gS + kChunk * KP;
-  float* Y = X + kChunk * KP;
-  float* Z = Y + kChunk * KP;
-  float* s0 = Z + kChunk * KP;
-  float* s1 = s0 + kChunk * kSmallStride;
-  float* s2 = s1 + kChunk * kSmallStride;
-  float* red = s2 + kChunk * kSmallStride;
-  float* dGl = red + kChunk * 4;
-  float* bS = dGl + K;
-
+  float* qS = kS + kChunk * KS;
+  float* gS = qS + kChunk * KS;
+  float* stS = gS + kChunk * KS;
+  float* aqS = stS + kChunk * KS;
+  float* dmS = aqS + kChunk * AP;
+  float* bS = dmS + kChunk * AP;
   auto row_at = [&](int i) { return (t0 + i) * p.HV + hv; };
-  const int k4 = K / 4;
-  // Rows [0, 64) of a row-major fp32 array (row i at src + (t0 + i) * row_stride + col0) into a
-  // [64, K + 1] tile, float4 loads batched per thread; rows >= L zero.
-  auto load_f32_rows = [&](float* dst, const float* src, int64_t row_stride, int64_t col0) {
-    batched<4>(
-        kChunk * k4,
-        [&](int idx) {
-          const int i = idx / k4, d = (idx % k4) * 4;
-          return i < L ? ldg4(src + (t0 + i) * row_stride + col0 + d) : zero4();
-        },
-        [&](int idx, const float4& v) { st4_scalar(dst + (idx / k4) * KP + (idx % k4) * 4, v); });
-  };
-  // Loads rows [0, 64) of a [tokens, HV, K]-shaped fp32 scratch (or the dtype input) into a tile.
-  auto load_rows = [&](float* dst, const float* src_f32, const void* src, int src_dt) {
-    if (src_f32) {
-      load_f32_rows(dst, src_f32, static_cast<int64_t>(p.HV) * K, static_cast<int64_t>(hv) * K);
-      return;
-    }
-    batched<8>(
-        kChunk * K,
-        [&](int idx) {
-          const int i = idx / K, d = idx % K;
-          return i < L ? load_f(src, src_dt, row_at(i) * K + d) : 0.0f;
-        },
-        [&](int idx, float x) { dst[(idx / K) * KP + idx % K] = x; });
-  };
-  // Rows [64 * half, 64 * half + 64) of the [K, V] state tile of chunk c.
-  auto load_state_half = [&](float* dst, const float* states, int half) {
-    const float* base = states + ((c * p.HV + hv) * K + half * kChunk) * p.V;
-    batched<4>(
-        kChunk * k4, [&](int idx) { return ldg4(base + (idx / k4) * p.V + (idx % k4) * 4); },
-        [&](int idx, const float4& v) { st4_scalar(dst + (idx / k4) * KP + (idx % k4) * 4, v); });
-  };
-  // Adds a per-entry value into the dbeta partial of its row (warp sum; one owner per slot).
-  auto add_dbeta = [&](int r, float value) {
-    const int idx = tid + r * kThreads;
-    const float s = warp_sum(value);
-    if (lane == 0) red[(idx / K) * 4 + (idx % K) / 32] += s;
-  };
 
-  // s0[i][dd] = sum_e a_tile[i][e] Z[dd][e] for i, dd < 64 (a_tile [64, K + 1], Z a half state tile
-  // [64, K + 1]) on the tensor cores (3xTF32); s0 is free between the dAqk and dA steps.
-  const int warp = tid / 32;
-  // With lower: only j <= i < L kept (the rest zero).
-  auto product = [&](const float* a_tile, const float* b_tile, bool lower) {
-    for (int tile = warp; tile < 32; tile += kThreads / 32) {
-      const int r0 = (tile / 8) * 16, c0 = (tile % 8) * 8;
-      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      warp_gemm(acc, a_tile + r0 * KP, KP, 1, b_tile + c0 * KP, 1, KP, K);
+  {  // the wy_bwd partials read at the end, into L2 now
+    const int64_t fs = sizeof(float), rs = static_cast<int64_t>(p.HV) * K * fs;
+    prefetch_rows(p.dq_hv + row_at(0) * K + d0, L, rs, kSlice * fs, kPairThreads);
+    prefetch_rows(p.dk_hv + row_at(0) * K + d0, L, rs, kSlice * fs, kPairThreads);
+    prefetch_rows(p.dgc + row_at(0) * K + d0, L, rs, kSlice * fs, kPairThreads);
+  }
+  // k, q, G slices (12 float4 loads in flight per thread), then dAqk, dM (16).
+  {
+    constexpr int c4 = kSlice / 4, n = kChunk * c4, U = n / kPairThreads;
+    float4 kv[U], qv[U], gv[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = tid + u * kPairThreads, i = idx / c4, d = d0 + (idx % c4) * 4, src = i < L ? i : L - 1;
+      const int64_t at = ((t0 + i) * p.H + h) * K + d;
+      kv[u] = i < L ? ldg4(p.kp + at) : zero4();
+      qv[u] = i < L ? ldg4(p.qp + at) : zero4();
+      gv[u] = ldg4(p.gc + row_at(src) * K + d);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = tid + u * kPairThreads, at = (idx / c4) * KS + (idx % c4) * 4;
+      st4(kS + at, kv[u]);
+      st4(qS + at, qv[u]);
+      st4(gS + at, gv[u]);
+    }
+  }
+  load_rows4<kPairThreads, 8>(aqS, AP, p.dAqk + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L,
+                              kChunk);
+  load_rows4<kPairThreads, 8>(dmS, AP, p.dM + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L,
+                              kChunk);
+  for (int i = tid; i < kChunk; i += kPairThreads) bS[i] = i < L ? p.bp[row_at(i)] : 0.0f;
+  __syncthreads();
+
+  const int base = warp * kSub;  // this warp's sub-chunk
+  float dq[4][4], rm[4][4], ct[4][4];
+#pragma unroll
+  for (int n = 0; n < 4; ++n)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) dq[n][r] = rm[n][r] = ct[n][r] = 0.0f;
+
+  if (base < L) {
+    // Row sums over earlier sub-chunks, reference G at row `base`.
+    for (int J = 0; J < warp; ++J)
+#pragma unroll
+      for (int kk = 0; kk < kSub; kk += 8) {
+        const int j0 = J * kSub + kk;
+        const float* aq = aqS + base * AP + j0;
+        const float* dm = dmS + base * AP + j0;
+        const float fa[4] = {aq[g * AP + t], aq[(g + 8) * AP + t], aq[g * AP + t + 4], aq[(g + 8) * AP + t + 4]};
+        const float fm[4] = {dm[g * AP + t], dm[(g + 8) * AP + t], dm[g * AP + t + 4], dm[(g + 8) * AP + t + 4]};
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+          const int d = n * 8 + g;
+          const float gn = gS[base * KS + d];
+          const float b[2] = {kS[(j0 + t) * KS + d] * __expf(gn - gS[(j0 + t) * KS + d]),
+                              kS[(j0 + t + 4) * KS + d] * __expf(gn - gS[(j0 + t + 4) * KS + d])};
+          mma_3xtf32(dq[n], fa, b);
+          mma_3xtf32(rm[n], fm, b);
+        }
+      }
+    // Column sums over later sub-chunks, reference G at the last row of this sub-chunk.
+    const int ref = min(base + kSub, L) - 1;
+    for (int I = warp + 1; I < kChunk / kSub && I * kSub < L; ++I)
+#pragma unroll
+      for (int kk = 0; kk < kSub; kk += 8) {
+        const int i0 = I * kSub + kk;
+        // A = dAqk^T block: element (row j, col i) = dAqk[i0 + i][base + j]
+        const float* aq = aqS + i0 * AP + base;
+        const float* dm = dmS + i0 * AP + base;
+        const float fa[4] = {aq[t * AP + g], aq[t * AP + g + 8], aq[(t + 4) * AP + g], aq[(t + 4) * AP + g + 8]};
+        const float fm[4] = {dm[t * AP + g], dm[t * AP + g + 8], dm[(t + 4) * AP + g], dm[(t + 4) * AP + g + 8]};
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+          const int d = n * 8 + g;
+          const float gn = gS[ref * KS + d];
+          const float e0 = __expf(gS[(i0 + t) * KS + d] - gn), e1 = __expf(gS[(i0 + t + 4) * KS + d] - gn);
+          const float bq[2] = {qS[(i0 + t) * KS + d] * e0, qS[(i0 + t + 4) * KS + d] * e1};
+          const float bk[2] = {bS[i0 + t] * kS[(i0 + t) * KS + d] * e0, bS[i0 + t + 4] * kS[(i0 + t + 4) * KS + d] * e1};
+          mma_3xtf32(ct[n], fa, bq);
+          mma_3xtf32(ct[n], fm, bk);
+        }
+      }
+    // Rescale the block products; gi = G at this thread's entries.
+    float gi[4][4];
+#pragma unroll
+    for (int n = 0; n < 4; ++n)
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
-        const int i = r0 + frag_row(r), j = c0 + frag_col(r);
-        s0[i * kSmallStride + j] = (!lower || (j <= i && i < L)) ? acc[r] : 0.0f;
+        const int i = base + frag_row(r), d = n * 8 + frag_col(r);
+        gi[n][r] = gS[i * KS + d];
+        const float up = __expf(gi[n][r] - gS[base * KS + d]);
+        dq[n][r] *= up;
+        rm[n][r] *= up;
+        ct[n][r] *= __expf(gS[ref * KS + d] - gi[n][r]);
       }
-    }
-  };
-  auto product_half = [&](const float* a_tile) { product(a_tile, Z, false); };
-
-  float acc_dq[kMaxEntries], acc_dk[kMaxEntries], acc_dg[kMaxEntries], tmp[kMaxEntries];
+    // Diagonal block per pair, one token j of the sub-chunk per step: its k, q, G on this thread's 8
+    // channels and the dAqk / dM entries of its 2 rows are loaded once for all 16 entries. Row sums
+    // take j <= i, column sums j >= i; one exponential per pair, exp(-|G_i - G_j|) for decays g <= 0,
+    // with the other side selected away (never multiplied: its exponent may be large).
+#pragma unroll 4
+    for (int s = 0; s < kSub; ++s) {
+      const int j = base + s;
+      const float aq_row[2] = {aqS[(base + g) * AP + j], aqS[(base + g + 8) * AP + j]};
+      const float dm_row[2] = {dmS[(base + g) * AP + j], dmS[(base + g + 8) * AP + j]};
+      const float aq_col[2] = {aqS[j * AP + base + g], aqS[j * AP + base + g + 8]};
+      const float dm_col[2] = {dmS[j * AP + base + g], dmS[j * AP + base + g + 8]};
+      const float bj = bS[j];
 #pragma unroll
-  for (int r = 0; r < kMaxEntries; ++r) acc_dq[r] = acc_dk[r] = acc_dg[r] = tmp[r] = 0.0f;
-
-  load_f32_rows(kS, p.kp, static_cast<int64_t>(p.H) * K, static_cast<int64_t>(h) * K);
-  load_rows(gS, p.gc, nullptr, 0);
-  load_rows(X, nullptr, d_out, d_out_dt);
-  load_rows(Y, p.vn, nullptr, 0);
-  batched<4>(
-      kChunk * (kChunk / 4),
-      [&](int idx) {
-        const int i = idx / (kChunk / 4), j = (idx % (kChunk / 4)) * 4;
-        return i < L ? ldg4(p.A + row_at(i) * kChunk + j) : zero4();
-      },
-      [&](int idx, const float4& v) { st4_scalar(s1 + (idx / (kChunk / 4)) * kSmallStride + (idx % (kChunk / 4)) * 4, v); });
-  for (int i = tid; i < kChunk; i += kThreads) {
-    bS[i] = i < L ? p.bp[row_at(i)] : 0.0f;
-    for (int s = 0; s < 4; ++s) red[i * 4 + s] = 0.0f;
-  }
-  __syncthreads();
-  for (int d = tid; d < K; d += kThreads) dGl[d] = gS[(L - 1) * KP + d];
-  // dAqk = tril(do v_new^T)
-  product(X, Y, true);
-  __syncthreads();
-  const float* g_last = dGl;  // G_last lives in dGl until the dG_last sums replace it below
-  load_f32_rows(Z, p.qp, static_cast<int64_t>(p.H) * K, static_cast<int64_t>(h) * K);
-  __syncthreads();
-  // dq += scale sum_{j<=i} dAqk_ij k_j exp(G_i - G_j);  dk_i += scale sum_{m>=i} dAqk_mi q_m exp(G_m - G_i)
+      for (int n = 0; n < 4; ++n)
 #pragma unroll
-  for (int r = 0; r < kMaxEntries; ++r) {
-    if (r >= entries) break;
-    const int idx = tid + r * kThreads, i = idx / K, d = idx % K;
-    if (i >= L) continue;
-    const float gi = gS[i * KP + d];
-    float dq_i = 0.0f, dk_i = 0.0f;
-    for (int j = 0; j <= i; ++j) dq_i += s0[i * kSmallStride + j] * kS[j * KP + d] * __expf(gi - gS[j * KP + d]);
-    for (int m = i; m < L; ++m) dk_i += s0[m * kSmallStride + i] * Z[m * KP + d] * __expf(gS[m * KP + d] - gi);
-    acc_dq[r] += p.scale * dq_i;
-    acc_dk[r] += p.scale * dk_i;
-    acc_dg[r] -= kS[i * KP + d] * p.scale * dk_i;
-  }
-  __syncthreads();
-  // Kl part: dk_j += exp(G_last - G_j) sum_e v_new_je dS'_de (Y = v_new, Z = rows of dS')
-  for (int half = 0; half < K / kChunk; ++half) {
-    load_state_half(Z, p.dhs, half);
-    __syncthreads();
-    product_half(Y);
-    __syncthreads();
+        for (int c2 = 0; c2 < 2; ++c2) {
+          const int d = n * 8 + 2 * t + c2;
+          const float gj = gS[j * KS + d], kj = kS[j * KS + d], qj = qS[j * KS + d];
 #pragma unroll
-    for (int r = 0; r < kMaxEntries; ++r) {
-      if (r >= entries) break;
-      const int idx = tid + r * kThreads, i = idx / K, d = idx % K;
-      if (i >= L || d / kChunk != half) continue;
-      float s = s0[i * kSmallStride + d - half * kChunk];
-      s *= __expf(g_last[d] - gS[i * KP + d]);
-      tmp[r] = kS[i * KP + d] * s;
-      acc_dk[r] += s;
-      acc_dg[r] -= tmp[r];
-    }
-    __syncthreads();
-  }
-  // dG_last = sum_j k_j dKl_j + exp(G_last) sum_e S dS' (column sums in a fixed order)
-#pragma unroll
-  for (int r = 0; r < kMaxEntries; ++r) {
-    if (r >= entries) break;
-    const int idx = tid + r * kThreads, i = idx / K, d = idx % K;
-    Y[i * KP + d] = tmp[r];
-    tmp[r] = 0.0f;
-  }
-  float gl_own = 0.0f;
-  if (tid < K) gl_own = g_last[tid];
-  __syncthreads();
-  if (tid < K) {
-    float s = 0.0f;
-    for (int i = 0; i < L; ++i) s += Y[i * KP + tid];
-    dGl[tid] = s;
-  }
-  for (int half = 0; half < K / kChunk; ++half) {
-    __syncthreads();
-    load_state_half(Z, p.hs, half);
-    load_state_half(Y, p.dhs, half);
-    __syncthreads();
-    if (tid / kChunk == half && tid < K) {
-      const int r = tid - half * kChunk;
-      float s = 0.0f;
-      for (int e = 0; e < K; ++e) s += Z[r * KP + e] * Y[r * KP + e];
-      dGl[tid] += __expf(gl_own) * s;
-    }
-    // dq += scale exp(G_i) sum_e do_ie S_de   (X = do)
-    product_half(X);
-    __syncthreads();
-#pragma unroll
-    for (int r = 0; r < kMaxEntries; ++r) {
-      if (r >= entries) break;
-      const int idx = tid + r * kThreads, i = idx / K, d = idx % K;
-      if (i >= L || d / kChunk != half) continue;
-      const float s = s0[i * kSmallStride + d - half * kChunk];
-      acc_dq[r] += p.scale * __expf(gS[i * KP + d]) * s;
+          for (int rr = 0; rr < 2; ++rr) {
+            const int r = rr * 2 + c2, own = g + 8 * rr;  // entry r sits at row base + own
+            const float x = gi[n][r] - gj;
+            const float y = __expf(s <= own ? x : -x);
+            const float e_row = s <= own ? y : 0.0f, e_col = s >= own ? y : 0.0f;
+            dq[n][r] += aq_row[rr] * e_row * kj;
+            rm[n][r] += dm_row[rr] * e_row * kj;
+            ct[n][r] += (aq_col[rr] * qj + dm_col[rr] * bj * kj) * e_col;
+          }
+        }
     }
   }
-  __syncthreads();
-  // dw = -dv_new S^T   (X = dv_new, Z = rows of S), kept in tmp, then stored to Y
-  load_rows(X, p.dvn, nullptr, 0);
-  for (int half = 0; half < K / kChunk; ++half) {
-    __syncthreads();
-    load_state_half(Z, p.hs, half);
-    __syncthreads();
-    product_half(X);
-    __syncthreads();
+  // Combine with the wy_bwd partials (all loads first, so they are in flight together); dbeta partial
+  // of this slice per row.
+  float pq[4][4], pk[4][4], pg[4][4];
 #pragma unroll
-    for (int r = 0; r < kMaxEntries; ++r) {
-      if (r >= entries) break;
-      const int idx = tid + r * kThreads, i = idx / K, d = idx % K;
-      if (i >= L || d / kChunk != half) continue;
-      tmp[r] = -s0[i * kSmallStride + d - half * kChunk];
+  for (int n = 0; n < 4; ++n)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int i = base + frag_row(r);
+      const int64_t at = row_at(i) * K + d0 + n * 8 + frag_col(r);
+      pq[n][r] = i < L ? p.dq_hv[at] : 0.0f;
+      pk[n][r] = i < L ? p.dk_hv[at] : 0.0f;
+      pg[n][r] = i < L ? p.dgc[at] : 0.0f;
     }
-  }
-  __syncthreads();
+  float db[2] = {0.0f, 0.0f};
 #pragma unroll
-  for (int r = 0; r < kMaxEntries; ++r) {
-    if (r >= entries) break;
-    const int idx = tid + r * kThreads;
-    Y[(idx / K) * KP + idx % K] = tmp[r];
-  }
-  load_rows(Z, nullptr, p.v, p.in_dt);  // v (V == K: the same tile shape)
-  __syncthreads();
-  // d(beta Kb)_j = (A^T dw)_j: dk_j += beta_j exp(G_j) T2_j; dbeta_j += T2_j . Kb_j
-  // d(beta v)_j = (A^T dv_new)_j: dv_j = beta_j T3_j; dbeta_j += T3_j . v_j
+  for (int n = 0; n < 4; ++n)
 #pragma unroll
-  for (int r = 0; r < kMaxEntries; ++r) {
-    if (r >= entries) break;
-    const int idx = tid + r * kThreads, j = idx / K, d = idx % K;
-    float t2 = 0.0f, t3 = 0.0f, v_jd = 0.0f;
-    const float eg = __expf(gS[j * KP + d]);
-    if (j < L) {
-      for (int i = j; i < L; ++i) {
-        const float a = s1[i * kSmallStride + j];
-        t2 += a * Y[i * KP + d];
-        t3 += a * X[i * KP + d];
+    for (int r = 0; r < 4; ++r) {
+      const int i = base + frag_row(r), d = n * 8 + frag_col(r);
+      float dG = 0.0f;
+      if (i < L) {
+        const int64_t at = row_at(i) * K + d0 + d;
+        const float kd = kS[i * KS + d], qd = qS[i * KS + d];
+        const float dq_t = pq[n][r] + dq[n][r];
+        p.dq_hv[at] = dq_t;
+        p.dk_hv[at] = pk[n][r] + bS[i] * rm[n][r] + ct[n][r];
+        dG = pg[n][r] + qd * dq_t + kd * (bS[i] * rm[n][r] - ct[n][r]);
+        db[r / 2] += kd * rm[n][r];
       }
-      const float dkb = bS[j] * eg * t2;
-      acc_dk[r] += dkb;
-      acc_dg[r] += kS[j * KP + d] * dkb;
-      v_jd = Z[j * KP + d];
-      store_f(dv, dv_dt, row_at(j) * p.V + d, bS[j] * t3);
+      stS[i * KS + d] = dG;
     }
-    add_dbeta(r, t2 * eg * kS[j * KP + d] + t3 * v_jd);
-  }
-  // dA_ij (j < i) = beta_j (dw_i . Kb_j + dv_new_i . v_j)   (Z = v)
-  __syncthreads();
-  for (int idx = tid; idx < kChunk * kChunk; idx += kThreads) {
-    const int i = idx / kChunk, j = idx % kChunk;
-    float s = 0.0f;
-    if (j < i && i < L) {
-      for (int d = 0; d < K; ++d)
-        s += Y[i * KP + d] * __expf(gS[j * KP + d]) * kS[j * KP + d] + X[i * KP + d] * Z[j * KP + d];
-      s *= bS[j];
-    }
-    s0[i * kSmallStride + j] = s;
-  }
-  __syncthreads();
-  // dM = -A^T dA A^T, strictly lower: s2 = dA A^T, then s0 = -A^T s2
-  for (int idx = tid; idx < kChunk * kChunk; idx += kThreads) {
-    const int i = idx / kChunk, j = idx % kChunk;
-    float s = 0.0f;
-    for (int m = 0; m <= j && m < i; ++m) s += s0[i * kSmallStride + m] * s1[j * kSmallStride + m];
-    s2[i * kSmallStride + j] = s;
-  }
-  __syncthreads();
-  for (int idx = tid; idx < kChunk * kChunk; idx += kThreads) {
-    const int i = idx / kChunk, j = idx % kChunk;
-    float s = 0.0f;
-    if (j < i && i < L)
-      for (int m = i; m < L; ++m) s -= s1[m * kSmallStride + i] * s2[m * kSmallStride + j];
-    s0[i * kSmallStride + j] = s;
-  }
-  __syncthreads();
-  // Through M_ij = beta_i sum_d k_id k_jd exp(G_id - G_jd):
-  //   row side  S_i = sum_{j<i} dM_ij k_j exp(G_i - G_j): dk_i += beta_i S_i, dbeta_i += k_i . S_i
-  //   column side R_j = sum_{i>j} dM_ij beta_i k_i exp(G_i - G_j): dk_j += R_j
 #pragma unroll
-  for (int r = 0; r < kMaxEntries; ++r) {
-    if (r >= entries) break;
-    const int idx = tid + r * kThreads, i = idx / K, d = idx % K;
-    float row_side = 0.0f;
-    if (i < L) {
-      const float gi = gS[i * KP + d], ki = kS[i * KP + d];
-      float col_side = 0.0f;
-      for (int j = 0; j < i; ++j) row_side += s0[i * kSmallStride + j] * kS[j * KP + d] * __expf(gi - gS[j * KP + d]);
-      for (int m = i + 1; m < L; ++m)
-        col_side += s0[m * kSmallStride + i] * bS[m] * kS[m * KP + d] * __expf(gS[m * KP + d] - gi);
-      acc_dk[r] += bS[i] * row_side + col_side;
-      acc_dg[r] += ki * bS[i] * row_side - ki * col_side;
-      row_side *= ki;
-    }
-    add_dbeta(r, row_side);
+  for (int q = 0; q < 2; ++q) {
+    db[q] += __shfl_xor_sync(0xffffffffu, db[q], 1);
+    db[q] += __shfl_xor_sync(0xffffffffu, db[q], 2);
   }
-  // dq, dk per value head; dG += q . dq; then dg = reverse cumsum of dG plus dG_last.
-#pragma unroll
-  for (int r = 0; r < kMaxEntries; ++r) {
-    if (r >= entries) break;
-    const int idx = tid + r * kThreads, i = idx / K, d = idx % K;
-    if (i < L) {
-      const int64_t at = row_at(i) * K + d;
-      p.dq_hv[at] = acc_dq[r];
-      p.dk_hv[at] = acc_dk[r];
-      acc_dg[r] += p.qp[((t0 + i) * p.H + h) * K + d] * acc_dq[r];
-    }
+  if (t == 0) {
+    float* out = p.dbp_slice + blockIdx.z * p.tokens * p.HV;
+    if (base + g < L) out[row_at(base + g)] = db[0];
+    if (base + g + 8 < L) out[row_at(base + g + 8)] = db[1];
   }
   __syncthreads();
-#pragma unroll
-  for (int r = 0; r < kMaxEntries; ++r) {
-    if (r >= entries) break;
-    const int idx = tid + r * kThreads;
-    Y[(idx / K) * KP + idx % K] = acc_dg[r];
-  }
-  __syncthreads();
-  if (tid < K) {
-    float run = dGl[tid];
+  if (tid < kSlice) {
+    float run = p.dg_last[(c * p.HV + hv) * K + d0 + tid];
     for (int i = L - 1; i >= 0; --i) {
-      run += Y[i * KP + tid];
-      p.dgc[row_at(i) * K + tid] = run;
+      run += stS[i * KS + tid];
+      p.dgc[row_at(i) * K + d0 + tid] = run;
     }
-  }
-  if (tid < L) {
-    float s = 0.0f;
-    for (int q = 0; q < slots; ++q) s += red[tid * 4 + q];
-    p.dbp[row_at(tid)] = s;
   }
 }
 
 // One warp per (token, q/k head): sum over the value heads of the group, then through the L2 norm
 // (dx = rstd (dy - (dy . y) y) with y the normalised row).
 __global__ void finalize_qk_kernel(KdaDev p, void* dq, void* dk, int dt) {
+  constexpr int kMaxPerLane = 4;  // K / 32, K <= 128
   const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
+  const int lane = threadIdx.x % 32, per_lane = p.K / 32;
   if (row >= p.tokens * p.H) return;
   const int64_t t = row / p.H;
   const int h = static_cast<int>(row % p.H);
+  // Both rows' loads are issued before any arithmetic (fixed-size, unrolled: registers, no stack).
+  float x[2][kMaxPerLane], y[2][kMaxPerLane];
+#pragma unroll
+  for (int which = 0; which < 2; ++which)
+#pragma unroll
+    for (int r = 0; r < kMaxPerLane; ++r) {
+      x[which][r] = y[which][r] = 0.0f;
+      if (r < per_lane) {
+        const int d = r * 32 + lane;
+        y[which][r] = (which ? p.kp : p.qp)[row * p.K + d];
+        x[which][r] = (which ? p.dk_hv : p.dq_hv)[(t * p.HV + h * p.G) * p.K + d];
+      }
+    }
+#pragma unroll
   for (int which = 0; which < 2; ++which) {
     const float* src = which ? p.dk_hv : p.dq_hv;
-    const float* y = which ? p.kp : p.qp;
-    float x[4], dot = 0.0f;
-    for (int r = 0; r < p.K / 32; ++r) {
-      const int d = r * 32 + lane;
-      float s = 0.0f;
-      for (int g = 0; g < p.G; ++g) s += src[(t * p.HV + h * p.G + g) * p.K + d];
-      x[r] = s;
-      dot += s * y[row * p.K + d];
+    float dot = 0.0f;
+#pragma unroll
+    for (int r = 0; r < kMaxPerLane; ++r) {
+      if (r < per_lane)
+        for (int g = 1; g < p.G; ++g) x[which][r] += src[(t * p.HV + h * p.G + g) * p.K + r * 32 + lane];
+      dot += x[which][r] * y[which][r];
     }
     float rstd = 1.0f;
     if (p.l2norm) {
       dot = warp_sum(dot);
       rstd = (which ? p.k_rstd : p.q_rstd)[row];
     }
-    for (int r = 0; r < p.K / 32; ++r) {
-      const int d = r * 32 + lane;
-      const float out = p.l2norm ? rstd * (x[r] - dot * y[row * p.K + d]) : x[r];
-      store_f(which ? dk : dq, dt, row * p.K + d, out);
-    }
+#pragma unroll
+    for (int r = 0; r < kMaxPerLane; ++r)
+      if (r < per_lane) {
+        const float out = p.l2norm ? rstd * (x[which][r] - dot * y[which][r]) : x[which][r];
+        store_f(which ? dk : dq, dt, row * p.K + r * 32 + lane, out);
+      }
   }
 }
 
@@ -465,6 +788,7 @@ __global__ void finalize_gate_beta_kernel(KdaDev p, void* dg, void* dbeta, int d
     store_f(dg, dt, i, p.dgc[i] * d_raw);
     if (i < p.tokens * p.HV) {
       float db = p.dbp[i];
+      for (int s = 0; s < p.K / kSlice; ++s) db += p.dbp_slice[s * p.tokens * p.HV + i];
       if (p.beta_sigmoid) {
         const float s = 1.0f / (1.0f + expf(-load_f(p.beta, p.in_dt, i)));
         db *= p.beta_mult * s * (1.0f - s);
@@ -484,6 +808,7 @@ __global__ void __launch_bounds__(kReduceThreads) gate_params_partial_kernel(Kda
   const int64_t per = (p.tokens + kGateSlices - 1) / kGateSlices, t_begin = slice * per;
   const int64_t t_end = t_begin + per < p.tokens ? t_begin + per : p.tokens;
   float sb = 0.0f, sa = 0.0f;
+#pragma unroll 4
   for (int64_t t = t_begin + tid / p.K; t < t_end; t += lanes_per_d) {
     const int64_t i = (t * p.HV + hv) * p.K + d;
     float d_raw, d_A;
@@ -523,9 +848,12 @@ __global__ void gate_params_final_kernel(KdaDev p, void* dA_log, int dA_dt, void
 size_t state_bwd_smem(int K, int BV) {
   return sizeof(float) * (3 * kChunk * (K + 4) + kChunk * (kChunk + 4) + (K + 2 * kChunk) * (BV + 8) + K);
 }
-size_t intra_bwd_smem(int K) {
-  return sizeof(float) * (5 * kChunk * (K + 1) + 3 * kChunk * kSmallStride + kChunk * 4 + K + kChunk);
+size_t wy_bwd_smem(int K) {
+  const int KP = K + 4;
+  return sizeof(float) * ((std::max(K, 2 * kChunk) + 3 * kChunk) * KP + 2 * kChunk * (kChunk + 4) + 2 * K + kChunk +
+                          kChunk * (K / 8));
 }
+constexpr size_t kPairSmem = sizeof(float) * (4 * kChunk * kSliceStride + 2 * kChunk * (kChunk + 4) + kChunk);
 
 }  // namespace
 }  // namespace kda
@@ -563,13 +891,18 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
   SEQMIX_CUDA_CHECK(cudaGetLastError());
   timer.mark("state_bwd");
   if (p.tokens > 0) {
-    const size_t intra_smem = intra_bwd_smem(p.K);
-    set_smem_limit(reinterpret_cast<const void*>(intra_bwd_kernel), intra_smem);
     const dim3 chunk_grid(static_cast<unsigned>(max_chunks), static_cast<unsigned>(p.HV));
-    intra_bwd_kernel<<<chunk_grid, kThreads, intra_smem, stream>>>(p, do_.data, dtype_code(do_.dtype, "do"), dv.data,
-                                                                   dtype_code(dv.dtype, "dv"));
+    const size_t wy_smem = wy_bwd_smem(p.K);
+    set_smem_limit(reinterpret_cast<const void*>(wy_bwd_kernel), wy_smem);
+    wy_bwd_kernel<<<chunk_grid, kWyThreads, wy_smem, stream>>>(p, do_.data, do_dt, dv.data, dtype_code(dv.dtype, "dv"));
     SEQMIX_CUDA_CHECK(cudaGetLastError());
-    timer.mark("intra_bwd");
+    timer.mark("wy_bwd");
+    set_smem_limit(reinterpret_cast<const void*>(pair_bwd_kernel), kPairSmem);
+    const dim3 pair_grid(static_cast<unsigned>(max_chunks), static_cast<unsigned>(p.HV),
+                         static_cast<unsigned>(p.K / kSlice));
+    pair_bwd_kernel<<<pair_grid, kPairThreads, kPairSmem, stream>>>(p);
+    SEQMIX_CUDA_CHECK(cudaGetLastError());
+    timer.mark("pair_bwd");
     const int64_t rows = p.tokens * p.H;
     constexpr int kRowsPerBlock = 8;
     finalize_qk_kernel<<<static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock), 32 * kRowsPerBlock, 0,

@@ -11,7 +11,9 @@
 //   A, Aqk [tokens, HV, 64]   row i of the chunk's (I + M)^-1 and of scale * tril(q Gamma K^T)
 //   w [tokens, HV, K], u [tokens, HV, V]   WY vectors
 //   backward only: vn, dvn [tokens, HV, V]; hs, dhs [max_chunks, HV, K, V] (state entering chunk c,
-//   gradient of the state leaving chunk c); dq_hv, dk_hv, dgc [tokens, HV, K]; dbp [tokens, HV]
+//   gradient of the state leaving chunk c); dq_hv, dk_hv, dgc [tokens, HV, K]; dbp [tokens, HV];
+//   dAqk, dM [tokens, HV, 64] (gradients of the chunk's Aqk and strictly-lower M); dg_last
+//   [max_chunks, HV, K] (gradient of the chunk's last cumulative gate); dbp_slice [K / 32, tokens, HV]
 #pragma once
 
 #include <cuda_bf16.h>
@@ -28,7 +30,6 @@ constexpr int kChunk = 64;          // tokens per chunk (FLA's BT)
 constexpr int kThreads = 256;       // threads of every chunk / state block
 constexpr int kGateSlices = 64;     // token slices of the dA_log / ddt_bias reduction
 constexpr int kSmallStride = kChunk + 1;  // row stride of 64 x 64 tiles in shared memory (no bank conflicts)
-constexpr int kMaxEntries = 32;     // (row, channel) entries per thread of a 64 x K tile, K <= 128
 
 // Element types a KDA tensor may have on the device.
 enum DtCode : int { kF32 = 0, kF64 = 1, kBF16 = 2, kF16 = 3 };
@@ -66,6 +67,7 @@ struct KdaDev {
   float *qp, *kp, *q_rstd, *k_rstd, *gc, *bp, *A, *Aqk, *w, *u;
   float *vn, *dvn, *hs, *dhs, *dq_hv, *dk_hv, *dgc, *dbp;
   float* gate_part;  // [HV, kGateSlices, K + 1]: per-slice partial sums of ddt_bias (K) and dA_log (1)
+  float *dAqk, *dM, *dg_last, *dbp_slice;  // backward only (see the scratch layout above)
 };
 
 // Offset of state entry (d, e) of (sequence n, head hv) in [N, HV, K, V] or [N, HV, V, K].

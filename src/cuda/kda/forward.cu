@@ -362,6 +362,10 @@ size_t carve_all(char* base, const Sizes& s, bool backward, KdaDev* dev) {
     p.dgc = carve<float>(cursor, s.tokens * s.HV * s.K);
     p.dbp = carve<float>(cursor, s.tokens * s.HV);
     p.gate_part = carve<float>(cursor, s.HV * kGateSlices * (s.K + 1));
+    p.dAqk = carve<float>(cursor, s.tokens * s.HV * kChunk);
+    p.dM = carve<float>(cursor, s.tokens * s.HV * kChunk);
+    p.dg_last = carve<float>(cursor, s.C * s.HV * s.K);
+    p.dbp_slice = carve<float>(cursor, (s.K / 32) * s.tokens * s.HV);
   }
   return static_cast<size_t>(cursor - base);
 }
