@@ -2,6 +2,12 @@
 // fed with the public hstu_fp8_fake_quantize of each operand copy (the table of hstu_fp8.h),
 // forward and backward; its distance to the unquantized attention stays at FP8's resolution;
 // bad quant modes and fp8 operands are refused with the argument named.
+//
+// The error FP8 itself brings (emulation vs the unquantized fp64 attention, max |diff| / max |ref|,
+// printed as [hstu_fp8_cpu]; lengths 150, 0, 1, 64, 129, H = 2, D = 16, unit normal q, k, v, dout):
+// forward mode 0 4.3e-2, 1 3.8e-2, 2 4.8e-2, 3 6.5e-2, 4 5.8e-2, 5 5.1e-2; dq, dk, dv 3.8e-2 .. 6.9e-2.
+// e4m3 keeps 3 mantissa bits (relative rounding up to 2^-4 per operand); the worst entry of a short
+// D = 16 dot product sees a few of them.
 #include <gtest/gtest.h>
 
 #include <cmath>

@@ -16,6 +16,14 @@
 // 5e-3 (f16). The backward (modes 0, 2..5) runs the 16-bit backward kernels on the fp8 copies
 // dequantized to 16 bits, so each operand carries one more 16-bit rounding (2^-9 bf16, 2^-11
 // f16) than in hstu_cuda_test: tol = 3e-2 (bf16) and 1e-2 (f16).
+//
+// Measured on an H100 (scripts/hstu_fp8_device.sh), worst case over the mask cases of each mode,
+// max |cuda - emulation| / max |emulation|:
+//   out  bf16: mode 0 3.6e-3, 1 3.9e-3, 2 3.4e-3, 3 3.4e-3, 4 3.1e-3, 5 3.5e-3
+//        f16:  mode 0 5.1e-4, 1 4.1e-4, 2 3.8e-4, 3 3.3e-4, 4 4.2e-4, 5 4.9e-4
+//   dq, dk, dv (modes 0, 2..5): at most 7.4e-3 (bf16) and 7.8e-4 (f16)
+// i.e. the bf16 kernels' own rounding; the FP8 quantization itself (emulation vs the unquantized
+// fp64 attention, 4e-2 .. 7e-2 of max |out| and of the gradients) is hstu_fp8_attention_test's.
 #include <gtest/gtest.h>
 
 #include <cmath>
