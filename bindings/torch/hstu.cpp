@@ -1,5 +1,6 @@
 // torch.ops.seqmix.hstu_attention (generative-recommenders `hstu_mha` semantics, TorchEasyRec SLA):
 // q, k [L, H, Dqk], v [L, H, Dv], seq_offsets [B + 1] -> out [L, H, Dv]; gradients for q, k, v.
+// quant_mode 0..5: FP8 attention (fbgemm's modes, quantized inside; straight-through gradients).
 #include "seqmix/hstu.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -13,7 +14,7 @@ namespace {
 
 HstuAttentionParams make_params(int64_t max_seq_len, double alpha, bool causal, int64_t contextual_seq_len,
                                 int64_t max_attn_len, int64_t min_full_attn_seq_len, int64_t scaling_seqlen,
-                                int64_t sla_k1, int64_t sla_k2) {
+                                int64_t sla_k1, int64_t sla_k2, int64_t quant_mode) {
   HstuAttentionParams p;
   p.max_seq_len = max_seq_len;
   p.alpha = alpha;
@@ -24,6 +25,7 @@ HstuAttentionParams make_params(int64_t max_seq_len, double alpha, bool causal, 
   p.scaling_seqlen = scaling_seqlen;
   p.sla_k1 = sla_k1;
   p.sla_k2 = sla_k2;
+  p.quant_mode = quant_mode;
   return p;
 }
 
@@ -32,9 +34,9 @@ HstuAttentionParams make_params(int64_t max_seq_len, double alpha, bool causal, 
 at::Tensor hstu_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& seq_offsets,
                           int64_t max_seq_len, double alpha, const c10::optional<at::Tensor>& num_targets, bool causal,
                           int64_t contextual_seq_len, int64_t max_attn_len, int64_t min_full_attn_seq_len,
-                          int64_t scaling_seqlen, int64_t sla_k1, int64_t sla_k2) {
+                          int64_t scaling_seqlen, int64_t sla_k1, int64_t sla_k2, int64_t quant_mode) {
   const HstuAttentionParams params = make_params(max_seq_len, alpha, causal, contextual_seq_len, max_attn_len,
-                                                 min_full_attn_seq_len, scaling_seqlen, sla_k1, sla_k2);
+                                                 min_full_attn_seq_len, scaling_seqlen, sla_k1, sla_k2, quant_mode);
   const at::DeviceGuard guard(q.device());
   const TensorView q_view = view(q, "q"), v_view = view(v, "v");
   at::Tensor out = at::empty(v_view.shape(), q.options());
@@ -49,9 +51,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hstu_attention_backward(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& seq_offsets, int64_t max_seq_len, double alpha, const c10::optional<at::Tensor>& num_targets,
     bool causal, int64_t contextual_seq_len, int64_t max_attn_len, int64_t min_full_attn_seq_len,
-    int64_t scaling_seqlen, int64_t sla_k1, int64_t sla_k2) {
+    int64_t scaling_seqlen, int64_t sla_k1, int64_t sla_k2, int64_t quant_mode) {
   const HstuAttentionParams params = make_params(max_seq_len, alpha, causal, contextual_seq_len, max_attn_len,
-                                                 min_full_attn_seq_len, scaling_seqlen, sla_k1, sla_k2);
+                                                 min_full_attn_seq_len, scaling_seqlen, sla_k1, sla_k2, quant_mode);
   const at::DeviceGuard guard(q.device());
   const TensorView q_view = view(q, "q"), v_view = view(v, "v");
   at::Tensor dq = at::empty(q_view.shape(), q.options());
@@ -69,7 +71,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hstu_attention_backward(
 
 at::Tensor hstu_attention_meta(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor&,
                                int64_t, double, const c10::optional<at::Tensor>&, bool, int64_t, int64_t, int64_t,
-                               int64_t, int64_t, int64_t) {
+                               int64_t, int64_t, int64_t, int64_t) {
   TORCH_CHECK(
       q.dim() == 3 && k.sizes() == q.sizes() && v.dim() == 3 && v.size(0) == q.size(0) && v.size(1) == q.size(1),
       "seqmix: hstu_attention expects q, k [L, H, Dqk] and v [L, H, Dv], got q ", q.sizes(), ", k ", k.sizes(), ", v ",
@@ -79,7 +81,7 @@ at::Tensor hstu_attention_meta(const at::Tensor& q, const at::Tensor& k, const a
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hstu_attention_backward_meta(
     const at::Tensor&, const at::Tensor& q, const at::Tensor&, const at::Tensor& v, const at::Tensor&, int64_t, double,
-    const c10::optional<at::Tensor>&, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t) {
+    const c10::optional<at::Tensor>&, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t) {
   return {at::empty(q.sizes(), q.options()), at::empty(q.sizes(), q.options()), at::empty(v.sizes(), q.options())};
 }
 
@@ -91,7 +93,7 @@ at::Tensor call_forward(const at::Tensor& q, const at::Tensor& k, const at::Tens
   static auto op =
       c10::Dispatcher::singleton().findSchemaOrThrow("seqmix::hstu_attention", "").typed<decltype(hstu_attention)>();
   return op.call(q, k, v, seq_offsets, p.max_seq_len, p.alpha, num_targets, p.causal, p.contextual_seq_len,
-                 p.max_attn_len, p.min_full_attn_seq_len, p.scaling_seqlen, p.sla_k1, p.sla_k2);
+                 p.max_attn_len, p.min_full_attn_seq_len, p.scaling_seqlen, p.sla_k1, p.sla_k2, p.quant_mode);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_backward(const at::Tensor& dout, const at::Tensor& q,
@@ -103,7 +105,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> call_backward(const at::Tensor& d
                        .findSchemaOrThrow("seqmix::hstu_attention_backward", "")
                        .typed<decltype(hstu_attention_backward)>();
   return op.call(dout, q, k, v, seq_offsets, p.max_seq_len, p.alpha, num_targets, p.causal, p.contextual_seq_len,
-                 p.max_attn_len, p.min_full_attn_seq_len, p.scaling_seqlen, p.sla_k1, p.sla_k2);
+                 p.max_attn_len, p.min_full_attn_seq_len, p.scaling_seqlen, p.sla_k1, p.sla_k2, p.quant_mode);
 }
 
 void save_params(torch::autograd::AutogradContext* ctx, const HstuAttentionParams& p) {
@@ -117,13 +119,14 @@ void save_params(torch::autograd::AutogradContext* ctx, const HstuAttentionParam
   d["scaling_seqlen"] = p.scaling_seqlen;
   d["sla_k1"] = p.sla_k1;
   d["sla_k2"] = p.sla_k2;
+  d["quant_mode"] = p.quant_mode;
 }
 
 HstuAttentionParams load_params(torch::autograd::AutogradContext* ctx) {
   auto& d = ctx->saved_data;
   return make_params(d["max_seq_len"].toInt(), d["alpha"].toDouble(), d["causal"].toBool(),
                      d["contextual_seq_len"].toInt(), d["max_attn_len"].toInt(), d["min_full_attn_seq_len"].toInt(),
-                     d["scaling_seqlen"].toInt(), d["sla_k1"].toInt(), d["sla_k2"].toInt());
+                     d["scaling_seqlen"].toInt(), d["sla_k1"].toInt(), d["sla_k2"].toInt(), d["quant_mode"].toInt());
 }
 
 class HstuAttentionFunction : public torch::autograd::Function<HstuAttentionFunction> {
@@ -154,10 +157,10 @@ at::Tensor hstu_attention_autograd(const at::Tensor& q, const at::Tensor& k, con
                                    const at::Tensor& seq_offsets, int64_t max_seq_len, double alpha,
                                    const c10::optional<at::Tensor>& num_targets, bool causal,
                                    int64_t contextual_seq_len, int64_t max_attn_len, int64_t min_full_attn_seq_len,
-                                   int64_t scaling_seqlen, int64_t sla_k1, int64_t sla_k2) {
+                                   int64_t scaling_seqlen, int64_t sla_k1, int64_t sla_k2, int64_t quant_mode) {
   return HstuAttentionFunction::apply(q, k, v, seq_offsets, num_targets,
                                       make_params(max_seq_len, alpha, causal, contextual_seq_len, max_attn_len,
-                                                  min_full_attn_seq_len, scaling_seqlen, sla_k1, sla_k2));
+                                                  min_full_attn_seq_len, scaling_seqlen, sla_k1, sla_k2, quant_mode));
 }
 
 }  // namespace
@@ -167,11 +170,12 @@ TORCH_LIBRARY_FRAGMENT(seqmix, m) {
   m.def(
       "hstu_attention(Tensor q, Tensor k, Tensor v, Tensor seq_offsets, int max_seq_len, float alpha, "
       "Tensor? num_targets, bool causal, int contextual_seq_len, int max_attn_len, int min_full_attn_seq_len, "
-      "int scaling_seqlen, int sla_k1, int sla_k2) -> Tensor");
+      "int scaling_seqlen, int sla_k1, int sla_k2, int quant_mode=-1) -> Tensor");
   m.def(
       "hstu_attention_backward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor seq_offsets, int max_seq_len, "
       "float alpha, Tensor? num_targets, bool causal, int contextual_seq_len, int max_attn_len, "
-      "int min_full_attn_seq_len, int scaling_seqlen, int sla_k1, int sla_k2) -> (Tensor, Tensor, Tensor)");
+      "int min_full_attn_seq_len, int scaling_seqlen, int sla_k1, int sla_k2, int quant_mode=-1) "
+      "-> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(seqmix, CPU, m) {

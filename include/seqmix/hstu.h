@@ -23,6 +23,7 @@
 // max_attn_len > 0 or min_full_attn_seq_len > 0 is rejected rather than silently ignored.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "seqmix/device.h"
@@ -48,6 +49,14 @@ struct HstuAttentionParams {
   // Semi-local attention: local window length and global prefix length (both 0 = SLA off).
   int64_t sla_k1 = 0;
   int64_t sla_k2 = 0;
+  // FP8 attention (fbgemm_gpu HSTU's `quant_mode`): -1 = none (the inputs' own precision); 0..5 =
+  // q, k, v (and dout in the backward) are quantized to fp8 e4m3 inside the op with the scale
+  // granularity of that mode (seqmix/hstu_fp8.h: 0 cast, 1 two-direction, 2 per-block,
+  // 3 per-head, 4 per-batch, 5 global). Which copy each product reads follows the table in
+  // hstu_fp8.h (forward mode 1: rows of q and k for q k^T, v's transposed copy for P v; mode 2:
+  // hstu_fp8_block_sizes(Dqk, false, backward)). The gradients are those of the unquantized
+  // inputs (straight-through, as fbgemm's autograd).
+  int64_t quant_mode = -1;
 };
 
 // Devices: CPU tensors run the fp64 reference (any floating dtype, any strides). CUDA tensors
@@ -56,6 +65,17 @@ struct HstuAttentionParams {
 // workspace, so the values of seq_offsets / num_targets are not checked there: the caller
 // guarantees what the CPU path checks (seq_offsets starts at 0, is non-decreasing, ends at L,
 // lengths <= max_seq_len; 0 <= num_targets[b] <= length b). The backward is deterministic.
+//
+// FP8 (quant_mode >= 0): q, k, v, dout stay bf16/f16 (f32/f64 too on the CPU; fp8 tensors are
+// rejected: the op quantizes). CPU: the emulation, i.e. the fp64 reference fed with
+// hstu_fp8_fake_quantize of each operand copy, so it is the definition the kernels are tested
+// against. CUDA: sm_90 only (any other GPU raises seqmix::Error, never a bf16 fallback); the
+// quantized copies and their descales live in stream-ordered scratch (cudaMallocAsync /
+// cudaFreeAsync on `stream`, hstu_attention_fp8_workspace_bytes). Forward: q k^T on the fp8
+// tensor cores with the descales applied to the f32 scores; P and the dequantized v in the
+// inputs' 16-bit dtype for P v. Backward: the dequantized copies (16-bit) through the 16-bit
+// backward kernels; quant_mode 1 (whose products read different copies of one tensor) is not
+// implemented on CUDA yet.
 
 // out [L, H, Dv] in the dtype of q. num_targets [B] (int32/int64) or nullptr (no targets).
 void hstu_attention_fwd(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
@@ -67,6 +87,11 @@ void hstu_attention_bwd(const HstuAttentionParams& params, const TensorView& q, 
                         const TensorView& v, const TensorView& seq_offsets, const TensorView* num_targets,
                         const TensorView& dout, const TensorView& dq, const TensorView& dk, const TensorView& dv,
                         Stream stream = nullptr);
+
+// Upper bound of the device scratch one CUDA FP8 call (quant_mode >= 0) allocates for inputs of
+// `total_tokens` tokens in `batch` sequences; 0 for quant_mode -1.
+size_t hstu_attention_fp8_workspace_bytes(const HstuAttentionParams& params, int64_t total_tokens, int64_t batch,
+                                          int64_t heads, int64_t head_dim, bool backward);
 
 }  // namespace seqmix
 

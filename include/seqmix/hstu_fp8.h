@@ -71,6 +71,10 @@ std::vector<int64_t> hstu_fp8_descale_shape(const TensorView& seq_offsets, int64
 
 // x [L, H, D] (f32/f64/bf16/f16) -> x_fp8 [L, H, D] fp8_e4m3 and descale (f32, shape above);
 // descale_offsets [B + 1] (int32/int64) only for the block modes (2, 1 transposed).
+// CUDA tensors (all on one GPU) run the GPU quantizer on the default stream, bit-for-bit this
+// reference and with no host sync: x bf16/f16/f32 with D % 8 == 0 and the last dims of x and
+// x_fp8 contiguous, descale contiguous; the block count of the block modes is descale's dimension
+// (hstu_fp8_descale_shape of the host lengths gives it). The other functions below are CPU only.
 void hstu_fp8_quantize(const TensorView& x, const TensorView& seq_offsets, const HstuFp8Params& params,
                        const TensorView& x_fp8, const TensorView& descale,
                        const TensorView* descale_offsets = nullptr);

@@ -11,10 +11,18 @@
 #include "cpu/hstu/attention.h"
 #ifdef SEQMIX_WITH_CUDA
 #include "cuda/hstu/attention.h"
+#include "cuda/hstu/attention_fp8.h"
 #endif
 
 namespace seqmix {
 namespace {
+
+void check_quant_mode(const HstuAttentionParams& p) {
+  SEQMIX_CHECK(p.quant_mode >= -1 && p.quant_mode <= kHstuFp8MaxQuantMode,
+               "quant_mode must be -1 (no FP8) or one of fbgemm HSTU's quant modes 0..5 (0 cast, 1 two-direction, "
+               "2 per-block, 3 per-head, 4 per-batch, 5 global), got ",
+               p.quant_mode);
+}
 
 void check_params(const HstuAttentionParams& p) {
   validate::positive(p.max_seq_len, "max_seq_len");
@@ -26,6 +34,7 @@ void check_params(const HstuAttentionParams& p) {
   validate::non_negative(p.min_full_attn_seq_len, "min_full_attn_seq_len");
   validate::non_negative(p.sla_k1, "sla_k1");
   validate::non_negative(p.sla_k2, "sla_k2");
+  check_quant_mode(p);
   if (p.sla_k1 > 0 || p.sla_k2 > 0) {
     // TorchEasyRec's SLA mask replaces the fixed mask, so these options would do nothing.
     SEQMIX_CHECK(p.causal, "causal must be true with SLA (sla_k1 = ", p.sla_k1, ", sla_k2 = ", p.sla_k2,
@@ -68,6 +77,23 @@ void check_cuda_layout(const char* op, const HstuAttentionParams& params, const 
                " exceeds the CUDA grid");
 }
 
+// The CUDA FP8 kernels: Hopper only (the e4m3 MMAs exist from sm_89, but only sm_90 is built and
+// tested), and a backward for the modes whose products read one copy per tensor.
+#ifdef SEQMIX_WITH_CUDA
+void check_cuda_fp8(const char* op, const HstuAttentionParams& params, const TensorView& q, bool backward) {
+  const int capability = cuda::compute_capability(q.device.index);
+  SEQMIX_CHECK(capability == 90, op, ": quant_mode = ", params.quant_mode,
+               ": CUDA FP8 attention runs on sm_90 (Hopper) GPUs only, ", device_name(q.device), " is sm_", capability,
+               "; use quant_mode = -1 there, or CPU tensors for the FP8 emulation");
+  if (backward && params.quant_mode == 1) {
+    SEQMIX_NOT_IMPLEMENTED(op,
+                           ": quant_mode = 1: the CUDA FP8 backward of the two-direction mode (whose products "
+                           "read row and transposed copies of one tensor) has no kernel yet; quant_mode 0, 2..5 "
+                           "and CPU tensors work");
+  }
+}
+#endif
+
 // Checks q, k, v, seq_offsets, num_targets and the tensors in `same_as_q` / `same_as_v`
 // (outputs and dout, which take the shape of q or v and the dtype of q). For CPU tensors it also
 // checks the values of seq_offsets / num_targets and returns them; for CUDA tensors those stay on
@@ -79,11 +105,13 @@ HostIndex check_inputs(const char* op, const HstuAttentionParams& params, const 
                        std::initializer_list<std::pair<const TensorView*, const char*>> same_as_q,
                        std::initializer_list<std::pair<const TensorView*, const char*>> same_as_v) {
   check_params(params);
-  // FP8 operands are a request for the FP8 kernels, which do not exist yet: say so, never fall back.
+  // FP8 attention quantizes inside (params.quant_mode, as fbgemm's hstu_attn_varlen_func): operands
+  // that are already fp8 have no descales to go with them, so they are refused, never reinterpreted.
   if (q.dtype == DType::fp8_e4m3 || q.dtype == DType::fp8_e5m2) {
-    SEQMIX_NOT_IMPLEMENTED(op, ": q: FP8 attention (", dtype_name(q.dtype), ", ", device_name(q.device),
-                           ") has no kernel yet; emulate the FP8 quant modes 0..5 with hstu_fp8_fake_quantize "
-                           "and this op on bf16/f16/f32 inputs");
+    SEQMIX_NOT_IMPLEMENTED(op, ": q: FP8 attention on pre-quantized operands (", dtype_name(q.dtype), ", ",
+                           device_name(q.device),
+                           "): pass q, k, v in bfloat16/float16 with params.quant_mode 0..5 "
+                           "and the op quantizes them itself");
   }
   validate::expect(q, "q").rank(3, "[L, H, Dqk]").floating().non_null();
   const int64_t total = q.size(0), heads = q.size(1);
@@ -144,10 +172,16 @@ void hstu_attention_fwd(const HstuAttentionParams& params, const TensorView& q, 
   const HostIndex index =
       check_inputs("hstu_attention_fwd", params, q, k, v, seq_offsets, num_targets, {}, {{&out, "out"}});
 #ifdef SEQMIX_WITH_CUDA
-  if (q.device.type == DeviceType::cuda)
+  if (q.device.type == DeviceType::cuda) {
+    if (params.quant_mode >= 0) check_cuda_fp8("hstu_attention_fwd", params, q, false);
+    if (params.quant_mode >= 0)
+      return cuda::hstu_attention_fp8_fwd(params, q, k, v, seq_offsets, num_targets, out, stream);
     return cuda::hstu_attention_fwd(params, q, k, v, seq_offsets, num_targets, out, stream);
+  }
 #endif
   (void)stream;
+  if (params.quant_mode >= 0)
+    return cpu::hstu_attention_fp8_fwd(params, q, k, v, index.seq_offsets, index.num_targets, out);
   cpu::hstu_attention_fwd(params, q, k, v, index.seq_offsets, index.num_targets, out);
 }
 
@@ -159,11 +193,33 @@ void hstu_attention_bwd(const HstuAttentionParams& params, const TensorView& q, 
                                        {{&dq, "dq"}, {&dk, "dk"}}, {{&dout, "dout"}, {&dv, "dv"}});
 #ifdef SEQMIX_WITH_CUDA
   if (q.device.type == DeviceType::cuda) {
+    if (params.quant_mode >= 0) {
+      check_cuda_fp8("hstu_attention_bwd", params, q, true);
+      return cuda::hstu_attention_fp8_bwd(params, q, k, v, seq_offsets, num_targets, dout, dq, dk, dv, stream);
+    }
     return cuda::hstu_attention_bwd(params, q, k, v, seq_offsets, num_targets, dout, dq, dk, dv, stream);
   }
 #endif
   (void)stream;
+  if (params.quant_mode >= 0) {
+    return cpu::hstu_attention_fp8_bwd(params, q, k, v, index.seq_offsets, index.num_targets, dout, dq, dk, dv);
+  }
   cpu::hstu_attention_bwd(params, q, k, v, index.seq_offsets, index.num_targets, dout, dq, dk, dv);
+}
+
+size_t hstu_attention_fp8_workspace_bytes(const HstuAttentionParams& params, int64_t total_tokens, int64_t batch,
+                                          int64_t heads, int64_t head_dim, bool backward) {
+  check_quant_mode(params);
+  validate::non_negative(total_tokens, "total_tokens");
+  validate::non_negative(batch, "batch");
+  validate::non_negative(heads, "heads");
+  validate::positive(head_dim, "head_dim");
+#ifdef SEQMIX_WITH_CUDA
+  return cuda::hstu_attention_fp8_workspace_bytes(params, total_tokens, batch, heads, head_dim, backward);
+#else
+  (void)backward;
+  return 0;
+#endif
 }
 
 }  // namespace seqmix

@@ -7,6 +7,9 @@
 #include "common/validate.h"
 #include "cpu/hstu/fp8.h"
 #include "seqmix/hstu_fp8.h"
+#ifdef SEQMIX_WITH_CUDA
+#include "cuda/hstu/attention_fp8.h"
+#endif
 
 namespace seqmix {
 namespace {
@@ -51,6 +54,50 @@ void check_descale_offsets(const TensorView* descale_offsets, const HstuFp8Param
   validate::expect(*descale_offsets, "descale_offsets").shape({batch + 1}, "[B + 1]").integer().non_null();
 }
 
+// CUDA tensors: the values of seq_offsets stay on the GPU, so the block count NB of the block
+// modes is taken from descale's shape (hstu_fp8_descale_shape of the host lengths gives it).
+void quantize_cuda(const TensorView& x, const TensorView& seq_offsets, const HstuFp8Params& params,
+                   const TensorView& x_fp8, const TensorView& descale, const TensorView* descale_offsets) {
+  if (!dispatch::built_with_cuda()) dispatch::cuda_not_implemented("hstu_fp8_quantize");
+  SEQMIX_CHECK(x.dtype == DType::bf16 || x.dtype == DType::f16 || x.dtype == DType::f32,
+               "hstu_fp8_quantize: x: the CUDA quantizer takes bfloat16/float16/float32, got ", dtype_name(x.dtype));
+  SEQMIX_CHECK(x.size(2) % 8 == 0,
+               "hstu_fp8_quantize: x: the CUDA quantizer needs a head dim that is a multiple of 8, got ", x.size(2));
+  SEQMIX_CHECK(x.stride(2) == 1 && x_fp8.stride(2) == 1,
+               "hstu_fp8_quantize: x, x_fp8: the CUDA quantizer needs the last dim contiguous, got strides ",
+               x.stride(2), " and ", x_fp8.stride(2));
+  const int64_t batch = seq_offsets.size(0) - 1, tokens = x.size(0), heads = x.size(1), dim = x.size(2);
+  std::vector<int64_t> shape;
+  switch (params.quant_mode) {
+    case 1:
+      shape = params.transposed ? std::vector<int64_t>{validate::kAnySize, heads, dim}
+                                : std::vector<int64_t>{heads, tokens};
+      break;
+    case 2:
+      shape = {heads, validate::kAnySize};
+      break;
+    case 3:
+      shape = {batch, heads};
+      break;
+    case 4:
+      shape = {batch};
+      break;
+    default:
+      shape = {1};
+  }
+  validate::expect(descale, "descale")
+      .shape(shape, "the mode's descale shape (hstu_fp8_descale_shape)")
+      .dtype(DType::f32)
+      .non_null();
+  SEQMIX_CHECK(descale.is_contiguous(), "hstu_fp8_quantize: descale: the CUDA quantizer needs it contiguous");
+#ifdef SEQMIX_WITH_CUDA
+  cuda::hstu_fp8_quantize(x, seq_offsets, params, x_fp8, descale, descale_offsets, nullptr);
+#else
+  (void)tokens;
+  (void)descale_offsets;
+#endif
+}
+
 }  // namespace
 
 HstuFp8BlockSizes hstu_fp8_block_sizes(int64_t head_dim, bool has_rab, bool backward) {
@@ -87,7 +134,7 @@ void hstu_fp8_quantize(const TensorView& x, const TensorView& seq_offsets, const
                      {&x_fp8, "x_fp8"},
                      {&descale, "descale"},
                      {descale_offsets, "descale_offsets"}});
-  if (x.device.type == DeviceType::cuda) dispatch::cuda_not_implemented("hstu_fp8_quantize");
+  if (x.device.type == DeviceType::cuda) return quantize_cuda(x, seq_offsets, params, x_fp8, descale, descale_offsets);
   const cpu::HstuFp8Layout layout = host_layout(x.shape(), seq_offsets);
   check_descale(descale, layout, params);
 

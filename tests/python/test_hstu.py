@@ -442,3 +442,40 @@ def test_hstu_mha_matches_peer_triton(peer):
             assert ours_err <= max(1.25 * peer_err, 4e-3), (name, what, ours_err, peer_err)
             assert between <= 2e-2, (name, what, between)
         print(f"\nHSTU-TRITON-PARITY {peer} {name}: " + ", ".join(line))
+
+
+@pytest.mark.skipif(not hasattr(torch, "float8_e4m3fn"), reason="torch without float8")
+def test_quant_mode_0_is_the_reference_on_fp8_cast_operands():
+    """quant_mode 0 (fbgemm's plain cast, descale 1): the FP8 emulation equals the attention on
+    q, k, v cast to e4m3 (through f32, as torch), forward and backward (dout cast the same way)."""
+    q, k, v, seq_offsets = make_inputs(dqk=4, dv=4, seed=3)
+    cast = [t.float().to(torch.float8_e4m3fn).to(F64) for t in (q, k, v)]
+    qr, kr, vr = (t.clone().requires_grad_() for t in (q, k, v))
+    out = seqmix.hstu_attention(qr, kr, vr, seq_offsets, 9, 0.5, quant_mode=0)
+    qc, kc, vc = (t.clone().requires_grad_() for t in cast)
+    want = seqmix.hstu_attention(qc, kc, vc, seq_offsets, 9, 0.5)
+    assert torch.equal(out, want)
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    want.backward(dout.float().to(torch.float8_e4m3fn).to(F64))
+    for got, ref in ((qr.grad, qc.grad), (kr.grad, kc.grad), (vr.grad, vc.grad)):
+        assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("quant_mode", [1, 2, 3, 4, 5])
+def test_quant_modes_stay_within_fp8_resolution(quant_mode):
+    """Every FP8 mode moves the output by FP8's resolution (3 mantissa bits), never by O(1)."""
+    q, k, v, seq_offsets = make_inputs(lengths=[40, 0, 1, 70], dqk=16, dv=16, seed=quant_mode)
+    exact = seqmix.hstu_attention(q, k, v, seq_offsets, 80, 0.25)
+    qr = q.clone().requires_grad_()
+    out = seqmix.hstu_attention(qr, k, v, seq_offsets, 80, 0.25, quant_mode=quant_mode)
+    error = ((out - exact).abs().max() / exact.abs().max()).item()
+    assert 0.0 < error < 0.1
+    out.sum().backward()
+    assert qr.grad.shape == q.shape and torch.isfinite(qr.grad).all()
+
+
+def test_bad_quant_mode_names_the_argument():
+    q, k, v, seq_offsets = make_inputs()
+    with pytest.raises(RuntimeError, match="quant_mode"):
+        seqmix.hstu_attention(q, k, v, seq_offsets, 9, quant_mode=6)

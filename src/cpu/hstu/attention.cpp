@@ -9,11 +9,7 @@
 namespace seqmix::cpu {
 namespace {
 
-struct Shapes {
-  int64_t heads, dqk, dv;
-};
-
-Shapes shapes_of(const TensorView& q, const TensorView& v) { return {q.size(1), q.size(2), v.size(2)}; }
+HstuShapes shapes_of(const TensorView& q, const TensorView& v) { return {q.size(1), q.size(2), v.size(2)}; }
 
 int64_t num_targets_of(const std::vector<int64_t>& num_targets, int64_t b) {
   return num_targets.empty() ? -1 : num_targets[static_cast<size_t>(b)];
@@ -46,12 +42,11 @@ void for_each_attended(const HstuMask& mask, int64_t length, Fn&& fn) {
 
 }  // namespace
 
-void hstu_attention_fwd(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
-                        const TensorView& v, const std::vector<int64_t>& seq_offsets,
-                        const std::vector<int64_t>& num_targets, const TensorView& out) {
-  const Shapes s = shapes_of(q, v);
-  const std::vector<double> qd = access::load(q), kd = access::load(k), vd = access::load(v);
-  std::vector<double> od(static_cast<size_t>(out.numel()), 0.0);
+std::vector<double> hstu_attention_fwd_values(const HstuAttentionParams& params, const HstuShapes& s,
+                                              const std::vector<int64_t>& seq_offsets,
+                                              const std::vector<int64_t>& num_targets, const HstuFwdOperands& x) {
+  const std::vector<double>&qd = x.q_scores, &kd = x.k_scores, &vd = x.v;
+  std::vector<double> od(vd.size(), 0.0);
   const int64_t batch = static_cast<int64_t>(seq_offsets.size()) - 1;
   const double inv_scaling = 1.0 / scaling_of(params);
   parallel::parallel_for(batch * s.heads, [&](int64_t work_begin, int64_t work_end) {
@@ -71,21 +66,20 @@ void hstu_attention_fwd(const HstuAttentionParams& params, const TensorView& q, 
       });
     }
   });
-  access::store(od, out);
+  return od;
 }
 
 // With x = alpha q_i.k_j, sig = sigmoid(x), p = x sig / N:
 //   dv_j += p do_i;   ds = (do_i.v_j) sig (1 + x (1 - sig)) / N;
 //   dq_i += alpha ds k_j;   dk_j += alpha ds q_i.
 // Each (sequence, head) owns its rows of dq, dk, dv, so the threads never share an output.
-void hstu_attention_bwd(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
-                        const TensorView& v, const std::vector<int64_t>& seq_offsets,
-                        const std::vector<int64_t>& num_targets, const TensorView& dout, const TensorView& dq,
-                        const TensorView& dk, const TensorView& dv) {
-  const Shapes s = shapes_of(q, v);
-  const std::vector<double> qd = access::load(q), kd = access::load(k), vd = access::load(v);
-  const std::vector<double> dod = access::load(dout);
-  std::vector<double> dqd(qd.size(), 0.0), dkd(kd.size(), 0.0), dvd(vd.size(), 0.0);
+HstuGradients hstu_attention_bwd_values(const HstuAttentionParams& params, const HstuShapes& s,
+                                        const std::vector<int64_t>& seq_offsets,
+                                        const std::vector<int64_t>& num_targets, const HstuBwdOperands& x) {
+  HstuGradients g;
+  g.dq.assign(x.q_scores.size(), 0.0);
+  g.dk.assign(x.k_scores.size(), 0.0);
+  g.dv.assign(x.v_dp.size(), 0.0);
   const int64_t batch = static_cast<int64_t>(seq_offsets.size()) - 1;
   const double inv_scaling = 1.0 / scaling_of(params);
   parallel::parallel_for(batch * s.heads, [&](int64_t work_begin, int64_t work_end) {
@@ -99,21 +93,39 @@ void hstu_attention_bwd(const HstuAttentionParams& params, const TensorView& q, 
         const size_t kj_at = static_cast<size_t>(((start + j) * s.heads + h) * s.dqk);
         const size_t vj_at = static_cast<size_t>(((start + j) * s.heads + h) * s.dv);
         const size_t oi_at = static_cast<size_t>(((start + i) * s.heads + h) * s.dv);
-        const double x = params.alpha * dot(&qd[qi_at], &kd[kj_at], s.dqk);
-        const double sig = 1.0 / (1.0 + std::exp(-x));
-        const double p = x * sig * inv_scaling;
-        for (int64_t d = 0; d < s.dv; ++d) dvd[vj_at + d] += p * dod[oi_at + d];
-        const double ds = dot(&dod[oi_at], &vd[vj_at], s.dv) * sig * (1.0 + x * (1.0 - sig)) * inv_scaling;
+        const double xs = params.alpha * dot(&x.q_scores[qi_at], &x.k_scores[kj_at], s.dqk);
+        const double sig = 1.0 / (1.0 + std::exp(-xs));
+        const double p = xs * sig * inv_scaling;
+        for (int64_t d = 0; d < s.dv; ++d) g.dv[vj_at + d] += p * x.dout_dv[oi_at + d];
+        const double ds = dot(&x.dout_dp[oi_at], &x.v_dp[vj_at], s.dv) * sig * (1.0 + xs * (1.0 - sig)) * inv_scaling;
         for (int64_t d = 0; d < s.dqk; ++d) {
-          dqd[qi_at + d] += params.alpha * ds * kd[kj_at + d];
-          dkd[kj_at + d] += params.alpha * ds * qd[qi_at + d];
+          g.dq[qi_at + d] += params.alpha * ds * x.k_dq[kj_at + d];
+          g.dk[kj_at + d] += params.alpha * ds * x.q_dk[qi_at + d];
         }
       });
     }
   });
-  access::store(dqd, dq);
-  access::store(dkd, dk);
-  access::store(dvd, dv);
+  return g;
+}
+
+void hstu_attention_fwd(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
+                        const TensorView& v, const std::vector<int64_t>& seq_offsets,
+                        const std::vector<int64_t>& num_targets, const TensorView& out) {
+  const std::vector<double> qd = access::load(q), kd = access::load(k), vd = access::load(v);
+  access::store(hstu_attention_fwd_values(params, shapes_of(q, v), seq_offsets, num_targets, {qd, kd, vd}), out);
+}
+
+void hstu_attention_bwd(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
+                        const TensorView& v, const std::vector<int64_t>& seq_offsets,
+                        const std::vector<int64_t>& num_targets, const TensorView& dout, const TensorView& dq,
+                        const TensorView& dk, const TensorView& dv) {
+  const std::vector<double> qd = access::load(q), kd = access::load(k), vd = access::load(v);
+  const std::vector<double> dod = access::load(dout);
+  const HstuGradients g =
+      hstu_attention_bwd_values(params, shapes_of(q, v), seq_offsets, num_targets, {qd, kd, dod, vd, kd, qd, dod});
+  access::store(g.dq, dq);
+  access::store(g.dk, dk);
+  access::store(g.dv, dv);
 }
 
 }  // namespace seqmix::cpu

@@ -39,6 +39,38 @@ class HstuMask {
   hstu_mask::Rule rule_;
 };
 
+struct HstuShapes {
+  int64_t heads, dqk, dv;
+};
+
+// Row-major [L, H, D] fp64 operands, one per product: the FP8 emulation feeds differently
+// quantized copies of one tensor to different products (hstu_fp8.h's table); the plain
+// reference passes the same values everywhere.
+struct HstuFwdOperands {
+  const std::vector<double>& q_scores;  // S = q k^T
+  const std::vector<double>& k_scores;
+  const std::vector<double>& v;  // O = P v
+};
+struct HstuBwdOperands {
+  const std::vector<double>& q_scores;  // S = q k^T (recomputed)
+  const std::vector<double>& k_scores;
+  const std::vector<double>& dout_dp;  // dP = dout v^T
+  const std::vector<double>& v_dp;
+  const std::vector<double>& k_dq;     // dq = dS k
+  const std::vector<double>& q_dk;     // dk = dS^T q
+  const std::vector<double>& dout_dv;  // dv = P^T dout
+};
+struct HstuGradients {
+  std::vector<double> dq, dk, dv;
+};
+
+std::vector<double> hstu_attention_fwd_values(const HstuAttentionParams& params, const HstuShapes& shapes,
+                                              const std::vector<int64_t>& seq_offsets,
+                                              const std::vector<int64_t>& num_targets, const HstuFwdOperands& x);
+HstuGradients hstu_attention_bwd_values(const HstuAttentionParams& params, const HstuShapes& shapes,
+                                        const std::vector<int64_t>& seq_offsets,
+                                        const std::vector<int64_t>& num_targets, const HstuBwdOperands& x);
+
 void hstu_attention_fwd(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
                         const TensorView& v, const std::vector<int64_t>& seq_offsets,
                         const std::vector<int64_t>& num_targets, const TensorView& out);
@@ -47,5 +79,15 @@ void hstu_attention_bwd(const HstuAttentionParams& params, const TensorView& q, 
                         const TensorView& v, const std::vector<int64_t>& seq_offsets,
                         const std::vector<int64_t>& num_targets, const TensorView& dout, const TensorView& dq,
                         const TensorView& dk, const TensorView& dv);
+
+// FP8 emulation (params.quant_mode 0..5): the reference above fed with the dequantized fp8
+// copies of q, k, v (and dout) that each product reads (cpu/hstu/fp8.h, hstu_fp8_operand_params).
+void hstu_attention_fp8_fwd(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
+                            const TensorView& v, const std::vector<int64_t>& seq_offsets,
+                            const std::vector<int64_t>& num_targets, const TensorView& out);
+void hstu_attention_fp8_bwd(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
+                            const TensorView& v, const std::vector<int64_t>& seq_offsets,
+                            const std::vector<int64_t>& num_targets, const TensorView& dout, const TensorView& dq,
+                            const TensorView& dk, const TensorView& dv);
 
 }  // namespace seqmix::cpu

@@ -94,6 +94,19 @@ double torch_cast_to_fp8_e4m3(double value) {
   return numeric::round_to_fp8_e4m3(round_f32(value));
 }
 
+HstuFp8Params hstu_fp8_operand_params(int64_t quant_mode, int64_t head_dim, bool backward, HstuFp8Operand operand,
+                                      bool transposed) {
+  HstuFp8Params p;
+  p.quant_mode = quant_mode;
+  if (quant_mode == 1) p.transposed = transposed;
+  if (quant_mode == 2) {
+    const HstuFp8BlockSizes sizes = hstu_fp8_block_sizes(head_dim, false, backward);
+    const bool query_side = operand == HstuFp8Operand::q || operand == HstuFp8Operand::dout;
+    p.block_size = query_side ? sizes.q_block : sizes.kv_block;
+  }
+  return p;
+}
+
 std::vector<int64_t> hstu_fp8_block_offsets(const std::vector<int64_t>& seq_offsets, int64_t block_size) {
   std::vector<int64_t> blocks(seq_offsets.size(), 0);
   for (size_t b = 0; b + 1 < seq_offsets.size(); ++b) {

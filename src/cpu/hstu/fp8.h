@@ -33,6 +33,14 @@ HstuFp8Quantized hstu_fp8_quantize(const std::vector<double>& x, DType x_dtype, 
 std::vector<double> hstu_fp8_dequantize(const std::vector<double>& x_fp8, const std::vector<double>& descale,
                                         const HstuFp8Layout& layout, const HstuFp8Params& params);
 
+// The FP8 attention's operands and the quantization of each copy (the table in seqmix/hstu_fp8.h):
+// quant_mode 1 reads rows (transposed = false) or the per-(block, head, dim) copy (true); mode 2
+// uses block_size BM for q and dout, BN for k and v (hstu_fp8_block_sizes without rab); the other
+// modes have one copy per tensor and ignore `transposed`.
+enum class HstuFp8Operand { q, k, v, dout };
+HstuFp8Params hstu_fp8_operand_params(int64_t quant_mode, int64_t head_dim, bool backward, HstuFp8Operand operand,
+                                      bool transposed);
+
 // torch's `.to(torch.float8_e4m3fn)` of a value of any dtype: through f32, then the e4m3fn
 // cast of numeric.h (round to nearest even, NaN above 464).
 double torch_cast_to_fp8_e4m3(double value);

@@ -1,0 +1,344 @@
+// HSTU FP8 attention and quantizers, CUDA backend vs the CPU (needs sm_90; skipped without a GPU
+// unless SEQMIX_TEST_CUDA=1, which turns a missing GPU into a failure).
+//
+// Quantizers: every mode, bf16 / f16 / f32 inputs, jagged lengths with empty, length-1 and
+// partial blocks: the e4m3 bytes, the descales and the block offsets equal the CPU reference
+// bit for bit.
+//
+// Attention: the reference is the CPU emulation in fp64 (the fp64 reference on the fake-quantized
+// copies of the 16-bit inputs, which hstu_fp8_attention_test checks equals the CPU quant_mode
+// path). The forward kernel multiplies the exact e4m3 values of q and k in f32 and applies the
+// descales to the f32 scores, so S matches to f32 rounding; what differs is P v, which runs in
+// the inputs' 16-bit dtype: P (times v's descale in mode 2) is rounded to 16 bits as in the bf16
+// kernel, v8 * descale is rounded to 16 bits in mode 1 (exact elsewhere), and silu uses
+// tanh.approx (relative 2^-11). Tolerance, as
+// hstu_cuda_test: max |cuda - emulation| <= tol * max |emulation| with tol = 2e-2 (bf16) and
+// 5e-3 (f16). The backward (modes 0, 2..5) runs the 16-bit backward kernels on the fp8 copies
+// dequantized to 16 bits, so each operand carries one more 16-bit rounding (2^-9 bf16, 2^-11
+// f16) than in hstu_cuda_test: tol = 3e-2 (bf16) and 1e-2 (f16).
+//
+// Measured on an H100 (scripts/hstu_fp8_device.sh), worst case over the mask cases of each mode,
+// max |cuda - emulation| / max |emulation|:
+//   out  bf16: mode 0 3.6e-3, 1 3.9e-3, 2 3.4e-3, 3 3.4e-3, 4 3.1e-3, 5 3.5e-3
+//        f16:  mode 0 5.1e-4, 1 4.1e-4, 2 3.8e-4, 3 3.3e-4, 4 4.2e-4, 5 4.9e-4
+//   dq, dk, dv (modes 0, 2..5): at most 7.4e-3 (bf16) and 7.8e-4 (f16)
+// i.e. the bf16 kernels' own rounding; the FP8 quantization itself (emulation vs the unquantized
+// fp64 attention, 4e-2 .. 7e-2 of max |out| and of the gradients) is hstu_fp8_attention_test's.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cuda/hstu/attention_fp8.h"
+#include "seqmix/device.h"
+#include "seqmix/hstu.h"
+#include "test_util.h"
+
+namespace seqmix {
+namespace {
+
+using testing::expect_error;
+
+bool is_sm90() {
+#ifdef SEQMIX_WITH_CUDA
+  return cuda::compute_capability(0) == 90;
+#else
+  return false;
+#endif
+}
+
+#define SEQMIX_REQUIRE_SM90()                                                                           \
+  do {                                                                                                  \
+    SEQMIX_REQUIRE_CUDA();                                                                              \
+    if (!is_sm90()) GTEST_SKIP() << "FP8 attention runs on sm_90 only (checked by NonHopperIsRefused)"; \
+  } while (0)
+
+std::vector<int64_t> offsets_of(const std::vector<int64_t>& lengths) {
+  std::vector<int64_t> offsets = {0};
+  for (int64_t n : lengths) offsets.push_back(offsets.back() + n);
+  return offsets;
+}
+
+// ---- quantizers ----
+
+struct QuantCase {
+  std::string name;
+  HstuFp8Params params;
+  DType dtype;
+};
+
+std::vector<QuantCase> quant_cases() {
+  std::vector<QuantCase> cases;
+  for (DType dtype : {DType::bf16, DType::f16, DType::f32}) {
+    auto add = [&](const std::string& name, int64_t mode, bool transposed, int64_t block) {
+      HstuFp8Params p;
+      p.quant_mode = mode;
+      p.transposed = transposed;
+      p.block_size = block;
+      cases.push_back({name + "_" + dtype_name(dtype), p, dtype});
+    };
+    add("cast", 0, false, 128);
+    add("rows", 1, false, 128);
+    add("transposed", 1, true, 128);
+    add("block128", 2, false, 128);
+    add("block64", 2, false, 64);
+    add("head", 3, false, 128);
+    add("batch", 4, false, 128);
+    add("global", 5, false, 128);
+  }
+  return cases;
+}
+
+class HstuFp8CudaQuantize : public ::testing::TestWithParam<QuantCase> {};
+
+TEST_P(HstuFp8CudaQuantize, MatchesCpuBitForBit) {
+  SEQMIX_REQUIRE_CUDA();
+  const QuantCase& c = GetParam();
+  const std::vector<int64_t> offsets = offsets_of({150, 0, 1, 64, 129, 17, 300});
+  const int64_t L = offsets.back(), H = 3, D = 64;
+  HostTensor x = testing::randn({L, H, D}, 7, 3.0, DType::f64);
+  // Mode 0 casts directly: values past 464 become NaN, 448 < |x| <= 464 saturate to 448.
+  if (c.params.quant_mode == 0) {
+    x.set(5, 500.0), x.set(6, -1000.0), x.set(7, 456.0), x.set(8, -0.001);
+  } else {
+    x.set(11, 2000.0), x.set(L * H * D - 1, -7e-5);
+  }
+  x = x.to(c.dtype);
+  const HostTensor seq = testing::int_tensor(offsets, DType::i32);
+  const std::vector<int64_t> shape = hstu_fp8_descale_shape(seq.view(), H, D, c.params);
+  const bool block_mode = c.params.quant_mode == 2 || (c.params.quant_mode == 1 && c.params.transposed);
+
+  HostTensor x8(DType::fp8_e4m3, {L, H, D}), descale(DType::f32, shape), block_offsets(DType::i64, {8});
+  const TensorView bo = block_offsets.view();
+  hstu_fp8_quantize(x.view(), seq.view(), c.params, x8.view(), descale.view(), block_mode ? &bo : nullptr);
+
+  const CudaTensor xg = CudaTensor::from_host(x), seq_g = CudaTensor::from_host(seq);
+  CudaTensor x8g(DType::fp8_e4m3, {L, H, D}), descale_g(DType::f32, shape), offsets_g(DType::i32, {8});
+  const TensorView bog = offsets_g.view();
+  hstu_fp8_quantize(xg.view(), seq_g.view(), c.params, x8g.view(), descale_g.view(), block_mode ? &bog : nullptr);
+  cuda_synchronize();
+  const HostTensor x8_got = x8g.to_host(), descale_got = descale_g.to_host();
+  int64_t byte_mismatch = 0, first = -1;
+  for (int64_t i = 0; i < L * H * D; ++i) {
+    if (x8_got.data_as<uint8_t>()[i] != x8.data_as<uint8_t>()[i]) {
+      if (first < 0) first = i;
+      ++byte_mismatch;
+    }
+  }
+  EXPECT_EQ(byte_mismatch, 0) << "first at " << first << ": cuda "
+                              << int(x8_got.data_as<uint8_t>()[first < 0 ? 0 : first]) << " cpu "
+                              << int(x8.data_as<uint8_t>()[first < 0 ? 0 : first]);
+  EXPECT_EQ(std::memcmp(descale_got.data(), descale.data(), static_cast<size_t>(descale.numel()) * 4), 0) << "descale";
+  if (block_mode) {
+    const HostTensor got = offsets_g.to_host();
+    for (int64_t b = 0; b < 8; ++b) EXPECT_EQ(got.get(b), block_offsets.get(b)) << "descale_offsets[" << b << "]";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, HstuFp8CudaQuantize, ::testing::ValuesIn(quant_cases()),
+                         [](const auto& info) { return info.param.name; });
+
+// ---- attention ----
+
+struct Case {
+  std::string name;
+  std::vector<int64_t> lengths;
+  std::vector<int64_t> targets;  // empty: not given
+  HstuAttentionParams params;
+  int64_t heads = 2;
+  int64_t head_dim = 128;
+  DType dtype = DType::bf16;
+  bool backward = true;
+};
+
+double max_abs(const HostTensor& t) {
+  double m = 0.0;
+  for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::abs(t.get(i)));
+  return m;
+}
+
+double scaled_error(const HostTensor& got, const HostTensor& ref) {
+  const double scale = max_abs(ref);
+  return testing::max_abs_diff(got, ref) / (scale > 0.0 ? scale : 1.0);
+}
+
+// What a product of the FP8 attention reads of x (16-bit): its fake-quantized copy in f64.
+HostTensor fake(const HostTensor& x, const HostTensor& seq, int64_t mode, bool backward, bool query_side,
+                bool transposed) {
+  HstuFp8Params p;
+  p.quant_mode = mode;
+  p.transposed = mode == 1 && transposed;
+  if (mode == 2) {
+    const HstuFp8BlockSizes sizes = hstu_fp8_block_sizes(x.size(2), false, backward);
+    p.block_size = query_side ? sizes.q_block : sizes.kv_block;
+  }
+  HostTensor out(DType::f64, x.sizes());
+  hstu_fp8_fake_quantize(x.view(), seq.view(), p, out.view());
+  return out;
+}
+
+void compare_with_emulation(const Case& c) {
+  const std::vector<int64_t> offsets = offsets_of(c.lengths);
+  const int64_t total = offsets.back(), H = c.heads, D = c.head_dim, mode = c.params.quant_mode;
+  const uint64_t seed = std::hash<std::string>{}(c.name) % 100000;
+  const HostTensor q = testing::randn({total, H, D}, seed, 1.0, c.dtype);
+  const HostTensor k = testing::randn({total, H, D}, seed + 1, 1.0, c.dtype);
+  const HostTensor v = testing::randn({total, H, D}, seed + 2, 1.0, c.dtype);
+  const HostTensor dout = testing::randn({total, H, D}, seed + 3, 1.0, c.dtype);
+  const HostTensor seq = testing::int_tensor(offsets, DType::i32);
+  const bool has_targets = !c.targets.empty();
+  const HostTensor num_targets =
+      testing::int_tensor(has_targets ? c.targets : std::vector<int64_t>(c.lengths.size(), 0));
+  const TensorView targets_host = num_targets.view();
+  const TensorView* targets_host_ptr = has_targets ? &targets_host : nullptr;
+
+  HstuAttentionParams plain = c.params;
+  plain.quant_mode = -1;
+  HostTensor out64(DType::f64, {total, H, D});
+  hstu_attention_fwd(plain, fake(q, seq, mode, false, true, false).view(),
+                     fake(k, seq, mode, false, false, false).view(), fake(v, seq, mode, false, false, true).view(),
+                     seq.view(), targets_host_ptr, out64.view());
+
+  const CudaTensor qg = CudaTensor::from_host(q), kg = CudaTensor::from_host(k), vg = CudaTensor::from_host(v),
+                   dog = CudaTensor::from_host(dout), seq_g = CudaTensor::from_host(seq),
+                   targets_g = CudaTensor::from_host(num_targets);
+  const TensorView targets_dev = targets_g.view();
+  const TensorView* targets_dev_ptr = has_targets ? &targets_dev : nullptr;
+  CudaTensor out(c.dtype, {total, H, D});
+  hstu_attention_fwd(c.params, qg.view(), kg.view(), vg.view(), seq_g.view(), targets_dev_ptr, out.view());
+  cuda_synchronize();
+  const double tol = c.dtype == DType::bf16 ? 2e-2 : 5e-3;
+  const double e_out = scaled_error(out.to_host(), out64);
+  EXPECT_LE(e_out, tol) << "out";
+  double e_dq = 0, e_dk = 0, e_dv = 0;
+  const double tol_bwd = c.dtype == DType::bf16 ? 3e-2 : 1e-2;
+  if (c.backward) {
+    HostTensor dq64(DType::f64, {total, H, D}), dk64(DType::f64, {total, H, D}), dv64(DType::f64, {total, H, D});
+    hstu_attention_bwd(plain, fake(q, seq, mode, true, true, false).view(),
+                       fake(k, seq, mode, true, false, false).view(), fake(v, seq, mode, true, false, false).view(),
+                       seq.view(), targets_host_ptr, fake(dout, seq, mode, true, true, false).view(), dq64.view(),
+                       dk64.view(), dv64.view());
+    CudaTensor dq(c.dtype, {total, H, D}), dk(c.dtype, {total, H, D}), dv(c.dtype, {total, H, D});
+    hstu_attention_bwd(c.params, qg.view(), kg.view(), vg.view(), seq_g.view(), targets_dev_ptr, dog.view(), dq.view(),
+                       dk.view(), dv.view());
+    cuda_synchronize();
+    e_dq = scaled_error(dq.to_host(), dq64), e_dk = scaled_error(dk.to_host(), dk64),
+    e_dv = scaled_error(dv.to_host(), dv64);
+    EXPECT_LE(e_dq, tol_bwd) << "dq";
+    EXPECT_LE(e_dk, tol_bwd) << "dk";
+    EXPECT_LE(e_dv, tol_bwd) << "dv";
+  }
+  std::printf("[hstu_fp8_cuda] %-36s mode %lld %s D=%-3lld err/max|emulation|: out %.2e dq %.2e dk %.2e dv %.2e\n",
+              c.name.c_str(), static_cast<long long>(mode), dtype_name(c.dtype), static_cast<long long>(D), e_out, e_dq,
+              e_dk, e_dv);
+}
+
+HstuAttentionParams make_params(int64_t max_seq_len, int64_t head_dim, int64_t mode) {
+  HstuAttentionParams p;
+  p.max_seq_len = max_seq_len;
+  p.alpha = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  p.quant_mode = mode;
+  return p;
+}
+
+std::vector<Case> cases() {
+  const std::vector<int64_t> lengths = {200, 0, 1, 64, 65, 130, 17};
+  const std::vector<int64_t> targets = {19, 0, 1, 64, 3, 70, 0};
+  std::vector<Case> out;
+  for (int64_t mode = 0; mode <= 5; ++mode) {
+    auto add = [&](const std::string& name, DType dtype, int64_t dim, bool with_targets, auto&& set) {
+      Case c;
+      c.name = "mode" + std::to_string(mode) + "_" + name;
+      c.lengths = lengths;
+      if (with_targets) c.targets = targets;
+      c.dtype = dtype;
+      c.head_dim = dim;
+      c.params = make_params(210, dim, mode);
+      c.backward = mode != 1;
+      set(c.params);
+      out.push_back(c);
+    };
+    add("causal_bf16_d128", DType::bf16, 128, false, [](auto&) {});
+    add("targets_contextual_bf16_d128", DType::bf16, 128, true, [](auto& p) { p.contextual_seq_len = 5; });
+    add("sla_targets_f16_d64", DType::f16, 64, true, [](auto& p) { p.sla_k1 = 70, p.sla_k2 = 20; });
+    add("window_noncausal_bf16_d64", DType::bf16, 64, false, [](auto& p) { p.causal = false, p.max_attn_len = 50; });
+    add("scaling_f16_d128", DType::f16, 128, true, [](auto& p) { p.scaling_seqlen = 37; });
+  }
+  for (int64_t mode : {1, 2}) {
+    Case c;
+    c.name = "mode" + std::to_string(mode) + "_long_4100";
+    c.lengths = {4100, 3};
+    c.targets = {40, 1};
+    c.params = make_params(4100, 128, mode);
+    c.backward = mode != 1;
+    out.push_back(c);
+  }
+  return out;
+}
+
+class HstuFp8Cuda : public ::testing::TestWithParam<Case> {};
+
+TEST_P(HstuFp8Cuda, MatchesCpuEmulation) {
+  SEQMIX_REQUIRE_SM90();
+  compare_with_emulation(GetParam());
+}
+
+INSTANTIATE_TEST_SUITE_P(Masks, HstuFp8Cuda, ::testing::ValuesIn(cases()),
+                         [](const auto& info) { return info.param.name; });
+
+// ---- bad inputs ----
+
+TEST(HstuFp8CudaBadInputs, NameTheArgument) {
+  SEQMIX_REQUIRE_CUDA();
+  const std::vector<int64_t> offsets = {0, 5, 12};
+  const int64_t L = 12, H = 2, D = 64;
+  const CudaTensor q = CudaTensor::from_host(testing::randn({L, H, D}, 1, 1.0, DType::bf16));
+  const CudaTensor seq = CudaTensor::from_host(testing::int_tensor(offsets, DType::i32));
+  CudaTensor out(DType::bf16, {L, H, D});
+  HstuAttentionParams p = make_params(8, D, 7);
+  auto fwd = [&](const HstuAttentionParams& params, const TensorView& x, const TensorView& o) {
+    return [&, params, x, o] { hstu_attention_fwd(params, x, x, x, seq.view(), nullptr, o); };
+  };
+  expect_error(fwd(p, q.view(), out.view()), {"quant_mode", "0..5", "7"});
+  p.quant_mode = 3;
+  CudaTensor q8(DType::fp8_e4m3, {L, H, D});
+  expect_error(fwd(p, q8.view(), q8.view()), {"hstu_attention_fwd", "not implemented", "FP8", "float8_e4m3fn"});
+  CudaTensor q32(DType::f32, {L, H, D});
+  expect_error(fwd(p, q32.view(), q32.view()), {"hstu_attention_fwd", "q", "bfloat16/float16", "float32"});
+  if (!is_sm90()) {
+    expect_error(fwd(p, q.view(), out.view()), {"quant_mode", "sm_90"});
+    return;
+  }
+  p.quant_mode = 1;
+  expect_error(
+      [&] {
+        hstu_attention_bwd(p, q.view(), q.view(), q.view(), seq.view(), nullptr, q.view(), out.view(), out.view(),
+                           out.view());
+      },
+      {"hstu_attention_bwd", "quant_mode = 1", "not implemented"});
+  // The CUDA quantizer: descale dtype and shape, input dtype.
+  HstuFp8Params qp;
+  qp.quant_mode = 3;
+  CudaTensor x8(DType::fp8_e4m3, {L, H, D}), d16(DType::f16, {2, H}), d32(DType::f32, {2, H + 1});
+  expect_error([&] { hstu_fp8_quantize(q.view(), seq.view(), qp, x8.view(), d16.view()); }, {"descale", "float32"});
+  expect_error([&] { hstu_fp8_quantize(q.view(), seq.view(), qp, x8.view(), d32.view()); }, {"descale", "[2, 3]"});
+  CudaTensor x64(DType::f64, {L, H, D}), ok(DType::f32, {2, H});
+  expect_error([&] { hstu_fp8_quantize(x64.view(), seq.view(), qp, x8.view(), ok.view()); }, {"x", "float64"});
+}
+
+TEST(HstuFp8CudaBadInputs, NonHopperIsRefused) {
+  SEQMIX_REQUIRE_CUDA();
+  if (is_sm90()) GTEST_SKIP() << "this GPU is sm_90: the refusal is exercised on other GPUs";
+  const CudaTensor q = CudaTensor::from_host(testing::randn({4, 1, 64}, 1, 1.0, DType::bf16));
+  const CudaTensor seq = CudaTensor::from_host(testing::int_tensor({0, 4}, DType::i32));
+  CudaTensor out(DType::bf16, {4, 1, 64});
+  expect_error(
+      [&] { hstu_attention_fwd(make_params(4, 64, 2), q.view(), q.view(), q.view(), seq.view(), nullptr, out.view()); },
+      {"hstu_attention_fwd", "quant_mode", "sm_90"});
+}
+
+}  // namespace
+}  // namespace seqmix
