@@ -30,7 +30,7 @@ if [ -f build-cuda/libseqmix_torch.so ]; then
   export SEQMIX_PEERS=${SEQMIX_PEERS:-$PWD/peers} SEQMIX_FLA_ONE_CONFIG=1 SEQMIX_TORCH_LIB=$PWD/build-cuda/libseqmix_torch.so
   # One process per file, verbose into the log: a crash in one file hides nothing else and names its test.
   for f in tests/python/test_*.py; do
-    timeout $(( $(left) > 40 ? 60 : 10 )) "$python" -X faulthandler -m pytest -v -p no:cacheprovider -rs "$f" \
+    timeout $(( $(left) > 200 ? 180 : ($(left) > 40 ? 60 : 10) )) "$python" -X faulthandler -m pytest -v -p no:cacheprovider -rs "$f" \
       -k "not fla_triton and not peer_triton" >> "$log_dir/pytest.log" 2>&1
     rc=$?
     [ $rc -eq 0 ] || py_status=$rc
