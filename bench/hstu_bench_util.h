@@ -1,11 +1,14 @@
 // Pieces the HSTU benchmarks share (bench/hstu_attention_bench.cpp, bench/hstu_fp8_bench.cpp): the
-// attended-pair count that the TFLOP/s figures divide by, a timing loop and deterministic inputs.
+// attended-pair count that the TFLOP/s figures divide by, a timing loop, deterministic inputs and the
+// JSON output.
 #pragma once
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -54,6 +57,15 @@ inline HostTensor filled(DType dtype, std::vector<int64_t> sizes, uint64_t seed)
     t.set(i, (static_cast<double>(state >> 11) / 9007199254740992.0 - 0.5) * 3.4);  // unit variance
   }
   return t.to(dtype);
+}
+
+// The results file, when a path was given (argv[1]); the benches print their table either way.
+inline void write_json(int argc, char** argv, const std::string& json) {
+  if (argc < 2) return;
+  FILE* f = std::fopen(argv[1], "w");
+  if (!f) return;
+  std::fputs(json.c_str(), f);
+  std::fclose(f);
 }
 
 }  // namespace seqmix::bench

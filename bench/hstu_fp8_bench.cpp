@@ -25,6 +25,7 @@ using namespace seqmix;
 using seqmix::bench::attended_pairs;
 using seqmix::bench::filled;
 using seqmix::bench::time_ms;
+using seqmix::bench::write_json;
 
 int main(int argc, char** argv) {
   if (!cuda_available()) {
@@ -118,12 +119,6 @@ int main(int argc, char** argv) {
     }
   }
   json += "\n]\n";
-  if (argc > 1) {
-    FILE* f = std::fopen(argv[1], "w");
-    if (f) {
-      std::fputs(json.c_str(), f);
-      std::fclose(f);
-    }
-  }
+  write_json(argc, argv, json);
   return 0;
 }
