@@ -28,30 +28,48 @@ namespace kda {
 
 namespace {
 
+// Precision of the backward's tensor-core products, chosen per call from the input dtype. kSplit
+// (f32 / f64 inputs): 3xTF32 as in warp_gemm, fp32-accurate. Otherwise (bf16 / f16 inputs) one TF32
+// pass with round-to-nearest operands: relative error ~2^-11 per operand, below the 2^-9 of the bf16
+// inputs and outputs themselves (FLA runs these products on bf16 operands), at a third of the MMAs
+// and a third of the conversion work per fragment.
+// c += a * b on one m16n8k8 step from fp32 fragment values (a0 (g, t), a1 (g + 8, t), a2 (g, t + 4),
+// a3 (g + 8, t + 4); b0 (t, g), b1 (t + 4, g)).
+template <bool kSplit>
+__device__ __forceinline__ void mma_f32(float c[4], const float a[4], const float b[2]) {
+  if constexpr (kSplit) {
+    uint32_t ah[4], al[4], bh[2], bl[2];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) split_tf32(a[r], ah[r], al[r]);
+    split_tf32(b[0], bh[0], bl[0]);
+    split_tf32(b[1], bh[1], bl[1]);
+    mma_tf32(c, al, bh);
+    mma_tf32(c, ah, bl);
+    mma_tf32(c, ah, bh);
+  } else {
+    const uint32_t ar[4] = {to_tf32(a[0]), to_tf32(a[1]), to_tf32(a[2]), to_tf32(a[3])};
+    const uint32_t br[2] = {to_tf32(b[0]), to_tf32(b[1])};
+    mma_tf32(c, ar, br);
+  }
+}
+
 // count (<= MT) warp tiles stacked in rows, tile m at a + m * a_step, sharing the B fragment of each
 // k step: up to MT independent MMA chains per fragment load (one tile per call is latency-bound).
-// Layout and 3xTF32 split as in warp_gemm.
-template <int MT>
+// Layout as in warp_gemm; precision as in mma_f32.
+template <int MT, bool kSplit>
 __device__ __forceinline__ void warp_gemm_rows(float c[MT][4], int count, const float* a, int a_rs, int a_cs,
                                                int a_step, const float* b, int b_rs, int b_cs, int kdim) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll 2
   for (int k0 = 0; k0 < kdim; k0 += 8) {
-    uint32_t bh[2], bl[2];
-    split_tf32(b[(k0 + t) * b_rs + g * b_cs], bh[0], bl[0]);
-    split_tf32(b[(k0 + t + 4) * b_rs + g * b_cs], bh[1], bl[1]);
+    const float bf[2] = {b[(k0 + t) * b_rs + g * b_cs], b[(k0 + t + 4) * b_rs + g * b_cs]};
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       if (m < count) {
         const float* am = a + m * a_step;
-        uint32_t ah[4], al[4];
-        split_tf32(am[g * a_rs + (k0 + t) * a_cs], ah[0], al[0]);
-        split_tf32(am[(g + 8) * a_rs + (k0 + t) * a_cs], ah[1], al[1]);
-        split_tf32(am[g * a_rs + (k0 + t + 4) * a_cs], ah[2], al[2]);
-        split_tf32(am[(g + 8) * a_rs + (k0 + t + 4) * a_cs], ah[3], al[3]);
-        mma_tf32(c[m], al, bh);
-        mma_tf32(c[m], ah, bl);
-        mma_tf32(c[m], ah, bh);
+        const float af[4] = {am[g * a_rs + (k0 + t) * a_cs], am[(g + 8) * a_rs + (k0 + t) * a_cs],
+                             am[g * a_rs + (k0 + t + 4) * a_cs], am[(g + 8) * a_rs + (k0 + t + 4) * a_cs]};
+        mma_f32<kSplit>(c[m], af, bf);
       }
     }
   }
@@ -78,11 +96,11 @@ __device__ __forceinline__ void zero_tiles(float c[MT][4]) {
 }
 
 // One block per (sequence, value head, BV value columns), chunks in reverse; products on the tensor
-// cores (3xTF32). Shared (strides padded by 4): w, Kl, Qg as [64, K + 4]; Aqk [64, 68]; dS tile
-// [K, BV + 8]; do and dv_new tiles [64, BV + 8]; G_last [K].
+// cores (precision as in mma_f32). Shared (strides padded by 4): w, Kl, Qg as [64, K + 4];
+// Aqk [64, 68]; dS tile [K, BV + 8]; do and dv_new tiles [64, BV + 8]; G_last [K].
 constexpr int kStateTilesMax = 4;  // tiles per warp of the K x BV product, K <= 128, BV <= 32
 
-template <int BV>
+template <int BV, bool kSplit>
 __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const void* d_out, int d_out_dt,
                                                              const void* dht, int dht_dt, void* dh0, int dh0_dt) {
   constexpr int SP = BV + 8, AP = kChunk + 4, NT = BV / 8;
@@ -141,8 +159,9 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
     {
       float acc[kStateTilesMax][4];
       zero_tiles<kStateTilesMax>(acc);
-      warp_gemm_rows<kStateTilesMax>(acc, NT / 2, aqS + r_first, 1, AP, r_step, doS + c_own, SP, 1, kChunk);
-      warp_gemm_rows<kStateTilesMax>(acc, NT / 2, klS + r_first * KP, KP, 1, r_step * KP, dhS + c_own, SP, 1, K);
+      warp_gemm_rows<kStateTilesMax, kSplit>(acc, NT / 2, aqS + r_first, 1, AP, r_step, doS + c_own, SP, 1, kChunk);
+      warp_gemm_rows<kStateTilesMax, kSplit>(acc, NT / 2, klS + r_first * KP, KP, 1, r_step * KP, dhS + c_own, SP, 1,
+                                             K);
 #pragma unroll
       for (int m = 0; m < kStateTilesMax; ++m)
         if (m < NT / 2)
@@ -160,8 +179,8 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
       float pos[kStateTilesMax][4], neg[kStateTilesMax][4];
       zero_tiles<kStateTilesMax>(pos);
       zero_tiles<kStateTilesMax>(neg);
-      warp_gemm_rows<kStateTilesMax>(pos, count, qgS + r_first, 1, KP, r_step, doS + c_own, SP, 1, kChunk);
-      warp_gemm_rows<kStateTilesMax>(neg, count, wS + r_first, 1, KP, r_step, dvS + c_own, SP, 1, kChunk);
+      warp_gemm_rows<kStateTilesMax, kSplit>(pos, count, qgS + r_first, 1, KP, r_step, doS + c_own, SP, 1, kChunk);
+      warp_gemm_rows<kStateTilesMax, kSplit>(neg, count, wS + r_first, 1, KP, r_step, dvS + c_own, SP, 1, kChunk);
 #pragma unroll
       for (int m = 0; m < kStateTilesMax; ++m)
         if (m < count)
@@ -181,7 +200,7 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
 }
 
 // ---- Within-chunk gradients: two kernels per chunk, FLA's chunk_kda_bwd_wy_dqkg_fused and
-// chunk_kda_bwd_intra split, every product on the tensor cores (3xTF32, fp32-accurate).
+// chunk_kda_bwd_intra split, every product on the tensor cores (precision as in mma_f32).
 
 constexpr int kWyThreads = 512;    // 16 warps: one block per SM (shared memory), so warps hide latency
 constexpr int kPairThreads = 128;  // 4 warps, warp w owns the 16-token sub-chunk w
@@ -189,19 +208,6 @@ constexpr int kSlice = 32;         // key channels per pair_bwd block (FLA's BK)
 constexpr int kSub = 16;           // sub-chunk length (FLA's BC)
 constexpr int kSliceStride = kSlice + 4;
 constexpr int kWyTilesMax = 4;     // 16 x 8 tiles per warp of a [64, K] product, K <= 128
-
-// c += a * b on one m16n8k8 step from fp32 fragment values (a0 (g, t), a1 (g + 8, t), a2 (g, t + 4),
-// a3 (g + 8, t + 4); b0 (t, g), b1 (t + 4, g)), split hi + lo as in warp_gemm.
-__device__ __forceinline__ void mma_3xtf32(float c[4], const float a[4], const float b[2]) {
-  uint32_t ah[4], al[4], bh[2], bl[2];
-#pragma unroll
-  for (int r = 0; r < 4; ++r) split_tf32(a[r], ah[r], al[r]);
-  split_tf32(b[0], bh[0], bl[0]);
-  split_tf32(b[1], bh[1], bl[1]);
-  mma_tf32(c, al, bh);
-  mma_tf32(c, ah, bl);
-  mma_tf32(c, ah, bh);
-}
 
 // Rows [0, 64) x `cols` of a row-major fp32 source (row i at src + i * src_rs) into a shared tile of
 // row stride dst_rs; rows >= rows_valid zero. U float4 loads in flight per thread.
@@ -254,6 +260,7 @@ __device__ __forceinline__ void load_rows_dt(float* dst, int dst_rs, const void*
 // scale tril(do v_new^T); dw = -dv_new S^T; A^T dw -> dk, dG, dbeta; A^T dv_new -> dv, dbeta;
 // dA = (dw Kb^T + dv_new v^T) diag(beta) (strictly lower); dM = -A^T dA A^T.
 // Writes dq_hv, dk_hv, dgc (per-token dG, before the in-chunk reverse cumsum), dbp, dAqk, dM, dg_last.
+template <bool kSplit>
 __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const void* d_out, int d_out_dt, void* dv,
                                                                int dv_dt) {
   int64_t t0;
@@ -314,7 +321,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
         kv[m][r] = in ? p.kp[k_at(i, d)] : 0.0f;
       }
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows<kWyTilesMax>(acc, kcount, sY + kr * KP, KP, 1, kstep * KP, sS + kc * KP, 1, KP, V);
+    warp_gemm_rows<kWyTilesMax, kSplit>(acc, kcount, sY + kr * KP, KP, 1, kstep * KP, sS + kc * KP, 1, KP, V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
@@ -372,7 +379,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
         gv[m][r] = m < kcount && i < L ? p.gc[row_at(i) * K + d] : 0.0f;
       }
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows<kWyTilesMax>(acc, kcount, sX + kr * KP, KP, 1, kstep * KP, sS + kc * KP, 1, KP, V);
+    warp_gemm_rows<kWyTilesMax, kSplit>(acc, kcount, sX + kr * KP, KP, 1, kstep * KP, sS + kc * KP, 1, KP, V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
@@ -385,7 +392,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows<2>(acc, 2, sX + sr * KP, KP, 1, 32 * KP, sY + sc * KP, 1, KP, V);
+    warp_gemm_rows<2, kSplit>(acc, 2, sX + sr * KP, KP, 1, 32 * KP, sY + sc * KP, 1, KP, V);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
@@ -403,7 +410,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   {
     float acc[kWyTilesMax][4];
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows<kWyTilesMax>(acc, kcount, sX + kr * KP, KP, 1, kstep * KP, sS + kc * KP, 1, KP, V);
+    warp_gemm_rows<kWyTilesMax, kSplit>(acc, kcount, sX + kr * KP, KP, 1, kstep * KP, sS + kc * KP, 1, KP, V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
       if (m < kcount)
@@ -424,8 +431,8 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
       }
     zero_tiles<kWyTilesMax>(t2);
     zero_tiles<kWyTilesMax>(t3);
-    warp_gemm_rows<kWyTilesMax>(t2, kcount, sA + kr, 1, AP, kstep, sO + kc, KP, 1, kChunk);
-    warp_gemm_rows<kWyTilesMax>(t3, kcount, sA + kr, 1, AP, kstep, sX + kc, KP, 1, kChunk);
+    warp_gemm_rows<kWyTilesMax, kSplit>(t2, kcount, sA + kr, 1, AP, kstep, sO + kc, KP, 1, kChunk);
+    warp_gemm_rows<kWyTilesMax, kSplit>(t3, kcount, sA + kr, 1, AP, kstep, sX + kc, KP, 1, kChunk);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m) {
       if (m >= kcount) break;
@@ -487,8 +494,8 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows<2>(acc, 2, sO + sr * KP, KP, 1, 32 * KP, sS + sc * KP, 1, KP, K);
-    warp_gemm_rows<2>(acc, 2, sX + sr * KP, KP, 1, 32 * KP, sS + (kChunk + sc) * KP, 1, KP, V);
+    warp_gemm_rows<2, kSplit>(acc, 2, sO + sr * KP, KP, 1, 32 * KP, sS + sc * KP, 1, KP, K);
+    warp_gemm_rows<2, kSplit>(acc, 2, sX + sr * KP, KP, 1, 32 * KP, sS + (kChunk + sc) * KP, 1, KP, V);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
@@ -503,7 +510,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows<2>(acc, 2, sP + sr * AP, AP, 1, 32 * AP, sA + sc * AP, 1, AP, kChunk);
+    warp_gemm_rows<2, kSplit>(acc, 2, sP + sr * AP, AP, 1, 32 * AP, sA + sc * AP, 1, AP, kChunk);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
@@ -514,7 +521,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows<2>(acc, 2, sA + sr, 1, AP, 32, sQ + sc, AP, 1, kChunk);
+    warp_gemm_rows<2, kSplit>(acc, 2, sA + sr, 1, AP, 32, sQ + sc, AP, 1, kChunk);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
@@ -536,6 +543,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
 // dG += q dq + k (beta R - C) and dg = reverse cumsum of dG within the chunk, starting from dG_last.
 // Shared: k, q, G as [64, 36] (rows >= L: zero, G repeats the last row so every exponent stays finite);
 // dAqk, dM [64, 68]; beta [64]; dG staging [64, 36].
+template <bool kSplit>
 __global__ void __launch_bounds__(kPairThreads) pair_bwd_kernel(KdaDev p) {
   int64_t t0;
   int L;
@@ -610,8 +618,8 @@ __global__ void __launch_bounds__(kPairThreads) pair_bwd_kernel(KdaDev p) {
           const float gn = gS[base * KS + d];
           const float b[2] = {kS[(j0 + t) * KS + d] * __expf(gn - gS[(j0 + t) * KS + d]),
                               kS[(j0 + t + 4) * KS + d] * __expf(gn - gS[(j0 + t + 4) * KS + d])};
-          mma_3xtf32(dq[n], fa, b);
-          mma_3xtf32(rm[n], fm, b);
+          mma_f32<kSplit>(dq[n], fa, b);
+          mma_f32<kSplit>(rm[n], fm, b);
         }
       }
     // Column sums over later sub-chunks, reference G at the last row of this sub-chunk.
@@ -632,8 +640,8 @@ __global__ void __launch_bounds__(kPairThreads) pair_bwd_kernel(KdaDev p) {
           const float e0 = __expf(gS[(i0 + t) * KS + d] - gn), e1 = __expf(gS[(i0 + t + 4) * KS + d] - gn);
           const float bq[2] = {qS[(i0 + t) * KS + d] * e0, qS[(i0 + t + 4) * KS + d] * e1};
           const float bk[2] = {bS[i0 + t] * kS[(i0 + t) * KS + d] * e0, bS[i0 + t + 4] * kS[(i0 + t + 4) * KS + d] * e1};
-          mma_3xtf32(ct[n], fa, bq);
-          mma_3xtf32(ct[n], fm, bk);
+          mma_f32<kSplit>(ct[n], fa, bq);
+          mma_f32<kSplit>(ct[n], fm, bk);
         }
       }
     // Rescale the block products; gi = G at this thread's entries.
@@ -877,30 +885,34 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
   const int dht_dt = dht ? dtype_code(dht->dtype, "dht") : 0;
   void* dh0_ptr = dh0 ? dh0->data : nullptr;
   const int dh0_dt = dh0 ? dtype_code(dh0->dtype, "dh0") : 0;
+  // bf16 / f16 inputs: one-pass TF32 products (see mma_f32); f32 / f64: 3xTF32.
+  const bool split = p.in_dt == kF32 || p.in_dt == kF64;
+  auto launch_state = [&](auto kernel) {
+    set_smem_limit(reinterpret_cast<const void*>(kernel), state_smem);
+    kernel<<<state_grid, kThreads, state_smem, stream>>>(p, do_.data, do_dt, dht_ptr, dht_dt, dh0_ptr, dh0_dt);
+  };
   if (p.N == 0) {
     // no sequence: nothing to differentiate (dA_log / ddt_bias below become zero)
   } else if (bv == 16) {
-    set_smem_limit(reinterpret_cast<const void*>(state_bwd_kernel<16>), state_smem);
-    state_bwd_kernel<16><<<state_grid, kThreads, state_smem, stream>>>(p, do_.data, do_dt, dht_ptr, dht_dt, dh0_ptr,
-                                                                        dh0_dt);
+    launch_state(split ? state_bwd_kernel<16, true> : state_bwd_kernel<16, false>);
   } else {
-    set_smem_limit(reinterpret_cast<const void*>(state_bwd_kernel<32>), state_smem);
-    state_bwd_kernel<32><<<state_grid, kThreads, state_smem, stream>>>(p, do_.data, do_dt, dht_ptr, dht_dt, dh0_ptr,
-                                                                        dh0_dt);
+    launch_state(split ? state_bwd_kernel<32, true> : state_bwd_kernel<32, false>);
   }
   SEQMIX_CUDA_CHECK(cudaGetLastError());
   timer.mark("state_bwd");
   if (p.tokens > 0) {
     const dim3 chunk_grid(static_cast<unsigned>(max_chunks), static_cast<unsigned>(p.HV));
     const size_t wy_smem = wy_bwd_smem(p.K);
-    set_smem_limit(reinterpret_cast<const void*>(wy_bwd_kernel), wy_smem);
-    wy_bwd_kernel<<<chunk_grid, kWyThreads, wy_smem, stream>>>(p, do_.data, do_dt, dv.data, dtype_code(dv.dtype, "dv"));
+    auto* wy_kernel = split ? wy_bwd_kernel<true> : wy_bwd_kernel<false>;
+    set_smem_limit(reinterpret_cast<const void*>(wy_kernel), wy_smem);
+    wy_kernel<<<chunk_grid, kWyThreads, wy_smem, stream>>>(p, do_.data, do_dt, dv.data, dtype_code(dv.dtype, "dv"));
     SEQMIX_CUDA_CHECK(cudaGetLastError());
     timer.mark("wy_bwd");
-    set_smem_limit(reinterpret_cast<const void*>(pair_bwd_kernel), kPairSmem);
+    auto* pair_kernel = split ? pair_bwd_kernel<true> : pair_bwd_kernel<false>;
+    set_smem_limit(reinterpret_cast<const void*>(pair_kernel), kPairSmem);
     const dim3 pair_grid(static_cast<unsigned>(max_chunks), static_cast<unsigned>(p.HV),
                          static_cast<unsigned>(p.K / kSlice));
-    pair_bwd_kernel<<<pair_grid, kPairThreads, kPairSmem, stream>>>(p);
+    pair_kernel<<<pair_grid, kPairThreads, kPairSmem, stream>>>(p);
     SEQMIX_CUDA_CHECK(cudaGetLastError());
     timer.mark("pair_bwd");
     const int64_t rows = p.tokens * p.H;
