@@ -75,6 +75,51 @@ __device__ __forceinline__ void warp_gemm_rows(float c[MT][4], int count, const 
   }
 }
 
+// C += A B^T for count (<= MT) warp tiles as in warp_gemm_rows, with A [16, kdim] (tile m at a + m * a_step)
+// and B [8, kdim] both row-major in shared memory (row strides a_rs, b_rs). The m16n8k8 TF32 fragments
+// are 8 x 4 fp32 blocks (a0 rows g cols t, a1 rows g + 8, a2 cols t + 4, ...), which is what ldmatrix
+// hands out for an 8 x 8 b16 matrix (lane l gets 32-bit word l % 4 of row l / 4): one ldmatrix.x4 per A
+// fragment and one .x2 per B fragment replace 6 scalar loads, with the same values (bit moves only).
+// Needs rows 16-byte aligned (strides, offsets multiples of 4 floats); rows of stride 4 mod 32 words
+// hit 32 distinct banks.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const float* ptr) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
+__device__ __forceinline__ void ldmatrix_x2(uint32_t r[2], const float* ptr) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+}
+
+template <int MT, bool kSplit>
+__device__ __forceinline__ void warp_gemm_rows_abt(float c[MT][4], int count, const float* a, int a_rs, int a_step,
+                                                   const float* b, int b_rs, int kdim) {
+  // Lanes 8q .. 8q + 7 address the rows of matrix q: A's matrices are (rows 0-7, cols k0), (rows 8-15,
+  // cols k0), (rows 0-7, cols k0 + 4), (rows 8-15, cols k0 + 4); B's (rows 0-7, cols k0), (cols k0 + 4).
+  const int lane = threadIdx.x & 31, q = lane >> 3, r = lane & 7;
+  const float* a_lane = a + (r + (q & 1) * 8) * a_rs + (q >> 1) * 4;
+  const float* b_lane = b + r * b_rs + (q & 1) * 4;
+#pragma unroll 2
+  for (int k0 = 0; k0 < kdim; k0 += 8) {
+    uint32_t braw[2];
+    ldmatrix_x2(braw, b_lane + k0);
+    const float bf[2] = {__uint_as_float(braw[0]), __uint_as_float(braw[1])};
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      if (m < count) {
+        uint32_t araw[4];
+        ldmatrix_x4(araw, a_lane + m * a_step + k0);
+        const float af[4] = {__uint_as_float(araw[0]), __uint_as_float(araw[1]), __uint_as_float(araw[2]),
+                             __uint_as_float(araw[3])};
+        mma_f32<kSplit>(c[m], af, bf);
+      }
+    }
+  }
+}
+
 // Fetches the 128-byte line holding `ptr` into L2 (a hint, no effect on results): issued for data a
 // block reads in a later phase, so that those loads hit L2 instead of waiting on HBM.
 __device__ __forceinline__ void prefetch_l2(const void* ptr) { asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr)); }
@@ -321,7 +366,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
         kv[m][r] = in ? p.kp[k_at(i, d)] : 0.0f;
       }
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows<kWyTilesMax, kSplit>(acc, kcount, sY + kr * KP, KP, 1, kstep * KP, sS + kc * KP, 1, KP, V);
+    warp_gemm_rows_abt<kWyTilesMax, kSplit>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
@@ -379,7 +424,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
         gv[m][r] = m < kcount && i < L ? p.gc[row_at(i) * K + d] : 0.0f;
       }
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows<kWyTilesMax, kSplit>(acc, kcount, sX + kr * KP, KP, 1, kstep * KP, sS + kc * KP, 1, KP, V);
+    warp_gemm_rows_abt<kWyTilesMax, kSplit>(acc, kcount, sX + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
@@ -392,7 +437,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows<2, kSplit>(acc, 2, sX + sr * KP, KP, 1, 32 * KP, sY + sc * KP, 1, KP, V);
+    warp_gemm_rows_abt<2, kSplit>(acc, 2, sX + sr * KP, KP, 32 * KP, sY + sc * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
@@ -410,7 +455,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   {
     float acc[kWyTilesMax][4];
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows<kWyTilesMax, kSplit>(acc, kcount, sX + kr * KP, KP, 1, kstep * KP, sS + kc * KP, 1, KP, V);
+    warp_gemm_rows_abt<kWyTilesMax, kSplit>(acc, kcount, sX + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
       if (m < kcount)
@@ -494,8 +539,8 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows<2, kSplit>(acc, 2, sO + sr * KP, KP, 1, 32 * KP, sS + sc * KP, 1, KP, K);
-    warp_gemm_rows<2, kSplit>(acc, 2, sX + sr * KP, KP, 1, 32 * KP, sS + (kChunk + sc) * KP, 1, KP, V);
+    warp_gemm_rows_abt<2, kSplit>(acc, 2, sO + sr * KP, KP, 32 * KP, sS + sc * KP, KP, K);
+    warp_gemm_rows_abt<2, kSplit>(acc, 2, sX + sr * KP, KP, 32 * KP, sS + (kChunk + sc) * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
@@ -510,7 +555,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows<2, kSplit>(acc, 2, sP + sr * AP, AP, 1, 32 * AP, sA + sc * AP, 1, AP, kChunk);
+    warp_gemm_rows_abt<2, kSplit>(acc, 2, sP + sr * AP, AP, 32 * AP, sA + sc * AP, AP, kChunk);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
