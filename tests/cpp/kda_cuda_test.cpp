@@ -342,6 +342,19 @@ std::vector<Case> sweep() {
     c.A_log = c.dt_bias = true, c.beta_sigmoid = true, c.h0 = c.ht = true;
     add(c);
   }
+  // More (sequence, head) pairs than 32-column state_bwd blocks fit on the SMs once (132 on H100 / H200):
+  // the backward's state sweep takes 64-column tiles.
+  {
+    Case c{"B4 H16 K128 T130 gate h0 ht (64-column state tiles)"};
+    c.B = 4, c.T = 130, c.H = 16, c.HV = 16, c.K = 128, c.gate = Gate::softplus, c.A_log = c.dt_bias = true;
+    c.l2norm = true, c.h0 = c.ht = true;
+    add(c);
+  }
+  {
+    Case c{"f32 B2 H18 K128 T70 h0 ht (64-column state tiles)"};
+    c.B = 2, c.T = 70, c.H = 18, c.HV = 18, c.K = 128, c.dtype = DType::f32, c.h0 = c.ht = true;
+    add(c);
+  }
   return cases;
 }
 

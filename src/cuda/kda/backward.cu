@@ -143,12 +143,13 @@ __device__ __forceinline__ void zero_tiles(float c[MT][4]) {
 // One block per (sequence, value head, BV value columns), chunks in reverse; products on the tensor
 // cores (precision as in mma_f32). Shared (strides padded by 4): w, Kl, Qg as [64, K + 4];
 // Aqk [64, 68]; dS tile [K, BV + 8]; do and dv_new tiles [64, BV + 8]; G_last [K].
-constexpr int kStateTilesMax = 4;  // tiles per warp of the K x BV product, K <= 128, BV <= 32
+// BV in {16, 32, 64}: a warp holds NT = BV / 8 tiles of the K x BV product (K <= 128) and NT / 2 of the
+// 64 x BV one.
 
 template <int BV, bool kSplit>
 __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const void* d_out, int d_out_dt,
                                                              const void* dht, int dht_dt, void* dh0, int dh0_dt) {
-  constexpr int SP = BV + 8, AP = kChunk + 4, NT = BV / 8;
+  constexpr int SP = BV + 8, AP = kChunk + 4, NT = BV / 8, kTilesS = NT, kTilesV = NT / 2;
   const int n = blockIdx.x, hv = blockIdx.y, e0 = blockIdx.z * BV, h = hv / p.G;
   const int K = p.K, KP = K + 4, tid = threadIdx.x, warp = tid / 32;
   // Warp w owns the 16 x 8 tiles w + 8 m of both products: columns c_own, rows r_first + m * r_step
@@ -202,32 +203,30 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
     __syncthreads();
     // dv_new = Aqk^T do + Kl dS'   (64 x BV)
     {
-      float acc[kStateTilesMax][4];
-      zero_tiles<kStateTilesMax>(acc);
-      warp_gemm_rows<kStateTilesMax, kSplit>(acc, NT / 2, aqS + r_first, 1, AP, r_step, doS + c_own, SP, 1, kChunk);
-      warp_gemm_rows<kStateTilesMax, kSplit>(acc, NT / 2, klS + r_first * KP, KP, 1, r_step * KP, dhS + c_own, SP, 1,
-                                             K);
+      float acc[kTilesV][4];
+      zero_tiles<kTilesV>(acc);
+      warp_gemm_rows<kTilesV, kSplit>(acc, kTilesV, aqS + r_first, 1, AP, r_step, doS + c_own, SP, 1, kChunk);
+      warp_gemm_rows<kTilesV, kSplit>(acc, kTilesV, klS + r_first * KP, KP, 1, r_step * KP, dhS + c_own, SP, 1, K);
 #pragma unroll
-      for (int m = 0; m < kStateTilesMax; ++m)
-        if (m < NT / 2)
+      for (int m = 0; m < kTilesV; ++m)
 #pragma unroll
-          for (int r = 0; r < 4; ++r) {
-            const int j = r_first + m * r_step + frag_row(r), e = c_own + frag_col(r);
-            dvS[j * SP + e] = acc[m][r];
-            if (j < L) p.dvn[((t0 + j) * p.HV + hv) * p.V + e0 + e] = acc[m][r];
-          }
+        for (int r = 0; r < 4; ++r) {
+          const int j = r_first + m * r_step + frag_row(r), e = c_own + frag_col(r);
+          dvS[j * SP + e] = acc[m][r];
+          if (j < L) p.dvn[((t0 + j) * p.HV + hv) * p.V + e0 + e] = acc[m][r];
+        }
     }
     __syncthreads();
     // dS = exp(G_last) dS' + Qg^T do - w^T dv_new   (K x BV; each warp owns its tiles)
     {
       const int count = (K / 16) * NT / kWarps;
-      float pos[kStateTilesMax][4], neg[kStateTilesMax][4];
-      zero_tiles<kStateTilesMax>(pos);
-      zero_tiles<kStateTilesMax>(neg);
-      warp_gemm_rows<kStateTilesMax, kSplit>(pos, count, qgS + r_first, 1, KP, r_step, doS + c_own, SP, 1, kChunk);
-      warp_gemm_rows<kStateTilesMax, kSplit>(neg, count, wS + r_first, 1, KP, r_step, dvS + c_own, SP, 1, kChunk);
+      float pos[kTilesS][4], neg[kTilesS][4];
+      zero_tiles<kTilesS>(pos);
+      zero_tiles<kTilesS>(neg);
+      warp_gemm_rows<kTilesS, kSplit>(pos, count, qgS + r_first, 1, KP, r_step, doS + c_own, SP, 1, kChunk);
+      warp_gemm_rows<kTilesS, kSplit>(neg, count, wS + r_first, 1, KP, r_step, dvS + c_own, SP, 1, kChunk);
 #pragma unroll
-      for (int m = 0; m < kStateTilesMax; ++m)
+      for (int m = 0; m < kTilesS; ++m)
         if (m < count)
 #pragma unroll
           for (int r = 0; r < 4; ++r) {
@@ -898,6 +897,20 @@ __global__ void gate_params_final_kernel(KdaDev p, void* dA_log, int dA_dt, void
   }
 }
 
+// Value columns per state_bwd block. One block fits per SM (shared memory) and a block's time per chunk
+// is mostly the loads of its w, Kl, Qg, Aqk tiles, the same for any BV: the narrowest tile whose blocks
+// fit in one wave (shortest chunk step), else 64 (one wave at B4 H16 V128 instead of two with 32, and
+// half the tile loads per state column when there are several waves).
+int state_bwd_value_tile(const KdaDev& p) {
+  int device = 0, sms = 0;
+  SEQMIX_CUDA_CHECK(cudaGetDevice(&device));
+  SEQMIX_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int64_t heads = static_cast<int64_t>(p.N) * p.HV;
+  for (const int bv : {16, 32})
+    if (heads * (p.V / bv) <= sms) return bv;
+  return 64;
+}
+
 size_t state_bwd_smem(int K, int BV) {
   return sizeof(float) * (3 * kChunk * (K + 4) + kChunk * (kChunk + 4) + (K + 2 * kChunk) * (BV + 8) + K);
 }
@@ -922,7 +935,7 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
   int64_t max_chunks = 0;
   run_forward(args, cu_seqlens, nullptr, nullptr, true, p, max_chunks, workspace, timer, stream);
   const int dt = dtype_code(dq.dtype, "dq");
-  const int bv = state_value_tile(p);
+  const int bv = state_bwd_value_tile(p);
   const size_t state_smem = state_bwd_smem(p.K, bv);
   const dim3 state_grid(static_cast<unsigned>(p.N), static_cast<unsigned>(p.HV), static_cast<unsigned>(p.V / bv));
   const int do_dt = dtype_code(do_.dtype, "do");
@@ -940,8 +953,10 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
     // no sequence: nothing to differentiate (dA_log / ddt_bias below become zero)
   } else if (bv == 16) {
     launch_state(split ? state_bwd_kernel<16, true> : state_bwd_kernel<16, false>);
-  } else {
+  } else if (bv == 32) {
     launch_state(split ? state_bwd_kernel<32, true> : state_bwd_kernel<32, false>);
+  } else {
+    launch_state(split ? state_bwd_kernel<64, true> : state_bwd_kernel<64, false>);
   }
   SEQMIX_CUDA_CHECK(cudaGetLastError());
   timer.mark("state_bwd");
