@@ -140,9 +140,22 @@ __device__ __forceinline__ void zero_tiles(float c[MT][4]) {
   for (int m = 0; m < MT; ++m) c[m][0] = c[m][1] = c[m][2] = c[m][3] = 0.0f;
 }
 
+// 16-byte global -> shared copy that bypasses the registers (and L1); completes at cp_async_wait_all.
+__device__ __forceinline__ void cp_async16(float* smem_dst, const float* gmem_src) {
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(gmem_src) : "memory");
+}
+
+// Waits for every cp_async16 this thread issued (a __syncthreads must follow before others read them).
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;" ::: "memory");
+}
+
 // One block per (sequence, value head, BV value columns), chunks in reverse; products on the tensor
 // cores (precision as in mma_f32). Shared (strides padded by 4): w, Kl, Qg as [64, K + 4];
-// Aqk [64, 68]; dS tile [K, BV + 8]; do and dv_new tiles [64, BV + 8]; G_last [K].
+// Aqk [64, 68]; dS tile [K, BV + 8]; do and dv_new tiles [64, BV + 8]; G_last [K]; raw G [64, K + 4].
+// Per chunk: w, k, q, G, Aqk go to shared memory by cp.async (all of a chunk's loads in flight at once,
+// none staged in registers) while do is loaded and dS' stored, then k, q become Kl, Qg in place.
 // BV in {16, 32, 64}: a warp holds NT = BV / 8 tiles of the K x BV product (K <= 128) and NT / 2 of the
 // 64 x BV one.
 
@@ -165,6 +178,7 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
   float* doS = dhS + K * SP;
   float* dvS = doS + kChunk * SP;
   float* glS = dvS + kChunk * SP;
+  float* gS = glS + K;
 
   for (int idx = tid; idx < K * BV; idx += kThreads) {
     const int d = idx / BV, e = idx % BV;
@@ -186,9 +200,32 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
       prefetch_rows(static_cast<const char*>(d_out) + ((tp * p.HV + hv) * p.V + e0) * es, kChunk,
                     static_cast<int64_t>(p.HV) * p.V * es, BV * es, kThreads);
     }
-    for (int d = tid; d < K; d += kThreads) glS[d] = p.gc[((t0 + L - 1) * p.HV + hv) * K + d];
-    __syncthreads();
-    load_chunk_tiles(p, t0, L, hv, h, glS, wS, klS, qgS, aqS);
+    {
+      const int k4 = K / 4;
+      for (int idx = tid; idx < kChunk * k4; idx += kThreads) {
+        const int i = idx / k4, d = (idx % k4) * 4, at = i * KP + d;
+        if (i < L) {
+          const int64_t a = ((t0 + i) * p.HV + hv) * K + d, b = ((t0 + i) * p.H + h) * K + d;
+          cp_async16(wS + at, p.w + a);
+          cp_async16(gS + at, p.gc + a);
+          cp_async16(klS + at, p.kp + b);
+          cp_async16(qgS + at, p.qp + b);
+        } else {
+          st4(wS + at, zero4());
+          st4(gS + at, zero4());
+          st4(klS + at, zero4());
+          st4(qgS + at, zero4());
+        }
+      }
+      constexpr int c4 = kChunk / 4;
+      for (int idx = tid; idx < kChunk * c4; idx += kThreads) {
+        const int i = idx / c4, j = (idx % c4) * 4;
+        if (i < L)
+          cp_async16(aqS + i * AP + j, p.Aqk + ((t0 + i) * p.HV + hv) * kChunk + j);
+        else
+          st4(aqS + i * AP + j, zero4());
+      }
+    }
     batched<8>(
         kChunk * BV,
         [&](int idx) {
@@ -199,6 +236,24 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
     for (int idx = tid; idx < K * BV; idx += kThreads) {
       const int d = idx / BV, e = idx % BV;
       p.dhs[((c * p.HV + hv) * K + d) * p.V + e0 + e] = dhS[d * SP + e];
+    }
+    cp_async_wait_all();
+    __syncthreads();
+    // Kl = exp(G_last - G) k, Qg = scale exp(G) q in place (rows >= L stay zero); G_last = G of row L - 1.
+    {
+      const int k4 = K / 4;
+      const float* gl = gS + (L - 1) * KP;
+      const float s = p.scale;
+      for (int idx = tid; idx < L * k4; idx += kThreads) {
+        const int i = idx / k4, d = (idx % k4) * 4, at = i * KP + d;
+        const float4 g = *reinterpret_cast<const float4*>(gS + at), l = *reinterpret_cast<const float4*>(gl + d);
+        const float4 k = *reinterpret_cast<const float4*>(klS + at), q = *reinterpret_cast<const float4*>(qgS + at);
+        st4(klS + at, make_float4(__expf(l.x - g.x) * k.x, __expf(l.y - g.y) * k.y, __expf(l.z - g.z) * k.z,
+                                  __expf(l.w - g.w) * k.w));
+        st4(qgS + at, make_float4(s * __expf(g.x) * q.x, s * __expf(g.y) * q.y, s * __expf(g.z) * q.z,
+                                  s * __expf(g.w) * q.w));
+      }
+      for (int d = tid; d < K; d += kThreads) glS[d] = gl[d];
     }
     __syncthreads();
     // dv_new = Aqk^T do + Kl dS'   (64 x BV)
@@ -912,7 +967,7 @@ int state_bwd_value_tile(const KdaDev& p) {
 }
 
 size_t state_bwd_smem(int K, int BV) {
-  return sizeof(float) * (3 * kChunk * (K + 4) + kChunk * (kChunk + 4) + (K + 2 * kChunk) * (BV + 8) + K);
+  return sizeof(float) * (4 * kChunk * (K + 4) + kChunk * (kChunk + 4) + (K + 2 * kChunk) * (BV + 8) + K);
 }
 size_t wy_bwd_smem(int K) {
   const int KP = K + 4;
