@@ -151,11 +151,28 @@ __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;" ::: "memory");
 }
 
+// Rows [0, 64) x `cols` of a shared tile (row stride dst_rs) from a row-major fp32 source (row i at
+// src + i * src_rs) by cp_async16; rows >= rows_valid are zeroed with plain stores.
+__device__ __forceinline__ void cp_async_rows(float* dst, int dst_rs, const float* src, int64_t src_rs, int rows_valid,
+                                              int cols) {
+  const int c4 = cols / 4;
+  for (int idx = threadIdx.x; idx < kChunk * c4; idx += kThreads) {
+    const int i = idx / c4, d = (idx % c4) * 4;
+    if (i < rows_valid)
+      cp_async16(dst + i * dst_rs + d, src + i * src_rs + d);
+    else
+      st4(dst + i * dst_rs + d, zero4());
+  }
+}
+
 // One block per (sequence, value head, BV value columns), chunks in reverse; products on the tensor
 // cores (precision as in mma_f32). Shared (strides padded by 4): w, Kl, Qg as [64, K + 4];
 // Aqk [64, 68]; dS tile [K, BV + 8]; do and dv_new tiles [64, BV + 8]; G_last [K]; raw G [64, K + 4].
 // Per chunk: w, k, q, G, Aqk go to shared memory by cp.async (all of a chunk's loads in flight at once,
-// none staged in registers) while do is loaded and dS' stored, then k, q become Kl, Qg in place.
+// none staged in registers) while do is loaded and dS' stored, then k, q become Kl, Qg in place. The
+// next chunk's G, k, Aqk are issued as soon as their tiles are free (G after the Kl / Qg step, k and
+// Aqk after the dv_new product), so their loads overlap this chunk's products; w and q follow at the
+// start of the next step. Every chunk but the last of a sequence is full, so those issue 64 rows.
 // BV in {16, 32, 64}: a warp holds NT = BV / 8 tiles of the K x BV product (K <= 128) and NT / 2 of the
 // 64 x BV one.
 
@@ -184,48 +201,33 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
     const int d = idx / BV, e = idx % BV;
     dhS[d * SP + e] = dht ? load_f(dht, dht_dt, state_index(p, n, hv, d, e0 + e)) : 0.0f;
   }
-  const int64_t c_begin = p.chunk_offsets[n];
-  for (int64_t c = p.chunk_offsets[n + 1] - 1; c >= c_begin; --c) {
+  const int64_t c_begin = p.chunk_offsets[n], c_last = p.chunk_offsets[n + 1] - 1;
+  const int64_t rs_k = static_cast<int64_t>(p.HV) * K, rs_q = static_cast<int64_t>(p.H) * K;
+  const int64_t rs_a = static_cast<int64_t>(p.HV) * kChunk;
+  if (c_last >= c_begin) {  // G, k, Aqk of the first chunk of the sweep (later ones: issued a step ahead)
+    const int64_t t0 = p.seq_offsets[n] + (c_last - c_begin) * kChunk;
+    const int64_t left = p.seq_offsets[n + 1] - t0;
+    const int L = static_cast<int>(left < kChunk ? left : kChunk);
+    cp_async_rows(gS, KP, p.gc + (t0 * p.HV + hv) * K, rs_k, L, K);
+    cp_async_rows(klS, KP, p.kp + (t0 * p.H + h) * K, rs_q, L, K);
+    cp_async_rows(aqS, AP, p.Aqk + (t0 * p.HV + hv) * kChunk, rs_a, L, kChunk);
+  }
+  for (int64_t c = c_last; c >= c_begin; --c) {
     const int64_t t0 = p.seq_offsets[n] + (c - c_begin) * kChunk;
     const int64_t left = p.seq_offsets[n + 1] - t0;
     const int L = static_cast<int>(left < kChunk ? left : kChunk);
-    if (c > c_begin) {  // the next chunk of this reverse sweep (a full one) into L2 while this one runs
-      const int64_t tp = t0 - kChunk, fs = sizeof(float);
-      prefetch_rows(p.w + (tp * p.HV + hv) * K, kChunk, p.HV * K * fs, K * fs, kThreads);
-      prefetch_rows(p.gc + (tp * p.HV + hv) * K, kChunk, p.HV * K * fs, K * fs, kThreads);
-      prefetch_rows(p.kp + (tp * p.H + h) * K, kChunk, p.H * K * fs, K * fs, kThreads);
-      prefetch_rows(p.qp + (tp * p.H + h) * K, kChunk, p.H * K * fs, K * fs, kThreads);
-      prefetch_rows(p.Aqk + (tp * p.HV + hv) * kChunk, kChunk, p.HV * kChunk * fs, kChunk * fs, kThreads);
+    const bool more = c > c_begin;
+    const int64_t tn = t0 - kChunk;  // first token of the next chunk of this reverse sweep (a full one)
+    if (more) {  // w, q, do of the next chunk into L2 while this one runs
+      const int64_t fs = sizeof(float);
+      prefetch_rows(p.w + (tn * p.HV + hv) * K, kChunk, rs_k * fs, K * fs, kThreads);
+      prefetch_rows(p.qp + (tn * p.H + h) * K, kChunk, rs_q * fs, K * fs, kThreads);
       const int es = dtype_bytes(d_out_dt);
-      prefetch_rows(static_cast<const char*>(d_out) + ((tp * p.HV + hv) * p.V + e0) * es, kChunk,
+      prefetch_rows(static_cast<const char*>(d_out) + ((tn * p.HV + hv) * p.V + e0) * es, kChunk,
                     static_cast<int64_t>(p.HV) * p.V * es, BV * es, kThreads);
     }
-    {
-      const int k4 = K / 4;
-      for (int idx = tid; idx < kChunk * k4; idx += kThreads) {
-        const int i = idx / k4, d = (idx % k4) * 4, at = i * KP + d;
-        if (i < L) {
-          const int64_t a = ((t0 + i) * p.HV + hv) * K + d, b = ((t0 + i) * p.H + h) * K + d;
-          cp_async16(wS + at, p.w + a);
-          cp_async16(gS + at, p.gc + a);
-          cp_async16(klS + at, p.kp + b);
-          cp_async16(qgS + at, p.qp + b);
-        } else {
-          st4(wS + at, zero4());
-          st4(gS + at, zero4());
-          st4(klS + at, zero4());
-          st4(qgS + at, zero4());
-        }
-      }
-      constexpr int c4 = kChunk / 4;
-      for (int idx = tid; idx < kChunk * c4; idx += kThreads) {
-        const int i = idx / c4, j = (idx % c4) * 4;
-        if (i < L)
-          cp_async16(aqS + i * AP + j, p.Aqk + ((t0 + i) * p.HV + hv) * kChunk + j);
-        else
-          st4(aqS + i * AP + j, zero4());
-      }
-    }
+    cp_async_rows(wS, KP, p.w + (t0 * p.HV + hv) * K, rs_k, L, K);
+    cp_async_rows(qgS, KP, p.qp + (t0 * p.H + h) * K, rs_q, L, K);
     batched<8>(
         kChunk * BV,
         [&](int idx) {
@@ -256,6 +258,7 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
       for (int d = tid; d < K; d += kThreads) glS[d] = gl[d];
     }
     __syncthreads();
+    if (more) cp_async_rows(gS, KP, p.gc + (tn * p.HV + hv) * K, rs_k, kChunk, K);
     // dv_new = Aqk^T do + Kl dS'   (64 x BV)
     {
       float acc[kTilesV][4];
@@ -272,6 +275,10 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
         }
     }
     __syncthreads();
+    if (more) {
+      cp_async_rows(klS, KP, p.kp + (tn * p.H + h) * K, rs_q, kChunk, K);
+      cp_async_rows(aqS, AP, p.Aqk + (tn * p.HV + hv) * kChunk, rs_a, kChunk, kChunk);
+    }
     // dS = exp(G_last) dS' + Qg^T do - w^T dv_new   (K x BV; each warp owns its tiles)
     {
       const int count = (K / 16) * NT / kWarps;
