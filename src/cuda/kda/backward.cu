@@ -151,12 +151,22 @@ __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;" ::: "memory");
 }
 
-// Rows [0, 64) x `cols` of a shared tile (row stride dst_rs) from a row-major fp32 source (row i at
-// src + i * src_rs) by cp_async16; rows >= rows_valid are zeroed with plain stores.
-__device__ __forceinline__ void cp_async_rows(float* dst, int dst_rs, const float* src, int64_t src_rs, int rows_valid,
-                                              int cols) {
+// Closes the group of copies issued so far; cp_async_wait<N> waits until at most the N most recently
+// closed groups are still in flight.
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+// Rows [0, rows) x `cols` of a shared tile (row stride dst_rs) from a row-major fp32 source (row i at
+// src + i * src_rs) by cp_async16 from NT threads; rows >= rows_valid are zeroed with plain stores.
+template <int NT>
+__device__ __forceinline__ void cp_async_rows(float* dst, int dst_rs, const float* src, int64_t src_rs, int rows,
+                                              int rows_valid, int cols) {
   const int c4 = cols / 4;
-  for (int idx = threadIdx.x; idx < kChunk * c4; idx += kThreads) {
+  for (int idx = threadIdx.x; idx < rows * c4; idx += NT) {
     const int i = idx / c4, d = (idx % c4) * 4;
     if (i < rows_valid)
       cp_async16(dst + i * dst_rs + d, src + i * src_rs + d);
@@ -208,9 +218,9 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
     const int64_t t0 = p.seq_offsets[n] + (c_last - c_begin) * kChunk;
     const int64_t left = p.seq_offsets[n + 1] - t0;
     const int L = static_cast<int>(left < kChunk ? left : kChunk);
-    cp_async_rows(gS, KP, p.gc + (t0 * p.HV + hv) * K, rs_k, L, K);
-    cp_async_rows(klS, KP, p.kp + (t0 * p.H + h) * K, rs_q, L, K);
-    cp_async_rows(aqS, AP, p.Aqk + (t0 * p.HV + hv) * kChunk, rs_a, L, kChunk);
+    cp_async_rows<kThreads>(gS, KP, p.gc + (t0 * p.HV + hv) * K, rs_k, kChunk, L, K);
+    cp_async_rows<kThreads>(klS, KP, p.kp + (t0 * p.H + h) * K, rs_q, kChunk, L, K);
+    cp_async_rows<kThreads>(aqS, AP, p.Aqk + (t0 * p.HV + hv) * kChunk, rs_a, kChunk, L, kChunk);
   }
   for (int64_t c = c_last; c >= c_begin; --c) {
     const int64_t t0 = p.seq_offsets[n] + (c - c_begin) * kChunk;
@@ -226,8 +236,8 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
       prefetch_rows(static_cast<const char*>(d_out) + ((tn * p.HV + hv) * p.V + e0) * es, kChunk,
                     static_cast<int64_t>(p.HV) * p.V * es, BV * es, kThreads);
     }
-    cp_async_rows(wS, KP, p.w + (t0 * p.HV + hv) * K, rs_k, L, K);
-    cp_async_rows(qgS, KP, p.qp + (t0 * p.H + h) * K, rs_q, L, K);
+    cp_async_rows<kThreads>(wS, KP, p.w + (t0 * p.HV + hv) * K, rs_k, kChunk, L, K);
+    cp_async_rows<kThreads>(qgS, KP, p.qp + (t0 * p.H + h) * K, rs_q, kChunk, L, K);
     batched<8>(
         kChunk * BV,
         [&](int idx) {
@@ -258,7 +268,7 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
       for (int d = tid; d < K; d += kThreads) glS[d] = gl[d];
     }
     __syncthreads();
-    if (more) cp_async_rows(gS, KP, p.gc + (tn * p.HV + hv) * K, rs_k, kChunk, K);
+    if (more) cp_async_rows<kThreads>(gS, KP, p.gc + (tn * p.HV + hv) * K, rs_k, kChunk, kChunk, K);
     // dv_new = Aqk^T do + Kl dS'   (64 x BV)
     {
       float acc[kTilesV][4];
@@ -276,8 +286,8 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
     }
     __syncthreads();
     if (more) {
-      cp_async_rows(klS, KP, p.kp + (tn * p.H + h) * K, rs_q, kChunk, K);
-      cp_async_rows(aqS, AP, p.Aqk + (tn * p.HV + hv) * kChunk, rs_a, kChunk, kChunk);
+      cp_async_rows<kThreads>(klS, KP, p.kp + (tn * p.H + h) * K, rs_q, kChunk, kChunk, K);
+      cp_async_rows<kThreads>(aqS, AP, p.Aqk + (tn * p.HV + hv) * kChunk, rs_a, kChunk, kChunk, kChunk);
     }
     // dS = exp(G_last) dS' + Qg^T do - w^T dv_new   (K x BV; each warp owns its tiles)
     {
@@ -395,7 +405,6 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
     const int64_t fs = sizeof(float), es = dtype_bytes(p.in_dt), dos = dtype_bytes(d_out_dt);
     prefetch_rows(p.hs + state_off, K, V * fs, V * fs, kWyThreads);
     prefetch_rows(p.dvn + row_at(0) * V, L, p.HV * V * fs, V * fs, kWyThreads);
-    prefetch_rows(p.A + row_at(0) * kChunk, L, p.HV * kChunk * fs, kChunk * fs, kWyThreads);
     prefetch_rows(static_cast<const char*>(p.v) + row_at(0) * V * es, L, p.HV * V * es, V * es, kWyThreads);
     prefetch_rows(static_cast<const char*>(d_out) + row_at(0) * V * dos, L, p.HV * V * dos, V * dos, kWyThreads);
     prefetch_rows(p.gc + row_at(0) * K, L, p.HV * K * fs, K * fs, kWyThreads);
@@ -403,8 +412,14 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   }
   for (int d = tid; d < K; d += kWyThreads) glS[d] = p.gc[row_at(L - 1) * K + d];
   for (int i = tid; i < kChunk; i += kWyThreads) bS[i] = i < L ? p.bp[row_at(i)] : 0.0f;
-  load_rows4<kWyThreads>(sS, KP, p.dhs + state_off, V, K, K, V);
-  load_rows4<kWyThreads>(sY, KP, p.vn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, kChunk, L, V);
+  // dS' and v_new by cp.async (one group, awaited now), then A (its own group, awaited before the A^T dw
+  // step: its load overlaps the first products).
+  cp_async_rows<kWyThreads>(sS, KP, p.dhs + state_off, V, K, K, V);
+  cp_async_rows<kWyThreads>(sY, KP, p.vn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, kChunk, L, V);
+  cp_async_commit();
+  cp_async_rows<kWyThreads>(sA, AP, p.A + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L, kChunk);
+  cp_async_commit();
+  cp_async_wait<1>();
   __syncthreads();
 
   // Warp w owns tiles w + 16 m of every [64, K] product (m < ct / 4: columns kc, rows kr + m * kstep)
@@ -508,8 +523,8 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
       }
   }
   __syncthreads();
-  load_rows4<kWyThreads>(sX, KP, p.dvn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, kChunk, L, V);
-  load_rows4<kWyThreads>(sA, AP, p.A + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L, kChunk);
+  cp_async_rows<kWyThreads>(sX, KP, p.dvn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, kChunk, L, V);
+  cp_async_wait_all();
   for (int idx = tid; idx < kChunk * ct; idx += kWyThreads) red[idx] = 0.0f;
   __syncthreads();
   // dw = -dv_new S^T -> sO
