@@ -12,7 +12,8 @@
 //   w [tokens, HV, K], u [tokens, HV, V]   WY vectors
 //   backward only: vn, dvn [tokens, HV, V]; hs, dhs [max_chunks, HV, K, V] (state entering chunk c,
 //   gradient of the state leaving chunk c); dq_hv, dk_hv, dgc [tokens, HV, K]; dbp [tokens, HV];
-//   dAqk, dM [tokens, HV, 64] (gradients of the chunk's Aqk and strictly-lower M); dg_last
+//   dAqk, dM [tokens, HV, 64] (gradients of the chunk's Aqk and strictly-lower M; they reuse the
+//   buffers of Aqk and u, dead by then); dg_last
 //   [max_chunks, HV, K] (gradient of the chunk's last cumulative gate); dbp_slice [K / 32, tokens, HV]
 #pragma once
 
