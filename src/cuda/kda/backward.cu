@@ -325,28 +325,8 @@ constexpr int kSub = 16;           // sub-chunk length (FLA's BC)
 constexpr int kSliceStride = kSlice + 4;
 constexpr int kWyTilesMax = 4;     // 16 x 8 tiles per warp of a [64, K] product, K <= 128
 
-// Rows [0, 64) x `cols` of a row-major fp32 source (row i at src + i * src_rs) into a shared tile of
-// row stride dst_rs; rows >= rows_valid zero. U float4 loads in flight per thread.
-template <int NT, int U = 4>
-__device__ __forceinline__ void load_rows4(float* dst, int dst_rs, const float* src, int64_t src_rs, int rows,
-                                           int rows_valid, int cols) {
-  const int c4 = cols / 4, n = rows * c4;
-  for (int base = threadIdx.x; base < n; base += NT * U) {
-    float4 v[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int idx = base + u * NT, i = idx / c4;
-      v[u] = idx < n && i < rows_valid ? ldg4(src + i * src_rs + (idx % c4) * 4) : zero4();
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int idx = base + u * NT;
-      if (idx < n) st4(dst + (idx / c4) * dst_rs + (idx % c4) * 4, v[u]);
-    }
-  }
-}
-
-// Same for a [tokens, HV, V] input of any dtype (do, v).
+// Rows [0, 64) x `cols` of a [tokens, HV, V] input of any dtype (do, v) into a shared fp32 tile of row
+// stride dst_rs; rows >= rows_valid zero. U loads in flight per thread.
 template <int NT, int U = 8>
 __device__ __forceinline__ void load_rows_dt(float* dst, int dst_rs, const void* src, int dt, int64_t src_rs,
                                              int64_t offset, int rows_valid, int cols) {
@@ -689,31 +669,28 @@ __global__ void __launch_bounds__(kPairThreads) pair_bwd_kernel(KdaDev p) {
     prefetch_rows(p.dk_hv + row_at(0) * K + d0, L, rs, kSlice * fs, kPairThreads);
     prefetch_rows(p.dgc + row_at(0) * K + d0, L, rs, kSlice * fs, kPairThreads);
   }
-  // k, q, G slices (12 float4 loads in flight per thread), then dAqk, dM (16).
+  // k, q, G slices, dAqk, dM by cp.async (every load of the block in flight at once).
   {
-    constexpr int c4 = kSlice / 4, n = kChunk * c4, U = n / kPairThreads;
-    float4 kv[U], qv[U], gv[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int idx = tid + u * kPairThreads, i = idx / c4, d = d0 + (idx % c4) * 4, src = i < L ? i : L - 1;
-      const int64_t at = ((t0 + i) * p.H + h) * K + d;
-      kv[u] = i < L ? ldg4(p.kp + at) : zero4();
-      qv[u] = i < L ? ldg4(p.qp + at) : zero4();
-      gv[u] = ldg4(p.gc + row_at(src) * K + d);
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int idx = tid + u * kPairThreads, at = (idx / c4) * KS + (idx % c4) * 4;
-      st4(kS + at, kv[u]);
-      st4(qS + at, qv[u]);
-      st4(gS + at, gv[u]);
+    constexpr int c4 = kSlice / 4;
+    for (int idx = tid; idx < kChunk * c4; idx += kPairThreads) {
+      const int i = idx / c4, d = d0 + (idx % c4) * 4, at = i * KS + (idx % c4) * 4;
+      if (i < L) {
+        const int64_t kq = ((t0 + i) * p.H + h) * K + d;
+        cp_async16(kS + at, p.kp + kq);
+        cp_async16(qS + at, p.qp + kq);
+      } else {
+        st4(kS + at, zero4());
+        st4(qS + at, zero4());
+      }
+      cp_async16(gS + at, p.gc + row_at(i < L ? i : L - 1) * K + d);
     }
   }
-  load_rows4<kPairThreads, 8>(aqS, AP, p.dAqk + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L,
+  cp_async_rows<kPairThreads>(aqS, AP, p.dAqk + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L,
                               kChunk);
-  load_rows4<kPairThreads, 8>(dmS, AP, p.dM + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L,
+  cp_async_rows<kPairThreads>(dmS, AP, p.dM + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L,
                               kChunk);
   for (int i = tid; i < kChunk; i += kPairThreads) bS[i] = i < L ? p.bp[row_at(i)] : 0.0f;
+  cp_async_wait_all();
   __syncthreads();
 
   const int base = warp * kSub;  // this warp's sub-chunk
