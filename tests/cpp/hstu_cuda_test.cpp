@@ -213,6 +213,14 @@ std::vector<Case> long_cases() {
   // Skewed: one long sequence among many short ones, most blocks of the grid exit at once.
   add("skewed_targets_contextual_bf16_d64", {3000, 1, 0, 5, 77, 2, 129, 0, 1}, {40, 1, 0, 2, 7, 0, 64, 0, 0},
       DType::bf16, 64, [](auto& p) { p.contextual_seq_len = 3; });
+  // More sequences than the kernels rank longest-first in-kernel (256), with many equal lengths:
+  // the blocks fall back to batch order.
+  std::vector<int64_t> many_lengths(300), many_targets(300);
+  for (int64_t b = 0; b < 300; ++b) {
+    many_lengths[b] = b * 37 % 150;
+    many_targets[b] = std::min<int64_t>(b % 5, many_lengths[b]);
+  }
+  add("many_sequences_causal_targets_bf16_d128", many_lengths, many_targets, DType::bf16, 128, [](auto&) {});
   return cases;
 }
 

@@ -19,14 +19,12 @@
 
 namespace seqmix::cuda::hstu {
 
-constexpr int kTileRows = 64;  // key rows per tile; query rows per dq block (16 per warp)
-constexpr int kWarps = 4;
+constexpr int kTileRows = 64;  // backward: key rows per dk-dv block, query rows per dq block (16 per warp)
+constexpr int kWarps = 4;      // backward blocks
 constexpr int kThreads = kWarps * 32;
-constexpr int kFwdQueryRows = 128;  // query rows per forward block: 32 per warp, so every K / V
-                                    // fragment read from shared memory feeds two MMAs
-constexpr int kBwdQueryRows = 32;   // query rows per step of the dk-dv pass (register budget)
-constexpr int kSmemPad = 8;         // 16 bytes per shared row: ldmatrix rows hit distinct banks
-constexpr int kChunk = 8;           // 16-byte vector = 8 elements
+constexpr int kBwdQueryRows = 32;  // query rows per sub-tile of the dk-dv pass (register budget)
+constexpr int kSmemPad = 8;        // 16 bytes per shared row: ldmatrix rows hit distinct banks
+constexpr int kChunk = 8;          // 16-byte vector = 8 elements
 
 // One jagged [L, H, D] operand: element (token, head, d) at data[token * token_stride + head * head_stride + d].
 struct Operand {
@@ -53,6 +51,8 @@ struct Args {
   int64_t batch;
   int64_t max_seq_len;
   int tiles_per_sequence;  // grid.x = batch * tiles_per_sequence (set by grid_of)
+  int heads;               // set by grid_longest_first, as is
+  int64_t blocks;          // batch * tiles_per_sequence * heads (the grid may hold a few more)
 };
 
 __device__ __forceinline__ int64_t load_index(const void* p, int64_t i, bool i64) {
@@ -71,6 +71,57 @@ __device__ __forceinline__ Sequence sequence_of_block(const Args& a) {
   Sequence s;
   s.tile = a.tiles_per_sequence - 1 - static_cast<int>(blockIdx.x % a.tiles_per_sequence);
   const Index& ix = a.index;
+  s.start = load_index(ix.seq_offsets, b * ix.seq_offsets_stride, ix.seq_offsets_i64);
+  s.length = load_index(ix.seq_offsets, (b + 1) * ix.seq_offsets_stride, ix.seq_offsets_i64) - s.start;
+  const int64_t targets =
+      ix.num_targets ? load_index(ix.num_targets, b * ix.num_targets_stride, ix.num_targets_i64) : -1;
+  s.rule = hstu_mask::Rule::make(a.mask, s.length, targets);
+  return s;
+}
+
+constexpr int kRankedBatchMax = 256;  // batches up to this size run longest sequence first
+
+// Block -> (sequence, tile, head) for grid_longest_first. Blocks start in index order, so the
+// heaviest work goes first and the jagged tail is made of light blocks: sequences run longest
+// first (ranked in-kernel, a few hundred shared-memory compares), and within a sequence its heavy
+// tiles first (`reverse_tiles`: the last ones, as for causal query tiles). Heads vary fastest so
+// the blocks of one sequence run together and share its K / V in L2. Every thread must call it.
+__device__ inline Sequence sequence_longest_first(const Args& a, bool reverse_tiles, int& head) {
+  __shared__ int lengths[kRankedBatchMax];
+  __shared__ int ranked;
+  const Index& ix = a.index;
+  const int64_t linear = static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;
+  head = static_cast<int>(linear % a.heads);
+  const int64_t rest = linear / a.heads;
+  const int order = static_cast<int>(rest % a.tiles_per_sequence);
+  int64_t b = rest / a.tiles_per_sequence;
+  if (a.batch <= kRankedBatchMax) {
+    const int rank = static_cast<int>(min(b, a.batch - 1));
+    const int batch = static_cast<int>(a.batch);
+    for (int c = threadIdx.x; c < batch; c += blockDim.x) {
+      lengths[c] = static_cast<int>(load_index(ix.seq_offsets, (c + 1) * ix.seq_offsets_stride, ix.seq_offsets_i64) -
+                                    load_index(ix.seq_offsets, c * ix.seq_offsets_stride, ix.seq_offsets_i64));
+    }
+    __syncthreads();
+    // Rank = sequences longer, or as long with a lower index: a permutation, so one c matches.
+    for (int c = threadIdx.x; c < batch; c += blockDim.x) {
+      const int length = lengths[c];
+      int r = 0;
+      for (int other = 0; other < batch; ++other)
+        r += lengths[other] > length || (lengths[other] == length && other < c);
+      if (r == rank) ranked = c;
+    }
+    __syncthreads();
+    b = ranked;
+  }
+  Sequence s;
+  if (linear >= a.blocks) {  // the grid's rounding: an empty sequence, the kernels return
+    s.start = s.length = 0;
+    s.tile = 0;
+    s.rule = hstu_mask::Rule::make(a.mask, 0, -1);
+    return s;
+  }
+  s.tile = reverse_tiles ? a.tiles_per_sequence - 1 - order : order;
   s.start = load_index(ix.seq_offsets, b * ix.seq_offsets_stride, ix.seq_offsets_i64);
   s.length = load_index(ix.seq_offsets, (b + 1) * ix.seq_offsets_stride, ix.seq_offsets_i64) - s.start;
   const int64_t targets =
@@ -162,6 +213,53 @@ struct RowPairMask {
   }
 };
 
+// A block-wide copy of the rule in shared memory, for loops that read it only now and then (tile
+// hulls, the few sub-tiles that need a per-element mask): its 64-bit fields then hold no
+// registers next to the accumulators. Raw storage, since a __shared__ variable cannot have Rule's
+// default member initialisers. Every thread of the block must call it (a barrier).
+__device__ __forceinline__ const hstu_mask::Rule& share_rule(const hstu_mask::Rule& rule) {
+  __shared__ alignas(hstu_mask::Rule) unsigned char storage[sizeof(hstu_mask::Rule)];
+  auto* shared = reinterpret_cast<hstu_mask::Rule*>(storage);
+  if (threadIdx.x == 0) *shared = rule;
+  __syncthreads();
+  return *shared;
+}
+
+// The mask of a thread's accumulator elements of a 16 x COLS tile (rows row0 + 16 m ..., columns
+// col0 ...) as bits, bit 4 n + e for element e of 8-column block n. Built before the tile's MMAs
+// so that the mask arithmetic (64-bit positions, the rule) is not live next to S and O: inlined
+// among the accumulators it made ptxas spill. TRANSPOSED: the tile's rows are keys and its
+// columns queries (the dk-dv pass's S^T).
+template <int COLS, bool TRANSPOSED = false>
+__device__ __forceinline__ uint32_t mask_bits(const hstu_mask::Rule& rule, int64_t row0, int64_t col0) {
+  static_assert(COLS / 8 * 4 <= 32);
+  const int lane = threadIdx.x % 32;
+  uint32_t bits = 0;
+  if (TRANSPOSED) {
+#pragma unroll
+    for (int n = 0; n < COLS / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t j = row0 + lane / 4 + (e / 2) * 8;
+        const int64_t i = col0 + n * 8 + 2 * (lane % 4) + e % 2;
+        if (rule.allowed(i, j)) bits |= 1u << (4 * n + e);
+      }
+    }
+    return bits;
+  }
+  const RowPairMask rows(rule, row0 + lane / 4);
+#pragma unroll
+  for (int n = 0; n < COLS / 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t i = row0 + lane / 4 + (e / 2) * 8;
+      const int64_t j = col0 + n * 8 + 2 * (lane % 4) + e % 2;
+      if (rows.allowed(rule, e / 2, i, j)) bits |= 1u << (4 * n + e);
+    }
+  }
+  return bits;
+}
+
 // sigmoid(x) = (1 + tanh(x / 2)) / 2 and silu(x) = x sigmoid(x) = h + h tanh(h), h = x / 2: one
 // MUFU op per score (tanh.approx.f32, max relative error about 2^-11, the size of f16's rounding
 // of P) where exp and a reciprocal take two; the MUFU rate (16 / clock / SM) is the kernels' other
@@ -172,10 +270,8 @@ __device__ __forceinline__ float tanh_approx(float x) {
   return y;
 }
 __device__ __forceinline__ float sigmoid(float x) { return fmaf(0.5f, tanh_approx(0.5f * x), 0.5f); }
-__device__ __forceinline__ float silu(float x) {
-  const float h = 0.5f * x;
-  return fmaf(h, tanh_approx(h), h);
-}
+__device__ __forceinline__ float silu_of_half(float h) { return fmaf(h, tanh_approx(h), h); }  // silu(2 h)
+__device__ __forceinline__ float silu(float x) { return silu_of_half(0.5f * x); }
 
 // ---- shared memory tiles ----
 
@@ -391,6 +487,17 @@ inline Args make_args(const HstuAttentionParams& params, const TensorView& q, co
 inline dim3 grid_of(Args& a, int64_t heads, int rows) {
   a.tiles_per_sequence = static_cast<int>((a.max_seq_len + rows - 1) / rows);
   return dim3(static_cast<unsigned>(a.batch * a.tiles_per_sequence), static_cast<unsigned>(heads));
+}
+
+// The grid of sequence_longest_first for blocks of `rows` rows (x, then y when the count exceeds
+// grid.x's 2^31 - 1); sets the tile, head and block counts.
+inline dim3 grid_longest_first(Args& a, int64_t heads, int rows) {
+  a.tiles_per_sequence = static_cast<int>((a.max_seq_len + rows - 1) / rows);
+  a.heads = static_cast<int>(heads);
+  a.blocks = a.batch * a.tiles_per_sequence * heads;
+  constexpr int64_t kMaxX = (int64_t{1} << 31) - 1;
+  const int64_t y = (a.blocks + kMaxX - 1) / kMaxX;
+  return dim3(static_cast<unsigned>((a.blocks + y - 1) / y), static_cast<unsigned>(y));
 }
 
 }  // namespace seqmix::cuda::hstu

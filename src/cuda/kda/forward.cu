@@ -1,20 +1,27 @@
-// KDA chunked forward on CUDA (FLA chunk_kda decomposition, fp32 arithmetic; the matrix products w, u
-// and the state recurrence on the tensor cores as 3xTF32, the pairwise-decay products M, Aqk and the
-// triangular inverse on the CUDA cores).
+// KDA chunked forward on CUDA (FLA chunk_kda decomposition). Tensor cores (mma.sync m16n8k8 TF32, fp32
+// accumulation) for every product: one TF32 MMA per step for bf16 / f16 inputs (operands keep 10
+// mantissa bits, more than the bf16 operands FLA multiplies), 3xTF32 for f32 inputs (fp32-accurate, so
+// f32 keeps its tight tolerances). Gate cumsum, exponentials and the triangular solve stay fp32.
 //
 // Per chunk of 64 tokens (cumulative gates G = cumsum g within the chunk, fp32):
 //   M = tril(diag(beta) K Gamma K^T, -1),  M_ij = beta_i sum_d k_id k_jd exp(G_id - G_jd)
-//   A = (I + M)^-1                           forward substitution, row by row
-//   w = A diag(beta) (exp(G) * K),  u = A diag(beta) V,  Aqk = scale * tril(q Gamma K^T) (diagonal kept)
-// Per (sequence, head, 16 or 32 value columns), sequentially over chunks with the state tile in shared memory:
-//   v_new = u - w S;  o = (scale exp(G) * q) S + Aqk v_new;  S <- exp(G_last) S + (exp(G_last - G) * K)^T v_new
-// exp(G_i - G_j) is formed per pair (i >= j, so the exponent is <= 0 for decays g <= 0) rather than
-// as exp(G_i) * exp(-G_j): that product overflows once a chunk decays by more than ~88 nats, which
-// FLA avoids with 16-token sub-chunks; per-pair exponentials need no such split.
+//   A = (I + M)^-1,  w = A diag(beta) (exp(G) * K),  u = A diag(beta) V,  Aqk = scale * tril(q Gamma K^T)
+// Per (sequence, head, value tile), sequentially over chunks:
+//   hs_c = S;  v_new = u - w S;  S <- exp(G_last) S + (exp(G_last - G) * K)^T v_new
+// Per chunk again, in parallel:  o = (scale exp(G) * q) hs_c + Aqk v_new.
+// exp(G_i - G_j) never overflows: between 16-token sub-chunks it is split at the first token n of the
+// later sub-chunk into two factors <= 1 (decays g <= 0), inside a sub-chunk it is formed per pair.
+// Taking o out of the sequential loop (FLA's chunk_o) halves the work on the critical path; the price
+// is hs and v_new in global memory, which the backward keeps anyway.
 //
-// Kernels: build_tables (sequence -> chunk offsets on the device), prepare_qk (L2 norm), prepare_gate
-// (fused gate, beta sigmoid, in-chunk cumsum), intra_fwd (one block per (chunk, head): M, A, w, u, Aqk;
-// k, q, G tiles [64, K] in shared memory), state_fwd (one block per (sequence, head, V tile)).
+// The input transforms (L2 norm, fused gate, beta sigmoid, cumsum) live in the chunk kernel rather than
+// in passes of their own: the fp32 copies they used to write cost more bandwidth than the arithmetic.
+// Forward-only calls write none of the backward's scratch (qp, kp, rstd, gc, bp, A).
+//
+// Kernels: build_tables (sequence -> chunk offsets on the device); chunk_fwd (one block per (chunk, value
+// head): input transforms, M, Aqk, A, w, u, exp(G_last - G) k); state_fwd (one block per (sequence,
+// value head, 16 / 32 / 64 value columns), cp.async-pipelined); output_fwd (one block per (chunk, value
+// head, 64 value columns)).
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -64,264 +71,610 @@ __global__ void __launch_bounds__(kTableThreads) build_tables_kernel(KdaDev p) {
   }
 }
 
-// One warp per (token, head) row of q and k: fp32 copy, L2-normalised when asked (FLA eps 1e-6).
-__global__ void prepare_qk_kernel(KdaDev p) {
-  constexpr float kL2NormEps = 1e-6f;
-  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  if (row >= p.tokens * p.H) return;
-  for (int which = 0; which < 2; ++which) {
-    const void* src = which ? p.k : p.q;
-    float* dst = which ? p.kp : p.qp;
-    float* rstd = which ? p.k_rstd : p.q_rstd;
-    float x[4];
-    float ss = 0.0f;
-    for (int r = 0; r < p.K / 32; ++r) {
-      x[r] = load_f(src, p.in_dt, row * p.K + r * 32 + lane);
-      ss += x[r] * x[r];
-    }
-    float s = 1.0f;
-    if (p.l2norm) {
-      s = rsqrtf(warp_sum(ss) + kL2NormEps);
-      if (lane == 0) rstd[row] = s;
-    }
-    for (int r = 0; r < p.K / 32; ++r) dst[row * p.K + r * 32 + lane] = x[r] * s;
+constexpr int kChunk4 = kChunk + 4;  // row stride of 64 x 64 tiles (fragment loads on 32 banks)
+
+// ---- Tensor-core helpers. kPrecise: 3xTF32 (fp32-accurate, for f32 inputs); otherwise one TF32 MMA
+// per step (10-bit mantissa operands, fp32 accumulation: still finer than the bf16 operands FLA uses).
+template <bool kPrecise>
+__device__ __forceinline__ void mma_step(float c[4], const float a[4], const float b[2]) {
+  if constexpr (kPrecise) {
+    uint32_t ah[4], al[4], bh[2], bl[2];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) split_tf32(a[r], ah[r], al[r]);
+    split_tf32(b[0], bh[0], bl[0]);
+    split_tf32(b[1], bh[1], bl[1]);
+    mma_tf32(c, al, bh);
+    mma_tf32(c, ah, bl);
+    mma_tf32(c, ah, bh);
+  } else {
+    const uint32_t ar[4] = {to_tf32(a[0]), to_tf32(a[1]), to_tf32(a[2]), to_tf32(a[3])};
+    const uint32_t br[2] = {to_tf32(b[0]), to_tf32(b[1])};
+    mma_tf32(c, ar, br);
   }
 }
 
-// One block per (chunk, value head): applied gate and its in-chunk cumsum (thread per channel),
-// applied beta (thread per token).
-__global__ void prepare_gate_kernel(KdaDev p) {
-  int64_t t0;
-  int L;
-  if (!locate_chunk(p, blockIdx.x, t0, L)) return;
-  const int hv = blockIdx.y;
-  for (int d = threadIdx.x; d < p.K; d += blockDim.x) {
-    float run = 0.0f;
-    for (int i = 0; i < L; ++i) {
-      const int64_t at = ((t0 + i) * p.HV + hv) * p.K + d;
-      run += gate_value(p, load_f(p.g, p.in_dt, at), hv, d, nullptr, nullptr);
-      p.gc[at] = run;
+// A 16 x (8 NTW) strip: c[j] += A[16, kdim] * B[kdim, 8j .. 8j + 8); B row-major (b_rs), columns contiguous.
+// The A fragment of a step is loaded (and converted) once for the NTW MMAs.
+template <bool kPrecise, int NTW>
+__device__ __forceinline__ void gemm_strip(float (&c)[NTW][4], const float* a, int a_rs, int a_cs, const float* b,
+                                           int b_rs, int kdim) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll 2
+  for (int k0 = 0; k0 < kdim; k0 += 8) {
+    const float af[4] = {a[g * a_rs + (k0 + t) * a_cs], a[(g + 8) * a_rs + (k0 + t) * a_cs],
+                         a[g * a_rs + (k0 + t + 4) * a_cs], a[(g + 8) * a_rs + (k0 + t + 4) * a_cs]};
+#pragma unroll
+    for (int j = 0; j < NTW; ++j) {
+      const float bf[2] = {b[(k0 + t) * b_rs + 8 * j + g], b[(k0 + t + 4) * b_rs + 8 * j + g]};
+      mma_step<kPrecise>(c[j], af, bf);
     }
-  }
-  for (int i = threadIdx.x; i < L; i += blockDim.x) {
-    const int64_t at = (t0 + i) * p.HV + hv;
-    float b = load_f(p.beta, p.in_dt, at);
-    if (p.beta_sigmoid) b = p.beta_mult / (1.0f + expf(-b));
-    p.bp[at] = b;
   }
 }
 
-// One block per (chunk, value head). Shared: k, q (later beta exp(G) k, then beta v), G as [64, K + 1];
-// M and A as [64, 65]; beta [64].
-__global__ void __launch_bounds__(kThreads) intra_fwd_kernel(KdaDev p) {
+// out rows [r0, r0 + 16) x columns [c0, c0 + 8 NTW) of A x, A lower triangular [64, 68] (kdim r0 + 16);
+// rows >= L not stored; out row i at out[i * out_rs].
+template <bool kPrecise, int NTW>
+__device__ __forceinline__ void lower_product_strip(const float* As, const float* x, int x_rs, int r0, int c0, int L,
+                                                    float* out, int64_t out_rs) {
+  float acc[NTW][4] = {};
+  gemm_strip<kPrecise, NTW>(acc, As + r0 * kChunk4, kChunk4, 1, x + c0, x_rs, r0 + 16);
+#pragma unroll
+  for (int j = 0; j < NTW; ++j)
+#pragma unroll
+    for (int r = 0; r < 4; r += 2) {  // entries r, r + 1: adjacent columns of one row
+      const int i = r0 + frag_row(r);
+      if (i < L)
+        *reinterpret_cast<float2*>(out + i * out_rs + c0 + 8 * j + frag_col(r)) = make_float2(acc[j][r], acc[j][r + 1]);
+    }
+}
+
+// Four consecutive elements (i % 4 == 0) as floats: one 8- or 16-byte load when the base is aligned.
+__device__ __forceinline__ float4 load4_f(const KdaDev& p, const void* base, int dt, int64_t i) {
+  if (p.aligned) {
+    if (dt == kF32) return __ldg(reinterpret_cast<const float4*>(static_cast<const float*>(base) + i));
+    if (dt == kBF16 || dt == kF16) {
+      const uint2 r = __ldg(reinterpret_cast<const uint2*>(static_cast<const uint16_t*>(base) + i));
+      float2 a, b;
+      if (dt == kBF16) {
+        a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&r.x));
+        b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&r.y));
+      } else {
+        a = __half22float2(*reinterpret_cast<const __half2*>(&r.x));
+        b = __half22float2(*reinterpret_cast<const __half2*>(&r.y));
+      }
+      return make_float4(a.x, a.y, b.x, b.y);
+    }
+  }
+  return make_float4(load_f(base, dt, i), load_f(base, dt, i + 1), load_f(base, dt, i + 2), load_f(base, dt, i + 3));
+}
+
+// The fused gate of gate_value (common.cuh) with dt_bias already added (x) and exp(A_log) hoisted (rate).
+__device__ __forceinline__ float applied_gate(const KdaDev& p, float x, float rate) {
+  if (p.has_lower_bound) return p.lower_bound * (1.0f / (1.0f + __expf(-rate * x)));
+  constexpr float kSoftplusThreshold = 20.0f;  // torch softplus default
+  return -rate * (x > kSoftplusThreshold ? x : log1pf(__expf(x)));
+}
+
+constexpr int kSub = 16;                           // sub-chunk rows: the decay reference and the inverse's block size
+constexpr int kSubs = kChunk / kSub;               // 4 sub-chunks per chunk
+constexpr int kAP = kChunk4;                       // row stride of 64 x 64 tiles (fragment loads on 32 banks)
+constexpr int kMP = kSub + 4;                      // row stride of one packed 16 x 16 block of M
+constexpr int kMBlocks = kSubs * (kSubs + 1) / 2;  // lower blocks of M, diagonal included
+
+// Packed lower block (bi, bj), bi >= bj, of M.
+__device__ __forceinline__ float* m_block(float* Ms, int bi, int bj) {
+  return Ms + (bi * (bi + 1) / 2 + bj) * kSub * kMP;
+}
+
+// q's buffer later holds A [64, 68] and the partial sums [16, 68] of the inverse.
+__host__ __device__ constexpr int q_region(int K) {
+  return kChunk * (K + 4) > (kChunk + kSub) * kAP ? kChunk * (K + 4) : (kChunk + kSub) * kAP;
+}
+
+// One block per (chunk, value head): everything of the chunk that does not need the state.
+// Shared (fp32, row stride K + 4): k, q, G as [64, K]; M as 10 packed 16 x 16 lower blocks; beta [64];
+// dt_bias [K]. Phases:
+//  1. load q, k, g, beta (vector loads, input dtype); L2 norm per row (a warp per row); gate elementwise,
+//     then the in-chunk cumsum (K channels x 256/K row segments); rows >= L get G_last, so G never
+//     increases down the chunk and every exp below has a non-positive argument.
+//  2. M = beta K Gamma K^T and Aqk = scale Q Gamma K^T. Off-diagonal 16 x 16 blocks (bi > bj) on the
+//     tensor cores with the decay factorised at n = 16 bi: (k_r exp(G_r - G_n)) . (k_c exp(G_n - G_c)),
+//     both factors <= 1; the 4 diagonal blocks per pair with exp(G_i - G_j) (their span can exceed the
+//     ~88 nats a split exponent survives).
+//  3. A = (I + M)^-1 by blocks (FLA solve_tril): the diagonal blocks by substitution (a lane per column,
+//     registers only), then block row bi: A_bi,bj = -A_bi,bi sum_m M_bi,m A_m,bj (3xTF32). q's buffer
+//     holds A [64, 68] and the partial sums [16, 68].
+//  4. kl = exp(G_last - G) k to global; k's buffer becomes beta exp(G) k, w = A (beta exp(G) k); G's
+//     buffer becomes beta v, u = A (beta v).
+// Written: Aqk, w, u, kl, gl always; qg when o is wanted; qp, kp, rstd, gc, bp, A for the backward.
+template <int kK, bool kPrecise>
+__global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool need_qg, bool for_backward) {
   int64_t t0;
   int L;
-  if (!locate_chunk(p, blockIdx.x, t0, L)) return;
-  const int hv = blockIdx.y, h = hv / p.G, K = p.K, KP = K + 1, tid = threadIdx.x;
+  const int64_t c = blockIdx.x;
+  if (!locate_chunk(p, c, t0, L)) return;
+  const int hv = blockIdx.y, h = hv / p.G, K = kK, KP = K + 4, tid = threadIdx.x, warp = tid / 32, lane = tid & 31;
+  const int k4 = K / 4;
   extern __shared__ float smem[];
   float* kS = smem;
-  float* xS = kS + kChunk * KP;
-  float* gS = xS + kChunk * KP;
+  float* qS = kS + kChunk * KP;
+  float* gS = qS + q_region(K);
   float* Ms = gS + kChunk * KP;
-  float* As = Ms + kChunk * kSmallStride;
-  float* bS = As + kChunk * kSmallStride;
+  float* bS = Ms + kMBlocks * kSub * kMP;
+  float* biasS = bS + kChunk;
 
+  // ---- 1. inputs
+  const float rate = p.use_gate && p.A_log ? expf(load_f(p.A_log, p.A_log_dt, hv)) : 1.0f;
+  for (int d = tid; d < K; d += kThreads)
+    biasS[d] = p.use_gate && p.dt_bias ? load_f(p.dt_bias, p.dt_bias_dt, static_cast<int64_t>(hv) * K + d) : 0.0f;
+  if (tid < kChunk) {
+    float b = 0.0f;
+    if (tid < L) {
+      b = load_f(p.beta, p.in_dt, (t0 + tid) * p.HV + hv);
+      if (p.beta_sigmoid) b = p.beta_mult / (1.0f + expf(-b));
+      if (for_backward) p.bp[(t0 + tid) * p.HV + hv] = b;
+    }
+    bS[tid] = b;
+  }
+  __syncthreads();
   struct Three {
-    float4 k, q, g;
+    float4 q, k, g;
   };
-  const int k4 = K / 4;
-  batched<2>(
+  batched<4>(
       kChunk * k4,
       [&](int idx) {
         Three f{zero4(), zero4(), zero4()};
         const int i = idx / k4, d = (idx % k4) * 4;
         if (i < L) {
           const int64_t t = t0 + i;
-          f.k = ldg4(p.kp + (t * p.H + h) * K + d);
-          f.q = ldg4(p.qp + (t * p.H + h) * K + d);
-          f.g = ldg4(p.gc + (t * p.HV + hv) * K + d);
+          f.q = load4_f(p, p.q, p.in_dt, (t * p.H + h) * K + d);
+          f.k = load4_f(p, p.k, p.in_dt, (t * p.H + h) * K + d);
+          f.g = load4_f(p, p.g, p.in_dt, (t * p.HV + hv) * K + d);
         }
         return f;
       },
       [&](int idx, const Three& f) {
-        const int at = (idx / k4) * KP + (idx % k4) * 4;
-        st4_scalar(kS + at, f.k);
-        st4_scalar(xS + at, f.q);
-        st4_scalar(gS + at, f.g);
+        const int i = idx / k4, d = (idx % k4) * 4, at = i * KP + d;
+        st4(qS + at, f.q);
+        st4(kS + at, f.k);
+        float4 g = f.g;
+        if (p.use_gate && i < L)
+          g = make_float4(applied_gate(p, g.x + biasS[d], rate), applied_gate(p, g.y + biasS[d + 1], rate),
+                          applied_gate(p, g.z + biasS[d + 2], rate), applied_gate(p, g.w + biasS[d + 3], rate));
+        st4(gS + at, g);
       });
-  for (int i = tid; i < kChunk; i += kThreads) bS[i] = i < L ? p.bp[(t0 + i) * p.HV + hv] : 0.0f;
   __syncthreads();
-
-  // M (strictly lower) and Aqk (lower with diagonal), per pair (i, j).
-  for (int idx = tid; idx < kChunk * kChunk; idx += kThreads) {
-    const int i = idx / kChunk, j = idx % kChunk;
-    float m = 0.0f, a = 0.0f;
-    if (j <= i && i < L) {
-      const float *ki = kS + i * KP, *kj = kS + j * KP, *qi = xS + i * KP, *gi = gS + i * KP, *gj = gS + j * KP;
-      for (int d = 0; d < K; ++d) {
-        const float e = __expf(gi[d] - gj[d]) * kj[d];
-        m += ki[d] * e;
-        a += qi[d] * e;
+  // L2 norm (FLA eps 1e-6): a warp per 8 rows of q and k, the 16 row reductions interleaved (one at a time
+  // they are a chain of shuffle latencies); fp32 copies for the backward from the first value head of h.
+  const bool write_qk = for_backward && hv % p.G == 0;
+  if (p.l2norm || write_qk) {
+    constexpr int kRows = kChunk / (kThreads / 32), kPer = K / 32;
+    constexpr float kL2NormEps = 1e-6f;
+    float scale_of[2][kRows];
+#pragma unroll
+    for (int which = 0; which < 2; ++which)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        const float* x = (which ? kS : qS) + (warp + r * (kThreads / 32)) * KP;
+        float ss = 0.0f;
+#pragma unroll
+        for (int m = 0; m < kPer; ++m) ss += x[lane + 32 * m] * x[lane + 32 * m];
+        scale_of[which][r] = ss;
       }
-      m = j < i ? bS[i] * m : 0.0f;
-      p.Aqk[((t0 + i) * p.HV + hv) * kChunk + j] = p.scale * a;
-    } else if (i < L) {
-      p.Aqk[((t0 + i) * p.HV + hv) * kChunk + j] = 0.0f;
+#pragma unroll
+    for (int which = 0; which < 2; ++which)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+        scale_of[which][r] = p.l2norm ? rsqrtf(warp_sum(scale_of[which][r]) + kL2NormEps) : 1.0f;
+#pragma unroll
+    for (int which = 0; which < 2; ++which)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        const int i = warp + r * (kThreads / 32);
+        const float s = scale_of[which][r];
+        float* x = (which ? kS : qS) + i * KP;
+#pragma unroll
+        for (int m = 0; m < kPer; ++m) x[lane + 32 * m] *= s;
+        if (write_qk && i < L) {
+          const int64_t row = (t0 + i) * p.H + h;
+          if (p.l2norm && lane == 0) (which ? p.k_rstd : p.q_rstd)[row] = s;
+#pragma unroll
+          for (int m = 0; m < kPer; ++m) (which ? p.kp : p.qp)[row * K + lane + 32 * m] = x[lane + 32 * m];
+        }
+      }
+  }
+  {  // in-chunk inclusive cumsum of the gate: thread (channel d, segment of R rows), then segment offsets
+    const int parts = kThreads / K, R = kChunk / parts, d = tid % K, part = tid / K;
+    float run = 0.0f;
+    for (int r = 0; r < R; ++r) {
+      float* x = gS + (part * R + r) * KP + d;
+      run += *x;
+      *x = run;
     }
-    Ms[i * kSmallStride + j] = m;
-    As[i * kSmallStride + j] = i == j ? 1.0f : 0.0f;
+    __syncthreads();
+    float offset = 0.0f;
+    for (int q = 0; q < part; ++q) offset += gS[((q + 1) * R - 1) * KP + d];
+    __syncthreads();
+    if (part > 0)
+      for (int r = 0; r < R; ++r) gS[(part * R + r) * KP + d] += offset;
+  }
+  __syncthreads();
+  const float* gl = gS + (kChunk - 1) * KP;  // G_last (rows >= L repeat it)
+  for (int d = tid; d < K; d += kThreads) p.gl[(c * p.HV + hv) * K + d] = gl[d];
+  for (int idx = tid; idx < L * k4; idx += kThreads) {
+    const int i = idx / k4, d = (idx % k4) * 4;
+    const int64_t at = ((t0 + i) * p.HV + hv) * K + d;
+    const float4 g = *reinterpret_cast<const float4*>(gS + i * KP + d);
+    if (for_backward) st4(p.gc + at, g);
+    if (need_qg) {
+      const float4 q = *reinterpret_cast<const float4*>(qS + i * KP + d);
+      const float s = p.scale;
+      st4(p.qg + at, make_float4(s * __expf(g.x) * q.x, s * __expf(g.y) * q.y, s * __expf(g.z) * q.z,
+                                 s * __expf(g.w) * q.w));
+    }
+  }
+
+  // ---- 2. M and Aqk
+  float* Aqk = p.Aqk + (t0 * p.HV + hv) * kChunk;  // row i at Aqk[i * HV * 64]
+  const int64_t aqk_rs = static_cast<int64_t>(p.HV) * kChunk;
+  {
+    const int gq = lane >> 2, tq = lane & 3;
+    for (int pair = warp; pair < 6; pair += kThreads / 32) {  // (bi, bj) in row order; both 8-column halves
+      const int bi = pair < 1 ? 1 : (pair < 3 ? 2 : 3), bj = pair - bi * (bi - 1) / 2;
+      const int n = kSub * bi, c0 = kSub * bj;
+      if (n >= L) continue;
+      const float* gn = gS + n * KP;
+      const int ra = n + gq, rb = ra + 8;
+      float am[2][4] = {}, aq[2][4] = {};
+#pragma unroll 2
+      for (int k0 = 0; k0 < K; k0 += 8) {
+        const int d0 = k0 + tq, d1 = d0 + 4;
+        const float gn0 = gn[d0], gn1 = gn[d1];
+        const float e[4] = {__expf(gS[ra * KP + d0] - gn0), __expf(gS[rb * KP + d0] - gn0),
+                            __expf(gS[ra * KP + d1] - gn1), __expf(gS[rb * KP + d1] - gn1)};
+        const float fk[4] = {kS[ra * KP + d0] * e[0], kS[rb * KP + d0] * e[1], kS[ra * KP + d1] * e[2],
+                             kS[rb * KP + d1] * e[3]};
+        const float fq[4] = {qS[ra * KP + d0] * e[0], qS[rb * KP + d0] * e[1], qS[ra * KP + d1] * e[2],
+                             qS[rb * KP + d1] * e[3]};
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int col = c0 + 8 * half + gq;
+          const float fb[2] = {kS[col * KP + d0] * __expf(gn0 - gS[col * KP + d0]),
+                               kS[col * KP + d1] * __expf(gn1 - gS[col * KP + d1])};
+          mma_step<kPrecise>(am[half], fk, fb);
+          mma_step<kPrecise>(aq[half], fq, fb);
+        }
+      }
+      float* mb = m_block(Ms, bi, bj);
+#pragma unroll
+      for (int half = 0; half < 2; ++half)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int i = frag_row(r), j = 8 * half + frag_col(r);
+          mb[i * kMP + j] = bS[n + i] * am[half][r];
+          if (n + i < L) Aqk[(n + i) * aqk_rs + c0 + j] = p.scale * aq[half][r];
+        }
+    }
+    // diagonal blocks: the 136 lower pairs (i >= j) of each, per pair
+    constexpr int kTri = kSub * (kSub + 1) / 2;
+    for (int e = tid; e < kSubs * kTri; e += kThreads) {
+      const int b = e / kTri, idx = e % kTri;
+      int ii = static_cast<int>((sqrtf(8.0f * idx + 1.0f) - 1.0f) * 0.5f);
+      while ((ii + 1) * (ii + 2) / 2 <= idx) ++ii;
+      while (ii * (ii + 1) / 2 > idx) --ii;
+      const int jj = idx - ii * (ii + 1) / 2, i = kSub * b + ii, j = kSub * b + jj;
+      float m = 0.0f, a = 0.0f;
+      if (i < L) {
+        const float *ki = kS + i * KP, *qi = qS + i * KP, *gi = gS + i * KP, *kj = kS + j * KP, *gj = gS + j * KP;
+        for (int d = 0; d < K; d += 4) {
+          const float4 k_i = *reinterpret_cast<const float4*>(ki + d), q_i = *reinterpret_cast<const float4*>(qi + d);
+          const float4 g_i = *reinterpret_cast<const float4*>(gi + d), k_j = *reinterpret_cast<const float4*>(kj + d);
+          const float4 g_j = *reinterpret_cast<const float4*>(gj + d);
+          const float e0 = __expf(g_i.x - g_j.x) * k_j.x, e1 = __expf(g_i.y - g_j.y) * k_j.y;
+          const float e2 = __expf(g_i.z - g_j.z) * k_j.z, e3 = __expf(g_i.w - g_j.w) * k_j.w;
+          m += k_i.x * e0 + k_i.y * e1 + k_i.z * e2 + k_i.w * e3;
+          a += q_i.x * e0 + q_i.y * e1 + q_i.z * e2 + q_i.w * e3;
+        }
+        Aqk[i * aqk_rs + j] = p.scale * a;
+      }
+      m_block(Ms, b, b)[ii * kMP + jj] = jj < ii ? bS[i] * m : 0.0f;
+    }
+    for (int idx = tid; idx < L * kChunk; idx += kThreads) {
+      const int i = idx / kChunk, j = idx % kChunk;
+      if (j > i) Aqk[i * aqk_rs + j] = 0.0f;
+    }
   }
   __syncthreads();
 
-  // A = (I + M)^-1: A_ij = -sum_{j <= m < i} M_im A_mj, row i after rows < i; 4 threads per column j.
-  for (int i = 1; i < L; ++i) {
-    const int j = tid / 4, part = tid % 4;
-    float s = 0.0f;
-    if (j < i)
-      for (int m = j + part; m < i; m += 4) s += Ms[i * kSmallStride + m] * As[m * kSmallStride + j];
-    s += __shfl_xor_sync(0xffffffffu, s, 1);
-    s += __shfl_xor_sync(0xffffffffu, s, 2);
-    if (j < i && part == 0) As[i * kSmallStride + j] = -s;
+  // v for phase 4, loaded now so that the inverse hides its latency
+  constexpr int kVPer = kChunk * (K / 4) / kThreads;
+  float4 v_ahead[kVPer];
+#pragma unroll
+  for (int u = 0; u < kVPer; ++u) {
+    const int idx = tid + u * kThreads, i = idx / k4, e = (idx % k4) * 4;
+    v_ahead[u] = i < L ? load4_f(p, p.v, p.in_dt, ((t0 + i) * p.HV + hv) * p.V + e) : zero4();
+  }
+
+  // ---- 3. A = (I + M)^-1 in q's buffer
+  float* As = qS;
+  float* Ts = As + kChunk * kAP;
+  for (int idx = tid; idx < kChunk * kAP; idx += kThreads) As[idx] = 0.0f;
+  __syncthreads();
+  if (warp < kSubs && lane < kSub) {
+    const float* mb = m_block(Ms, warp, warp);
+    float col[kSub];  // column `lane` of the block's inverse: col_r = -sum_{m < r} M_rm col_m below the diagonal
+#pragma unroll
+    for (int r = 0; r < kSub; ++r) {
+      float s = 0.0f;
+#pragma unroll
+      for (int m = 0; m < r; ++m) s += mb[r * kMP + m] * col[m];
+      col[r] = r < lane ? 0.0f : (r == lane ? 1.0f : -s);
+    }
+#pragma unroll
+    for (int r = 0; r < kSub; ++r) As[(kSub * warp + r) * kAP + kSub * warp + lane] = col[r];
+  }
+  __syncthreads();
+  for (int bi = 1; bi < kSubs && kSub * bi < L; ++bi) {
+    // Ts[:, 16 bj + ..] = sum_{bj <= m < bi} M_bi,m A_m,bj   (warp = (bj, 8-column half))
+    if (warp < 2 * bi) {
+      const int bj = warp / 2, c0 = kSub * bj + 8 * (warp % 2);
+      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      for (int m = bj; m < bi; ++m)
+        warp_gemm(acc, m_block(Ms, bi, m), kMP, 1, As + kSub * m * kAP + c0, kAP, 1, kSub);
+#pragma unroll
+      for (int r = 0; r < 4; ++r) Ts[frag_row(r) * kAP + c0 + frag_col(r)] = acc[r];
+    }
+    __syncthreads();
+    if (warp < 2 * bi) {
+      const int c0 = kSub * (warp / 2) + 8 * (warp % 2);
+      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      warp_gemm(acc, As + kSub * bi * kAP + kSub * bi, kAP, 1, Ts + c0, kAP, 1, kSub);
+#pragma unroll
+      for (int r = 0; r < 4; ++r) As[(kSub * bi + frag_row(r)) * kAP + c0 + frag_col(r)] = -acc[r];
+    }
     __syncthreads();
   }
-  for (int idx = tid; idx < L * kChunk; idx += kThreads) {
-    const int i = idx / kChunk, j = idx % kChunk;
-    p.A[((t0 + i) * p.HV + hv) * kChunk + j] = As[i * kSmallStride + j];
+
+  // ---- 4. kl, w, u
+  for (int idx = tid; idx < kChunk * k4; idx += kThreads) {
+    const int i = idx / k4, d = (idx % k4) * 4;
+    const float4 k = *reinterpret_cast<const float4*>(kS + i * KP + d);
+    const float4 g = *reinterpret_cast<const float4*>(gS + i * KP + d);
+    if (i < L)
+      st4(p.kl + ((t0 + i) * p.HV + hv) * K + d,
+          make_float4(__expf(gl[d] - g.x) * k.x, __expf(gl[d + 1] - g.y) * k.y, __expf(gl[d + 2] - g.z) * k.z,
+                      __expf(gl[d + 3] - g.w) * k.w));
+    const float b = bS[i];
+    st4(kS + i * KP + d,
+        make_float4(b * __expf(g.x) * k.x, b * __expf(g.y) * k.y, b * __expf(g.z) * k.z, b * __expf(g.w) * k.w));
   }
-  // w = A (beta exp(G) k)
-  for (int idx = tid; idx < kChunk * K; idx += kThreads) {
-    const int j = idx / K, d = idx % K;
-    xS[j * KP + d] = bS[j] * __expf(gS[j * KP + d]) * kS[j * KP + d];
-  }
-  __syncthreads();
-  const int warp = tid / 32, col_tiles = K / 8;
-  // out[64, K] = A x on the tensor cores (3xTF32); rows >= L are not stored.
-  auto product = [&](float* out, int64_t out_stride) {
-    for (int tile = warp; tile < 4 * col_tiles; tile += kThreads / 32) {
-      const int r0 = (tile / col_tiles) * 16, c0 = (tile % col_tiles) * 8;
-      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      warp_gemm(acc, As + r0 * kSmallStride, kSmallStride, 1, xS + c0, KP, 1, kChunk);
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int i = r0 + frag_row(r), d = c0 + frag_col(r);
-        if (i < L) out[((t0 + i) * p.HV + hv) * out_stride + d] = acc[r];
-      }
+  if (for_backward)
+    for (int idx = tid; idx < L * kChunk; idx += kThreads) {
+      const int i = idx / kChunk, j = idx % kChunk;
+      p.A[((t0 + i) * p.HV + hv) * kChunk + j] = As[i * kAP + j];
     }
+  __syncthreads();
+  // beta v into G's buffer (V == K), while w is formed from k's buffer
+  float* vS = gS;
+#pragma unroll
+  for (int u = 0; u < kVPer; ++u) {
+    const int idx = tid + u * kThreads, i = idx / k4, e = (idx % k4) * 4;
+    const float b = bS[i];
+    const float4 x = v_ahead[u];
+    st4(vS + i * KP + e, make_float4(b * x.x, b * x.y, b * x.z, b * x.w));
+  }
+  // out[64, K] = A x: warp = (16-row block, half of the columns)
+  const int r0 = (warp % 4) * 16, c0 = (warp / 4) * (K / 2);
+  const int64_t out_rs = static_cast<int64_t>(p.HV) * K, out_at = (t0 * p.HV + hv) * K;
+  auto product = [&](const float* x, float* out) {
+    if (r0 >= L) return;
+    if constexpr (kK == 128)
+      lower_product_strip<kPrecise, 8>(As, x, KP, r0, c0, L, out + out_at, out_rs);
+    else
+      lower_product_strip<kPrecise, 4>(As, x, KP, r0, c0, L, out + out_at, out_rs);
   };
-  product(p.w, K);
+  product(kS, p.w);
   __syncthreads();
-  // u = A (beta v)   (V == K: the same tile shape)
-  batched<8>(
-      kChunk * K,
-      [&](int idx) {
-        const int j = idx / K, e = idx % K;
-        return j < L ? bS[j] * load_f(p.v, p.in_dt, ((t0 + j) * p.HV + hv) * p.V + e) : 0.0f;
-      },
-      [&](int idx, float x) { xS[(idx / K) * KP + idx % K] = x; });
-  __syncthreads();
-  product(p.u, p.V);
+  product(vS, p.u);
 }
 
-// One block per (sequence, value head, BV value columns), chunks in order; the products run on the
-// tensor cores (3xTF32, fp32-accurate). Shared (row strides padded by 4): w, Kl = exp(G_last - G) k,
-// Qg = scale exp(G) q as [64, K + 4]; Aqk [64, 68]; state tile S [K, BV + 8]; u and v_new [64, BV + 8];
-// G_last [K]. Per chunk: v_new = u - w S; o = Qg S + Aqk v_new; S <- exp(G_last) S + Kl^T v_new.
-// Writes o (when given), the final state, and for the backward hs (state entering each chunk) and v_new.
-template <int BV>
-__global__ void __launch_bounds__(kThreads) state_fwd_kernel(KdaDev p, void* o, int o_dt, void* final_state,
-                                                             int final_dt, bool for_backward) {
-  constexpr int SP = BV + 8, AP = kChunk + 4, NT = BV / 8;  // strides; 8-column warp tiles per row block
-  const int n = blockIdx.x, hv = blockIdx.y, e0 = blockIdx.z * BV, h = hv / p.G;
-  const int K = p.K, KP = K + 4, tid = threadIdx.x, warp = tid / 32;
+// cp.async of 16 bytes, zero-filled when !valid (src is then not read).
+__device__ __forceinline__ void cp_async16(float* dst, const float* src, bool valid) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_one() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+// S[r0 .. r0 + 16, cw .. cw + 8 NTW) <- exp(G_last) S + kl^T v_new (this warp's strip of the state).
+template <bool kPrecise, int NTW>
+__device__ __forceinline__ void update_state_strip(float* hS, int SP, const float* klS, int KP, const float* vnS,
+                                                   const float* glS, int r0, int cw) {
+  float acc[NTW][4];
+#pragma unroll
+  for (int j = 0; j < NTW; ++j)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int d = r0 + frag_row(r), e = cw + 8 * j + frag_col(r);
+      acc[j][r] = __expf(glS[d]) * hS[d * SP + e];
+    }
+  gemm_strip<kPrecise, NTW>(acc, klS + r0, 1, KP, vnS + cw, SP, kChunk);
+#pragma unroll
+  for (int j = 0; j < NTW; ++j)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) hS[(r0 + frag_row(r)) * SP + cw + 8 * j + frag_col(r)] = acc[j][r];
+}
+
+// One block per (sequence, value head, BV value columns), chunks in order, fp32 state tile in shared
+// memory. Shared: w, kl [64, K + 4]; u, v_new [64, BV + 8]; S [K, BV + 8]; G_last [K]. The output is
+// not formed here (output_fwd_kernel reads hs and v_new), so a chunk costs two products:
+//   v_new = u - w S;   S <- exp(G_last) S + kl^T v_new.
+// Pipeline: w/u and kl/G_last travel as two cp.async groups; chunk c + 1's w/u load is issued once
+// v_new of chunk c is formed and overlaps the state update, its kl/G_last load overlaps the next v_new.
+// BV 16 / 32: two blocks fit an SM (~107 KB each at K 128, BV 32), so one block's loads also hide behind
+// the other; BV 64 (~142 KB) runs one per SM with half the re-reads of w and kl.
+template <int kK, int BV, bool kPrecise>
+__global__ void __launch_bounds__(kThreads, 2) state_fwd_kernel(KdaDev p, void* final_state, int final_dt) {
+  constexpr int SP = BV + 8, NT = BV / 8;
+  // blocks in sequence order (sequence slowest): a long sequence of a varlen pack starts in the first
+  // wave instead of waiting behind the short ones
+  const int tiles = p.V / BV, n = static_cast<int>(blockIdx.x / (p.HV * tiles));
+  const int hv = static_cast<int>(blockIdx.x / tiles) % p.HV, e0 = static_cast<int>(blockIdx.x % tiles) * BV;
+  const int K = kK, KP = K + 4, k4 = K / 4, tid = threadIdx.x, warp = tid / 32;
   extern __shared__ float smem[];
   float* wS = smem;
   float* klS = wS + kChunk * KP;
-  float* qgS = klS + kChunk * KP;
-  float* aqS = qgS + kChunk * KP;
-  float* hS = aqS + kChunk * AP;
-  float* uS = hS + K * SP;
+  float* uS = klS + kChunk * KP;
   float* vnS = uS + kChunk * SP;
-  float* glS = vnS + kChunk * SP;
+  float* hS = vnS + kChunk * SP;
+  float* glS = hS + K * SP;
 
+  const int64_t c_begin = p.chunk_offsets[n], c_end = p.chunk_offsets[n + 1], s0 = p.seq_offsets[n];
+  const int64_t s1 = p.seq_offsets[n + 1];
+  auto issue_w = [&](int64_t c) {
+    const int64_t t0 = s0 + (c - c_begin) * kChunk;
+    for (int idx = tid; idx < kChunk * k4; idx += kThreads) {
+      const int i = idx / k4, d = (idx % k4) * 4;
+      const bool in = t0 + i < s1;
+      cp_async16(wS + i * KP + d, p.w + (in ? ((t0 + i) * p.HV + hv) * K + d : 0), in);
+    }
+    for (int idx = tid; idx < kChunk * (BV / 4); idx += kThreads) {
+      const int i = idx / (BV / 4), e = (idx % (BV / 4)) * 4;
+      const bool in = t0 + i < s1;
+      cp_async16(uS + i * SP + e, p.u + (in ? ((t0 + i) * p.HV + hv) * p.V + e0 + e : 0), in);
+    }
+  };
+  auto issue_kl = [&](int64_t c) {
+    const int64_t t0 = s0 + (c - c_begin) * kChunk;
+    for (int idx = tid; idx < kChunk * k4; idx += kThreads) {
+      const int i = idx / k4, d = (idx % k4) * 4;
+      const bool in = t0 + i < s1;
+      cp_async16(klS + i * KP + d, p.kl + (in ? ((t0 + i) * p.HV + hv) * K + d : 0), in);
+    }
+    for (int idx = tid; idx < k4; idx += kThreads)
+      cp_async16(glS + idx * 4, p.gl + (c * p.HV + hv) * K + idx * 4, true);
+  };
+  if (c_begin < c_end) issue_w(c_begin);
+  cp_async_commit();
+  if (c_begin < c_end) issue_kl(c_begin);
+  cp_async_commit();
   for (int idx = tid; idx < K * BV; idx += kThreads) {
     const int d = idx / BV, e = idx % BV;
     hS[d * SP + e] = p.h0 ? load_f(p.h0, p.h0_dt, state_index(p, n, hv, d, e0 + e)) : 0.0f;
   }
-  const int64_t c_end = p.chunk_offsets[n + 1];
-  for (int64_t c = p.chunk_offsets[n]; c < c_end; ++c) {
-    const int64_t t0 = p.seq_offsets[n] + (c - p.chunk_offsets[n]) * kChunk;
-    const int64_t left = p.seq_offsets[n + 1] - t0;
-    const int L = static_cast<int>(left < kChunk ? left : kChunk);
-    for (int d = tid; d < K; d += kThreads) glS[d] = p.gc[((t0 + L - 1) * p.HV + hv) * K + d];
+  for (int64_t c = c_begin; c < c_end; ++c) {
+    const int64_t t0 = s0 + (c - c_begin) * kChunk;
+    const int L = static_cast<int>(s1 - t0 < kChunk ? s1 - t0 : kChunk);
+    cp_async_wait_one();  // w, u of chunk c
     __syncthreads();
-    load_chunk_tiles(p, t0, L, hv, h, glS, wS, klS, qgS, aqS);
-    batched<2>(
-        kChunk * (BV / 4),
-        [&](int idx) {
-          const int i = idx / (BV / 4), e = (idx % (BV / 4)) * 4;
-          return i < L ? ldg4(p.u + ((t0 + i) * p.HV + hv) * p.V + e0 + e) : zero4();
-        },
-        [&](int idx, const float4& v) { st4(uS + (idx / (BV / 4)) * SP + (idx % (BV / 4)) * 4, v); });
-    if (for_backward)
-      for (int idx = tid; idx < K * BV; idx += kThreads) {
-        const int d = idx / BV, e = idx % BV;
-        p.hs[((c * p.HV + hv) * K + d) * p.V + e0 + e] = hS[d * SP + e];
-      }
-    __syncthreads();
-    // v_new = u - w S   (64 x BV: 4 * NT warp tiles)
-    for (int tile = warp; tile < 4 * NT; tile += kThreads / 32) {
-      const int r0 = (tile / NT) * 16, c0 = (tile % NT) * 8;
-      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      warp_gemm(acc, wS + r0 * KP, KP, 1, hS + c0, SP, 1, K);
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int i = r0 + frag_row(r), e = c0 + frag_col(r);
-        const float x = uS[i * SP + e] - acc[r];
-        vnS[i * SP + e] = x;
-        if (for_backward && i < L) p.vn[((t0 + i) * p.HV + hv) * p.V + e0 + e] = x;
-      }
+    for (int idx = tid; idx < K * (BV / 4); idx += kThreads) {
+      const int d = idx / (BV / 4), e = (idx % (BV / 4)) * 4;
+      st4(p.hs + ((c * p.HV + hv) * K + d) * p.V + e0 + e, *reinterpret_cast<const float4*>(hS + d * SP + e));
     }
-    __syncthreads();
-    // o = Qg S + Aqk v_new
-    if (o)
-      for (int tile = warp; tile < 4 * NT; tile += kThreads / 32) {
-        const int r0 = (tile / NT) * 16, c0 = (tile % NT) * 8;
-        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        warp_gemm(acc, qgS + r0 * KP, KP, 1, hS + c0, SP, 1, K);
-        warp_gemm(acc, aqS + r0 * AP, AP, 1, vnS + c0, SP, 1, kChunk);
+    {  // v_new = u - w S   (64 x BV; warp = (16-row block, half of the columns))
+      constexpr int NTW = NT / 2;
+      const int r0 = (warp % 4) * 16, cw = (warp / 4) * NTW * 8;
+      float acc[NTW][4] = {};
+      gemm_strip<kPrecise, NTW>(acc, wS + r0 * KP, KP, 1, hS + cw, SP, K);
+#pragma unroll
+      for (int j = 0; j < NTW; ++j)
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
-          const int i = r0 + frag_row(r), e = c0 + frag_col(r);
-          if (i < L) store_f(o, o_dt, ((t0 + i) * p.HV + hv) * p.V + e0 + e, acc[r]);
+          const int i = r0 + frag_row(r), e = cw + 8 * j + frag_col(r);
+          const float x = uS[i * SP + e] - acc[j][r];
+          vnS[i * SP + e] = x;
+          if (i < L) p.vn[((t0 + i) * p.HV + hv) * p.V + e0 + e] = x;
         }
-      }
-    __syncthreads();
-    // S <- exp(G_last) S + Kl^T v_new   (K x BV; each warp owns its tiles, updated in place)
-    for (int tile = warp; tile < (K / 16) * NT; tile += kThreads / 32) {
-      const int r0 = (tile / NT) * 16, c0 = (tile % NT) * 8;
-      float acc[4];
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int d = r0 + frag_row(r), e = c0 + frag_col(r);
-        acc[r] = __expf(glS[d]) * hS[d * SP + e];
-      }
-      warp_gemm(acc, klS + r0, 1, KP, vnS + c0, SP, 1, kChunk);
-#pragma unroll
-      for (int r = 0; r < 4; ++r) hS[(r0 + frag_row(r)) * SP + c0 + frag_col(r)] = acc[r];
     }
     __syncthreads();
+    if (c + 1 < c_end) issue_w(c + 1);
+    cp_async_commit();
+    cp_async_wait_one();  // kl, G_last of chunk c
+    __syncthreads();
+    // S <- exp(G_last) S + kl^T v_new   (K x BV; warp = 16 rows of S, all columns (K 128) or half (K 64),
+    // updated in place)
+    if constexpr (kK == 128)
+      update_state_strip<kPrecise, NT>(hS, SP, klS, KP, vnS, glS, warp * 16, 0);
+    else
+      update_state_strip<kPrecise, NT / 2>(hS, SP, klS, KP, vnS, glS, (warp % 4) * 16, (warp / 4) * (NT / 2) * 8);
+    __syncthreads();
+    if (c + 1 < c_end) issue_kl(c + 1);
+    cp_async_commit();
   }
-  if (final_state)
+  if (final_state) {
+    __syncthreads();
     for (int idx = tid; idx < K * BV; idx += kThreads) {
       const int d = idx / BV, e = idx % BV;
       store_f(final_state, final_dt, state_index(p, n, hv, d, e0 + e), hS[d * SP + e]);
     }
+  }
 }
 
-size_t intra_fwd_smem(int K) { return sizeof(float) * (3 * kChunk * (K + 1) + 2 * kChunk * kSmallStride + kChunk); }
+constexpr int kOutCols = 64;  // value columns per output block
+
+// One block per (chunk, value head, 64 value columns), all chunks in parallel:
+//   o = qg S + Aqk v_new   (qg = scale exp(G) q, S = hs of the chunk).
+// Shared: qg [64, K + 4], S [K, 72], Aqk [64, 68], v_new [64, 72].
+template <int kK, bool kPrecise>
+__global__ void __launch_bounds__(kThreads, 2) output_fwd_kernel(KdaDev p, void* o, int o_dt) {
+  int64_t t0;
+  int L;
+  // the column blocks of one chunk are neighbours, so the second reads qg and Aqk from L2
+  const int tiles = p.V / kOutCols;
+  const int64_t c = blockIdx.x / tiles;
+  if (!locate_chunk(p, c, t0, L)) return;
+  constexpr int SP = kOutCols + 8, c4 = kChunk / 4, e4 = kOutCols / 4;
+  const int hv = blockIdx.y, e0 = static_cast<int>(blockIdx.x % tiles) * kOutCols, K = kK, KP = K + 4, k4 = K / 4;
+  const int tid = threadIdx.x;
+  const int warp = tid / 32;
+  extern __shared__ float smem[];
+  float* qS = smem;
+  float* hS = qS + kChunk * KP;
+  float* aS = hS + K * SP;
+  float* vS = aS + kChunk * kAP;
+  static_assert(kOutCols == kChunk, "Aqk and v_new rows share one copy loop");
+  for (int idx = tid; idx < kChunk * k4; idx += kThreads) {
+    const int i = idx / k4, d = (idx % k4) * 4;
+    cp_async16(qS + i * KP + d, p.qg + (i < L ? ((t0 + i) * p.HV + hv) * K + d : 0), i < L);
+  }
+  for (int idx = tid; idx < kChunk * c4; idx += kThreads) {
+    const int i = idx / c4, j = (idx % c4) * 4;
+    const int64_t row = i < L ? (t0 + i) * p.HV + hv : 0;
+    cp_async16(aS + i * kAP + j, p.Aqk + row * kChunk + j, i < L);
+    cp_async16(vS + i * SP + j, p.vn + row * p.V + e0 + j, i < L);
+  }
+  for (int idx = tid; idx < K * e4; idx += kThreads) {
+    const int d = idx / e4, e = (idx % e4) * 4;
+    cp_async16(hS + d * SP + e, p.hs + ((c * p.HV + hv) * K + d) * p.V + e0 + e, true);
+  }
+  cp_async_commit();
+  cp_async_wait_all();
+  __syncthreads();
+  // warp = (16-row block, half of the 64 columns)
+  constexpr int NTW = kOutCols / 16;
+  const int r0 = (warp % 4) * 16, cw = (warp / 4) * NTW * 8;
+  if (r0 >= L) return;
+  float acc[NTW][4] = {};
+  gemm_strip<kPrecise, NTW>(acc, qS + r0 * KP, KP, 1, hS + cw, SP, K);
+  gemm_strip<kPrecise, NTW>(acc, aS + r0 * kAP, kAP, 1, vS + cw, SP, r0 + 16);  // Aqk is lower triangular
+#pragma unroll
+  for (int j = 0; j < NTW; ++j)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int i = r0 + frag_row(r);
+      if (i < L) store_f(o, o_dt, ((t0 + i) * p.HV + hv) * p.V + e0 + cw + 8 * j + frag_col(r), acc[j][r]);
+    }
+}
+
+size_t chunk_fwd_smem(int K) {
+  return sizeof(float) * (2 * kChunk * (K + 4) + q_region(K) + kMBlocks * kSub * kMP + kChunk + K);
+}
 size_t state_fwd_smem(int K, int BV) {
-  return sizeof(float) * (3 * kChunk * (K + 4) + kChunk * (kChunk + 4) + (K + 2 * kChunk) * (BV + 8) + K);
+  return sizeof(float) * (2 * kChunk * (K + 4) + (2 * kChunk + K) * (BV + 8) + K);
+}
+size_t output_fwd_smem(int K) {
+  return sizeof(float) * (kChunk * (K + 4) + K * (kOutCols + 8) + kChunk * kAP + kChunk * (kOutCols + 8));
 }
 
 template <class T>
@@ -335,27 +688,30 @@ struct Sizes {
   int64_t tokens, N, C, H, HV, K, V;
 };
 
-// Carves (or with base == nullptr, measures) the scratch.
+// Carves (or with base == nullptr, measures) the scratch. Forward-only calls skip what only the
+// backward reads (the chunk kernel then writes none of it).
 size_t carve_all(char* base, const Sizes& s, bool backward, KdaDev* dev) {
   KdaDev scratch{};
   KdaDev& p = dev ? *dev : scratch;
   char* cursor = base;
   p.seq_offsets = carve<int64_t>(cursor, s.N + 1);
   p.chunk_offsets = carve<int64_t>(cursor, s.N + 1);
-  p.qp = carve<float>(cursor, s.tokens * s.H * s.K);
-  p.kp = carve<float>(cursor, s.tokens * s.H * s.K);
-  p.q_rstd = carve<float>(cursor, s.tokens * s.H);
-  p.k_rstd = carve<float>(cursor, s.tokens * s.H);
-  p.gc = carve<float>(cursor, s.tokens * s.HV * s.K);
-  p.bp = carve<float>(cursor, s.tokens * s.HV);
-  p.A = carve<float>(cursor, s.tokens * s.HV * kChunk);
+  if (backward) {
+    p.qp = carve<float>(cursor, s.tokens * s.H * s.K);
+    p.kp = carve<float>(cursor, s.tokens * s.H * s.K);
+    p.q_rstd = carve<float>(cursor, s.tokens * s.H);
+    p.k_rstd = carve<float>(cursor, s.tokens * s.H);
+    p.gc = carve<float>(cursor, s.tokens * s.HV * s.K);
+    p.bp = carve<float>(cursor, s.tokens * s.HV);
+    p.A = carve<float>(cursor, s.tokens * s.HV * kChunk);
+  }
   p.Aqk = carve<float>(cursor, s.tokens * s.HV * kChunk);
   p.w = carve<float>(cursor, s.tokens * s.HV * s.K);
   p.u = carve<float>(cursor, s.tokens * s.HV * s.V);
+  p.vn = carve<float>(cursor, s.tokens * s.HV * s.V);
+  p.hs = carve<float>(cursor, s.C * s.HV * s.K * s.V);
   if (backward) {
-    p.vn = carve<float>(cursor, s.tokens * s.HV * s.V);
     p.dvn = carve<float>(cursor, s.tokens * s.HV * s.V);
-    p.hs = carve<float>(cursor, s.C * s.HV * s.K * s.V);
     p.dhs = carve<float>(cursor, s.C * s.HV * s.K * s.V);
     p.dq_hv = carve<float>(cursor, s.tokens * s.HV * s.K);
     p.dk_hv = carve<float>(cursor, s.tokens * s.HV * s.K);
@@ -369,7 +725,75 @@ size_t carve_all(char* base, const Sizes& s, bool backward, KdaDev* dev) {
     p.dg_last = carve<float>(cursor, s.C * s.HV * s.K);
     p.dbp_slice = carve<float>(cursor, (s.K / 32) * s.tokens * s.HV);
   }
+  p.kl = carve<float>(cursor, s.tokens * s.HV * s.K);
+  p.gl = carve<float>(cursor, s.C * s.HV * s.K);
+  if (!backward) p.qg = carve<float>(cursor, s.tokens * s.HV * s.K);
   return static_cast<size_t>(cursor - base);
+}
+
+// Dynamic shared memory of `kernel` plus the largest carveout, so that two blocks fit an SM.
+void set_smem_two_per_sm(const void* kernel, size_t bytes) {
+  set_smem_limit(kernel, bytes);
+  SEQMIX_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+}
+
+int sm_count() {
+  static const int count = [] {
+    int device = 0, n = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device);
+    return n;
+  }();
+  return count;
+}
+
+// Value columns per block of the forward state pass. Every block reads the chunk's whole w and kl
+// (64 x K floats each) whatever its width, and those re-reads bound the pass (measured ~2 TB/s of
+// them at B4 T4096 H16 with 32 columns): take the widest tile that still gives about one block per SM.
+int forward_value_tile(const KdaDev& p) {
+  const int64_t heads = static_cast<int64_t>(p.N) * p.HV, sms = sm_count();
+  if (heads * (p.V / 64) >= sms * 7 / 8) return 64;
+  return heads * (p.V / 32) >= sms / 4 ? 32 : 16;
+}
+
+template <int kK, bool kPrecise>
+void launch_chunks(KdaDev& p, const TensorView* o, const TensorView* final_state, bool for_backward,
+                   int64_t max_chunks, StageTimer& timer, cudaStream_t stream) {
+  const dim3 chunk_grid(static_cast<unsigned>(max_chunks), static_cast<unsigned>(p.HV));
+  if (p.tokens > 0) {
+    const size_t smem = chunk_fwd_smem(p.K);
+    set_smem_two_per_sm(reinterpret_cast<const void*>(chunk_fwd_kernel<kK, kPrecise>), smem);
+    chunk_fwd_kernel<kK, kPrecise><<<chunk_grid, kThreads, smem, stream>>>(p, o != nullptr && p.qg != nullptr,
+                                                                         for_backward);
+    SEQMIX_CUDA_CHECK(cudaGetLastError());
+    timer.mark("chunk_fwd");
+  }
+  const int bv = forward_value_tile(p);
+  const size_t state_smem = state_fwd_smem(p.K, bv);
+  const dim3 state_grid(static_cast<unsigned>(static_cast<int64_t>(p.N) * p.HV * (p.V / bv)));
+  void* fs_ptr = final_state ? final_state->data : nullptr;
+  const int fs_dt = final_state ? dtype_code(final_state->dtype, "final_state") : 0;
+  auto launch_state = [&](auto kernel) {
+    set_smem_two_per_sm(reinterpret_cast<const void*>(kernel), state_smem);
+    kernel<<<state_grid, kThreads, state_smem, stream>>>(p, fs_ptr, fs_dt);
+  };
+  if (bv == 64)
+    launch_state(state_fwd_kernel<kK, 64, kPrecise>);
+  else if (bv == 32)
+    launch_state(state_fwd_kernel<kK, 32, kPrecise>);
+  else
+    launch_state(state_fwd_kernel<kK, 16, kPrecise>);
+  SEQMIX_CUDA_CHECK(cudaGetLastError());
+  timer.mark("state_fwd");
+  if (o && p.tokens > 0) {
+    const size_t smem = output_fwd_smem(p.K);
+    set_smem_two_per_sm(reinterpret_cast<const void*>(output_fwd_kernel<kK, kPrecise>), smem);
+    const dim3 grid(static_cast<unsigned>(max_chunks * (p.V / kOutCols)), static_cast<unsigned>(p.HV));
+    output_fwd_kernel<kK, kPrecise><<<grid, kThreads, smem, stream>>>(p, o->data, dtype_code(o->dtype, "o"));
+    SEQMIX_CUDA_CHECK(cudaGetLastError());
+    timer.mark("output_fwd");
+  }
 }
 
 }  // namespace
@@ -418,14 +842,8 @@ StageTimer::~StageTimer() {
 }
 
 int state_value_tile(const KdaDev& p) {
-  static int sms = [] {
-    int device = 0, count = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
-    return count;
-  }();
   const int64_t blocks32 = static_cast<int64_t>(p.N) * p.HV * (p.V / 32);
-  return blocks32 < static_cast<int64_t>(sms) ? 16 : 32;
+  return blocks32 < static_cast<int64_t>(sm_count()) ? 16 : 32;
 }
 
 Workspace::~Workspace() {
@@ -466,6 +884,8 @@ void run_forward(const cpu::KdaArgs& a, const TensorView* cu_seqlens, const Tens
   p.beta_sigmoid = a.params.use_beta_sigmoid_in_kernel;
   p.beta_mult = a.params.allow_neg_eigval ? 2.0f : 1.0f;
   p.state_v_first = a.params.state_v_first;
+  auto aligned16 = [](const void* x) { return reinterpret_cast<uintptr_t>(x) % 16 == 0; };
+  p.aligned = aligned16(p.q) && aligned16(p.k) && aligned16(p.v) && aligned16(p.g);
 
   max_chunks = chunk_kda_max_chunks(a, cu_seqlens != nullptr);
   const Sizes sizes{p.tokens, a.N, max_chunks, a.H, a.HV, a.K, a.V};
@@ -478,38 +898,15 @@ void run_forward(const cpu::KdaArgs& a, const TensorView* cu_seqlens, const Tens
   timer.mark("start");
   build_tables_kernel<<<1, kTableThreads, 0, stream>>>(p);
   SEQMIX_CUDA_CHECK(cudaGetLastError());
-  if (p.tokens > 0) {
-    const int64_t rows = p.tokens * p.H;
-    constexpr int kRowsPerBlock = 8;
-    prepare_qk_kernel<<<static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock), 32 * kRowsPerBlock, 0,
-                        stream>>>(p);
-    SEQMIX_CUDA_CHECK(cudaGetLastError());
-    const dim3 chunk_grid(static_cast<unsigned>(max_chunks), static_cast<unsigned>(p.HV));
-    prepare_gate_kernel<<<chunk_grid, 128, 0, stream>>>(p);
-    SEQMIX_CUDA_CHECK(cudaGetLastError());
-    timer.mark("prepare");
-    const size_t intra_smem = intra_fwd_smem(p.K);
-    set_smem_limit(reinterpret_cast<const void*>(intra_fwd_kernel), intra_smem);
-    intra_fwd_kernel<<<chunk_grid, kThreads, intra_smem, stream>>>(p);
-    SEQMIX_CUDA_CHECK(cudaGetLastError());
-    timer.mark("intra_fwd");
-  }
-  const int bv = state_value_tile(p);
-  const size_t state_smem = state_fwd_smem(p.K, bv);
-  const dim3 state_grid(static_cast<unsigned>(p.N), static_cast<unsigned>(p.HV), static_cast<unsigned>(p.V / bv));
-  void* o_ptr = o ? o->data : nullptr;
-  const int o_dt = o ? dtype_code(o->dtype, "o") : 0;
-  void* fs_ptr = final_state ? final_state->data : nullptr;
-  const int fs_dt = final_state ? dtype_code(final_state->dtype, "final_state") : 0;
-  if (bv == 16) {
-    set_smem_limit(reinterpret_cast<const void*>(state_fwd_kernel<16>), state_smem);
-    state_fwd_kernel<16><<<state_grid, kThreads, state_smem, stream>>>(p, o_ptr, o_dt, fs_ptr, fs_dt, for_backward);
+  timer.mark("tables");
+  const bool precise = p.in_dt == kF32 || p.in_dt == kF64;
+  if (p.K == 128) {
+    if (precise) launch_chunks<128, true>(p, o, final_state, for_backward, max_chunks, timer, stream);
+    else launch_chunks<128, false>(p, o, final_state, for_backward, max_chunks, timer, stream);
   } else {
-    set_smem_limit(reinterpret_cast<const void*>(state_fwd_kernel<32>), state_smem);
-    state_fwd_kernel<32><<<state_grid, kThreads, state_smem, stream>>>(p, o_ptr, o_dt, fs_ptr, fs_dt, for_backward);
+    if (precise) launch_chunks<64, true>(p, o, final_state, for_backward, max_chunks, timer, stream);
+    else launch_chunks<64, false>(p, o, final_state, for_backward, max_chunks, timer, stream);
   }
-  timer.mark("state_fwd");
-  SEQMIX_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace kda
