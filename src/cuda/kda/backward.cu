@@ -382,11 +382,10 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   auto k_at = [&](int i, int d) { return ((t0 + i) * p.H + h) * K + d; };
   const int64_t state_off = (c * p.HV + hv) * static_cast<int64_t>(K) * V;
   {  // operands of the later steps into L2 while the first ones run
-    const int64_t fs = sizeof(float), es = dtype_bytes(p.in_dt), dos = dtype_bytes(d_out_dt);
+    const int64_t fs = sizeof(float), es = dtype_bytes(p.in_dt);
     prefetch_rows(p.hs + state_off, K, V * fs, V * fs, kWyThreads);
     prefetch_rows(p.dvn + row_at(0) * V, L, p.HV * V * fs, V * fs, kWyThreads);
     prefetch_rows(static_cast<const char*>(p.v) + row_at(0) * V * es, L, p.HV * V * es, V * es, kWyThreads);
-    prefetch_rows(static_cast<const char*>(d_out) + row_at(0) * V * dos, L, p.HV * V * dos, V * dos, kWyThreads);
     prefetch_rows(p.gc + row_at(0) * K, L, p.HV * K * fs, K * fs, kWyThreads);
     prefetch_rows(p.kp + k_at(0, 0), L, p.H * K * fs, K * fs, kWyThreads);
   }
@@ -399,6 +398,8 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   cp_async_commit();
   cp_async_rows<kWyThreads>(sA, AP, p.A + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L, kChunk);
   cp_async_commit();
+  // do (first read by the dq_state step; sX is unused until then) while the copies are in flight
+  load_rows_dt<kWyThreads>(sX, KP, d_out, d_out_dt, static_cast<int64_t>(p.HV) * V, row_at(0) * V, L, V);
   cp_async_wait<1>();
   __syncthreads();
 
@@ -461,7 +462,6 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
       }
     }
   }
-  load_rows_dt<kWyThreads>(sX, KP, d_out, d_out_dt, static_cast<int64_t>(p.HV) * V, row_at(0) * V, L, V);
   __syncthreads();
   // dG_last = exp(G_last) sum_e S dS' + sum_i k_i dk_state_i
   for (int d = tid; d < K; d += kWyThreads) {
