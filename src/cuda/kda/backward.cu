@@ -180,9 +180,10 @@ __device__ __forceinline__ void cp_async_rows(float* dst, int dst_rs, const floa
 // Aqk [64, 68]; dS tile [K, BV + 8]; do and dv_new tiles [64, BV + 8]; G_last [K]; raw G [64, K + 4].
 // Per chunk: w, k, q, G, Aqk go to shared memory by cp.async (all of a chunk's loads in flight at once,
 // none staged in registers) while do is loaded and dS' stored, then k, q become Kl, Qg in place. The
-// next chunk's G, k, Aqk are issued as soon as their tiles are free (G after the Kl / Qg step, k and
-// Aqk after the dv_new product), so their loads overlap this chunk's products; w and q follow at the
-// start of the next step. Every chunk but the last of a sequence is full, so those issue 64 rows.
+// next chunk's G, k, Aqk, q are issued as soon as their tiles are free (G after the Kl / Qg step; k,
+// Aqk, q after the dv_new and Qg^T do products), so their loads overlap this chunk's products; w
+// follows at the start of the next step. Every chunk but the last of a sequence is full, so those
+// issue 64 rows.
 // BV in {16, 32, 64}: a warp holds NT = BV / 8 tiles of the K x BV product (K <= 128) and NT / 2 of the
 // 64 x BV one.
 
@@ -214,13 +215,14 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
   const int64_t c_begin = p.chunk_offsets[n], c_last = p.chunk_offsets[n + 1] - 1;
   const int64_t rs_k = static_cast<int64_t>(p.HV) * K, rs_q = static_cast<int64_t>(p.H) * K;
   const int64_t rs_a = static_cast<int64_t>(p.HV) * kChunk;
-  if (c_last >= c_begin) {  // G, k, Aqk of the first chunk of the sweep (later ones: issued a step ahead)
+  if (c_last >= c_begin) {  // G, k, Aqk, q of the first chunk of the sweep (later ones: issued a step ahead)
     const int64_t t0 = p.seq_offsets[n] + (c_last - c_begin) * kChunk;
     const int64_t left = p.seq_offsets[n + 1] - t0;
     const int L = static_cast<int>(left < kChunk ? left : kChunk);
     cp_async_rows<kThreads>(gS, KP, p.gc + (t0 * p.HV + hv) * K, rs_k, kChunk, L, K);
     cp_async_rows<kThreads>(klS, KP, p.kp + (t0 * p.H + h) * K, rs_q, kChunk, L, K);
     cp_async_rows<kThreads>(aqS, AP, p.Aqk + (t0 * p.HV + hv) * kChunk, rs_a, kChunk, L, kChunk);
+    cp_async_rows<kThreads>(qgS, KP, p.qp + (t0 * p.H + h) * K, rs_q, kChunk, L, K);
   }
   for (int64_t c = c_last; c >= c_begin; --c) {
     const int64_t t0 = p.seq_offsets[n] + (c - c_begin) * kChunk;
@@ -228,16 +230,14 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
     const int L = static_cast<int>(left < kChunk ? left : kChunk);
     const bool more = c > c_begin;
     const int64_t tn = t0 - kChunk;  // first token of the next chunk of this reverse sweep (a full one)
-    if (more) {  // w, q, do of the next chunk into L2 while this one runs
+    if (more) {  // w, do of the next chunk into L2 while this one runs
       const int64_t fs = sizeof(float);
       prefetch_rows(p.w + (tn * p.HV + hv) * K, kChunk, rs_k * fs, K * fs, kThreads);
-      prefetch_rows(p.qp + (tn * p.H + h) * K, kChunk, rs_q * fs, K * fs, kThreads);
       const int es = dtype_bytes(d_out_dt);
       prefetch_rows(static_cast<const char*>(d_out) + ((tn * p.HV + hv) * p.V + e0) * es, kChunk,
                     static_cast<int64_t>(p.HV) * p.V * es, BV * es, kThreads);
     }
     cp_async_rows<kThreads>(wS, KP, p.w + (t0 * p.HV + hv) * K, rs_k, kChunk, L, K);
-    cp_async_rows<kThreads>(qgS, KP, p.qp + (t0 * p.H + h) * K, rs_q, kChunk, L, K);
     batched<8>(
         kChunk * BV,
         [&](int idx) {
@@ -269,7 +269,12 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
     }
     __syncthreads();
     if (more) cp_async_rows<kThreads>(gS, KP, p.gc + (tn * p.HV + hv) * K, rs_k, kChunk, kChunk, K);
-    // dv_new = Aqk^T do + Kl dS'   (64 x BV)
+    // dv_new = Aqk^T do + Kl dS'   (64 x BV), and already Qg^T do of the dS step below (it does not
+    // need dv_new), so that Qg's tile is free for the next chunk's q during the w^T dv_new product.
+    const int count = (K / 16) * NT / kWarps;
+    float pos[kTilesS][4];
+    zero_tiles<kTilesS>(pos);
+    warp_gemm_rows<kTilesS, kSplit>(pos, count, qgS + r_first, 1, KP, r_step, doS + c_own, SP, 1, kChunk);
     {
       float acc[kTilesV][4];
       zero_tiles<kTilesV>(acc);
@@ -288,14 +293,12 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
     if (more) {
       cp_async_rows<kThreads>(klS, KP, p.kp + (tn * p.H + h) * K, rs_q, kChunk, kChunk, K);
       cp_async_rows<kThreads>(aqS, AP, p.Aqk + (tn * p.HV + hv) * kChunk, rs_a, kChunk, kChunk, kChunk);
+      cp_async_rows<kThreads>(qgS, KP, p.qp + (tn * p.H + h) * K, rs_q, kChunk, kChunk, K);
     }
     // dS = exp(G_last) dS' + Qg^T do - w^T dv_new   (K x BV; each warp owns its tiles)
     {
-      const int count = (K / 16) * NT / kWarps;
-      float pos[kTilesS][4], neg[kTilesS][4];
-      zero_tiles<kTilesS>(pos);
+      float neg[kTilesS][4];
       zero_tiles<kTilesS>(neg);
-      warp_gemm_rows<kTilesS, kSplit>(pos, count, qgS + r_first, 1, KP, r_step, doS + c_own, SP, 1, kChunk);
       warp_gemm_rows<kTilesS, kSplit>(neg, count, wS + r_first, 1, KP, r_step, dvS + c_own, SP, 1, kChunk);
 #pragma unroll
       for (int m = 0; m < kTilesS; ++m)
