@@ -718,8 +718,10 @@ size_t carve_all(char* base, const Sizes& s, bool backward, KdaDev* dev) {
     p.dgc = carve<float>(cursor, s.tokens * s.HV * s.K);
     p.dbp = carve<float>(cursor, s.tokens * s.HV);
     p.gate_part = carve<float>(cursor, s.HV * kGateSlices * (s.K + 1));
-    p.dAqk = carve<float>(cursor, s.tokens * s.HV * kChunk);
-    p.dM = carve<float>(cursor, s.tokens * s.HV * kChunk);
+    // dAqk and dM are written by wy_bwd, after the last reads of Aqk (state_bwd) and u (the forward's
+    // state pass), and nothing reads Aqk or u later: they share those buffers (u holds V >= 64 columns).
+    p.dAqk = p.Aqk;
+    p.dM = p.u;
     p.dg_last = carve<float>(cursor, s.C * s.HV * s.K);
     p.dbp_slice = carve<float>(cursor, (s.K / 32) * s.tokens * s.HV);
   }
