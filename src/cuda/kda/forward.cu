@@ -176,8 +176,9 @@ __host__ __device__ constexpr int q_region(int K) {
 //     increases down the chunk and every exp below has a non-positive argument.
 //  2. M = beta K Gamma K^T and Aqk = scale Q Gamma K^T. Off-diagonal 16 x 16 blocks (bi > bj) on the
 //     tensor cores with the decay factorised at n = 16 bi: (k_r exp(G_r - G_n)) . (k_c exp(G_n - G_c)),
-//     both factors <= 1; the 4 diagonal blocks per pair with exp(G_i - G_j) (their span can exceed the
-//     ~88 nats a split exponent survives).
+//     both factors <= 1; the same split one level down for the lower-left 8 x 8 quadrant of each diagonal
+//     block; the 8 x 8 diagonal quadrants per pair with exp(G_i - G_j) (their span can exceed the ~88
+//     nats a split exponent survives).
 //  3. A = (I + M)^-1 by blocks (FLA solve_tril): the diagonal blocks by substitution (a lane per column,
 //     registers only), then block row bi: A_bi,bj = -A_bi,bi sum_m M_bi,m A_m,bj (3xTF32). q's buffer
 //     holds A [64, 68] and the partial sums [16, 68].
@@ -352,14 +353,40 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool n
           if (n + i < L) Aqk[(n + i) * aqk_rs + c0 + j] = p.scale * aq[half][r];
         }
     }
-    // diagonal blocks: the 136 lower pairs (i >= j) of each, per pair
-    constexpr int kTri = kSub * (kSub + 1) / 2;
-    for (int e = tid; e < kSubs * kTri; e += kThreads) {
-      const int b = e / kTri, idx = e % kTri;
+    // Lower-left 8 x 8 quadrant of each diagonal block (warps 6, 7): rows r .. r + 8 (r = 16 b + 8) against
+    // columns 16 b .. 16 b + 8, split at r like the blocks above. One MMA gives both products: A rows 0..7
+    // are k_i exp(G_i - G_r), rows 8..15 q_i exp(G_i - G_r), so C rows 0..7 are M and 8..15 are Aqk.
+    for (int b = warp - 6; b >= 0 && b < kSubs; b += 2) {
+      const int r = kSub * b + kSub / 2, row = r + gq, col = kSub * b + gq;
+      const float* gr = gS + r * KP;
+      float acc[4] = {};
+#pragma unroll 2
+      for (int k0 = 0; k0 < K; k0 += 8) {
+        const int d0 = k0 + tq, d1 = d0 + 4;
+        const float e0 = __expf(gS[row * KP + d0] - gr[d0]), e1 = __expf(gS[row * KP + d1] - gr[d1]);
+        const float fa[4] = {kS[row * KP + d0] * e0, qS[row * KP + d0] * e0, kS[row * KP + d1] * e1,
+                             qS[row * KP + d1] * e1};
+        const float fb[2] = {kS[col * KP + d0] * __expf(gr[d0] - gS[col * KP + d0]),
+                             kS[col * KP + d1] * __expf(gr[d1] - gS[col * KP + d1])};
+        mma_step<kPrecise>(acc, fa, fb);
+      }
+      float* mb = m_block(Ms, b, b);
+#pragma unroll
+      for (int rr = 0; rr < 2; ++rr) {
+        const int j = 2 * tq + rr;  // column within the block (frag_col)
+        mb[(kSub / 2 + gq) * kMP + j] = bS[row] * acc[rr];
+        if (row < L) Aqk[row * aqk_rs + kSub * b + j] = p.scale * acc[2 + rr];
+      }
+    }
+    // the rest of the diagonal blocks: the two 8 x 8 diagonal quadrants, 36 lower pairs (i >= j) each,
+    // per pair (their span can exceed the ~88 nats a split exponent survives)
+    constexpr int kHalf = kSub / 2, kTri = kHalf * (kHalf + 1) / 2;
+    for (int e = tid; e < 2 * kSubs * kTri; e += kThreads) {
+      const int quadrant = e / kTri, idx = e % kTri, b = quadrant / 2, base = kHalf * (quadrant % 2);
       int ii = static_cast<int>((sqrtf(8.0f * idx + 1.0f) - 1.0f) * 0.5f);
       while ((ii + 1) * (ii + 2) / 2 <= idx) ++ii;
       while (ii * (ii + 1) / 2 > idx) --ii;
-      const int jj = idx - ii * (ii + 1) / 2, i = kSub * b + ii, j = kSub * b + jj;
+      const int jj = idx - ii * (ii + 1) / 2, i = kSub * b + base + ii, j = kSub * b + base + jj;
       float m = 0.0f, a = 0.0f;
       if (i < L) {
         const float *ki = kS + i * KP, *qi = qS + i * KP, *gi = gS + i * KP, *kj = kS + j * KP, *gj = gS + j * KP;
@@ -374,7 +401,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool n
         }
         Aqk[i * aqk_rs + j] = p.scale * a;
       }
-      m_block(Ms, b, b)[ii * kMP + jj] = jj < ii ? bS[i] * m : 0.0f;
+      m_block(Ms, b, b)[(base + ii) * kMP + base + jj] = jj < ii ? bS[i] * m : 0.0f;
     }
     for (int idx = tid; idx < L * kChunk; idx += kThreads) {
       const int i = idx / kChunk, j = idx % kChunk;
