@@ -746,7 +746,9 @@ size_t carve_all(char* base, const Sizes& s, bool backward, KdaDev* dev) {
   p.Aqk = carve<float>(cursor, s.tokens * s.HV * kChunk);
   p.w = carve<float>(cursor, s.tokens * s.HV * s.K);
   p.u = carve<float>(cursor, s.tokens * s.HV * s.V);
-  p.vn = carve<float>(cursor, s.tokens * s.HV * s.V);
+  // Forward-only: v_new overwrites u in place (each element belongs to one state block, which has
+  // copied u of the chunk to shared memory before it writes v_new there); the backward keeps both.
+  p.vn = backward ? carve<float>(cursor, s.tokens * s.HV * s.V) : p.u;
   p.hs = carve<float>(cursor, s.C * s.HV * s.K * s.V);
   if (backward) {
     p.dvn = carve<float>(cursor, s.tokens * s.HV * s.V);
