@@ -123,7 +123,8 @@ __device__ __forceinline__ void lower_product_strip(const float* As, const float
 #pragma unroll
     for (int r = 0; r < 4; r += 2) {  // entries r, r + 1: adjacent columns of one row
       const int i = r0 + frag_row(r);
-      if (i < L) *reinterpret_cast<float2*>(out + i * out_rs + c0 + 8 * j + frag_col(r)) = make_float2(acc[j][r], acc[j][r + 1]);
+      if (i < L)
+        *reinterpret_cast<float2*>(out + i * out_rs + c0 + 8 * j + frag_col(r)) = make_float2(acc[j][r], acc[j][r + 1]);
     }
 }
 
@@ -154,14 +155,16 @@ __device__ __forceinline__ float applied_gate(const KdaDev& p, float x, float ra
   return -rate * (x > kSoftplusThreshold ? x : log1pf(__expf(x)));
 }
 
-constexpr int kSub = 16;                     // sub-chunk rows: the decay reference and the inverse's block size
-constexpr int kSubs = kChunk / kSub;         // 4 sub-chunks per chunk
-constexpr int kAP = kChunk4;                 // row stride of 64 x 64 tiles (fragment loads on 32 banks)
-constexpr int kMP = kSub + 4;                // row stride of one packed 16 x 16 block of M
+constexpr int kSub = 16;                           // sub-chunk rows: the decay reference and the inverse's block size
+constexpr int kSubs = kChunk / kSub;               // 4 sub-chunks per chunk
+constexpr int kAP = kChunk4;                       // row stride of 64 x 64 tiles (fragment loads on 32 banks)
+constexpr int kMP = kSub + 4;                      // row stride of one packed 16 x 16 block of M
 constexpr int kMBlocks = kSubs * (kSubs + 1) / 2;  // lower blocks of M, diagonal included
 
 // Packed lower block (bi, bj), bi >= bj, of M.
-__device__ __forceinline__ float* m_block(float* Ms, int bi, int bj) { return Ms + (bi * (bi + 1) / 2 + bj) * kSub * kMP; }
+__device__ __forceinline__ float* m_block(float* Ms, int bi, int bj) {
+  return Ms + (bi * (bi + 1) / 2 + bj) * kSub * kMP;
+}
 
 // q's buffer later holds A [64, 68] and the partial sums [16, 68] of the inverse.
 __host__ __device__ constexpr int q_region(int K) {
@@ -510,7 +513,9 @@ __device__ __forceinline__ void cp_async16(float* dst, const float* src, bool va
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 // Waits until at most kPending of this thread's most recent cp.async groups are still in flight.
 template <int kPending>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory"); }
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
 
 // S[r0 .. r0 + 16, cw .. cw + 8 NTW) <- exp(G_last) S + kl^T v_new (this warp's strip of the state).
 template <bool kPrecise, int NTW>
@@ -821,10 +826,14 @@ void launch_chunks(KdaDev& p, const TensorView* o, const TensorView* final_state
   };
   if (bv == 64)
     launch_state(state_fwd_kernel<kK, 64, 1, kPrecise>);
+  else if (bv == 32 && stages == 2)
+    launch_state(state_fwd_kernel<kK, 32, 2, kPrecise>);
   else if (bv == 32)
-    stages == 2 ? launch_state(state_fwd_kernel<kK, 32, 2, kPrecise>) : launch_state(state_fwd_kernel<kK, 32, 1, kPrecise>);
+    launch_state(state_fwd_kernel<kK, 32, 1, kPrecise>);
+  else if (stages == 2)
+    launch_state(state_fwd_kernel<kK, 16, 2, kPrecise>);
   else
-    stages == 2 ? launch_state(state_fwd_kernel<kK, 16, 2, kPrecise>) : launch_state(state_fwd_kernel<kK, 16, 1, kPrecise>);
+    launch_state(state_fwd_kernel<kK, 16, 1, kPrecise>);
   SEQMIX_CUDA_CHECK(cudaGetLastError());
   timer.mark("state_fwd");
   if (o && p.tokens > 0) {
