@@ -11,6 +11,9 @@
 //   fp32 states (final state, dh0) and fp32 parameter gradients (dA_log, ddt_bias): rms 1e-3, max 5e-3
 //     (fp32 arithmetic only, no output rounding; dA_log / ddt_bias sum over every token).
 //   f32 inputs: rms 1e-4, max 1e-3 everywhere (fp32 arithmetic against fp64).
+// The forward multiplies in TF32 for bf16 / f16 inputs (10-bit operands; measured on the H100: final
+// state rms <= 4.3e-4, outputs at the bf16 rounding floor ~1.7e-3) and in 3xTF32 for f32 inputs
+// (rms <= 1e-6), so the tolerances above are unchanged.
 #include <gtest/gtest.h>
 
 #include <cmath>
