@@ -15,7 +15,7 @@
 //   dAqk, dM [tokens, HV, 64] (gradients of the chunk's Aqk and strictly-lower M; they reuse the
 //   buffers of Aqk and u, dead by then); dg_last
 //   [max_chunks, HV, K] (gradient of the chunk's last cumulative gate); dbp_slice [K / 32, tokens, HV]
-//   Forward-only calls skip qp, kp, q_rstd, k_rstd, gc, bp, A and the gradients, but keep vn and hs
+//   Forward-only calls skip qp, kp, q_rstd, k_rstd, gc, bp, A and the gradients, but keep vn (in u's place) and hs
 //   (the output kernel reads them); the forward pipeline adds:
 //   kl [tokens, HV, K]        exp(G_last - G) * k, the state update's key operand
 //   gl [max_chunks, HV, K]    G_last, the chunk's total log decay
