@@ -32,26 +32,7 @@ namespace {
 // (f32 / f64 inputs): 3xTF32 as in warp_gemm, fp32-accurate. Otherwise (bf16 / f16 inputs) one TF32
 // pass with round-to-nearest operands: relative error ~2^-11 per operand, below the 2^-9 of the bf16
 // inputs and outputs themselves (FLA runs these products on bf16 operands), at a third of the MMAs
-// and a third of the conversion work per fragment.
-// c += a * b on one m16n8k8 step from fp32 fragment values (a0 (g, t), a1 (g + 8, t), a2 (g, t + 4),
-// a3 (g + 8, t + 4); b0 (t, g), b1 (t + 4, g)).
-template <bool kSplit>
-__device__ __forceinline__ void mma_f32(float c[4], const float a[4], const float b[2]) {
-  if constexpr (kSplit) {
-    uint32_t ah[4], al[4], bh[2], bl[2];
-#pragma unroll
-    for (int r = 0; r < 4; ++r) split_tf32(a[r], ah[r], al[r]);
-    split_tf32(b[0], bh[0], bl[0]);
-    split_tf32(b[1], bh[1], bl[1]);
-    mma_tf32(c, al, bh);
-    mma_tf32(c, ah, bl);
-    mma_tf32(c, ah, bh);
-  } else {
-    const uint32_t ar[4] = {to_tf32(a[0]), to_tf32(a[1]), to_tf32(a[2]), to_tf32(a[3])};
-    const uint32_t br[2] = {to_tf32(b[0]), to_tf32(b[1])};
-    mma_tf32(c, ar, br);
-  }
-}
+// and a third of the conversion work per fragment. The step itself: mma_f32<kSplit> (common.cuh).
 
 // count (<= MT) warp tiles stacked in rows, tile m at a + m * a_step, sharing the B fragment of each
 // k step: up to MT independent MMA chains per fragment load (one tile per call is latency-bound).

@@ -179,6 +179,28 @@ __device__ __forceinline__ void mma_tf32(float c[4], const uint32_t a[4], const 
 #endif
 }
 
+// c += a * b on one m16n8k8 step from fp32 fragment values (a0 (g, t), a1 (g + 8, t), a2 (g, t + 4),
+// a3 (g + 8, t + 4); b0 (t, g), b1 (t + 4, g)). kPrecise: 3xTF32 (hi/lo split as in warp_gemm,
+// fp32-accurate, for f32 / f64 inputs); otherwise one TF32 MMA (10-bit mantissa operands, fp32
+// accumulation: still finer than the bf16 operands FLA uses).
+template <bool kPrecise>
+__device__ __forceinline__ void mma_f32(float c[4], const float a[4], const float b[2]) {
+  if constexpr (kPrecise) {
+    uint32_t ah[4], al[4], bh[2], bl[2];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) split_tf32(a[r], ah[r], al[r]);
+    split_tf32(b[0], bh[0], bl[0]);
+    split_tf32(b[1], bh[1], bl[1]);
+    mma_tf32(c, al, bh);
+    mma_tf32(c, ah, bl);
+    mma_tf32(c, ah, bh);
+  } else {
+    const uint32_t ar[4] = {to_tf32(a[0]), to_tf32(a[1]), to_tf32(a[2]), to_tf32(a[3])};
+    const uint32_t br[2] = {to_tf32(b[0]), to_tf32(b[1])};
+    mma_tf32(c, ar, br);
+  }
+}
+
 // c (a 16 x 8 warp tile: c[0] (g, 2t), c[1] (g, 2t + 1), c[2] (g + 8, 2t), c[3] (g + 8, 2t + 1) with
 // g = lane / 4, t = lane % 4) += A[16, kdim] * B[kdim, 8]; kdim a multiple of 8; a, b point at the tile.
 __device__ __forceinline__ void warp_gemm(float c[4], const float* a, int a_rs, int a_cs, const float* b, int b_rs,

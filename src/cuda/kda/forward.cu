@@ -73,25 +73,7 @@ __global__ void __launch_bounds__(kTableThreads) build_tables_kernel(KdaDev p) {
 
 constexpr int kChunk4 = kChunk + 4;  // row stride of 64 x 64 tiles (fragment loads on 32 banks)
 
-// ---- Tensor-core helpers. kPrecise: 3xTF32 (fp32-accurate, for f32 inputs); otherwise one TF32 MMA
-// per step (10-bit mantissa operands, fp32 accumulation: still finer than the bf16 operands FLA uses).
-template <bool kPrecise>
-__device__ __forceinline__ void mma_step(float c[4], const float a[4], const float b[2]) {
-  if constexpr (kPrecise) {
-    uint32_t ah[4], al[4], bh[2], bl[2];
-#pragma unroll
-    for (int r = 0; r < 4; ++r) split_tf32(a[r], ah[r], al[r]);
-    split_tf32(b[0], bh[0], bl[0]);
-    split_tf32(b[1], bh[1], bl[1]);
-    mma_tf32(c, al, bh);
-    mma_tf32(c, ah, bl);
-    mma_tf32(c, ah, bh);
-  } else {
-    const uint32_t ar[4] = {to_tf32(a[0]), to_tf32(a[1]), to_tf32(a[2]), to_tf32(a[3])};
-    const uint32_t br[2] = {to_tf32(b[0]), to_tf32(b[1])};
-    mma_tf32(c, ar, br);
-  }
-}
+// ---- Tensor-core helpers (the MMA step itself, mma_f32, is in common.cuh).
 
 // A 16 x (8 NTW) strip: c[j] += A[16, kdim] * B[kdim, 8j .. 8j + 8); B row-major (b_rs), columns contiguous.
 // The A fragment of a step is loaded (and converted) once for the NTW MMAs.
@@ -106,7 +88,7 @@ __device__ __forceinline__ void gemm_strip(float (&c)[NTW][4], const float* a, i
 #pragma unroll
     for (int j = 0; j < NTW; ++j) {
       const float bf[2] = {b[(k0 + t) * b_rs + 8 * j + g], b[(k0 + t + 4) * b_rs + 8 * j + g]};
-      mma_step<kPrecise>(c[j], af, bf);
+      mma_f32<kPrecise>(c[j], af, bf);
     }
   }
 }
@@ -342,8 +324,8 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool n
           const int col = c0 + 8 * half + gq;
           const float fb[2] = {kS[col * KP + d0] * __expf(gn0 - gS[col * KP + d0]),
                                kS[col * KP + d1] * __expf(gn1 - gS[col * KP + d1])};
-          mma_step<kPrecise>(am[half], fk, fb);
-          mma_step<kPrecise>(aq[half], fq, fb);
+          mma_f32<kPrecise>(am[half], fk, fb);
+          mma_f32<kPrecise>(aq[half], fq, fb);
         }
       }
       float* mb = m_block(Ms, bi, bj);
@@ -371,7 +353,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool n
                              qS[row * KP + d1] * e1};
         const float fb[2] = {kS[col * KP + d0] * __expf(gr[d0] - gS[col * KP + d0]),
                              kS[col * KP + d1] * __expf(gr[d1] - gS[col * KP + d1])};
-        mma_step<kPrecise>(acc, fa, fb);
+        mma_f32<kPrecise>(acc, fa, fb);
       }
       float* mb = m_block(Ms, b, b);
 #pragma unroll
