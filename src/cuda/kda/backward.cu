@@ -28,30 +28,74 @@ namespace kda {
 
 namespace {
 
+// Precision of the backward's tensor-core products, chosen per call from the input dtype. kSplit
+// (f32 / f64 inputs): 3xTF32 as in warp_gemm, fp32-accurate. Otherwise (bf16 / f16 inputs) one TF32
+// pass with round-to-nearest operands: relative error ~2^-11 per operand, below the 2^-9 of the bf16
+// inputs and outputs themselves (FLA runs these products on bf16 operands), at a third of the MMAs
+// and a third of the conversion work per fragment. The step itself: mma_f32<kSplit> (common.cuh).
+
 // count (<= MT) warp tiles stacked in rows, tile m at a + m * a_step, sharing the B fragment of each
 // k step: up to MT independent MMA chains per fragment load (one tile per call is latency-bound).
-// Layout and 3xTF32 split as in warp_gemm.
-template <int MT>
+// Layout as in warp_gemm; precision as in mma_f32.
+template <int MT, bool kSplit>
 __device__ __forceinline__ void warp_gemm_rows(float c[MT][4], int count, const float* a, int a_rs, int a_cs,
                                                int a_step, const float* b, int b_rs, int b_cs, int kdim) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll 2
   for (int k0 = 0; k0 < kdim; k0 += 8) {
-    uint32_t bh[2], bl[2];
-    split_tf32(b[(k0 + t) * b_rs + g * b_cs], bh[0], bl[0]);
-    split_tf32(b[(k0 + t + 4) * b_rs + g * b_cs], bh[1], bl[1]);
+    const float bf[2] = {b[(k0 + t) * b_rs + g * b_cs], b[(k0 + t + 4) * b_rs + g * b_cs]};
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       if (m < count) {
         const float* am = a + m * a_step;
-        uint32_t ah[4], al[4];
-        split_tf32(am[g * a_rs + (k0 + t) * a_cs], ah[0], al[0]);
-        split_tf32(am[(g + 8) * a_rs + (k0 + t) * a_cs], ah[1], al[1]);
-        split_tf32(am[g * a_rs + (k0 + t + 4) * a_cs], ah[2], al[2]);
-        split_tf32(am[(g + 8) * a_rs + (k0 + t + 4) * a_cs], ah[3], al[3]);
-        mma_tf32(c[m], al, bh);
-        mma_tf32(c[m], ah, bl);
-        mma_tf32(c[m], ah, bh);
+        const float af[4] = {am[g * a_rs + (k0 + t) * a_cs], am[(g + 8) * a_rs + (k0 + t) * a_cs],
+                             am[g * a_rs + (k0 + t + 4) * a_cs], am[(g + 8) * a_rs + (k0 + t + 4) * a_cs]};
+        mma_f32<kSplit>(c[m], af, bf);
+      }
+    }
+  }
+}
+
+// C += A B^T for count (<= MT) warp tiles as in warp_gemm_rows, with A [16, kdim] (tile m at a + m * a_step)
+// and B [8, kdim] both row-major in shared memory (row strides a_rs, b_rs). The m16n8k8 TF32 fragments
+// are 8 x 4 fp32 blocks (a0 rows g cols t, a1 rows g + 8, a2 cols t + 4, ...), which is what ldmatrix
+// hands out for an 8 x 8 b16 matrix (lane l gets 32-bit word l % 4 of row l / 4): one ldmatrix.x4 per A
+// fragment and one .x2 per B fragment replace 6 scalar loads, with the same values (bit moves only).
+// Needs rows 16-byte aligned (strides, offsets multiples of 4 floats); rows of stride 4 mod 32 words
+// hit 32 distinct banks.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const float* ptr) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
+__device__ __forceinline__ void ldmatrix_x2(uint32_t r[2], const float* ptr) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+}
+
+template <int MT, bool kSplit>
+__device__ __forceinline__ void warp_gemm_rows_abt(float c[MT][4], int count, const float* a, int a_rs, int a_step,
+                                                   const float* b, int b_rs, int kdim) {
+  // Lanes 8q .. 8q + 7 address the rows of matrix q: A's matrices are (rows 0-7, cols k0), (rows 8-15,
+  // cols k0), (rows 0-7, cols k0 + 4), (rows 8-15, cols k0 + 4); B's (rows 0-7, cols k0), (cols k0 + 4).
+  const int lane = threadIdx.x & 31, q = lane >> 3, r = lane & 7;
+  const float* a_lane = a + (r + (q & 1) * 8) * a_rs + (q >> 1) * 4;
+  const float* b_lane = b + r * b_rs + (q & 1) * 4;
+#pragma unroll 2
+  for (int k0 = 0; k0 < kdim; k0 += 8) {
+    uint32_t braw[2];
+    ldmatrix_x2(braw, b_lane + k0);
+    const float bf[2] = {__uint_as_float(braw[0]), __uint_as_float(braw[1])};
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      if (m < count) {
+        uint32_t araw[4];
+        ldmatrix_x4(araw, a_lane + m * a_step + k0);
+        const float af[4] = {__uint_as_float(araw[0]), __uint_as_float(araw[1]), __uint_as_float(araw[2]),
+                             __uint_as_float(araw[3])};
+        mma_f32<kSplit>(c[m], af, bf);
       }
     }
   }
@@ -77,15 +121,57 @@ __device__ __forceinline__ void zero_tiles(float c[MT][4]) {
   for (int m = 0; m < MT; ++m) c[m][0] = c[m][1] = c[m][2] = c[m][3] = 0.0f;
 }
 
-// One block per (sequence, value head, BV value columns), chunks in reverse; products on the tensor
-// cores (3xTF32). Shared (strides padded by 4): w, Kl, Qg as [64, K + 4]; Aqk [64, 68]; dS tile
-// [K, BV + 8]; do and dv_new tiles [64, BV + 8]; G_last [K].
-constexpr int kStateTilesMax = 4;  // tiles per warp of the K x BV product, K <= 128, BV <= 32
+// 16-byte global -> shared copy that bypasses the registers (and L1); completes at cp_async_wait_all.
+__device__ __forceinline__ void cp_async16(float* smem_dst, const float* gmem_src) {
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(gmem_src) : "memory");
+}
 
-template <int BV>
+// Waits for every cp_async16 this thread issued (a __syncthreads must follow before others read them).
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;" ::: "memory");
+}
+
+// Closes the group of copies issued so far; cp_async_wait<N> waits until at most the N most recently
+// closed groups are still in flight.
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+// Rows [0, rows) x `cols` of a shared tile (row stride dst_rs) from a row-major fp32 source (row i at
+// src + i * src_rs) by cp_async16 from NT threads; rows >= rows_valid are zeroed with plain stores.
+template <int NT>
+__device__ __forceinline__ void cp_async_rows(float* dst, int dst_rs, const float* src, int64_t src_rs, int rows,
+                                              int rows_valid, int cols) {
+  const int c4 = cols / 4;
+  for (int idx = threadIdx.x; idx < rows * c4; idx += NT) {
+    const int i = idx / c4, d = (idx % c4) * 4;
+    if (i < rows_valid)
+      cp_async16(dst + i * dst_rs + d, src + i * src_rs + d);
+    else
+      st4(dst + i * dst_rs + d, zero4());
+  }
+}
+
+// One block per (sequence, value head, BV value columns), chunks in reverse; products on the tensor
+// cores (precision as in mma_f32). Shared (strides padded by 4): w, Kl, Qg as [64, K + 4];
+// Aqk [64, 68]; dS tile [K, BV + 8]; do and dv_new tiles [64, BV + 8]; G_last [K]; raw G [64, K + 4].
+// Per chunk: w, k, q, G, Aqk go to shared memory by cp.async (all of a chunk's loads in flight at once,
+// none staged in registers) while do is loaded and dS' stored, then k, q become Kl, Qg in place. The
+// next chunk's G, k, Aqk, q are issued as soon as their tiles are free (G after the Kl / Qg step; k,
+// Aqk, q after the dv_new and Qg^T do products), so their loads overlap this chunk's products; w
+// follows at the start of the next step. Every chunk but the last of a sequence is full, so those
+// issue 64 rows.
+// BV in {16, 32, 64}: a warp holds NT = BV / 8 tiles of the K x BV product (K <= 128) and NT / 2 of the
+// 64 x BV one.
+
+template <int BV, bool kSplit>
 __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const void* d_out, int d_out_dt,
                                                              const void* dht, int dht_dt, void* dh0, int dh0_dt) {
-  constexpr int SP = BV + 8, AP = kChunk + 4, NT = BV / 8;
+  constexpr int SP = BV + 8, AP = kChunk + 4, NT = BV / 8, kTilesS = NT, kTilesV = NT / 2;
   const int n = blockIdx.x, hv = blockIdx.y, e0 = blockIdx.z * BV, h = hv / p.G;
   const int K = p.K, KP = K + 4, tid = threadIdx.x, warp = tid / 32;
   // Warp w owns the 16 x 8 tiles w + 8 m of both products: columns c_own, rows r_first + m * r_step
@@ -101,30 +187,38 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
   float* doS = dhS + K * SP;
   float* dvS = doS + kChunk * SP;
   float* glS = dvS + kChunk * SP;
+  float* gS = glS + K;
 
   for (int idx = tid; idx < K * BV; idx += kThreads) {
     const int d = idx / BV, e = idx % BV;
     dhS[d * SP + e] = dht ? load_f(dht, dht_dt, state_index(p, n, hv, d, e0 + e)) : 0.0f;
   }
-  const int64_t c_begin = p.chunk_offsets[n];
-  for (int64_t c = p.chunk_offsets[n + 1] - 1; c >= c_begin; --c) {
+  const int64_t c_begin = p.chunk_offsets[n], c_last = p.chunk_offsets[n + 1] - 1;
+  const int64_t rs_k = static_cast<int64_t>(p.HV) * K, rs_q = static_cast<int64_t>(p.H) * K;
+  const int64_t rs_a = static_cast<int64_t>(p.HV) * kChunk;
+  if (c_last >= c_begin) {  // G, k, Aqk, q of the first chunk of the sweep (later ones: issued a step ahead)
+    const int64_t t0 = p.seq_offsets[n] + (c_last - c_begin) * kChunk;
+    const int64_t left = p.seq_offsets[n + 1] - t0;
+    const int L = static_cast<int>(left < kChunk ? left : kChunk);
+    cp_async_rows<kThreads>(gS, KP, p.gc + (t0 * p.HV + hv) * K, rs_k, kChunk, L, K);
+    cp_async_rows<kThreads>(klS, KP, p.kp + (t0 * p.H + h) * K, rs_q, kChunk, L, K);
+    cp_async_rows<kThreads>(aqS, AP, p.Aqk + (t0 * p.HV + hv) * kChunk, rs_a, kChunk, L, kChunk);
+    cp_async_rows<kThreads>(qgS, KP, p.qp + (t0 * p.H + h) * K, rs_q, kChunk, L, K);
+  }
+  for (int64_t c = c_last; c >= c_begin; --c) {
     const int64_t t0 = p.seq_offsets[n] + (c - c_begin) * kChunk;
     const int64_t left = p.seq_offsets[n + 1] - t0;
     const int L = static_cast<int>(left < kChunk ? left : kChunk);
-    if (c > c_begin) {  // the next chunk of this reverse sweep (a full one) into L2 while this one runs
-      const int64_t tp = t0 - kChunk, fs = sizeof(float);
-      prefetch_rows(p.w + (tp * p.HV + hv) * K, kChunk, p.HV * K * fs, K * fs, kThreads);
-      prefetch_rows(p.gc + (tp * p.HV + hv) * K, kChunk, p.HV * K * fs, K * fs, kThreads);
-      prefetch_rows(p.kp + (tp * p.H + h) * K, kChunk, p.H * K * fs, K * fs, kThreads);
-      prefetch_rows(p.qp + (tp * p.H + h) * K, kChunk, p.H * K * fs, K * fs, kThreads);
-      prefetch_rows(p.Aqk + (tp * p.HV + hv) * kChunk, kChunk, p.HV * kChunk * fs, kChunk * fs, kThreads);
+    const bool more = c > c_begin;
+    const int64_t tn = t0 - kChunk;  // first token of the next chunk of this reverse sweep (a full one)
+    if (more) {  // w, do of the next chunk into L2 while this one runs
+      const int64_t fs = sizeof(float);
+      prefetch_rows(p.w + (tn * p.HV + hv) * K, kChunk, rs_k * fs, K * fs, kThreads);
       const int es = dtype_bytes(d_out_dt);
-      prefetch_rows(static_cast<const char*>(d_out) + ((tp * p.HV + hv) * p.V + e0) * es, kChunk,
+      prefetch_rows(static_cast<const char*>(d_out) + ((tn * p.HV + hv) * p.V + e0) * es, kChunk,
                     static_cast<int64_t>(p.HV) * p.V * es, BV * es, kThreads);
     }
-    for (int d = tid; d < K; d += kThreads) glS[d] = p.gc[((t0 + L - 1) * p.HV + hv) * K + d];
-    __syncthreads();
-    load_chunk_tiles(p, t0, L, hv, h, glS, wS, klS, qgS, aqS);
+    cp_async_rows<kThreads>(wS, KP, p.w + (t0 * p.HV + hv) * K, rs_k, kChunk, L, K);
     batched<8>(
         kChunk * BV,
         [&](int idx) {
@@ -136,34 +230,59 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
       const int d = idx / BV, e = idx % BV;
       p.dhs[((c * p.HV + hv) * K + d) * p.V + e0 + e] = dhS[d * SP + e];
     }
+    cp_async_wait_all();
     __syncthreads();
-    // dv_new = Aqk^T do + Kl dS'   (64 x BV)
+    // Kl = exp(G_last - G) k, Qg = scale exp(G) q in place (rows >= L stay zero); G_last = G of row L - 1.
     {
-      float acc[kStateTilesMax][4];
-      zero_tiles<kStateTilesMax>(acc);
-      warp_gemm_rows<kStateTilesMax>(acc, NT / 2, aqS + r_first, 1, AP, r_step, doS + c_own, SP, 1, kChunk);
-      warp_gemm_rows<kStateTilesMax>(acc, NT / 2, klS + r_first * KP, KP, 1, r_step * KP, dhS + c_own, SP, 1, K);
-#pragma unroll
-      for (int m = 0; m < kStateTilesMax; ++m)
-        if (m < NT / 2)
-#pragma unroll
-          for (int r = 0; r < 4; ++r) {
-            const int j = r_first + m * r_step + frag_row(r), e = c_own + frag_col(r);
-            dvS[j * SP + e] = acc[m][r];
-            if (j < L) p.dvn[((t0 + j) * p.HV + hv) * p.V + e0 + e] = acc[m][r];
-          }
+      const int k4 = K / 4;
+      const float* gl = gS + (L - 1) * KP;
+      const float s = p.scale;
+      for (int idx = tid; idx < L * k4; idx += kThreads) {
+        const int i = idx / k4, d = (idx % k4) * 4, at = i * KP + d;
+        const float4 g = *reinterpret_cast<const float4*>(gS + at), l = *reinterpret_cast<const float4*>(gl + d);
+        const float4 k = *reinterpret_cast<const float4*>(klS + at), q = *reinterpret_cast<const float4*>(qgS + at);
+        st4(klS + at, make_float4(__expf(l.x - g.x) * k.x, __expf(l.y - g.y) * k.y, __expf(l.z - g.z) * k.z,
+                                  __expf(l.w - g.w) * k.w));
+        st4(qgS + at, make_float4(s * __expf(g.x) * q.x, s * __expf(g.y) * q.y, s * __expf(g.z) * q.z,
+                                  s * __expf(g.w) * q.w));
+      }
+      for (int d = tid; d < K; d += kThreads) glS[d] = gl[d];
     }
     __syncthreads();
+    if (more) cp_async_rows<kThreads>(gS, KP, p.gc + (tn * p.HV + hv) * K, rs_k, kChunk, kChunk, K);
+    // dv_new = Aqk^T do + Kl dS'   (64 x BV), and already Qg^T do of the dS step below (it does not
+    // need dv_new), so that Qg's tile is free for the next chunk's q during the w^T dv_new product.
+    const int count = (K / 16) * NT / kWarps;
+    float pos[kTilesS][4];
+    zero_tiles<kTilesS>(pos);
+    warp_gemm_rows<kTilesS, kSplit>(pos, count, qgS + r_first, 1, KP, r_step, doS + c_own, SP, 1, kChunk);
+    {
+      float acc[kTilesV][4];
+      zero_tiles<kTilesV>(acc);
+      warp_gemm_rows<kTilesV, kSplit>(acc, kTilesV, aqS + r_first, 1, AP, r_step, doS + c_own, SP, 1, kChunk);
+      warp_gemm_rows<kTilesV, kSplit>(acc, kTilesV, klS + r_first * KP, KP, 1, r_step * KP, dhS + c_own, SP, 1, K);
+#pragma unroll
+      for (int m = 0; m < kTilesV; ++m)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int j = r_first + m * r_step + frag_row(r), e = c_own + frag_col(r);
+          dvS[j * SP + e] = acc[m][r];
+          if (j < L) p.dvn[((t0 + j) * p.HV + hv) * p.V + e0 + e] = acc[m][r];
+        }
+    }
+    __syncthreads();
+    if (more) {
+      cp_async_rows<kThreads>(klS, KP, p.kp + (tn * p.H + h) * K, rs_q, kChunk, kChunk, K);
+      cp_async_rows<kThreads>(aqS, AP, p.Aqk + (tn * p.HV + hv) * kChunk, rs_a, kChunk, kChunk, kChunk);
+      cp_async_rows<kThreads>(qgS, KP, p.qp + (tn * p.H + h) * K, rs_q, kChunk, kChunk, K);
+    }
     // dS = exp(G_last) dS' + Qg^T do - w^T dv_new   (K x BV; each warp owns its tiles)
     {
-      const int count = (K / 16) * NT / kWarps;
-      float pos[kStateTilesMax][4], neg[kStateTilesMax][4];
-      zero_tiles<kStateTilesMax>(pos);
-      zero_tiles<kStateTilesMax>(neg);
-      warp_gemm_rows<kStateTilesMax>(pos, count, qgS + r_first, 1, KP, r_step, doS + c_own, SP, 1, kChunk);
-      warp_gemm_rows<kStateTilesMax>(neg, count, wS + r_first, 1, KP, r_step, dvS + c_own, SP, 1, kChunk);
+      float neg[kTilesS][4];
+      zero_tiles<kTilesS>(neg);
+      warp_gemm_rows<kTilesS, kSplit>(neg, count, wS + r_first, 1, KP, r_step, dvS + c_own, SP, 1, kChunk);
 #pragma unroll
-      for (int m = 0; m < kStateTilesMax; ++m)
+      for (int m = 0; m < kTilesS; ++m)
         if (m < count)
 #pragma unroll
           for (int r = 0; r < 4; ++r) {
@@ -181,7 +300,7 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
 }
 
 // ---- Within-chunk gradients: two kernels per chunk, FLA's chunk_kda_bwd_wy_dqkg_fused and
-// chunk_kda_bwd_intra split, every product on the tensor cores (3xTF32, fp32-accurate).
+// chunk_kda_bwd_intra split, every product on the tensor cores (precision as in mma_f32).
 
 constexpr int kWyThreads = 512;    // 16 warps: one block per SM (shared memory), so warps hide latency
 constexpr int kPairThreads = 128;  // 4 warps, warp w owns the 16-token sub-chunk w
@@ -190,41 +309,8 @@ constexpr int kSub = 16;           // sub-chunk length (FLA's BC)
 constexpr int kSliceStride = kSlice + 4;
 constexpr int kWyTilesMax = 4;     // 16 x 8 tiles per warp of a [64, K] product, K <= 128
 
-// c += a * b on one m16n8k8 step from fp32 fragment values (a0 (g, t), a1 (g + 8, t), a2 (g, t + 4),
-// a3 (g + 8, t + 4); b0 (t, g), b1 (t + 4, g)), split hi + lo as in warp_gemm.
-__device__ __forceinline__ void mma_3xtf32(float c[4], const float a[4], const float b[2]) {
-  uint32_t ah[4], al[4], bh[2], bl[2];
-#pragma unroll
-  for (int r = 0; r < 4; ++r) split_tf32(a[r], ah[r], al[r]);
-  split_tf32(b[0], bh[0], bl[0]);
-  split_tf32(b[1], bh[1], bl[1]);
-  mma_tf32(c, al, bh);
-  mma_tf32(c, ah, bl);
-  mma_tf32(c, ah, bh);
-}
-
-// Rows [0, 64) x `cols` of a row-major fp32 source (row i at src + i * src_rs) into a shared tile of
-// row stride dst_rs; rows >= rows_valid zero. U float4 loads in flight per thread.
-template <int NT, int U = 4>
-__device__ __forceinline__ void load_rows4(float* dst, int dst_rs, const float* src, int64_t src_rs, int rows,
-                                           int rows_valid, int cols) {
-  const int c4 = cols / 4, n = rows * c4;
-  for (int base = threadIdx.x; base < n; base += NT * U) {
-    float4 v[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int idx = base + u * NT, i = idx / c4;
-      v[u] = idx < n && i < rows_valid ? ldg4(src + i * src_rs + (idx % c4) * 4) : zero4();
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int idx = base + u * NT;
-      if (idx < n) st4(dst + (idx / c4) * dst_rs + (idx % c4) * 4, v[u]);
-    }
-  }
-}
-
-// Same for a [tokens, HV, V] input of any dtype (do, v).
+// Rows [0, 64) x `cols` of a [tokens, HV, V] input of any dtype (do, v) into a shared fp32 tile of row
+// stride dst_rs; rows >= rows_valid zero. U loads in flight per thread.
 template <int NT, int U = 8>
 __device__ __forceinline__ void load_rows_dt(float* dst, int dst_rs, const void* src, int dt, int64_t src_rs,
                                              int64_t offset, int rows_valid, int cols) {
@@ -254,6 +340,7 @@ __device__ __forceinline__ void load_rows_dt(float* dst, int dst_rs, const void*
 // scale tril(do v_new^T); dw = -dv_new S^T; A^T dw -> dk, dG, dbeta; A^T dv_new -> dv, dbeta;
 // dA = (dw Kb^T + dv_new v^T) diag(beta) (strictly lower); dM = -A^T dA A^T.
 // Writes dq_hv, dk_hv, dgc (per-token dG, before the in-chunk reverse cumsum), dbp, dAqk, dM, dg_last.
+template <bool kSplit>
 __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const void* d_out, int d_out_dt, void* dv,
                                                                int dv_dt) {
   int64_t t0;
@@ -279,19 +366,25 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   auto k_at = [&](int i, int d) { return ((t0 + i) * p.H + h) * K + d; };
   const int64_t state_off = (c * p.HV + hv) * static_cast<int64_t>(K) * V;
   {  // operands of the later steps into L2 while the first ones run
-    const int64_t fs = sizeof(float), es = dtype_bytes(p.in_dt), dos = dtype_bytes(d_out_dt);
+    const int64_t fs = sizeof(float), es = dtype_bytes(p.in_dt);
     prefetch_rows(p.hs + state_off, K, V * fs, V * fs, kWyThreads);
     prefetch_rows(p.dvn + row_at(0) * V, L, p.HV * V * fs, V * fs, kWyThreads);
-    prefetch_rows(p.A + row_at(0) * kChunk, L, p.HV * kChunk * fs, kChunk * fs, kWyThreads);
     prefetch_rows(static_cast<const char*>(p.v) + row_at(0) * V * es, L, p.HV * V * es, V * es, kWyThreads);
-    prefetch_rows(static_cast<const char*>(d_out) + row_at(0) * V * dos, L, p.HV * V * dos, V * dos, kWyThreads);
     prefetch_rows(p.gc + row_at(0) * K, L, p.HV * K * fs, K * fs, kWyThreads);
     prefetch_rows(p.kp + k_at(0, 0), L, p.H * K * fs, K * fs, kWyThreads);
   }
   for (int d = tid; d < K; d += kWyThreads) glS[d] = p.gc[row_at(L - 1) * K + d];
   for (int i = tid; i < kChunk; i += kWyThreads) bS[i] = i < L ? p.bp[row_at(i)] : 0.0f;
-  load_rows4<kWyThreads>(sS, KP, p.dhs + state_off, V, K, K, V);
-  load_rows4<kWyThreads>(sY, KP, p.vn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, kChunk, L, V);
+  // dS' and v_new by cp.async (one group, awaited now), then A (its own group, awaited before the A^T dw
+  // step: its load overlaps the first products).
+  cp_async_rows<kWyThreads>(sS, KP, p.dhs + state_off, V, K, K, V);
+  cp_async_rows<kWyThreads>(sY, KP, p.vn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, kChunk, L, V);
+  cp_async_commit();
+  cp_async_rows<kWyThreads>(sA, AP, p.A + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L, kChunk);
+  cp_async_commit();
+  // do (first read by the dq_state step; sX is unused until then) while the copies are in flight
+  load_rows_dt<kWyThreads>(sX, KP, d_out, d_out_dt, static_cast<int64_t>(p.HV) * V, row_at(0) * V, L, V);
+  cp_async_wait<1>();
   __syncthreads();
 
   // Warp w owns tiles w + 16 m of every [64, K] product (m < ct / 4: columns kc, rows kr + m * kstep)
@@ -314,7 +407,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
         kv[m][r] = in ? p.kp[k_at(i, d)] : 0.0f;
       }
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows<kWyTilesMax>(acc, kcount, sY + kr * KP, KP, 1, kstep * KP, sS + kc * KP, 1, KP, V);
+    warp_gemm_rows_abt<kWyTilesMax, kSplit>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
@@ -353,7 +446,6 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
       }
     }
   }
-  load_rows_dt<kWyThreads>(sX, KP, d_out, d_out_dt, static_cast<int64_t>(p.HV) * V, row_at(0) * V, L, V);
   __syncthreads();
   // dG_last = exp(G_last) sum_e S dS' + sum_i k_i dk_state_i
   for (int d = tid; d < K; d += kWyThreads) {
@@ -372,7 +464,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
         gv[m][r] = m < kcount && i < L ? p.gc[row_at(i) * K + d] : 0.0f;
       }
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows<kWyTilesMax>(acc, kcount, sX + kr * KP, KP, 1, kstep * KP, sS + kc * KP, 1, KP, V);
+    warp_gemm_rows_abt<kWyTilesMax, kSplit>(acc, kcount, sX + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
@@ -385,7 +477,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows<2>(acc, 2, sX + sr * KP, KP, 1, 32 * KP, sY + sc * KP, 1, KP, V);
+    warp_gemm_rows_abt<2, kSplit>(acc, 2, sX + sr * KP, KP, 32 * KP, sY + sc * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
@@ -395,15 +487,15 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
       }
   }
   __syncthreads();
-  load_rows4<kWyThreads>(sX, KP, p.dvn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, kChunk, L, V);
-  load_rows4<kWyThreads>(sA, AP, p.A + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L, kChunk);
+  cp_async_rows<kWyThreads>(sX, KP, p.dvn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, kChunk, L, V);
+  cp_async_wait_all();
   for (int idx = tid; idx < kChunk * ct; idx += kWyThreads) red[idx] = 0.0f;
   __syncthreads();
   // dw = -dv_new S^T -> sO
   {
     float acc[kWyTilesMax][4];
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows<kWyTilesMax>(acc, kcount, sX + kr * KP, KP, 1, kstep * KP, sS + kc * KP, 1, KP, V);
+    warp_gemm_rows_abt<kWyTilesMax, kSplit>(acc, kcount, sX + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
       if (m < kcount)
@@ -424,8 +516,8 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
       }
     zero_tiles<kWyTilesMax>(t2);
     zero_tiles<kWyTilesMax>(t3);
-    warp_gemm_rows<kWyTilesMax>(t2, kcount, sA + kr, 1, AP, kstep, sO + kc, KP, 1, kChunk);
-    warp_gemm_rows<kWyTilesMax>(t3, kcount, sA + kr, 1, AP, kstep, sX + kc, KP, 1, kChunk);
+    warp_gemm_rows<kWyTilesMax, kSplit>(t2, kcount, sA + kr, 1, AP, kstep, sO + kc, KP, 1, kChunk);
+    warp_gemm_rows<kWyTilesMax, kSplit>(t3, kcount, sA + kr, 1, AP, kstep, sX + kc, KP, 1, kChunk);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m) {
       if (m >= kcount) break;
@@ -487,8 +579,8 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows<2>(acc, 2, sO + sr * KP, KP, 1, 32 * KP, sS + sc * KP, 1, KP, K);
-    warp_gemm_rows<2>(acc, 2, sX + sr * KP, KP, 1, 32 * KP, sS + (kChunk + sc) * KP, 1, KP, V);
+    warp_gemm_rows_abt<2, kSplit>(acc, 2, sO + sr * KP, KP, 32 * KP, sS + sc * KP, KP, K);
+    warp_gemm_rows_abt<2, kSplit>(acc, 2, sX + sr * KP, KP, 32 * KP, sS + (kChunk + sc) * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
@@ -503,7 +595,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows<2>(acc, 2, sP + sr * AP, AP, 1, 32 * AP, sA + sc * AP, 1, AP, kChunk);
+    warp_gemm_rows_abt<2, kSplit>(acc, 2, sP + sr * AP, AP, 32 * AP, sA + sc * AP, AP, kChunk);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
@@ -514,7 +606,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows<2>(acc, 2, sA + sr, 1, AP, 32, sQ + sc, AP, 1, kChunk);
+    warp_gemm_rows<2, kSplit>(acc, 2, sA + sr, 1, AP, 32, sQ + sc, AP, 1, kChunk);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
@@ -536,6 +628,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
 // dG += q dq + k (beta R - C) and dg = reverse cumsum of dG within the chunk, starting from dG_last.
 // Shared: k, q, G as [64, 36] (rows >= L: zero, G repeats the last row so every exponent stays finite);
 // dAqk, dM [64, 68]; beta [64]; dG staging [64, 36].
+template <bool kSplit>
 __global__ void __launch_bounds__(kPairThreads) pair_bwd_kernel(KdaDev p) {
   int64_t t0;
   int L;
@@ -560,31 +653,28 @@ __global__ void __launch_bounds__(kPairThreads) pair_bwd_kernel(KdaDev p) {
     prefetch_rows(p.dk_hv + row_at(0) * K + d0, L, rs, kSlice * fs, kPairThreads);
     prefetch_rows(p.dgc + row_at(0) * K + d0, L, rs, kSlice * fs, kPairThreads);
   }
-  // k, q, G slices (12 float4 loads in flight per thread), then dAqk, dM (16).
+  // k, q, G slices, dAqk, dM by cp.async (every load of the block in flight at once).
   {
-    constexpr int c4 = kSlice / 4, n = kChunk * c4, U = n / kPairThreads;
-    float4 kv[U], qv[U], gv[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int idx = tid + u * kPairThreads, i = idx / c4, d = d0 + (idx % c4) * 4, src = i < L ? i : L - 1;
-      const int64_t at = ((t0 + i) * p.H + h) * K + d;
-      kv[u] = i < L ? ldg4(p.kp + at) : zero4();
-      qv[u] = i < L ? ldg4(p.qp + at) : zero4();
-      gv[u] = ldg4(p.gc + row_at(src) * K + d);
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int idx = tid + u * kPairThreads, at = (idx / c4) * KS + (idx % c4) * 4;
-      st4(kS + at, kv[u]);
-      st4(qS + at, qv[u]);
-      st4(gS + at, gv[u]);
+    constexpr int c4 = kSlice / 4;
+    for (int idx = tid; idx < kChunk * c4; idx += kPairThreads) {
+      const int i = idx / c4, d = d0 + (idx % c4) * 4, at = i * KS + (idx % c4) * 4;
+      if (i < L) {
+        const int64_t kq = ((t0 + i) * p.H + h) * K + d;
+        cp_async16(kS + at, p.kp + kq);
+        cp_async16(qS + at, p.qp + kq);
+      } else {
+        st4(kS + at, zero4());
+        st4(qS + at, zero4());
+      }
+      cp_async16(gS + at, p.gc + row_at(i < L ? i : L - 1) * K + d);
     }
   }
-  load_rows4<kPairThreads, 8>(aqS, AP, p.dAqk + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L,
+  cp_async_rows<kPairThreads>(aqS, AP, p.dAqk + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L,
                               kChunk);
-  load_rows4<kPairThreads, 8>(dmS, AP, p.dM + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L,
+  cp_async_rows<kPairThreads>(dmS, AP, p.dM + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L,
                               kChunk);
   for (int i = tid; i < kChunk; i += kPairThreads) bS[i] = i < L ? p.bp[row_at(i)] : 0.0f;
+  cp_async_wait_all();
   __syncthreads();
 
   const int base = warp * kSub;  // this warp's sub-chunk
@@ -610,8 +700,8 @@ __global__ void __launch_bounds__(kPairThreads) pair_bwd_kernel(KdaDev p) {
           const float gn = gS[base * KS + d];
           const float b[2] = {kS[(j0 + t) * KS + d] * __expf(gn - gS[(j0 + t) * KS + d]),
                               kS[(j0 + t + 4) * KS + d] * __expf(gn - gS[(j0 + t + 4) * KS + d])};
-          mma_3xtf32(dq[n], fa, b);
-          mma_3xtf32(rm[n], fm, b);
+          mma_f32<kSplit>(dq[n], fa, b);
+          mma_f32<kSplit>(rm[n], fm, b);
         }
       }
     // Column sums over later sub-chunks, reference G at the last row of this sub-chunk.
@@ -632,8 +722,8 @@ __global__ void __launch_bounds__(kPairThreads) pair_bwd_kernel(KdaDev p) {
           const float e0 = __expf(gS[(i0 + t) * KS + d] - gn), e1 = __expf(gS[(i0 + t + 4) * KS + d] - gn);
           const float bq[2] = {qS[(i0 + t) * KS + d] * e0, qS[(i0 + t + 4) * KS + d] * e1};
           const float bk[2] = {bS[i0 + t] * kS[(i0 + t) * KS + d] * e0, bS[i0 + t + 4] * kS[(i0 + t + 4) * KS + d] * e1};
-          mma_3xtf32(ct[n], fa, bq);
-          mma_3xtf32(ct[n], fm, bk);
+          mma_f32<kSplit>(ct[n], fa, bq);
+          mma_f32<kSplit>(ct[n], fm, bk);
         }
       }
     // Rescale the block products; gi = G at this thread's entries.
@@ -845,8 +935,22 @@ __global__ void gate_params_final_kernel(KdaDev p, void* dA_log, int dA_dt, void
   }
 }
 
+// Value columns per state_bwd block. One block fits per SM (shared memory) and a block's time per chunk
+// is mostly the loads of its w, Kl, Qg, Aqk tiles, the same for any BV: the narrowest tile whose blocks
+// fit in one wave (shortest chunk step), else 64 (one wave at B4 H16 V128 instead of two with 32, and
+// half the tile loads per state column when there are several waves).
+int state_bwd_value_tile(const KdaDev& p) {
+  int device = 0, sms = 0;
+  SEQMIX_CUDA_CHECK(cudaGetDevice(&device));
+  SEQMIX_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int64_t heads = static_cast<int64_t>(p.N) * p.HV;
+  for (const int bv : {16, 32})
+    if (heads * (p.V / bv) <= sms) return bv;
+  return 64;
+}
+
 size_t state_bwd_smem(int K, int BV) {
-  return sizeof(float) * (3 * kChunk * (K + 4) + kChunk * (kChunk + 4) + (K + 2 * kChunk) * (BV + 8) + K);
+  return sizeof(float) * (4 * kChunk * (K + 4) + kChunk * (kChunk + 4) + (K + 2 * kChunk) * (BV + 8) + K);
 }
 size_t wy_bwd_smem(int K) {
   const int KP = K + 4;
@@ -869,7 +973,7 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
   int64_t max_chunks = 0;
   run_forward(args, cu_seqlens, nullptr, nullptr, true, p, max_chunks, workspace, timer, stream);
   const int dt = dtype_code(dq.dtype, "dq");
-  const int bv = state_value_tile(p);
+  const int bv = state_bwd_value_tile(p);
   const size_t state_smem = state_bwd_smem(p.K, bv);
   const dim3 state_grid(static_cast<unsigned>(p.N), static_cast<unsigned>(p.HV), static_cast<unsigned>(p.V / bv));
   const int do_dt = dtype_code(do_.dtype, "do");
@@ -877,30 +981,36 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
   const int dht_dt = dht ? dtype_code(dht->dtype, "dht") : 0;
   void* dh0_ptr = dh0 ? dh0->data : nullptr;
   const int dh0_dt = dh0 ? dtype_code(dh0->dtype, "dh0") : 0;
+  // bf16 / f16 inputs: one-pass TF32 products (see mma_f32); f32 / f64: 3xTF32.
+  const bool split = p.in_dt == kF32 || p.in_dt == kF64;
+  auto launch_state = [&](auto kernel) {
+    set_smem_limit(reinterpret_cast<const void*>(kernel), state_smem);
+    kernel<<<state_grid, kThreads, state_smem, stream>>>(p, do_.data, do_dt, dht_ptr, dht_dt, dh0_ptr, dh0_dt);
+  };
   if (p.N == 0) {
     // no sequence: nothing to differentiate (dA_log / ddt_bias below become zero)
   } else if (bv == 16) {
-    set_smem_limit(reinterpret_cast<const void*>(state_bwd_kernel<16>), state_smem);
-    state_bwd_kernel<16><<<state_grid, kThreads, state_smem, stream>>>(p, do_.data, do_dt, dht_ptr, dht_dt, dh0_ptr,
-                                                                        dh0_dt);
+    launch_state(split ? state_bwd_kernel<16, true> : state_bwd_kernel<16, false>);
+  } else if (bv == 32) {
+    launch_state(split ? state_bwd_kernel<32, true> : state_bwd_kernel<32, false>);
   } else {
-    set_smem_limit(reinterpret_cast<const void*>(state_bwd_kernel<32>), state_smem);
-    state_bwd_kernel<32><<<state_grid, kThreads, state_smem, stream>>>(p, do_.data, do_dt, dht_ptr, dht_dt, dh0_ptr,
-                                                                        dh0_dt);
+    launch_state(split ? state_bwd_kernel<64, true> : state_bwd_kernel<64, false>);
   }
   SEQMIX_CUDA_CHECK(cudaGetLastError());
   timer.mark("state_bwd");
   if (p.tokens > 0) {
     const dim3 chunk_grid(static_cast<unsigned>(max_chunks), static_cast<unsigned>(p.HV));
     const size_t wy_smem = wy_bwd_smem(p.K);
-    set_smem_limit(reinterpret_cast<const void*>(wy_bwd_kernel), wy_smem);
-    wy_bwd_kernel<<<chunk_grid, kWyThreads, wy_smem, stream>>>(p, do_.data, do_dt, dv.data, dtype_code(dv.dtype, "dv"));
+    auto* wy_kernel = split ? wy_bwd_kernel<true> : wy_bwd_kernel<false>;
+    set_smem_limit(reinterpret_cast<const void*>(wy_kernel), wy_smem);
+    wy_kernel<<<chunk_grid, kWyThreads, wy_smem, stream>>>(p, do_.data, do_dt, dv.data, dtype_code(dv.dtype, "dv"));
     SEQMIX_CUDA_CHECK(cudaGetLastError());
     timer.mark("wy_bwd");
-    set_smem_limit(reinterpret_cast<const void*>(pair_bwd_kernel), kPairSmem);
+    auto* pair_kernel = split ? pair_bwd_kernel<true> : pair_bwd_kernel<false>;
+    set_smem_limit(reinterpret_cast<const void*>(pair_kernel), kPairSmem);
     const dim3 pair_grid(static_cast<unsigned>(max_chunks), static_cast<unsigned>(p.HV),
                          static_cast<unsigned>(p.K / kSlice));
-    pair_bwd_kernel<<<pair_grid, kPairThreads, kPairSmem, stream>>>(p);
+    pair_kernel<<<pair_grid, kPairThreads, kPairSmem, stream>>>(p);
     SEQMIX_CUDA_CHECK(cudaGetLastError());
     timer.mark("pair_bwd");
     const int64_t rows = p.tokens * p.H;

@@ -12,9 +12,10 @@
 //   w [tokens, HV, K], u [tokens, HV, V]   WY vectors
 //   backward only: vn, dvn [tokens, HV, V]; hs, dhs [max_chunks, HV, K, V] (state entering chunk c,
 //   gradient of the state leaving chunk c); dq_hv, dk_hv, dgc [tokens, HV, K]; dbp [tokens, HV];
-//   dAqk, dM [tokens, HV, 64] (gradients of the chunk's Aqk and strictly-lower M); dg_last
+//   dAqk, dM [tokens, HV, 64] (gradients of the chunk's Aqk and strictly-lower M; they reuse the
+//   buffers of Aqk and u, dead by then); dg_last
 //   [max_chunks, HV, K] (gradient of the chunk's last cumulative gate); dbp_slice [K / 32, tokens, HV]
-//   Forward-only calls skip qp, kp, q_rstd, k_rstd, gc, bp, A and the gradients, but keep vn and hs
+//   Forward-only calls skip qp, kp, q_rstd, k_rstd, gc, bp, A and the gradients, but keep vn (in u's place) and hs
 //   (the output kernel reads them); the forward pipeline adds:
 //   kl [tokens, HV, K]        exp(G_last - G) * k, the state update's key operand
 //   gl [max_chunks, HV, K]    G_last, the chunk's total log decay
@@ -178,6 +179,28 @@ __device__ __forceinline__ void mma_tf32(float c[4], const uint32_t a[4], const 
 #endif
 }
 
+// c += a * b on one m16n8k8 step from fp32 fragment values (a0 (g, t), a1 (g + 8, t), a2 (g, t + 4),
+// a3 (g + 8, t + 4); b0 (t, g), b1 (t + 4, g)). kPrecise: 3xTF32 (hi/lo split as in warp_gemm,
+// fp32-accurate, for f32 / f64 inputs); otherwise one TF32 MMA (10-bit mantissa operands, fp32
+// accumulation: still finer than the bf16 operands FLA uses).
+template <bool kPrecise>
+__device__ __forceinline__ void mma_f32(float c[4], const float a[4], const float b[2]) {
+  if constexpr (kPrecise) {
+    uint32_t ah[4], al[4], bh[2], bl[2];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) split_tf32(a[r], ah[r], al[r]);
+    split_tf32(b[0], bh[0], bl[0]);
+    split_tf32(b[1], bh[1], bl[1]);
+    mma_tf32(c, al, bh);
+    mma_tf32(c, ah, bl);
+    mma_tf32(c, ah, bh);
+  } else {
+    const uint32_t ar[4] = {to_tf32(a[0]), to_tf32(a[1]), to_tf32(a[2]), to_tf32(a[3])};
+    const uint32_t br[2] = {to_tf32(b[0]), to_tf32(b[1])};
+    mma_tf32(c, ar, br);
+  }
+}
+
 // c (a 16 x 8 warp tile: c[0] (g, 2t), c[1] (g, 2t + 1), c[2] (g + 8, 2t), c[3] (g + 8, 2t + 1) with
 // g = lane / 4, t = lane % 4) += A[16, kdim] * B[kdim, 8]; kdim a multiple of 8; a, b point at the tile.
 __device__ __forceinline__ void warp_gemm(float c[4], const float* a, int a_rs, int a_cs, const float* b, int b_rs,
@@ -200,50 +223,6 @@ __device__ __forceinline__ void warp_gemm(float c[4], const float* a, int a_rs, 
 // Row / column of accumulator entry r (0..3) of a warp tile.
 __device__ __forceinline__ int frag_row(int r) { return ((threadIdx.x & 31) >> 2) + (r >= 2 ? 8 : 0); }
 __device__ __forceinline__ int frag_col(int r) { return 2 * (threadIdx.x & 3) + (r & 1); }
-
-// Loads w, Kl = exp(G_last - G) k, Qg = scale exp(G) q as [64, K + 4] and Aqk as [64, 68] for the
-// chunk at t0 (rows >= L zero), float4 loads batched per thread. glS must hold G_last.
-__device__ __forceinline__ void load_chunk_tiles(const KdaDev& p, int64_t t0, int L, int hv, int h, const float* glS,
-                                                 float* wS, float* klS, float* qgS, float* aqS) {
-  struct Four {
-    float4 g, w, k, q;
-  };
-  const int K = p.K, KP = K + 4, k4 = K / 4;
-  batched<2>(
-      kChunk * k4,
-      [&](int idx) {
-        Four f{zero4(), zero4(), zero4(), zero4()};
-        const int i = idx / k4, d = (idx % k4) * 4;
-        if (i < L) {
-          const int64_t t = t0 + i, a = (t * p.HV + hv) * K + d, b = (t * p.H + h) * K + d;
-          f.g = ldg4(p.gc + a);
-          f.w = ldg4(p.w + a);
-          f.k = ldg4(p.kp + b);
-          f.q = ldg4(p.qp + b);
-        }
-        return f;
-      },
-      [&](int idx, const Four& f) {
-        const int i = idx / k4, d = (idx % k4) * 4;
-        const bool in = i < L;
-        const float s = p.scale;
-        st4(wS + i * KP + d, f.w);
-        st4(klS + i * KP + d, in ? make_float4(__expf(glS[d] - f.g.x) * f.k.x, __expf(glS[d + 1] - f.g.y) * f.k.y,
-                                               __expf(glS[d + 2] - f.g.z) * f.k.z, __expf(glS[d + 3] - f.g.w) * f.k.w)
-                                 : zero4());
-        st4(qgS + i * KP + d, in ? make_float4(s * __expf(f.g.x) * f.q.x, s * __expf(f.g.y) * f.q.y,
-                                               s * __expf(f.g.z) * f.q.z, s * __expf(f.g.w) * f.q.w)
-                                 : zero4());
-      });
-  constexpr int AP = kChunk + 4, c4 = kChunk / 4;
-  batched<4>(
-      kChunk * c4,
-      [&](int idx) {
-        const int i = idx / c4, j = (idx % c4) * 4;
-        return i < L ? ldg4(p.Aqk + ((t0 + i) * p.HV + hv) * kChunk + j) : zero4();
-      },
-      [&](int idx, const float4& v) { st4(aqS + (idx / c4) * AP + (idx % c4) * 4, v); });
-}
 
 // Optional per-stage timing of the launches (SEQMIX_KDA_TIMING=1): events on the stream, printed
 // to stderr after a synchronisation at the end of the call. For profiling only.

@@ -73,25 +73,7 @@ __global__ void __launch_bounds__(kTableThreads) build_tables_kernel(KdaDev p) {
 
 constexpr int kChunk4 = kChunk + 4;  // row stride of 64 x 64 tiles (fragment loads on 32 banks)
 
-// ---- Tensor-core helpers. kPrecise: 3xTF32 (fp32-accurate, for f32 inputs); otherwise one TF32 MMA
-// per step (10-bit mantissa operands, fp32 accumulation: still finer than the bf16 operands FLA uses).
-template <bool kPrecise>
-__device__ __forceinline__ void mma_step(float c[4], const float a[4], const float b[2]) {
-  if constexpr (kPrecise) {
-    uint32_t ah[4], al[4], bh[2], bl[2];
-#pragma unroll
-    for (int r = 0; r < 4; ++r) split_tf32(a[r], ah[r], al[r]);
-    split_tf32(b[0], bh[0], bl[0]);
-    split_tf32(b[1], bh[1], bl[1]);
-    mma_tf32(c, al, bh);
-    mma_tf32(c, ah, bl);
-    mma_tf32(c, ah, bh);
-  } else {
-    const uint32_t ar[4] = {to_tf32(a[0]), to_tf32(a[1]), to_tf32(a[2]), to_tf32(a[3])};
-    const uint32_t br[2] = {to_tf32(b[0]), to_tf32(b[1])};
-    mma_tf32(c, ar, br);
-  }
-}
+// ---- Tensor-core helpers (the MMA step itself, mma_f32, is in common.cuh).
 
 // A 16 x (8 NTW) strip: c[j] += A[16, kdim] * B[kdim, 8j .. 8j + 8); B row-major (b_rs), columns contiguous.
 // The A fragment of a step is loaded (and converted) once for the NTW MMAs.
@@ -106,7 +88,7 @@ __device__ __forceinline__ void gemm_strip(float (&c)[NTW][4], const float* a, i
 #pragma unroll
     for (int j = 0; j < NTW; ++j) {
       const float bf[2] = {b[(k0 + t) * b_rs + 8 * j + g], b[(k0 + t + 4) * b_rs + 8 * j + g]};
-      mma_step<kPrecise>(c[j], af, bf);
+      mma_f32<kPrecise>(c[j], af, bf);
     }
   }
 }
@@ -179,8 +161,9 @@ __host__ __device__ constexpr int q_region(int K) {
 //     increases down the chunk and every exp below has a non-positive argument.
 //  2. M = beta K Gamma K^T and Aqk = scale Q Gamma K^T. Off-diagonal 16 x 16 blocks (bi > bj) on the
 //     tensor cores with the decay factorised at n = 16 bi: (k_r exp(G_r - G_n)) . (k_c exp(G_n - G_c)),
-//     both factors <= 1; the 4 diagonal blocks per pair with exp(G_i - G_j) (their span can exceed the
-//     ~88 nats a split exponent survives).
+//     both factors <= 1; the same split one level down for the lower-left 8 x 8 quadrant of each diagonal
+//     block; the 8 x 8 diagonal quadrants per pair with exp(G_i - G_j) (their span can exceed the ~88
+//     nats a split exponent survives).
 //  3. A = (I + M)^-1 by blocks (FLA solve_tril): the diagonal blocks by substitution (a lane per column,
 //     registers only), then block row bi: A_bi,bj = -A_bi,bi sum_m M_bi,m A_m,bj (3xTF32). q's buffer
 //     holds A [64, 68] and the partial sums [16, 68].
@@ -341,8 +324,8 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool n
           const int col = c0 + 8 * half + gq;
           const float fb[2] = {kS[col * KP + d0] * __expf(gn0 - gS[col * KP + d0]),
                                kS[col * KP + d1] * __expf(gn1 - gS[col * KP + d1])};
-          mma_step<kPrecise>(am[half], fk, fb);
-          mma_step<kPrecise>(aq[half], fq, fb);
+          mma_f32<kPrecise>(am[half], fk, fb);
+          mma_f32<kPrecise>(aq[half], fq, fb);
         }
       }
       float* mb = m_block(Ms, bi, bj);
@@ -355,14 +338,40 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool n
           if (n + i < L) Aqk[(n + i) * aqk_rs + c0 + j] = p.scale * aq[half][r];
         }
     }
-    // diagonal blocks: the 136 lower pairs (i >= j) of each, per pair
-    constexpr int kTri = kSub * (kSub + 1) / 2;
-    for (int e = tid; e < kSubs * kTri; e += kThreads) {
-      const int b = e / kTri, idx = e % kTri;
+    // Lower-left 8 x 8 quadrant of each diagonal block (warps 6, 7): rows r .. r + 8 (r = 16 b + 8) against
+    // columns 16 b .. 16 b + 8, split at r like the blocks above. One MMA gives both products: A rows 0..7
+    // are k_i exp(G_i - G_r), rows 8..15 q_i exp(G_i - G_r), so C rows 0..7 are M and 8..15 are Aqk.
+    for (int b = warp - 6; b >= 0 && b < kSubs; b += 2) {
+      const int r = kSub * b + kSub / 2, row = r + gq, col = kSub * b + gq;
+      const float* gr = gS + r * KP;
+      float acc[4] = {};
+#pragma unroll 2
+      for (int k0 = 0; k0 < K; k0 += 8) {
+        const int d0 = k0 + tq, d1 = d0 + 4;
+        const float e0 = __expf(gS[row * KP + d0] - gr[d0]), e1 = __expf(gS[row * KP + d1] - gr[d1]);
+        const float fa[4] = {kS[row * KP + d0] * e0, qS[row * KP + d0] * e0, kS[row * KP + d1] * e1,
+                             qS[row * KP + d1] * e1};
+        const float fb[2] = {kS[col * KP + d0] * __expf(gr[d0] - gS[col * KP + d0]),
+                             kS[col * KP + d1] * __expf(gr[d1] - gS[col * KP + d1])};
+        mma_f32<kPrecise>(acc, fa, fb);
+      }
+      float* mb = m_block(Ms, b, b);
+#pragma unroll
+      for (int rr = 0; rr < 2; ++rr) {
+        const int j = 2 * tq + rr;  // column within the block (frag_col)
+        mb[(kSub / 2 + gq) * kMP + j] = bS[row] * acc[rr];
+        if (row < L) Aqk[row * aqk_rs + kSub * b + j] = p.scale * acc[2 + rr];
+      }
+    }
+    // the rest of the diagonal blocks: the two 8 x 8 diagonal quadrants, 36 lower pairs (i >= j) each,
+    // per pair (their span can exceed the ~88 nats a split exponent survives)
+    constexpr int kHalf = kSub / 2, kTri = kHalf * (kHalf + 1) / 2;
+    for (int e = tid; e < 2 * kSubs * kTri; e += kThreads) {
+      const int quadrant = e / kTri, idx = e % kTri, b = quadrant / 2, base = kHalf * (quadrant % 2);
       int ii = static_cast<int>((sqrtf(8.0f * idx + 1.0f) - 1.0f) * 0.5f);
       while ((ii + 1) * (ii + 2) / 2 <= idx) ++ii;
       while (ii * (ii + 1) / 2 > idx) --ii;
-      const int jj = idx - ii * (ii + 1) / 2, i = kSub * b + ii, j = kSub * b + jj;
+      const int jj = idx - ii * (ii + 1) / 2, i = kSub * b + base + ii, j = kSub * b + base + jj;
       float m = 0.0f, a = 0.0f;
       if (i < L) {
         const float *ki = kS + i * KP, *qi = qS + i * KP, *gi = gS + i * KP, *kj = kS + j * KP, *gj = gS + j * KP;
@@ -377,7 +386,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool n
         }
         Aqk[i * aqk_rs + j] = p.scale * a;
       }
-      m_block(Ms, b, b)[ii * kMP + jj] = jj < ii ? bS[i] * m : 0.0f;
+      m_block(Ms, b, b)[(base + ii) * kMP + base + jj] = jj < ii ? bS[i] * m : 0.0f;
     }
     for (int idx = tid; idx < L * kChunk; idx += kThreads) {
       const int i = idx / kChunk, j = idx % kChunk;
@@ -484,8 +493,11 @@ __device__ __forceinline__ void cp_async16(float* dst, const float* src, bool va
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(valid ? 16 : 0) : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_one() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+// Waits until at most kPending of this thread's most recent cp.async groups are still in flight.
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
 
 // S[r0 .. r0 + 16, cw .. cw + 8 NTW) <- exp(G_last) S + kl^T v_new (this warp's strip of the state).
 template <bool kPrecise, int NTW>
@@ -507,14 +519,15 @@ __device__ __forceinline__ void update_state_strip(float* hS, int SP, const floa
 }
 
 // One block per (sequence, value head, BV value columns), chunks in order, fp32 state tile in shared
-// memory. Shared: w, kl [64, K + 4]; u, v_new [64, BV + 8]; S [K, BV + 8]; G_last [K]. The output is
-// not formed here (output_fwd_kernel reads hs and v_new), so a chunk costs two products:
-//   v_new = u - w S;   S <- exp(G_last) S + kl^T v_new.
-// Pipeline: w/u and kl/G_last travel as two cp.async groups; chunk c + 1's w/u load is issued once
-// v_new of chunk c is formed and overlaps the state update, its kl/G_last load overlaps the next v_new.
-// BV 16 / 32: two blocks fit an SM (~107 KB each at K 128, BV 32), so one block's loads also hide behind
-// the other; BV 64 (~142 KB) runs one per SM with half the re-reads of w and kl.
-template <int kK, int BV, bool kPrecise>
+// memory. Shared: kStages x (w, kl [64, K + 4]; u [64, BV + 8]; G_last [K]); v_new [64, BV + 8];
+// S [K, BV + 8]. The output is not formed here (output_fwd_kernel reads hs and v_new), so a chunk costs
+// two products:   v_new = u - w S;   S <- exp(G_last) S + kl^T v_new.
+// Pipeline: w/u and kl/G_last travel as two cp.async groups per chunk into a ring of kStages slots;
+// chunk c + kStages's w/u load is issued once v_new of chunk c is formed, its kl/G_last load once the
+// state update is done. One chunk of compute is shorter than an L2/HBM round trip, so on long
+// sequences (one block per SM) two slots hide the loads that one leaves exposed; with several blocks
+// per SM (one slot) the other block's work hides them instead.
+template <int kK, int BV, int kStages, bool kPrecise>
 __global__ void __launch_bounds__(kThreads, 2) state_fwd_kernel(KdaDev p, void* final_state, int final_dt) {
   constexpr int SP = BV + 8, NT = BV / 8;
   // blocks in sequence order (sequence slowest): a long sequence of a varlen pack starts in the first
@@ -522,51 +535,61 @@ __global__ void __launch_bounds__(kThreads, 2) state_fwd_kernel(KdaDev p, void* 
   const int tiles = p.V / BV, n = static_cast<int>(blockIdx.x / (p.HV * tiles));
   const int hv = static_cast<int>(blockIdx.x / tiles) % p.HV, e0 = static_cast<int>(blockIdx.x % tiles) * BV;
   const int K = kK, KP = K + 4, k4 = K / 4, tid = threadIdx.x, warp = tid / 32;
+  constexpr int kSlot = kChunk * (kK + 4) * 2 + kChunk * SP + kK;  // floats of one ring slot
   extern __shared__ float smem[];
-  float* wS = smem;
-  float* klS = wS + kChunk * KP;
-  float* uS = klS + kChunk * KP;
-  float* vnS = uS + kChunk * SP;
+  float* vnS = smem + kStages * kSlot;
   float* hS = vnS + kChunk * SP;
-  float* glS = hS + K * SP;
+  auto wS = [&](int slot) { return smem + slot * kSlot; };
+  auto klS = [&](int slot) { return smem + slot * kSlot + kChunk * KP; };
+  auto uS = [&](int slot) { return smem + slot * kSlot + 2 * kChunk * KP; };
+  auto glS = [&](int slot) { return smem + slot * kSlot + 2 * kChunk * KP + kChunk * SP; };
 
   const int64_t c_begin = p.chunk_offsets[n], c_end = p.chunk_offsets[n + 1], s0 = p.seq_offsets[n];
   const int64_t s1 = p.seq_offsets[n + 1];
   auto issue_w = [&](int64_t c) {
+    const int slot = static_cast<int>((c - c_begin) % kStages);
     const int64_t t0 = s0 + (c - c_begin) * kChunk;
     for (int idx = tid; idx < kChunk * k4; idx += kThreads) {
       const int i = idx / k4, d = (idx % k4) * 4;
       const bool in = t0 + i < s1;
-      cp_async16(wS + i * KP + d, p.w + (in ? ((t0 + i) * p.HV + hv) * K + d : 0), in);
+      cp_async16(wS(slot) + i * KP + d, p.w + (in ? ((t0 + i) * p.HV + hv) * K + d : 0), in);
     }
     for (int idx = tid; idx < kChunk * (BV / 4); idx += kThreads) {
       const int i = idx / (BV / 4), e = (idx % (BV / 4)) * 4;
       const bool in = t0 + i < s1;
-      cp_async16(uS + i * SP + e, p.u + (in ? ((t0 + i) * p.HV + hv) * p.V + e0 + e : 0), in);
+      cp_async16(uS(slot) + i * SP + e, p.u + (in ? ((t0 + i) * p.HV + hv) * p.V + e0 + e : 0), in);
     }
   };
   auto issue_kl = [&](int64_t c) {
+    const int slot = static_cast<int>((c - c_begin) % kStages);
     const int64_t t0 = s0 + (c - c_begin) * kChunk;
     for (int idx = tid; idx < kChunk * k4; idx += kThreads) {
       const int i = idx / k4, d = (idx % k4) * 4;
       const bool in = t0 + i < s1;
-      cp_async16(klS + i * KP + d, p.kl + (in ? ((t0 + i) * p.HV + hv) * K + d : 0), in);
+      cp_async16(klS(slot) + i * KP + d, p.kl + (in ? ((t0 + i) * p.HV + hv) * K + d : 0), in);
     }
     for (int idx = tid; idx < k4; idx += kThreads)
-      cp_async16(glS + idx * 4, p.gl + (c * p.HV + hv) * K + idx * 4, true);
+      cp_async16(glS(slot) + idx * 4, p.gl + (c * p.HV + hv) * K + idx * 4, true);
   };
-  if (c_begin < c_end) issue_w(c_begin);
-  cp_async_commit();
-  if (c_begin < c_end) issue_kl(c_begin);
-  cp_async_commit();
+  // prologue: chunks c_begin .. c_begin + kStages - 1, two groups each (empty past the end)
+  for (int s = 0; s < kStages; ++s) {
+    if (c_begin + s < c_end) issue_w(c_begin + s);
+    cp_async_commit();
+    if (c_begin + s < c_end) issue_kl(c_begin + s);
+    cp_async_commit();
+  }
   for (int idx = tid; idx < K * BV; idx += kThreads) {
     const int d = idx / BV, e = idx % BV;
     hS[d * SP + e] = p.h0 ? load_f(p.h0, p.h0_dt, state_index(p, n, hv, d, e0 + e)) : 0.0f;
   }
+  // Groups committed after chunk c's w/u: its kl/G_last and both groups of the kStages - 1 chunks
+  // ahead; after its kl/G_last: the w/u of chunk c + kStages and both of the kStages - 1 in between.
+  constexpr int kAfter = 2 * kStages - 1;
   for (int64_t c = c_begin; c < c_end; ++c) {
+    const int slot = static_cast<int>((c - c_begin) % kStages);
     const int64_t t0 = s0 + (c - c_begin) * kChunk;
     const int L = static_cast<int>(s1 - t0 < kChunk ? s1 - t0 : kChunk);
-    cp_async_wait_one();  // w, u of chunk c
+    cp_async_wait<kAfter>();  // w, u of chunk c
     __syncthreads();
     for (int idx = tid; idx < K * (BV / 4); idx += kThreads) {
       const int d = idx / (BV / 4), e = (idx % (BV / 4)) * 4;
@@ -575,31 +598,33 @@ __global__ void __launch_bounds__(kThreads, 2) state_fwd_kernel(KdaDev p, void* 
     {  // v_new = u - w S   (64 x BV; warp = (16-row block, half of the columns))
       constexpr int NTW = NT / 2;
       const int r0 = (warp % 4) * 16, cw = (warp / 4) * NTW * 8;
+      const float* u = uS(slot);
       float acc[NTW][4] = {};
-      gemm_strip<kPrecise, NTW>(acc, wS + r0 * KP, KP, 1, hS + cw, SP, K);
+      gemm_strip<kPrecise, NTW>(acc, wS(slot) + r0 * KP, KP, 1, hS + cw, SP, K);
 #pragma unroll
       for (int j = 0; j < NTW; ++j)
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
           const int i = r0 + frag_row(r), e = cw + 8 * j + frag_col(r);
-          const float x = uS[i * SP + e] - acc[j][r];
+          const float x = u[i * SP + e] - acc[j][r];
           vnS[i * SP + e] = x;
           if (i < L) p.vn[((t0 + i) * p.HV + hv) * p.V + e0 + e] = x;
         }
     }
     __syncthreads();
-    if (c + 1 < c_end) issue_w(c + 1);
+    if (c + kStages < c_end) issue_w(c + kStages);
     cp_async_commit();
-    cp_async_wait_one();  // kl, G_last of chunk c
+    cp_async_wait<kAfter>();  // kl, G_last of chunk c
     __syncthreads();
     // S <- exp(G_last) S + kl^T v_new   (K x BV; warp = 16 rows of S, all columns (K 128) or half (K 64),
     // updated in place)
     if constexpr (kK == 128)
-      update_state_strip<kPrecise, NT>(hS, SP, klS, KP, vnS, glS, warp * 16, 0);
+      update_state_strip<kPrecise, NT>(hS, SP, klS(slot), KP, vnS, glS(slot), warp * 16, 0);
     else
-      update_state_strip<kPrecise, NT / 2>(hS, SP, klS, KP, vnS, glS, (warp % 4) * 16, (warp / 4) * (NT / 2) * 8);
+      update_state_strip<kPrecise, NT / 2>(hS, SP, klS(slot), KP, vnS, glS(slot), (warp % 4) * 16,
+                                           (warp / 4) * (NT / 2) * 8);
     __syncthreads();
-    if (c + 1 < c_end) issue_kl(c + 1);
+    if (c + kStages < c_end) issue_kl(c + kStages);
     cp_async_commit();
   }
   if (final_state) {
@@ -649,7 +674,7 @@ __global__ void __launch_bounds__(kThreads, 2) output_fwd_kernel(KdaDev p, void*
     cp_async16(hS + d * SP + e, p.hs + ((c * p.HV + hv) * K + d) * p.V + e0 + e, true);
   }
   cp_async_commit();
-  cp_async_wait_all();
+  cp_async_wait<0>();
   __syncthreads();
   // warp = (16-row block, half of the 64 columns)
   constexpr int NTW = kOutCols / 16;
@@ -670,8 +695,8 @@ __global__ void __launch_bounds__(kThreads, 2) output_fwd_kernel(KdaDev p, void*
 size_t chunk_fwd_smem(int K) {
   return sizeof(float) * (2 * kChunk * (K + 4) + q_region(K) + kMBlocks * kSub * kMP + kChunk + K);
 }
-size_t state_fwd_smem(int K, int BV) {
-  return sizeof(float) * (2 * kChunk * (K + 4) + (2 * kChunk + K) * (BV + 8) + K);
+size_t state_fwd_smem(int K, int BV, int stages) {
+  return sizeof(float) * (stages * (2 * kChunk * (K + 4) + kChunk * (BV + 8) + K) + (kChunk + K) * (BV + 8));
 }
 size_t output_fwd_smem(int K) {
   return sizeof(float) * (kChunk * (K + 4) + K * (kOutCols + 8) + kChunk * kAP + kChunk * (kOutCols + 8));
@@ -708,7 +733,9 @@ size_t carve_all(char* base, const Sizes& s, bool backward, KdaDev* dev) {
   p.Aqk = carve<float>(cursor, s.tokens * s.HV * kChunk);
   p.w = carve<float>(cursor, s.tokens * s.HV * s.K);
   p.u = carve<float>(cursor, s.tokens * s.HV * s.V);
-  p.vn = carve<float>(cursor, s.tokens * s.HV * s.V);
+  // Forward-only: v_new overwrites u in place (each element belongs to one state block, which has
+  // copied u of the chunk to shared memory before it writes v_new there); the backward keeps both.
+  p.vn = backward ? carve<float>(cursor, s.tokens * s.HV * s.V) : p.u;
   p.hs = carve<float>(cursor, s.C * s.HV * s.K * s.V);
   if (backward) {
     p.dvn = carve<float>(cursor, s.tokens * s.HV * s.V);
@@ -718,8 +745,10 @@ size_t carve_all(char* base, const Sizes& s, bool backward, KdaDev* dev) {
     p.dgc = carve<float>(cursor, s.tokens * s.HV * s.K);
     p.dbp = carve<float>(cursor, s.tokens * s.HV);
     p.gate_part = carve<float>(cursor, s.HV * kGateSlices * (s.K + 1));
-    p.dAqk = carve<float>(cursor, s.tokens * s.HV * kChunk);
-    p.dM = carve<float>(cursor, s.tokens * s.HV * kChunk);
+    // dAqk and dM are written by wy_bwd, after the last reads of Aqk (state_bwd) and u (the forward's
+    // state pass), and nothing reads Aqk or u later: they share those buffers (u holds V >= 64 columns).
+    p.dAqk = p.Aqk;
+    p.dM = p.u;
     p.dg_last = carve<float>(cursor, s.C * s.HV * s.K);
     p.dbp_slice = carve<float>(cursor, (s.K / 32) * s.tokens * s.HV);
   }
@@ -768,8 +797,11 @@ void launch_chunks(KdaDev& p, const TensorView* o, const TensorView* final_state
     timer.mark("chunk_fwd");
   }
   const int bv = forward_value_tile(p);
-  const size_t state_smem = state_fwd_smem(p.K, bv);
-  const dim3 state_grid(static_cast<unsigned>(static_cast<int64_t>(p.N) * p.HV * (p.V / bv)));
+  const int64_t state_blocks = static_cast<int64_t>(p.N) * p.HV * (p.V / bv);
+  // two ring slots where each SM runs one block anyway (the 64-column tile has no room for a second)
+  const int stages = bv < 64 && state_blocks <= sm_count() ? 2 : 1;
+  const size_t state_smem = state_fwd_smem(p.K, bv, stages);
+  const dim3 state_grid(static_cast<unsigned>(state_blocks));
   void* fs_ptr = final_state ? final_state->data : nullptr;
   const int fs_dt = final_state ? dtype_code(final_state->dtype, "final_state") : 0;
   auto launch_state = [&](auto kernel) {
@@ -777,11 +809,15 @@ void launch_chunks(KdaDev& p, const TensorView* o, const TensorView* final_state
     kernel<<<state_grid, kThreads, state_smem, stream>>>(p, fs_ptr, fs_dt);
   };
   if (bv == 64)
-    launch_state(state_fwd_kernel<kK, 64, kPrecise>);
+    launch_state(state_fwd_kernel<kK, 64, 1, kPrecise>);
+  else if (bv == 32 && stages == 2)
+    launch_state(state_fwd_kernel<kK, 32, 2, kPrecise>);
   else if (bv == 32)
-    launch_state(state_fwd_kernel<kK, 32, kPrecise>);
+    launch_state(state_fwd_kernel<kK, 32, 1, kPrecise>);
+  else if (stages == 2)
+    launch_state(state_fwd_kernel<kK, 16, 2, kPrecise>);
   else
-    launch_state(state_fwd_kernel<kK, 16, kPrecise>);
+    launch_state(state_fwd_kernel<kK, 16, 1, kPrecise>);
   SEQMIX_CUDA_CHECK(cudaGetLastError());
   timer.mark("state_fwd");
   if (o && p.tokens > 0) {
