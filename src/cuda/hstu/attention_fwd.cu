@@ -156,11 +156,12 @@ void launch_fwd(Args a, int64_t heads, cudaStream_t stream) {
 using Tiles128 = FwdTiles<8, 1, 32, 2, 2>;
 using Tiles64 = FwdTiles<4, 2, 64, 2, 1>;
 
-// D = 128 under an SLA band of at most kBandTileMaxWindow keys: 64-row blocks of 4 warps, one
-// 32-key sub-tile per barrier, four blocks (16 warps) per SM (52 KB of shared memory each). A
-// warp of 16 rows attends a band 16 + k1 - 1 keys wide, so in a block its warps' bands are
-// shifted by 16 rows each; the block holds all its warps until the last band ends. Per history
-// block (k1 = 256, k2 = 32, rows past the window), counted in 16 x 32 warp sub-tiles (512 pairs):
+// D = 128 under an SLA mask whose history rows attend at most kBandTileMaxKeys keys (sla_k1 +
+// max(sla_k2, contextual_seq_len)): 64-row blocks of 4 warps, one 32-key sub-tile per barrier,
+// four blocks (16 warps) per SM (52 KB of shared memory each). A warp of 16 rows attends a band
+// 16 + k1 - 1 keys wide, so in a block its warps' bands are shifted by 16 rows each; the block
+// holds all its warps until the last band ends. Per history block (k1 = 256, k2 = 32, rows past
+// the window), counted in 16 x 32 warp sub-tiles (512 pairs):
 //   128 rows x 8 warps, 64-key steps: 128 x 288 pairs = 72 useful; every warp computes 10 (9 band
 //     sub-tiles + the prefix); the block walks 6 band steps of 2 sub-tiles + the prefix step, 13
 //     sub-tile times with 8 warps held: 104 warp slots, 1.44 per useful sub-tile.
@@ -170,13 +171,14 @@ using Tiles64 = FwdTiles<4, 2, 64, 2, 1>;
 // over its long walk. Over the benchmark's B = 32 sequences with num_targets up to 64 the slots
 // per attended pair fall from 1.66 to 1.34 at max_len 1024 and from 1.75 to 1.39 at 8192 (a model
 // of this loop, bench/hstu_block_model.py; dense causal: 1.29 and 1.04). Not measured on a GPU yet.
-// Wider windows keep Tiles128: their band blocks are long and 128-row blocks load K / V half as
-// often (64-row blocks measured slower on causal masks).
+// Wider rows keep Tiles128: their blocks are long and 128-row blocks load K / V half as often
+// (64-row blocks measured slower on causal masks).
 using Tiles128Band = FwdTiles<4, 1, 32, 1, 4>;
-constexpr int64_t kBandTileMaxWindow = 512;
+constexpr int64_t kBandTileMaxKeys = 512;
 
 bool narrow_sla_band(const hstu_mask::Options& mask) {
-  return (mask.sla_k1 > 0 || mask.sla_k2 > 0) && mask.sla_k1 <= kBandTileMaxWindow;
+  return (mask.sla_k1 > 0 || mask.sla_k2 > 0) && mask.sla_k1 <= kBandTileMaxKeys &&
+         hstu_mask::max_of(mask.sla_k2, mask.contextual_seq_len) <= kBandTileMaxKeys - mask.sla_k1;
 }
 
 using FwdLauncher = void (*)(Args, int64_t, cudaStream_t);
