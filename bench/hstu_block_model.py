@@ -5,7 +5,8 @@ number of sub-tile times on its critical path (per barrier step, the busiest war
 times the warps it holds. This script replays the forward's key-tile walk (block hull, the gap
 jump, per-warp skipping) on the benchmark's inputs (bench/hstu_vs_peers.py: B = 32, num_targets
 U{1..64}, SLA k1 = 256, k2 = 32) and prints the held warp slots per attended pair (one slot = a
-16 x 32 warp sub-tile = 512 pairs) for the dense causal and SLA masks and several tile shapes.
+16 x 32 warp sub-tile = 512 pairs) for the dense causal and SLA masks and two tile shapes, and the
+same for the backward's dk-dv walk under SLA with and without its window-warp helpers.
 A model to compare tile shapes, not a timing: the numbers it prints were never measured.
 
     python3 bench/hstu_block_model.py
