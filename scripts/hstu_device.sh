@@ -42,7 +42,7 @@ if [ "${TESTS:-1}" = 1 ]; then
 fi
 if [ "${SANITIZE:-1}" = 1 ]; then
   timeout 90 compute-sanitizer --tool memcheck --leak-check no ./build-cuda/hstu_cuda_test \
-    --gtest_filter='Masks/*causal_targets_bf16*:Masks/*sla_targets_f16*:Masks/*window_min_full_contextual_targets_bf16*:Masks/*sla_k2_ge_length_f16*:HstuCudaLayout.*' \
+    --gtest_filter='Masks/*causal_targets_bf16*:Masks/*sla_targets_f16*:Masks/*/sla_bf16_d128:Masks/*/sla_k1_0_bf16_d128:Masks/*window_min_full_contextual_targets_bf16*:Masks/*sla_k2_ge_length_f16*:HstuCudaLayout.*' \
     > "$OUT/memcheck.log" 2>&1
   log "memcheck rc=$? ($(( $(date +%s) - t0 )) s)"
   grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | head -5 | tee -a "$OUT/summary.txt"

@@ -202,6 +202,9 @@ std::vector<Case> long_cases() {
   };
   add("long_causal_targets_bf16_d128", {4096}, {32}, DType::bf16, 128, [](auto&) {});
   add("long_sla_bf16_d128", {4096, 1000}, {16, 0}, DType::bf16, 128, [](auto& p) { p.sla_k1 = 256, p.sla_k2 = 32; });
+  // History rows attending more than 512 keys (k1 + k2): the forward keeps its 128-row blocks on SLA.
+  add("long_sla_wide_window_bf16_d128", {3000, 700}, {40, 0}, DType::bf16, 128,
+      [](auto& p) { p.sla_k1 = 600, p.sla_k2 = 70; });
   add("long_window_contextual_f16_d64", {4096}, {100}, DType::f16, 64,
       [](auto& p) { p.max_attn_len = 300, p.contextual_seq_len = 10; });
   // SLA with a contextual prefix and targets past the window: the backward's key blocks jump from

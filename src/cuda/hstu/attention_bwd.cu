@@ -13,6 +13,8 @@
 // step is multiplied as two 32-row sub-tiles (S^T, dP^T of 16 x 32 per warp), and a warp skips
 // the sub-tiles that do not touch its 16 keys:
 //   S^T = K Q^T, dP^T = V dO^T -> P^T, dS^T in registers -> dV += P^T dO, dK += dS^T Q.
+// Under SLA a block walks its target rows first, and the warps of window keys, once done, help
+// the warps of global-prefix keys in the same block (partial sums summed in shared memory).
 // Pass 2 (dq): a block owns 64 query rows (16 per warp) with Q and dO in shared memory and walks
 // the key tiles of the query tile's hull as the forward does (32 keys per tile at D = 128, for
 // three blocks per SM; warps skip tiles their rows miss):
@@ -70,42 +72,103 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_dkdv_kernel(const A
 
   const int steps = static_cast<int>((s.length + kQueryStepRows - 1) / kQueryStepRows);
   // Only query steps meeting the rows that may attend [j0, j1) are examined (not all of them: a
-  // causal key block starts at its own diagonal, an SLA one scans its window and the targets):
-  // steps [step_begin[r], step_end[r]).
-  int step_begin[2], step_end[2];
+  // causal key block starts at its own diagonal, an SLA one scans its window and the targets),
+  // as up to two runs of steps visited in order: [run_begin[0], run_end[0]), then run 1.
+  int run_begin[2] = {0, 0}, run_end[2] = {0, 0};
   {
     int64_t begin[2], end[2];
     s.rule.row_ranges(j0, j1, begin, end);
+    int first[2], last[2];
     for (int r = 0; r < 2; ++r) {
       begin[r] = max(begin[r], int64_t{0});
       end[r] = min(end[r], s.length);
-      step_begin[r] = begin[r] < end[r] ? static_cast<int>(begin[r] / kQueryStepRows) : 0;
-      step_end[r] = begin[r] < end[r] ? static_cast<int>((end[r] + kQueryStepRows - 1) / kQueryStepRows) : 0;
+      first[r] = begin[r] < end[r] ? static_cast<int>(begin[r] / kQueryStepRows) : 0;
+      last[r] = begin[r] < end[r] ? static_cast<int>((end[r] + kQueryStepRows - 1) / kQueryStepRows) : 0;
+    }
+    if (s.rule.sla) {
+      // Range 0 ends at or below history_end, where range 1 (the targets) starts: the target
+      // steps first, then (run 1) the history steps below them (a step holding both goes with
+      // the targets).
+      run_begin[0] = first[1], run_end[0] = last[1];
+      run_begin[1] = first[0], run_end[1] = first[1] < last[1] ? min(last[0], first[1]) : last[0];
+    } else {
+      // Ascending over the union (range 1: a contextual prefix, maybe overlapping range 0).
+      const bool swap = first[1] < last[1] && (first[0] >= last[0] || first[1] < first[0]);
+      const int lo_first = swap ? first[1] : first[0], lo_last = swap ? last[1] : last[0];
+      const int hi_first = swap ? first[0] : first[1], hi_last = swap ? last[0] : last[1];
+      run_begin[0] = lo_first, run_end[0] = lo_last;
+      if (hi_first < hi_last) {
+        if (hi_first <= lo_last) {
+          run_end[0] = max(lo_last, hi_last);
+        } else {
+          run_begin[1] = hi_first, run_end[1] = hi_last;
+        }
+      }
     }
   }
-  auto jump = [&](int t) {  // the first step at or after t in a range
-    int first = steps;
-    for (int r = 0; r < 2; ++r) {
-      const int candidate = max(t, step_begin[r]);
-      if (candidate < step_end[r]) first = min(first, candidate);
-    }
-    return first;
-  };
-  // The next step at or after `t` whose rows attend some of [j0, j1); bit u of `active` / `full`:
-  // some / all of this warp's 16 keys are attended by sub-tile u's rows.
-  auto next_step = [&](int t, unsigned& active, unsigned& full) {
-    for (t = jump(t); t < steps; t = jump(t + 1)) {
-      bool touched = false;
-      active = full = 0;
-      for (int u = 0; u < kQuerySubTiles; ++u) {
-        const int64_t i0 = static_cast<int64_t>(t) * kQueryStepRows + u * kBwdQueryRows;
-        if (i0 >= s.length) break;
-        const TileColumns cols = tile_columns(shared_rule, i0, min(i0 + kBwdQueryRows, s.length));
-        touched = touched || cols.touches(j0, j1);
-        if (cols.touches(jw0, jw1)) active |= 1u << u;
-        if (cols.fully_attended(jw0, jw1)) full |= 1u << u;
+
+  // SLA helpers. Keys below the global prefix (max(sla_k2, contextual_seq_len)) are attended by
+  // every history row, the others by the sla_k1 rows from their own and by the targets: in a block
+  // holding both (key block 0 at sla_k2 = 32: warps 0-1 prefix keys, warps 2-3 window keys) the
+  // window warps are done after a few steps while the prefix warps walk the whole history, so the
+  // block held 4 warps for the work of 2. Since the targets are visited first, a window warp is
+  // done for good at its `zone` step of the history run: it stores its dK, dV there, then takes
+  // sub-tile 1 of each step for its partner prefix warp (which keeps sub-tile 0), and hands its
+  // partial sums over through shared memory at the end (fixed order: deterministic). Key block 0
+  // of a sequence of n history rows (k1 = 256, k2 = 32) on its critical path, in 32-row sub-tile
+  // times: n / 32 before (128 at n = 4096: 4 warps held for about 2 x 64 of useful sub-tiles),
+  // n / 64 + 6 now (70; bench/hstu_block_model.py). An estimate: not measured on a GPU yet.
+  const int64_t global_prefix = min(s.rule.global_prefix, s.length);
+  const int64_t history_keys = min(s.rule.history_end, s.length);
+  int prefix_warps = 0, attended_warps = 0;
+  for (int w = 0; w < kWarps; ++w) {
+    prefix_warps += j0 + 16 * w < global_prefix;
+    attended_warps += j0 + 16 * w < history_keys;
+  }
+  const int pairs = s.rule.sla ? min(prefix_warps, max(attended_warps - prefix_warps, 0)) : 0;
+  // role 1: a prefix warp with a helper, 2: a helper; partner: the other warp of the pair.
+  const int role = warp < pairs ? 1 : (warp >= prefix_warps && warp < prefix_warps + pairs ? 2 : 0);
+  const int partner = role == 1 ? warp + prefix_warps : warp - prefix_warps;
+  int zone_step = INT_MAX;  // the first step of run 1 (SLA: history rows) where the pair splits its work
+  if (role != 0) {
+    // History rows at or past row_ranges' end for the helper's keys do not attend them.
+    const int helper = role == 2 ? warp : partner;
+    const int64_t jh0 = j0 + 16 * helper, jh1 = min(jh0 + 16, s.length);
+    int64_t begin[2], end[2];
+    s.rule.row_ranges(jh0, jh1, begin, end);
+    zone_step = static_cast<int>((min(max(end[0], begin[0]), s.length) + kQueryStepRows - 1) / kQueryStepRows);
+  }
+  // The keys this warp works on and the sub-tiles it takes, outside and inside the zone (32-bit
+  // positions, as in the forward).
+  const int own0 = static_cast<int>(jw0), own1 = static_cast<int>(jw1);
+  const int zone0 = role == 2 ? static_cast<int>(min(j0 + 16 * partner, s.length)) : own0;
+  const int zone1 = role == 2 ? static_cast<int>(min(j0 + 16 * partner + 16, s.length)) : own1;
+  const unsigned zone_sub_tiles = role == 2 ? 2u : 1u;
+
+  // The next step after (run, t - 1) whose rows attend some of [j0, j1) (run and t updated; t ==
+  // steps when none). For this warp at that step: `in_zone` (the pair splits its work), bit u of
+  // `active` / `full`: some / all of the keys it works on are attended by sub-tile u's rows.
+  auto next_step = [&](int& run, int t, unsigned& active, unsigned& full, bool& in_zone) {
+    for (; run < 2; ++run) {
+      const int begin = run == 0 ? run_begin[0] : run_begin[1], end = run == 0 ? run_end[0] : run_end[1];
+      for (t = max(t, begin); t < end; ++t) {
+        in_zone = run == 1 && t >= zone_step;
+        const int k0 = in_zone ? zone0 : own0, k1 = in_zone ? zone1 : own1;
+        const unsigned sub_tiles = in_zone ? zone_sub_tiles : 3u;
+        bool touched = false;
+        active = full = 0;
+        for (int u = 0; u < kQuerySubTiles; ++u) {
+          const int64_t i0 = static_cast<int64_t>(t) * kQueryStepRows + u * kBwdQueryRows;
+          if (i0 >= s.length) break;
+          const TileColumns cols = tile_columns(shared_rule, i0, min(i0 + kBwdQueryRows, s.length));
+          touched = touched || cols.touches(j0, j1);
+          if (!(sub_tiles >> u & 1u)) continue;
+          if (cols.touches(k0, k1)) active |= 1u << u;
+          if (cols.fully_attended(k0, k1)) full |= 1u << u;
+        }
+        if (touched) return t;
       }
-      if (touched) return t;
+      t = 0;
     }
     return steps;
   };
@@ -116,14 +179,19 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_dkdv_kernel(const A
   };
 
   float dk[1][D / 8][4], dv[1][D / 8][4];
+  auto zero_accumulators = [&] {
 #pragma unroll
-  for (int n = 0; n < D / 8; ++n) {
+    for (int n = 0; n < D / 8; ++n) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) dk[0][n][e] = dv[0][n][e] = 0.0f;
-  }
+      for (int e = 0; e < 4; ++e) dk[0][n][e] = dv[0][n][e] = 0.0f;
+    }
+  };
+  zero_accumulators();
 
   unsigned active = 0, full = 0;
-  int t = next_step(0, active, full);
+  bool zone = false, zone_reached = false;
+  int run = 0;
+  int t = next_step(run, 0, active, full, zone);
   if (t < steps) load_qdo(t, 0);
   for (int stage = 0; t < steps; stage ^= 1) {
     // One barrier per step: it publishes this stage's Q and dO (and K, V) and proves every warp
@@ -131,9 +199,20 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_dkdv_kernel(const A
     wait_async_all();
     __syncthreads();
     unsigned active_next = 0, full_next = 0;
-    const int t_next = next_step(t + 1, active_next, full_next);
+    bool zone_next = false;
+    int run_next = run;
+    const int t_next = next_step(run_next, t + 1, active_next, full_next, zone_next);
     if (t_next < steps) load_qdo(t_next, stage ^ 1);
 
+    if (zone && !zone_reached) {
+      zone_reached = true;
+      if (role == 2) {  // this warp's own keys are done: their gradients out, the partner's partial sums in
+        store_rows<D, T>(a.dv, s.start, head, jw0, s.length, dv[0], a.inv_scaling);
+        store_rows<D, T>(a.dk, s.start, head, jw0, s.length, dk[0], a.alpha * a.inv_scaling);
+        zero_accumulators();
+      }
+    }
+    const int key_warp = zone && role == 2 ? partner : warp;  // whose 16 keys this warp works on
 #pragma unroll 1
     for (int u = 0; u < kQuerySubTiles; ++u) {
       if (!(active >> u & 1u)) continue;
@@ -141,10 +220,10 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_dkdv_kernel(const A
       const T* sq = sqdo + 2 * stage * kQueryTile + u * kBwdQueryRows * SmemRow<D>::kStride;
       const T* sdo = sq + kQueryTile;
       const int64_t i0 = static_cast<int64_t>(t) * kQueryStepRows + u * kBwdQueryRows;
-      const uint32_t allowed = sub_full ? ~0u : mask_bits<kBwdQueryRows, true>(shared_rule, j0 + warp * 16, i0);
+      const uint32_t allowed = sub_full ? ~0u : mask_bits<kBwdQueryRows, true>(shared_rule, j0 + key_warp * 16, i0);
       float st[1][kBwdQueryRows / 8][4], dpt[1][kBwdQueryRows / 8][4];
-      gemm_abt<D, kBwdQueryRows, 1, T>(st, sk, warp * 16, sq);
-      gemm_abt<D, kBwdQueryRows, 1, T>(dpt, sv, warp * 16, sdo);
+      gemm_abt<D, kBwdQueryRows, 1, T>(st, sk, key_warp * 16, sq);
+      gemm_abt<D, kBwdQueryRows, 1, T>(dpt, sv, key_warp * 16, sdo);
 #pragma unroll
       for (int n = 0; n < kBwdQueryRows / 8; ++n) {
 #pragma unroll
@@ -159,12 +238,45 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_dkdv_kernel(const A
       gemm_ab_acc<D, kBwdQueryRows, 1, T>(dk, dpt, sq);
     }
     t = t_next;
+    run = run_next;
     active = active_next;
     full = full_next;
+    zone = zone_next;
   }
   wait_async_all();  // K and V, when no query step was visited
-  store_rows<D, T>(a.dv, s.start, head, j0 + warp * 16, s.length, dv[0], a.inv_scaling);
-  store_rows<D, T>(a.dk, s.start, head, j0 + warp * 16, s.length, dk[0], a.alpha * a.inv_scaling);
+  if (pairs > 0) {
+    // The helpers' partial sums, through the Q / dO stages once every warp has left them: lane l of
+    // a helper holds the same accumulator elements as lane l of its partner.
+    float* const exchange = reinterpret_cast<float*>(sqdo);
+    constexpr int kElements = D / 2;  // per accumulator and thread
+    static_assert(2 * 2 * kElements * 32 * sizeof(float) <= 4 * kQueryTile * sizeof(T));
+    const int lane = threadIdx.x % 32;
+    __syncthreads();
+    if (role == 2 && zone_reached) {
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          exchange[((2 * partner) * kElements + 4 * n + e) * 32 + lane] = dk[0][n][e];
+          exchange[((2 * partner + 1) * kElements + 4 * n + e) * 32 + lane] = dv[0][n][e];
+        }
+      }
+    }
+    __syncthreads();
+    if (role == 1 && zone_reached) {
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          dk[0][n][e] += exchange[((2 * warp) * kElements + 4 * n + e) * 32 + lane];
+          dv[0][n][e] += exchange[((2 * warp + 1) * kElements + 4 * n + e) * 32 + lane];
+        }
+      }
+    }
+  }
+  if (role == 2 && zone_reached) return;  // its own keys were stored at the switch
+  store_rows<D, T>(a.dv, s.start, head, jw0, s.length, dv[0], a.inv_scaling);
+  store_rows<D, T>(a.dk, s.start, head, jw0, s.length, dk[0], a.alpha * a.inv_scaling);
 }
 
 constexpr int kKvStages = 2;

@@ -16,7 +16,8 @@
 //   O += P V.
 // Key tiles outside the mask's column hull of the query tile are never visited; a warp skips the
 // sub-tiles outside its own rows' hull, and sub-tiles inside the run every row of the warp
-// attends skip the mask. Blocks run heaviest first (sequence_longest_first).
+// attends skip the mask. Blocks run heaviest first (sequence_longest_first). Narrow SLA bands at
+// D = 128 use 64-row blocks of 4 warps and one 32-key sub-tile per barrier (Tiles128Band).
 #include "cuda/common/cuda_check.h"
 #include "cuda/hstu/attention.h"
 #include "cuda/hstu/attention_tile.cuh"
@@ -155,12 +156,40 @@ void launch_fwd(Args a, int64_t heads, cudaStream_t stream) {
 using Tiles128 = FwdTiles<8, 1, 32, 2, 2>;
 using Tiles64 = FwdTiles<4, 2, 64, 2, 1>;
 
+// D = 128 under an SLA mask whose history rows attend at most kBandTileMaxKeys keys (sla_k1 +
+// max(sla_k2, contextual_seq_len)): 64-row blocks of 4 warps, one 32-key sub-tile per barrier,
+// four blocks (16 warps) per SM (52 KB of shared memory each). A warp of 16 rows attends a band
+// 16 + k1 - 1 keys wide, so in a block its warps' bands are shifted by 16 rows each; the block
+// holds all its warps until the last band ends. Per history block (k1 = 256, k2 = 32, rows past
+// the window), counted in 16 x 32 warp sub-tiles (512 pairs):
+//   128 rows x 8 warps, 64-key steps: 128 x 288 pairs = 72 useful; every warp computes 10 (9 band
+//     sub-tiles + the prefix); the block walks 6 band steps of 2 sub-tiles + the prefix step, 13
+//     sub-tile times with 8 warps held: 104 warp slots, 1.44 per useful sub-tile.
+//   64 rows x 4 warps, 32-key steps: 36 useful; every warp computes 10 as well; the block walks 10
+//     band steps + the prefix, 11 sub-tile times with 4 warps held: 44 slots, 1.22 per useful one.
+// The block that holds a sequence's targets (which attend the whole history) keeps 4 warps, not 8,
+// over its long walk. Over the benchmark's B = 32 sequences with num_targets up to 64 the slots
+// per attended pair fall from 1.66 to 1.34 at max_len 1024 and from 1.75 to 1.39 at 8192 (a model
+// of this loop, bench/hstu_block_model.py; dense causal: 1.29 and 1.04). Not measured on a GPU yet.
+// Wider rows keep Tiles128: their blocks are long and 128-row blocks load K / V half as often
+// (64-row blocks measured slower on causal masks).
+using Tiles128Band = FwdTiles<4, 1, 32, 1, 4>;
+constexpr int64_t kBandTileMaxKeys = 512;
+
+bool narrow_sla_band(const hstu_mask::Options& mask) {
+  return (mask.sla_k1 > 0 || mask.sla_k2 > 0) && mask.sla_k1 <= kBandTileMaxKeys &&
+         hstu_mask::max_of(mask.sla_k2, mask.contextual_seq_len) <= kBandTileMaxKeys - mask.sla_k1;
+}
+
 using FwdLauncher = void (*)(Args, int64_t, cudaStream_t);
 
-// The dispatch table: dtype x head dim -> instance (the API has validated the combination).
-FwdLauncher fwd_launcher(DType dtype, int64_t head_dim) {
+// The dispatch table: dtype x head dim x mask -> instance (the API has validated the combination).
+FwdLauncher fwd_launcher(DType dtype, int64_t head_dim, const hstu_mask::Options& mask) {
   const bool bf16 = dtype == DType::bf16;
   if (head_dim == 64) return bf16 ? launch_fwd<__nv_bfloat16, 64, Tiles64> : launch_fwd<__half, 64, Tiles64>;
+  if (narrow_sla_band(mask)) {
+    return bf16 ? launch_fwd<__nv_bfloat16, 128, Tiles128Band> : launch_fwd<__half, 128, Tiles128Band>;
+  }
   return bf16 ? launch_fwd<__nv_bfloat16, 128, Tiles128> : launch_fwd<__half, 128, Tiles128>;
 }
 
@@ -173,7 +202,7 @@ void hstu_attention_fwd(const HstuAttentionParams& params, const TensorView& q, 
   hstu::Args a = hstu::make_args(params, q, k, v, seq_offsets, num_targets);
   a.out_or_dout = hstu::operand_of(out);
   if (a.batch == 0 || q.size(1) == 0) return;
-  hstu::fwd_launcher(q.dtype, q.size(2))(a, q.size(1), static_cast<cudaStream_t>(stream));
+  hstu::fwd_launcher(q.dtype, q.size(2), a.mask)(a, q.size(1), static_cast<cudaStream_t>(stream));
 }
 
 }  // namespace seqmix::cuda
