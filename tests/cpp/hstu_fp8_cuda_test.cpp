@@ -8,17 +8,24 @@
 // Attention: the reference is the CPU emulation in fp64 (the fp64 reference on the fake-quantized
 // copies of the 16-bit inputs, which hstu_fp8_attention_test checks equals the CPU quant_mode
 // path). The forward kernel multiplies the exact e4m3 values of q and k in f32 and applies the
-// descales to the f32 scores, so S matches to f32 rounding; what differs is P v, which runs in
-// the inputs' 16-bit dtype: P (times v's descale in mode 2) is rounded to 16 bits as in the bf16
-// kernel, v8 * descale is rounded to 16 bits in mode 1 (exact elsewhere), and silu uses
-// tanh.approx (relative 2^-11). Tolerance, as
-// hstu_cuda_test: max |cuda - emulation| <= tol * max |emulation| with tol = 2e-2 (bf16) and
-// 5e-3 (f16). The backward (modes 0, 2..5) runs the 16-bit backward kernels on the fp8 copies
+// descales to the f32 scores, so S matches to f32 rounding; silu uses tanh.approx (relative
+// 2^-11) and the output is rounded to 16 bits. P v runs on the e4m3 tensor cores: per key tile
+// and query row, P is scaled by a power of two that puts the row's tile maximum in [128, 256) and
+// rounded to e4m3, which the emulation does not do. That rounding is at most 2^-4 of |p_ij| (3
+// mantissa bits; e4m3's subnormals only hold values under 2^-14 of the row's tile maximum), and
+// independent between keys, so the output error grows like the root of sum_j p_ij^2 v_j^2 while
+// max |out| grows like that of the signal: a float64 simulation of exactly this rounding on these
+// tests' shapes (random normal q, k, v, causal and windowed masks, 32- and 64-key tiles, 40
+// seeds) gave max |error| / max |out| of 2.9e-2 on average and 4.2e-2 at worst, 2.6e-2 on the
+// 4100-token case. Tolerance for out: max |cuda - emulation| <= 6e-2 * max |emulation| in both
+// dtypes (the P rounding dominates the 16-bit terms, 4e-3 bf16 and 5e-4 f16 before P was
+// quantized). The backward (modes 0, 2..5) runs the 16-bit backward kernels on the fp8 copies
 // dequantized to 16 bits, so each operand carries one more 16-bit rounding (2^-9 bf16, 2^-11
 // f16) than in hstu_cuda_test: tol = 3e-2 (bf16) and 1e-2 (f16).
 //
-// Measured on an H100 (scripts/hstu_fp8_device.sh), worst case over the mask cases of each mode,
-// max |cuda - emulation| / max |emulation|:
+// Measured on an H100 (scripts/hstu_fp8_device.sh) with P v still in 16 bits (before P was
+// quantized to e4m3; the out figures are to be re-measured), worst case over the mask cases of
+// each mode, max |cuda - emulation| / max |emulation|:
 //   out  bf16: mode 0 3.6e-3, 1 3.9e-3, 2 3.4e-3, 3 3.4e-3, 4 3.1e-3, 5 3.5e-3
 //        f16:  mode 0 5.1e-4, 1 4.1e-4, 2 3.8e-4, 3 3.3e-4, 4 4.2e-4, 5 4.9e-4
 //   dq, dk, dv (modes 0, 2..5): at most 7.4e-3 (bf16) and 7.8e-4 (f16)
@@ -210,7 +217,7 @@ void compare_with_emulation(const Case& c) {
   CudaTensor out(c.dtype, {total, H, D});
   hstu_attention_fwd(c.params, qg.view(), kg.view(), vg.view(), seq_g.view(), targets_dev_ptr, out.view());
   cuda_synchronize();
-  const double tol = c.dtype == DType::bf16 ? 2e-2 : 5e-3;
+  const double tol = 6e-2;  // P in e4m3 (see the top)
   const double e_out = scaled_error(out.to_host(), out64);
   EXPECT_LE(e_out, tol) << "out";
   double e_dq = 0, e_dk = 0, e_dv = 0;

@@ -1,5 +1,5 @@
 // FP8 HSTU attention forward (params.quant_mode 0..5 on sm_90): the tiling of attention_fwd.cu
-// with q k^T on the fp8 tensor cores.
+// with both products on the fp8 tensor cores (mma.sync m16n8k32 e4m3, f32 accumulate).
 //
 // Math (the CPU emulation, src/cpu/hstu/attention_fp8.cpp): with q8, k8, v8 the e4m3 copies and
 // dq, dk, dv their descales (hstu_fp8.h: q and k rows, v's transposed copy in mode 1),
@@ -7,24 +7,37 @@
 //   o_i = (1 / N) sum_j p_ij (v8_j * dv(j, :)).
 // q and k descales are per row / per column of S in every mode (mode 1: per token; mode 2: per
 // 128-token block; modes 3, 4, 5, 0: per sequence-head or constant), so they scale the f32
-// accumulator of q8 k8^T exactly where fbgemm's kernel applies them. P v stays a 16-bit product
-// (the inputs' dtype): V is staged from e4m3 to 16 bits per key tile (exactly, or times dv(j, d)
-// in mode 1), dv is applied to P (mode 2) or to O (modes 0, 3, 4, 5), and P is rounded to 16 bits
-// as in the bf16 kernel (see ScaleKind). Quantizing P to e4m3 as well (FA3) would double that
-// product's rate, but HSTU's P is unnormalised (no softmax max to scale by), so P would need a
-// per-row dynamic scale; not done here.
+// accumulator of q8 k8^T exactly where fbgemm's kernel applies them.
+//
+// P v in e4m3 (as FA3's FP8 forward, but HSTU's P has no softmax maximum to bound it): per key
+// tile and query row, P is scaled by r_i = 2^k_i, the power of two that puts the row's largest
+// |p_ij| of the tile in [128, 256) (below e4m3's 448, so nothing saturates), rounded to e4m3,
+// multiplied with v8 into a fresh f32 tile result and added to O as O += (result / r_i) times
+// v's descale: per output column within the key tile in mode 1 (dv(block, d); a key tile lies in
+// one 128-token descale block), per tile in mode 2, and once at the end (with 1 / N) otherwise.
+// r_i is a power of two, so scaling and unscaling are exact; the only new error is P's e4m3
+// rounding, at most 2^-4 of |p_ij| (3 mantissa bits) and 2^-10 / r_i absolute in e4m3's
+// subnormal range (values under 2^-14 of the row's tile maximum). The CPU emulation does not
+// quantize P: tests/cpp/hstu_fp8_cuda_test.cpp's header gives the tolerance this implies.
 //
 // Tiles: a block owns 128 query rows of one (sequence, head), 32 per warp (two 16-row MMA blocks).
 // Shared memory: Q8 [128][D + 16] bytes, two stages of K8 and V8 [KN][D + 16] bytes (cp.async,
-// 16-byte padded rows so ldmatrix rows hit distinct banks), V [KN][D + 8] in 16 bits, the
-// dequantized V of the current stage, and the f32 descales of the q rows (times alpha) and of
-// the current key tile's columns (registers are taken by O). Per key tile: wait for its copies,
-// barrier, issue the next tile's copies, V8 -> V (descales), barrier,
-// S = Q8 K8^T (mma m16n8k32 e4m3, k = 32 bytes along D; ldmatrix.b16 reads a pair of e4m3 as one
-// element, which is exactly the e4m3 fragment layout), descales, silu, mask, O += P V (m16n8k16).
+// 16-byte padded rows so ldmatrix rows hit distinct banks), V8^T [D][KN + 16] bytes (the current
+// stage transposed, see below), and the f32 descales of the q rows (times alpha), of the current
+// key tile's columns and of its v dims (mode 1; registers are taken by O). Per key tile: wait for
+// its copies, barrier, issue the next tile's copies, V8 -> V8^T, barrier,
+// S = Q8 K8^T (k = 32 bytes along D; ldmatrix.b16 reads a pair of e4m3 as one element, which is
+// exactly the e4m3 fragment layout), descales, silu, mask, per-row scale, P -> e4m3 A fragments,
+// O += P V8 per 16 output columns.
+//
+// P's A fragments come straight from S's accumulators, with the keys permuted: m16n8k32 wants
+// keys 4t .. 4t + 3 (t = lane % 4) of a row in one register, the accumulators hold keys 2t, 2t + 1
+// of each 8-key block. Packing blocks (2c, 2c + 1) of a 16-key half gives k position 4t + e the
+// key 8 (e / 2) + 2t + e % 2 of that half; V8^T stores each 32-key group's keys in that order,
+// so the product sums the same pairs. ldmatrix cannot transpose 8-bit data, hence the transpose
+// while staging: each thread takes 4 keys x 4 dims (four 32-bit words) and transposes them with
+// byte permutes (prmt).
 #include <cuda_fp8.h>
-
-#include <type_traits>
 
 #include "cuda/common/cuda_check.h"
 #include "cuda/hstu/attention_fp8.h"
@@ -43,14 +56,15 @@ constexpr int kFwdQueryRows = 128;  // query rows per block: 32 per warp (the 16
 constexpr int kWarpRowBlocks = kFwdQueryRows / (16 * kWarps);
 
 // Where the descales vary, which fixes where the kernel applies them:
-//   per_token (mode 1): dq per row and dk per column of S (from shared memory), dv per
-//     (128-token block, dim), multiplied into the staged 16-bit V;
+//   per_token (mode 1): dq per row and dk per column of S, dv per (128-token block, dim), i.e. per
+//     output column of a key tile's P v8 (all three from shared memory);
 //   per_block (mode 2): dq per 128-row query tile, dk and dv per key tile (inside one block):
-//     alpha dq dk scales S, dv scales P before its 16-bit rounding;
+//     alpha dq dk scales S, dv the tile's P v8;
 //   per_sequence (modes 0, 3, 4, 5): constants of the (sequence, head): alpha dq dk scales S and
-//     dv / N the output, so V is staged exactly (e4m3 is a subset of bf16 and f16).
+//     dv / N the output.
 enum class ScaleKind { per_sequence, per_block, per_token };
 constexpr int kRowPad = 16;  // bytes
+constexpr int kMmaK = 32;    // e4m3 m16n8k32: keys per P v8 step, bytes of D per q k^T step
 
 template <int D>
 constexpr int key_rows() {
@@ -60,12 +74,16 @@ template <int D>
 constexpr int row_bytes() {
   return D + kRowPad;
 }
-// Q8, two stages of K8 and V8, the 16-bit V, then the f32 q-row and k-column descales.
+template <int D>
+constexpr int vt_row_bytes() {
+  return key_rows<D>() + kRowPad;
+}
+// Q8, two stages of K8 and V8, V8^T, then the f32 q-row, k-column and v-dim descales.
 template <int D>
 constexpr size_t smem_bytes() {
   return static_cast<size_t>(kFwdQueryRows + 4 * key_rows<D>()) * row_bytes<D>() +
-         static_cast<size_t>(key_rows<D>()) * hstu::SmemRow<D>::kStride * 2 +
-         static_cast<size_t>(kFwdQueryRows + key_rows<D>()) * sizeof(float);
+         static_cast<size_t>(D) * vt_row_bytes<D>() +
+         static_cast<size_t>(kFwdQueryRows + key_rows<D>() + D) * sizeof(float);
 }
 
 // Rows [row0, row0 + ROWS) of one head of an e4m3 operand into smem (row stride D + 16 bytes);
@@ -88,18 +106,19 @@ __device__ __forceinline__ void load_fp8_tile_async(uint8_t* smem, const Operand
 }
 
 // A operand (16 x 32 e4m3, row-major) at rows [row0, row0 + 16), bytes [k0, k0 + 32).
-template <int D>
+template <int STRIDE>
 __device__ __forceinline__ void load_a_fp8(uint32_t (&a)[4], const uint8_t* smem, int row0, int k0) {
   const int lane = threadIdx.x % 32;
-  hstu::ldmatrix_x4(a, smem + (row0 + lane % 16) * row_bytes<D>() + k0 + (lane / 16) * 16);
+  hstu::ldmatrix_x4(a, smem + (row0 + lane % 16) * STRIDE + k0 + (lane / 16) * 16);
 }
 
-// B operands of two 16-column blocks of K^T: columns = smem rows [row0, row0 + 16), k = bytes
-// [k0, k0 + 32) of each row. b[0..1]: rows row0 .. row0 + 7, b[2..3]: row0 + 8 .. row0 + 15.
-template <int D>
+// B operands of two 8-column blocks: columns = smem rows [row0, row0 + 16) (row stride STRIDE
+// bytes), k = bytes [k0, k0 + 32) of each row. b[0..1]: rows row0 .. row0 + 7, b[2..3]:
+// row0 + 8 .. row0 + 15. K8 for S = Q8 K8^T, V8^T for O += P V8.
+template <int STRIDE>
 __device__ __forceinline__ void load_b_fp8(uint32_t (&b)[4], const uint8_t* smem, int row0, int k0) {
   const int lane = threadIdx.x % 32;
-  hstu::ldmatrix_x4(b, smem + (row0 + lane % 8 + (lane / 16) * 8) * row_bytes<D>() + k0 + ((lane / 8) % 2) * 16);
+  hstu::ldmatrix_x4(b, smem + (row0 + lane % 8 + (lane / 16) * 8) * STRIDE + k0 + ((lane / 8) % 2) * 16);
 }
 
 __device__ __forceinline__ void mma_e4m3(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
@@ -114,15 +133,47 @@ __device__ __forceinline__ void mma_e4m3(float (&c)[4], const uint32_t (&a)[4], 
 #endif
 }
 
-// Two e4m3 values (low byte first) to a packed pair of T, each times its scale.
-template <class T, bool kScaled>
-__device__ __forceinline__ uint32_t e4m3x2_to(uint16_t pair, float s0, float s1) {
-  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(pair), __NV_E4M3);
-  if constexpr (!kScaled && std::is_same_v<T, __half>) {
-    return *reinterpret_cast<const uint32_t*>(&h);  // e4m3 is a subset of f16: exact
-  } else {
-    const float2 v = __half22float2(__half2(h));
-    return kScaled ? hstu::pack2<T>(v.x * s0, v.y * s1) : hstu::pack2<T>(v.x, v.y);
+// Two f32 to e4m3 (round to nearest even; the per-row scale keeps |x| < 256, so no saturation),
+// x.x in the low byte.
+__device__ __forceinline__ uint32_t e4m3x2(float lo, float hi) {
+  return static_cast<uint32_t>(__nv_cvt_float2_to_fp8x2(make_float2(lo, hi), __NV_SATFINITE, __NV_E4M3));
+}
+
+// The per-row P scale: r = 2^k with amax * r < 2^8 (amax < 2^(e - 126) for biased exponent e),
+// k clamped to [-121, 126] so that r and 1 / r are normal f32. Returns r; inv gets 1 / r.
+__device__ __forceinline__ float p_scale_of(float amax, float& inv) {
+  const int e = static_cast<int>((__float_as_uint(amax) >> 23) & 0xff);
+  const int k = min(134 - e, 126);
+  inv = __int_as_float((127 - k) << 23);
+  return __int_as_float((127 + k) << 23);
+}
+
+// V8 of a key tile [KN][D + 16] -> V8^T [D][KN + 16], the keys of each 32-key group in the
+// order of P's A fragments (see the top): position 16 h + 4 t + 2 hi + lo holds key
+// 16 h + 8 hi + 2 t + lo. A unit is 4 positions x 4 dims: four 32-bit reads (one per key, 4
+// dims each), a 4 x 4 byte transpose in 8 byte permutes, four 32-bit writes (one per dim).
+template <int D, int THREADS>
+__device__ __forceinline__ void transpose_v(uint8_t* vt, const uint8_t* v8) {
+  constexpr int KN = key_rows<D>();
+  constexpr int kPositionQuads = KN / 4;
+  for (int c = threadIdx.x; c < kPositionQuads * (D / 4); c += THREADS) {
+    const int quad = c % kPositionQuads;  // positions 4 quad .. 4 quad + 3
+    const int d = (c / kPositionQuads) * 4;
+    const int group = quad / 8, half = (quad / 4) % 2, t = quad % 4;
+    const int key = 32 * group + 16 * half + 2 * t;  // the keys: key, key + 1, key + 8, key + 9
+    const uint32_t r0 = *reinterpret_cast<const uint32_t*>(v8 + key * row_bytes<D>() + d);
+    const uint32_t r1 = *reinterpret_cast<const uint32_t*>(v8 + (key + 1) * row_bytes<D>() + d);
+    const uint32_t r2 = *reinterpret_cast<const uint32_t*>(v8 + (key + 8) * row_bytes<D>() + d);
+    const uint32_t r3 = *reinterpret_cast<const uint32_t*>(v8 + (key + 9) * row_bytes<D>() + d);
+    const uint32_t t0 = __byte_perm(r0, r1, 0x5140);  // r0.b0 r1.b0 r0.b1 r1.b1
+    const uint32_t t1 = __byte_perm(r0, r1, 0x7362);  // r0.b2 r1.b2 r0.b3 r1.b3
+    const uint32_t t2 = __byte_perm(r2, r3, 0x5140);
+    const uint32_t t3 = __byte_perm(r2, r3, 0x7362);
+    uint8_t* dst = vt + d * vt_row_bytes<D>() + 4 * quad;
+    *reinterpret_cast<uint32_t*>(dst) = __byte_perm(t0, t2, 0x5410);  // dim d: r0.b0 r1.b0 r2.b0 r3.b0
+    *reinterpret_cast<uint32_t*>(dst + vt_row_bytes<D>()) = __byte_perm(t0, t2, 0x7632);
+    *reinterpret_cast<uint32_t*>(dst + 2 * vt_row_bytes<D>()) = __byte_perm(t1, t3, 0x5410);
+    *reinterpret_cast<uint32_t*>(dst + 3 * vt_row_bytes<D>()) = __byte_perm(t1, t3, 0x7632);
   }
 }
 
@@ -132,13 +183,13 @@ __global__ void __launch_bounds__(kThreads) attention_fp8_fwd_kernel(Args a, Fp8
   constexpr int KN = key_rows<D>();
   constexpr int kTile8 = KN * row_bytes<D>();
   constexpr int M = kWarpRowBlocks;
+  constexpr int kSteps = KN / kMmaK;  // P v8 k-steps per key tile
   uint8_t* const sq = smem_raw;
   uint8_t* const skv = sq + kFwdQueryRows * row_bytes<D>();  // stage s: K8 at skv + 2 s kTile8, V8 after it
-  T* const sv = reinterpret_cast<T*>(skv + 4 * kTile8);
-  float* const sq_scale = reinterpret_cast<float*>(sv + KN * hstu::SmemRow<D>::kStride);  // [128], per_token
-  float* const sk_scale = sq_scale + kFwdQueryRows;                                       // [KN], per_token
-  constexpr int kChunks = D / 8;                                                          // 8-byte chunks of a V8 row
-  static_assert(kThreads % kChunks == 0, "each thread stages the same 8 dims of every V row");
+  uint8_t* const svt = skv + 4 * kTile8;                     // V8^T of the current stage
+  float* const sq_scale = reinterpret_cast<float*>(svt + D * vt_row_bytes<D>());  // [128], per_token
+  float* const sk_scale = sq_scale + kFwdQueryRows;                               // [KN], per_token
+  float* const sv_scale = sk_scale + KN;                                          // [D], per_token
 
   const hstu::Sequence s = hstu::sequence_of_block(a);
   const int64_t i0 = static_cast<int64_t>(s.tile) * kFwdQueryRows;
@@ -195,40 +246,26 @@ __global__ void __launch_bounds__(kThreads) attention_fp8_fwd_kernel(Args a, Fp8
   for (int stage = 0; j0 < j_end; stage ^= 1) {
     const int64_t j_next = next_tile(j0 + KN);
     hstu::wait_async_all();  // this tile's K8, V8 (and Q): the only copies in flight
-    // Every copy has landed and every warp is past the previous tile, so the other stage, V and
-    // the column descales are free: the next tile's copies overlap this tile's staging and MMAs.
+    // Every copy has landed and every warp is past the previous tile, so the other stage, V8^T
+    // and the column descales are free: the next tile's copies overlap this tile's staging and MMAs.
     __syncthreads();
     if (j_next < j_end) load_kv(j_next, stage ^ 1);
     const uint8_t* sk = skv + 2 * stage * kTile8;
-    const uint8_t* sv8 = sk + kTile8;
+    transpose_v<D, kThreads>(svt, sk + kTile8);
 
-    // Stage V in 16 bits: exact for per_sequence / per_block (dv scales P or O instead); per_token
-    // multiplies by dv(block, d): a key tile (KN | 128 tokens from the sequence start) lies in
-    // one 128-token descale block, so that is one row of D descales for the tile.
+    // Key-tile descales. per_token: dk per column and dv(block, d) per output column (a key tile,
+    // KN | 128 tokens from the sequence start, lies in one 128-token descale block).
     float v_tile = 1.0f;
-    float v_scale[8] = {1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f};
     if constexpr (kScales == ScaleKind::per_token) {
       if (threadIdx.x < KN) {
         const int64_t j = j0 + threadIdx.x;
         sk_scale[threadIdx.x] = j < s.length ? f.k_descale[f.k.group(b, s.start + j, j, head, 0)] : 0.0f;
       }
-      const float* vs = f.v_descale + f.v.group(b, s.start + j0, j0, head, (threadIdx.x % kChunks) * 8);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) v_scale[e] = vs[e];
+      for (int d = threadIdx.x; d < D; d += kThreads)
+        sv_scale[d] = f.v_descale[f.v.group(b, s.start + j0, j0, head, d)];
     } else if constexpr (kScales == ScaleKind::per_block) {
       score_scale = q_scale * f.k_descale[f.k.group(b, s.start + j0, j0, head, 0)];
       v_tile = f.v_descale[f.v.group(b, s.start + j0, j0, head, 0)];
-    }
-    constexpr bool kScaledV = kScales == ScaleKind::per_token;
-    for (int c = threadIdx.x; c < KN * kChunks; c += kThreads) {
-      const int r = c / kChunks, col = (c % kChunks) * 8;
-      const uint2 raw = *reinterpret_cast<const uint2*>(sv8 + r * row_bytes<D>() + col);
-      uint4 packed;
-      packed.x = e4m3x2_to<T, kScaledV>(static_cast<uint16_t>(raw.x), v_scale[0], v_scale[1]);
-      packed.y = e4m3x2_to<T, kScaledV>(static_cast<uint16_t>(raw.x >> 16), v_scale[2], v_scale[3]);
-      packed.z = e4m3x2_to<T, kScaledV>(static_cast<uint16_t>(raw.y), v_scale[4], v_scale[5]);
-      packed.w = e4m3x2_to<T, kScaledV>(static_cast<uint16_t>(raw.y >> 16), v_scale[6], v_scale[7]);
-      *reinterpret_cast<uint4*>(sv + r * hstu::SmemRow<D>::kStride + col) = packed;
     }
     __syncthreads();
 
@@ -244,14 +281,14 @@ __global__ void __launch_bounds__(kThreads) attention_fp8_fwd_kernel(Args a, Fp8
       for (int n = 0; n < KN / 8; ++n) p[m][n][0] = p[m][n][1] = p[m][n][2] = p[m][n][3] = 0.0f;
     }
 #pragma unroll
-    for (int kk = 0; kk < D / 32; ++kk) {
+    for (int kk = 0; kk < D / kMmaK; ++kk) {
       uint32_t af[M][4];
 #pragma unroll
-      for (int m = 0; m < M; ++m) load_a_fp8<D>(af[m], sq, warp_row0 + 16 * m, kk * 32);
+      for (int m = 0; m < M; ++m) load_a_fp8<row_bytes<D>()>(af[m], sq, warp_row0 + 16 * m, kk * kMmaK);
 #pragma unroll
       for (int n = 0; n < KN / 16; ++n) {
         uint32_t bf[4];
-        load_b_fp8<D>(bf, sk, n * 16, kk * 32);
+        load_b_fp8<row_bytes<D>()>(bf, sk, n * 16, kk * kMmaK);
 #pragma unroll
         for (int m = 0; m < M; ++m) {
           mma_e4m3(p[m][2 * n], af[m], bf[0], bf[1]);
@@ -260,10 +297,15 @@ __global__ void __launch_bounds__(kThreads) attention_fp8_fwd_kernel(Args a, Fp8
       }
     }
     const bool full = warp_cols.fully_attended(j0, j1);
+    // P (masked), then per row (g and g + 8 of each 16-row block) the power-of-two scale of its
+    // tile maximum, and P rounded to e4m3 in the A fragments of P v8.
+    uint32_t pa[M][kSteps][4];
+    float row_inv[M][2];
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       const hstu::RowPairMask row_mask =
           full ? hstu::RowPairMask() : hstu::RowPairMask(s.rule, i0 + warp_row0 + 16 * m + lane / 4);
+      float amax[2] = {0.0f, 0.0f};
 #pragma unroll
       for (int n = 0; n < KN / 8; ++n) {
 #pragma unroll
@@ -276,17 +318,76 @@ __global__ void __launch_bounds__(kThreads) attention_fp8_fwd_kernel(Args a, Fp8
             x = p[m][n][e] * score_scale;
           }
           float p_ij = hstu::silu(x);
-          if constexpr (kScales == ScaleKind::per_block) p_ij *= v_tile;
           if (!full) {
             const int64_t i = i0 + warp_row0 + 16 * m + lane / 4 + (e / 2) * 8;
             const int64_t j = j0 + n * 8 + 2 * (lane % 4) + e % 2;
             if (!row_mask.allowed(s.rule, e / 2, i, j)) p_ij = 0.0f;
           }
           p[m][n][e] = p_ij;
+          amax[e / 2] = fmaxf(amax[e / 2], fabsf(p_ij));
+        }
+      }
+      float row_scale[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        // The four lanes of a quad hold one row's columns.
+        amax[h] = fmaxf(amax[h], __shfl_xor_sync(0xffffffffu, amax[h], 1));
+        amax[h] = fmaxf(amax[h], __shfl_xor_sync(0xffffffffu, amax[h], 2));
+        row_scale[h] = p_scale_of(amax[h], row_inv[m][h]);
+        if constexpr (kScales == ScaleKind::per_block) row_inv[m][h] *= v_tile;
+      }
+#pragma unroll
+      for (int step = 0; step < kSteps; ++step) {
+        // Register r: rows g (r even) / g + 8 (r odd), 16-key half r / 2; low 16 bits from the
+        // half's first 8-key block, high 16 bits from its second.
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const float(&lo)[4] = p[m][4 * step + 2 * (r / 2)];
+          const float(&hi)[4] = p[m][4 * step + 2 * (r / 2) + 1];
+          const int e = 2 * (r % 2);
+          const float sc = row_scale[r % 2];
+          pa[m][step][r] = e4m3x2(lo[e] * sc, lo[e + 1] * sc) | e4m3x2(hi[e] * sc, hi[e + 1] * sc) << 16u;
         }
       }
     }
-    hstu::gemm_ab_acc<D, KN, M, T>(o, p, sv);
+    // O += (P8 V8) / r (times dv): 16 output columns at a time into a fresh f32 tile result, so
+    // only 8 result registers per row block are live next to O.
+    const uint8_t* vt = svt;
+#pragma unroll
+    for (int n = 0; n < D / 16; ++n) {
+      float c[M][2][4];
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) c[m][0][e] = c[m][1][e] = 0.0f;
+      }
+#pragma unroll
+      for (int step = 0; step < kSteps; ++step) {
+        uint32_t bf[4];
+        load_b_fp8<vt_row_bytes<D>()>(bf, vt, n * 16, step * kMmaK);
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+          mma_e4m3(c[m][0], pa[m][step], bf[0], bf[1]);
+          mma_e4m3(c[m][1], pa[m][step], bf[2], bf[3]);
+        }
+      }
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        float2 col{};
+        if constexpr (kScales == ScaleKind::per_token) {
+          col = *reinterpret_cast<const float2*>(sv_scale + n * 16 + half * 8 + 2 * (lane % 4));
+        }
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float sc = row_inv[m][e / 2];
+            if constexpr (kScales == ScaleKind::per_token) sc *= e % 2 ? col.y : col.x;
+            o[m][2 * n + half][e] = fmaf(c[m][half][e], sc, o[m][2 * n + half][e]);
+          }
+        }
+      }
+    }
     j0 = j_next;
   }
   hstu::wait_async_all();
