@@ -73,8 +73,8 @@ struct HstuAttentionParams {
 // quantized copies and their descales live in stream-ordered scratch (cudaMallocAsync /
 // cudaFreeAsync on `stream`, hstu_attention_fp8_workspace_bytes). Forward: q k^T and P v on
 // the fp8 tensor cores, the descales applied to the f32 scores and the f32 results; P is rounded
-// to e4m3 per key tile with a power-of-two scale per query row (which the CPU emulation does
-// not do: a few percent of max |out| more error, tests/cpp/hstu_fp8_cuda_test.cpp). Backward:
+// to e4m3 under a power-of-two scale per query row that follows its running maximum (which the
+// CPU emulation does not do: a few percent of max |out| more error, hstu_fp8_cuda_test.cpp). Backward:
 // the dequantized copies (16-bit) through the 16-bit backward kernels; quant_mode 1 (whose
 // products read different copies of one tensor) is not implemented on CUDA yet.
 

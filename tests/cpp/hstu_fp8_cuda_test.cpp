@@ -9,17 +9,20 @@
 // copies of the 16-bit inputs, which hstu_fp8_attention_test checks equals the CPU quant_mode
 // path). The forward kernel multiplies the exact e4m3 values of q and k in f32 and applies the
 // descales to the f32 scores, so S matches to f32 rounding; silu uses tanh.approx (relative
-// 2^-11) and the output is rounded to 16 bits. P v runs on the e4m3 tensor cores: per key tile
-// and query row, P is scaled by a power of two that puts the row's tile maximum in [128, 256) and
-// rounded to e4m3, which the emulation does not do. That rounding is at most 2^-4 of |p_ij| (3
-// mantissa bits; e4m3's subnormals only hold values under 2^-14 of the row's tile maximum), and
-// independent between keys, so the output error grows like the root of sum_j p_ij^2 v_j^2 while
-// max |out| grows like that of the signal: a float64 simulation of exactly this rounding on these
-// tests' shapes (random normal q, k, v, causal and windowed masks, 32- and 64-key tiles, 40
-// seeds) gave max |error| / max |out| of 2.9e-2 on average and 4.2e-2 at worst, 2.6e-2 on the
-// 4100-token case. Tolerance for out: max |cuda - emulation| <= 6e-2 * max |emulation| in both
-// dtypes (the P rounding dominates the 16-bit terms, 4e-3 bf16 and 5e-4 f16 before P was
-// quantized). The backward (modes 0, 2..5) runs the 16-bit backward kernels on the fp8 copies
+// 2^-11) and the output is rounded to 16 bits. P v runs on the e4m3 tensor cores: each query
+// row keeps a power-of-two scale that puts its running maximum of |p_ij| (over the key tiles
+// visited so far) in [128, 256), and P times it is rounded to e4m3, which the emulation does not
+// do. That rounding is at most 2^-4 of |p_ij| (3 mantissa bits; e4m3's subnormals only hold
+// values under 2^-14 of the row's maximum) and independent between keys, so the output error
+// grows like the root of sum_j p_ij^2 v_j^2 while max |out| grows like that of the signal: a
+// float64 simulation of exactly this rounding (running maximum per 32- or 64-key sub-tile) on
+// these tests' lengths (random normal q, k, v, alpha = 1 / sqrt(D), 40 seeds per mask) gave
+// max |error| / max |out| of 2.8e-2 on average and at worst 3.4e-2 (causal, D = 128), 3.7e-2
+// (causal, D = 64), 4.1e-2 (non-causal window 50), 5.0e-2 (causal window 50); 2.7e-2 on the
+// 4100-token case. Tolerance for out: max |cuda - emulation| <= 7e-2 * max |emulation| in both
+// dtypes: the worst simulated 5.0e-2 plus the 16-bit terms (4e-3 bf16 and 5e-4 f16 measured
+// before P was quantized), with a margin of about 1.3x for the seeds and masks not simulated.
+// The backward (modes 0, 2..5) runs the 16-bit backward kernels on the fp8 copies
 // dequantized to 16 bits, so each operand carries one more 16-bit rounding (2^-9 bf16, 2^-11
 // f16) than in hstu_cuda_test: tol = 3e-2 (bf16) and 1e-2 (f16).
 //
@@ -217,7 +220,7 @@ void compare_with_emulation(const Case& c) {
   CudaTensor out(c.dtype, {total, H, D});
   hstu_attention_fwd(c.params, qg.view(), kg.view(), vg.view(), seq_g.view(), targets_dev_ptr, out.view());
   cuda_synchronize();
-  const double tol = 6e-2;  // P in e4m3 (see the top)
+  const double tol = 7e-2;  // P in e4m3 (see the top)
   const double e_out = scaled_error(out.to_host(), out64);
   EXPECT_LE(e_out, tol) << "out";
   double e_dq = 0, e_dk = 0, e_dv = 0;
