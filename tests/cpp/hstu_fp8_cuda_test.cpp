@@ -162,6 +162,9 @@ struct Case {
   int64_t head_dim = 128;
   DType dtype = DType::bf16;
   bool backward = true;
+  // v's dims and 128-token blocks at scales 2^-2 .. 2^2 and 1 / 16: wrong per-dim or per-block
+  // v descales in the forward (mode 1 per (block, dim), mode 2 per block) then cost O(1) errors.
+  bool v_spread = false;
 };
 
 double max_abs(const HostTensor& t) {
@@ -196,7 +199,16 @@ void compare_with_emulation(const Case& c) {
   const uint64_t seed = std::hash<std::string>{}(c.name) % 100000;
   const HostTensor q = testing::randn({total, H, D}, seed, 1.0, c.dtype);
   const HostTensor k = testing::randn({total, H, D}, seed + 1, 1.0, c.dtype);
-  const HostTensor v = testing::randn({total, H, D}, seed + 2, 1.0, c.dtype);
+  HostTensor v = testing::randn({total, H, D}, seed + 2, 1.0, c.dtype);
+  if (c.v_spread) {
+    for (int64_t b = 0; b + 1 < static_cast<int64_t>(offsets.size()); ++b) {
+      for (int64_t t = offsets[b]; t < offsets[b + 1]; ++t) {
+        const double block_scale = (t - offsets[b]) / 128 % 2 ? 1.0 / 16 : 1.0;
+        for (int64_t i = t * H * D; i < (t + 1) * H * D; ++i)
+          v.set(i, v.get(i) * block_scale * std::ldexp(1.0, static_cast<int>(i % D % 5) - 2));
+      }
+    }
+  }
   const HostTensor dout = testing::randn({total, H, D}, seed + 3, 1.0, c.dtype);
   const HostTensor seq = testing::int_tensor(offsets, DType::i32);
   const bool has_targets = !c.targets.empty();
@@ -276,6 +288,18 @@ std::vector<Case> cases() {
     add("sla_targets_f16_d64", DType::f16, 64, true, [](auto& p) { p.sla_k1 = 70, p.sla_k2 = 20; });
     add("window_noncausal_bf16_d64", DType::bf16, 64, false, [](auto& p) { p.causal = false, p.max_attn_len = 50; });
     add("scaling_f16_d128", DType::f16, 128, true, [](auto& p) { p.scaling_seqlen = 37; });
+  }
+  for (int64_t mode : {1, 2}) {
+    for (int64_t dim : {64, 128}) {
+      Case c;
+      c.name = "mode" + std::to_string(mode) + "_v_spread_d" + std::to_string(dim);
+      c.lengths = {300, 5, 0, 260};
+      c.head_dim = dim;
+      c.params = make_params(300, dim, mode);
+      c.backward = false;
+      c.v_spread = true;
+      out.push_back(c);
+    }
   }
   for (int64_t mode : {1, 2}) {
     Case c;
