@@ -19,52 +19,13 @@
 #include "cpu/hstu/attention.h"
 #include "seqmix/device.h"
 #include "seqmix/hstu.h"
-
-namespace {
+#include "hstu_bench_util.h"
 
 using namespace seqmix;
-
-double attended_pairs(const HstuAttentionParams& p, const std::vector<int64_t>& lengths,
-                      const std::vector<int64_t>& targets) {
-  double pairs = 0.0;
-  for (size_t b = 0; b < lengths.size(); ++b) {
-    const cpu::HstuMask mask(p, lengths[b], targets[b]);
-    for (int64_t i = 0; i < lengths[b]; ++i) {
-      int64_t begin[2], end[2];
-      bool exact = false;
-      const int count = mask.column_ranges(i, begin, end, exact);
-      for (int r = 0; r < count; ++r) {
-        if (exact) {
-          pairs += static_cast<double>(std::max<int64_t>(end[r] - begin[r], 0));
-          continue;
-        }
-        for (int64_t j = begin[r]; j < end[r]; ++j) pairs += mask.allowed(i, j) ? 1.0 : 0.0;
-      }
-    }
-  }
-  return pairs;
-}
-
-double time_ms(const std::function<void()>& fn, int iterations) {
-  fn();
-  cuda_synchronize();
-  const auto start = std::chrono::steady_clock::now();
-  for (int i = 0; i < iterations; ++i) fn();
-  cuda_synchronize();
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() / iterations;
-}
-
-HostTensor filled(DType dtype, std::vector<int64_t> sizes, uint64_t seed) {
-  HostTensor t(DType::f32, std::move(sizes));
-  uint64_t state = seed * 0x9E3779B97F4A7C15ULL + 1;
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    state = state * 6364136223846793005ULL + 1442695040888963407ULL;
-    t.set(i, (static_cast<double>(state >> 11) / 9007199254740992.0 - 0.5) * 3.4);  // unit variance
-  }
-  return t.to(dtype);
-}
-
-}  // namespace
+using seqmix::bench::attended_pairs;
+using seqmix::bench::filled;
+using seqmix::bench::time_ms;
+using seqmix::bench::write_json;
 
 int main(int argc, char** argv) {
   if (!cuda_available()) {
@@ -158,12 +119,6 @@ int main(int argc, char** argv) {
     }
   }
   json += "\n]\n";
-  if (argc > 1) {
-    FILE* f = std::fopen(argv[1], "w");
-    if (f) {
-      std::fputs(json.c_str(), f);
-      std::fclose(f);
-    }
-  }
+  write_json(argc, argv, json);
   return 0;
 }
