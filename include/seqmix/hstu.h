@@ -71,11 +71,12 @@ struct HstuAttentionParams {
 // hstu_fp8_fake_quantize of each operand copy, so it is the definition the kernels are tested
 // against. CUDA: sm_90 only (any other GPU raises seqmix::Error, never a bf16 fallback); the
 // quantized copies and their descales live in stream-ordered scratch (cudaMallocAsync /
-// cudaFreeAsync on `stream`, hstu_attention_fp8_workspace_bytes). Forward: q k^T on the fp8
-// tensor cores with the descales applied to the f32 scores; P and the dequantized v in the
-// inputs' 16-bit dtype for P v. Backward: the dequantized copies (16-bit) through the 16-bit
-// backward kernels; quant_mode 1 (whose products read different copies of one tensor) is not
-// implemented on CUDA yet.
+// cudaFreeAsync on `stream`, hstu_attention_fp8_workspace_bytes). Forward: q k^T and P v on
+// the fp8 tensor cores, the descales applied to the f32 scores and the f32 results; P is rounded
+// to e4m3 under a power-of-two scale per query row that follows its running maximum (which the
+// CPU emulation does not do: a few percent of max |out| more error, hstu_fp8_cuda_test.cpp). Backward:
+// the dequantized copies (16-bit) through the 16-bit backward kernels; quant_mode 1 (whose
+// products read different copies of one tensor) is not implemented on CUDA yet.
 
 // out [L, H, Dv] in the dtype of q. num_targets [B] (int32/int64) or nullptr (no targets).
 void hstu_attention_fwd(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,

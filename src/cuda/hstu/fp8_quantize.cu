@@ -1,9 +1,10 @@
 // fbgemm HSTU's FP8 quantizers on the GPU, bit-for-bit the CPU reference (src/cpu/hstu/fp8.cpp,
 // whose comment lists the roundings). Three stream-ordered passes, no host sync:
-//   1. amax per group: each thread folds |x| of 64 tokens x 8 dims of one head and flushes an
-//      atomicMax on the f32 bits (|x| bits order like the values, NaN above inf, so NaN wins as
-//      torch.amax) whenever its group changes; mode 1 rows (one group per token and head) fold
-//      a whole row in one thread and skip the atomics.
+//   1. amax per group: each thread folds |x| of 64 tokens x 8 dims of one head; whenever its
+//      group changes the warp reduces the lanes of each group and flushes one atomicMax per group
+//      on the f32 bits (|x| bits order like the values, NaN above inf, so NaN wins as
+//      torch.amax); mode 1 rows (one group per token and head) fold a whole row in one warp and
+//      skip the atomics.
 //   2. descale = max(amax * fl32(1/448) [rounded to x's dtype in modes 1-transposed, 3, 4, 5], 1e-6),
 //      in place over the amax bits.
 //   3. x_fp8 = e4m3(x / descale) per element (mode 4 with 16-bit x divides in x's dtype).
@@ -141,50 +142,80 @@ __global__ void block_offsets_kernel(Jagged j, int block_size, int64_t* out, voi
   }
 }
 
+// One atomicMax per distinct group of a warp instead of one per thread: the lanes with `take`
+// set fold their m into their group's warp maximum (max is order-independent, so the result is
+// bit-for-bit that of per-thread atomics). Loops once per distinct group among the taking lanes:
+// once in modes 3 .. 5 (all lanes on one sequence), a few where a warp spans heads or blocks.
+// Every lane of the warp must call it. Per-dim groups (mode 1 transposed) differ between the
+// lanes of a warp (one 8-dim chunk each), so they keep one atomic per element.
+__device__ __forceinline__ void flush_amax(unsigned* amax, bool per_dim, bool take, int64_t group,
+                                           const unsigned (&m)[kVector]) {
+  if (per_dim) {
+    if (take) {
+#pragma unroll
+      for (int e = 0; e < kVector; ++e) atomicMax(amax + group + e, m[e]);
+    }
+    return;
+  }
+  const int lane = threadIdx.x % 32;
+  unsigned pending = __ballot_sync(0xffffffffu, take);
+  while (pending) {
+    const int leader = __ffs(pending) - 1;
+    const int64_t leader_group = __shfl_sync(0xffffffffu, group, leader);
+    const bool mine = take && group == leader_group;
+    const unsigned folded = __reduce_max_sync(0xffffffffu, mine ? m[0] : 0u);
+    if (lane == leader) atomicMax(amax + leader_group, folded);
+    pending &= ~__ballot_sync(0xffffffffu, mine);
+  }
+}
+
+// Each thread folds |x| of kAmaxTokens tokens x 8 dims of one head. The token loop runs the same
+// number of steps in every lane (lanes past their range idle) so that the group changes are
+// flushed warp-collectively (flush_amax).
 template <class T>
 __global__ void __launch_bounds__(kThreads) amax_kernel(Strided x, Jagged j, Scheme s, unsigned* amax) {
   const int chunks = s.dim / kVector;
   const int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t row_chunks = static_cast<int64_t>(s.heads) * chunks;
   const int64_t t0 = id / row_chunks * kAmaxTokens;
-  if (t0 >= s.tokens) return;
+  // No early return: every lane takes part in the collective flushes.
+  const bool valid = t0 < s.tokens;
   const int h = static_cast<int>(id % row_chunks / chunks);
   const int d0 = static_cast<int>(id % chunks) * kVector;
-  const int64_t t1 = min(t0 + kAmaxTokens, s.tokens);
+  const int64_t t1 = valid ? min(t0 + kAmaxTokens, s.tokens) : t0;
   const bool per_dim = s.per_dim();
-  int64_t b = j.sequence_of(t0);
+  int64_t b = valid ? j.sequence_of(t0) : 0;
   int64_t group = -1;
   unsigned m[kVector] = {};
-  auto flush = [&] {
-    if (group < 0) return;
-    if (per_dim) {
-#pragma unroll
-      for (int e = 0; e < kVector; ++e) atomicMax(amax + group + e, m[e]);
-    } else {
-      atomicMax(amax + group, m[0]);
+  for (int step = 0; step < kAmaxTokens; ++step) {
+    const int64_t t = t0 + step;
+    const bool active = t < t1;
+    int64_t g = group;
+    if (active) {
+      while (j.at(b + 1) <= t) ++b;
+      g = s.group(b, t, t - j.at(b), h, d0);
     }
-  };
-  for (int64_t t = t0; t < t1; ++t) {
-    while (j.at(b + 1) <= t) ++b;
-    const int64_t g = s.group(b, t, t - j.at(b), h, d0);
-    if (g != group) {
-      flush();
+    const bool change = active && g != group;
+    if (__any_sync(0xffffffffu, change)) flush_amax(amax, per_dim, change && group >= 0, group, m);
+    if (change) {
       group = g;
 #pragma unroll
       for (int e = 0; e < kVector; ++e) m[e] = 0;
     }
-    float v[kVector];
-    load8<T>(v, x, t, h, d0);
+    if (active) {
+      float v[kVector];
+      load8<T>(v, x, t, h, d0);
 #pragma unroll
-    for (int e = 0; e < kVector; ++e) {
-      const unsigned bits = __float_as_uint(fabsf(v[e]));
-      if (per_dim)
-        m[e] = max(m[e], bits);
-      else
-        m[0] = max(m[0], bits);
+      for (int e = 0; e < kVector; ++e) {
+        const unsigned bits = __float_as_uint(fabsf(v[e]));
+        if (per_dim)
+          m[e] = max(m[e], bits);
+        else
+          m[0] = max(m[0], bits);
+      }
     }
   }
-  flush();
+  flush_amax(amax, per_dim, group >= 0, group, m);
 }
 
 template <class T>
