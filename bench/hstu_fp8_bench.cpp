@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
               },
               10);
         }
-        const double bwd_ms = mode == 1 ? 0.0 : time_ms(bwd, 3);
+        const double bwd_ms = time_ms(bwd, 3);
         if (mode == -1) bf16_ms = fwd_ms;
         const double tflops = 4.0 * dim * pairs / (fwd_ms * 1e9);
         std::printf("%-8lld %3lld %8lld %5lld %10.3f %10.1f %8.2fx %9.3f %8.3f\n", static_cast<long long>(max_len),

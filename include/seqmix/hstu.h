@@ -75,8 +75,9 @@ struct HstuAttentionParams {
 // the fp8 tensor cores, the descales applied to the f32 scores and the f32 results; P is rounded
 // to e4m3 under a power-of-two scale per query row that follows its running maximum (which the
 // CPU emulation does not do: a few percent of max |out| more error, hstu_fp8_cuda_test.cpp). Backward:
-// the dequantized copies (16-bit) through the 16-bit backward kernels; quant_mode 1 (whose
-// products read different copies of one tensor) is not implemented on CUDA yet.
+// the dequantized copies (16-bit) through the 16-bit backward kernels; in quant_mode 1 the
+// gradient products read the transposed copies of k, q, dout (hstu_fp8.h), which those kernels
+// load next to the row copies.
 
 // out [L, H, Dv] in the dtype of q. num_targets [B] (int32/int64) or nullptr (no targets).
 void hstu_attention_fwd(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,

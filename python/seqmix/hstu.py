@@ -30,8 +30,8 @@ def hstu_attention(
     sla_k1 / sla_k2 > 0 select TorchEasyRec's semi-local mask (local window, global prefix).
     quant_mode 0..5 is FP8 attention as fbgemm_gpu's `hstu_attn_varlen_func(..., quant_mode=)`: q, k, v
     (bf16/f16) are quantized to e4m3 inside with that mode's scale granularity (include/seqmix/hstu_fp8.h);
-    the gradients are those of the unquantized inputs. CUDA: sm_90 only (mode 1 forward only); CPU: the
-    emulation (fp64 reference on the fake-quantized operands). -1: no quantization."""
+    the gradients are those of the unquantized inputs. CUDA: sm_90 only; CPU: the emulation (fp64
+    reference on the fake-quantized operands). -1: no quantization."""
     return torch.ops.seqmix.hstu_attention(
         q, k, v, seq_offsets, max_seq_len, alpha, num_targets, causal, contextual_seq_len,
         max_attn_len, min_full_attn_seq_len, scaling_seqlen, sla_k1, sla_k2, quant_mode,

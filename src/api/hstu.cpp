@@ -78,19 +78,13 @@ void check_cuda_layout(const char* op, const HstuAttentionParams& params, const 
 }
 
 // The CUDA FP8 kernels: Hopper only (the e4m3 MMAs exist from sm_89, but only sm_90 is built and
-// tested), and a backward for the modes whose products read one copy per tensor.
+// tested).
 #ifdef SEQMIX_WITH_CUDA
-void check_cuda_fp8(const char* op, const HstuAttentionParams& params, const TensorView& q, bool backward) {
+void check_cuda_fp8(const char* op, const HstuAttentionParams& params, const TensorView& q) {
   const int capability = cuda::compute_capability(q.device.index);
   SEQMIX_CHECK(capability == 90, op, ": quant_mode = ", params.quant_mode,
                ": CUDA FP8 attention runs on sm_90 (Hopper) GPUs only, ", device_name(q.device), " is sm_", capability,
                "; use quant_mode = -1 there, or CPU tensors for the FP8 emulation");
-  if (backward && params.quant_mode == 1) {
-    SEQMIX_NOT_IMPLEMENTED(op,
-                           ": quant_mode = 1: the CUDA FP8 backward of the two-direction mode (whose products "
-                           "read row and transposed copies of one tensor) has no kernel yet; quant_mode 0, 2..5 "
-                           "and CPU tensors work");
-  }
 }
 #endif
 
@@ -173,7 +167,7 @@ void hstu_attention_fwd(const HstuAttentionParams& params, const TensorView& q, 
       check_inputs("hstu_attention_fwd", params, q, k, v, seq_offsets, num_targets, {}, {{&out, "out"}});
 #ifdef SEQMIX_WITH_CUDA
   if (q.device.type == DeviceType::cuda) {
-    if (params.quant_mode >= 0) check_cuda_fp8("hstu_attention_fwd", params, q, false);
+    if (params.quant_mode >= 0) check_cuda_fp8("hstu_attention_fwd", params, q);
     if (params.quant_mode >= 0)
       return cuda::hstu_attention_fp8_fwd(params, q, k, v, seq_offsets, num_targets, out, stream);
     return cuda::hstu_attention_fwd(params, q, k, v, seq_offsets, num_targets, out, stream);
@@ -194,7 +188,7 @@ void hstu_attention_bwd(const HstuAttentionParams& params, const TensorView& q, 
 #ifdef SEQMIX_WITH_CUDA
   if (q.device.type == DeviceType::cuda) {
     if (params.quant_mode >= 0) {
-      check_cuda_fp8("hstu_attention_bwd", params, q, true);
+      check_cuda_fp8("hstu_attention_bwd", params, q);
       return cuda::hstu_attention_fp8_bwd(params, q, k, v, seq_offsets, num_targets, dout, dq, dk, dv, stream);
     }
     return cuda::hstu_attention_bwd(params, q, k, v, seq_offsets, num_targets, dout, dq, dk, dv, stream);

@@ -22,4 +22,17 @@ void hstu_attention_bwd(const HstuAttentionParams& params, const TensorView& q, 
                         const TensorView& dout, const TensorView& dq, const TensorView& dk, const TensorView& dv,
                         Stream stream);
 
+// Other tensors (shapes and layout of k, q, dout) for the gradient products than S = q k^T and
+// dP = dout v^T read: dq = dS k_dq, dk = dS^T q_dk, dv = P^T dout_dv. The FP8 mode-1 backward's
+// transposed copies (hstu_fp8.h); those kernel instances load one more tile per product.
+struct HstuGradientOperands {
+  const TensorView& k_dq;
+  const TensorView& q_dk;
+  const TensorView& dout_dv;
+};
+void hstu_attention_bwd(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
+                        const TensorView& v, const TensorView& seq_offsets, const TensorView* num_targets,
+                        const TensorView& dout, const HstuGradientOperands& gradient_operands, const TensorView& dq,
+                        const TensorView& dk, const TensorView& dv, Stream stream);
+
 }  // namespace seqmix::cuda

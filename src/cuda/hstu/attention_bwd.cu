@@ -21,6 +21,9 @@
 //   S = Q K^T, dP = dO V^T -> dS -> dQ += dS K.
 // Both passes build a tile's mask bits before its MMAs, read the rule from shared memory, and run
 // heaviest blocks first (causal: key tile 0 and the last query tile of the longest sequence).
+// Split instances (the FP8 mode-1 backward, whose gradient products read other copies of k, q and
+// dO than S and dP) load those copies as extra tiles of each stage: Q and dO for dK and dV in
+// pass 1 (four query tiles per stage), K for dQ in pass 2 (three key tiles).
 #include "cuda/common/cuda_check.h"
 #include "cuda/hstu/attention.h"
 #include "cuda/hstu/attention_tile.cuh"
@@ -44,19 +47,32 @@ __device__ __forceinline__ SiluGrad silu_grad(float x, float dp) {
 constexpr int kQuerySubTiles = 2;
 constexpr int kQueryStepRows = kQuerySubTiles * kBwdQueryRows;
 
-template <int D>
-constexpr size_t dkdv_smem_elements() {
-  return static_cast<size_t>(2 * kTileRows + 2 * 2 * kQueryStepRows) * SmemRow<D>::kStride;
+// SPLIT (the FP8 mode-1 backward, see the top): the gradient products read Args::k_dq, q_dk,
+// dout_dv; instances without it are the plain 16-bit kernels, whose code it leaves as it was.
+// Query tiles per stage of the dk-dv pass: Q and dO, then (SPLIT) Q for dK and dO for dV.
+template <bool SPLIT>
+constexpr int dkdv_stage_tiles() {
+  return SPLIT ? 4 : 2;
 }
 
-template <class T, int D>
+// Plain: 384 rows (D = 128: 102 KB, two blocks per SM). SPLIT: 640 rows; at D = 128 that is
+// 170 KB, so one block (4 warps) per SM: a cost of mode 1, not measured. Steps of one 32-row
+// sub-tile would fit two blocks but leave the SLA helpers idle (they take sub-tile 1).
+template <int D, bool SPLIT>
+constexpr size_t dkdv_smem_elements() {
+  return static_cast<size_t>(2 * kTileRows + 2 * dkdv_stage_tiles<SPLIT>() * kQueryStepRows) * SmemRow<D>::kStride;
+}
+
+template <class T, int D, bool SPLIT>
 __global__ void __launch_bounds__(kThreads, 1) attention_bwd_dkdv_kernel(const Args a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int kKeyTile = kTileRows * SmemRow<D>::kStride;
   constexpr int kQueryTile = kQueryStepRows * SmemRow<D>::kStride;
+  constexpr int kStageTiles = dkdv_stage_tiles<SPLIT>();
   T* const sk = reinterpret_cast<T*>(smem_raw);
   T* const sv = sk + kKeyTile;
-  T* const sqdo = sv + kKeyTile;  // stage s: Q at sqdo + 2 s kQueryTile, dO right after it
+  // Stage s at sqdo + kStageTiles s kQueryTile: Q, dO, then (SPLIT) Q for dK, dO for dV.
+  T* const sqdo = sv + kKeyTile;
 
   int head;
   const Sequence s = sequence_longest_first(a, /*reverse_tiles=*/false, head);  // causal: key tile 0 sees every row
@@ -173,9 +189,14 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_dkdv_kernel(const A
     return steps;
   };
   auto load_qdo = [&](int64_t t, int stage) {
-    load_tile_async<kQueryStepRows, D>(sqdo + 2 * stage * kQueryTile, a.q, s.start, head, t * kQueryStepRows, s.length);
-    load_tile_async<kQueryStepRows, D>(sqdo + (2 * stage + 1) * kQueryTile, a.out_or_dout, s.start, head,
-                                       t * kQueryStepRows, s.length);
+    T* const tiles = sqdo + kStageTiles * stage * kQueryTile;
+    load_tile_async<kQueryStepRows, D>(tiles, a.q, s.start, head, t * kQueryStepRows, s.length);
+    load_tile_async<kQueryStepRows, D>(tiles + kQueryTile, a.out_or_dout, s.start, head, t * kQueryStepRows, s.length);
+    if constexpr (SPLIT) {
+      load_tile_async<kQueryStepRows, D>(tiles + 2 * kQueryTile, a.q_dk, s.start, head, t * kQueryStepRows, s.length);
+      load_tile_async<kQueryStepRows, D>(tiles + 3 * kQueryTile, a.dout_dv, s.start, head, t * kQueryStepRows,
+                                         s.length);
+    }
   };
 
   float dk[1][D / 8][4], dv[1][D / 8][4];
@@ -217,8 +238,10 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_dkdv_kernel(const A
     for (int u = 0; u < kQuerySubTiles; ++u) {
       if (!(active >> u & 1u)) continue;
       const bool sub_full = full >> u & 1u;
-      const T* sq = sqdo + 2 * stage * kQueryTile + u * kBwdQueryRows * SmemRow<D>::kStride;
+      const T* sq = sqdo + kStageTiles * stage * kQueryTile + u * kBwdQueryRows * SmemRow<D>::kStride;
       const T* sdo = sq + kQueryTile;
+      const T* sq_dk = SPLIT ? sq + 2 * kQueryTile : sq;
+      const T* sdo_dv = SPLIT ? sq + 3 * kQueryTile : sdo;
       const int64_t i0 = static_cast<int64_t>(t) * kQueryStepRows + u * kBwdQueryRows;
       const uint32_t allowed = sub_full ? ~0u : mask_bits<kBwdQueryRows, true>(shared_rule, j0 + key_warp * 16, i0);
       float st[1][kBwdQueryRows / 8][4], dpt[1][kBwdQueryRows / 8][4];
@@ -234,8 +257,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_dkdv_kernel(const A
           dpt[0][n][e] = keep ? g.ds : 0.0f;
         }
       }
-      gemm_ab_acc<D, kBwdQueryRows, 1, T>(dv, st, sdo);
-      gemm_ab_acc<D, kBwdQueryRows, 1, T>(dk, dpt, sq);
+      gemm_ab_acc<D, kBwdQueryRows, 1, T>(dv, st, sdo_dv);
+      gemm_ab_acc<D, kBwdQueryRows, 1, T>(dk, dpt, sq_dk);
     }
     t = t_next;
     run = run_next;
@@ -249,7 +272,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_dkdv_kernel(const A
     // a helper holds the same accumulator elements as lane l of its partner.
     float* const exchange = reinterpret_cast<float*>(sqdo);
     constexpr int kElements = D / 2;  // per accumulator and thread
-    static_assert(2 * 2 * kElements * 32 * sizeof(float) <= 4 * kQueryTile * sizeof(T));
+    static_assert(2 * 2 * kElements * 32 * sizeof(float) <= 2 * kStageTiles * kQueryTile * sizeof(T));
     const int lane = threadIdx.x % 32;
     __syncthreads();
     if (role == 2 && zone_reached) {
@@ -281,19 +304,27 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_dkdv_kernel(const A
 
 constexpr int kKvStages = 2;
 
-template <int D, int KEY_ROWS>
-constexpr size_t dq_smem_elements() {
-  return static_cast<size_t>(2 * kTileRows + 2 * kKvStages * KEY_ROWS) * SmemRow<D>::kStride;
+// Key tiles per stage of the dq pass: K and V, then (SPLIT) K for dQ.
+template <bool SPLIT>
+constexpr int dq_stage_tiles() {
+  return SPLIT ? 3 : 2;
 }
 
-template <class T, int D, int KEY_ROWS, int MIN_BLOCKS>
+template <int D, int KEY_ROWS, bool SPLIT>
+constexpr size_t dq_smem_elements() {
+  return static_cast<size_t>(2 * kTileRows + dq_stage_tiles<SPLIT>() * kKvStages * KEY_ROWS) * SmemRow<D>::kStride;
+}
+
+template <class T, int D, int KEY_ROWS, int MIN_BLOCKS, bool SPLIT>
 __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) attention_bwd_dq_kernel(const Args a) {
   constexpr int kKeyRows = KEY_ROWS;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int kTile = kKeyRows * SmemRow<D>::kStride;
+  constexpr int kStageTiles = dq_stage_tiles<SPLIT>();
   T* const sq = reinterpret_cast<T*>(smem_raw);
   T* const sdo = sq + kTileRows * SmemRow<D>::kStride;
-  T* const skv = sdo + kTileRows * SmemRow<D>::kStride;  // stage s: K at skv + 2 s kTile, V right after it
+  // Stage s at skv + kStageTiles s kTile: K, V, then (SPLIT) K for dQ.
+  T* const skv = sdo + kTileRows * SmemRow<D>::kStride;
 
   int head;
   const Sequence s = sequence_longest_first(a, /*reverse_tiles=*/true, head);
@@ -319,8 +350,10 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) attention_bwd_dq_kernel(
     return j_end;
   };
   auto load_kv = [&](int j0, int stage) {
-    load_tile_async<kKeyRows, D>(skv + 2 * stage * kTile, a.k, s.start, head, j0, s.length);
-    load_tile_async<kKeyRows, D>(skv + (2 * stage + 1) * kTile, a.v, s.start, head, j0, s.length);
+    T* const tiles = skv + kStageTiles * stage * kTile;
+    load_tile_async<kKeyRows, D>(tiles, a.k, s.start, head, j0, s.length);
+    load_tile_async<kKeyRows, D>(tiles + kTile, a.v, s.start, head, j0, s.length);
+    if constexpr (SPLIT) load_tile_async<kKeyRows, D>(tiles + 2 * kTile, a.k_dq, s.start, head, j0, s.length);
   };
 
   // This warp's 16 rows: it skips the MMAs of key tiles they do not touch.
@@ -337,8 +370,9 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) attention_bwd_dq_kernel(
     __syncthreads();
     const int j_next = next_tile(j0 + kKeyRows);
     if (j_next < j_end) load_kv(j_next, stage ^ 1);
-    const T* sk = skv + 2 * stage * kTile;
+    const T* sk = skv + kStageTiles * stage * kTile;
     const T* sv = sk + kTile;
+    const T* sk_dq = SPLIT ? sk + 2 * kTile : sk;
 
     const int j1 = min(j0 + kKeyRows, length);
     if (warp_cols.touches(j0, j1)) {
@@ -355,7 +389,7 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) attention_bwd_dq_kernel(
           dp[0][n][e] = allowed >> (4 * n + e) & 1u ? ds : 0.0f;
         }
       }
-      gemm_ab_acc<D, kKeyRows, 1, T>(dq, dp, sk);
+      gemm_ab_acc<D, kKeyRows, 1, T>(dq, dp, sk_dq);
     }
     j0 = j_next;
   }
@@ -363,12 +397,12 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) attention_bwd_dq_kernel(
   store_rows<D, T>(a.dq, s.start, head, i0 + warp * 16, s.length, dq[0], a.alpha * a.inv_scaling);
 }
 
-template <class T, int D, int DQ_KEY_ROWS, int DQ_MIN_BLOCKS>
+template <class T, int D, int DQ_KEY_ROWS, int DQ_MIN_BLOCKS, bool SPLIT>
 void launch_bwd(Args a, int64_t heads, cudaStream_t stream) {
-  const auto dkdv = attention_bwd_dkdv_kernel<T, D>;
-  const auto dq = attention_bwd_dq_kernel<T, D, DQ_KEY_ROWS, DQ_MIN_BLOCKS>;
-  const size_t dkdv_smem = dkdv_smem_elements<D>() * sizeof(T);
-  const size_t dq_smem = dq_smem_elements<D, DQ_KEY_ROWS>() * sizeof(T);
+  const auto dkdv = attention_bwd_dkdv_kernel<T, D, SPLIT>;
+  const auto dq = attention_bwd_dq_kernel<T, D, DQ_KEY_ROWS, DQ_MIN_BLOCKS, SPLIT>;
+  const size_t dkdv_smem = dkdv_smem_elements<D, SPLIT>() * sizeof(T);
+  const size_t dq_smem = dq_smem_elements<D, DQ_KEY_ROWS, SPLIT>() * sizeof(T);
   SEQMIX_CUDA_CHECK(
       cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dkdv_smem)));
   SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(dq, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dq_smem)));
@@ -381,13 +415,24 @@ void launch_bwd(Args a, int64_t heads, cudaStream_t stream) {
 
 using BwdLauncher = void (*)(Args, int64_t, cudaStream_t);
 
-// The dispatch table: dtype x head dim -> instance (the API has validated the combination).
-BwdLauncher bwd_launcher(DType dtype, int64_t head_dim) {
+// The dispatch table: dtype x head dim x split (the FP8 mode-1 operands) -> instance (the API has
+// validated the combination).
+BwdLauncher bwd_launcher(DType dtype, int64_t head_dim, bool split) {
   const bool bf16 = dtype == DType::bf16;
-  if (head_dim == 64) return bf16 ? launch_bwd<__nv_bfloat16, 64, 64, 1> : launch_bwd<__half, 64, 64, 1>;
+  if (head_dim == 64) {
+    if (split) return bf16 ? launch_bwd<__nv_bfloat16, 64, 64, 1, true> : launch_bwd<__half, 64, 64, 1, true>;
+    return bf16 ? launch_bwd<__nv_bfloat16, 64, 64, 1, false> : launch_bwd<__half, 64, 64, 1, false>;
+  }
   // D = 128: dq over 32-key tiles fits 168 registers and 70 KB of shared memory, three blocks
-  // (12 warps) per SM instead of two: the backward ran 1.01-1.09x faster on the H100.
-  return bf16 ? launch_bwd<__nv_bfloat16, 128, 32, 3> : launch_bwd<__half, 128, 32, 3>;
+  // (12 warps) per SM instead of two: the backward ran 1.01-1.09x faster on the H100. Split, the
+  // third key tile per stage makes it 85 KB: two blocks per SM, so the register cap is theirs.
+  if (split) return bf16 ? launch_bwd<__nv_bfloat16, 128, 32, 2, true> : launch_bwd<__half, 128, 32, 2, true>;
+  return bf16 ? launch_bwd<__nv_bfloat16, 128, 32, 3, false> : launch_bwd<__half, 128, 32, 3, false>;
+}
+
+void run_bwd(hstu::Args& a, const TensorView& q, bool split, Stream stream) {
+  if (a.batch == 0 || q.size(1) == 0) return;
+  bwd_launcher(q.dtype, q.size(2), split)(a, q.size(1), static_cast<cudaStream_t>(stream));
 }
 
 }  // namespace
@@ -402,8 +447,22 @@ void hstu_attention_bwd(const HstuAttentionParams& params, const TensorView& q, 
   a.dq = hstu::operand_of(dq);
   a.dk = hstu::operand_of(dk);
   a.dv = hstu::operand_of(dv);
-  if (a.batch == 0 || q.size(1) == 0) return;
-  hstu::bwd_launcher(q.dtype, q.size(2))(a, q.size(1), static_cast<cudaStream_t>(stream));
+  hstu::run_bwd(a, q, false, stream);
+}
+
+void hstu_attention_bwd(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
+                        const TensorView& v, const TensorView& seq_offsets, const TensorView* num_targets,
+                        const TensorView& dout, const HstuGradientOperands& gradient_operands, const TensorView& dq,
+                        const TensorView& dk, const TensorView& dv, Stream stream) {
+  hstu::Args a = hstu::make_args(params, q, k, v, seq_offsets, num_targets);
+  a.out_or_dout = hstu::operand_of(dout);
+  a.k_dq = hstu::operand_of(gradient_operands.k_dq);
+  a.q_dk = hstu::operand_of(gradient_operands.q_dk);
+  a.dout_dv = hstu::operand_of(gradient_operands.dout_dv);
+  a.dq = hstu::operand_of(dq);
+  a.dk = hstu::operand_of(dk);
+  a.dv = hstu::operand_of(dv);
+  hstu::run_bwd(a, q, true, stream);
 }
 
 }  // namespace seqmix::cuda

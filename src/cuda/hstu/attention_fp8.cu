@@ -2,10 +2,12 @@
 // descales), the quantizers feeding the kernels, and the public quantizer's CUDA path.
 //
 // Forward: q, k, v -> e4m3 copies per the table of hstu_fp8.h -> attention_fp8_fwd.cu.
-// Backward (quant_mode 0, 2..5, where every product reads the same copy of a tensor): q, k, v,
-// dout -> their fp8 copies dequantized to the inputs' 16-bit dtype (fp8 * descale rounded once)
-// -> the 16-bit backward kernels (attention_bwd.cu). The gradients are those of the unquantized
-// inputs (straight-through), as fbgemm's autograd.
+// Backward: q, k, v, dout -> their fp8 copies dequantized to the inputs' 16-bit dtype (fp8 *
+// descale rounded once) -> the 16-bit backward kernels (attention_bwd.cu). Quant_mode 0, 2..5
+// make one copy per tensor, read by every product; quant_mode 1 makes rows of q, k, v, dout for
+// S = q k^T and dP = dout v^T plus transposed copies of k, q, dout for dq = dS k, dk = dS^T q,
+// dv = P^T dout, which the kernels' split instances read. The gradients are those of the
+// unquantized inputs (straight-through), as fbgemm's autograd.
 #include <vector>
 
 #include "cpu/hstu/fp8.h"
@@ -70,6 +72,11 @@ struct Plan {
     add(HstuFp8Operand::k, false);
     add(HstuFp8Operand::v, !backward);  // forward mode 1: P v reads v's transposed copy
     if (backward) add(HstuFp8Operand::dout, false);
+    if (backward && params.quant_mode == 1) {  // the gradient products' copies
+      add(HstuFp8Operand::k, true);
+      add(HstuFp8Operand::q, true);
+      add(HstuFp8Operand::dout, true);
+    }
     offsets64 = bytes;
     bytes += align_up(static_cast<size_t>(batch + 1) * sizeof(int64_t));
     offsets128 = bytes;
@@ -166,16 +173,25 @@ void hstu_attention_fp8_bwd(const HstuAttentionParams& params, const TensorView&
   const Plan plan(params, tokens, batch, heads, dim, true, dtype_size(q.dtype));
   char* base = allocate(plan.bytes, st);
   compute_block_offsets(seq_offsets, plan, base, st);
-  const TensorView* inputs[4] = {&q, &k, &v, &dout};
-  TensorView copies[4];
-  for (int i = 0; i < 4; ++i) {
-    quantize_copy(*inputs[i], seq_offsets, plan.copies[i], base, q.dtype, st, plan);
-    copies[i] = copy_view(*inputs[i], plan.copies[i], base, q.dtype);
+  // Plan order: q, k, v, dout rows, then (mode 1) k, q, dout transposed.
+  std::vector<TensorView> copies;
+  for (const Copy& c : plan.copies) {
+    const TensorView& x = c.operand == HstuFp8Operand::q   ? q
+                          : c.operand == HstuFp8Operand::k ? k
+                          : c.operand == HstuFp8Operand::v ? v
+                                                           : dout;
+    quantize_copy(x, seq_offsets, c, base, q.dtype, st, plan);
+    copies.push_back(copy_view(x, c, base, q.dtype));
   }
   HstuAttentionParams plain = params;
   plain.quant_mode = -1;
-  cuda::hstu_attention_bwd(plain, copies[0], copies[1], copies[2], seq_offsets, num_targets, copies[3], dq, dk, dv,
-                           stream);
+  if (params.quant_mode == 1) {
+    cuda::hstu_attention_bwd(plain, copies[0], copies[1], copies[2], seq_offsets, num_targets, copies[3],
+                             {copies[4], copies[5], copies[6]}, dq, dk, dv, stream);
+  } else {
+    cuda::hstu_attention_bwd(plain, copies[0], copies[1], copies[2], seq_offsets, num_targets, copies[3], dq, dk, dv,
+                             stream);
+  }
   SEQMIX_CUDA_CHECK(cudaFreeAsync(base, st));
 }
 

@@ -31,7 +31,7 @@ void hstu_attention_fp8_fwd(const HstuAttentionParams& params, const TensorView&
                             const TensorView& v, const TensorView& seq_offsets, const TensorView* num_targets,
                             const TensorView& out, Stream stream);
 
-// quant_mode 0, 2..5 (mode 1 is rejected by the API).
+// Every quant mode; mode 1 through the split backward kernels (transposed copies of k, q, dout).
 void hstu_attention_fp8_bwd(const HstuAttentionParams& params, const TensorView& q, const TensorView& k,
                             const TensorView& v, const TensorView& seq_offsets, const TensorView* num_targets,
                             const TensorView& dout, const TensorView& dq, const TensorView& dk, const TensorView& dv,

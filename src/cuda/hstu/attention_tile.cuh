@@ -53,6 +53,11 @@ struct Args {
   int tiles_per_sequence;  // grid.x = batch * tiles_per_sequence (set by grid_of)
   int heads;               // set by grid_longest_first, as is
   int64_t blocks;          // batch * tiles_per_sequence * heads (the grid may hold a few more)
+  // The backward's gradient products dq = dS k_dq, dk = dS^T q_dk, dv = P^T dout_dv: the FP8
+  // mode-1 backward feeds them other copies of k, q, dout than S and dP read; only its kernel
+  // instances read them (the others use k, q, out_or_dout). Last, so the other fields keep
+  // their parameter offsets.
+  Operand k_dq, q_dk, dout_dv;
 };
 
 __device__ __forceinline__ int64_t load_index(const void* p, int64_t i, bool i64) {
