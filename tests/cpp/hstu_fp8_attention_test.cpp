@@ -16,7 +16,9 @@
 #include <tuple>
 #include <vector>
 
+#include "common/access.h"
 #include "common/dispatch.h"
+#include "cpu/hstu/attention.h"
 #include "seqmix/hstu.h"
 #include "test_util.h"
 
@@ -136,8 +138,25 @@ TEST_P(HstuFp8Attention, BackwardIsTheReferenceOnFakeQuantizedOperands) {
     EXPECT_EQ(testing::max_abs_diff(got.dv, want.dv), 0.0);
   } else {
     // dv = P^T dout reads P from the row copies of q, k and dout's transposed copy.
-    const Grads want = backward(plain, q_rows, k_rows, v_rows, fake(in.dout, in, 1, true, true, true), in);
+    const HostTensor dout_t = fake(in.dout, in, 1, true, true, true);
+    const Grads want = backward(plain, q_rows, k_rows, v_rows, dout_t, in);
     EXPECT_EQ(testing::max_abs_diff(got.dv, want.dv), 0.0);
+    // dq = dS k and dk = dS^T q read the transposed copies of k and q (the CUDA kernels' split
+    // operands): the reference's per-product operands fed with the public fake-quantized copies.
+    const std::vector<double> qr = access::load(q_rows.view()), kr = access::load(k_rows.view()),
+                              vr = access::load(v_rows.view()),
+                              dor = access::load(fake(in.dout, in, 1, true, true, false).view()),
+                              kt = access::load(fake(in.k, in, 1, true, false, true).view()),
+                              qt = access::load(fake(in.q, in, 1, true, true, true).view()),
+                              dot = access::load(dout_t.view());
+    const cpu::HstuGradients g =
+        cpu::hstu_attention_bwd_values(plain, {in.q.size(1), in.q.size(2), in.v.size(2)}, in.offsets,
+                                       access::load_int(in.num_targets.view()), {qr, kr, dor, vr, kt, qt, dot});
+    HostTensor dq(DType::f64, in.q.sizes()), dk(DType::f64, in.q.sizes());
+    access::store(g.dq, dq.view());
+    access::store(g.dk, dk.view());
+    EXPECT_EQ(testing::max_abs_diff(got.dq, dq), 0.0);
+    EXPECT_EQ(testing::max_abs_diff(got.dk, dk), 0.0);
   }
   const Grads exact = backward(plain, in.q, in.k, in.v, in.dout, in);
   for (const auto& [g, r, name] : {std::tuple{&got.dq, &exact.dq, "dq"}, std::tuple{&got.dk, &exact.dk, "dk"},

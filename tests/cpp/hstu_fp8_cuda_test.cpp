@@ -22,16 +22,24 @@
 // 4100-token case. Tolerance for out: max |cuda - emulation| <= 7e-2 * max |emulation| in both
 // dtypes: the worst simulated 5.0e-2 plus the 16-bit terms (4e-3 bf16 and 5e-4 f16 measured
 // before P was quantized), with a margin of about 1.3x for the seeds and masks not simulated.
-// The backward (modes 0, 2..5) runs the 16-bit backward kernels on the fp8 copies
-// dequantized to 16 bits, so each operand carries one more 16-bit rounding (2^-9 bf16, 2^-11
-// f16) than in hstu_cuda_test: tol = 3e-2 (bf16) and 1e-2 (f16).
+// The backward runs the 16-bit backward kernels on the fp8 copies dequantized to 16 bits, so
+// each operand carries one more 16-bit rounding (2^-9 bf16, 2^-11 f16) than in hstu_cuda_test:
+// tol = 3e-2 (bf16) and 1e-2 (f16); its reference is the CPU emulation itself
+// (cpu::hstu_attention_fp8_bwd). Mode 1 reads the row copies in S and dP and the transposed
+// copies of k, q, dout in dq, dk, dv, which differ from the rows by FP8 rounding only, i.e. by
+// about the tolerance: so its gradients must also lie within half the distance between the
+// emulation and the same backward on row copies only (what reading a wrong copy gives). On the
+// CPU, for the mode-1 cases below: that distance is 3.4e-2 .. 5.0e-2 per gradient (3.0e-2 for dv
+// of the 4100-token case), and the 16-bit rounding of the copies alone (fp64 arithmetic after
+// it) moves the gradients by 2.3e-3 .. 3.4e-3 (bf16) and 3.1e-4 .. 3.6e-4 (f16), next to the
+// 7.4e-3 / 7.8e-4 the kernels reached in the other modes on the H100.
 //
 // Measured on an H100 (scripts/hstu_fp8_device.sh) with P v still in 16 bits (before P was
 // quantized to e4m3; the out figures are to be re-measured), worst case over the mask cases of
 // each mode, max |cuda - emulation| / max |emulation|:
 //   out  bf16: mode 0 3.6e-3, 1 3.9e-3, 2 3.4e-3, 3 3.4e-3, 4 3.1e-3, 5 3.5e-3
 //        f16:  mode 0 5.1e-4, 1 4.1e-4, 2 3.8e-4, 3 3.3e-4, 4 4.2e-4, 5 4.9e-4
-//   dq, dk, dv (modes 0, 2..5): at most 7.4e-3 (bf16) and 7.8e-4 (f16)
+//   dq, dk, dv (modes 0, 2..5): at most 7.4e-3 (bf16) and 7.8e-4 (f16); mode 1 not run on a GPU yet
 // i.e. the bf16 kernels' own rounding; the FP8 quantization itself (emulation vs the unquantized
 // fp64 attention, 4e-2 .. 7e-2 of max |out| and of the gradients) is hstu_fp8_attention_test's.
 #include <gtest/gtest.h>
@@ -42,6 +50,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/hstu/attention.h"
 #include "cuda/hstu/attention_fp8.h"
 #include "seqmix/device.h"
 #include "seqmix/hstu.h"
@@ -239,19 +248,33 @@ void compare_with_emulation(const Case& c) {
   const double tol_bwd = c.dtype == DType::bf16 ? 3e-2 : 1e-2;
   if (c.backward) {
     HostTensor dq64(DType::f64, {total, H, D}), dk64(DType::f64, {total, H, D}), dv64(DType::f64, {total, H, D});
-    hstu_attention_bwd(plain, fake(q, seq, mode, true, true, false).view(),
-                       fake(k, seq, mode, true, false, false).view(), fake(v, seq, mode, true, false, false).view(),
-                       seq.view(), targets_host_ptr, fake(dout, seq, mode, true, true, false).view(), dq64.view(),
-                       dk64.view(), dv64.view());
+    cpu::hstu_attention_fp8_bwd(c.params, q.view(), k.view(), v.view(), offsets,
+                                has_targets ? c.targets : std::vector<int64_t>{}, dout.view(), dq64.view(), dk64.view(),
+                                dv64.view());
     CudaTensor dq(c.dtype, {total, H, D}), dk(c.dtype, {total, H, D}), dv(c.dtype, {total, H, D});
     hstu_attention_bwd(c.params, qg.view(), kg.view(), vg.view(), seq_g.view(), targets_dev_ptr, dog.view(), dq.view(),
                        dk.view(), dv.view());
     cuda_synchronize();
-    e_dq = scaled_error(dq.to_host(), dq64), e_dk = scaled_error(dk.to_host(), dk64),
-    e_dv = scaled_error(dv.to_host(), dv64);
+    const HostTensor dq_got = dq.to_host(), dk_got = dk.to_host(), dv_got = dv.to_host();
+    e_dq = scaled_error(dq_got, dq64), e_dk = scaled_error(dk_got, dk64), e_dv = scaled_error(dv_got, dv64);
     EXPECT_LE(e_dq, tol_bwd) << "dq";
     EXPECT_LE(e_dk, tol_bwd) << "dk";
     EXPECT_LE(e_dv, tol_bwd) << "dv";
+    if (mode == 1) {
+      // Row copies everywhere: the gradients must be nearer the emulation than half its distance to this.
+      HostTensor dq_rows(DType::f64, {total, H, D}), dk_rows(DType::f64, {total, H, D}),
+          dv_rows(DType::f64, {total, H, D});
+      hstu_attention_bwd(plain, fake(q, seq, 1, true, true, false).view(), fake(k, seq, 1, true, false, false).view(),
+                         fake(v, seq, 1, true, false, false).view(), seq.view(), targets_host_ptr,
+                         fake(dout, seq, 1, true, true, false).view(), dq_rows.view(), dk_rows.view(), dv_rows.view());
+      const double d_dq = scaled_error(dq_rows, dq64), d_dk = scaled_error(dk_rows, dk64),
+                   d_dv = scaled_error(dv_rows, dv64);
+      EXPECT_LE(e_dq, 0.5 * d_dq) << "dq: nearer the row-copy backward than the emulation";
+      EXPECT_LE(e_dk, 0.5 * d_dk) << "dk: nearer the row-copy backward than the emulation";
+      EXPECT_LE(e_dv, 0.5 * d_dv) << "dv: nearer the row-copy backward than the emulation";
+      std::printf("[hstu_fp8_cuda] %-36s row copies vs emulation: dq %.2e dk %.2e dv %.2e\n", c.name.c_str(), d_dq,
+                  d_dk, d_dv);
+    }
   }
   std::printf("[hstu_fp8_cuda] %-36s mode %lld %s D=%-3lld err/max|emulation|: out %.2e dq %.2e dk %.2e dv %.2e\n",
               c.name.c_str(), static_cast<long long>(mode), dtype_name(c.dtype), static_cast<long long>(D), e_out, e_dq,
@@ -279,7 +302,6 @@ std::vector<Case> cases() {
       c.dtype = dtype;
       c.head_dim = dim;
       c.params = make_params(210, dim, mode);
-      c.backward = mode != 1;
       set(c.params);
       out.push_back(c);
     };
@@ -307,7 +329,6 @@ std::vector<Case> cases() {
     c.lengths = {4100, 3};
     c.targets = {40, 1};
     c.params = make_params(4100, 128, mode);
-    c.backward = mode != 1;
     out.push_back(c);
   }
   return out;
@@ -346,13 +367,6 @@ TEST(HstuFp8CudaBadInputs, NameTheArgument) {
     expect_error(fwd(p, q.view(), out.view()), {"quant_mode", "sm_90"});
     return;
   }
-  p.quant_mode = 1;
-  expect_error(
-      [&] {
-        hstu_attention_bwd(p, q.view(), q.view(), q.view(), seq.view(), nullptr, q.view(), out.view(), out.view(),
-                           out.view());
-      },
-      {"hstu_attention_bwd", "quant_mode = 1", "not implemented"});
   // The CUDA quantizer: descale dtype and shape, input dtype.
   HstuFp8Params qp;
   qp.quant_mode = 3;
