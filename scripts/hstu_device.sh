@@ -34,7 +34,7 @@ if [ "${TESTS:-1}" = 1 ]; then
   grep -E "^\[==========\]|^\[  PASSED  \]|^\[  FAILED  \]|^\[  SKIPPED \]" "$OUT/hstu_cuda_test.log" | tee -a "$OUT/summary.txt"
   grep -E "Failure|Expected|Which is|which is" "$OUT/hstu_cuda_test.log" | head -30 | tee -a "$OUT/summary.txt"
   # The worst scaled error per tensor over all cases.
-  grep -E "^\[hstu_cuda\]" "$OUT/hstu_cuda_test.log" | awk '{for (i = 1; i <= NF; ++i) if ($i ~ /^(out|dq|dk|dv)$/) {
+  grep -E "^\[hstu_cuda\]" "$OUT/hstu_cuda_test.log" | awk '{for (i = 1; i <= NF; ++i) if ($i ~ /^(row_)?(out|dq|dk|dv)$/) {
       v = $(i + 1) + 0; if (v > m[$i]) { m[$i] = v; c[$i] = $2 " " $3 } } }
     END { for (t in m) printf "max %s err/max|ref| %.3e (%s)\n", t, m[t], c[t] }' | tee -a "$OUT/summary.txt"
   timeout 60 ./build-cuda/hstu_attention_test > "$OUT/hstu_attention_test.log" 2>&1
@@ -49,6 +49,15 @@ if [ "${SANITIZE:-1}" = 1 ]; then
     > "$OUT/memcheck.log" 2>&1
   log "memcheck rc=$? ($(( $(date +%s) - t0 )) s)"
   grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | head -5 | tee -a "$OUT/summary.txt"
+  # memcheck sees no shared-memory races or barrier misuse: racecheck and synccheck on the cases whose
+  # blocks hand partial dK / dV over through shared memory (SLA, 200- and 130-token sequences).
+  for tool in racecheck synccheck; do
+    extra=""; [ $tool = racecheck ] && extra="--racecheck-report hazard"
+    timeout 90 compute-sanitizer --tool $tool $extra ./build-cuda/hstu_cuda_test \
+      --gtest_filter='Masks/*/sla_bf16_d128:Masks/*sla_targets_f16*' > "$OUT/$tool.log" 2>&1
+    log "$tool rc=$? ($(( $(date +%s) - t0 )) s): $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$tool.log" | head -2 | tr '\n' ' ')"
+    cat "$OUT/$tool.log" >> "$OUT/memcheck.log"; rm "$OUT/$tool.log"
+  done
 fi
 if [ "${BENCH:-1}" = 1 ]; then
   # One process per implementation and mode (a crash loses one column): ours (fwd and fwd+bwd),
