@@ -45,5 +45,13 @@ if [ "${SANITIZE:-1}" = 1 ]; then
     > "$OUT/memcheck.log" 2>&1
   log "memcheck rc=$? ($(( $(date +%s) - t0 )) s)"
   grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | head -5 | tee -a "$OUT/summary.txt"
+  # Shared-memory hazards (the transposed V8 tile, the shared descales) and barrier use.
+  for tool in racecheck synccheck; do
+    extra=""; [ $tool = racecheck ] && extra="--racecheck-report hazard"
+    timeout 60 compute-sanitizer --tool $tool $extra ./build-cuda/hstu_fp8_cuda_test \
+      --gtest_filter='Masks/*mode1_targets_contextual*:Masks/*mode2_sla*' > "$OUT/$tool.log" 2>&1
+    log "$tool rc=$? ($(( $(date +%s) - t0 )) s): $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$tool.log" | head -2 | tr '\n' ' ')"
+    cat "$OUT/$tool.log" >> "$OUT/memcheck.log"; rm "$OUT/$tool.log"
+  done
 fi
 log "total $(( $(date +%s) - t0 )) s"

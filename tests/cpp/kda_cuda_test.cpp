@@ -8,15 +8,18 @@
 //     rms ~ 2^-9 / sqrt(3) ~ 1.1e-3 and max up to 2^-8 ~ 3.9e-3 of an element; fp32 accumulation over
 //     64-token chunks and (for gradients) long reverse sweeps adds less than that. FLA's own bf16
 //     tests accept 5e-3..1e-2 against its naive reference.
-//   fp32 states (final state, dh0) and fp32 parameter gradients (dA_log, ddt_bias): rms 1e-3, max 5e-3
-//     (fp32 arithmetic only, no output rounding; dA_log / ddt_bias sum over every token).
+//   fp32 states (final state, dh0): rms 1e-3, max 5e-3 (fp32 arithmetic only, no output rounding).
+//   fp32 parameter gradients dA_log, ddt_bias: the same numbers, but relative to the sum of the
+//     magnitudes of the terms they add up (gate_param_scales), not to their value: each is one sum over
+//     every token (and channel) of terms that can nearly cancel, so its relative error is unbounded even
+//     when every term is within tolerance.
 //   f32 inputs: rms 1e-4, max 1e-3 everywhere (fp32 arithmetic against fp64).
 // The forward multiplies in TF32 for bf16 / f16 inputs (10-bit operands; measured on the H100: final
 // state rms <= 4.3e-4, outputs at the bf16 rounding floor ~1.7e-3) and in 3xTF32 for f32 inputs
 // (rms <= 1e-6), so the tolerances above are unchanged. The backward does the same (one TF32 pass for
 // bf16 / f16, 3xTF32 for f32); an fp64 emulation of TF32 operand rounding in every product gives every
 // gradient ~4e-4 rms, but dA_log (one sum over all tokens per head, which can nearly cancel) up to
-// ~5e-3 relative on some short random cases: the dA_log check is the one to watch.
+// ~5e-3 relative to its value on some short random cases, hence the term-magnitude scale above.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -145,6 +148,57 @@ void expect_close(const std::string& what, const HostTensor& got, const HostTens
   EXPECT_TRUE(std::isfinite(rms)) << what;
 }
 
+// error / scale per element (max) and ||error|| / ||scale|| (rms), for sums whose terms can cancel.
+void expect_close_scaled(const std::string& what, const HostTensor& got, const HostTensor& ref,
+                         const std::vector<double>& scale, Tolerance tol) {
+  ASSERT_EQ(got.numel(), ref.numel()) << what;
+  ASSERT_EQ(static_cast<size_t>(ref.numel()), scale.size()) << what;
+  const std::vector<double> a = got.to_f64(), b = ref.to_f64();
+  double num = 0.0, den = 0.0, mx = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double e = std::abs(a[i] - b[i]);
+    num += e * e;
+    den += scale[i] * scale[i];
+    mx = std::max(mx, scale[i] > 0.0 ? e / scale[i] : e);
+  }
+  const double rms = den > 0.0 ? std::sqrt(num / den) : std::sqrt(num);
+  std::printf("[kda_cuda] %-52s rms %.3e  max %.3e (of the terms' magnitude; %.3e of the value)\n", what.c_str(),
+              rms, mx, rms_ratio(got, ref));
+  EXPECT_LE(rms, tol.rms) << what;
+  EXPECT_LE(mx, tol.max) << what;
+  EXPECT_TRUE(std::isfinite(rms)) << what;
+}
+
+// dA_log[hv] = sum_{t,k} dg[t,hv,k] r[t,hv,k] with r = (d gate / d A_log) / (d gate / d g): softplus(x) /
+// sigmoid(x) in the softplus form, x in the lower_bound form (x = g + dt_bias); ddt_bias[hv,k] =
+// sum_t dg[t,hv,k] (g and dt_bias enter as their sum). The scales are the sums of the terms' magnitudes,
+// from the reference's dg (the gradient with respect to the raw g).
+struct GateScales {
+  std::vector<double> A_log, dt_bias;
+};
+GateScales gate_param_scales(const Case& c, const Inputs& in, const HostTensor& dg_ref) {
+  const std::vector<double> g = in.g.to_f64(), dg = dg_ref.to_f64();
+  const std::vector<double> bias = c.dt_bias ? in.dt_bias.to_f64() : std::vector<double>(c.HV * c.K, 0.0);
+  GateScales s{std::vector<double>(c.HV, 0.0), std::vector<double>(c.HV * c.K, 0.0)};
+  const int64_t rows = c.B * c.T;
+  for (int64_t t = 0; t < rows; ++t) {
+    for (int64_t hv = 0; hv < c.HV; ++hv) {
+      for (int64_t d = 0; d < c.K; ++d) {
+        const int64_t i = (t * c.HV + hv) * c.K + d;
+        const double x = g[i] + bias[hv * c.K + d];
+        double r = x;
+        if (c.gate == Gate::softplus) {  // softplus(x) / sigmoid(x), with torch's threshold at 20
+          const double sp = x > 20.0 ? x : std::log1p(std::exp(x));
+          r = sp * (1.0 + std::exp(-x));
+        }
+        s.A_log[hv] += std::abs(dg[i] * r);
+        s.dt_bias[hv * c.K + d] += std::abs(dg[i]);
+      }
+    }
+  }
+  return s;
+}
+
 struct DeviceInputs {
   CudaTensor q, k, v, g, beta, A_log, dt_bias, h0, cu;
 };
@@ -265,8 +319,11 @@ void check_case(const Case& c, uint64_t seed) {
   expect_close(c.name + " dg", got.dg, ref.dg, lo);
   expect_close(c.name + " dbeta", got.dbeta, ref.dbeta, lo);
   if (c.h0) expect_close(c.name + " dh0", got.dh0, ref.dh0, st);
-  if (c.A_log) expect_close(c.name + " dA_log", got.dA_log, ref.dA_log, st);
-  if (c.dt_bias) expect_close(c.name + " ddt_bias", got.ddt_bias, ref.ddt_bias, st);
+  if (c.A_log || c.dt_bias) {
+    const GateScales scales = gate_param_scales(c, in, ref.dg);
+    if (c.A_log) expect_close_scaled(c.name + " dA_log", got.dA_log, ref.dA_log, scales.A_log, st);
+    if (c.dt_bias) expect_close_scaled(c.name + " ddt_bias", got.ddt_bias, ref.ddt_bias, scales.dt_bias, st);
+  }
 }
 
 std::vector<Case> sweep() {
@@ -349,8 +406,8 @@ std::vector<Case> sweep() {
     add(c);
   }
   // The forward state pass and the backward's state sweep pick their value-tile widths from (sequences x
-  // heads) and the SM count; on a 132-SM H100 these take the 64- and 32-column tiles of the forward (the
-  // small cases above take 16) and the 64-column tiles of the backward (all but the B2 H8 case).
+  // heads) and the SM count. On a 132-SM H100 the small cases above take 16 columns in both; below,
+  // backward: 64 columns (B4 H16, B8 H16, H18), 32 (H12, H24), 16 (B2 H8); forward: 64 or 32.
   {
     Case c{"B4 T130 H16 K128 gate l2norm h0 ht (64-col state tiles)"};
     c.B = 4, c.T = 130, c.H = 16, c.HV = 16, c.K = 128, c.l2norm = true, c.gate = Gate::softplus;
@@ -365,6 +422,22 @@ std::vector<Case> sweep() {
   {
     Case c{"f32 B8 T70 H16 K64 ht (64-col state tiles)"};
     c.B = 8, c.T = 70, c.H = 16, c.HV = 16, c.dtype = DType::f32, c.ht = true;
+    add(c);
+  }
+  {
+    Case c{"B2 T90 H12 K128 gate h0 (32-col backward state tiles)"};
+    c.B = 2, c.T = 90, c.H = 12, c.HV = 12, c.K = 128, c.gate = Gate::softplus, c.A_log = c.dt_bias = true;
+    c.h0 = true;
+    add(c);
+  }
+  {
+    Case c{"B8 T70 H16 K64 l2norm h0 ht (64-col backward state tiles)"};
+    c.B = 8, c.T = 70, c.H = 16, c.HV = 16, c.l2norm = true, c.h0 = c.ht = true;
+    add(c);
+  }
+  {
+    Case c{"f32 B1 T70 H24 K128 ht (32-col backward state tiles)"};
+    c.T = 70, c.H = 24, c.HV = 24, c.K = 128, c.dtype = DType::f32, c.ht = true;
     add(c);
   }
   {

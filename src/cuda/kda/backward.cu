@@ -28,16 +28,16 @@ namespace kda {
 
 namespace {
 
-// Precision of the backward's tensor-core products, chosen per call from the input dtype. kSplit
+// Precision of the backward's tensor-core products, chosen per call from the input dtype. kPrecise
 // (f32 / f64 inputs): 3xTF32 as in warp_gemm, fp32-accurate. Otherwise (bf16 / f16 inputs) one TF32
 // pass with round-to-nearest operands: relative error ~2^-11 per operand, below the 2^-9 of the bf16
 // inputs and outputs themselves (FLA runs these products on bf16 operands), at a third of the MMAs
-// and a third of the conversion work per fragment. The step itself: mma_f32<kSplit> (common.cuh).
+// and a third of the conversion work per fragment. The step itself: mma_f32<kPrecise> (common.cuh).
 
 // count (<= MT) warp tiles stacked in rows, tile m at a + m * a_step, sharing the B fragment of each
 // k step: up to MT independent MMA chains per fragment load (one tile per call is latency-bound).
 // Layout as in warp_gemm; precision as in mma_f32.
-template <int MT, bool kSplit>
+template <int MT, bool kPrecise>
 __device__ __forceinline__ void warp_gemm_rows(float c[MT][4], int count, const float* a, int a_rs, int a_cs,
                                                int a_step, const float* b, int b_rs, int b_cs, int kdim) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -50,7 +50,7 @@ __device__ __forceinline__ void warp_gemm_rows(float c[MT][4], int count, const 
         const float* am = a + m * a_step;
         const float af[4] = {am[g * a_rs + (k0 + t) * a_cs], am[(g + 8) * a_rs + (k0 + t) * a_cs],
                              am[g * a_rs + (k0 + t + 4) * a_cs], am[(g + 8) * a_rs + (k0 + t + 4) * a_cs]};
-        mma_f32<kSplit>(c[m], af, bf);
+        mma_f32<kPrecise>(c[m], af, bf);
       }
     }
   }
@@ -75,7 +75,7 @@ __device__ __forceinline__ void ldmatrix_x2(uint32_t r[2], const float* ptr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
 }
 
-template <int MT, bool kSplit>
+template <int MT, bool kPrecise>
 __device__ __forceinline__ void warp_gemm_rows_abt(float c[MT][4], int count, const float* a, int a_rs, int a_step,
                                                    const float* b, int b_rs, int kdim) {
   // Lanes 8q .. 8q + 7 address the rows of matrix q: A's matrices are (rows 0-7, cols k0), (rows 8-15,
@@ -95,7 +95,7 @@ __device__ __forceinline__ void warp_gemm_rows_abt(float c[MT][4], int count, co
         ldmatrix_x4(araw, a_lane + m * a_step + k0);
         const float af[4] = {__uint_as_float(araw[0]), __uint_as_float(araw[1]), __uint_as_float(araw[2]),
                              __uint_as_float(araw[3])};
-        mma_f32<kSplit>(c[m], af, bf);
+        mma_f32<kPrecise>(c[m], af, bf);
       }
     }
   }
@@ -119,26 +119,6 @@ template <int MT>
 __device__ __forceinline__ void zero_tiles(float c[MT][4]) {
 #pragma unroll
   for (int m = 0; m < MT; ++m) c[m][0] = c[m][1] = c[m][2] = c[m][3] = 0.0f;
-}
-
-// 16-byte global -> shared copy that bypasses the registers (and L1); completes at cp_async_wait_all.
-__device__ __forceinline__ void cp_async16(float* smem_dst, const float* gmem_src) {
-  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(smem_dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(gmem_src) : "memory");
-}
-
-// Waits for every cp_async16 this thread issued (a __syncthreads must follow before others read them).
-__device__ __forceinline__ void cp_async_wait_all() {
-  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;" ::: "memory");
-}
-
-// Closes the group of copies issued so far; cp_async_wait<N> waits until at most the N most recently
-// closed groups are still in flight.
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
 // Rows [0, rows) x `cols` of a shared tile (row stride dst_rs) from a row-major fp32 source (row i at
@@ -165,10 +145,10 @@ __device__ __forceinline__ void cp_async_rows(float* dst, int dst_rs, const floa
 // Aqk, q after the dv_new and Qg^T do products), so their loads overlap this chunk's products; w
 // follows at the start of the next step. Every chunk but the last of a sequence is full, so those
 // issue 64 rows.
-// BV in {16, 32, 64}: a warp holds NT = BV / 8 tiles of the K x BV product (K <= 128) and NT / 2 of the
-// 64 x BV one.
+// BV in {16, 32, 64}: a warp holds NT = BV / 8 tiles of the K x BV product at K = 128 (NT / 2 at
+// K = 64) and NT / 2 of the 64 x BV one.
 
-template <int BV, bool kSplit>
+template <int BV, bool kPrecise>
 __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const void* d_out, int d_out_dt,
                                                              const void* dht, int dht_dt, void* dh0, int dh0_dt) {
   constexpr int SP = BV + 8, AP = kChunk + 4, NT = BV / 8, kTilesS = NT, kTilesV = NT / 2;
@@ -255,12 +235,12 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
     const int count = (K / 16) * NT / kWarps;
     float pos[kTilesS][4];
     zero_tiles<kTilesS>(pos);
-    warp_gemm_rows<kTilesS, kSplit>(pos, count, qgS + r_first, 1, KP, r_step, doS + c_own, SP, 1, kChunk);
+    warp_gemm_rows<kTilesS, kPrecise>(pos, count, qgS + r_first, 1, KP, r_step, doS + c_own, SP, 1, kChunk);
     {
       float acc[kTilesV][4];
       zero_tiles<kTilesV>(acc);
-      warp_gemm_rows<kTilesV, kSplit>(acc, kTilesV, aqS + r_first, 1, AP, r_step, doS + c_own, SP, 1, kChunk);
-      warp_gemm_rows<kTilesV, kSplit>(acc, kTilesV, klS + r_first * KP, KP, 1, r_step * KP, dhS + c_own, SP, 1, K);
+      warp_gemm_rows<kTilesV, kPrecise>(acc, kTilesV, aqS + r_first, 1, AP, r_step, doS + c_own, SP, 1, kChunk);
+      warp_gemm_rows<kTilesV, kPrecise>(acc, kTilesV, klS + r_first * KP, KP, 1, r_step * KP, dhS + c_own, SP, 1, K);
 #pragma unroll
       for (int m = 0; m < kTilesV; ++m)
 #pragma unroll
@@ -280,7 +260,7 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
     {
       float neg[kTilesS][4];
       zero_tiles<kTilesS>(neg);
-      warp_gemm_rows<kTilesS, kSplit>(neg, count, wS + r_first, 1, KP, r_step, dvS + c_own, SP, 1, kChunk);
+      warp_gemm_rows<kTilesS, kPrecise>(neg, count, wS + r_first, 1, KP, r_step, dvS + c_own, SP, 1, kChunk);
 #pragma unroll
       for (int m = 0; m < kTilesS; ++m)
         if (m < count)
@@ -340,7 +320,7 @@ __device__ __forceinline__ void load_rows_dt(float* dst, int dst_rs, const void*
 // scale tril(do v_new^T); dw = -dv_new S^T; A^T dw -> dk, dG, dbeta; A^T dv_new -> dv, dbeta;
 // dA = (dw Kb^T + dv_new v^T) diag(beta) (strictly lower); dM = -A^T dA A^T.
 // Writes dq_hv, dk_hv, dgc (per-token dG, before the in-chunk reverse cumsum), dbp, dAqk, dM, dg_last.
-template <bool kSplit>
+template <bool kPrecise>
 __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const void* d_out, int d_out_dt, void* dv,
                                                                int dv_dt) {
   int64_t t0;
@@ -407,7 +387,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
         kv[m][r] = in ? p.kp[k_at(i, d)] : 0.0f;
       }
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows_abt<kWyTilesMax, kSplit>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
+    warp_gemm_rows_abt<kWyTilesMax, kPrecise>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
@@ -464,7 +444,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
         gv[m][r] = m < kcount && i < L ? p.gc[row_at(i) * K + d] : 0.0f;
       }
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows_abt<kWyTilesMax, kSplit>(acc, kcount, sX + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
+    warp_gemm_rows_abt<kWyTilesMax, kPrecise>(acc, kcount, sX + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
@@ -477,7 +457,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows_abt<2, kSplit>(acc, 2, sX + sr * KP, KP, 32 * KP, sY + sc * KP, KP, V);
+    warp_gemm_rows_abt<2, kPrecise>(acc, 2, sX + sr * KP, KP, 32 * KP, sY + sc * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
@@ -495,7 +475,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   {
     float acc[kWyTilesMax][4];
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows_abt<kWyTilesMax, kSplit>(acc, kcount, sX + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
+    warp_gemm_rows_abt<kWyTilesMax, kPrecise>(acc, kcount, sX + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
       if (m < kcount)
@@ -516,8 +496,8 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
       }
     zero_tiles<kWyTilesMax>(t2);
     zero_tiles<kWyTilesMax>(t3);
-    warp_gemm_rows<kWyTilesMax, kSplit>(t2, kcount, sA + kr, 1, AP, kstep, sO + kc, KP, 1, kChunk);
-    warp_gemm_rows<kWyTilesMax, kSplit>(t3, kcount, sA + kr, 1, AP, kstep, sX + kc, KP, 1, kChunk);
+    warp_gemm_rows<kWyTilesMax, kPrecise>(t2, kcount, sA + kr, 1, AP, kstep, sO + kc, KP, 1, kChunk);
+    warp_gemm_rows<kWyTilesMax, kPrecise>(t3, kcount, sA + kr, 1, AP, kstep, sX + kc, KP, 1, kChunk);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m) {
       if (m >= kcount) break;
@@ -579,8 +559,8 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows_abt<2, kSplit>(acc, 2, sO + sr * KP, KP, 32 * KP, sS + sc * KP, KP, K);
-    warp_gemm_rows_abt<2, kSplit>(acc, 2, sX + sr * KP, KP, 32 * KP, sS + (kChunk + sc) * KP, KP, V);
+    warp_gemm_rows_abt<2, kPrecise>(acc, 2, sO + sr * KP, KP, 32 * KP, sS + sc * KP, KP, K);
+    warp_gemm_rows_abt<2, kPrecise>(acc, 2, sX + sr * KP, KP, 32 * KP, sS + (kChunk + sc) * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
@@ -595,7 +575,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows_abt<2, kSplit>(acc, 2, sP + sr * AP, AP, 32 * AP, sA + sc * AP, AP, kChunk);
+    warp_gemm_rows_abt<2, kPrecise>(acc, 2, sP + sr * AP, AP, 32 * AP, sA + sc * AP, AP, kChunk);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
@@ -606,7 +586,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows<2, kSplit>(acc, 2, sA + sr, 1, AP, 32, sQ + sc, AP, 1, kChunk);
+    warp_gemm_rows<2, kPrecise>(acc, 2, sA + sr, 1, AP, 32, sQ + sc, AP, 1, kChunk);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
@@ -628,7 +608,7 @@ __global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const v
 // dG += q dq + k (beta R - C) and dg = reverse cumsum of dG within the chunk, starting from dG_last.
 // Shared: k, q, G as [64, 36] (rows >= L: zero, G repeats the last row so every exponent stays finite);
 // dAqk, dM [64, 68]; beta [64]; dG staging [64, 36].
-template <bool kSplit>
+template <bool kPrecise>
 __global__ void __launch_bounds__(kPairThreads) pair_bwd_kernel(KdaDev p) {
   int64_t t0;
   int L;
@@ -700,8 +680,8 @@ __global__ void __launch_bounds__(kPairThreads) pair_bwd_kernel(KdaDev p) {
           const float gn = gS[base * KS + d];
           const float b[2] = {kS[(j0 + t) * KS + d] * __expf(gn - gS[(j0 + t) * KS + d]),
                               kS[(j0 + t + 4) * KS + d] * __expf(gn - gS[(j0 + t + 4) * KS + d])};
-          mma_f32<kSplit>(dq[n], fa, b);
-          mma_f32<kSplit>(rm[n], fm, b);
+          mma_f32<kPrecise>(dq[n], fa, b);
+          mma_f32<kPrecise>(rm[n], fm, b);
         }
       }
     // Column sums over later sub-chunks, reference G at the last row of this sub-chunk.
@@ -722,8 +702,8 @@ __global__ void __launch_bounds__(kPairThreads) pair_bwd_kernel(KdaDev p) {
           const float e0 = __expf(gS[(i0 + t) * KS + d] - gn), e1 = __expf(gS[(i0 + t + 4) * KS + d] - gn);
           const float bq[2] = {qS[(i0 + t) * KS + d] * e0, qS[(i0 + t + 4) * KS + d] * e1};
           const float bk[2] = {bS[i0 + t] * kS[(i0 + t) * KS + d] * e0, bS[i0 + t + 4] * kS[(i0 + t + 4) * KS + d] * e1};
-          mma_f32<kSplit>(ct[n], fa, bq);
-          mma_f32<kSplit>(ct[n], fm, bk);
+          mma_f32<kPrecise>(ct[n], fa, bq);
+          mma_f32<kPrecise>(ct[n], fm, bk);
         }
       }
     // Rescale the block products; gi = G at this thread's entries.
@@ -940,10 +920,7 @@ __global__ void gate_params_final_kernel(KdaDev p, void* dA_log, int dA_dt, void
 // fit in one wave (shortest chunk step), else 64 (one wave at B4 H16 V128 instead of two with 32, and
 // half the tile loads per state column when there are several waves).
 int state_bwd_value_tile(const KdaDev& p) {
-  int device = 0, sms = 0;
-  SEQMIX_CUDA_CHECK(cudaGetDevice(&device));
-  SEQMIX_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const int64_t heads = static_cast<int64_t>(p.N) * p.HV;
+  const int64_t sms = sm_count(), heads = static_cast<int64_t>(p.N) * p.HV;
   for (const int bv : {16, 32})
     if (heads * (p.V / bv) <= sms) return bv;
   return 64;

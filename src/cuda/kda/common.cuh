@@ -10,7 +10,8 @@
 //   bp [tokens, HV]           applied beta
 //   A, Aqk [tokens, HV, 64]   row i of the chunk's (I + M)^-1 and of scale * tril(q Gamma K^T)
 //   w [tokens, HV, K], u [tokens, HV, V]   WY vectors
-//   backward only: vn, dvn [tokens, HV, V]; hs, dhs [max_chunks, HV, K, V] (state entering chunk c,
+//   vn [tokens, HV, V] (v_new; the backward's own buffer, u's in forward-only calls); backward only:
+//   dvn [tokens, HV, V]; hs, dhs [max_chunks, HV, K, V] (state entering chunk c,
 //   gradient of the state leaving chunk c); dq_hv, dk_hv, dgc [tokens, HV, K]; dbp [tokens, HV];
 //   dAqk, dM [tokens, HV, 64] (gradients of the chunk's Aqk and strictly-lower M; they reuse the
 //   buffers of Aqk and u, dead by then); dg_last
@@ -220,6 +221,27 @@ __device__ __forceinline__ void warp_gemm(float c[4], const float* a, int a_rs, 
   }
 }
 
+// cp.async (sm_80+): 16-byte global -> shared copies that bypass the registers and L1. A thread's
+// copies form groups (cp_async_commit); cp_async_wait<N> returns once at most its N most recent groups
+// are in flight, cp_async_wait_all once none is. Other threads see the data after a __syncthreads.
+__device__ __forceinline__ void cp_async16(float* dst, const float* src) {
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
+}
+// Zero-fills the 16 bytes when !valid (src is then not read).
+__device__ __forceinline__ void cp_async16(float* dst, const float* src, bool valid) {
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;" ::: "memory");
+}
+
 // Row / column of accumulator entry r (0..3) of a warp tile.
 __device__ __forceinline__ int frag_row(int r) { return ((threadIdx.x & 31) >> 2) + (r >= 2 ? 8 : 0); }
 __device__ __forceinline__ int frag_col(int r) { return 2 * (threadIdx.x & 3) + (r & 1); }
@@ -251,11 +273,10 @@ void run_forward(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const T
                  const TensorView* final_state, bool for_backward, KdaDev& dev, int64_t& max_chunks,
                  Workspace& workspace, StageTimer& timer, cudaStream_t stream);
 
-// Value columns per block of the sequential state kernels: 16 when 32-column blocks would not occupy
-// every SM once (more blocks, shorter per-chunk latency), else 32 (half the per-chunk loads in total).
-int state_value_tile(const KdaDev& p);
-
 int dtype_code(DType dtype, const char* name);
+
+// Multiprocessors of the current device (tile widths are chosen to fill them).
+int sm_count();
 
 // Opts `kernel` into `bytes` of dynamic shared memory; NOT_IMPLEMENTED when the device has less.
 void set_smem_limit(const void* kernel, size_t bytes);

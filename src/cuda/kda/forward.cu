@@ -487,18 +487,6 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool n
   product(vS, p.u);
 }
 
-// cp.async of 16 bytes, zero-filled when !valid (src is then not read).
-__device__ __forceinline__ void cp_async16(float* dst, const float* src, bool valid) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(valid ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-// Waits until at most kPending of this thread's most recent cp.async groups are still in flight.
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
-
 // S[r0 .. r0 + 16, cw .. cw + 8 NTW) <- exp(G_last) S + kl^T v_new (this warp's strip of the state).
 template <bool kPrecise, int NTW>
 __device__ __forceinline__ void update_state_strip(float* hS, int SP, const float* klS, int KP, const float* vnS,
@@ -765,15 +753,6 @@ void set_smem_two_per_sm(const void* kernel, size_t bytes) {
       cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
 }
 
-int sm_count() {
-  static const int count = [] {
-    int device = 0, n = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device);
-    return n;
-  }();
-  return count;
-}
 
 // Value columns per block of the forward state pass. Every block reads the chunk's whole w and kl
 // (64 x K floats each) whatever its width, and those re-reads bound the pass (measured ~2 TB/s of
@@ -814,10 +793,8 @@ void launch_chunks(KdaDev& p, const TensorView* o, const TensorView* final_state
     launch_state(state_fwd_kernel<kK, 32, 2, kPrecise>);
   else if (bv == 32)
     launch_state(state_fwd_kernel<kK, 32, 1, kPrecise>);
-  else if (stages == 2)
+  else  // 16 columns only below sms / 4 blocks of 32, so 2 * that < sms blocks: always the 2-slot ring
     launch_state(state_fwd_kernel<kK, 16, 2, kPrecise>);
-  else
-    launch_state(state_fwd_kernel<kK, 16, 1, kPrecise>);
   SEQMIX_CUDA_CHECK(cudaGetLastError());
   timer.mark("state_fwd");
   if (o && p.tokens > 0) {
@@ -831,6 +808,13 @@ void launch_chunks(KdaDev& p, const TensorView* o, const TensorView* final_state
 }
 
 }  // namespace
+
+int sm_count() {
+  int device = 0, sms = 0;
+  SEQMIX_CUDA_CHECK(cudaGetDevice(&device));
+  SEQMIX_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms;
+}
 
 void set_smem_limit(const void* kernel, size_t bytes) {
   int device = 0, optin = 0;
@@ -873,11 +857,6 @@ StageTimer::~StageTimer() {
     std::fprintf(stderr, "[kda timing] %-12s %8.3f ms\n", names[i], ms);
   }
   for (int i = 0; i < count; ++i) cudaEventDestroy(events[i]);
-}
-
-int state_value_tile(const KdaDev& p) {
-  const int64_t blocks32 = static_cast<int64_t>(p.N) * p.HV * (p.V / 32);
-  return blocks32 < static_cast<int64_t>(sm_count()) ? 16 : 32;
 }
 
 Workspace::~Workspace() {
