@@ -23,7 +23,8 @@
 // heaviest blocks first (causal: key tile 0 and the last query tile of the longest sequence).
 // Split instances (the FP8 mode-1 backward, whose gradient products read other copies of k, q and
 // dO than S and dP) load those copies as extra tiles of each stage: Q and dO for dK and dV in
-// pass 1 (four query tiles per stage), K for dQ in pass 2 (three key tiles).
+// pass 1 (four query tiles per stage; at D = 128 in 32-row steps, for shared memory), K for dQ in
+// pass 2 (three key tiles).
 #include "cuda/common/cuda_check.h"
 #include "cuda/hstu/attention.h"
 #include "cuda/hstu/attention_tile.cuh"
@@ -42,10 +43,9 @@ __device__ __forceinline__ SiluGrad silu_grad(float x, float dp) {
   return {x * sig, dp * sig * (1.0f + x * (1.0f - sig))};
 }
 
-// kBwdQueryRows-row sub-tiles per loaded (and barriered) query step of the dk-dv pass: on the
-// H100 two beat one on causal masks (one barrier per 64 rows) and tie on SLA.
+// kBwdQueryRows-row sub-tiles per loaded (and barriered) query step of the dk-dv pass
+// (SUB_TILES): on the H100 two beat one on causal masks (one barrier per 64 rows) and tie on SLA.
 constexpr int kQuerySubTiles = 2;
-constexpr int kQueryStepRows = kQuerySubTiles * kBwdQueryRows;
 
 // SPLIT (the FP8 mode-1 backward, see the top): the gradient products read Args::k_dq, q_dk,
 // dout_dv; instances without it are the plain 16-bit kernels, whose code it leaves as it was.
@@ -55,16 +55,17 @@ constexpr int dkdv_stage_tiles() {
   return SPLIT ? 4 : 2;
 }
 
-// Plain: 384 rows (D = 128: 102 KB, two blocks per SM). SPLIT: 640 rows; at D = 128 that is
-// 170 KB, so one block (4 warps) per SM: a cost of mode 1, not measured. Steps of one 32-row
-// sub-tile would fit two blocks but leave the SLA helpers idle (they take sub-tile 1).
-template <int D, bool SPLIT>
+// Plain, two sub-tiles: 384 rows (D = 128: 102 KB, two blocks per SM as the registers allow).
+template <int D, int SUB_TILES, bool SPLIT>
 constexpr size_t dkdv_smem_elements() {
-  return static_cast<size_t>(2 * kTileRows + 2 * dkdv_stage_tiles<SPLIT>() * kQueryStepRows) * SmemRow<D>::kStride;
+  return static_cast<size_t>(2 * kTileRows + 2 * dkdv_stage_tiles<SPLIT>() * SUB_TILES * kBwdQueryRows) *
+         SmemRow<D>::kStride;
 }
 
-template <class T, int D, bool SPLIT>
+template <class T, int D, int SUB_TILES, bool SPLIT>
 __global__ void __launch_bounds__(kThreads, 1) attention_bwd_dkdv_kernel(const Args a) {
+  static_assert(SUB_TILES == 1 || SUB_TILES == 2);
+  constexpr int kQueryStepRows = SUB_TILES * kBwdQueryRows;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int kKeyTile = kTileRows * SmemRow<D>::kStride;
   constexpr int kQueryTile = kQueryStepRows * SmemRow<D>::kStride;
@@ -134,6 +135,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_dkdv_kernel(const A
   // of a sequence of n history rows (k1 = 256, k2 = 32) on its critical path, in 32-row sub-tile
   // times: n / 32 before (128 at n = 4096: 4 warps held for about 2 x 64 of useful sub-tiles),
   // n / 64 + 6 now (70; bench/hstu_block_model.py). An estimate: not measured on a GPU yet.
+  // With one sub-tile per step there is nothing to split: no pairs.
   const int64_t global_prefix = min(s.rule.global_prefix, s.length);
   const int64_t history_keys = min(s.rule.history_end, s.length);
   int prefix_warps = 0, attended_warps = 0;
@@ -141,7 +143,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_dkdv_kernel(const A
     prefix_warps += j0 + 16 * w < global_prefix;
     attended_warps += j0 + 16 * w < history_keys;
   }
-  const int pairs = s.rule.sla ? min(prefix_warps, max(attended_warps - prefix_warps, 0)) : 0;
+  const int pairs = s.rule.sla && SUB_TILES == 2 ? min(prefix_warps, max(attended_warps - prefix_warps, 0)) : 0;
   // role 1: a prefix warp with a helper, 2: a helper; partner: the other warp of the pair.
   const int role = warp < pairs ? 1 : (warp >= prefix_warps && warp < prefix_warps + pairs ? 2 : 0);
   const int partner = role == 1 ? warp + prefix_warps : warp - prefix_warps;
@@ -173,7 +175,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_dkdv_kernel(const A
         const unsigned sub_tiles = in_zone ? zone_sub_tiles : 3u;
         bool touched = false;
         active = full = 0;
-        for (int u = 0; u < kQuerySubTiles; ++u) {
+        for (int u = 0; u < SUB_TILES; ++u) {
           const int64_t i0 = static_cast<int64_t>(t) * kQueryStepRows + u * kBwdQueryRows;
           if (i0 >= s.length) break;
           const TileColumns cols = tile_columns(shared_rule, i0, min(i0 + kBwdQueryRows, s.length));
@@ -235,7 +237,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_dkdv_kernel(const A
     }
     const int key_warp = zone && role == 2 ? partner : warp;  // whose 16 keys this warp works on
 #pragma unroll 1
-    for (int u = 0; u < kQuerySubTiles; ++u) {
+    for (int u = 0; u < SUB_TILES; ++u) {
       if (!(active >> u & 1u)) continue;
       const bool sub_full = full >> u & 1u;
       const T* sq = sqdo + kStageTiles * stage * kQueryTile + u * kBwdQueryRows * SmemRow<D>::kStride;
@@ -397,11 +399,11 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) attention_bwd_dq_kernel(
   store_rows<D, T>(a.dq, s.start, head, i0 + warp * 16, s.length, dq[0], a.alpha * a.inv_scaling);
 }
 
-template <class T, int D, int DQ_KEY_ROWS, int DQ_MIN_BLOCKS, bool SPLIT>
+template <class T, int D, int DKDV_SUB_TILES, int DQ_KEY_ROWS, int DQ_MIN_BLOCKS, bool SPLIT>
 void launch_bwd(Args a, int64_t heads, cudaStream_t stream) {
-  const auto dkdv = attention_bwd_dkdv_kernel<T, D, SPLIT>;
+  const auto dkdv = attention_bwd_dkdv_kernel<T, D, DKDV_SUB_TILES, SPLIT>;
   const auto dq = attention_bwd_dq_kernel<T, D, DQ_KEY_ROWS, DQ_MIN_BLOCKS, SPLIT>;
-  const size_t dkdv_smem = dkdv_smem_elements<D, SPLIT>() * sizeof(T);
+  const size_t dkdv_smem = dkdv_smem_elements<D, DKDV_SUB_TILES, SPLIT>() * sizeof(T);
   const size_t dq_smem = dq_smem_elements<D, DQ_KEY_ROWS, SPLIT>() * sizeof(T);
   SEQMIX_CUDA_CHECK(
       cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dkdv_smem)));
@@ -418,16 +420,23 @@ using BwdLauncher = void (*)(Args, int64_t, cudaStream_t);
 // The dispatch table: dtype x head dim x split (the FP8 mode-1 operands) -> instance (the API has
 // validated the combination).
 BwdLauncher bwd_launcher(DType dtype, int64_t head_dim, bool split) {
+  using B = __nv_bfloat16;
+  using H = __half;
+  constexpr int kSub = kQuerySubTiles;
   const bool bf16 = dtype == DType::bf16;
   if (head_dim == 64) {
-    if (split) return bf16 ? launch_bwd<__nv_bfloat16, 64, 64, 1, true> : launch_bwd<__half, 64, 64, 1, true>;
-    return bf16 ? launch_bwd<__nv_bfloat16, 64, 64, 1, false> : launch_bwd<__half, 64, 64, 1, false>;
+    // Split: 640 shared rows in the dk-dv pass (92 KB), still two blocks per SM.
+    if (split) return bf16 ? launch_bwd<B, 64, kSub, 64, 1, true> : launch_bwd<H, 64, kSub, 64, 1, true>;
+    return bf16 ? launch_bwd<B, 64, kSub, 64, 1, false> : launch_bwd<H, 64, kSub, 64, 1, false>;
   }
   // D = 128: dq over 32-key tiles fits 168 registers and 70 KB of shared memory, three blocks
-  // (12 warps) per SM instead of two: the backward ran 1.01-1.09x faster on the H100. Split, the
-  // third key tile per stage makes it 85 KB: two blocks per SM, so the register cap is theirs.
-  if (split) return bf16 ? launch_bwd<__nv_bfloat16, 128, 32, 2, true> : launch_bwd<__half, 128, 32, 2, true>;
-  return bf16 ? launch_bwd<__nv_bfloat16, 128, 32, 3, false> : launch_bwd<__half, 128, 32, 3, false>;
+  // (12 warps) per SM instead of two: the backward ran 1.01-1.09x faster on the H100.
+  // Split: the dk-dv pass's four query tiles per stage would take 170 KB at 64-row steps, one
+  // block (4 warps) per SM; 32-row steps keep 102 KB and two blocks, at the price of twice the
+  // barriers and no SLA helpers (a guess between the two, not measured: kSub here is the other
+  // choice). dq's third key tile per stage makes 85 KB: two blocks, so the register cap is theirs.
+  if (split) return bf16 ? launch_bwd<B, 128, 1, 32, 2, true> : launch_bwd<H, 128, 1, 32, 2, true>;
+  return bf16 ? launch_bwd<B, 128, kSub, 32, 3, false> : launch_bwd<H, 128, kSub, 32, 3, false>;
 }
 
 void run_bwd(hstu::Args& a, const TensorView& q, bool split, Stream stream) {
