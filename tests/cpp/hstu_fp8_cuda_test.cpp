@@ -310,6 +310,8 @@ std::vector<Case> cases() {
     add("sla_targets_f16_d64", DType::f16, 64, true, [](auto& p) { p.sla_k1 = 70, p.sla_k2 = 20; });
     add("window_noncausal_bf16_d64", DType::bf16, 64, false, [](auto& p) { p.causal = false, p.max_attn_len = 50; });
     add("scaling_f16_d128", DType::f16, 128, true, [](auto& p) { p.scaling_seqlen = 37; });
+    // Mode 1's dk-dv pass at D = 128 walks 32-row steps without SLA helper pairs (attention_bwd.cu).
+    if (mode == 1) add("sla_targets_bf16_d128", DType::bf16, 128, true, [](auto& p) { p.sla_k1 = 70, p.sla_k2 = 20; });
   }
   for (int64_t mode : {1, 2}) {
     for (int64_t dim : {64, 128}) {
