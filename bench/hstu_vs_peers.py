@@ -1,7 +1,10 @@
 """HSTU attention: seqmix CUDA vs the Triton peers on the same inputs, in one device run.
 
-Peers (git-ignored checkouts under peers/): generative-recommenders `triton_hstu_mha` and
-TorchEasyRec `tzrec.ops._triton.triton_hstu_mha`. seqmix is reached through the C ABI of
+Peers (git-ignored checkouts under peers/): generative-recommenders `triton_hstu_mha`,
+TorchEasyRec `tzrec.ops._triton.triton_hstu_mha`, and fbgemm_gpu's CUTLASS Hopper HSTU
+(`hstu_attn_varlen_func`) when its extension was built into peers/fbgemm_hstu (--impl fbgemm: the
+package dir fbgemm_gpu/experimental/hstu with hstu/fbgemm_gpu_experimental_hstu.so; built off the
+device from a fetched snapshot, never committed). seqmix is reached through the C ABI of
 bench/hstu_capi.cpp (ctypes) until the torch extension lands. Each implementation runs in its own
 process (--impl) on inputs seeded identically, so a crash loses one column, not the run; the
 peer processes also run ours on their first dense shape of each size for a parity check; --merge
@@ -13,7 +16,14 @@ Shapes (DESIGN.md / issue 4): B = 32 jagged, max_len 1024 / 4096 / 8192, lengths
 (k1 = 256, k2 = 32) + targets. The Triton peers have no SLA (TorchEasyRec's SLA func tensor only
 feeds its CUTLASS and PyTorch paths), so SLA rows time them on the nearest mask they have, a
 local window max_attn_len = k1 with targets ("peer_mask": "window256"); the SLA goal is ours vs
-our dense time scaled by the attended-pair ratio.
+our dense time scaled by the attended-pair ratio. fbgemm's local window cannot be combined with
+targets (its wrapper refuses num_targets unless window_size == (-1, 0)), so its SLA proxy is the
+window alone ("window256").
+
+FP8 rows (--quant-modes, seqmix and fbgemm only; forward only, quantizing included, as fbgemm's
+autograd quantizes in its forward): mask "causal_targets_fp8_m<mode>" at --fp8-max-lens; merged
+rows carry our FP8 forward over our bf16 forward on the same shape (issue 4's FP8 goal) and
+fbgemm's FP8 forward over ours.
 
 TFLOP/s count 4 D flops per attended (i, j) pair forward and 10 D backward (FlashAttention's
 convention; recomputation is not counted). Peak memory is torch's allocator peak above the
@@ -23,9 +33,10 @@ Peer autotuning is capped to a few configs per kernel (PEER_MAX_CONFIGS, default
 compile fits in one device run; the configs are chosen from the peers' own lists.
 
 Usage (device, see scripts/hstu_device.sh):
-  python3 bench/hstu_vs_peers.py --impl seqmix|gr|tzrec --lib build-cuda/libseqmix_hstu_capi.so \
-      --peers ../../peers --out IMPL.json [--budget-s 150] [--max-lens 1024 4096 8192]
-  python3 bench/hstu_vs_peers.py --merge seqmix.json gr.json tzrec.json --out hstu_vs_peers.json
+  python3 bench/hstu_vs_peers.py --impl seqmix|gr|tzrec|fbgemm --lib build-cuda/libseqmix_hstu_capi.so \
+      --peers ../../peers --out IMPL.json [--budget-s 150] [--max-lens 1024 4096 8192] \
+      [--quant-modes 1 3 --fp8-max-lens 8192]
+  python3 bench/hstu_vs_peers.py --merge seqmix.json gr.json tzrec.json fbgemm.json --out hstu_vs_peers.json
 """
 
 import argparse
@@ -90,28 +101,28 @@ class Seqmix:
     def __init__(self, path):
         self.lib = ctypes.CDLL(path)
         i64, p, i32, f64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_double
-        common = [p, p, p, p, i32, p, i32, i64, i64, i64, i64, i32, i64, f64, i64, i64, i64, i64, i64]
+        common = [p, p, p, p, i32, p, i32, i64, i64, i64, i64, i32, i64, f64, i64, i64, i64, i64, i64, i64]
         self.lib.seqmix_hstu_fwd.argtypes = common + [p, p]
         self.lib.seqmix_hstu_bwd.argtypes = common + [p, p, p, p, p]
         self.lib.seqmix_hstu_last_error.restype = ctypes.c_char_p
 
-    def _common(self, q, k, v, seq_offsets, num_targets, max_seq_len, alpha, sla_k1, sla_k2, max_attn_len=0):
+    def _common(self, q, k, v, seq_offsets, num_targets, max_seq_len, alpha, sla_k1, sla_k2, quant_mode=-1):
         total, heads, dim = q.shape
         return [q.data_ptr(), k.data_ptr(), v.data_ptr(), seq_offsets.data_ptr(),
                 int(seq_offsets.dtype == torch.int64), num_targets.data_ptr() if num_targets is not None else None,
                 int(num_targets is not None and num_targets.dtype == torch.int64), seq_offsets.numel() - 1, total,
-                heads, dim, 0 if q.dtype == torch.bfloat16 else 1, max_seq_len, alpha, -1, 0, max_attn_len,
-                sla_k1, sla_k2]
+                heads, dim, 0 if q.dtype == torch.bfloat16 else 1, max_seq_len, alpha, -1, 0, 0,
+                sla_k1, sla_k2, quant_mode]
 
     def _check(self, rc):
         if rc != 0:
             raise RuntimeError(self.lib.seqmix_hstu_last_error().decode())
 
-    def fwd(self, q, k, v, seq_offsets, num_targets, max_seq_len, alpha, sla_k1=0, sla_k2=0):
+    def fwd(self, q, k, v, seq_offsets, num_targets, max_seq_len, alpha, sla_k1=0, sla_k2=0, quant_mode=-1):
         out = torch.empty_like(q)
         stream = torch.cuda.current_stream().cuda_stream
         self._check(self.lib.seqmix_hstu_fwd(*self._common(q, k, v, seq_offsets, num_targets, max_seq_len, alpha,
-                                                           sla_k1, sla_k2), out.data_ptr(), stream))
+                                                           sla_k1, sla_k2, quant_mode), out.data_ptr(), stream))
         return out
 
     def bwd(self, q, k, v, seq_offsets, num_targets, max_seq_len, alpha, dout, sla_k1=0, sla_k2=0):
@@ -201,7 +212,18 @@ def run_impl(args, impl, mode, log):
     device = torch.device("cuda")
     ours = Seqmix(args.lib)
     peer = None
-    if impl != "seqmix":
+    if impl == "fbgemm":
+        # The CUTLASS kernels need no autotuning. Its wrapper wants int32 offsets; the window proxy of
+        # the SLA rows goes without targets (refused with a window by the wrapper).
+        sys.path.insert(0, os.path.join(args.peers, "fbgemm_hstu", "fbgemm_gpu", "experimental", "hstu"))
+        import hstu as fbgemm_hstu
+
+        def peer(q, k, v, so, nt, n, a, w, quant_mode=-1):
+            so32 = so.to(torch.int32)
+            return fbgemm_hstu.hstu_attn_varlen_func(
+                q, k, v, so32, so32, None, None, n, n, n, None, None if w else nt, 1, (w, 0) if w else (-1, 0), a,
+                quant_mode=quant_mode)
+    elif impl != "seqmix":
         limit = int(os.environ.get("PEER_MAX_CONFIGS", "4"))
         if impl == "gr":
             load_peer_package("generative_recommenders", os.path.join(args.peers, "gr"))
@@ -222,75 +244,84 @@ def run_impl(args, impl, mode, log):
     alpha = 1.0 / math.sqrt(dim)
     t_start = time.time()
     rows = []
-    for max_len in args.max_lens:
+    fp8_masks = [f"causal_targets_fp8_m{m}" for m in args.quant_modes] if impl in ("seqmix", "fbgemm") else []
+    shapes = [(n, "causal_targets") for n in args.max_lens] + [(n, "sla_targets") for n in args.max_lens]
+    shapes = sorted(shapes, key=lambda s: args.max_lens.index(s[0]))
+    if mode != "fwd_bwd":
+        shapes += [(n, m) for n in args.fp8_max_lens for m in fp8_masks]
+    for max_len, mask in shapes:
         for heads in (4, 8):
             for dist in ("uniform", "skewed"):
-                for mask in ("causal_targets", "sla_targets"):
-                    if time.time() - t_start > args.budget_s:
-                        log(f"{impl}: time guard, skipping max_len {max_len} H {heads} {dist} {mask}")
-                        continue
-                    lengths, targets, so, nt, q, k, v, dout = make_inputs(max_len, heads, dist, mask, batch, dim,
-                                                                         device)
-                    sla = mask == "sla_targets"
-                    k1, k2 = (sla_k1, sla_k2) if sla else (0, 0)
-                    row = {"max_seq_len": max_len, "H": heads, "lengths": dist, "mask": mask,
-                           "tokens": int(q.shape[0]), "attended_pairs": attended_pairs(lengths, targets, k1, k2) * heads}
-                    if impl == "seqmix":
-                        def f():
-                            return ours.fwd(q, k, v, so, nt, max_len, alpha, k1, k2)
+                quant_mode = int(mask.rsplit("_m", 1)[1]) if "_fp8_" in mask else -1
+                if time.time() - t_start > args.budget_s:
+                    log(f"{impl}: time guard, skipping max_len {max_len} H {heads} {dist} {mask}")
+                    continue
+                lengths, targets, so, nt, q, k, v, dout = make_inputs(max_len, heads, dist, mask, batch, dim,
+                                                                     device)
+                sla = mask == "sla_targets"
+                k1, k2 = (sla_k1, sla_k2) if sla else (0, 0)
+                row = {"max_seq_len": max_len, "H": heads, "lengths": dist, "mask": mask,
+                       "tokens": int(q.shape[0]), "attended_pairs": attended_pairs(lengths, targets, k1, k2) * heads}
+                if impl == "seqmix":
+                    def f():
+                        return ours.fwd(q, k, v, so, nt, max_len, alpha, k1, k2, quant_mode)
 
-                        def fb():
-                            ours.fwd(q, k, v, so, nt, max_len, alpha, k1, k2)
-                            return ours.bwd(q, k, v, so, nt, max_len, alpha, dout, k1, k2)
-                    else:
-                        window = sla_k1 if sla else 0
-                        qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
-                        row["peer_mask"] = f"window{sla_k1}_targets" if sla else mask
+                    def fb():
+                        ours.fwd(q, k, v, so, nt, max_len, alpha, k1, k2)
+                        return ours.bwd(q, k, v, so, nt, max_len, alpha, dout, k1, k2)
+                else:
+                    window = sla_k1 if sla else 0
+                    qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+                    row["peer_mask"] = (f"window{sla_k1}" + ("" if impl == "fbgemm" else "_targets")) if sla else mask
+                    extra = {"quant_mode": quant_mode} if quant_mode >= 0 else {}
 
-                        def f():
-                            with torch.no_grad():
-                                return peer(q, k, v, so, nt, max_len, alpha, window)
+                    def f():
+                        with torch.no_grad():
+                            return peer(q, k, v, so, nt, max_len, alpha, window, **extra)
 
-                        def fb():
-                            out = peer(qg, kg, vg, so, nt, max_len, alpha, window)
-                            return torch.autograd.grad(out, (qg, kg, vg), dout)
+                    def fb():
+                        out = peer(qg, kg, vg, so, nt, max_len, alpha, window)
+                        return torch.autograd.grad(out, (qg, kg, vg), dout)
 
-                    stage = "first fwd"
-                    try:
-                        # One checked call of each before timing: a failure names its stage.
-                        out = f()
+                stage = "first fwd"
+                try:
+                    # One checked call of each before timing: a failure names its stage.
+                    out = f()
+                    torch.cuda.synchronize()
+                    if mode != "fwd" and quant_mode < 0:  # FP8 rows: forward only
+                        stage = "first fwd+bwd"
+                        grads = fb()
                         torch.cuda.synchronize()
-                        if mode != "fwd":
-                            stage = "first fwd+bwd"
-                            grads = fb()
-                            torch.cuda.synchronize()
-                        stage = "timing"
-                        if mode != "fwd_bwd":
-                            row.update(fwd_ms=round(timed(f), 4), fwd_peak_mb=round(peak_mb(f), 1))
-                        if mode != "fwd":
-                            row.update(fwd_bwd_ms=round(timed(fb), 4), fwd_bwd_peak_mb=round(peak_mb(fb), 1))
-                    except Exception as e:
-                        row["error"] = f"{stage}: {type(e).__name__}: {str(e)[:120]}"
-                        log(f"{impl}: {row}")
-                        rows.append(row)
-                        if "illegal" in str(e) or "CUDA error" in str(e):
-                            return rows
-                        continue
-                    # Parity with the peer on the dense mask, one shape per size (same inputs).
-                    if peer is not None and not sla and heads == 4 and dist == "uniform":
-                        parity = {"out": rel_err(ours.fwd(q, k, v, so, nt, max_len, alpha), out)}
-                        if mode != "fwd":
-                            dq, dk, dv = ours.bwd(q, k, v, so, nt, max_len, alpha, dout)
-                            parity.update(dq=rel_err(dq, grads[0]), dk=rel_err(dk, grads[1]), dv=rel_err(dv, grads[2]))
-                        row["parity_seqmix_vs_peer"] = parity
-                        del out
-                    log(f"{impl} {mode}: {json.dumps(row)}")
+                    stage = "timing"
+                    if mode != "fwd_bwd":
+                        row.update(fwd_ms=round(timed(f), 4), fwd_peak_mb=round(peak_mb(f), 1))
+                    if mode != "fwd" and quant_mode < 0:
+                        row.update(fwd_bwd_ms=round(timed(fb), 4), fwd_bwd_peak_mb=round(peak_mb(fb), 1))
+                except Exception as e:
+                    row["error"] = f"{stage}: {type(e).__name__}: {str(e)[:120]}"
+                    log(f"{impl}: {row}")
                     rows.append(row)
-                    with open(args.out, "w") as fh:
-                        json.dump({"impl": impl, "mode": mode, "rows": rows, "peer_configs": peer_configs()}, fh)
-                    del q, k, v, dout
-                    torch.cuda.empty_cache()
+                    if "illegal" in str(e) or "CUDA error" in str(e):
+                        return rows
+                    continue
+                # Parity with the peer on the dense mask, one shape per size (same inputs).
+                if peer is not None and not sla and heads == 4 and dist == "uniform":
+                    parity = {"out": rel_err(ours.fwd(q, k, v, so, nt, max_len, alpha, 0, 0, quant_mode), out)}
+                    if mode != "fwd" and quant_mode < 0:
+                        dq, dk, dv = ours.bwd(q, k, v, so, nt, max_len, alpha, dout)
+                        parity.update(dq=rel_err(dq, grads[0]), dk=rel_err(dk, grads[1]), dv=rel_err(dv, grads[2]))
+                    row["parity_seqmix_vs_peer"] = parity
+                    del out
+                log(f"{impl} {mode}: {json.dumps(row)}")
+                rows.append(row)
+                with open(args.out, "w") as fh:
+                    json.dump({"impl": impl, "mode": mode, "rows": rows, "peer_configs": peer_configs()}, fh)
+                del q, k, v, dout
+                torch.cuda.empty_cache()
     return rows
+
+
+PEERS = ("gr", "tzrec", "fbgemm")
 
 
 def merge(paths, out_path, command):
@@ -307,7 +338,8 @@ def merge(paths, out_path, command):
         for r in data["rows"]:
             key = (r["max_seq_len"], r["H"], r["lengths"], r["mask"])
             row = by_shape.setdefault(key, {"op": "hstu_attention", "B": 32, "max_seq_len": key[0], "H": key[1],
-                                            "D": 128, "dtype": "bf16", "lengths": key[2], "mask": key[3],
+                                            "D": 128, "lengths": key[2], "mask": key[3],
+                                            "dtype": "e4m3 from bf16" if "_fp8_" in key[3] else "bf16",
                                             "tokens": r["tokens"], "attended_pairs": r["attended_pairs"]})
             entry = row.setdefault(data["impl"], {})
             if data["impl"] == "seqmix":
@@ -329,19 +361,22 @@ def merge(paths, out_path, command):
         if "fwd_ms" in ours:
             pairs = row["attended_pairs"]
             ours["fwd_tflops"] = round(4 * 128 * pairs / (ours["fwd_ms"] * 1e9), 1)
-            ours["fwd_bwd_tflops"] = round(14 * 128 * pairs / (ours["fwd_bwd_ms"] * 1e9), 1)
+            if "fwd_bwd_ms" in ours:
+                ours["fwd_bwd_tflops"] = round(14 * 128 * pairs / (ours["fwd_bwd_ms"] * 1e9), 1)
             tag = "_window_proxy" if key[3] == "sla_targets" else ""  # SLA rows: the peers ran the window proxy
             # Time per attended pair, so that a peer that ran other lengths (or the window proxy's pairs)
             # compares fairly; equal to the plain time ratio when the pair counts match.
             ours_pairs = ours.get("attended_pairs", pairs)
             for what in ("fwd", "fwd_bwd"):
-                peers = [row[n][f"{what}_ms"] / row[n].get("attended_pairs", pairs) for n in ("gr", "tzrec")
+                peers = [row[n][f"{what}_ms"] / row[n].get("attended_pairs", pairs) for n in PEERS
                          if f"{what}_ms" in row.get(n, {})]
                 if peers and f"{what}_ms" in ours:
                     speedup = min(peers) * ours_pairs / ours[f"{what}_ms"]
                     row[f"speedup_{what}_vs_fastest_peer{tag}"] = round(speedup, 3)
             dense = by_shape.get((key[0], key[1], key[2], "causal_targets"), {}).get("seqmix", {})
-            if key[3] == "sla_targets" and "fwd_ms" in dense:
+            if "_fp8_" in key[3] and "fwd_ms" in dense:
+                row["our_bf16_fwd_over_our_fp8_fwd"] = round(dense["fwd_ms"] / ours["fwd_ms"], 3)
+            if key[3] == "sla_targets" and "fwd_ms" in dense and "fwd_bwd_ms" in ours:
                 dense_row = by_shape[(key[0], key[1], key[2], "causal_targets")]
                 scale = ours_pairs / dense.get("attended_pairs", dense_row["attended_pairs"])
                 row["sla_time_over_pair_prediction_fwd"] = round(ours["fwd_ms"] / (dense["fwd_ms"] * scale), 3)
@@ -352,24 +387,24 @@ def merge(paths, out_path, command):
               "flops": "4 D per attended pair fwd, 10 D bwd", "bf16_matmul_tflops_reference": 787, "rows": rows}
     with open(out_path, "w") as fh:
         json.dump(result, fh, indent=1)
-    hdr = f"{'max_len':>7} {'H':>2} {'lengths':>7} {'mask':>14} | {'ours fwd':>8} {'fb':>8} {'TF/s':>5} | " \
-          f"{'gr fwd':>8} {'fb':>8} | {'tz fwd':>8} {'fb':>8} | {'x fwd':>5} {'x fb':>5}"
-    print(hdr + " sla/pred")
+    hdr = f"{'max_len':>7} {'H':>2} {'lengths':>7} {'mask':>20} | {'ours fwd':>8} {'fb':>8} {'TF/s':>5} | " \
+          + " | ".join(f"{n[:6] + ' fwd':>10} {'fb':>8}" for n in PEERS) + f" | {'x fwd':>5} {'x fb':>5}"
+    print(hdr + " sla/pred bf16/fp8")
     nan = float("nan")
     for r in rows:
         def ms(n, f):
-            return f"{r.get(n, {}).get(f, float('nan')):8.3f}"
-        print(f"{r['max_seq_len']:>7} {r['H']:>2} {r['lengths']:>7} {r['mask']:>14} | {ms('seqmix', 'fwd_ms')} "
-              f"{ms('seqmix', 'fwd_bwd_ms')} {r.get('seqmix', {}).get('fwd_bwd_tflops', float('nan')):5.0f} | "
-              f"{ms('gr', 'fwd_ms')} {ms('gr', 'fwd_bwd_ms')} | {ms('tzrec', 'fwd_ms')} {ms('tzrec', 'fwd_bwd_ms')} | "
+            return f"{r.get(n, {}).get(f, nan):8.3f}"
+        peers = " | ".join(f"  {ms(n, 'fwd_ms')} {ms(n, 'fwd_bwd_ms')}" for n in PEERS)
+        print(f"{r['max_seq_len']:>7} {r['H']:>2} {r['lengths']:>7} {r['mask']:>20} | {ms('seqmix', 'fwd_ms')} "
+              f"{ms('seqmix', 'fwd_bwd_ms')} {r.get('seqmix', {}).get('fwd_bwd_tflops', nan):5.0f} | {peers} | "
               f"{r.get('speedup_fwd_vs_fastest_peer', r.get('speedup_fwd_vs_fastest_peer_window_proxy', nan)):5.2f} "
               f"{r.get('speedup_fwd_bwd_vs_fastest_peer', r.get('speedup_fwd_bwd_vs_fastest_peer_window_proxy', nan)):5.2f}"
-              f" {r.get('sla_time_over_pair_prediction_fwd_bwd', nan):5.2f}")
+              f" {r.get('sla_time_over_pair_prediction_fwd_bwd', nan):8.2f} {r.get('our_bf16_fwd_over_our_fp8_fwd', nan):9.2f}")
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--impl", choices=["seqmix", "gr", "tzrec"])
+    ap.add_argument("--impl", choices=["seqmix", "gr", "tzrec", "fbgemm"])
     ap.add_argument("--mode", choices=["both", "fwd", "fwd_bwd"], default="both",
                     help="what to time (the peers run fwd and fwd_bwd in separate processes)")
     ap.add_argument("--merge", nargs="+", help="per-implementation JSON files to merge into --out")
@@ -378,6 +413,9 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget-s", type=float, default=150.0)
     ap.add_argument("--max-lens", type=int, nargs="+", default=[1024, 4096, 8192])
+    ap.add_argument("--quant-modes", type=int, nargs="*", default=[],
+                    help="FP8 quant modes to time forward-only (seqmix and fbgemm), after the bf16 shapes")
+    ap.add_argument("--fp8-max-lens", type=int, nargs="+", default=[8192])
     args = ap.parse_args()
     if args.merge:
         merge(args.merge, args.out, os.environ.get("BENCH_COMMAND", " ".join(sys.argv)))

@@ -3,7 +3,10 @@
 # memcheck subset, then bench/hstu_vs_peers.py (ours vs the Triton peers) in the time left.
 # Logs go to $OUT. Knobs: PEERS (peer checkouts, default ../peers or ../../peers), TOTAL_S (time
 # budget of the whole script, default 450), SANITIZE=0, BENCH=0, TESTS=0, BENCH_ARGS,
-# PEER_MAX_LENS (max_len list for the peers only), PEER_MAX_CONFIGS, SEQMIX_BUDGET_S.
+# PEER_MAX_LENS (max_len list for the peers only), PEER_MAX_CONFIGS, SEQMIX_BUDGET_S, QUANT_MODES (FP8
+# forward rows of ours and fbgemm's at max_len 8192, default "0 1 2 3 4 5"; empty = none).
+# fbgemm's CUTLASS HSTU runs when its extension was built into $PEERS/fbgemm_hstu (off the device:
+# the kernels do not need a GPU to compile; see bench/hstu_vs_peers.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/hstu_out}; mkdir -p "$OUT"
@@ -53,10 +56,12 @@ if [ "${BENCH:-1}" = 1 ]; then
   # skipped past each budget.
   bench() {  # impl mode budget_s
     local lens=""
-    [ "$1" != seqmix ] && [ -n "${PEER_MAX_LENS:-}" ] && lens="--max-lens $PEER_MAX_LENS"
+    case "$1" in gr|tzrec) [ -n "${PEER_MAX_LENS:-}" ] && lens="--max-lens $PEER_MAX_LENS" ;; esac
+    local fp8=""
+    case "$1" in seqmix|fbgemm) [ -n "${QUANT_MODES-0 1 2 3 4 5}" ] && fp8="--quant-modes ${QUANT_MODES-0 1 2 3 4 5}" ;; esac
     timeout $(( $3 + 60 )) python3 bench/hstu_vs_peers.py --impl "$1" --mode "$2" \
       --lib build-cuda/libseqmix_hstu_capi.so --peers "${peers:-/nonexistent}" --out "$OUT/bench_$1_$2.json" \
-      --budget-s "$3" $lens ${BENCH_ARGS:-} > "$OUT/bench_$1_$2.log" 2>&1
+      --budget-s "$3" $lens $fp8 ${BENCH_ARGS:-} > "$OUT/bench_$1_$2.log" 2>&1
     log "bench $1 $2 rc=$? ($(( $(date +%s) - t0 )) s)"
     grep -vE "UserWarning|invalid_mask|tracemalloc" "$OUT/bench_$1_$2.log" | grep -E "error|Error|guard|configs" | cut -c1-300 | head -6
   }
@@ -71,6 +76,10 @@ if [ "${BENCH:-1}" = 1 ]; then
     fi
   }
   bench seqmix both ${SEQMIX_BUDGET_S:-75}
+  if [ -f "${peers:-/nonexistent}/fbgemm_hstu/fbgemm_gpu/experimental/hstu/hstu/fbgemm_gpu_experimental_hstu.so" ]; then
+    bench fbgemm fwd 60
+    bench fbgemm fwd_bwd 60
+  fi
   left=$(( total_s - ($(date +%s) - t0) - 30 ))
   bench gr fwd $(( left / 5 ))
   bench tzrec fwd $(( left / 5 ))
@@ -78,7 +87,7 @@ if [ "${BENCH:-1}" = 1 ]; then
   peer_fwd_bwd gr $(( left / 2 - 40 ))
   left=$(( total_s - ($(date +%s) - t0) - 20 ))
   peer_fwd_bwd tzrec $(( left - 60 ))
-  BENCH_COMMAND="TOTAL_S=$total_s PEER_MAX_CONFIGS=${PEER_MAX_CONFIGS:-4} bash scripts/hstu_device.sh (bench/hstu_vs_peers.py --impl seqmix|gr|tzrec --mode both|fwd|fwd_bwd, then --merge)" \
+  BENCH_COMMAND="TOTAL_S=$total_s PEER_MAX_CONFIGS=${PEER_MAX_CONFIGS:-4} bash scripts/hstu_device.sh (bench/hstu_vs_peers.py --impl seqmix|gr|tzrec|fbgemm --mode both|fwd|fwd_bwd, then --merge)" \
     python3 bench/hstu_vs_peers.py --merge "$OUT"/bench_*.json --out "$OUT/hstu_vs_peers.json" | tee "$OUT/bench_table.txt"
   cat "$OUT"/bench_*.log | grep -vE "UserWarning|invalid_mask|tracemalloc" > "$OUT/bench_logs.txt"
   rm -f "$OUT"/bench_*.log "$OUT"/bench_*.json
