@@ -635,6 +635,26 @@ def error_ratio(got, want):
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a GPU")
+@pytest.mark.parametrize("state_v_first", [False, True])
+def test_intermediate_states_cuda_matches_cpu(state_v_first):
+    """The CUDA backend's h (a copy of its fp32 state pass, transposed with state_v_first) against the CPU
+    reference on the same float32 inputs, varlen with a length-1 sequence."""
+    if not cuda_backend_has_kda():
+        pytest.skip("the CUDA backend has no KDA kernel in this build")
+    inputs, options = intermediate_case("varlen_int32_v_first", dtype=torch.float32, dk=64, dv=64)
+    options["state_v_first"] = state_v_first
+    inputs["k"] = F.normalize(inputs["k"], p=2, dim=-1)
+    args, kwargs = split(inputs)
+    cuda_args, cuda_kwargs = split({n: t.cuda() for n, t in inputs.items()})
+    cuda_options = dict(options, cu_seqlens=options["cu_seqlens"].cuda())
+    with torch.inference_mode():
+        _, _, h = seqmix.chunk_kda(*args, **kwargs, **options, return_intermediate_states=True)
+        _, _, h_cuda = seqmix.chunk_kda(*cuda_args, **cuda_kwargs, **cuda_options, return_intermediate_states=True)
+    assert h_cuda.is_cuda and h_cuda.shape == h.shape == (1, 2 + 1 + 1, 2, 64, 64) and h_cuda.dtype == h.dtype
+    assert error_ratio(h_cuda, h) < 1e-4, error_ratio(h_cuda, h)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a GPU")
 @pytest.mark.parametrize("name", list(FLA_CUDA_CASES))
 def test_intermediate_states_match_fla_triton_chunk_kda(name):
     """FLA's h (return_intermediate_states, float32 inputs) against ours on the same device choice as
