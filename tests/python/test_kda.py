@@ -520,6 +520,25 @@ def test_torch_compile_fullgraph(backend):
         torch.testing.assert_close(a, p.grad, atol=1e-12, rtol=1e-10)
 
 
+@pytest.mark.skipif(not TORCH_2_1, reason="torch.export needs torch >= 2.1")
+def test_intermediate_states_torch_export_traces_through_meta():
+    inputs, options = intermediate_case("chunk64_h0_ht")
+    args, kwargs = split(inputs)
+
+    class Module(torch.nn.Module):
+        def forward(self, q, k, v, g, beta):
+            return seqmix.chunk_kda(q, k, v, g, beta, **kwargs, **options, return_intermediate_states=True)
+
+    exported = torch.export.export(Module(), tuple(args))
+    assert any(node.target == torch.ops.seqmix.chunk_kda.default for node in exported.graph.nodes)
+    with torch.inference_mode():
+        expected = Module()(*args)
+    got = exported.module()(*args)
+    assert got[2].shape == (2, 3, 2, 4, 3)  # [B, ceil(130 / 64), HV, K, V]
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
 # ---- FLA's own references ----
 
 def fla_naive():
