@@ -55,12 +55,17 @@ struct Problem {
   int64_t N() const { return cu_seqlens.empty() ? B : static_cast<int64_t>(cu_seqlens.size()) - 1; }
   std::vector<int64_t> state_sizes() const { return {N(), HV, K, V}; }
 
-  void forward(decltype(&chunk_kda_fwd) fn, HostTensor& o, HostTensor& ht) const {
+  enum class Form { chunk, recurrent };
+  void forward(Form form, HostTensor& o, HostTensor& ht) const {
     o = HostTensor(DType::f64, {B, T, HV, V});
     ht = HostTensor(DType::f64, state_sizes());
     const TensorView A = A_log.view(), bias = dt_bias.view(), s0 = h0.view(), cu_v = cu.view(), ht_v = ht.view();
-    fn(q.view(), k.view(), v.view(), g.view(), beta.view(), &A, &bias, &s0, cu_seqlens.empty() ? nullptr : &cu_v,
-       params, o.view(), &ht_v);
+    const TensorView* cu_p = cu_seqlens.empty() ? nullptr : &cu_v;
+    if (form == Form::chunk)
+      chunk_kda_fwd(q.view(), k.view(), v.view(), g.view(), beta.view(), &A, &bias, &s0, cu_p, params, o.view(), &ht_v);
+    else
+      kda_recurrent_fwd(q.view(), k.view(), v.view(), g.view(), beta.view(), &A, &bias, &s0, cu_p, params, o.view(),
+                        &ht_v);
   }
 };
 
@@ -68,8 +73,8 @@ CheckRow chunk_vs_recurrent(const char* op, Problem& p) {
   CheckRow row{op};
   row.tolerance = 1e-10;
   HostTensor o, ht, o_ref, ht_ref;
-  row.ms = time_ms([&] { p.forward(chunk_kda_fwd, o, ht); });
-  p.forward(kda_recurrent_fwd, o_ref, ht_ref);
+  row.ms = time_ms([&] { p.forward(Problem::Form::chunk, o, ht); });
+  p.forward(Problem::Form::recurrent, o_ref, ht_ref);
   compare(o, o_ref, row);
   compare(ht, ht_ref, row);
   return row;
@@ -85,7 +90,7 @@ CheckRow backward_vs_finite_differences(const char* op, Problem& p) {
   const HostTensor w_ht = random_tensor(p.state_sizes(), rng, -1, 1);
   auto loss = [&] {
     HostTensor o, ht;
-    p.forward(chunk_kda_fwd, o, ht);
+    p.forward(Problem::Form::chunk, o, ht);
     double s = 0.0;
     for (int64_t i = 0; i < o.numel(); ++i) s += o.get(i) * w_o.get(i);
     for (int64_t i = 0; i < ht.numel(); ++i) s += ht.get(i) * w_ht.get(i);
@@ -146,7 +151,7 @@ std::vector<CheckRow> check_kda_cuda() {
   const HostTensor dht = random_tensor(p.state_sizes(), rng, -1, 1);
 
   HostTensor o_ref, ht_ref;
-  p.forward(chunk_kda_fwd, o_ref, ht_ref);
+  p.forward(Problem::Form::chunk, o_ref, ht_ref);
   HostTensor dq(DType::f64, p.q.sizes()), dk(DType::f64, p.k.sizes()), dv(DType::f64, p.v.sizes()),
       dg(DType::f64, p.g.sizes()), dbeta(DType::f64, p.beta.sizes()), dh0(DType::f64, p.state_sizes()),
       dA(DType::f64, {p.HV}), dbias(DType::f64, {p.HV * p.K});

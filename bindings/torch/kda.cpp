@@ -1,8 +1,12 @@
 // torch.ops.seqmix.chunk_kda (flash-linear-attention `fla.ops.kda.chunk_kda` semantics, include/seqmix/kda.h):
 // q, k [B, T, H, K], v [B, T, HV, V], g [B, T, HV, K], beta [B, T, HV], A_log [HV], dt_bias [HV * K],
-// initial_state [N, HV, K, V] -> (o [B, T, HV, V], final_state [N, HV, K, V]); gradients for q, k, v, g, beta,
-// initial_state, and A_log, dt_bias with the gate in kernel. The final state is [0]-sized when output_final_state
-// is false (the Python wrapper returns None for it), as an op returns the same tensors in every case.
+// initial_state [N, HV, K, V] -> (o [B, T, HV, V], final_state [N, HV, K, V], intermediate_states
+// [B, num_chunks, HV, K, V]); gradients for q, k, v, g, beta, initial_state, and A_log, dt_bias with the gate in
+// kernel. The final state is [0]-sized when output_final_state is false, the intermediate states (FLA's h, the state
+// entering each chunk; never differentiable) when num_chunks is None (the Python wrapper returns None / nothing for
+// them), as an op returns the same tensors in every case. num_chunks is FLA's NT: ceil(T / chunk_size), or with
+// cu_seqlens the chunks of all sequences; the caller passes it because with cu_seqlens it depends on their values
+// (the Meta kernel reads none), and the C++ entry checks it against them.
 #include "seqmix/kda.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -62,16 +66,28 @@ OptionalTensor dense(const OptionalTensor& t) {
   return t.has_value() && t->defined() ? OptionalTensor(t->contiguous()) : c10::nullopt;
 }
 
+// [B, num_chunks, HV, K, V] ([.., V, K] with state_v_first), or [0] when not wanted.
+std::vector<int64_t> intermediate_shape(const at::Tensor& q, const at::Tensor& v, c10::optional<int64_t> num_chunks,
+                                        bool state_v_first) {
+  if (!num_chunks.has_value()) return {0};
+  TORCH_CHECK(*num_chunks >= 0, "seqmix: num_chunks: expected >= 0, got ", *num_chunks);
+  TORCH_CHECK(q.dim() == 4, "seqmix: q: expected rank 4 [B, T, H, K], got ", q.sizes());
+  TORCH_CHECK(v.dim() == 4, "seqmix: v: expected rank 4 [B, T, HV, V], got ", v.sizes());
+  const int64_t b = q.size(0), hv = v.size(2), k = q.size(3), d = v.size(3);
+  return state_v_first ? std::vector<int64_t>{b, *num_chunks, hv, d, k}
+                       : std::vector<int64_t>{b, *num_chunks, hv, k, d};
+}
+
 // ---- CPU and CUDA kernels ----
 
-std::tuple<at::Tensor, at::Tensor> chunk_kda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                             const at::Tensor& g, const at::Tensor& beta, const OptionalTensor& A_log,
-                                             const OptionalTensor& dt_bias, c10::optional<double> scale,
-                                             const OptionalTensor& initial_state, bool output_final_state,
-                                             bool use_qk_l2norm_in_kernel, bool use_gate_in_kernel,
-                                             bool use_beta_sigmoid_in_kernel, bool allow_neg_eigval,
-                                             c10::optional<double> lower_bound, bool state_v_first, int64_t chunk_size,
-                                             const OptionalTensor& cu_seqlens) {
+using ForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+ForwardResult chunk_kda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                        const at::Tensor& beta, const OptionalTensor& A_log, const OptionalTensor& dt_bias,
+                        c10::optional<double> scale, const OptionalTensor& initial_state, bool output_final_state,
+                        bool use_qk_l2norm_in_kernel, bool use_gate_in_kernel, bool use_beta_sigmoid_in_kernel,
+                        bool allow_neg_eigval, c10::optional<double> lower_bound, bool state_v_first,
+                        int64_t chunk_size, const OptionalTensor& cu_seqlens, c10::optional<int64_t> num_chunks) {
   KdaParams params = make_params(scale, output_final_state, use_qk_l2norm_in_kernel, use_gate_in_kernel,
                                  use_beta_sigmoid_in_kernel, allow_neg_eigval, lower_bound, state_v_first, chunk_size);
   set_stream(params, q);
@@ -82,13 +98,16 @@ std::tuple<at::Tensor, at::Tensor> chunk_kda(const at::Tensor& q, const at::Tens
   at::Tensor final_state = at::empty(
       output_final_state ? state_shape(q, v, cu_seqlens, state_v_first) : std::vector<int64_t>{0}, state_options(q));
   const OptionalView final_state_view(output_final_state ? OptionalTensor(final_state) : c10::nullopt, "final_state");
+  at::Tensor intermediate_states = at::empty(intermediate_shape(q, v, num_chunks, state_v_first), state_options(q));
+  const OptionalView intermediate_view(num_chunks.has_value() ? OptionalTensor(intermediate_states) : c10::nullopt,
+                                       "intermediate_states");
   call_seqmix([&] {
     chunk_kda_fwd(view(q_, "q"), view(k_, "k"), view(v_, "v"), view(g_, "g"), view(beta_, "beta"),
                   OptionalView(A_log_, "A_log").get(), OptionalView(dt_bias_, "dt_bias").get(),
                   OptionalView(h0, "initial_state").get(), OptionalView(cu_seqlens, "cu_seqlens").get(), params,
-                  view(o, "o"), final_state_view.get());
+                  view(o, "o"), final_state_view.get(), intermediate_view.get());
   });
-  return {o, final_state};
+  return {o, final_state, intermediate_states};
 }
 
 using BackwardResult =
@@ -138,15 +157,15 @@ BackwardResult chunk_kda_backward(const at::Tensor& grad_o, const OptionalTensor
 
 // ---- Meta kernels: output shapes only, no data is read ----
 
-std::tuple<at::Tensor, at::Tensor> chunk_kda_meta(const at::Tensor& q, const at::Tensor&, const at::Tensor& v,
-                                                  const at::Tensor&, const at::Tensor&, const OptionalTensor&,
-                                                  const OptionalTensor&, c10::optional<double>, const OptionalTensor&,
-                                                  bool output_final_state, bool, bool, bool, bool,
-                                                  c10::optional<double>, bool state_v_first, int64_t,
-                                                  const OptionalTensor& cu_seqlens) {
+ForwardResult chunk_kda_meta(const at::Tensor& q, const at::Tensor&, const at::Tensor& v, const at::Tensor&,
+                             const at::Tensor&, const OptionalTensor&, const OptionalTensor&, c10::optional<double>,
+                             const OptionalTensor&, bool output_final_state, bool, bool, bool, bool,
+                             c10::optional<double>, bool state_v_first, int64_t, const OptionalTensor& cu_seqlens,
+                             c10::optional<int64_t> num_chunks) {
   return {at::empty(v.sizes(), v.options()),
           at::empty(output_final_state ? state_shape(q, v, cu_seqlens, state_v_first) : std::vector<int64_t>{0},
-                    state_options(q))};
+                    state_options(q)),
+          at::empty(intermediate_shape(q, v, num_chunks, state_v_first), state_options(q))};
 }
 
 BackwardResult chunk_kda_backward_meta(const at::Tensor&, const OptionalTensor&, const at::Tensor& q,
@@ -177,17 +196,16 @@ struct KdaOptions {
   c10::optional<double> lower_bound;
   bool state_v_first = false;
   int64_t chunk_size = 64;
+  c10::optional<int64_t> num_chunks;  // of the intermediate states; forward only
 };
 
-std::tuple<at::Tensor, at::Tensor> call_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                const at::Tensor& g, const at::Tensor& beta,
-                                                const OptionalTensor& A_log, const OptionalTensor& dt_bias,
-                                                const OptionalTensor& initial_state, const OptionalTensor& cu_seqlens,
-                                                const KdaOptions& o) {
+ForwardResult call_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                           const at::Tensor& beta, const OptionalTensor& A_log, const OptionalTensor& dt_bias,
+                           const OptionalTensor& initial_state, const OptionalTensor& cu_seqlens, const KdaOptions& o) {
   static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("seqmix::chunk_kda", "").typed<decltype(chunk_kda)>();
   return op.call(q, k, v, g, beta, A_log, dt_bias, o.scale, initial_state, o.output_final_state,
                  o.use_qk_l2norm_in_kernel, o.use_gate_in_kernel, o.use_beta_sigmoid_in_kernel, o.allow_neg_eigval,
-                 o.lower_bound, o.state_v_first, o.chunk_size, cu_seqlens);
+                 o.lower_bound, o.state_v_first, o.chunk_size, cu_seqlens, o.num_chunks);
 }
 
 BackwardResult call_backward(const at::Tensor& grad_o, const OptionalTensor& grad_final_state, const at::Tensor& q,
@@ -224,9 +242,11 @@ class ChunkKdaFunction : public torch::autograd::Function<ChunkKdaFunction> {
     d["allow_neg_eigval"] = options.allow_neg_eigval;
     d["state_v_first"] = options.state_v_first;
     d["chunk_size"] = options.chunk_size;
-    auto [o, final_state] = call_forward(q, k, v, g, beta, A_log, dt_bias, initial_state, cu_seqlens, options);
+    auto [o, final_state, intermediate_states] =
+        call_forward(q, k, v, g, beta, A_log, dt_bias, initial_state, cu_seqlens, options);
     if (!options.output_final_state) ctx->mark_non_differentiable({final_state});
-    return {o, final_state};
+    ctx->mark_non_differentiable({intermediate_states});  // as FLA's h: inference only
+    return {o, final_state, intermediate_states};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -265,12 +285,13 @@ class ChunkKdaFunction : public torch::autograd::Function<ChunkKdaFunction> {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor> chunk_kda_autograd(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
-    const OptionalTensor& A_log, const OptionalTensor& dt_bias, c10::optional<double> scale,
-    const OptionalTensor& initial_state, bool output_final_state, bool use_qk_l2norm_in_kernel, bool use_gate_in_kernel,
-    bool use_beta_sigmoid_in_kernel, bool allow_neg_eigval, c10::optional<double> lower_bound, bool state_v_first,
-    int64_t chunk_size, const OptionalTensor& cu_seqlens) {
+ForwardResult chunk_kda_autograd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                                 const at::Tensor& beta, const OptionalTensor& A_log, const OptionalTensor& dt_bias,
+                                 c10::optional<double> scale, const OptionalTensor& initial_state,
+                                 bool output_final_state, bool use_qk_l2norm_in_kernel, bool use_gate_in_kernel,
+                                 bool use_beta_sigmoid_in_kernel, bool allow_neg_eigval,
+                                 c10::optional<double> lower_bound, bool state_v_first, int64_t chunk_size,
+                                 const OptionalTensor& cu_seqlens, c10::optional<int64_t> num_chunks) {
   const KdaOptions options{scale,
                            output_final_state,
                            use_qk_l2norm_in_kernel,
@@ -279,9 +300,10 @@ std::tuple<at::Tensor, at::Tensor> chunk_kda_autograd(
                            allow_neg_eigval,
                            lower_bound,
                            state_v_first,
-                           chunk_size};
+                           chunk_size,
+                           num_chunks};
   const auto out = ChunkKdaFunction::apply(q, k, v, g, beta, A_log, dt_bias, initial_state, cu_seqlens, options);
-  return {out[0], out[1]};
+  return {out[0], out[1], out[2]};
 }
 
 }  // namespace
@@ -295,7 +317,7 @@ TORCH_LIBRARY_FRAGMENT(seqmix, m) {
       "use_qk_l2norm_in_kernel, bool use_gate_in_kernel, "
       "bool use_beta_sigmoid_in_kernel, bool allow_neg_eigval, float? "
       "lower_bound, bool state_v_first, "
-      "int chunk_size, Tensor? cu_seqlens) -> (Tensor, Tensor)");
+      "int chunk_size, Tensor? cu_seqlens, int? num_chunks=None) -> (Tensor, Tensor, Tensor)");
   m.def(
       "chunk_kda_backward(Tensor grad_o, Tensor? grad_final_state, Tensor q, "
       "Tensor k, Tensor v, Tensor g, "

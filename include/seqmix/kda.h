@@ -76,10 +76,15 @@ void kda_recurrent_fwd(const TensorView& q, const TensorView& k, const TensorVie
 // Chunked form (FLA's chunk_kda): per chunk of chunk_size tokens with in-chunk cumulative gates Gamma,
 // A = (I + tril(diag(beta) K Gamma K^T, -1))^-1, WY vectors w = A diag(beta) (Gamma k), u = A diag(beta) v,
 // v_new = u - w S, o = (q Gamma) S + tril(q Gamma K^T) v_new, S <- Gamma_last S + (Gamma_last / Gamma k)^T v_new.
+// intermediate_states, when given, receives FLA's `h` (chunk_kda with return_intermediate_states): the state
+// S entering each chunk (the initial state or zeros for a sequence's first chunk), f32 or f64,
+// [B, NT, HV, K, V] with NT = ceil(T / chunk_size), or with cu_seqlens [1, NT, HV, K, V] with NT = the sum over
+// sequences of ceil(len_n / chunk_size), the chunks of sequence n consecutive (none for an empty sequence);
+// [.., V, K] with state_v_first.
 void chunk_kda_fwd(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& g,
                    const TensorView& beta, const TensorView* A_log, const TensorView* dt_bias,
                    const TensorView* initial_state, const TensorView* cu_seqlens, const KdaParams& params,
-                   const TensorView& o, const TensorView* final_state);
+                   const TensorView& o, const TensorView* final_state, const TensorView* intermediate_states = nullptr);
 
 // Gradients of chunk_kda_fwd given do_ (FLA's `do`, a C++ keyword) and, when output_final_state,
 // optionally dht (absent = zero).

@@ -7,6 +7,21 @@ from typing import Optional, Tuple
 import torch
 
 
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling()
+
+
+def _num_chunks(T: int, chunk_size: int, cu_seqlens: Optional[torch.Tensor],
+                cu_seqlens_cpu: Optional[torch.Tensor]) -> int:
+    """NT of FLA's h: ceil(T / chunk_size), or with cu_seqlens the chunks of all sequences (read on the host,
+    from cu_seqlens_cpu when given, as FLA's prepare_chunk_indices)."""
+    if cu_seqlens is None:
+        return (T + chunk_size - 1) // chunk_size
+    bounds = cu_seqlens_cpu if cu_seqlens_cpu is not None else cu_seqlens
+    return int(((bounds[1:] - bounds[:-1] + chunk_size - 1) // chunk_size).sum())
+
+
 def chunk_kda(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -29,19 +44,28 @@ def chunk_kda(
     cu_seqlens_cpu: Optional[torch.Tensor] = None,
     cp_context=None,
     **kwargs,
-) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+) -> Tuple[Optional[torch.Tensor], ...]:
     """Same arguments and return as FLA's chunk_kda: q, k [B, T, H, K], v [B, T, HV, V] (HV a multiple
     of H), g [B, T, HV, K] (log-space decay, or the raw gate input with use_gate_in_kernel), beta
     [B, T, HV], initial_state [N, HV, K, V], cu_seqlens [N + 1] with B == 1; keyword arguments A_log
     [HV] and dt_bias [HV * K] (used with use_gate_in_kernel) and chunk_size (32 or 64) as FLA's
     **kwargs -> (o [B, T, HV, V] in q's dtype, final_state [N, HV, K, V] float32 (float64 for float64
-    inputs) or None). Differentiable in q, k, v, g, beta, initial_state, and A_log, dt_bias with the
-    gate in kernel.
+    inputs) or None), and h with return_intermediate_states. Differentiable in q, k, v, g, beta,
+    initial_state, and A_log, dt_bias with the gate in kernel.
+
+    return_intermediate_states=True (only under torch.inference_mode() and with disable_recompute=False,
+    as FLA) returns (o, final_state, h): h [B, NT, HV, K, V] ([B, NT, HV, V, K] with state_v_first) is the
+    state entering each chunk of chunk_size tokens (the initial state or zeros for a sequence's first
+    chunk), NT = ceil(T / chunk_size); with cu_seqlens B = 1 and NT = the sum over sequences of
+    ceil(len / chunk_size), each sequence's chunks consecutive; in k's dtype, as FLA's. With cu_seqlens the
+    chunk count is read on the host (from cu_seqlens_cpu when given), as FLA does. Under torch.compile the
+    inference-mode check is skipped (dynamo cannot trace torch.is_inference_mode_enabled); h is never
+    differentiable.
 
     safe_gate and disable_recompute choose among FLA's kernels (safe_gate's checks are kept: it needs
-    lower_bound in [-5, 0) with the gate in kernel); cu_seqlens_cpu is FLA's host copy of cu_seqlens
-    and is not needed. return_intermediate_states and cp_context (context parallelism) are not
-    implemented."""
+    lower_bound in [-5, 0) with the gate in kernel); cu_seqlens_cpu is FLA's host copy of cu_seqlens,
+    only read for the chunk count of return_intermediate_states. cp_context (context parallelism) is
+    not implemented."""
     if "transpose_state_layout" in kwargs:
         if state_v_first:
             raise ValueError("Cannot pass both `state_v_first` and the deprecated `transpose_state_layout`.")
@@ -54,7 +78,11 @@ def chunk_kda(
     if kwargs:
         raise TypeError(f"seqmix.chunk_kda: unexpected keyword arguments {sorted(kwargs)}")
     if return_intermediate_states:
-        raise NotImplementedError("seqmix.chunk_kda: return_intermediate_states is not implemented")
+        # FLA's assertions and messages (FLA checks them after its forward; here before).
+        if not _compiling() and not torch.is_inference_mode_enabled():
+            raise AssertionError("return_intermediate_states is only allowed in inference mode")
+        if disable_recompute:
+            raise AssertionError("return_intermediate_states must be used with disable_recompute=False")
     if cp_context is not None:
         raise NotImplementedError("seqmix.chunk_kda: cp_context (context parallelism) is not implemented")
     if cu_seqlens is not None and q.shape[0] != 1:
@@ -74,9 +102,15 @@ def chunk_kda(
     dtype = q.dtype
     for t in (k, v, g, beta):
         dtype = torch.promote_types(dtype, t.dtype)
-    o, final_state = torch.ops.seqmix.chunk_kda(
+    num_chunks = None
+    if return_intermediate_states and chunk_size > 0:  # a bad chunk_size is reported by the op
+        num_chunks = _num_chunks(q.shape[1], chunk_size, cu_seqlens, cu_seqlens_cpu)
+    o, final_state, h = torch.ops.seqmix.chunk_kda(
         q.to(dtype), k.to(dtype), v.to(dtype), g.to(dtype), beta.to(dtype), A_log, dt_bias, scale, initial_state,
         output_final_state, use_qk_l2norm_in_kernel, use_gate_in_kernel, use_beta_sigmoid_in_kernel,
-        allow_neg_eigval, lower_bound, state_v_first, chunk_size, cu_seqlens,
+        allow_neg_eigval, lower_bound, state_v_first, chunk_size, cu_seqlens, num_chunks,
     )
-    return o.to(q.dtype), (final_state if output_final_state else None)
+    final_state = final_state if output_final_state else None
+    if return_intermediate_states:
+        return o.to(q.dtype), final_state, h.to(k.dtype)
+    return o.to(q.dtype), final_state

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <initializer_list>
 #include <string>
+#include <vector>
 
 #include "common/dispatch.h"
 #include "common/validate.h"
@@ -131,6 +132,31 @@ void validate_final_state(const cpu::KdaArgs& a, const TensorView* final_state) 
   if (final_state) expect_state(*final_state, "final_state", a);
 }
 
+// FLA's h: [B, NT, HV, K, V] ([.., V, K] with state_v_first), NT = ceil(T / chunk_size); with cu_seqlens
+// B = 1 and NT = sum of ceil(len_n / chunk_size) (a.offsets holds the lengths for CPU tensors, and for CUDA
+// ones in a CUDA build).
+void validate_intermediate_states(const cpu::KdaArgs& a, bool varlen, const TensorView& t) {
+  const int64_t BT = a.params.chunk_size;
+  int64_t rows = a.B, chunks = (a.T + BT - 1) / BT;
+  if (varlen) {
+    rows = 1;
+    chunks = 0;
+    for (size_t n = 0; n + 1 < a.offsets.size(); ++n) chunks += (a.offsets[n + 1] - a.offsets[n] + BT - 1) / BT;
+  }
+  const bool v_first = a.params.state_v_first;
+  const std::vector<int64_t> sizes =
+      v_first ? std::vector<int64_t>{rows, chunks, a.HV, a.V, a.K} : std::vector<int64_t>{rows, chunks, a.HV, a.K, a.V};
+  const std::string layout =
+      std::string(varlen ? "[1, NT, HV, " : "[B, NT, HV, ") + (v_first ? "V, K]" : "K, V]") +
+      (varlen ? " (NT = sum over sequences of ceil(len / chunk_size))" : " (NT = ceil(T / chunk_size))") +
+      (v_first ? " (state_v_first)" : "");
+  validate::expect(t, "intermediate_states")
+      .shape(sizes, layout.c_str())
+      .dtype_in({DType::f32, DType::f64})
+      .device(a.q->device)
+      .non_null();
+}
+
 void expect_like(const TensorView& t, const char* name, const TensorView& like, const char* like_name,
                  const char* layout) {
   validate::expect(t, name).shape(like.shape(), layout).same_dtype(like, like_name).device(like.device).non_null();
@@ -151,26 +177,38 @@ void check_cuda_supported(const char* op, const cpu::KdaArgs& a, std::initialize
     if (t.tensor) validate::expect(*t.tensor, t.name).contiguous();
 }
 
-using CpuForward = void (*)(const cpu::KdaArgs&, const TensorView&, const TensorView*);
+enum class Form { recurrent, chunk };
 
-void forward(const char* op, CpuForward cpu_fn, const TensorView& q, const TensorView& k, const TensorView& v,
+// intermediate_states is only given with Form::chunk (the public kda_recurrent_fwd has no such argument).
+void forward(const char* op, Form form, const TensorView& q, const TensorView& k, const TensorView& v,
              const TensorView& g, const TensorView& beta, const TensorView* A_log, const TensorView* dt_bias,
              const TensorView* initial_state, const TensorView* cu_seqlens, const KdaParams& params,
-             const TensorView& o, const TensorView* final_state) {
+             const TensorView& o, const TensorView* final_state, const TensorView* intermediate_states) {
   const cpu::KdaArgs a = validate_inputs(q, k, v, g, beta, A_log, dt_bias, initial_state, cu_seqlens, params);
   expect_like(o, "o", v, "v", "[B, T, HV, V]");
   validate_final_state(a, final_state);
-  if (q.device.type == DeviceType::cuda) {
-    if (cpu_fn != cpu::chunk_kda_fwd) dispatch::cuda_not_implemented(op);
+  const bool on_cuda = q.device.type == DeviceType::cuda;
+  if (intermediate_states) {
+    // Without a CUDA build the sequence lengths of a CUDA cu_seqlens are unknown here: report the
+    // missing backend rather than a shape mismatch.
+    if (on_cuda && !dispatch::built_with_cuda()) dispatch::cuda_not_implemented(op);
+    validate_intermediate_states(a, cu_seqlens != nullptr, *intermediate_states);
+  }
+  if (on_cuda) {
+    if (form != Form::chunk) dispatch::cuda_not_implemented(op);
     check_cuda_supported(op, a,
                          {{&q, "q"}, {&k, "k"}, {&v, "v"}, {&g, "g"}, {&beta, "beta"}, {A_log, "A_log"},
-                          {dt_bias, "dt_bias"}, {initial_state, "initial_state"}, {&o, "o"}, {final_state, "final_state"}});
+                          {dt_bias, "dt_bias"}, {initial_state, "initial_state"}, {&o, "o"},
+                          {final_state, "final_state"}, {intermediate_states, "intermediate_states"}});
 #ifdef SEQMIX_WITH_CUDA
-    cuda::chunk_kda_fwd(a, cu_seqlens, o, final_state, static_cast<cudaStream_t>(params.stream));
+    cuda::chunk_kda_fwd(a, cu_seqlens, o, final_state, intermediate_states, static_cast<cudaStream_t>(params.stream));
 #endif
     return;
   }
-  cpu_fn(a, o, final_state);
+  if (form == Form::chunk)
+    cpu::chunk_kda_fwd(a, o, final_state, intermediate_states);
+  else
+    cpu::kda_recurrent_fwd(a, o, final_state);
 }
 
 }  // namespace
@@ -179,16 +217,16 @@ void kda_recurrent_fwd(const TensorView& q, const TensorView& k, const TensorVie
                        const TensorView& beta, const TensorView* A_log, const TensorView* dt_bias,
                        const TensorView* initial_state, const TensorView* cu_seqlens, const KdaParams& params,
                        const TensorView& o, const TensorView* final_state) {
-  forward("kda_recurrent_fwd", cpu::kda_recurrent_fwd, q, k, v, g, beta, A_log, dt_bias, initial_state, cu_seqlens,
-          params, o, final_state);
+  forward("kda_recurrent_fwd", Form::recurrent, q, k, v, g, beta, A_log, dt_bias, initial_state, cu_seqlens, params, o,
+          final_state, nullptr);
 }
 
 void chunk_kda_fwd(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& g,
                    const TensorView& beta, const TensorView* A_log, const TensorView* dt_bias,
                    const TensorView* initial_state, const TensorView* cu_seqlens, const KdaParams& params,
-                   const TensorView& o, const TensorView* final_state) {
-  forward("chunk_kda_fwd", cpu::chunk_kda_fwd, q, k, v, g, beta, A_log, dt_bias, initial_state, cu_seqlens, params,
-          o, final_state);
+                   const TensorView& o, const TensorView* final_state, const TensorView* intermediate_states) {
+  forward("chunk_kda_fwd", Form::chunk, q, k, v, g, beta, A_log, dt_bias, initial_state, cu_seqlens, params, o,
+          final_state, intermediate_states);
 }
 
 void chunk_kda_bwd(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& g,

@@ -1,6 +1,6 @@
 // KDA CUDA kernels against the CPU reference (fp64 arithmetic on the same low-precision inputs):
-// forward outputs and final state, every gradient, over odd / short / long lengths, varlen packs
-// with empty and length-1 sequences, GVA, every option, bf16 / f16 / f32 inputs, strong decay.
+// forward outputs, final state and intermediate states (FLA's h), every gradient, over odd / short / long lengths,
+// varlen packs with empty and length-1 sequences, GVA, every option, bf16 / f16 / f32 inputs, strong decay.
 //
 // Tolerances (errors relative to the reference's scale: rms = ||x - ref||_2 / ||ref||_2,
 // max = max |x - ref| / max |ref|):
@@ -48,6 +48,7 @@ struct Case {
   bool A_log = false, dt_bias = false;
   bool beta_sigmoid = false, neg_eigval = false;
   bool h0 = false, ht = false, v_first = false;
+  std::optional<DType> intermediate;  // FLA's h (intermediate_states) in this dtype; none when absent
   double g_lo = -1.0, g_hi = -0.01;  // log decay range without the fused gate
   DType dtype = DType::bf16;
   bool backward = true;
@@ -56,6 +57,16 @@ struct Case {
   int64_t N() const { return cu_seqlens.empty() ? B : static_cast<int64_t>(cu_seqlens.size()) - 1; }
   std::vector<int64_t> state_sizes() const {
     return v_first ? std::vector<int64_t>{N(), HV, V(), K} : std::vector<int64_t>{N(), HV, K, V()};
+  }
+  // [B, ceil(T / 64), HV, K, V], or [1, sum of ceil(len / 64), ..] with cu_seqlens; [.., V, K] with v_first.
+  std::vector<int64_t> intermediate_sizes() const {
+    int64_t rows = B, chunks = (T + 63) / 64;
+    if (!cu_seqlens.empty()) {
+      rows = 1;
+      chunks = 0;
+      for (size_t n = 0; n + 1 < cu_seqlens.size(); ++n) chunks += (cu_seqlens[n + 1] - cu_seqlens[n] + 63) / 64;
+    }
+    return v_first ? std::vector<int64_t>{rows, chunks, HV, V(), K} : std::vector<int64_t>{rows, chunks, HV, K, V()};
   }
   KdaParams params() const {
     KdaParams p;
@@ -219,7 +230,7 @@ DeviceInputs upload(const Case& c, const Inputs& in) {
 }
 
 struct Outputs {
-  HostTensor o, ht, dq, dk, dv, dg, dbeta, dh0, dA_log, ddt_bias;
+  HostTensor o, ht, h, dq, dk, dv, dg, dbeta, dh0, dA_log, ddt_bias;  // h: intermediate_states
 };
 
 // The CPU reference on the exact (f64) values of the low-precision inputs.
@@ -238,9 +249,10 @@ Outputs reference(const Case& c, const Inputs& in, const HostTensor& d_o, const 
   Outputs r;
   r.o = HostTensor(DType::f64, v.sizes());
   if (c.ht) r.ht = HostTensor(DType::f64, c.state_sizes());
-  const TensorView ht = r.ht.view();
+  if (c.intermediate) r.h = HostTensor(DType::f64, c.intermediate_sizes());
+  const TensorView ht = r.ht.view(), h = r.h.view();
   chunk_kda_fwd(q.view(), k.view(), v.view(), g.view(), beta.view(), A_p, bias_p, h0_p, cu_p, params, r.o.view(),
-                c.ht ? &ht : nullptr);
+                c.ht ? &ht : nullptr, c.intermediate ? &h : nullptr);
   if (!c.backward) return r;
   r.dq = HostTensor(DType::f64, q.sizes());
   r.dk = HostTensor(DType::f64, k.sizes());
@@ -268,15 +280,17 @@ Outputs on_device(const Case& c, const Inputs& in, const HostTensor& d_o, const 
   const TensorView* bias_p = c.dt_bias ? &bias : nullptr;
   const TensorView* h0_p = c.h0 ? &h0 : nullptr;
   const TensorView* cu_p = c.cu_seqlens.empty() ? nullptr : &cu;
-  CudaTensor o(c.dtype, in.v.sizes()), ht;
+  CudaTensor o(c.dtype, in.v.sizes()), ht, h;
   if (c.ht) ht = CudaTensor(DType::f32, c.state_sizes());
-  const TensorView ht_v = ht.view();
+  if (c.intermediate) h = CudaTensor(*c.intermediate, c.intermediate_sizes());
+  const TensorView ht_v = ht.view(), h_v = h.view();
   chunk_kda_fwd(d.q.view(), d.k.view(), d.v.view(), d.g.view(), d.beta.view(), A_p, bias_p, h0_p, cu_p, params,
-                o.view(), c.ht ? &ht_v : nullptr);
+                o.view(), c.ht ? &ht_v : nullptr, c.intermediate ? &h_v : nullptr);
   cuda_synchronize();
   Outputs r;
   r.o = o.to_host();
   if (c.ht) r.ht = ht.to_host();
+  if (c.intermediate) r.h = h.to_host();
   if (!c.backward) return r;
   std::fprintf(stderr, "[kda_cuda] %s: backward\n", c.name.c_str());
   const CudaTensor d_o_dev = CudaTensor::from_host(d_o);
@@ -312,6 +326,11 @@ void check_case(const Case& c, uint64_t seed) {
   const Tolerance lo = low_precision_tol(c), st = state_tol(c);
   expect_close(c.name + " o", got.o, ref.o, lo);
   if (c.ht) expect_close(c.name + " final_state", got.ht, ref.ht, st);
+  if (c.intermediate) {
+    EXPECT_EQ(got.h.sizes(), c.intermediate_sizes()) << c.name;
+    EXPECT_EQ(got.h.dtype(), *c.intermediate) << c.name;
+    expect_close(c.name + " intermediate_states", got.h, ref.h, st);
+  }
   if (!c.backward) return;
   expect_close(c.name + " dq", got.dq, ref.dq, lo);
   expect_close(c.name + " dk", got.dk, ref.dk, lo);
@@ -330,8 +349,8 @@ std::vector<Case> sweep() {
   std::vector<Case> cases;
   auto add = [&](Case c) { cases.push_back(std::move(c)); };
   {
-    Case c{"B2 T100 H2 K64 plain"};
-    c.B = 2, c.T = 100, c.H = 2, c.HV = 2;
+    Case c{"B2 T100 H2 K64 plain h"};
+    c.B = 2, c.T = 100, c.H = 2, c.HV = 2, c.intermediate = DType::f32;
     add(c);
   }
   {
@@ -345,8 +364,9 @@ std::vector<Case> sweep() {
     add(c);
   }
   {
-    Case c{"varlen empty/len-1 K64 H2 h0 ht i32"};
+    Case c{"varlen empty/len-1 K64 H2 h0 ht h i32"};
     c.T = 203, c.H = 2, c.HV = 2, c.cu_seqlens = {0, 0, 1, 70, 70, 200, 203}, c.h0 = c.ht = true;
+    c.intermediate = DType::f32;
     add(c);
   }
   {
@@ -366,9 +386,9 @@ std::vector<Case> sweep() {
     add(c);
   }
   {
-    Case c{"lower_bound gate no A_log neg_eigval v_first K128"};
+    Case c{"lower_bound gate no A_log neg_eigval v_first K128 h"};
     c.T = 131, c.K = 128, c.l2norm = true, c.gate = Gate::lower_bound, c.dt_bias = true;
-    c.beta_sigmoid = c.neg_eigval = true, c.h0 = c.ht = c.v_first = true;
+    c.beta_sigmoid = c.neg_eigval = true, c.h0 = c.ht = c.v_first = true, c.intermediate = DType::f32;
     add(c);
   }
   {
@@ -383,9 +403,10 @@ std::vector<Case> sweep() {
   }
   {
     // many short and a few long sequences in one pack: lengths 0, 1, 63, 64, 65, 129, 3, 0, 200, 7, 1, 40
-    Case c{"varlen 12 seqs mixed lengths GVA H2 HV4 K64 gate h0 ht"};
+    Case c{"varlen 12 seqs mixed lengths GVA H2 HV4 K64 gate h0 ht h f64"};
     c.T = 573, c.H = 2, c.HV = 4, c.cu_seqlens = {0, 0, 1, 64, 128, 193, 322, 325, 325, 525, 532, 533, 573};
     c.gate = Gate::softplus, c.A_log = c.dt_bias = true, c.l2norm = true, c.h0 = c.ht = true;
+    c.intermediate = DType::f64;
     add(c);
   }
   {
@@ -400,9 +421,9 @@ std::vector<Case> sweep() {
     add(c);
   }
   {
-    Case c{"f32 K128 all options"};
+    Case c{"f32 K128 all options h"};
     c.T = 140, c.K = 128, c.H = 1, c.HV = 2, c.dtype = DType::f32, c.l2norm = true, c.gate = Gate::softplus;
-    c.A_log = c.dt_bias = true, c.beta_sigmoid = true, c.h0 = c.ht = true;
+    c.A_log = c.dt_bias = true, c.beta_sigmoid = true, c.h0 = c.ht = true, c.intermediate = DType::f32;
     add(c);
   }
   // The forward state pass and the backward's state sweep pick their value-tile widths from (sequences x
@@ -471,6 +492,44 @@ TEST(KdaCuda, LongSequence32768ForwardAndBackward) {
   check_case(c, 9);
 }
 
+TEST(KdaCuda, IntermediateStatesInEveryLayoutAreOneCopyOfTheSameStates) {
+  // f32 K-first (a plain copy of the state pass's scratch), f64 and V-first (the conversion kernel): the
+  // same fp32 states, exactly; and the o / final state of the call equal those of a call without them.
+  SEQMIX_REQUIRE_CUDA();
+  Case c{"intermediate layouts"};
+  c.T = 300, c.K = 64, c.H = 1, c.HV = 2, c.cu_seqlens = {0, 1, 100, 100, 300}, c.h0 = c.ht = true;
+  c.backward = false;
+  const Inputs in = make_inputs(c, 31);
+  const HostTensor none;
+  const Outputs without = on_device(c, in, none, none);
+  c.intermediate = DType::f32;
+  const Outputs f32 = on_device(c, in, none, none);
+  c.intermediate = DType::f64;
+  const Outputs f64 = on_device(c, in, none, none);
+  EXPECT_EQ(testing::max_abs_diff(f32.o, without.o), 0.0);
+  EXPECT_EQ(testing::max_abs_diff(f32.ht, without.ht), 0.0);
+  EXPECT_EQ(testing::max_abs_diff(f64.h, f32.h), 0.0);
+  // V-first: h0 transposed on the way in, every state transposed on the way out.
+  Case vf = c;
+  vf.v_first = true;
+  vf.intermediate = DType::f32;
+  Inputs in_vf = in;
+  const int64_t K = c.K, V = c.V(), heads_h0 = c.N() * c.HV;
+  in_vf.h0 = HostTensor(DType::f32, vf.state_sizes());
+  for (int64_t h = 0; h < heads_h0; ++h)
+    for (int64_t d = 0; d < K; ++d)
+      for (int64_t e = 0; e < V; ++e) in_vf.h0.set((h * V + e) * K + d, in.h0.get((h * K + d) * V + e));
+  const Outputs v_first = on_device(vf, in_vf, none, none);
+  ASSERT_EQ(v_first.h.sizes(), vf.intermediate_sizes());
+  const int64_t heads = f32.h.numel() / (K * V);
+  double diff = 0.0;
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t d = 0; d < K; ++d)
+      for (int64_t e = 0; e < V; ++e)
+        diff = std::max(diff, std::abs(v_first.h.get((h * V + e) * K + d) - f32.h.get((h * K + d) * V + e)));
+  EXPECT_EQ(diff, 0.0);
+}
+
 TEST(KdaCuda, BackwardIsDeterministic) {
   SEQMIX_REQUIRE_CUDA();
   Case c{"determinism"};
@@ -513,6 +572,35 @@ TEST(KdaCuda, BadInputsNameTheArgument) {
   testing::expect_error([&] { fwd(k.view(), g.view(), &v2); }, {"cu_seqlens", "non-decreasing"});
   testing::expect_error([&] { fwd(k.view(), g.view(), &v3); }, {"cu_seqlens", "total token count"});
   testing::expect_error([&] { fwd(k.view(), g.view(), &v4); }, {"cu_seqlens"});
+  // intermediate_states: the chunk count of a varlen pack comes from the host copy of cu_seqlens
+  const CudaTensor cu_ok = CudaTensor::from_host(testing::int_tensor({0, 0, 1, T}, DType::i32));  // 0 + 1 + 2 chunks
+  const TensorView cu_ok_v = cu_ok.view();
+  auto fwd_h = [&](const CudaTensor& h, const TensorView* cu) {
+    const TensorView h_v = h.view();
+    chunk_kda_fwd(q.view(), k.view(), v.view(), g.view(), beta.view(), nullptr, nullptr, nullptr, cu, p, o.view(),
+                  nullptr, &h_v);
+  };
+  EXPECT_NO_THROW(fwd_h(CudaTensor(DType::f32, {1, 3, 1, K, K}), &cu_ok_v));
+  testing::expect_error([&] { fwd_h(CudaTensor(DType::f32, {1, 2, 1, K, K}), &cu_ok_v); },
+                        {"intermediate_states", "[1, NT, HV, K, V]", "[1, 3, 1, 64, 64]"});
+  testing::expect_error([&] { fwd_h(CudaTensor(DType::f32, {1, 1, 1, K, K}), nullptr); },
+                        {"intermediate_states", "[B, NT, HV, K, V]", "[1, 2, 1, 64, 64]"});
+  testing::expect_error([&] { fwd_h(CudaTensor(DType::bf16, {1, 2, 1, K, K}), nullptr); },
+                        {"intermediate_states", "bfloat16"});
+  HostTensor h_host(DType::f32, {1, 2, 1, K, K});
+  const TensorView h_host_v = h_host.view();
+  testing::expect_error([&] {
+    chunk_kda_fwd(q.view(), k.view(), v.view(), g.view(), beta.view(), nullptr, nullptr, nullptr, nullptr, p,
+                  o.view(), nullptr, &h_host_v);
+  }, {"intermediate_states", "device"});
+  // [1, 2, 1, K, K] buffer viewed with a non-row-major stride: shape right, not contiguous
+  const CudaTensor h_big(DType::f32, {1, 2, 2, K, K});
+  TensorView h_strided = h_big.view();
+  h_strided.sizes[2] = 1;
+  testing::expect_error([&] {
+    chunk_kda_fwd(q.view(), k.view(), v.view(), g.view(), beta.view(), nullptr, nullptr, nullptr, nullptr, p,
+                  o.view(), nullptr, &h_strided);
+  }, {"intermediate_states", "contiguous"});
 }
 
 TEST(KdaCuda, UnsupportedCombinationsNameTheOption) {

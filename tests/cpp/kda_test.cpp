@@ -29,6 +29,7 @@ struct Case {
   bool initial_state = false;
   bool final_state = false;
   bool state_v_first = false;
+  bool intermediate_states = false;  // FLA's h (return_intermediate_states): chunk_kda_fwd only
   int64_t chunk_size = 64;
   std::optional<double> scale;
 
@@ -38,6 +39,19 @@ struct Case {
     return gate == GateMode::softplus || gate == GateMode::lower_bound || gate == GateMode::lower_bound_no_A;
   }
   bool lower_bound() const { return gate >= GateMode::lower_bound; }
+  // Chunks of each sequence, laid out as FLA's h: [B, ceil(T / chunk_size)] or [1, sum of ceil(len / chunk_size)].
+  int64_t chunks_per_row() const {
+    if (cu_seqlens.empty()) return (T + chunk_size - 1) / chunk_size;
+    int64_t chunks = 0;
+    for (size_t n = 0; n + 1 < cu_seqlens.size(); ++n)
+      chunks += (cu_seqlens[n + 1] - cu_seqlens[n] + chunk_size - 1) / chunk_size;
+    return chunks;
+  }
+  std::vector<int64_t> intermediate_sizes() const {
+    const int64_t rows = cu_seqlens.empty() ? B : 1;
+    return state_v_first ? std::vector<int64_t>{rows, chunks_per_row(), HV, V, K}
+                         : std::vector<int64_t>{rows, chunks_per_row(), HV, K, V};
+  }
   std::vector<int64_t> state_sizes() const {
     return state_v_first ? std::vector<int64_t>{N(), HV, V, K} : std::vector<int64_t>{N(), HV, K, V};
   }
@@ -63,6 +77,7 @@ struct Case {
     if (initial_state) s += " h0";
     if (final_state) s += " ht";
     if (state_v_first) s += " v_first";
+    if (intermediate_states) s += " h";
     return s + " chunk" + std::to_string(chunk_size);
   }
 };
@@ -95,21 +110,41 @@ Inputs make_inputs(const Case& c, uint64_t seed, DType dtype = DType::f64) {
 }
 
 struct Outputs {
-  HostTensor o, ht;
+  HostTensor o, ht, h;  // h: the intermediate states (FLA's h), c.intermediate_sizes()
 };
 
 enum class Form { chunk, recurrent };
+
+// chunk_kda_fwd (without intermediate states) or kda_recurrent_fwd.
+void forward(Form form, const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& g,
+             const TensorView& beta, const TensorView* A_log, const TensorView* dt_bias,
+             const TensorView* initial_state, const TensorView* cu_seqlens, const KdaParams& params,
+             const TensorView& o, const TensorView* final_state) {
+  if (form == Form::chunk)
+    chunk_kda_fwd(q, k, v, g, beta, A_log, dt_bias, initial_state, cu_seqlens, params, o, final_state);
+  else
+    kda_recurrent_fwd(q, k, v, g, beta, A_log, dt_bias, initial_state, cu_seqlens, params, o, final_state);
+}
 
 Outputs run_fwd(Form form, const Inputs& in) {
   const Case& c = in.c;
   Outputs out{HostTensor(in.v.dtype(), {c.B, c.T, c.HV, c.V}), HostTensor()};
   if (c.final_state) out.ht = HostTensor(DType::f64, c.state_sizes());
+  const bool with_h = c.intermediate_states && form == Form::chunk;
+  if (with_h) out.h = HostTensor(DType::f64, c.intermediate_sizes());
   const TensorView A = in.A_log.view(), bias = in.dt_bias.view(), h0 = in.h0.view(), cu = in.cu.view(),
-                   ht = out.ht.view();
-  auto fn = form == Form::chunk ? chunk_kda_fwd : kda_recurrent_fwd;
-  fn(in.q.view(), in.k.view(), in.v.view(), in.g.view(), in.beta.view(), c.has_A_log() ? &A : nullptr,
-     c.has_dt_bias() ? &bias : nullptr, c.initial_state ? &h0 : nullptr, c.cu_seqlens.empty() ? nullptr : &cu,
-     c.params(), out.o.view(), c.final_state ? &ht : nullptr);
+                   ht = out.ht.view(), h = out.h.view();
+  const TensorView* A_p = c.has_A_log() ? &A : nullptr;
+  const TensorView* bias_p = c.has_dt_bias() ? &bias : nullptr;
+  const TensorView* h0_p = c.initial_state ? &h0 : nullptr;
+  const TensorView* cu_p = c.cu_seqlens.empty() ? nullptr : &cu;
+  if (form == Form::chunk) {
+    chunk_kda_fwd(in.q.view(), in.k.view(), in.v.view(), in.g.view(), in.beta.view(), A_p, bias_p, h0_p, cu_p,
+                  c.params(), out.o.view(), c.final_state ? &ht : nullptr, with_h ? &h : nullptr);
+  } else {
+    kda_recurrent_fwd(in.q.view(), in.k.view(), in.v.view(), in.g.view(), in.beta.view(), A_p, bias_p, h0_p, cu_p,
+                      c.params(), out.o.view(), c.final_state ? &ht : nullptr);
+  }
   return out;
 }
 
@@ -137,8 +172,9 @@ Grads run_bwd(const Inputs& in, const HostTensor& d_o, const HostTensor* dht) {
   return gr;
 }
 
-// The definition, token by token, written independently of src/cpu/kda: returns o [B, T, HV, V]
-// and the final states in the layout of c.state_sizes().
+// The definition, token by token, written independently of src/cpu/kda: returns o [B, T, HV, V],
+// the final states in the layout of c.state_sizes(), and the state before each chunk_size-th token of a
+// sequence (FLA's h) in the layout of c.intermediate_sizes().
 Outputs brute_force(const Inputs& in) {
   const Case& c = in.c;
   const int64_t G = c.HV / c.H;
@@ -155,10 +191,12 @@ Outputs brute_force(const Inputs& in) {
       r[d] = vec(x, (t * c.H + h) * c.K + d) * (c.l2norm ? 1.0 / std::sqrt(ss + 1e-6) : 1.0);
     return r;
   };
-  Outputs out{HostTensor(DType::f64, {c.B, c.T, c.HV, c.V}), HostTensor(DType::f64, c.state_sizes())};
+  Outputs out{HostTensor(DType::f64, {c.B, c.T, c.HV, c.V}), HostTensor(DType::f64, c.state_sizes()),
+              HostTensor(DType::f64, c.intermediate_sizes())};
   auto state_index = [&](int64_t n, int64_t hv, int64_t d, int64_t e) {
     return c.state_v_first ? ((n * c.HV + hv) * c.V + e) * c.K + d : ((n * c.HV + hv) * c.K + d) * c.V + e;
   };
+  int64_t first_chunk = 0;  // row of the sequence's first chunk in h
   for (int64_t n = 0; n + 1 < static_cast<int64_t>(offsets.size()); ++n) {
     for (int64_t hv = 0; hv < c.HV; ++hv) {
       std::vector<std::vector<double>> S(c.K, std::vector<double>(c.V, 0.0));
@@ -166,6 +204,10 @@ Outputs brute_force(const Inputs& in) {
         for (int64_t d = 0; d < c.K; ++d)
           for (int64_t e = 0; e < c.V; ++e) S[d][e] = in.h0.get(state_index(n, hv, d, e));
       for (int64_t t = offsets[n]; t < offsets[n + 1]; ++t) {
+        if ((t - offsets[n]) % c.chunk_size == 0)
+          for (int64_t d = 0; d < c.K; ++d)
+            for (int64_t e = 0; e < c.V; ++e)
+              out.h.set(state_index(first_chunk + (t - offsets[n]) / c.chunk_size, hv, d, e), S[d][e]);
         const std::vector<double> q = norm_row(in.q, t, hv / G), k = norm_row(in.k, t, hv / G);
         double beta = in.beta.get(t * c.HV + hv);
         if (c.beta != BetaMode::plain) beta = (c.beta == BetaMode::neg_eigval ? 2.0 : 1.0) / (1.0 + std::exp(-beta));
@@ -193,6 +235,7 @@ Outputs brute_force(const Inputs& in) {
       for (int64_t d = 0; d < c.K; ++d)
         for (int64_t e = 0; e < c.V; ++e) out.ht.set(state_index(n, hv, d, e), S[d][e]);
     }
+    first_chunk += (offsets[n + 1] - offsets[n] + c.chunk_size - 1) / c.chunk_size;
   }
   return out;
 }
@@ -335,6 +378,93 @@ TEST(KdaForward, StridedInputsMatchContiguous) {
   chunk_kda_fwd(qv, in.k.view(), in.v.view(), in.g.view(), in.beta.view(), nullptr, nullptr, nullptr, nullptr,
                 c.params(), o.view(), nullptr);
   EXPECT_LE(testing::max_abs_diff(o, run_fwd(Form::chunk, in).o), 1e-14);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Intermediate states (FLA's h with return_intermediate_states): the state entering each chunk.
+
+TEST(KdaIntermediateStates, EqualTheRecurrenceStateAtEveryChunkStart) {
+  // fp64: the chunked form's S before each chunk equals the token recurrence's S before token
+  // chunk_size * c of the sequence; fixed length (T below, at and above chunk multiples) and varlen
+  // with empty and length-1 sequences, both chunk sizes, both state layouts, with and without h0, the
+  // in-kernel transforms on some. Adding the output leaves o and the final state bit-identical.
+  constexpr double kTol = 1e-11;
+  uint64_t seed = 7000;
+  int index = 0;
+  std::vector<Case> shapes;
+  for (int64_t T : {1, 31, 32, 33, 64, 65, 130}) {
+    Case c;
+    c.B = 2;
+    c.T = T;
+    c.H = 1;
+    c.HV = 2;
+    c.K = 6;
+    c.V = 5;
+    shapes.push_back(c);
+  }
+  {
+    Case c;
+    c.cu_seqlens = {0, 0, 1, 40, 40, 107, 108, 172};
+    c.T = 172;
+    c.H = 2;
+    c.HV = 4;
+    c.K = 5;
+    c.V = 4;
+    shapes.push_back(c);
+  }
+  for (const Case& shape : shapes)
+    for (int64_t chunk_size : {32, 64})
+      for (bool v_first : {false, true})
+        for (bool h0 : {false, true}) {
+          ++index;
+          Case c = shape;
+          c.chunk_size = chunk_size;
+          c.state_v_first = v_first;
+          c.initial_state = h0;
+          c.final_state = index % 2 == 0;
+          c.intermediate_states = true;
+          if (index % 3 == 0) {
+            c.l2norm = true;
+            c.gate = GateMode::softplus;
+            c.beta = BetaMode::sigmoid;
+          }
+          const Inputs in = make_inputs(c, seed += 10);
+          const Outputs ref = brute_force(in);
+          const Outputs got = run_fwd(Form::chunk, in);
+          ASSERT_EQ(got.h.sizes(), c.intermediate_sizes()) << c.name();
+          EXPECT_LE(testing::max_abs_diff(got.h, ref.h), kTol) << c.name();
+          Case without = c;
+          without.intermediate_states = false;
+          Inputs in_without = in;
+          in_without.c = without;
+          const Outputs plain = run_fwd(Form::chunk, in_without);
+          EXPECT_EQ(testing::max_abs_diff(got.o, plain.o), 0.0) << c.name();
+          if (c.final_state) EXPECT_EQ(testing::max_abs_diff(got.ht, plain.ht), 0.0) << c.name();
+        }
+}
+
+TEST(KdaIntermediateStates, SequenceFirstChunkIsItsInitialStateAndFloat32RoundsOnStore) {
+  Case c;
+  c.cu_seqlens = {0, 3, 3, 70};
+  c.T = 70;
+  c.HV = 2;
+  c.H = 1;
+  c.initial_state = true;
+  c.intermediate_states = true;
+  const Inputs in = make_inputs(c, 321);
+  const Outputs got = run_fwd(Form::chunk, in);
+  // chunks: sequence 0 -> row 0, sequence 1 (empty) -> none, sequence 2 (67 tokens) -> rows 1, 2
+  ASSERT_EQ(got.h.sizes(), (std::vector<int64_t>{1, 3, c.HV, c.K, c.V}));
+  const int64_t per = c.HV * c.K * c.V;
+  for (int64_t i = 0; i < per; ++i) {
+    EXPECT_EQ(got.h.get(i), in.h0.get(i));
+    EXPECT_EQ(got.h.get(per + i), in.h0.get(2 * per + i));
+  }
+  HostTensor o(DType::f64, {1, c.T, c.HV, c.V}), h32(DType::f32, c.intermediate_sizes());
+  const TensorView h0 = in.h0.view(), cu = in.cu.view(), h32_v = h32.view();
+  chunk_kda_fwd(in.q.view(), in.k.view(), in.v.view(), in.g.view(), in.beta.view(), nullptr, nullptr, &h0, &cu,
+                c.params(), o.view(), nullptr, &h32_v);
+  EXPECT_EQ(testing::max_abs_diff(h32, got.h.to(DType::f32)), 0.0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -604,10 +734,9 @@ TEST(KdaGolden, MatchesFlaNaiveReferences) {
     for (Form form : {Form::chunk, Form::recurrent}) {
       HostTensor o(DType::f64, v.sizes()), ht(DType::f64, {N, HV, K, V});
       const TensorView ht_v = ht.view();
-      (form == Form::chunk ? chunk_kda_fwd : kda_recurrent_fwd)(
-          q.view(), testing::golden_tensor(gc, "k").view(), v.view(), testing::golden_tensor(gc, "g").view(),
-          testing::golden_tensor(gc, "beta").view(), A_log ? &A_v : nullptr, dt_bias ? &bias_v : nullptr,
-          h0 ? &h0_v : nullptr, cu ? &cu_v : nullptr, p, o.view(), p.output_final_state ? &ht_v : nullptr);
+      forward(form, q.view(), testing::golden_tensor(gc, "k").view(), v.view(), testing::golden_tensor(gc, "g").view(),
+              testing::golden_tensor(gc, "beta").view(), A_log ? &A_v : nullptr, dt_bias ? &bias_v : nullptr,
+              h0 ? &h0_v : nullptr, cu ? &cu_v : nullptr, p, o.view(), p.output_final_state ? &ht_v : nullptr);
       EXPECT_LE(testing::max_abs_diff(o, o_ref), 1e-9 * o_scale) << file << " o form " << int(form);
       if (p.output_final_state)
         EXPECT_LE(testing::max_abs_diff(ht, testing::golden_tensor(gc, "final_state")), 1e-9 * o_scale) << file;
@@ -711,11 +840,11 @@ TEST(KdaBadInput, EveryEntryNamesTheArgument) {
     HostTensor o(DType::f64, {B, in.v.size(1), in.v.size(2), in.v.size(3)});
     HostTensor ht(DType::f64, in.h0.sizes().empty() ? c.state_sizes() : in.h0.sizes());
     const TensorView ht_v = ht.view();
-    for (auto fn : {chunk_kda_fwd, kda_recurrent_fwd}) {
+    for (Form form : {Form::chunk, Form::recurrent}) {
       SCOPED_TRACE(bad.what);
       expect_error([&] {
-        fn(in.q.view(), in.k.view(), in.v.view(), in.g.view(), in.beta.view(), A_ptr, &bias, h0_ptr,
-           has_cu ? &cu : nullptr, p, o.view(), &ht_v);
+        forward(form, in.q.view(), in.k.view(), in.v.view(), in.g.view(), in.beta.view(), A_ptr, &bias, h0_ptr,
+                has_cu ? &cu : nullptr, p, o.view(), &ht_v);
       }, bad.needles);
     }
     SCOPED_TRACE(bad.what);
@@ -743,6 +872,51 @@ TEST(KdaBadInput, EveryEntryNamesTheArgument) {
     chunk_kda_fwd(good.q.view(), good.k.view(), good.v.view(), good.g.view(), good.beta.view(), &A, &bias, &h0,
                   nullptr, p, o.view(), nullptr);
   }, {"final_state", "output_final_state"});
+  // intermediate_states: shape (chunk count, layout, rank), dtype, device; fixed length and varlen.
+  {
+    Case hc = c;
+    hc.intermediate_states = true;
+    auto fwd_h = [&](const HostTensor& h, const TensorView* cu, const KdaParams& params) {
+      const TensorView h_v = h.view();
+      chunk_kda_fwd(good.q.view(), good.k.view(), good.v.view(), good.g.view(), good.beta.view(), &A, &bias, &h0, cu,
+                    params, o.view(), &ht_v, &h_v);
+    };
+    const HostTensor h_ok(DType::f64, hc.intermediate_sizes());  // [1, 1, HV, K, V]: T = 6 is one chunk
+    EXPECT_NO_THROW(fwd_h(h_ok, nullptr, p));
+    expect_error([&] { fwd_h(HostTensor(DType::f64, {1, 2, c.HV, c.K, c.V}), nullptr, p); },
+                 {"intermediate_states", "[B, NT, HV, K, V]", "ceil(T / chunk_size)", "[1, 1, 4, 4, 3]"});
+    expect_error([&] { fwd_h(HostTensor(DType::f64, {1, c.HV, c.K, c.V}), nullptr, p); },
+                 {"intermediate_states", "rank"});
+    expect_error([&] { fwd_h(HostTensor(DType::bf16, hc.intermediate_sizes()), nullptr, p); },
+                 {"intermediate_states", "bfloat16"});
+    KdaParams v_first = p;
+    v_first.state_v_first = true;
+    const HostTensor h0_vf(DType::f64, {1, c.HV, c.V, c.K});
+    HostTensor ht_vf(DType::f64, {1, c.HV, c.V, c.K});
+    const TensorView h0_vf_v = h0_vf.view(), ht_vf_v = ht_vf.view(), h_ok_v = h_ok.view();
+    expect_error([&] {
+      chunk_kda_fwd(good.q.view(), good.k.view(), good.v.view(), good.g.view(), good.beta.view(), &A, &bias, &h0_vf_v,
+                    nullptr, v_first, o.view(), &ht_vf_v, &h_ok_v);
+    }, {"intermediate_states", "[B, NT, HV, V, K]", "state_v_first"});
+    // varlen: lengths 0, 1, 5 with chunk 64 -> 2 chunks
+    const HostTensor cu3 = testing::int_tensor({0, 0, 1, 6}), h0_3(DType::f64, {3, c.HV, c.K, c.V});
+    HostTensor ht_3(DType::f64, {3, c.HV, c.K, c.V});
+    const TensorView cu3_v = cu3.view(), h0_3_v = h0_3.view(), ht_3_v = ht_3.view();
+    auto fwd_varlen = [&](const HostTensor& h) {
+      const TensorView h_v = h.view();
+      chunk_kda_fwd(good.q.view(), good.k.view(), good.v.view(), good.g.view(), good.beta.view(), &A, &bias, &h0_3_v,
+                    &cu3_v, p, o.view(), &ht_3_v, &h_v);
+    };
+    EXPECT_NO_THROW(fwd_varlen(HostTensor(DType::f64, {1, 2, c.HV, c.K, c.V})));
+    expect_error([&] { fwd_varlen(HostTensor(DType::f64, {1, 3, c.HV, c.K, c.V})); },
+                 {"intermediate_states", "[1, NT, HV, K, V]", "sum over sequences", "[1, 2, 4, 4, 3]"});
+    TensorView h_cuda = h_ok.view();
+    h_cuda.device = Device::cuda(0);
+    expect_error([&] {
+      chunk_kda_fwd(good.q.view(), good.k.view(), good.v.view(), good.g.view(), good.beta.view(), &A, &bias, &h0,
+                    nullptr, p, o.view(), &ht_v, &h_cuda);
+    }, {"intermediate_states", "cuda:0", "cpu"});
+  }
   HostTensor o_bad(DType::f32, {1, c.T, c.HV, c.V});
   expect_error([&] {
     kda_recurrent_fwd(good.q.view(), good.k.view(), good.v.view(), good.g.view(), good.beta.view(), &A, &bias, &h0,

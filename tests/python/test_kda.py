@@ -262,8 +262,6 @@ def test_signature_is_fla_chunk_kda():
 def test_unsupported_and_fla_rejected_options_raise():
     inputs, _ = case("plain")
     args, kwargs = split(inputs)
-    with pytest.raises(NotImplementedError, match="return_intermediate_states"):
-        seqmix.chunk_kda(*args, return_intermediate_states=True)
     with pytest.raises(NotImplementedError, match="cp_context"):
         seqmix.chunk_kda(*args, cp_context=object())
     with pytest.raises(TypeError, match="unexpected keyword"):
@@ -277,6 +275,153 @@ def test_unsupported_and_fla_rejected_options_raise():
     # As FLA: the gate parameters are ignored without the fused gate.
     torch.testing.assert_close(seqmix.chunk_kda(*args, A_log=torch.zeros(2, dtype=F64), lower_bound=-1.0)[0],
                                seqmix.chunk_kda(*args)[0], atol=0, rtol=0)
+
+
+# ---- return_intermediate_states: FLA's h, the state entering each chunk ----
+
+def reference_chunk_states(q, k, v, g, beta, scale=None, initial_state=None, cu_seqlens=None, state_v_first=False,
+                           chunk_size=64, A_log=None, dt_bias=None, output_final_state=False, **transforms):
+    """The token recurrence run chunk by chunk, recording the state before each chunk: [B, NT, HV, K, V],
+    or [1, sum of ceil(len / chunk_size), HV, K, V] with cu_seqlens; [.., V, K] with state_v_first."""
+    transforms.pop("safe_gate", None)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    q, k, g, beta = prepare(q, k, g, beta, A_log, dt_bias, **transforms)
+    heads, dk, dv = v.shape[2], q.shape[3], v.shape[3]
+    if cu_seqlens is None:
+        sequences = [(b, 0, q.shape[1]) for b in range(q.shape[0])]
+    else:
+        bounds = cu_seqlens.tolist()
+        sequences = [(0, bounds[n], bounds[n + 1]) for n in range(len(bounds) - 1)]
+    rows = {}
+    for n, (b, start, end) in enumerate(sequences):
+        if initial_state is None:
+            state = q.new_zeros(heads, dk, dv)
+        else:
+            state = initial_state[n].to(q.dtype)
+            state = state.transpose(-1, -2) if state_v_first else state
+        for s in range(start, end, chunk_size):
+            rows.setdefault(b, []).append(state.transpose(-1, -2) if state_v_first else state)
+            e = min(s + chunk_size, end)
+            _, state = recurrence(q[b, s:e], k[b, s:e], v[b, s:e], g[b, s:e], beta[b, s:e], scale, state)
+    shape = (heads, dv, dk) if state_v_first else (heads, dk, dv)
+    count = len(sequences) if cu_seqlens is None else 1
+    return torch.stack([torch.stack(rows[b]) if rows.get(b) else q.new_zeros(0, *shape) for b in range(count)])
+
+
+# name -> (make_inputs arguments, chunk_kda options), with several chunks per sequence
+INTERMEDIATE_CASES = {
+    "chunk32": (dict(length=70), dict(chunk_size=32)),
+    "chunk64_h0_ht": (dict(length=130, states=True), dict(output_final_state=True)),
+    "exact_multiple": (dict(length=64, heads=1, value_heads=2), dict(chunk_size=32)),
+    "state_v_first_h0": (dict(length=70, states=True, dk=3, dv=5), dict(state_v_first=True, chunk_size=32)),
+    "gate_l2norm_sigmoid": (dict(length=70, gate=True, states=True),
+                            dict(use_gate_in_kernel=True, use_qk_l2norm_in_kernel=True,
+                                 use_beta_sigmoid_in_kernel=True, chunk_size=32)),
+    "varlen_empty_len1": (dict(batch=1, length=105, states=True, num_seqs=5),
+                          dict(output_final_state=True, chunk_size=32,
+                               cu_seqlens=torch.tensor([0, 0, 1, 40, 40, 105]))),
+    "varlen_int32_v_first": (dict(batch=1, length=130, states=True, num_seqs=3, dk=3, dv=5),
+                             dict(state_v_first=True, cu_seqlens=torch.tensor([0, 65, 66, 130], dtype=torch.int32))),
+}
+
+
+def intermediate_case(name, **overrides):
+    make, options = INTERMEDIATE_CASES[name]
+    inputs = make_inputs(**dict(make, **overrides))
+    if options.get("state_v_first") and "initial_state" in inputs:
+        inputs["initial_state"] = inputs["initial_state"].transpose(-1, -2).contiguous()
+    return inputs, dict(options)
+
+
+@pytest.mark.parametrize("name", sorted(INTERMEDIATE_CASES))
+def test_intermediate_states_are_the_state_entering_each_chunk(name):
+    inputs, options = intermediate_case(name)
+    args, kwargs = split(inputs)
+    with torch.inference_mode():
+        o, final_state, h = seqmix.chunk_kda(*args, **kwargs, **options, return_intermediate_states=True)
+        o_plain, final_plain = seqmix.chunk_kda(*args, **kwargs, **options)
+    expected = reference_chunk_states(*args, **kwargs, **options)
+    assert h.shape == expected.shape and h.dtype == F64, (h.shape, expected.shape)
+    torch.testing.assert_close(h, expected, atol=1e-10, rtol=1e-10)
+    # the third output changes nothing else
+    torch.testing.assert_close(o, o_plain, atol=0, rtol=0)
+    if options.get("output_final_state"):
+        torch.testing.assert_close(final_state, final_plain, atol=0, rtol=0)
+    else:
+        assert final_state is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_intermediate_states_take_k_dtype(dtype):
+    """As FLA's k.new_empty(...): h in k's dtype (bf16 here rounds the float32/float64 states once)."""
+    inputs, options = intermediate_case("chunk64_h0_ht", dtype=dtype)
+    args, kwargs = split(inputs)
+    with torch.inference_mode():
+        _, final_state, h = seqmix.chunk_kda(*args, **kwargs, **options, return_intermediate_states=True)
+    assert h.dtype == dtype and final_state.dtype == torch.float32
+    wide = {n: t.to(F64) for n, t in inputs.items()}
+    expected = reference_chunk_states(*split(wide)[0], **split(wide)[1], **options)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(h.to(F64), expected, atol=tol, rtol=tol)
+
+
+def test_intermediate_states_need_inference_mode_and_recompute():
+    inputs, options = intermediate_case("chunk32")
+    args, kwargs = split(inputs)
+    with pytest.raises(AssertionError, match="only allowed in inference mode"):
+        seqmix.chunk_kda(*args, **kwargs, **options, return_intermediate_states=True)
+    with torch.no_grad(), pytest.raises(AssertionError, match="only allowed in inference mode"):
+        seqmix.chunk_kda(*args, **kwargs, **options, return_intermediate_states=True)
+    with torch.inference_mode(), pytest.raises(AssertionError, match="disable_recompute=False"):
+        seqmix.chunk_kda(*args, **kwargs, **options, return_intermediate_states=True, disable_recompute=True)
+
+
+def test_intermediate_states_cu_seqlens_cpu_gives_the_count():
+    inputs, options = intermediate_case("varlen_empty_len1")
+    args, kwargs = split(inputs)
+    with torch.inference_mode():
+        want = seqmix.chunk_kda(*args, **kwargs, **options, return_intermediate_states=True)[2]
+        got = seqmix.chunk_kda(*args, **kwargs, **options, return_intermediate_states=True,
+                               cu_seqlens_cpu=options["cu_seqlens"].clone())[2]
+    assert got.shape == (1, 0 + 1 + 2 + 0 + 3, 2, 4, 3)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def test_intermediate_states_meta_shapes():
+    inputs, options = intermediate_case("state_v_first_h0", dtype=torch.bfloat16)
+    inputs = {n: t.to("meta") for n, t in inputs.items()}
+    args, kwargs = split(inputs)
+    with torch.inference_mode():
+        o, _, h = seqmix.chunk_kda(*args, **kwargs, **options, return_intermediate_states=True)
+    assert o.device.type == "meta" and h.device.type == "meta"
+    assert h.shape == (2, 3, 2, 5, 3) and h.dtype == torch.bfloat16  # [B, ceil(70 / 32), HV, V, K]
+    inputs, options = intermediate_case("varlen_empty_len1")
+    cu_seqlens_cpu = options["cu_seqlens"]
+    inputs = {n: t.to("meta") for n, t in inputs.items()}
+    options["cu_seqlens"] = cu_seqlens_cpu.to("meta")
+    with torch.inference_mode():
+        _, _, h = seqmix.chunk_kda(*split(inputs)[0], **split(inputs)[1], **options, return_intermediate_states=True,
+                                   cu_seqlens_cpu=cu_seqlens_cpu)
+    assert h.shape == (1, 6, 2, 4, 3)
+
+
+@pytest.mark.skipif(not TORCH_2_1, reason="torch.compile(fullgraph=True) of custom ops needs torch >= 2.1")
+def test_intermediate_states_torch_compile_fullgraph():
+    inputs, options = intermediate_case("gate_l2norm_sigmoid")
+    args, kwargs = split(inputs)
+
+    def fn(*tensors):
+        return seqmix.chunk_kda(*tensors, **kwargs, **options, return_intermediate_states=True)
+
+    with torch.inference_mode():
+        expected = fn(*args)
+        got = torch.compile(fn, fullgraph=True, backend="aot_eager")(*args)
+    assert len(got) == 3
+    for a, b in zip(got, expected):
+        if b is None:
+            assert a is None
+        else:
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
 
 
 def test_deprecated_transpose_state_layout():
@@ -373,6 +518,25 @@ def test_torch_compile_fullgraph(backend):
     (expected[0].sum() + expected[1].sum()).backward()
     for a, p in zip(grads, layer.parameters()):
         torch.testing.assert_close(a, p.grad, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.skipif(not TORCH_2_1, reason="torch.export needs torch >= 2.1")
+def test_intermediate_states_torch_export_traces_through_meta():
+    inputs, options = intermediate_case("chunk64_h0_ht")
+    args, kwargs = split(inputs)
+
+    class Module(torch.nn.Module):
+        def forward(self, q, k, v, g, beta):
+            return seqmix.chunk_kda(q, k, v, g, beta, **kwargs, **options, return_intermediate_states=True)
+
+    exported = torch.export.export(Module(), tuple(args))
+    assert any(node.target == torch.ops.seqmix.chunk_kda.default for node in exported.graph.nodes)
+    with torch.inference_mode():
+        expected = Module()(*args)
+    got = exported.module()(*args)
+    assert got[2].shape == (2, 3, 2, 4, 3)  # [B, ceil(130 / 64), HV, K, V]
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
 # ---- FLA's own references ----
@@ -487,6 +651,57 @@ def error_ratio(got, want):
     """FLA's test metric (fla.utils.assert_close): RMS of the difference over RMS of the reference."""
     got, want = got.detach().double().cpu(), want.detach().double().cpu()
     return ((got - want).square().mean().sqrt() / (want.square().mean().sqrt() + 1e-8)).item()
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a GPU")
+@pytest.mark.parametrize("state_v_first", [False, True])
+def test_intermediate_states_cuda_matches_cpu(state_v_first):
+    """The CUDA backend's h (a copy of its fp32 state pass, transposed with state_v_first) against the CPU
+    reference on the same float32 inputs, varlen with a length-1 sequence."""
+    if not cuda_backend_has_kda():
+        pytest.skip("the CUDA backend has no KDA kernel in this build")
+    inputs, options = intermediate_case("varlen_int32_v_first", dtype=torch.float32, dk=64, dv=64)
+    options["state_v_first"] = state_v_first
+    inputs["k"] = F.normalize(inputs["k"], p=2, dim=-1)
+    args, kwargs = split(inputs)
+    cuda_args, cuda_kwargs = split({n: t.cuda() for n, t in inputs.items()})
+    cuda_options = dict(options, cu_seqlens=options["cu_seqlens"].cuda())
+    with torch.inference_mode():
+        _, _, h = seqmix.chunk_kda(*args, **kwargs, **options, return_intermediate_states=True)
+        _, _, h_cuda = seqmix.chunk_kda(*cuda_args, **cuda_kwargs, **cuda_options, return_intermediate_states=True)
+    assert h_cuda.is_cuda and h_cuda.shape == h.shape == (1, 2 + 1 + 1, 2, 64, 64) and h_cuda.dtype == h.dtype
+    assert error_ratio(h_cuda, h) < 1e-4, error_ratio(h_cuda, h)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a GPU")
+@pytest.mark.parametrize("name", list(FLA_CUDA_CASES))
+def test_intermediate_states_match_fla_triton_chunk_kda(name):
+    """FLA's h (return_intermediate_states, float32 inputs) against ours on the same device choice as
+    above: same shape and dtype, within FLA's 0.005 error ratio unless ours is the closer to the fp64
+    CPU reference."""
+    fla_chunk_kda = fla_triton_chunk_kda()
+    device = "cuda" if cuda_backend_has_kda() else "cpu"
+    make, options = FLA_CUDA_CASES[name]
+    inputs = make_inputs(**make, dtype=torch.float32)
+    if not options.get("use_qk_l2norm_in_kernel"):
+        inputs["k"] = F.normalize(inputs["k"], p=2, dim=-1)  # as test_matches_fla_triton_chunk_kda
+    fla_options, ours_options = dict(options), dict(options)
+    if "cu_seqlens" in options:
+        fla_options["cu_seqlens"] = options["cu_seqlens"].cuda()
+        ours_options["cu_seqlens"] = options["cu_seqlens"].to(device)
+    with torch.inference_mode():
+        fla_args, fla_kwargs = split({n: t.cuda() for n, t in inputs.items()})
+        _, _, h_fla = fla_chunk_kda(*fla_args, **fla_kwargs, **fla_options, return_intermediate_states=True)
+        ours_args, ours_kwargs = split({n: t.to(device) for n, t in inputs.items()})
+        _, _, h = seqmix.chunk_kda(*ours_args, **ours_kwargs, **ours_options, return_intermediate_states=True)
+        exact_args, exact_kwargs = split({n: t.double() for n, t in inputs.items()})
+        _, _, h_ref = seqmix.chunk_kda(*exact_args, **exact_kwargs, **reference_options(options),
+                                       return_intermediate_states=True)
+    assert h.shape == h_fla.shape and h.dtype == h_fla.dtype, (h.shape, h_fla.shape, h.dtype, h_fla.dtype)
+    ratio, ours_err, fla_err = error_ratio(h, h_fla), error_ratio(h, h_ref), error_ratio(h_fla, h_ref)
+    print(f"\nFLA-PARITY h {name} (seqmix on {device}): {ratio:.2e}; FP64-ERROR ours {ours_err:.2e} fla {fla_err:.2e}")
+    assert ours_err <= max(1.25 * fla_err, 1e-5), (ours_err, fla_err)
+    assert ratio < 0.005 or ours_err < fla_err, (ratio, ours_err, fla_err)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a GPU")

@@ -77,17 +77,27 @@ void kda_recurrent_fwd(const KdaArgs& args, const TensorView& o, const TensorVie
   if (final_state) kda_store_state(finals, *final_state, args);
 }
 
-void chunk_kda_fwd(const KdaArgs& args, const TensorView& o, const TensorView* final_state) {
+void chunk_kda_fwd(const KdaArgs& args, const TensorView& o, const TensorView* final_state,
+                   const TensorView* intermediate_states) {
   const KdaPrepared p = kda_prepare(args);
   const int64_t K = p.K, V = p.V, BT = args.params.chunk_size;
   std::vector<double> out(static_cast<size_t>(p.tokens * p.HV * V), 0.0);
   std::vector<double> finals(final_state ? p.h0.size() : 0);
+  // FLA's h: chunk c of sequence n is row chunk_offsets[n] + c of [chunks, HV, K, V] (K-first here).
+  std::vector<int64_t> chunk_offsets(static_cast<size_t>(p.N + 1), 0);
+  for (int64_t n = 0; n < p.N; ++n)
+    chunk_offsets[n + 1] = chunk_offsets[n] + (p.offsets[n + 1] - p.offsets[n] + BT - 1) / BT;
+  std::vector<double> states(intermediate_states ? static_cast<size_t>(chunk_offsets[p.N] * p.HV * K * V) : 0);
   for_each_head(p, final_state ? &finals : nullptr, [&](int64_t n, int64_t hv, std::vector<double>& S) {
     // Per chunk: cumulative gates G [L, K], A [L, L] (unit lower triangular), w [L, K], u / v_new [L, V].
     std::vector<double> G(BT * K), A(BT * BT), M(BT * BT), w(BT * K), u(BT * V);
     std::vector<TokenView> x(BT);
     for (int64_t start = p.offsets[n]; start < p.offsets[n + 1]; start += BT) {
       const int64_t L = std::min(BT, p.offsets[n + 1] - start);
+      if (intermediate_states) {
+        const int64_t chunk = chunk_offsets[n] + (start - p.offsets[n]) / BT;
+        std::copy(S.begin(), S.end(), states.begin() + (chunk * p.HV + hv) * K * V);
+      }
       for (int64_t i = 0; i < L; ++i) {
         x[i] = token(p, start + i, hv);
         for (int64_t d = 0; d < K; ++d) G[i * K + d] = (i ? G[(i - 1) * K + d] : 0.0) + x[i].g[d];
@@ -150,6 +160,7 @@ void chunk_kda_fwd(const KdaArgs& args, const TensorView& o, const TensorView* f
   });
   access::store(out, o);
   if (final_state) kda_store_state(finals, *final_state, args);
+  if (intermediate_states) kda_store_state(states, *intermediate_states, args);
 }
 
 }  // namespace seqmix::cpu

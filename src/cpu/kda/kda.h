@@ -51,7 +51,9 @@ std::vector<double> kda_load_state(const TensorView& t, const KdaArgs& args);
 void kda_store_state(const std::vector<double>& k_first, const TensorView& t, const KdaArgs& args);
 
 void kda_recurrent_fwd(const KdaArgs& args, const TensorView& o, const TensorView* final_state);
-void chunk_kda_fwd(const KdaArgs& args, const TensorView& o, const TensorView* final_state);
+// intermediate_states (optional): the state entering each chunk, FLA's h (see seqmix/kda.h).
+void chunk_kda_fwd(const KdaArgs& args, const TensorView& o, const TensorView* final_state,
+                   const TensorView* intermediate_states);
 void chunk_kda_bwd(const KdaArgs& args, const TensorView& do_, const TensorView* dht, const TensorView& dq,
                    const TensorView& dk, const TensorView& dv, const TensorView& dg, const TensorView& dbeta,
                    const TensorView* dh0, const TensorView* dA_log, const TensorView* ddt_bias);

@@ -21,7 +21,8 @@
 // Kernels: build_tables (sequence -> chunk offsets on the device); chunk_fwd (one block per (chunk, value
 // head): input transforms, M, Aqk, A, w, u, exp(G_last - G) k); state_fwd (one block per (sequence,
 // value head, 16 / 32 / 64 value columns), cp.async-pipelined); output_fwd (one block per (chunk, value
-// head, 64 value columns)).
+// head, 64 value columns)); intermediate_states (FLA's h on request: hs converted to f64 or [V, K], else
+// a plain copy).
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -746,6 +747,38 @@ size_t carve_all(char* base, const Sizes& s, bool backward, KdaDev* dev) {
   return static_cast<size_t>(cursor - base);
 }
 
+// FLA's h from hs [chunks, HV, K, V] fp32: one thread per output element (f32 or f64; [V, K] per head with
+// state_v_first). Only the layouts a plain copy cannot serve come here.
+__global__ void intermediate_states_kernel(const float* hs, void* out, int out_dt, int64_t count, int K, int V,
+                                           bool v_first) {
+  const int64_t KV = static_cast<int64_t>(K) * V;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t head = i / KV, r = i % KV;
+    const int64_t d = v_first ? r % K : r / V, e = v_first ? r / K : r % V;
+    store_f(out, out_dt, i, hs[head * KV + d * V + e]);
+  }
+}
+
+void copy_intermediate_states(const KdaDev& p, const TensorView& out, cudaStream_t stream) {
+  // The validated shape [B or 1, NT, HV, ..] holds exactly the chunks the state pass wrote: hs row
+  // chunk_offsets[n] + c is chunk c of sequence n, chunk_offsets[n] = n * ceil(T / 64) without cu_seqlens
+  // and the running sum of ceil(len / 64) with it (build_tables_kernel), which is FLA's order.
+  const int64_t count = out.numel();
+  if (count == 0) return;
+  const int out_dt = dtype_code(out.dtype, "intermediate_states");
+  if (out_dt == kF32 && !p.state_v_first) {
+    SEQMIX_CUDA_CHECK(
+        cudaMemcpyAsync(out.data, p.hs, static_cast<size_t>(count) * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+    return;
+  }
+  constexpr int kCopyThreads = 256;
+  const int64_t blocks = std::min<int64_t>((count + kCopyThreads - 1) / kCopyThreads, 65535);
+  intermediate_states_kernel<<<static_cast<unsigned>(blocks), kCopyThreads, 0, stream>>>(p.hs, out.data, out_dt, count,
+                                                                                         p.K, p.V, p.state_v_first);
+  SEQMIX_CUDA_CHECK(cudaGetLastError());
+}
+
 // Dynamic shared memory of `kernel` plus the largest carveout, so that two blocks fit an SM.
 void set_smem_two_per_sm(const void* kernel, size_t bytes) {
   set_smem_limit(kernel, bytes);
@@ -943,12 +976,13 @@ HostTensor cu_seqlens_to_host(const TensorView& cu_seqlens, cudaStream_t stream)
 }
 
 void chunk_kda_fwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const TensorView& o,
-                   const TensorView* final_state, cudaStream_t stream) {
+                   const TensorView* final_state, const TensorView* intermediate_states, cudaStream_t stream) {
   kda::KdaDev dev;
   kda::Workspace workspace;
   kda::StageTimer timer(stream);
   int64_t max_chunks = 0;
   kda::run_forward(args, cu_seqlens, &o, final_state, false, dev, max_chunks, workspace, timer, stream);
+  if (intermediate_states) kda::copy_intermediate_states(dev, *intermediate_states, stream);
 }
 
 }  // namespace seqmix::cuda

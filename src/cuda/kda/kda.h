@@ -24,8 +24,10 @@ int64_t chunk_kda_max_chunks(const cpu::KdaArgs& args, bool varlen);
 // for it) into a host tensor of the same dtype, so its contents can be validated like the CPU's.
 HostTensor cu_seqlens_to_host(const TensorView& cu_seqlens, cudaStream_t stream);
 
+// intermediate_states (optional, validated shape [B or 1, NT, HV, K, V] / [.., V, K], f32 or f64, contiguous):
+// copied from the state pass's fp32 scratch hs, which holds the state entering each chunk in FLA's chunk order.
 void chunk_kda_fwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const TensorView& o,
-                   const TensorView* final_state, cudaStream_t stream);
+                   const TensorView* final_state, const TensorView* intermediate_states, cudaStream_t stream);
 
 void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const TensorView& do_,
                    const TensorView* dht, const TensorView& dq, const TensorView& dk, const TensorView& dv,
