@@ -49,7 +49,7 @@ if [ "${SANITIZE:-1}" = 1 ]; then
   for tool in racecheck synccheck; do
     extra=""; [ $tool = racecheck ] && extra="--racecheck-report hazard"
     timeout 60 compute-sanitizer --tool $tool $extra ./build-cuda/hstu_fp8_cuda_test \
-      --gtest_filter='Masks/*mode1_targets_contextual*:Masks/*mode2_sla*' > "$OUT/$tool.log" 2>&1
+      --gtest_filter='Masks/*mode1_targets_contextual*:Masks/*mode1_sla*:Masks/*mode2_sla*' > "$OUT/$tool.log" 2>&1
     log "$tool rc=$? ($(( $(date +%s) - t0 )) s): $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$tool.log" | head -2 | tr '\n' ' ')"
     cat "$OUT/$tool.log" >> "$OUT/memcheck.log"; rm "$OUT/$tool.log"
   done
