@@ -137,8 +137,10 @@ __device__ __forceinline__ void cp_async_rows(float* dst, int dst_rs, const floa
 }
 
 // One block per (sequence, value head, BV value columns), chunks in reverse; products on the tensor
-// cores (precision as in mma_f32). Shared (strides padded by 4): w, Kl, Qg as [64, K + 4];
-// Aqk [64, 68]; dS tile [K, BV + 8]; do and dv_new tiles [64, BV + 8]; G_last [K]; raw G [64, K + 4].
+// cores (precision as in mma_f32). Shared: w, Qg [64, K + 8] and Aqk [64, 72], read transposed as MMA A
+// operands (stride = 8 mod 32 banks puts the fragment's g + 8 t lanes on 32 banks; K + 4 would pair them
+// up), Kl [64, K + 4] and raw G [64, K + 4] read by rows (4 mod 32: 4 g + t); dS tile [K, BV + 8]; do and
+// dv_new tiles [64, BV + 8]; G_last [K].
 // Per chunk: w, k, q, G, Aqk go to shared memory by cp.async (all of a chunk's loads in flight at once,
 // none staged in registers) while do is loaded and dS' stored, then k, q become Kl, Qg in place. The
 // next chunk's G, k, Aqk, q are issued as soon as their tiles are free (G after the Kl / Qg step; k,
@@ -148,21 +150,22 @@ __device__ __forceinline__ void cp_async_rows(float* dst, int dst_rs, const floa
 // BV in {16, 32, 64}: a warp holds NT = BV / 8 tiles of the K x BV product at K = 128 (NT / 2 at
 // K = 64) and NT / 2 of the 64 x BV one.
 
+// One block per SM whatever BV (shared memory), so ptxas may use every register (255) instead of spilling.
 template <int BV, bool kPrecise>
-__global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const void* d_out, int d_out_dt,
-                                                             const void* dht, int dht_dt, void* dh0, int dh0_dt) {
-  constexpr int SP = BV + 8, AP = kChunk + 4, NT = BV / 8, kTilesS = NT, kTilesV = NT / 2;
+__global__ void __launch_bounds__(kThreads, 1)
+    state_bwd_kernel(KdaDev p, const void* d_out, int d_out_dt, const void* dht, int dht_dt, void* dh0, int dh0_dt) {
+  constexpr int SP = BV + 8, AP = kChunk + 8, NT = BV / 8, kTilesS = NT, kTilesV = NT / 2;
   const int n = blockIdx.x, hv = blockIdx.y, e0 = blockIdx.z * BV, h = hv / p.G;
-  const int K = p.K, KP = K + 4, tid = threadIdx.x, warp = tid / 32;
+  const int K = p.K, KP = K + 4, KT = K + 8, tid = threadIdx.x, warp = tid / 32;
   // Warp w owns the 16 x 8 tiles w + 8 m of both products: columns c_own, rows r_first + m * r_step
   // (NT divides the 8 warps, so the column is the same for every m).
   constexpr int kWarps = kThreads / 32;
   const int c_own = (warp % NT) * 8, r_first = (warp / NT) * 16, r_step = (kWarps / NT) * 16;
   extern __shared__ float smem[];
   float* wS = smem;
-  float* klS = wS + kChunk * KP;
+  float* klS = wS + kChunk * KT;
   float* qgS = klS + kChunk * KP;
-  float* aqS = qgS + kChunk * KP;
+  float* aqS = qgS + kChunk * KT;
   float* dhS = aqS + kChunk * AP;
   float* doS = dhS + K * SP;
   float* dvS = doS + kChunk * SP;
@@ -183,7 +186,7 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
     cp_async_rows<kThreads>(gS, KP, p.gc + (t0 * p.HV + hv) * K, rs_k, kChunk, L, K);
     cp_async_rows<kThreads>(klS, KP, p.kp + (t0 * p.H + h) * K, rs_q, kChunk, L, K);
     cp_async_rows<kThreads>(aqS, AP, p.Aqk + (t0 * p.HV + hv) * kChunk, rs_a, kChunk, L, kChunk);
-    cp_async_rows<kThreads>(qgS, KP, p.qp + (t0 * p.H + h) * K, rs_q, kChunk, L, K);
+    cp_async_rows<kThreads>(qgS, KT, p.qp + (t0 * p.H + h) * K, rs_q, kChunk, L, K);
   }
   for (int64_t c = c_last; c >= c_begin; --c) {
     const int64_t t0 = p.seq_offsets[n] + (c - c_begin) * kChunk;
@@ -198,7 +201,7 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
       prefetch_rows(static_cast<const char*>(d_out) + ((tn * p.HV + hv) * p.V + e0) * es, kChunk,
                     static_cast<int64_t>(p.HV) * p.V * es, BV * es, kThreads);
     }
-    cp_async_rows<kThreads>(wS, KP, p.w + (t0 * p.HV + hv) * K, rs_k, kChunk, L, K);
+    cp_async_rows<kThreads>(wS, KT, p.w + (t0 * p.HV + hv) * K, rs_k, kChunk, L, K);
     batched<8>(
         kChunk * BV,
         [&](int idx) {
@@ -218,12 +221,12 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
       const float* gl = gS + (L - 1) * KP;
       const float s = p.scale;
       for (int idx = tid; idx < L * k4; idx += kThreads) {
-        const int i = idx / k4, d = (idx % k4) * 4, at = i * KP + d;
+        const int i = idx / k4, d = (idx % k4) * 4, at = i * KP + d, qt = i * KT + d;
         const float4 g = *reinterpret_cast<const float4*>(gS + at), l = *reinterpret_cast<const float4*>(gl + d);
-        const float4 k = *reinterpret_cast<const float4*>(klS + at), q = *reinterpret_cast<const float4*>(qgS + at);
+        const float4 k = *reinterpret_cast<const float4*>(klS + at), q = *reinterpret_cast<const float4*>(qgS + qt);
         st4(klS + at, make_float4(__expf(l.x - g.x) * k.x, __expf(l.y - g.y) * k.y, __expf(l.z - g.z) * k.z,
                                   __expf(l.w - g.w) * k.w));
-        st4(qgS + at, make_float4(s * __expf(g.x) * q.x, s * __expf(g.y) * q.y, s * __expf(g.z) * q.z,
+        st4(qgS + qt, make_float4(s * __expf(g.x) * q.x, s * __expf(g.y) * q.y, s * __expf(g.z) * q.z,
                                   s * __expf(g.w) * q.w));
       }
       for (int d = tid; d < K; d += kThreads) glS[d] = gl[d];
@@ -235,7 +238,7 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
     const int count = (K / 16) * NT / kWarps;
     float pos[kTilesS][4];
     zero_tiles<kTilesS>(pos);
-    warp_gemm_rows<kTilesS, kPrecise>(pos, count, qgS + r_first, 1, KP, r_step, doS + c_own, SP, 1, kChunk);
+    warp_gemm_rows<kTilesS, kPrecise>(pos, count, qgS + r_first, 1, KT, r_step, doS + c_own, SP, 1, kChunk);
     {
       float acc[kTilesV][4];
       zero_tiles<kTilesV>(acc);
@@ -254,13 +257,13 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(KdaDev p, const voi
     if (more) {
       cp_async_rows<kThreads>(klS, KP, p.kp + (tn * p.H + h) * K, rs_q, kChunk, kChunk, K);
       cp_async_rows<kThreads>(aqS, AP, p.Aqk + (tn * p.HV + hv) * kChunk, rs_a, kChunk, kChunk, kChunk);
-      cp_async_rows<kThreads>(qgS, KP, p.qp + (tn * p.H + h) * K, rs_q, kChunk, kChunk, K);
+      cp_async_rows<kThreads>(qgS, KT, p.qp + (tn * p.H + h) * K, rs_q, kChunk, kChunk, K);
     }
     // dS = exp(G_last) dS' + Qg^T do - w^T dv_new   (K x BV; each warp owns its tiles)
     {
       float neg[kTilesS][4];
       zero_tiles<kTilesS>(neg);
-      warp_gemm_rows<kTilesS, kPrecise>(neg, count, wS + r_first, 1, KP, r_step, dvS + c_own, SP, 1, kChunk);
+      warp_gemm_rows<kTilesS, kPrecise>(neg, count, wS + r_first, 1, KT, r_step, dvS + c_own, SP, 1, kChunk);
 #pragma unroll
       for (int m = 0; m < kTilesS; ++m)
         if (m < count)
@@ -926,8 +929,9 @@ int state_bwd_value_tile(const KdaDev& p) {
   return 64;
 }
 
-size_t state_bwd_smem(int K, int BV) {
-  return sizeof(float) * (4 * kChunk * (K + 4) + kChunk * (kChunk + 4) + (K + 2 * kChunk) * (BV + 8) + K);
+size_t state_bwd_smem(int K, int BV) {  // the carve of state_bwd_kernel
+  return sizeof(float) *
+         (2 * kChunk * (K + 8) + 2 * kChunk * (K + 4) + kChunk * (kChunk + 8) + (K + 2 * kChunk) * (BV + 8) + K);
 }
 size_t wy_bwd_smem(int K) {
   const int KP = K + 4;
