@@ -173,8 +173,8 @@ void expect_close_scaled(const std::string& what, const HostTensor& got, const H
     mx = std::max(mx, scale[i] > 0.0 ? e / scale[i] : e);
   }
   const double rms = den > 0.0 ? std::sqrt(num / den) : std::sqrt(num);
-  std::printf("[kda_cuda] %-52s rms %.3e  max %.3e (of the terms' magnitude; %.3e of the value)\n", what.c_str(),
-              rms, mx, rms_ratio(got, ref));
+  std::printf("[kda_cuda] %-52s rms %.3e  max %.3e (of the terms' magnitude; %.3e of the value)\n", what.c_str(), rms,
+              mx, rms_ratio(got, ref));
   EXPECT_LE(rms, tol.rms) << what;
   EXPECT_LE(mx, tol.max) << what;
   EXPECT_TRUE(std::isfinite(rms)) << what;

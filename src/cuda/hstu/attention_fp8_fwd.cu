@@ -520,8 +520,8 @@ void launch_for_mode(const Args& a, const Fp8Operands& f, int64_t heads, cudaStr
   switch (f.q.mode) {
     case 1:
       // v's transposed copy: one descale per (block, head, dim); a loaded key tile must not straddle blocks.
-      SEQMIX_CHECK(f.v.block_size % C::kStepRows == 0, "hstu FP8 forward: quant_mode 1 v block size ",
-                   f.v.block_size, " does not line up with the kernel's ", C::kStepRows, "-key tiles");
+      SEQMIX_CHECK(f.v.block_size % C::kStepRows == 0, "hstu FP8 forward: quant_mode 1 v block size ", f.v.block_size,
+                   " does not line up with the kernel's ", C::kStepRows, "-key tiles");
       return launch<T, D, ScaleKind::per_token, C>(a, f, heads, stream);
     case 2:
       // Descale blocks line up with the tiles: one q block per query tile, loaded key tiles inside a k/v block.

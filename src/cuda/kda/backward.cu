@@ -194,7 +194,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int L = static_cast<int>(left < kChunk ? left : kChunk);
     const bool more = c > c_begin;
     const int64_t tn = t0 - kChunk;  // first token of the next chunk of this reverse sweep (a full one)
-    if (more) {  // w, do of the next chunk into L2 while this one runs
+    if (more) {                      // w, do of the next chunk into L2 while this one runs
       const int64_t fs = sizeof(float);
       prefetch_rows(p.w + (tn * p.HV + hv) * K, kChunk, rs_k * fs, K * fs, kThreads);
       const int es = dtype_bytes(d_out_dt);
@@ -226,8 +226,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         const float4 k = *reinterpret_cast<const float4*>(klS + at), q = *reinterpret_cast<const float4*>(qgS + qt);
         st4(klS + at, make_float4(__expf(l.x - g.x) * k.x, __expf(l.y - g.y) * k.y, __expf(l.z - g.z) * k.z,
                                   __expf(l.w - g.w) * k.w));
-        st4(qgS + qt, make_float4(s * __expf(g.x) * q.x, s * __expf(g.y) * q.y, s * __expf(g.z) * q.z,
-                                  s * __expf(g.w) * q.w));
+        st4(qgS + qt,
+            make_float4(s * __expf(g.x) * q.x, s * __expf(g.y) * q.y, s * __expf(g.z) * q.z, s * __expf(g.w) * q.w));
       }
       for (int d = tid; d < K; d += kThreads) glS[d] = gl[d];
     }
@@ -324,8 +324,8 @@ __device__ __forceinline__ void load_rows_dt(float* dst, int dst_rs, const void*
 // dA = (dw Kb^T + dv_new v^T) diag(beta) (strictly lower); dM = -A^T dA A^T.
 // Writes dq_hv, dk_hv, dgc (per-token dG, before the in-chunk reverse cumsum), dbp, dAqk, dM, dg_last.
 template <bool kPrecise>
-__global__ void __launch_bounds__(kWyThreads, 1) wy_bwd_kernel(KdaDev p, const void* d_out, int d_out_dt, void* dv,
-                                                               int dv_dt) {
+__global__ void __launch_bounds__(kWyThreads, 1)
+    wy_bwd_kernel(KdaDev p, const void* d_out, int d_out_dt, void* dv, int dv_dt) {
   int64_t t0;
   int L;
   if (!locate_chunk(p, blockIdx.x, t0, L)) return;

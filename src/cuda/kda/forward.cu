@@ -786,7 +786,6 @@ void set_smem_two_per_sm(const void* kernel, size_t bytes) {
       cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
 }
 
-
 // Value columns per block of the forward state pass. Every block reads the chunk's whole w and kl
 // (64 x K floats each) whatever its width, and those re-reads bound the pass (measured ~2 TB/s of
 // them at B4 T4096 H16 with 32 columns): take the widest tile that still gives about one block per SM.
