@@ -901,7 +901,7 @@ StageTimer::~StageTimer() {
   for (int i = 1; i < count; ++i) {
     float ms = 0.0f;
     cudaEventElapsedTime(&ms, events[i - 1], events[i]);
-    if (!modelled[i]) {
+    if (!modelled[i] || shape.N == 0) {  // no sequence: run_forward returned before filling the shape
       std::fprintf(stderr, "[kda timing] %-12s %8.3f ms\n", names[i], ms);
       continue;
     }
