@@ -13,6 +13,10 @@
 //   g++ -O2 -std=c++20 bench/kda_bench.cpp -Iinclude -Isrc -I"$(dirname "$(which nvcc)")/../include" build-cuda/libseqmix.a \
 //       -L"$(dirname "$(which nvcc)")/../lib64" -lcudart -lpthread -o build-cuda/kda_bench
 //   ./build-cuda/kda_bench [out.json]     (or --once with SEQMIX_KDA_TIMING=1: per-kernel times)
+// --once with SEQMIX_KDA_TIMING=1 prints, per shape and pass, the library's per-stage lines on stderr:
+// "[kda timing]" (ms, GB/s, TFLOP/s, roofline ms and x off it, from src/cuda/kda/roofline.h) and
+// "[kda stage] {json}"; bench/run_kda_device.sh collects the latter, tagged with the shape and pass, into
+// kda_stages.jsonl.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -155,11 +159,13 @@ int main(int argc, char** argv) {
                           bytes_of(dt_bias) + (s.lengths.empty() ? 0 : bytes_of(cu));
     const size_t grads = bytes_of(dout) + bytes_of(dq) + bytes_of(dk) + bytes_of(dv) + bytes_of(dg) + bytes_of(dbeta) +
                          bytes_of(dA) + bytes_of(dbias);
-    if (once) {
+    if (once) {  // headers flushed so that they precede the stage lines (stderr) in a combined log
       std::printf("%s: fwd\n", s.name.c_str());
+      std::fflush(stdout);
       fwd();
       cuda_synchronize();
       std::printf("%s: fwd+bwd\n", s.name.c_str());
+      std::fflush(stdout);
       fwd_bwd();
       cuda_synchronize();
       continue;

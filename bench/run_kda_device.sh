@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Device run for the KDA CUDA work (from the repository root, or a staged copy of it): narrow build,
-# CUDA-vs-CPU tests, check rows, a memcheck subset, our bench, then FLA's chunk_kda in the same run.
+# CUDA-vs-CPU tests, check rows, per-stage times with their rooflines (kda_stages.jsonl), a memcheck subset,
+# our bench, then FLA's chunk_kda in the same run.
 #   OUT=<dir> FLA=<path to fla-repo> bash bench/run_kda_device.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +36,12 @@ fi
 echo "test $(( $(date +%s) - t0 )) s"
 timeout 30 ./build-cuda/seqmix check --device cuda --family kda > "$OUT/check_cuda.log" 2>&1; echo "check rc=$?"; cat "$OUT/check_cuda.log"
 SEQMIX_KDA_TIMING=1 timeout 30 ./build-cuda/kda_bench --once > "$OUT/timing.txt" 2>&1; grep -E "timing|shape|B4|B1|varlen" "$OUT/timing.txt" | head -60
+# the per-stage roofline lines (src/cuda/kda/roofline.h) as JSON, one per stage, tagged with the shape and
+# the bench pass ("fwd"; "fwd+bwd": the forward call's stages, then the backward call's, "backward": true,
+# its forward re-run included) -> $RES/kda_stages.jsonl. One untimed first call each: cold caches included.
+awk '/^[A-Za-z0-9_]+: fwd(\+bwd)?$/ { shape = $1; sub(/:$/, "", shape); pass = $2 }
+     /^\[kda stage\] \{/ { sub(/^\[kda stage\] \{/, ""); printf "{\"shape\": \"%s\", \"pass\": \"%s\", %s\n", shape, pass, $0 }' \
+  "$OUT/timing.txt" > "$RES/kda_stages.jsonl"; echo "kda_stages.jsonl: $(wc -l < "$RES/kda_stages.jsonl") stages"
 timeout ${BENCH_TIMEOUT:-90} ./build-cuda/kda_bench "$RES/ours.json" 2>&1 | tee "$OUT/bench.txt"
 echo "ours bench $(( $(date +%s) - t0 )) s"
 if [ "${SANITIZE:-1}" = 1 ]; then

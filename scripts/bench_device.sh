@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The side-by-side benchmarks of issues 3 and 4 in one device call (results under $OUT):
-#   KDA: bench/run_kda_device.sh — our kda_bench, then FLA's chunk_kda (Triton autotune) on the same shapes;
+#   KDA: bench/run_kda_device.sh — our kda_bench (per-stage rooflines in kda/kda_stages.jsonl), then FLA's
+#        chunk_kda (Triton autotune) on the same shapes;
 #   HSTU: scripts/hstu_device.sh — ours, then the generative-recommenders and TorchEasyRec Triton kernels.
 # Tests are left to scripts/device_test.sh. KDA_BUDGET_S and HSTU_BUDGET_S split the call's time;
 # KDA=0 / HSTU=0 skip one family; PEER_MAX_LENS limits the HSTU peers' max_len list (their autotune is the slow part).

@@ -25,10 +25,13 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include "cuda/kda/roofline.h"
 #include "seqmix/device.h"
 #include "seqmix/kda.h"
 #include "test_util.h"
@@ -543,6 +546,70 @@ TEST(KdaCuda, BackwardIsDeterministic) {
                       {&a.dg, &b.dg}, {&a.dbeta, &b.dbeta},
                       {&a.dA_log, &b.dA_log}, {&a.ddt_bias, &b.ddt_bias}, {&a.dh0, &b.dh0}})
     EXPECT_EQ(testing::max_abs_diff(*x, *y), 0.0);
+}
+
+// The "[kda stage]" line of `stage` from the forward (backward = false) or backward call in `log`.
+std::string stage_line(const std::string& log, const char* stage, bool backward) {
+  std::istringstream in(log);
+  std::string line;
+  const std::string name = std::string("\"stage\": \"") + stage + "\"",
+                    call = backward ? "\"backward\": true" : "\"backward\": false";
+  while (std::getline(in, line))
+    if (line.rfind("[kda stage] {", 0) == 0 && line.find(name) != std::string::npos &&
+        line.find(call) != std::string::npos)
+      return line;
+  return "";
+}
+
+double stage_field(const std::string& line, const std::string& key) {
+  const size_t at = line.find("\"" + key + "\": ");
+  return at == std::string::npos ? std::numeric_limits<double>::quiet_NaN()
+                                 : std::strtod(line.c_str() + at + key.size() + 4, nullptr);
+}
+
+// SEQMIX_KDA_TIMING=1: one line per stage with the byte / FLOP model (roofline.h) of this call's shape and
+// options; on a varlen pack whose chunk count (4) is below the launch bound (7), the exact count read from
+// the device table.
+TEST(KdaCuda, StageTimingReportsEveryStageWithItsModel) {
+  SEQMIX_REQUIRE_CUDA();
+  Case c{"stage timing"};
+  c.T = 200, c.H = 1, c.HV = 2, c.cu_seqlens = {0, 64, 128, 128, 200}, c.l2norm = true, c.gate = Gate::softplus;
+  c.A_log = c.dt_bias = true, c.beta_sigmoid = true, c.h0 = c.ht = true;
+  const Inputs in = make_inputs(c, 41);
+  const HostTensor d_o = testing::randn(in.v.sizes(), 42, 1.0, c.dtype);
+  const HostTensor dht = testing::randn(c.state_sizes(), 43, 0.3, DType::f32);
+  setenv("SEQMIX_KDA_TIMING", "1", 1);
+  ::testing::internal::CaptureStderr();
+  on_device(c, in, d_o, dht);
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  unsetenv("SEQMIX_KDA_TIMING");
+  namespace roofline = cuda::kda::roofline;
+  roofline::Shape fwd;
+  fwd.tokens = 200, fwd.N = 4, fwd.chunks = 4, fwd.H = 1, fwd.HV = 2, fwd.K = fwd.V = 64;
+  fwd.l2norm = fwd.use_gate = fwd.beta_sigmoid = true;
+  fwd.dt_bias_bytes = fwd.A_log_bytes = fwd.cu_seqlens_bytes = fwd.h0_bytes = fwd.final_state_bytes = 4;
+  roofline::Shape bwd = fwd;
+  bwd.for_backward = true, bwd.with_output = false, bwd.final_state_bytes = 0;
+  bwd.dht_bytes = bwd.dh0_bytes = bwd.dA_log_bytes = bwd.ddt_bias_bytes = 4;
+  using roofline::Stage;
+  const std::vector<std::pair<Stage, bool>> stages = {
+      {Stage::tables, false}, {Stage::chunk_fwd, false}, {Stage::state_fwd, false}, {Stage::output_fwd, false},
+      {Stage::tables, true},  {Stage::chunk_fwd, true},  {Stage::state_fwd, true},  {Stage::state_bwd, true},
+      {Stage::wy_bwd, true},  {Stage::pair_bwd, true},   {Stage::finalize, true},   {Stage::gate_params, true}};
+  for (const auto& [stage, backward] : stages) {
+    const char* name = roofline::stage_name(stage);
+    const std::string line = stage_line(log, name, backward);
+    ASSERT_FALSE(line.empty()) << name << " backward " << backward << "\n" << log;
+    const int tile = static_cast<int>(stage_field(line, "value_tile"));
+    const roofline::Cost cost = roofline::stage_cost(stage, backward ? bwd : fwd, tile);
+    EXPECT_EQ(stage_field(line, "chunks"), 4.0) << line;
+    EXPECT_EQ(stage_field(line, "bytes"), cost.bytes) << line;
+    EXPECT_EQ(stage_field(line, "flops"), cost.flops) << line;
+    EXPECT_EQ(stage_field(line, "tc_flops"), cost.tc_flops) << line;
+    EXPECT_GT(stage_field(line, "ms"), 0.0) << line;
+    if (stage == Stage::state_fwd || stage == Stage::state_bwd)
+      EXPECT_TRUE(tile == 16 || tile == 32 || tile == 64) << line;
+  }
 }
 
 TEST(KdaCuda, BadInputsNameTheArgument) {

@@ -292,6 +292,10 @@ constexpr int kSub = 16;           // sub-chunk length (FLA's BC)
 constexpr int kSliceStride = kSlice + 4;
 constexpr int kWyTilesMax = 4;     // 16 x 8 tiles per warp of a [64, K] product, K <= 128
 
+static_assert(roofline::kPairSlice == kSlice && roofline::kPairThreads == kPairThreads &&
+                  roofline::kGateSlices == kGateSlices,
+              "roofline.h models these tiles");
+
 // Rows [0, 64) x `cols` of a [tokens, HV, V] input of any dtype (do, v) into a shared fp32 tile of row
 // stride dst_rs; rows >= rows_valid zero. U loads in flight per thread.
 template <int NT, int U = 8>
@@ -953,6 +957,13 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
   StageTimer timer(stream);
   int64_t max_chunks = 0;
   run_forward(args, cu_seqlens, nullptr, nullptr, true, p, max_chunks, workspace, timer, stream);
+  if (timer.enabled) {
+    auto size_of = [](const TensorView* t) { return t ? static_cast<int>(dtype_size(t->dtype)) : 0; };
+    timer.shape.out_bytes = size_of(&dq);
+    timer.shape.do_bytes = size_of(&do_);
+    timer.shape.dht_bytes = size_of(dht), timer.shape.dh0_bytes = size_of(dh0);
+    timer.shape.dA_log_bytes = size_of(dA_log), timer.shape.ddt_bias_bytes = size_of(ddt_bias);
+  }
   const int dt = dtype_code(dq.dtype, "dq");
   const int bv = state_bwd_value_tile(p);
   const size_t state_smem = state_bwd_smem(p.K, bv);
@@ -978,7 +989,7 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
     launch_state(split ? state_bwd_kernel<64, true> : state_bwd_kernel<64, false>);
   }
   SEQMIX_CUDA_CHECK(cudaGetLastError());
-  timer.mark("state_bwd");
+  timer.mark(roofline::Stage::state_bwd, bv);
   if (p.tokens > 0) {
     const dim3 chunk_grid(static_cast<unsigned>(max_chunks), static_cast<unsigned>(p.HV));
     const size_t wy_smem = wy_bwd_smem(p.K);
@@ -986,14 +997,14 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
     set_smem_limit(reinterpret_cast<const void*>(wy_kernel), wy_smem);
     wy_kernel<<<chunk_grid, kWyThreads, wy_smem, stream>>>(p, do_.data, do_dt, dv.data, dtype_code(dv.dtype, "dv"));
     SEQMIX_CUDA_CHECK(cudaGetLastError());
-    timer.mark("wy_bwd");
+    timer.mark(roofline::Stage::wy_bwd);
     auto* pair_kernel = split ? pair_bwd_kernel<true> : pair_bwd_kernel<false>;
     set_smem_limit(reinterpret_cast<const void*>(pair_kernel), kPairSmem);
     const dim3 pair_grid(static_cast<unsigned>(max_chunks), static_cast<unsigned>(p.HV),
                          static_cast<unsigned>(p.K / kSlice));
     pair_kernel<<<pair_grid, kPairThreads, kPairSmem, stream>>>(p);
     SEQMIX_CUDA_CHECK(cudaGetLastError());
-    timer.mark("pair_bwd");
+    timer.mark(roofline::Stage::pair_bwd);
     const int64_t rows = p.tokens * p.H;
     constexpr int kRowsPerBlock = 8;
     finalize_qk_kernel<<<static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock), 32 * kRowsPerBlock, 0,
@@ -1003,7 +1014,7 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n_g + 255) / 256, 65535));
     finalize_gate_beta_kernel<<<blocks, 256, 0, stream>>>(p, dg.data, dbeta.data, dt);
     SEQMIX_CUDA_CHECK(cudaGetLastError());
-    timer.mark("finalize");
+    timer.mark(roofline::Stage::finalize);
   }
   if (dA_log || ddt_bias) {
     gate_params_partial_kernel<<<dim3(static_cast<unsigned>(p.HV), kGateSlices), kReduceThreads, 0, stream>>>(p);
@@ -1012,7 +1023,7 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
         p, dA_log ? dA_log->data : nullptr, dA_log ? dtype_code(dA_log->dtype, "dA_log") : 0,
         ddt_bias ? ddt_bias->data : nullptr, ddt_bias ? dtype_code(ddt_bias->dtype, "ddt_bias") : 0);
     SEQMIX_CUDA_CHECK(cudaGetLastError());
-    timer.mark("gate_params");
+    timer.mark(roofline::Stage::gate_params);
   }
 }
 

@@ -30,6 +30,7 @@
 #include <cstdint>
 
 #include "cuda/kda/kda.h"
+#include "cuda/kda/roofline.h"
 
 namespace seqmix::cuda::kda {
 
@@ -247,16 +248,26 @@ __device__ __forceinline__ int frag_row(int r) { return ((threadIdx.x & 31) >> 2
 __device__ __forceinline__ int frag_col(int r) { return 2 * (threadIdx.x & 3) + (r & 1); }
 
 // Optional per-stage timing of the launches (SEQMIX_KDA_TIMING=1): events on the stream, printed
-// to stderr after a synchronisation at the end of the call. For profiling only.
+// to stderr after a synchronisation at the end of the call, each stage with its byte / FLOP model
+// (roofline.h): GB/s, TFLOP/s, roofline ms and how far the stage is from it, on a "[kda timing]" line to
+// read and a "[kda stage] {json}" line for scripts. The model is evaluated at the end, when the chunk
+// count of a varlen call can be read from the device table (run_forward knows only an upper bound).
+// For profiling only.
 struct StageTimer {
   explicit StageTimer(cudaStream_t stream);
   ~StageTimer();
-  void mark(const char* name);
+  void mark(const char* name);  // a boundary without a model (the start)
+  void mark(roofline::Stage stage, int value_tile = 0);
   bool enabled = false;
   cudaStream_t stream = nullptr;
+  roofline::Shape shape;                    // the call, filled by run_forward and chunk_kda_bwd
+  const int64_t* device_chunks = nullptr;   // chunk_offsets[N] on the device (varlen), read into shape.chunks
   int count = 0;
   cudaEvent_t events[16];
   const char* names[16];
+  bool modelled[16];
+  roofline::Stage stages[16];
+  int value_tiles[16];
 };
 
 // Host side shared by forward.cu and backward.cu.

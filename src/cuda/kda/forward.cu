@@ -626,6 +626,7 @@ __global__ void __launch_bounds__(kThreads, 2) state_fwd_kernel(KdaDev p, void* 
 }
 
 constexpr int kOutCols = 64;  // value columns per output block
+static_assert(roofline::kChunk == kChunk && roofline::kOutCols == kOutCols, "roofline.h models these tiles");
 
 // One block per (chunk, value head, 64 value columns), all chunks in parallel:
 //   o = qg S + Aqk v_new   (qg = scale exp(G) q, S = hs of the chunk).
@@ -805,7 +806,7 @@ void launch_chunks(KdaDev& p, const TensorView* o, const TensorView* final_state
     chunk_fwd_kernel<kK, kPrecise><<<chunk_grid, kThreads, smem, stream>>>(p, o != nullptr && p.qg != nullptr,
                                                                          for_backward);
     SEQMIX_CUDA_CHECK(cudaGetLastError());
-    timer.mark("chunk_fwd");
+    timer.mark(roofline::Stage::chunk_fwd);
   }
   const int bv = forward_value_tile(p);
   const int64_t state_blocks = static_cast<int64_t>(p.N) * p.HV * (p.V / bv);
@@ -828,14 +829,14 @@ void launch_chunks(KdaDev& p, const TensorView* o, const TensorView* final_state
   else  // 16 columns only below sms / 4 blocks of 32, so 2 * that < sms blocks: always the 2-slot ring
     launch_state(state_fwd_kernel<kK, 16, 2, kPrecise>);
   SEQMIX_CUDA_CHECK(cudaGetLastError());
-  timer.mark("state_fwd");
+  timer.mark(roofline::Stage::state_fwd, bv);
   if (o && p.tokens > 0) {
     const size_t smem = output_fwd_smem(p.K);
     set_smem_two_per_sm(reinterpret_cast<const void*>(output_fwd_kernel<kK, kPrecise>), smem);
     const dim3 grid(static_cast<unsigned>(max_chunks * (p.V / kOutCols)), static_cast<unsigned>(p.HV));
     output_fwd_kernel<kK, kPrecise><<<grid, kThreads, smem, stream>>>(p, o->data, dtype_code(o->dtype, "o"));
     SEQMIX_CUDA_CHECK(cudaGetLastError());
-    timer.mark("output_fwd");
+    timer.mark(roofline::Stage::output_fwd);
   }
 }
 
@@ -877,16 +878,52 @@ void StageTimer::mark(const char* name) {
   if (!enabled || count >= 16) return;
   cudaEventCreate(&events[count]);
   cudaEventRecord(events[count], stream);
-  names[count++] = name;
+  names[count] = name;
+  modelled[count++] = false;
+}
+
+void StageTimer::mark(roofline::Stage stage, int value_tile) {
+  if (!enabled || count >= 16) return;
+  stages[count] = stage;
+  value_tiles[count] = value_tile;
+  mark(roofline::stage_name(stage));
+  modelled[count - 1] = true;
 }
 
 StageTimer::~StageTimer() {
   if (!enabled || count == 0) return;
   cudaEventSynchronize(events[count - 1]);
+  if (device_chunks) {
+    cudaMemcpyAsync(&shape.chunks, device_chunks, sizeof(int64_t), cudaMemcpyDeviceToHost, stream);
+    cudaStreamSynchronize(stream);
+  }
   for (int i = 1; i < count; ++i) {
     float ms = 0.0f;
     cudaEventElapsedTime(&ms, events[i - 1], events[i]);
-    std::fprintf(stderr, "[kda timing] %-12s %8.3f ms\n", names[i], ms);
+    if (!modelled[i] || shape.N == 0) {  // no sequence: run_forward returned before filling the shape
+      std::fprintf(stderr, "[kda timing] %-12s %8.3f ms\n", names[i], ms);
+      continue;
+    }
+    const roofline::Cost c = roofline::stage_cost(stages[i], shape, value_tiles[i]);
+    const double roof = roofline::roofline_ms(c), tf32 = roofline::tf32_roofline_ms(c);
+    const double unique_ms = roofline::unique_bytes_ms(c), gbs = c.bytes / (ms * 1e6), tflops = c.flops / (ms * 1e9);
+    std::fprintf(stderr,
+                 "[kda timing] %-12s %8.3f ms %8.1f GB/s %7.2f TFLOP/s  roofline %7.3f ms %7.2fx off  "
+                 "TF32 roofline %7.3f ms %7.2fx off  unique-bytes floor %7.3f ms\n",
+                 names[i], ms, gbs, tflops, roof, ms / roof, tf32, ms / tf32, unique_ms);
+    const roofline::Shape& s = shape;
+    std::fprintf(stderr,
+                 "[kda stage] {\"stage\": \"%s\", \"ms\": %.4f, \"bytes\": %.0f, \"unique_bytes\": %.0f, "
+                 "\"flops\": %.0f, \"tc_flops\": %.0f, \"gb_per_s\": %.1f, \"tflop_per_s\": %.3f, "
+                 "\"roofline_ms\": %.4f, \"x_off\": %.3f, \"tf32_roofline_ms\": %.4f, \"x_off_tf32\": %.3f, "
+                 "\"unique_bytes_ms\": %.4f, \"tokens\": %lld, \"N\": %lld, \"chunks\": %lld, \"H\": %lld, "
+                 "\"HV\": %lld, \"K\": %lld, \"V\": %lld, \"value_tile\": %d, \"in_bytes\": %d, "
+                 "\"precise\": %s, \"backward\": %s}\n",
+                 names[i], ms, c.bytes, c.unique_bytes, c.flops, c.tc_flops, gbs, tflops, roof, ms / roof, tf32,
+                 ms / tf32, unique_ms, static_cast<long long>(s.tokens), static_cast<long long>(s.N),
+                 static_cast<long long>(s.chunks), static_cast<long long>(s.H), static_cast<long long>(s.HV),
+                 static_cast<long long>(s.K), static_cast<long long>(s.V), value_tiles[i], s.in_bytes,
+                 s.precise ? "true" : "false", s.for_backward ? "true" : "false");
   }
   for (int i = 0; i < count; ++i) cudaEventDestroy(events[i]);
 }
@@ -940,10 +977,28 @@ void run_forward(const cpu::KdaArgs& a, const TensorView* cu_seqlens, const Tens
   carve_all(static_cast<char*>(workspace.base), sizes, for_backward, &p);
 
   if (p.N == 0) return;
+  if (timer.enabled) {
+    roofline::Shape& s = timer.shape;
+    auto size_of = [](const TensorView* t) { return t ? static_cast<int>(dtype_size(t->dtype)) : 0; };
+    s.tokens = p.tokens;
+    s.N = p.N;
+    s.chunks = max_chunks;  // exact without cu_seqlens; with them read from the table at the end
+    s.H = p.H, s.HV = p.HV, s.K = p.K, s.V = p.V;
+    s.in_bytes = size_of(a.q);
+    s.out_bytes = size_of(o);  // the backward sets its gradients' size
+    s.precise = p.in_dt == kF32 || p.in_dt == kF64;
+    s.for_backward = for_backward;
+    s.with_output = o != nullptr;
+    s.l2norm = p.l2norm, s.use_gate = p.use_gate, s.beta_sigmoid = p.beta_sigmoid;
+    s.dt_bias_bytes = size_of(a.dt_bias), s.A_log_bytes = size_of(a.A_log);
+    s.cu_seqlens_bytes = size_of(cu_seqlens);
+    s.h0_bytes = size_of(a.initial_state), s.final_state_bytes = size_of(final_state);
+    timer.device_chunks = cu_seqlens ? p.chunk_offsets + p.N : nullptr;
+  }
   timer.mark("start");
   build_tables_kernel<<<1, kTableThreads, 0, stream>>>(p);
   SEQMIX_CUDA_CHECK(cudaGetLastError());
-  timer.mark("tables");
+  timer.mark(roofline::Stage::tables);
   const bool precise = p.in_dt == kF32 || p.in_dt == kF64;
   if (p.K == 128) {
     if (precise) launch_chunks<128, true>(p, o, final_state, for_backward, max_chunks, timer, stream);
