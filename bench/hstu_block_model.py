@@ -13,17 +13,9 @@ A model to compare tile shapes, not a timing: the numbers it prints were never m
 """
 import torch
 
+from hstu_vs_peers import lengths_of  # the benchmark's own length draw, same seeds
+
 K1, K2 = 256, 32
-
-
-def lengths_of(dist, batch, max_len, gen):  # as bench/hstu_vs_peers.py
-    if dist == "uniform":
-        x = torch.rand(batch, generator=gen) * 0.6 + 0.4
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(gen.initial_seed())
-            x = torch.distributions.Beta(0.7, 0.3).sample((batch,))
-    return (x * max_len).ceil().clamp(1, max_len).to(torch.int64)
 
 
 def inputs(max_len, heads, dist):

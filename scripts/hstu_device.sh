@@ -16,6 +16,7 @@ peers=${PEERS:-}
 for p in ../peers ../../peers; do [ -z "$peers" ] && [ -d "$p/gr" ] && peers=$p; done
 { nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader; nvcc --version | tail -2; } > "$OUT/summary.txt" 2>&1
 log() { echo "$*" | tee -a "$OUT/summary.txt"; }
+source scripts/sanitize_shared.sh
 
 gtest_src=/usr/src/googletest
 [ -d .deps/googletest ] && gtest_src=$PWD/.deps/googletest
@@ -49,15 +50,8 @@ if [ "${SANITIZE:-1}" = 1 ]; then
     > "$OUT/memcheck.log" 2>&1
   log "memcheck rc=$? ($(( $(date +%s) - t0 )) s)"
   grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | head -5 | tee -a "$OUT/summary.txt"
-  # memcheck sees no shared-memory races or barrier misuse: racecheck and synccheck on the cases whose
-  # blocks hand partial dK / dV over through shared memory (SLA, 200- and 130-token sequences).
-  for tool in racecheck synccheck; do
-    extra=""; [ $tool = racecheck ] && extra="--racecheck-report hazard"
-    timeout 90 compute-sanitizer --tool $tool $extra ./build-cuda/hstu_cuda_test \
-      --gtest_filter='Masks/*/sla_bf16_d128:Masks/*sla_targets_f16*' > "$OUT/$tool.log" 2>&1
-    log "$tool rc=$? ($(( $(date +%s) - t0 )) s): $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$tool.log" | head -2 | tr '\n' ' ')"
-    cat "$OUT/$tool.log" >> "$OUT/memcheck.log"; rm "$OUT/$tool.log"
-  done
+  # The SLA cases whose blocks hand partial dK / dV over through shared memory (200- and 130-token sequences).
+  race_and_sync_check 90 ./build-cuda/hstu_cuda_test 'Masks/*/sla_bf16_d128:Masks/*sla_targets_f16*'
 fi
 if [ "${BENCH:-1}" = 1 ]; then
   # One process per implementation and mode (a crash loses one column): ours (fwd and fwd+bwd),

@@ -8,6 +8,7 @@ OUT=${OUT:-/tmp/hstu_fp8_out}; mkdir -p "$OUT"
 t0=$(date +%s)
 { nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader; nvcc --version | tail -2; } > "$OUT/summary.txt" 2>&1
 log() { echo "$*" | tee -a "$OUT/summary.txt"; }
+source scripts/sanitize_shared.sh
 
 gtest_src=/usr/src/googletest
 [ -d .deps/googletest ] && gtest_src=$PWD/.deps/googletest
@@ -45,13 +46,7 @@ if [ "${SANITIZE:-1}" = 1 ]; then
     > "$OUT/memcheck.log" 2>&1
   log "memcheck rc=$? ($(( $(date +%s) - t0 )) s)"
   grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | head -5 | tee -a "$OUT/summary.txt"
-  # Shared-memory hazards (the transposed V8 tile, the shared descales) and barrier use.
-  for tool in racecheck synccheck; do
-    extra=""; [ $tool = racecheck ] && extra="--racecheck-report hazard"
-    timeout 60 compute-sanitizer --tool $tool $extra ./build-cuda/hstu_fp8_cuda_test \
-      --gtest_filter='Masks/*mode1_targets_contextual*:Masks/*mode1_sla*:Masks/*mode2_sla*' > "$OUT/$tool.log" 2>&1
-    log "$tool rc=$? ($(( $(date +%s) - t0 )) s): $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$tool.log" | head -2 | tr '\n' ' ')"
-    cat "$OUT/$tool.log" >> "$OUT/memcheck.log"; rm "$OUT/$tool.log"
-  done
+  # The transposed V8 tile, the shared descales, the mode-1 split dK / dV hand-over.
+  race_and_sync_check 60 ./build-cuda/hstu_fp8_cuda_test 'Masks/*mode1_targets_contextual*:Masks/*mode1_sla*:Masks/*mode2_sla*'
 fi
 log "total $(( $(date +%s) - t0 )) s"
