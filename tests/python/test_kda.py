@@ -64,24 +64,29 @@ def recurrence(q, k, v, g, beta, scale, state):
     return (torch.stack(out) if out else v.new_zeros(v.shape)), state
 
 
-def reference(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
-              state_v_first=False, A_log=None, dt_bias=None, **transforms):
-    transforms.pop("chunk_size", None)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    q, k, g, beta = prepare(q, k, g, beta, A_log, dt_bias, **transforms)
+def sequences_with_states(q, v, initial_state, cu_seqlens, state_v_first):
+    """(batch row, start, end, initial [HV, K, V] state) of every sequence, as the recurrence walks them."""
     if cu_seqlens is None:
         sequences = [(b, 0, q.shape[1]) for b in range(q.shape[0])]
     else:
         bounds = cu_seqlens.tolist()
         sequences = [(0, bounds[n], bounds[n + 1]) for n in range(len(bounds) - 1)]
-    heads, dk, dv = v.shape[2], q.shape[3], v.shape[3]
-    rows, states = {}, []
     for n, (b, start, end) in enumerate(sequences):
         if initial_state is None:
-            state = q.new_zeros(heads, dk, dv)
+            state = q.new_zeros(v.shape[2], q.shape[3], v.shape[3])
         else:
             state = initial_state[n].to(q.dtype)
             state = state.transpose(-1, -2) if state_v_first else state
+        yield b, start, end, state
+
+
+def reference(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
+              state_v_first=False, A_log=None, dt_bias=None, **transforms):
+    transforms.pop("chunk_size", None)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    q, k, g, beta = prepare(q, k, g, beta, A_log, dt_bias, **transforms)
+    rows, states = {}, []
+    for b, start, end, state in sequences_with_states(q, v, initial_state, cu_seqlens, state_v_first):
         o, state = recurrence(q[b, start:end], k[b, start:end], v[b, start:end], g[b, start:end],
                               beta[b, start:end], scale, state)
         rows.setdefault(b, []).append(o)
@@ -287,24 +292,14 @@ def reference_chunk_states(q, k, v, g, beta, scale=None, initial_state=None, cu_
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     q, k, g, beta = prepare(q, k, g, beta, A_log, dt_bias, **transforms)
     heads, dk, dv = v.shape[2], q.shape[3], v.shape[3]
-    if cu_seqlens is None:
-        sequences = [(b, 0, q.shape[1]) for b in range(q.shape[0])]
-    else:
-        bounds = cu_seqlens.tolist()
-        sequences = [(0, bounds[n], bounds[n + 1]) for n in range(len(bounds) - 1)]
     rows = {}
-    for n, (b, start, end) in enumerate(sequences):
-        if initial_state is None:
-            state = q.new_zeros(heads, dk, dv)
-        else:
-            state = initial_state[n].to(q.dtype)
-            state = state.transpose(-1, -2) if state_v_first else state
+    for b, start, end, state in sequences_with_states(q, v, initial_state, cu_seqlens, state_v_first):
         for s in range(start, end, chunk_size):
             rows.setdefault(b, []).append(state.transpose(-1, -2) if state_v_first else state)
             e = min(s + chunk_size, end)
             _, state = recurrence(q[b, s:e], k[b, s:e], v[b, s:e], g[b, s:e], beta[b, s:e], scale, state)
     shape = (heads, dv, dk) if state_v_first else (heads, dk, dv)
-    count = len(sequences) if cu_seqlens is None else 1
+    count = q.shape[0] if cu_seqlens is None else 1
     return torch.stack([torch.stack(rows[b]) if rows.get(b) else q.new_zeros(0, *shape) for b in range(count)])
 
 
