@@ -974,7 +974,7 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
   void* dh0_ptr = dh0 ? dh0->data : nullptr;
   const int dh0_dt = dh0 ? dtype_code(dh0->dtype, "dh0") : 0;
   // bf16 / f16 inputs: one-pass TF32 products (see mma_f32); f32 / f64: 3xTF32.
-  const bool split = p.in_dt == kF32 || p.in_dt == kF64;
+  const bool precise = p.in_dt == kF32 || p.in_dt == kF64;
   auto launch_state = [&](auto kernel) {
     set_smem_limit(reinterpret_cast<const void*>(kernel), state_smem);
     kernel<<<state_grid, kThreads, state_smem, stream>>>(p, do_.data, do_dt, dht_ptr, dht_dt, dh0_ptr, dh0_dt);
@@ -982,23 +982,23 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
   if (p.N == 0) {
     // no sequence: nothing to differentiate (dA_log / ddt_bias below become zero)
   } else if (bv == 16) {
-    launch_state(split ? state_bwd_kernel<16, true> : state_bwd_kernel<16, false>);
+    launch_state(precise ? state_bwd_kernel<16, true> : state_bwd_kernel<16, false>);
   } else if (bv == 32) {
-    launch_state(split ? state_bwd_kernel<32, true> : state_bwd_kernel<32, false>);
+    launch_state(precise ? state_bwd_kernel<32, true> : state_bwd_kernel<32, false>);
   } else {
-    launch_state(split ? state_bwd_kernel<64, true> : state_bwd_kernel<64, false>);
+    launch_state(precise ? state_bwd_kernel<64, true> : state_bwd_kernel<64, false>);
   }
   SEQMIX_CUDA_CHECK(cudaGetLastError());
   timer.mark(roofline::Stage::state_bwd, bv);
   if (p.tokens > 0) {
     const dim3 chunk_grid(static_cast<unsigned>(max_chunks), static_cast<unsigned>(p.HV));
     const size_t wy_smem = wy_bwd_smem(p.K);
-    auto* wy_kernel = split ? wy_bwd_kernel<true> : wy_bwd_kernel<false>;
+    auto* wy_kernel = precise ? wy_bwd_kernel<true> : wy_bwd_kernel<false>;
     set_smem_limit(reinterpret_cast<const void*>(wy_kernel), wy_smem);
     wy_kernel<<<chunk_grid, kWyThreads, wy_smem, stream>>>(p, do_.data, do_dt, dv.data, dtype_code(dv.dtype, "dv"));
     SEQMIX_CUDA_CHECK(cudaGetLastError());
     timer.mark(roofline::Stage::wy_bwd);
-    auto* pair_kernel = split ? pair_bwd_kernel<true> : pair_bwd_kernel<false>;
+    auto* pair_kernel = precise ? pair_bwd_kernel<true> : pair_bwd_kernel<false>;
     set_smem_limit(reinterpret_cast<const void*>(pair_kernel), kPairSmem);
     const dim3 pair_grid(static_cast<unsigned>(max_chunks), static_cast<unsigned>(p.HV),
                          static_cast<unsigned>(p.K / kSlice));
