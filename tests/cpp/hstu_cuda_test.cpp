@@ -31,6 +31,7 @@ namespace seqmix {
 namespace {
 
 using testing::expect_error;
+using testing::scaled_max_error;
 
 bool cuda_required() {
   const char* v = std::getenv("SEQMIX_TEST_CUDA");
@@ -57,18 +58,6 @@ struct Case {
 };
 
 double tolerance_of(DType dtype) { return dtype == DType::bf16 ? 2e-2 : 5e-3; }
-
-double max_abs(const HostTensor& t) {
-  double m = 0.0;
-  for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::abs(t.get(i)));
-  return m;
-}
-
-// max |got - ref| / max |ref| (absolute when the reference is all zeros).
-double scaled_error(const HostTensor& got, const HostTensor& ref) {
-  const double scale = max_abs(ref);
-  return testing::max_abs_diff(got, ref) / (scale > 0.0 ? scale : 1.0);
-}
 
 // Runs forward and backward on the GPU and on the CPU (fp64 from the same 16-bit inputs) and
 // checks out, dq, dk, dv; prints the scaled errors for the device log.
@@ -110,8 +99,8 @@ void compare_with_cpu(const Case& c) {
   cuda_synchronize();
 
   const double tol = tolerance_of(c.dtype);
-  const double e_out = scaled_error(out.to_host(), out64), e_dq = scaled_error(dq.to_host(), dq64),
-               e_dk = scaled_error(dk.to_host(), dk64), e_dv = scaled_error(dv.to_host(), dv64);
+  const double e_out = scaled_max_error(out.to_host(), out64), e_dq = scaled_max_error(dq.to_host(), dq64),
+               e_dk = scaled_max_error(dk.to_host(), dk64), e_dv = scaled_max_error(dv.to_host(), dv64);
   std::printf("[hstu_cuda] %-40s %s D=%-3lld err/max|ref|: out %.2e dq %.2e dk %.2e dv %.2e (tol %.0e)\n",
               c.name.c_str(), dtype_name(c.dtype), static_cast<long long>(D), e_out, e_dq, e_dk, e_dv, tol);
   EXPECT_LE(e_out, tol) << "out";

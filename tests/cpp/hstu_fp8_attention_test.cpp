@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/dispatch.h"
+#include "hstu_fp8_fake.h"
 #include "seqmix/hstu.h"
 #include "test_util.h"
 
@@ -24,6 +25,8 @@ namespace seqmix {
 namespace {
 
 using testing::expect_error;
+using testing::fp8_fake;
+using testing::scaled_max_error;
 
 struct Inputs {
   std::vector<int64_t> offsets;
@@ -44,20 +47,6 @@ Inputs make_inputs(const std::vector<int64_t>& lengths, int64_t heads, int64_t d
   for (int64_t n : lengths) targets.push_back(n / 5);
   in.num_targets = testing::int_tensor(targets, DType::i64);
   return in;
-}
-
-// What a product of the FP8 attention reads of x: its fake-quantized copy, exact in f64.
-HostTensor fake(const HostTensor& x, const Inputs& in, int64_t mode, bool backward, bool query_side, bool transposed) {
-  HstuFp8Params p;
-  p.quant_mode = mode;
-  p.transposed = mode == 1 && transposed;
-  if (mode == 2) {
-    const HstuFp8BlockSizes sizes = hstu_fp8_block_sizes(x.size(2), false, backward);
-    p.block_size = query_side ? sizes.q_block : sizes.kv_block;
-  }
-  HostTensor out(DType::f64, x.sizes());
-  hstu_fp8_fake_quantize(x.view(), in.seq_offsets.view(), p, out.view());
-  return out;
 }
 
 HstuAttentionParams make_params(int64_t max_seq_len, int64_t dim) {
@@ -89,12 +78,6 @@ Grads backward(const HstuAttentionParams& p, const HostTensor& q, const HostTens
   return g;
 }
 
-double scaled_error(const HostTensor& got, const HostTensor& ref) {
-  double scale = 0.0;
-  for (int64_t i = 0; i < ref.numel(); ++i) scale = std::max(scale, std::abs(ref.get(i)));
-  return testing::max_abs_diff(got, ref) / (scale > 0.0 ? scale : 1.0);
-}
-
 class HstuFp8Attention : public ::testing::TestWithParam<int64_t> {};
 
 // Lengths around fbgemm's 64 / 128-token descale blocks, with an empty and a length-1 sequence.
@@ -107,13 +90,13 @@ TEST_P(HstuFp8Attention, ForwardIsTheReferenceOnFakeQuantizedOperands) {
   const HstuAttentionParams plain = p;
   p.quant_mode = mode;
   const HostTensor got = forward(p, in.q, in.k, in.v, in);
-  const HostTensor want =
-      forward(plain, fake(in.q, in, mode, false, true, false), fake(in.k, in, mode, false, false, false),
-              fake(in.v, in, mode, false, false, true), in);
+  const HostTensor want = forward(plain, fp8_fake(in.q, in.seq_offsets, mode, false, true, false),
+                                  fp8_fake(in.k, in.seq_offsets, mode, false, false, false),
+                                  fp8_fake(in.v, in.seq_offsets, mode, false, false, true), in);
   EXPECT_EQ(testing::max_abs_diff(got, want), 0.0);
   // FP8 keeps 3 mantissa bits (relative rounding <= 2^-4 per operand); averaged over ~100 keys the
   // output moves by a few percent of its scale, never by O(1).
-  const double e = scaled_error(got, forward(plain, in.q, in.k, in.v, in));
+  const double e = scaled_max_error(got, forward(plain, in.q, in.k, in.v, in));
   std::printf("[hstu_fp8_cpu] mode %lld forward err/max|ref| vs unquantized %.3e\n", static_cast<long long>(mode), e);
   EXPECT_GT(e, 0.0);
   EXPECT_LT(e, 0.1);
@@ -126,23 +109,26 @@ TEST_P(HstuFp8Attention, BackwardIsTheReferenceOnFakeQuantizedOperands) {
   const HstuAttentionParams plain = p;
   p.quant_mode = mode;
   const Grads got = backward(p, in.q, in.k, in.v, in.dout, in);
-  const HostTensor q_rows = fake(in.q, in, mode, true, true, false), k_rows = fake(in.k, in, mode, true, false, false),
-                   v_rows = fake(in.v, in, mode, true, false, false);
+  const HostTensor q_rows = fp8_fake(in.q, in.seq_offsets, mode, true, true, false),
+                   k_rows = fp8_fake(in.k, in.seq_offsets, mode, true, false, false),
+                   v_rows = fp8_fake(in.v, in.seq_offsets, mode, true, false, false);
   if (mode != 1) {
     // One copy per tensor: the reference backward on the copies, dout quantized like q.
-    const Grads want = backward(plain, q_rows, k_rows, v_rows, fake(in.dout, in, mode, true, true, false), in);
+    const Grads want =
+        backward(plain, q_rows, k_rows, v_rows, fp8_fake(in.dout, in.seq_offsets, mode, true, true, false), in);
     EXPECT_EQ(testing::max_abs_diff(got.dq, want.dq), 0.0);
     EXPECT_EQ(testing::max_abs_diff(got.dk, want.dk), 0.0);
     EXPECT_EQ(testing::max_abs_diff(got.dv, want.dv), 0.0);
   } else {
     // dv = P^T dout reads P from the row copies of q, k and dout's transposed copy.
-    const Grads want = backward(plain, q_rows, k_rows, v_rows, fake(in.dout, in, 1, true, true, true), in);
+    const Grads want =
+        backward(plain, q_rows, k_rows, v_rows, fp8_fake(in.dout, in.seq_offsets, 1, true, true, true), in);
     EXPECT_EQ(testing::max_abs_diff(got.dv, want.dv), 0.0);
   }
   const Grads exact = backward(plain, in.q, in.k, in.v, in.dout, in);
   for (const auto& [g, r, name] : {std::tuple{&got.dq, &exact.dq, "dq"}, std::tuple{&got.dk, &exact.dk, "dk"},
                                    std::tuple{&got.dv, &exact.dv, "dv"}}) {
-    const double e = scaled_error(*g, *r);
+    const double e = scaled_max_error(*g, *r);
     std::printf("[hstu_fp8_cpu] mode %lld %s err/max|ref| vs unquantized %.3e\n", static_cast<long long>(mode), name,
                 e);
     EXPECT_LT(e, 0.15) << name;
@@ -159,8 +145,9 @@ TEST(HstuFp8AttentionDtypes, Bf16InputsQuantizeWithTheirOwnRoundings) {
   const HstuAttentionParams plain = p;
   p.quant_mode = 4;
   const HostTensor got = forward(p, in.q, in.k, in.v, in).to(DType::f64);
-  const HostTensor want = forward(plain, fake(in.q, in, 4, false, true, false), fake(in.k, in, 4, false, false, false),
-                                  fake(in.v, in, 4, false, false, true), in)
+  const HostTensor want = forward(plain, fp8_fake(in.q, in.seq_offsets, 4, false, true, false),
+                                  fp8_fake(in.k, in.seq_offsets, 4, false, false, false),
+                                  fp8_fake(in.v, in.seq_offsets, 4, false, false, true), in)
                               .to(DType::bf16)
                               .to(DType::f64);
   EXPECT_EQ(testing::max_abs_diff(got, want), 0.0);

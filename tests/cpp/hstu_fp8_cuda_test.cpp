@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "cuda/hstu/attention_fp8.h"
+#include "hstu_fp8_fake.h"
 #include "seqmix/device.h"
 #include "seqmix/hstu.h"
 #include "test_util.h"
@@ -41,6 +42,8 @@ namespace seqmix {
 namespace {
 
 using testing::expect_error;
+using testing::fp8_fake;
+using testing::scaled_max_error;
 
 bool is_sm90() {
 #ifdef SEQMIX_WITH_CUDA
@@ -154,32 +157,6 @@ struct Case {
   bool backward = true;
 };
 
-double max_abs(const HostTensor& t) {
-  double m = 0.0;
-  for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::abs(t.get(i)));
-  return m;
-}
-
-double scaled_error(const HostTensor& got, const HostTensor& ref) {
-  const double scale = max_abs(ref);
-  return testing::max_abs_diff(got, ref) / (scale > 0.0 ? scale : 1.0);
-}
-
-// What a product of the FP8 attention reads of x (16-bit): its fake-quantized copy in f64.
-HostTensor fake(const HostTensor& x, const HostTensor& seq, int64_t mode, bool backward, bool query_side,
-                bool transposed) {
-  HstuFp8Params p;
-  p.quant_mode = mode;
-  p.transposed = mode == 1 && transposed;
-  if (mode == 2) {
-    const HstuFp8BlockSizes sizes = hstu_fp8_block_sizes(x.size(2), false, backward);
-    p.block_size = query_side ? sizes.q_block : sizes.kv_block;
-  }
-  HostTensor out(DType::f64, x.sizes());
-  hstu_fp8_fake_quantize(x.view(), seq.view(), p, out.view());
-  return out;
-}
-
 void compare_with_emulation(const Case& c) {
   const std::vector<int64_t> offsets = offsets_of(c.lengths);
   const int64_t total = offsets.back(), H = c.heads, D = c.head_dim, mode = c.params.quant_mode;
@@ -198,9 +175,9 @@ void compare_with_emulation(const Case& c) {
   HstuAttentionParams plain = c.params;
   plain.quant_mode = -1;
   HostTensor out64(DType::f64, {total, H, D});
-  hstu_attention_fwd(plain, fake(q, seq, mode, false, true, false).view(),
-                     fake(k, seq, mode, false, false, false).view(), fake(v, seq, mode, false, false, true).view(),
-                     seq.view(), targets_host_ptr, out64.view());
+  hstu_attention_fwd(plain, fp8_fake(q, seq, mode, false, true, false).view(),
+                     fp8_fake(k, seq, mode, false, false, false).view(),
+                     fp8_fake(v, seq, mode, false, false, true).view(), seq.view(), targets_host_ptr, out64.view());
 
   const CudaTensor qg = CudaTensor::from_host(q), kg = CudaTensor::from_host(k), vg = CudaTensor::from_host(v),
                    dog = CudaTensor::from_host(dout), seq_g = CudaTensor::from_host(seq),
@@ -211,22 +188,22 @@ void compare_with_emulation(const Case& c) {
   hstu_attention_fwd(c.params, qg.view(), kg.view(), vg.view(), seq_g.view(), targets_dev_ptr, out.view());
   cuda_synchronize();
   const double tol = c.dtype == DType::bf16 ? 2e-2 : 5e-3;
-  const double e_out = scaled_error(out.to_host(), out64);
+  const double e_out = scaled_max_error(out.to_host(), out64);
   EXPECT_LE(e_out, tol) << "out";
   double e_dq = 0, e_dk = 0, e_dv = 0;
   const double tol_bwd = c.dtype == DType::bf16 ? 3e-2 : 1e-2;
   if (c.backward) {
     HostTensor dq64(DType::f64, {total, H, D}), dk64(DType::f64, {total, H, D}), dv64(DType::f64, {total, H, D});
-    hstu_attention_bwd(plain, fake(q, seq, mode, true, true, false).view(),
-                       fake(k, seq, mode, true, false, false).view(), fake(v, seq, mode, true, false, false).view(),
-                       seq.view(), targets_host_ptr, fake(dout, seq, mode, true, true, false).view(), dq64.view(),
-                       dk64.view(), dv64.view());
+    hstu_attention_bwd(plain, fp8_fake(q, seq, mode, true, true, false).view(),
+                       fp8_fake(k, seq, mode, true, false, false).view(),
+                       fp8_fake(v, seq, mode, true, false, false).view(), seq.view(), targets_host_ptr,
+                       fp8_fake(dout, seq, mode, true, true, false).view(), dq64.view(), dk64.view(), dv64.view());
     CudaTensor dq(c.dtype, {total, H, D}), dk(c.dtype, {total, H, D}), dv(c.dtype, {total, H, D});
     hstu_attention_bwd(c.params, qg.view(), kg.view(), vg.view(), seq_g.view(), targets_dev_ptr, dog.view(), dq.view(),
                        dk.view(), dv.view());
     cuda_synchronize();
-    e_dq = scaled_error(dq.to_host(), dq64), e_dk = scaled_error(dk.to_host(), dk64),
-    e_dv = scaled_error(dv.to_host(), dv64);
+    e_dq = scaled_max_error(dq.to_host(), dq64), e_dk = scaled_max_error(dk.to_host(), dk64),
+    e_dv = scaled_max_error(dv.to_host(), dv64);
     EXPECT_LE(e_dq, tol_bwd) << "dq";
     EXPECT_LE(e_dk, tol_bwd) << "dk";
     EXPECT_LE(e_dv, tol_bwd) << "dv";
