@@ -1,17 +1,16 @@
 // Pieces the HSTU benchmarks share (bench/hstu_attention_bench.cpp, bench/hstu_fp8_bench.cpp): the
-// attended-pair count that the TFLOP/s figures divide by, a timing loop, deterministic inputs and the
-// JSON output.
+// attended-pair count that the TFLOP/s figures divide by, the timing loop (bench_timing.h),
+// deterministic inputs and the JSON output.
 #pragma once
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdint>
-#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "bench_timing.h"
 #include "cpu/hstu/attention.h"
 #include "seqmix/device.h"
 #include "seqmix/hstu.h"
@@ -38,15 +37,6 @@ inline double attended_pairs(const HstuAttentionParams& p, const std::vector<int
     }
   }
   return pairs;
-}
-
-inline double time_ms(const std::function<void()>& fn, int iterations) {
-  fn();
-  cuda_synchronize();
-  const auto start = std::chrono::steady_clock::now();
-  for (int i = 0; i < iterations; ++i) fn();
-  cuda_synchronize();
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() / iterations;
 }
 
 inline HostTensor filled(DType dtype, std::vector<int64_t> sizes, uint64_t seed) {

@@ -20,28 +20,19 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <functional>
 #include <string>
 #include <vector>
 
+#include "bench_timing.h"
 #include "seqmix/device.h"
 #include "seqmix/kda.h"
 
 namespace {
 
 using namespace seqmix;
-
-double time_ms(const std::function<void()>& fn, int iterations) {
-  fn();
-  cuda_synchronize();
-  const auto start = std::chrono::steady_clock::now();
-  for (int i = 0; i < iterations; ++i) fn();
-  cuda_synchronize();
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() / iterations;
-}
+using seqmix::bench::time_ms;
 
 HostTensor filled(DType dtype, std::vector<int64_t> sizes, uint64_t seed, double lo, double hi) {
   HostTensor t(DType::f32, std::move(sizes));

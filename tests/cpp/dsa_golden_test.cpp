@@ -18,12 +18,7 @@ namespace {
 
 using dsa_test::reshaped;
 using testing::golden_tensor;
-
-double max_abs(const HostTensor& t) {
-  double m = 0.0;
-  for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::fabs(t.get(i)));
-  return m;
-}
+using testing::max_abs;
 
 // fp64 parity: |ours - HF| <= 1e-9 * max(1, max |HF|).
 void expect_close(const HostTensor& got, const HostTensor& ref, const std::string& what) {

@@ -17,6 +17,7 @@ namespace {
 using testing::expect_error;
 using testing::expect_gradient_matches;
 using testing::golden_tensor;
+using testing::max_abs;
 using testing::randn;
 using testing::weighted_sum;
 using Matrix = std::vector<std::vector<double>>;
@@ -30,12 +31,6 @@ double storage_tol(DType dtype) {
     case DType::f32: return 2e-6;
     default: return 2e-2;
   }
-}
-
-double max_abs(const HostTensor& t) {
-  double m = 0.0;
-  for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::fabs(t.get(i)));
-  return m;
 }
 
 void expect_close(const HostTensor& got, const HostTensor& want, double rel_tol, const std::string& what) {

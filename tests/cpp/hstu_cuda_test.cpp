@@ -34,6 +34,7 @@ namespace seqmix {
 namespace {
 
 using testing::expect_error;
+using testing::scaled_max_error;
 
 bool cuda_required() {
   const char* v = std::getenv("SEQMIX_TEST_CUDA");
@@ -61,21 +62,9 @@ struct Case {
 
 double tolerance_of(DType dtype) { return dtype == DType::bf16 ? 2e-2 : 5e-3; }
 
-double max_abs(const HostTensor& t) {
-  double m = 0.0;
-  for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::abs(t.get(i)));
-  return m;
-}
-
-// max |got - ref| / max |ref| (absolute when the reference is all zeros).
-double scaled_error(const HostTensor& got, const HostTensor& ref) {
-  const double scale = max_abs(ref);
-  return testing::max_abs_diff(got, ref) / (scale > 0.0 ? scale : 1.0);
-}
-
 // max over [L, H] rows of max_d |got - ref| / max(max_d |ref|, max |ref| / 2).
 double row_scaled_error(const HostTensor& got, const HostTensor& ref, int64_t row_len) {
-  const double floor = max_abs(ref) / 2.0;
+  const double floor = testing::max_abs(ref) / 2.0;
   double worst = 0.0;
   for (int64_t r = 0; r * row_len < ref.numel(); ++r) {
     double err = 0.0, scale = floor;
@@ -128,8 +117,8 @@ void compare_with_cpu(const Case& c) {
   cuda_synchronize();
 
   const double tol = tolerance_of(c.dtype);
-  const double e_out = scaled_error(out.to_host(), out64), e_dq = scaled_error(dq.to_host(), dq64),
-               e_dk = scaled_error(dk.to_host(), dk64), e_dv = scaled_error(dv.to_host(), dv64);
+  const double e_out = scaled_max_error(out.to_host(), out64), e_dq = scaled_max_error(dq.to_host(), dq64),
+               e_dk = scaled_max_error(dk.to_host(), dk64), e_dv = scaled_max_error(dv.to_host(), dv64);
   std::printf("[hstu_cuda] %-40s %s D=%-3lld err/max|ref|: out %.2e dq %.2e dk %.2e dv %.2e (tol %.0e)\n",
               c.name.c_str(), dtype_name(c.dtype), static_cast<long long>(D), e_out, e_dq, e_dk, e_dv, tol);
   EXPECT_LE(e_out, tol) << "out";

@@ -19,6 +19,7 @@
 #include "common/access.h"
 #include "common/dispatch.h"
 #include "cpu/hstu/attention.h"
+#include "hstu_fp8_fake.h"
 #include "seqmix/hstu.h"
 #include "test_util.h"
 
@@ -26,6 +27,8 @@ namespace seqmix {
 namespace {
 
 using testing::expect_error;
+using testing::fp8_fake;
+using testing::scaled_max_error;
 
 struct Inputs {
   std::vector<int64_t> offsets;
@@ -46,20 +49,6 @@ Inputs make_inputs(const std::vector<int64_t>& lengths, int64_t heads, int64_t d
   for (int64_t n : lengths) targets.push_back(n / 5);
   in.num_targets = testing::int_tensor(targets, DType::i64);
   return in;
-}
-
-// What a product of the FP8 attention reads of x: its fake-quantized copy, exact in f64.
-HostTensor fake(const HostTensor& x, const Inputs& in, int64_t mode, bool backward, bool query_side, bool transposed) {
-  HstuFp8Params p;
-  p.quant_mode = mode;
-  p.transposed = mode == 1 && transposed;
-  if (mode == 2) {
-    const HstuFp8BlockSizes sizes = hstu_fp8_block_sizes(x.size(2), false, backward);
-    p.block_size = query_side ? sizes.q_block : sizes.kv_block;
-  }
-  HostTensor out(DType::f64, x.sizes());
-  hstu_fp8_fake_quantize(x.view(), in.seq_offsets.view(), p, out.view());
-  return out;
 }
 
 HstuAttentionParams make_params(int64_t max_seq_len, int64_t dim) {
@@ -91,12 +80,6 @@ Grads backward(const HstuAttentionParams& p, const HostTensor& q, const HostTens
   return g;
 }
 
-double scaled_error(const HostTensor& got, const HostTensor& ref) {
-  double scale = 0.0;
-  for (int64_t i = 0; i < ref.numel(); ++i) scale = std::max(scale, std::abs(ref.get(i)));
-  return testing::max_abs_diff(got, ref) / (scale > 0.0 ? scale : 1.0);
-}
-
 class HstuFp8Attention : public ::testing::TestWithParam<int64_t> {};
 
 // Lengths around fbgemm's 64 / 128-token descale blocks, with an empty and a length-1 sequence.
@@ -109,13 +92,13 @@ TEST_P(HstuFp8Attention, ForwardIsTheReferenceOnFakeQuantizedOperands) {
   const HstuAttentionParams plain = p;
   p.quant_mode = mode;
   const HostTensor got = forward(p, in.q, in.k, in.v, in);
-  const HostTensor want =
-      forward(plain, fake(in.q, in, mode, false, true, false), fake(in.k, in, mode, false, false, false),
-              fake(in.v, in, mode, false, false, true), in);
+  const HostTensor want = forward(plain, fp8_fake(in.q, in.seq_offsets, mode, false, true, false),
+                                  fp8_fake(in.k, in.seq_offsets, mode, false, false, false),
+                                  fp8_fake(in.v, in.seq_offsets, mode, false, false, true), in);
   EXPECT_EQ(testing::max_abs_diff(got, want), 0.0);
   // FP8 keeps 3 mantissa bits (relative rounding <= 2^-4 per operand); averaged over ~100 keys the
   // output moves by a few percent of its scale, never by O(1).
-  const double e = scaled_error(got, forward(plain, in.q, in.k, in.v, in));
+  const double e = scaled_max_error(got, forward(plain, in.q, in.k, in.v, in));
   std::printf("[hstu_fp8_cpu] mode %lld forward err/max|ref| vs unquantized %.3e\n", static_cast<long long>(mode), e);
   EXPECT_GT(e, 0.0);
   EXPECT_LT(e, 0.1);
@@ -128,26 +111,28 @@ TEST_P(HstuFp8Attention, BackwardIsTheReferenceOnFakeQuantizedOperands) {
   const HstuAttentionParams plain = p;
   p.quant_mode = mode;
   const Grads got = backward(p, in.q, in.k, in.v, in.dout, in);
-  const HostTensor q_rows = fake(in.q, in, mode, true, true, false), k_rows = fake(in.k, in, mode, true, false, false),
-                   v_rows = fake(in.v, in, mode, true, false, false);
+  const HostTensor q_rows = fp8_fake(in.q, in.seq_offsets, mode, true, true, false),
+                   k_rows = fp8_fake(in.k, in.seq_offsets, mode, true, false, false),
+                   v_rows = fp8_fake(in.v, in.seq_offsets, mode, true, false, false);
   if (mode != 1) {
     // One copy per tensor: the reference backward on the copies, dout quantized like q.
-    const Grads want = backward(plain, q_rows, k_rows, v_rows, fake(in.dout, in, mode, true, true, false), in);
+    const Grads want =
+        backward(plain, q_rows, k_rows, v_rows, fp8_fake(in.dout, in.seq_offsets, mode, true, true, false), in);
     EXPECT_EQ(testing::max_abs_diff(got.dq, want.dq), 0.0);
     EXPECT_EQ(testing::max_abs_diff(got.dk, want.dk), 0.0);
     EXPECT_EQ(testing::max_abs_diff(got.dv, want.dv), 0.0);
   } else {
     // dv = P^T dout reads P from the row copies of q, k and dout's transposed copy.
-    const HostTensor dout_t = fake(in.dout, in, 1, true, true, true);
+    const HostTensor dout_t = fp8_fake(in.dout, in.seq_offsets, 1, true, true, true);
     const Grads want = backward(plain, q_rows, k_rows, v_rows, dout_t, in);
     EXPECT_EQ(testing::max_abs_diff(got.dv, want.dv), 0.0);
     // dq = dS k and dk = dS^T q read the transposed copies of k and q (the CUDA kernels' split
     // operands): the reference's per-product operands fed with the public fake-quantized copies.
     const std::vector<double> qr = access::load(q_rows.view()), kr = access::load(k_rows.view()),
                               vr = access::load(v_rows.view()),
-                              dor = access::load(fake(in.dout, in, 1, true, true, false).view()),
-                              kt = access::load(fake(in.k, in, 1, true, false, true).view()),
-                              qt = access::load(fake(in.q, in, 1, true, true, true).view()),
+                              dor = access::load(fp8_fake(in.dout, in.seq_offsets, 1, true, true, false).view()),
+                              kt = access::load(fp8_fake(in.k, in.seq_offsets, 1, true, false, true).view()),
+                              qt = access::load(fp8_fake(in.q, in.seq_offsets, 1, true, true, true).view()),
                               dot = access::load(dout_t.view());
     const cpu::HstuGradients g =
         cpu::hstu_attention_bwd_values(plain, {in.q.size(1), in.q.size(2), in.v.size(2)}, in.offsets,
@@ -161,7 +146,7 @@ TEST_P(HstuFp8Attention, BackwardIsTheReferenceOnFakeQuantizedOperands) {
   const Grads exact = backward(plain, in.q, in.k, in.v, in.dout, in);
   for (const auto& [g, r, name] : {std::tuple{&got.dq, &exact.dq, "dq"}, std::tuple{&got.dk, &exact.dk, "dk"},
                                    std::tuple{&got.dv, &exact.dv, "dv"}}) {
-    const double e = scaled_error(*g, *r);
+    const double e = scaled_max_error(*g, *r);
     std::printf("[hstu_fp8_cpu] mode %lld %s err/max|ref| vs unquantized %.3e\n", static_cast<long long>(mode), name,
                 e);
     EXPECT_LT(e, 0.15) << name;
@@ -178,8 +163,9 @@ TEST(HstuFp8AttentionDtypes, Bf16InputsQuantizeWithTheirOwnRoundings) {
   const HstuAttentionParams plain = p;
   p.quant_mode = 4;
   const HostTensor got = forward(p, in.q, in.k, in.v, in).to(DType::f64);
-  const HostTensor want = forward(plain, fake(in.q, in, 4, false, true, false), fake(in.k, in, 4, false, false, false),
-                                  fake(in.v, in, 4, false, false, true), in)
+  const HostTensor want = forward(plain, fp8_fake(in.q, in.seq_offsets, 4, false, true, false),
+                                  fp8_fake(in.k, in.seq_offsets, 4, false, false, false),
+                                  fp8_fake(in.v, in.seq_offsets, 4, false, false, true), in)
                               .to(DType::bf16)
                               .to(DType::f64);
   EXPECT_EQ(testing::max_abs_diff(got, want), 0.0);

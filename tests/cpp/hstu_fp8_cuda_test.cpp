@@ -52,6 +52,7 @@
 
 #include "cpu/hstu/attention.h"
 #include "cuda/hstu/attention_fp8.h"
+#include "hstu_fp8_fake.h"
 #include "seqmix/device.h"
 #include "seqmix/hstu.h"
 #include "test_util.h"
@@ -60,6 +61,8 @@ namespace seqmix {
 namespace {
 
 using testing::expect_error;
+using testing::fp8_fake;
+using testing::scaled_max_error;
 
 bool is_sm90() {
 #ifdef SEQMIX_WITH_CUDA
@@ -176,32 +179,6 @@ struct Case {
   bool v_spread = false;
 };
 
-double max_abs(const HostTensor& t) {
-  double m = 0.0;
-  for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::abs(t.get(i)));
-  return m;
-}
-
-double scaled_error(const HostTensor& got, const HostTensor& ref) {
-  const double scale = max_abs(ref);
-  return testing::max_abs_diff(got, ref) / (scale > 0.0 ? scale : 1.0);
-}
-
-// What a product of the FP8 attention reads of x (16-bit): its fake-quantized copy in f64.
-HostTensor fake(const HostTensor& x, const HostTensor& seq, int64_t mode, bool backward, bool query_side,
-                bool transposed) {
-  HstuFp8Params p;
-  p.quant_mode = mode;
-  p.transposed = mode == 1 && transposed;
-  if (mode == 2) {
-    const HstuFp8BlockSizes sizes = hstu_fp8_block_sizes(x.size(2), false, backward);
-    p.block_size = query_side ? sizes.q_block : sizes.kv_block;
-  }
-  HostTensor out(DType::f64, x.sizes());
-  hstu_fp8_fake_quantize(x.view(), seq.view(), p, out.view());
-  return out;
-}
-
 void compare_with_emulation(const Case& c) {
   const std::vector<int64_t> offsets = offsets_of(c.lengths);
   const int64_t total = offsets.back(), H = c.heads, D = c.head_dim, mode = c.params.quant_mode;
@@ -229,9 +206,9 @@ void compare_with_emulation(const Case& c) {
   HstuAttentionParams plain = c.params;
   plain.quant_mode = -1;
   HostTensor out64(DType::f64, {total, H, D});
-  hstu_attention_fwd(plain, fake(q, seq, mode, false, true, false).view(),
-                     fake(k, seq, mode, false, false, false).view(), fake(v, seq, mode, false, false, true).view(),
-                     seq.view(), targets_host_ptr, out64.view());
+  hstu_attention_fwd(plain, fp8_fake(q, seq, mode, false, true, false).view(),
+                     fp8_fake(k, seq, mode, false, false, false).view(),
+                     fp8_fake(v, seq, mode, false, false, true).view(), seq.view(), targets_host_ptr, out64.view());
 
   const CudaTensor qg = CudaTensor::from_host(q), kg = CudaTensor::from_host(k), vg = CudaTensor::from_host(v),
                    dog = CudaTensor::from_host(dout), seq_g = CudaTensor::from_host(seq),
@@ -242,7 +219,7 @@ void compare_with_emulation(const Case& c) {
   hstu_attention_fwd(c.params, qg.view(), kg.view(), vg.view(), seq_g.view(), targets_dev_ptr, out.view());
   cuda_synchronize();
   const double tol = 7e-2;  // P in e4m3 (see the top)
-  const double e_out = scaled_error(out.to_host(), out64);
+  const double e_out = scaled_max_error(out.to_host(), out64);
   EXPECT_LE(e_out, tol) << "out";
   double e_dq = 0, e_dk = 0, e_dv = 0;
   const double tol_bwd = c.dtype == DType::bf16 ? 3e-2 : 1e-2;
@@ -256,7 +233,7 @@ void compare_with_emulation(const Case& c) {
                        dk.view(), dv.view());
     cuda_synchronize();
     const HostTensor dq_got = dq.to_host(), dk_got = dk.to_host(), dv_got = dv.to_host();
-    e_dq = scaled_error(dq_got, dq64), e_dk = scaled_error(dk_got, dk64), e_dv = scaled_error(dv_got, dv64);
+    e_dq = scaled_max_error(dq_got, dq64), e_dk = scaled_max_error(dk_got, dk64), e_dv = scaled_max_error(dv_got, dv64);
     EXPECT_LE(e_dq, tol_bwd) << "dq";
     EXPECT_LE(e_dk, tol_bwd) << "dk";
     EXPECT_LE(e_dv, tol_bwd) << "dv";
@@ -264,11 +241,11 @@ void compare_with_emulation(const Case& c) {
       // Row copies everywhere: the gradients must be nearer the emulation than half its distance to this.
       HostTensor dq_rows(DType::f64, {total, H, D}), dk_rows(DType::f64, {total, H, D}),
           dv_rows(DType::f64, {total, H, D});
-      hstu_attention_bwd(plain, fake(q, seq, 1, true, true, false).view(), fake(k, seq, 1, true, false, false).view(),
-                         fake(v, seq, 1, true, false, false).view(), seq.view(), targets_host_ptr,
-                         fake(dout, seq, 1, true, true, false).view(), dq_rows.view(), dk_rows.view(), dv_rows.view());
-      const double d_dq = scaled_error(dq_rows, dq64), d_dk = scaled_error(dk_rows, dk64),
-                   d_dv = scaled_error(dv_rows, dv64);
+      hstu_attention_bwd(plain, fp8_fake(q, seq, 1, true, true, false).view(), fp8_fake(k, seq, 1, true, false, false).view(),
+                         fp8_fake(v, seq, 1, true, false, false).view(), seq.view(), targets_host_ptr,
+                         fp8_fake(dout, seq, 1, true, true, false).view(), dq_rows.view(), dk_rows.view(), dv_rows.view());
+      const double d_dq = scaled_max_error(dq_rows, dq64), d_dk = scaled_max_error(dk_rows, dk64),
+                   d_dv = scaled_max_error(dv_rows, dv64);
       EXPECT_LE(e_dq, 0.5 * d_dq) << "dq: nearer the row-copy backward than the emulation";
       EXPECT_LE(e_dk, 0.5 * d_dk) << "dk: nearer the row-copy backward than the emulation";
       EXPECT_LE(e_dv, 0.5 * d_dv) << "dv: nearer the row-copy backward than the emulation";

@@ -19,6 +19,7 @@ namespace {
 using testing::expect_error;
 using testing::expect_gradient_matches;
 using testing::golden_tensor;
+using testing::max_abs;
 using testing::randn;
 using testing::weighted_sum;
 
@@ -68,12 +69,6 @@ RouterRef brute_router(const HostTensor& x, const HostTensor& w, const std::vect
     }
   }
   return ref;
-}
-
-double max_abs(const HostTensor& t) {
-  double m = 0.0;
-  for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::fabs(t.get(i)));
-  return m;
 }
 
 void expect_close(const HostTensor& got, const HostTensor& want, double rel_tol, const std::string& what) {

@@ -41,6 +41,17 @@ HostTensor int_tensor(const std::vector<int64_t>& values, std::vector<int64_t> s
   return t;
 }
 
+double max_abs(const HostTensor& t) {
+  double m = 0.0;
+  for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::fabs(t.get(i)));
+  return m;
+}
+
+double scaled_max_error(const HostTensor& got, const HostTensor& ref) {
+  const double scale = max_abs(ref);
+  return max_abs_diff(got, ref) / (scale > 0.0 ? scale : 1.0);
+}
+
 double max_abs_diff(const HostTensor& a, const HostTensor& b) {
   EXPECT_EQ(a.numel(), b.numel());
   double m = 0.0;

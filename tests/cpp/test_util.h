@@ -22,7 +22,10 @@ HostTensor uniform(std::vector<int64_t> sizes, uint64_t seed, double lo, double 
 HostTensor int_tensor(const std::vector<int64_t>& values, DType dtype = DType::i64);
 HostTensor int_tensor(const std::vector<int64_t>& values, std::vector<int64_t> sizes, DType dtype = DType::i64);
 
+double max_abs(const HostTensor& t);
 double max_abs_diff(const HostTensor& a, const HostTensor& b);
+// max |got - ref| / max |ref| (the absolute error when the reference is all zeros).
+double scaled_max_error(const HostTensor& got, const HostTensor& ref);
 // max |a - b| / max(|b|, floor): relative error against the reference `b`.
 double max_rel_diff(const HostTensor& a, const HostTensor& b, double floor = 1e-6);
 // sum(out * weights): a scalar loss whose gradient wrt out is `weights`.
