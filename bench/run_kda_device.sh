@@ -38,7 +38,7 @@ timeout 30 ./build-cuda/seqmix check --device cuda --family kda > "$OUT/check_cu
 SEQMIX_KDA_TIMING=1 timeout 30 ./build-cuda/kda_bench --once > "$OUT/timing.txt" 2>&1; grep -E "timing|shape|B4|B1|varlen" "$OUT/timing.txt" | head -60
 # the per-stage roofline lines (src/cuda/kda/roofline.h) as JSON, one per stage, tagged with the shape and
 # the bench pass ("fwd"; "fwd+bwd": the forward call's stages, then the backward call's, "backward": true,
-# its forward re-run included) -> $RES/kda_stages.jsonl. One untimed first call each: cold caches included.
+# its forward re-run included) -> $RES/kda_stages.jsonl. One timed call each, after an untimed warm-up call (module loading excluded).
 awk '/^[A-Za-z0-9_]+: fwd(\+bwd)?$/ { shape = $1; sub(/:$/, "", shape); pass = $2 }
      /^\[kda stage\] \{/ { sub(/^\[kda stage\] \{/, ""); printf "{\"shape\": \"%s\", \"pass\": \"%s\", %s\n", shape, pass, $0 }' \
   "$OUT/timing.txt" > "$RES/kda_stages.jsonl"; echo "kda_stages.jsonl: $(wc -l < "$RES/kda_stages.jsonl") stages"
