@@ -19,6 +19,7 @@
 //     dg through the fused gate, dbeta through the sigmoid; dA_log, ddt_bias reduced in a fixed
 //     order (deterministic, no atomics anywhere).
 #include <algorithm>
+#include <type_traits>
 
 #include "cuda/common/cuda_check.h"
 #include "cuda/kda/common.cuh"
@@ -151,12 +152,14 @@ __device__ __forceinline__ void cp_async_rows(float* dst, int dst_rs, const floa
 // K = 64) and NT / 2 of the 64 x BV one.
 
 // One block per SM whatever BV (shared memory), so ptxas may use every register (255) instead of spilling.
-template <int BV, bool kPrecise>
+// kK = K: strides, tile counts and the element loops' divisions are compile-time constants.
+template <int kK, int BV, bool kPrecise>
 __global__ void __launch_bounds__(kThreads, 1)
     state_bwd_kernel(KdaDev p, const void* d_out, int d_out_dt, const void* dht, int dht_dt, void* dh0, int dh0_dt) {
   constexpr int SP = BV + 8, AP = kChunk + 8, NT = BV / 8, kTilesS = NT, kTilesV = NT / 2;
+  constexpr int K = kK, KP = K + 4, KT = K + 8;
   const int n = blockIdx.x, hv = blockIdx.y, e0 = blockIdx.z * BV, h = hv / p.G;
-  const int K = p.K, KP = K + 4, KT = K + 8, tid = threadIdx.x, warp = tid / 32;
+  const int tid = threadIdx.x, warp = tid / 32;
   // Warp w owns the 16 x 8 tiles w + 8 m of both products: columns c_own, rows r_first + m * r_step
   // (NT divides the 8 warps, so the column is the same for every m).
   constexpr int kWarps = kThreads / 32;
@@ -235,7 +238,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (more) cp_async_rows<kThreads>(gS, KP, p.gc + (tn * p.HV + hv) * K, rs_k, kChunk, kChunk, K);
     // dv_new = Aqk^T do + Kl dS'   (64 x BV), and already Qg^T do of the dS step below (it does not
     // need dv_new), so that Qg's tile is free for the next chunk's q during the w^T dv_new product.
-    const int count = (K / 16) * NT / kWarps;
+    constexpr int count = (K / 16) * NT / kWarps;
     float pos[kTilesS][4];
     zero_tiles<kTilesS>(pos);
     warp_gemm_rows<kTilesS, kPrecise>(pos, count, qgS + r_first, 1, KT, r_step, doS + c_own, SP, 1, kChunk);
@@ -327,15 +330,18 @@ __device__ __forceinline__ void load_rows_dt(float* dst, int dst_rs, const void*
 // scale tril(do v_new^T); dw = -dv_new S^T; A^T dw -> dk, dG, dbeta; A^T dv_new -> dv, dbeta;
 // dA = (dw Kb^T + dv_new v^T) diag(beta) (strictly lower); dM = -A^T dA A^T.
 // Writes dq_hv, dk_hv, dgc (per-token dG, before the in-chunk reverse cumsum), dbp, dAqk, dM, dg_last.
-template <bool kPrecise>
+// kK = K = V: every stride, tile count and index division of the kernel is a compile-time constant (with a
+// runtime K, the element loops' idx / (V / 4) and the per-element row offsets were integer divisions and
+// 64-bit multiplies, a large part of the kernel's instruction count at one block per SM).
+template <int kK, bool kPrecise>
 __global__ void __launch_bounds__(kWyThreads, 1)
     wy_bwd_kernel(KdaDev p, const void* d_out, int d_out_dt, void* dv, int dv_dt) {
   int64_t t0;
   int L;
   if (!locate_chunk(p, blockIdx.x, t0, L)) return;
   constexpr int AP = kChunk + 4, kWarps = kWyThreads / 32;
-  const int hv = blockIdx.y, h = hv / p.G, K = p.K, V = p.V, KP = K + 4, tid = threadIdx.x, warp = tid / 32;
-  const int lane = tid % 32, ct = K / 8;  // 8-column tiles per row block of a [64, K] product
+  constexpr int K = kK, V = kK, KP = K + 4, ct = K / 8;  // ct: 8-column tiles per row block of a [64, K] product
+  const int hv = blockIdx.y, h = hv / p.G, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t c = blockIdx.x;
   extern __shared__ float smem[];
   float* sS = smem;
@@ -979,21 +985,29 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
     set_smem_limit(reinterpret_cast<const void*>(kernel), state_smem);
     kernel<<<state_grid, kThreads, state_smem, stream>>>(p, do_.data, do_dt, dht_ptr, dht_dt, dh0_ptr, dh0_dt);
   };
+  auto launch_state_k = [&](auto k) {
+    constexpr int kK = decltype(k)::value;
+    if (bv == 16)
+      launch_state(precise ? state_bwd_kernel<kK, 16, true> : state_bwd_kernel<kK, 16, false>);
+    else if (bv == 32)
+      launch_state(precise ? state_bwd_kernel<kK, 32, true> : state_bwd_kernel<kK, 32, false>);
+    else
+      launch_state(precise ? state_bwd_kernel<kK, 64, true> : state_bwd_kernel<kK, 64, false>);
+  };
   if (p.N == 0) {
     // no sequence: nothing to differentiate (dA_log / ddt_bias below become zero)
-  } else if (bv == 16) {
-    launch_state(precise ? state_bwd_kernel<16, true> : state_bwd_kernel<16, false>);
-  } else if (bv == 32) {
-    launch_state(precise ? state_bwd_kernel<32, true> : state_bwd_kernel<32, false>);
+  } else if (p.K == 128) {
+    launch_state_k(std::integral_constant<int, 128>{});
   } else {
-    launch_state(precise ? state_bwd_kernel<64, true> : state_bwd_kernel<64, false>);
+    launch_state_k(std::integral_constant<int, 64>{});
   }
   SEQMIX_CUDA_CHECK(cudaGetLastError());
   timer.mark(roofline::Stage::state_bwd, bv);
   if (p.tokens > 0) {
     const dim3 chunk_grid(static_cast<unsigned>(max_chunks), static_cast<unsigned>(p.HV));
     const size_t wy_smem = wy_bwd_smem(p.K);
-    auto* wy_kernel = precise ? wy_bwd_kernel<true> : wy_bwd_kernel<false>;
+    auto* wy_kernel = p.K == 128 ? (precise ? wy_bwd_kernel<128, true> : wy_bwd_kernel<128, false>)
+                                 : (precise ? wy_bwd_kernel<64, true> : wy_bwd_kernel<64, false>);
     set_smem_limit(reinterpret_cast<const void*>(wy_kernel), wy_smem);
     wy_kernel<<<chunk_grid, kWyThreads, wy_smem, stream>>>(p, do_.data, do_dt, dv.data, dtype_code(dv.dtype, "dv"));
     SEQMIX_CUDA_CHECK(cudaGetLastError());
