@@ -684,8 +684,13 @@ TEST(KdaCuda, UnsupportedCombinationsNameTheOption) {
   testing::expect_error([&] { run(64, 128, DType::bf16, 64); }, {"not implemented", "V = 128"});
   testing::expect_error([&] { run(64, 64, DType::f64, 64); }, {"not implemented", "float64"});
   testing::expect_error([&] { run(64, 64, DType::bf16, 32); }, {"not implemented", "chunk_size = 32"});
-  EXPECT_GT(chunk_kda_workspace_bytes(1, 4096, 16, 16, 128, 128, -1, true),
-            chunk_kda_workspace_bytes(1, 4096, 16, 16, 128, 128, -1, false));
+  const size_t fwd_bytes = chunk_kda_workspace_bytes(1, 4096, 16, 16, 128, 128, -1, false);
+  const size_t bwd_bytes = chunk_kda_workspace_bytes(1, 4096, 16, 16, 128, 128, -1, true);
+  EXPECT_GT(bwd_bytes, fwd_bytes);
+  // The backward adds to the forward's scratch (less qg) only q, k, G, A, dS and dG (and per-row vectors):
+  // dv_new, dq, dk, dAqk, dM, dG_last and the dbeta slices reuse dead forward buffers (carve_all).
+  const size_t rows = 4096 * 16, f = sizeof(float), tokens_k = rows * 128 * f, states = 64 * 16 * 128 * 128 * f;
+  EXPECT_LE(bwd_bytes, fwd_bytes - tokens_k + 4 * tokens_k + rows * 64 * f + states + (size_t{2} << 20));
 }
 
 }  // namespace
