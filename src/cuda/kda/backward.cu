@@ -148,21 +148,24 @@ __device__ __forceinline__ void cp_async_rows(float* dst, int dst_rs, const floa
 // Aqk, q after the dv_new and Qg^T do products), so their loads overlap this chunk's products; w
 // follows at the start of the next step. Every chunk but the last of a sequence is full, so those
 // issue 64 rows.
-// BV in {16, 32, 64}: a warp holds NT = BV / 8 tiles of the K x BV product at K = 128 (NT / 2 at
-// K = 64) and NT / 2 of the 64 x BV one.
+// BV in {16, 32, 64}. Threads per block: 16 warps for BV >= 32 (one block per SM either way, so twice the
+// warps to hide the MMA chains' and shared loads' latency at half the accumulator tiles per warp; ncu at
+// 8 warps: 0.42 eligible warps per scheduler, half the stalls on fixed-latency dependencies), 8 for BV = 16
+// (its 64 x 16 product has 8 warp tiles). A warp holds (K / 16) NT / warps tiles of the K x BV product
+// and 4 NT / warps of the 64 x BV one (NT = BV / 8 column tiles; NT divides the warp count).
+__host__ __device__ constexpr int state_bwd_threads(int BV) { return BV >= 32 ? 512 : 256; }
 
-// One block per SM whatever BV (shared memory), so ptxas may use every register (255) instead of spilling.
-// kK = K: strides, tile counts and the element loops' divisions are compile-time constants.
 template <int kK, int BV, bool kPrecise>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(state_bwd_threads(BV), 1)
     state_bwd_kernel(KdaDev p, const void* d_out, int d_out_dt, const void* dht, int dht_dt, void* dh0, int dh0_dt) {
-  constexpr int SP = BV + 8, AP = kChunk + 8, NT = BV / 8, kTilesS = NT, kTilesV = NT / 2;
+  constexpr int kNT = state_bwd_threads(BV), kWarps = kNT / 32;
+  constexpr int SP = BV + 8, AP = kChunk + 8, NT = BV / 8;
   constexpr int K = kK, KP = K + 4, KT = K + 8;
+  constexpr int kTilesS = (K / 16) * NT / kWarps, kTilesV = 4 * NT / kWarps;
+  static_assert(kWarps % NT == 0 && kTilesS >= 1 && kTilesV >= 1, "warp tiling of the state_bwd products");
   const int n = blockIdx.x, hv = blockIdx.y, e0 = blockIdx.z * BV, h = hv / p.G;
   const int tid = threadIdx.x, warp = tid / 32;
-  // Warp w owns the 16 x 8 tiles w + 8 m of both products: columns c_own, rows r_first + m * r_step
-  // (NT divides the 8 warps, so the column is the same for every m).
-  constexpr int kWarps = kThreads / 32;
+  // Warp w owns the 16 x 8 tiles of both products at columns c_own, rows r_first + m * r_step.
   const int c_own = (warp % NT) * 8, r_first = (warp / NT) * 16, r_step = (kWarps / NT) * 16;
   extern __shared__ float smem[];
   float* wS = smem;
@@ -175,7 +178,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   float* glS = dvS + kChunk * SP;
   float* gS = glS + K;
 
-  for (int idx = tid; idx < K * BV; idx += kThreads) {
+  for (int idx = tid; idx < K * BV; idx += kNT) {
     const int d = idx / BV, e = idx % BV;
     dhS[d * SP + e] = dht ? load_f(dht, dht_dt, state_index(p, n, hv, d, e0 + e)) : 0.0f;
   }
@@ -186,10 +189,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int64_t t0 = p.seq_offsets[n] + (c_last - c_begin) * kChunk;
     const int64_t left = p.seq_offsets[n + 1] - t0;
     const int L = static_cast<int>(left < kChunk ? left : kChunk);
-    cp_async_rows<kThreads>(gS, KP, p.gc + (t0 * p.HV + hv) * K, rs_k, kChunk, L, K);
-    cp_async_rows<kThreads>(klS, KP, p.kp + (t0 * p.H + h) * K, rs_q, kChunk, L, K);
-    cp_async_rows<kThreads>(aqS, AP, p.Aqk + (t0 * p.HV + hv) * kChunk, rs_a, kChunk, L, kChunk);
-    cp_async_rows<kThreads>(qgS, KT, p.qp + (t0 * p.H + h) * K, rs_q, kChunk, L, K);
+    cp_async_rows<kNT>(gS, KP, p.gc + (t0 * p.HV + hv) * K, rs_k, kChunk, L, K);
+    cp_async_rows<kNT>(klS, KP, p.kp + (t0 * p.H + h) * K, rs_q, kChunk, L, K);
+    cp_async_rows<kNT>(aqS, AP, p.Aqk + (t0 * p.HV + hv) * kChunk, rs_a, kChunk, L, kChunk);
+    cp_async_rows<kNT>(qgS, KT, p.qp + (t0 * p.H + h) * K, rs_q, kChunk, L, K);
   }
   for (int64_t c = c_last; c >= c_begin; --c) {
     const int64_t t0 = p.seq_offsets[n] + (c - c_begin) * kChunk;
@@ -199,20 +202,20 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int64_t tn = t0 - kChunk;  // first token of the next chunk of this reverse sweep (a full one)
     if (more) {                      // w, do of the next chunk into L2 while this one runs
       const int64_t fs = sizeof(float);
-      prefetch_rows(p.w + (tn * p.HV + hv) * K, kChunk, rs_k * fs, K * fs, kThreads);
+      prefetch_rows(p.w + (tn * p.HV + hv) * K, kChunk, rs_k * fs, K * fs, kNT);
       const int es = dtype_bytes(d_out_dt);
       prefetch_rows(static_cast<const char*>(d_out) + ((tn * p.HV + hv) * p.V + e0) * es, kChunk,
-                    static_cast<int64_t>(p.HV) * p.V * es, BV * es, kThreads);
+                    static_cast<int64_t>(p.HV) * p.V * es, BV * es, kNT);
     }
-    cp_async_rows<kThreads>(wS, KT, p.w + (t0 * p.HV + hv) * K, rs_k, kChunk, L, K);
-    batched<8>(
+    cp_async_rows<kNT>(wS, KT, p.w + (t0 * p.HV + hv) * K, rs_k, kChunk, L, K);
+    batched<8, kNT>(
         kChunk * BV,
         [&](int idx) {
           const int i = idx / BV, e = idx % BV;
           return i < L ? load_f(d_out, d_out_dt, ((t0 + i) * p.HV + hv) * p.V + e0 + e) : 0.0f;
         },
         [&](int idx, float v) { doS[(idx / BV) * SP + idx % BV] = v; });
-    for (int idx = tid; idx < K * BV; idx += kThreads) {
+    for (int idx = tid; idx < K * BV; idx += kNT) {
       const int d = idx / BV, e = idx % BV;
       p.dhs[((c * p.HV + hv) * K + d) * p.V + e0 + e] = dhS[d * SP + e];
     }
@@ -223,7 +226,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int k4 = K / 4;
       const float* gl = gS + (L - 1) * KP;
       const float s = p.scale;
-      for (int idx = tid; idx < L * k4; idx += kThreads) {
+      for (int idx = tid; idx < L * k4; idx += kNT) {
         const int i = idx / k4, d = (idx % k4) * 4, at = i * KP + d, qt = i * KT + d;
         const float4 g = *reinterpret_cast<const float4*>(gS + at), l = *reinterpret_cast<const float4*>(gl + d);
         const float4 k = *reinterpret_cast<const float4*>(klS + at), q = *reinterpret_cast<const float4*>(qgS + qt);
@@ -232,16 +235,15 @@ __global__ void __launch_bounds__(kThreads, 1)
         st4(qgS + qt,
             make_float4(s * __expf(g.x) * q.x, s * __expf(g.y) * q.y, s * __expf(g.z) * q.z, s * __expf(g.w) * q.w));
       }
-      for (int d = tid; d < K; d += kThreads) glS[d] = gl[d];
+      for (int d = tid; d < K; d += kNT) glS[d] = gl[d];
     }
     __syncthreads();
-    if (more) cp_async_rows<kThreads>(gS, KP, p.gc + (tn * p.HV + hv) * K, rs_k, kChunk, kChunk, K);
+    if (more) cp_async_rows<kNT>(gS, KP, p.gc + (tn * p.HV + hv) * K, rs_k, kChunk, kChunk, K);
     // dv_new = Aqk^T do + Kl dS'   (64 x BV), and already Qg^T do of the dS step below (it does not
     // need dv_new), so that Qg's tile is free for the next chunk's q during the w^T dv_new product.
-    constexpr int count = (K / 16) * NT / kWarps;
     float pos[kTilesS][4];
     zero_tiles<kTilesS>(pos);
-    warp_gemm_rows<kTilesS, kPrecise>(pos, count, qgS + r_first, 1, KT, r_step, doS + c_own, SP, 1, kChunk);
+    warp_gemm_rows<kTilesS, kPrecise>(pos, kTilesS, qgS + r_first, 1, KT, r_step, doS + c_own, SP, 1, kChunk);
     {
       float acc[kTilesV][4];
       zero_tiles<kTilesV>(acc);
@@ -258,18 +260,17 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     __syncthreads();
     if (more) {
-      cp_async_rows<kThreads>(klS, KP, p.kp + (tn * p.H + h) * K, rs_q, kChunk, kChunk, K);
-      cp_async_rows<kThreads>(aqS, AP, p.Aqk + (tn * p.HV + hv) * kChunk, rs_a, kChunk, kChunk, kChunk);
-      cp_async_rows<kThreads>(qgS, KT, p.qp + (tn * p.H + h) * K, rs_q, kChunk, kChunk, K);
+      cp_async_rows<kNT>(klS, KP, p.kp + (tn * p.H + h) * K, rs_q, kChunk, kChunk, K);
+      cp_async_rows<kNT>(aqS, AP, p.Aqk + (tn * p.HV + hv) * kChunk, rs_a, kChunk, kChunk, kChunk);
+      cp_async_rows<kNT>(qgS, KT, p.qp + (tn * p.H + h) * K, rs_q, kChunk, kChunk, K);
     }
     // dS = exp(G_last) dS' + Qg^T do - w^T dv_new   (K x BV; each warp owns its tiles)
     {
       float neg[kTilesS][4];
       zero_tiles<kTilesS>(neg);
-      warp_gemm_rows<kTilesS, kPrecise>(neg, count, wS + r_first, 1, KT, r_step, dvS + c_own, SP, 1, kChunk);
+      warp_gemm_rows<kTilesS, kPrecise>(neg, kTilesS, wS + r_first, 1, KT, r_step, dvS + c_own, SP, 1, kChunk);
 #pragma unroll
       for (int m = 0; m < kTilesS; ++m)
-        if (m < count)
 #pragma unroll
           for (int r = 0; r < 4; ++r) {
             const int d = r_first + m * r_step + frag_row(r), e = c_own + frag_col(r);
@@ -279,7 +280,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncthreads();
   }
   if (dh0)
-    for (int idx = tid; idx < K * BV; idx += kThreads) {
+    for (int idx = tid; idx < K * BV; idx += kNT) {
       const int d = idx / BV, e = idx % BV;
       store_f(dh0, dh0_dt, state_index(p, n, hv, d, e0 + e), dhS[d * SP + e]);
     }
@@ -983,7 +984,8 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
   const bool precise = p.in_dt == kF32 || p.in_dt == kF64;
   auto launch_state = [&](auto kernel) {
     set_smem_limit(reinterpret_cast<const void*>(kernel), state_smem);
-    kernel<<<state_grid, kThreads, state_smem, stream>>>(p, do_.data, do_dt, dht_ptr, dht_dt, dh0_ptr, dh0_dt);
+    kernel<<<state_grid, state_bwd_threads(bv), state_smem, stream>>>(p, do_.data, do_dt, dht_ptr, dht_dt, dh0_ptr,
+                                                                    dh0_dt);
   };
   auto launch_state_k = [&](auto k) {
     constexpr int kK = decltype(k)::value;

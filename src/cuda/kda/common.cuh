@@ -133,18 +133,18 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 // ---- Batched loads: every thread issues U independent loads before storing any (the kernels are
 // otherwise bound by the latency of one global load at a time). load(idx) -> value, store(idx, value).
-template <int U, class Load, class Store>
+template <int U, int NT = kThreads, class Load, class Store>
 __device__ __forceinline__ void batched(int n, Load load, Store store) {
-  for (int base = threadIdx.x; base < n; base += kThreads * U) {
+  for (int base = threadIdx.x; base < n; base += NT * U) {
     decltype(load(0)) v[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int idx = base + u * kThreads;
+      const int idx = base + u * NT;
       if (idx < n) v[u] = load(idx);
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int idx = base + u * kThreads;
+      const int idx = base + u * NT;
       if (idx < n) store(idx, v[u]);
     }
   }
