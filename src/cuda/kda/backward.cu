@@ -414,10 +414,11 @@ __global__ void __launch_bounds__(kWyThreads, 1)
       }
   }
   __syncthreads();
-  // S -> sS with sum_e S dS' per key channel (dS' re-read from global, where it is L2-resident): the
-  // V / 4 float4 of a row span 32 or 16 consecutive lanes, reduced by shuffles in a fixed order.
+  // S -> sS with sum_e S dS' per key channel: each thread reads the dS' float4 it is about to overwrite
+  // with S (no thread touches another's), so dS' is not fetched a second time. The V / 4 float4 of a row
+  // span 32 or 16 consecutive lanes, reduced by shuffles in a fixed order.
   {
-    const int c4 = V / 4, n = K * c4;
+    constexpr int c4 = V / 4, n = K * c4;
     for (int base = tid; base < n; base += kWyThreads * 4) {
       float4 s4[4], d4[4];
 #pragma unroll
@@ -425,7 +426,7 @@ __global__ void __launch_bounds__(kWyThreads, 1)
         const int idx = base + u * kWyThreads;
         if (idx < n) {
           s4[u] = ldg4(p.hs + state_off + 4 * static_cast<int64_t>(idx));
-          d4[u] = ldg4(p.dhs + state_off + 4 * static_cast<int64_t>(idx));
+          d4[u] = *reinterpret_cast<const float4*>(sS + (idx / c4) * KP + (idx % c4) * 4);
         }
       }
 #pragma unroll
