@@ -986,7 +986,7 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
   auto launch_state = [&](auto kernel) {
     set_smem_limit(reinterpret_cast<const void*>(kernel), state_smem);
     kernel<<<state_grid, state_bwd_threads(bv), state_smem, stream>>>(p, do_.data, do_dt, dht_ptr, dht_dt, dh0_ptr,
-                                                                    dh0_dt);
+                                                                      dh0_dt);
   };
   auto launch_state_k = [&](auto k) {
     constexpr int kK = decltype(k)::value;
