@@ -116,6 +116,13 @@ __device__ __forceinline__ void prefetch_rows(const void* base, int rows, int64_
 
 __device__ __forceinline__ int dtype_bytes(int dt) { return dt == kF32 ? 4 : dt == kF64 ? 8 : 2; }
 
+// Fragment entries r and r + 1 (r even) are adjacent columns (frag_col) of one row (frag_row): one 8-byte
+// access serves both. Only for fp32 scratch (256-byte aligned buffers, even offsets).
+__device__ __forceinline__ float2 ld2(const float* ptr) { return *reinterpret_cast<const float2*>(ptr); }
+__device__ __forceinline__ void st2(float* ptr, float a, float b) {
+  *reinterpret_cast<float2*>(ptr) = make_float2(a, b);
+}
+
 template <int MT>
 __device__ __forceinline__ void zero_tiles(float c[MT][4]) {
 #pragma unroll
@@ -394,11 +401,12 @@ __global__ void __launch_bounds__(kWyThreads, 1)
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
+      for (int r = 0; r < 4; r += 2) {
         const int i = kr + m * kstep + frag_row(r), d = kc + frag_col(r);
         const bool in = m < kcount && i < L;
-        gv[m][r] = in ? p.gc[row_at(i) * K + d] : 0.0f;
-        kv[m][r] = in ? p.kp[k_at(i, d)] : 0.0f;
+        const float2 g2 = in ? ld2(p.gc + row_at(i) * K + d) : make_float2(0.0f, 0.0f);
+        const float2 k2 = in ? ld2(p.kp + k_at(i, d)) : make_float2(0.0f, 0.0f);
+        gv[m][r] = g2.x, gv[m][r + 1] = g2.y, kv[m][r] = k2.x, kv[m][r + 1] = k2.y;
       }
     zero_tiles<kWyTilesMax>(acc);
     warp_gemm_rows_abt<kWyTilesMax, kPrecise>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
@@ -454,18 +462,21 @@ __global__ void __launch_bounds__(kWyThreads, 1)
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
+      for (int r = 0; r < 4; r += 2) {
         const int i = kr + m * kstep + frag_row(r), d = kc + frag_col(r);
-        gv[m][r] = m < kcount && i < L ? p.gc[row_at(i) * K + d] : 0.0f;
+        const float2 g2 = m < kcount && i < L ? ld2(p.gc + row_at(i) * K + d) : make_float2(0.0f, 0.0f);
+        gv[m][r] = g2.x, gv[m][r + 1] = g2.y;
       }
     zero_tiles<kWyTilesMax>(acc);
     warp_gemm_rows_abt<kWyTilesMax, kPrecise>(acc, kcount, sX + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
+      for (int r = 0; r < 4; r += 2) {
         const int i = kr + m * kstep + frag_row(r), d = kc + frag_col(r);
-        if (m < kcount && i < L) p.dq_hv[row_at(i) * K + d] = p.scale * __expf(gv[m][r]) * acc[m][r];
+        if (m < kcount && i < L)
+          st2(p.dq_hv + row_at(i) * K + d, p.scale * __expf(gv[m][r]) * acc[m][r],
+              p.scale * __expf(gv[m][r + 1]) * acc[m][r + 1]);
       }
   }
   // dAqk = scale tril(do v_new^T)   (64 x 64: 32 warp tiles)
@@ -476,9 +487,11 @@ __global__ void __launch_bounds__(kWyThreads, 1)
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
+      for (int r = 0; r < 4; r += 2) {
         const int i = sr + 32 * m + frag_row(r), j = sc + frag_col(r);
-        if (i < L) p.dAqk[row_at(i) * kChunk + j] = j <= i ? p.scale * acc[m][r] : 0.0f;
+        if (i < L)
+          st2(p.dAqk + row_at(i) * kChunk + j, j <= i ? p.scale * acc[m][r] : 0.0f,
+              j + 1 <= i ? p.scale * acc[m][r + 1] : 0.0f);
       }
   }
   __syncthreads();
@@ -505,9 +518,10 @@ __global__ void __launch_bounds__(kWyThreads, 1)
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
+      for (int r = 0; r < 4; r += 2) {
         const int j = kr + m * kstep + frag_row(r), d = kc + frag_col(r);
-        gv[m][r] = m < kcount && j < L ? p.gc[row_at(j) * K + d] : 0.0f;
+        const float2 g2 = m < kcount && j < L ? ld2(p.gc + row_at(j) * K + d) : make_float2(0.0f, 0.0f);
+        gv[m][r] = g2.x, gv[m][r + 1] = g2.y;
       }
     zero_tiles<kWyTilesMax>(t2);
     zero_tiles<kWyTilesMax>(t3);
@@ -605,9 +619,9 @@ __global__ void __launch_bounds__(kWyThreads, 1)
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
+      for (int r = 0; r < 4; r += 2) {
         const int i = sr + 32 * m + frag_row(r), j = sc + frag_col(r);
-        if (i < L) p.dM[row_at(i) * kChunk + j] = j < i ? -acc[m][r] : 0.0f;
+        if (i < L) st2(p.dM + row_at(i) * kChunk + j, j < i ? -acc[m][r] : 0.0f, j + 1 < i ? -acc[m][r + 1] : 0.0f);
       }
   }
 }
