@@ -333,10 +333,13 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool n
 #pragma unroll
       for (int half = 0; half < 2; ++half)
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
+        for (int r = 0; r < 4; r += 2) {  // entries r, r + 1: adjacent columns of one row, one 8-byte store
           const int i = frag_row(r), j = 8 * half + frag_col(r);
           mb[i * kMP + j] = bS[n + i] * am[half][r];
-          if (n + i < L) Aqk[(n + i) * aqk_rs + c0 + j] = p.scale * aq[half][r];
+          mb[i * kMP + j + 1] = bS[n + i] * am[half][r + 1];
+          if (n + i < L)
+            *reinterpret_cast<float2*>(Aqk + (n + i) * aqk_rs + c0 + j) =
+                make_float2(p.scale * aq[half][r], p.scale * aq[half][r + 1]);
         }
     }
     // Lower-left 8 x 8 quadrant of each diagonal block (warps 6, 7): rows r .. r + 8 (r = 16 b + 8) against
@@ -358,11 +361,10 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool n
       }
       float* mb = m_block(Ms, b, b);
 #pragma unroll
-      for (int rr = 0; rr < 2; ++rr) {
-        const int j = 2 * tq + rr;  // column within the block (frag_col)
-        mb[(kSub / 2 + gq) * kMP + j] = bS[row] * acc[rr];
-        if (row < L) Aqk[row * aqk_rs + kSub * b + j] = p.scale * acc[2 + rr];
-      }
+      for (int rr = 0; rr < 2; ++rr) mb[(kSub / 2 + gq) * kMP + 2 * tq + rr] = bS[row] * acc[rr];  // frag_col
+      if (row < L)
+        *reinterpret_cast<float2*>(Aqk + row * aqk_rs + kSub * b + 2 * tq) =
+            make_float2(p.scale * acc[2], p.scale * acc[3]);
     }
     // the rest of the diagonal blocks: the two 8 x 8 diagonal quadrants, 36 lower pairs (i >= j) each,
     // per pair (their span can exceed the ~88 nats a split exponent survives)
