@@ -110,11 +110,17 @@ TEST(KdaRoofline, TinyShapeGateParams) {
   Shape s = tiny();
   s.use_gate = true;
   s.dt_bias_bytes = s.A_log_bytes = s.ddt_bias_bytes = s.dA_log_bytes = 4;
-  // g (2 B) and dgc (4 B) per element; 64 partial blocks read dt_bias (256 B) and A_log (4 B), write
-  // 65 floats; the final block reads the 64 x 65 partials and writes ddt_bias and dA_log
+  // finalize_gate_params writes 64 slices x 65 floats of partials on top of finalize's dg / dbeta traffic
+  // (g and dgc are read once for both); the final block reads them and writes ddt_bias and dA_log
   const double partials = 64 * 65 * 4;
-  EXPECT_DOUBLE_EQ(gate_params_cost(s).bytes, 128 * 64 * 6 + 64 * 260 + 2 * partials + 260);
-  EXPECT_DOUBLE_EQ(gate_params_cost(s).unique_bytes, 128 * 64 * 6 + 260 + 2 * partials + 260);
+  EXPECT_DOUBLE_EQ(gate_params_cost(s).bytes, partials + 260);
+  EXPECT_DOUBLE_EQ(gate_params_cost(s).unique_bytes, partials + 260);
+  Shape no_params = s;
+  no_params.ddt_bias_bytes = no_params.dA_log_bytes = 0;
+  EXPECT_DOUBLE_EQ(finalize_cost(s).bytes - finalize_cost(no_params).bytes, partials);
+  Shape no_tokens = s;  // the first pass does not run; the final one writes zeros
+  no_tokens.tokens = 0;
+  EXPECT_DOUBLE_EQ(gate_params_cost(no_tokens).bytes, 260);
   // the gate and its parameters add their bytes to chunk_fwd once per block (unique: once)
   EXPECT_DOUBLE_EQ(chunk_fwd_cost(s).bytes - chunk_fwd_cost(tiny()).bytes, 2 * 260);
   EXPECT_DOUBLE_EQ(chunk_fwd_cost(s).unique_bytes - chunk_fwd_cost(tiny()).unique_bytes, 260);

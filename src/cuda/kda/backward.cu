@@ -876,7 +876,19 @@ __global__ void finalize_qk_kernel(KdaDev p, void* dq, void* dk, int dt) {
   }
 }
 
-// Elementwise: dg through the fused gate, dbeta through the sigmoid.
+// dbeta of entry i = (token, value head): the wy_bwd and pair_bwd partials, through the sigmoid.
+__device__ __forceinline__ float dbeta_of(const KdaDev& p, int64_t i) {
+  float db = p.dbp[i];
+  for (int s = 0; s < p.K / kSlice; ++s) db += p.dbp_slice[s * p.tokens * p.HV + i];
+  if (p.beta_sigmoid) {
+    const float s = 1.0f / (1.0f + expf(-load_f(p.beta, p.in_dt, i)));
+    db *= p.beta_mult * s * (1.0f - s);
+  }
+  return db;
+}
+
+// Elementwise: dg through the fused gate, dbeta through the sigmoid (when dA_log / ddt_bias are not
+// wanted; otherwise finalize_gate_params_kernel does both in its reduction pass).
 __global__ void finalize_gate_beta_kernel(KdaDev p, void* dg, void* dbeta, int dt) {
   const int64_t n_g = p.tokens * p.HV * p.K;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n_g;
@@ -885,23 +897,16 @@ __global__ void finalize_gate_beta_kernel(KdaDev p, void* dg, void* dbeta, int d
     if (p.use_gate) gate_value(p, load_f(p.g, p.in_dt, i), static_cast<int>((i / p.K) % p.HV), static_cast<int>(i % p.K),
                                &d_raw, nullptr);
     store_f(dg, dt, i, p.dgc[i] * d_raw);
-    if (i < p.tokens * p.HV) {
-      float db = p.dbp[i];
-      for (int s = 0; s < p.K / kSlice; ++s) db += p.dbp_slice[s * p.tokens * p.HV + i];
-      if (p.beta_sigmoid) {
-        const float s = 1.0f / (1.0f + expf(-load_f(p.beta, p.in_dt, i)));
-        db *= p.beta_mult * s * (1.0f - s);
-      }
-      store_f(dbeta, dt, i, db);
-    }
+    if (i < p.tokens * p.HV) store_f(dbeta, dt, i, dbeta_of(p, i));
   }
 }
 
 // dA_log[hv] = sum_{t,d} dG * dg/dA_log, ddt_bias[hv, d] = sum_t dG * dg/dg_raw in two deterministic
 // passes: one block per (value head, token slice) writes slice partials (each thread a fixed channel
 // and token stride, combined in a fixed order), then one block per value head adds the slices in order.
+// The first pass also writes dg and dbeta of its entries: g and dG are read once for both.
 constexpr int kReduceThreads = 256;
-__global__ void __launch_bounds__(kReduceThreads) gate_params_partial_kernel(KdaDev p) {
+__global__ void __launch_bounds__(kReduceThreads) finalize_gate_params_kernel(KdaDev p, void* dg, void* dbeta, int dt) {
   __shared__ float bias_part[kReduceThreads], a_part[kReduceThreads];
   const int hv = blockIdx.x, slice = blockIdx.y, tid = threadIdx.x, d = tid % p.K, lanes_per_d = kReduceThreads / p.K;
   const int64_t per = (p.tokens + kGateSlices - 1) / kGateSlices, t_begin = slice * per;
@@ -911,9 +916,15 @@ __global__ void __launch_bounds__(kReduceThreads) gate_params_partial_kernel(Kda
   for (int64_t t = t_begin + tid / p.K; t < t_end; t += lanes_per_d) {
     const int64_t i = (t * p.HV + hv) * p.K + d;
     float d_raw, d_A;
-    gate_value(p, load_f(p.g, p.in_dt, i), hv, d, &d_raw, &d_A);
-    sb += p.dgc[i] * d_raw;
-    sa += p.dgc[i] * d_A;
+    gate_value(p, p.use_gate ? load_f(p.g, p.in_dt, i) : 0.0f, hv, d, &d_raw, &d_A);
+    const float x = p.dgc[i];
+    store_f(dg, dt, i, x * d_raw);
+    sb += x * d_raw;
+    sa += x * d_A;
+  }
+  for (int64_t t = t_begin + tid; t < t_end; t += kReduceThreads) {
+    const int64_t i = t * p.HV + hv;
+    store_f(dbeta, dt, i, dbeta_of(p, i));
   }
   bias_part[tid] = sb;
   a_part[tid] = sa;
@@ -935,8 +946,9 @@ __global__ void gate_params_final_kernel(KdaDev p, void* dA_log, int dA_dt, void
   const int hv = blockIdx.x, tid = threadIdx.x;
   if (tid > p.K) return;
   const float* part = p.gate_part + static_cast<int64_t>(hv) * kGateSlices * (p.K + 1);
-  float s = 0.0f;
-  for (int slice = 0; slice < kGateSlices; ++slice) s += part[slice * (p.K + 1) + tid];
+  float s = 0.0f;  // no tokens: the first pass did not run, the sums are 0
+  if (p.tokens > 0)
+    for (int slice = 0; slice < kGateSlices; ++slice) s += part[slice * (p.K + 1) + tid];
   if (tid < p.K) {
     if (ddt_bias) store_f(ddt_bias, dbias_dt, static_cast<int64_t>(hv) * p.K + tid, s);
   } else if (dA_log) {
@@ -1041,15 +1053,18 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
     finalize_qk_kernel<<<static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock), 32 * kRowsPerBlock, 0,
                          stream>>>(p, dq.data, dk.data, dt);
     SEQMIX_CUDA_CHECK(cudaGetLastError());
-    const int64_t n_g = p.tokens * p.HV * p.K;
-    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n_g + 255) / 256, 65535));
-    finalize_gate_beta_kernel<<<blocks, 256, 0, stream>>>(p, dg.data, dbeta.data, dt);
+    if (dA_log || ddt_bias) {
+      finalize_gate_params_kernel<<<dim3(static_cast<unsigned>(p.HV), kGateSlices), kReduceThreads, 0, stream>>>(
+          p, dg.data, dbeta.data, dt);
+    } else {
+      const int64_t n_g = p.tokens * p.HV * p.K;
+      const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n_g + 255) / 256, 65535));
+      finalize_gate_beta_kernel<<<blocks, 256, 0, stream>>>(p, dg.data, dbeta.data, dt);
+    }
     SEQMIX_CUDA_CHECK(cudaGetLastError());
     timer.mark(roofline::Stage::finalize);
   }
   if (dA_log || ddt_bias) {
-    gate_params_partial_kernel<<<dim3(static_cast<unsigned>(p.HV), kGateSlices), kReduceThreads, 0, stream>>>(p);
-    SEQMIX_CUDA_CHECK(cudaGetLastError());
     gate_params_final_kernel<<<static_cast<unsigned>(p.HV), p.K + 1, 0, stream>>>(
         p, dA_log ? dA_log->data : nullptr, dA_log ? dtype_code(dA_log->dtype, "dA_log") : 0,
         ddt_bias ? ddt_bias->data : nullptr, ddt_bias ? dtype_code(ddt_bias->dtype, "ddt_bias") : 0);

@@ -36,7 +36,7 @@ constexpr int kChunk = 64;            // tokens per chunk
 constexpr int kOutCols = 64;          // value columns per output_fwd block
 constexpr int kPairSlice = 32;        // key channels per pair_bwd block
 constexpr int kPairThreads = 128;     // threads per pair_bwd block
-constexpr int kGateSlices = 64;       // token slices of gate_params_partial
+constexpr int kGateSlices = 64;       // token slices of finalize_gate_params
 constexpr int kMmaMacs = 16 * 8 * 8;  // multiply-adds of one m16n8k8 step
 
 // Peaks the roofline divides by. 3.0 TB/s and 787 TFLOP/s are the figures of issue 3 (H100 SXM HBM3 is
@@ -224,7 +224,9 @@ inline Cost pair_bwd_cost(const Shape& s) {
   return c;
 }
 
-// finalize_qk_kernel (one warp per (token, q/k head)) and finalize_gate_beta_kernel (elementwise).
+// finalize_qk_kernel (one warp per (token, q/k head)) and finalize_gate_beta_kernel (elementwise) or, when
+// dA_log / ddt_bias are wanted, finalize_gate_params_kernel (one block per (value head, token slice)): the same
+// dg / dbeta traffic plus the slice partials of the dA_log / ddt_bias reduction.
 inline Cost finalize_cost(const Shape& s) {
   const double T = s.tokens, H = s.H, HV = s.HV, K = s.K;
   // qk: qp, kp rows; dq_hv, dk_hv of the HV / H value heads; rstd of both with L2 norm; dq, dk out
@@ -235,22 +237,20 @@ inline Cost finalize_cost(const Shape& s) {
   b += T * HV * ((1 + K / kPairSlice) * 4 + (s.beta_sigmoid ? s.in_bytes : 0) + s.out_bytes);
   // dt_bias, A_log: loaded per element but a table of HV x (K + 1) entries; counted once
   if (s.use_gate) b += HV * (K * s.dt_bias_bytes + s.A_log_bytes);
+  if (s.ddt_bias_bytes || s.dA_log_bytes) b += HV * kGateSlices * (K + 1) * 4;  // slice partials written
   Cost c;
   c.bytes = c.unique_bytes = b;
   return c;
 }
 
-// gate_params_partial_kernel (one block per (value head, token slice)) and gate_params_final_kernel (one
-// block per value head); launched when dA_log or ddt_bias is wanted.
+// gate_params_final_kernel (one block per value head), launched when dA_log or ddt_bias is wanted: the
+// slice partials (written by finalize_gate_params_kernel, counted in finalize; none without tokens) in,
+// dA_log and ddt_bias out.
 inline Cost gate_params_cost(const Shape& s) {
-  const double T = s.tokens, HV = s.HV, K = s.K;
-  const double gate_params = s.use_gate ? K * s.dt_bias_bytes + s.A_log_bytes : 0.0;  // per partial block
-  double other = T * HV * K * (s.in_bytes + 4);                                       // g (always loaded), dgc
-  other += HV * kGateSlices * (K + 1) * 4 * 2;  // slice partials written, then read by the final pass
-  other += HV * (K * s.ddt_bias_bytes + s.dA_log_bytes);
+  const double HV = s.HV, K = s.K;
+  double b = (s.tokens > 0 ? HV * kGateSlices * (K + 1) * 4 : 0.0) + HV * (K * s.ddt_bias_bytes + s.dA_log_bytes);
   Cost c;
-  c.bytes = other + HV * kGateSlices * gate_params;
-  c.unique_bytes = other + HV * gate_params;
+  c.bytes = c.unique_bytes = b;
   return c;
 }
 
