@@ -169,7 +169,8 @@ __global__ void __launch_bounds__(state_bwd_threads(BV), 1)
   constexpr int SP = BV + 8, AP = kChunk + 8, NT = BV / 8;
   constexpr int K = kK, KP = K + 4, KT = K + 8;
   constexpr int kTilesS = (K / 16) * NT / kWarps, kTilesV = 4 * NT / kWarps;
-  static_assert(kWarps % NT == 0 && kTilesS >= 1 && kTilesV >= 1, "warp tiling of the state_bwd products");
+  static_assert(kWarps % NT == 0 && (K / 16) * NT % kWarps == 0 && 4 * NT % kWarps == 0 && kTilesS >= 1 && kTilesV >= 1,
+                "warp tiling of the state_bwd products");
   const int n = blockIdx.x, hv = blockIdx.y, e0 = blockIdx.z * BV, h = hv / p.G;
   const int tid = threadIdx.x, warp = tid / 32;
   // Warp w owns the 16 x 8 tiles of both products at columns c_own, rows r_first + m * r_step.
@@ -919,8 +920,8 @@ __global__ void __launch_bounds__(kReduceThreads) finalize_gate_params_kernel(Kd
     gate_value(p, p.use_gate ? load_f(p.g, p.in_dt, i) : 0.0f, hv, d, &d_raw, &d_A);
     const float x = p.dgc[i];
     store_f(dg, dt, i, x * d_raw);
-    sb += x * d_raw;
-    sa += x * d_A;
+    sb = fmaf(x, d_raw, sb);  // fused, as the sum was before dg was stored here: ddt_bias bit-identical
+    sa = fmaf(x, d_A, sa);
   }
   for (int64_t t = t_begin + tid; t < t_end; t += kReduceThreads) {
     const int64_t i = t * p.HV + hv;
