@@ -310,6 +310,9 @@ def run_impl(args, impl, mode, log):
                     if mode != "fwd" and quant_mode < 0:
                         dq, dk, dv = ours.bwd(q, k, v, so, nt, max_len, alpha, dout)
                         parity.update(dq=rel_err(dq, grads[0]), dk=rel_err(dk, grads[1]), dv=rel_err(dv, grads[2]))
+                        # the scale each relative error divides by (fbgemm's dv came out exactly 0.0 once)
+                        parity["max_abs_peer"] = {n: g.float().abs().max().item() for n, g in zip("qkv", grads)}
+                        parity["dv_bits_equal"] = bool(torch.equal(dv, grads[2]))
                     row["parity_seqmix_vs_peer"] = parity
                     del out
                 log(f"{impl} {mode}: {json.dumps(row)}")
