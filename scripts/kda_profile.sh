@@ -17,7 +17,8 @@ if [ "${BUILD:-1}" = 1 ]; then
   g++ -O2 -std=c++20 bench/kda_bench.cpp -Iinclude -Isrc -I"$cuda_dir/include" build-cuda/libseqmix.a -L"$cuda_dir/lib64" \
     -lcudart -lpthread -o build-cuda/kda_bench >> "$OUT/build.log" 2>&1 || { tail -20 "$OUT/build.log"; exit 1; }
 fi
-# --launch-skip 1: past the warm-up call's launch of the kernel (kda_bench --once warms up every pass first).
+# --launch-skip 1: not the kernel's first launch in the process (module loading; kda_bench --once warms up
+# with a fwd+bwd call first). chunk_fwd's second launch is that warm-up's backward re-run variant.
 for k in ${KERNELS:-state_bwd wy_bwd chunk_fwd pair_bwd}; do
   timeout 120 ncu --clock-control none -k "regex:${k}_kernel" --launch-skip 1 -c 1 \
     --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy \
