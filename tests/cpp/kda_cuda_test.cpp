@@ -548,6 +548,23 @@ TEST(KdaCuda, BackwardIsDeterministic) {
     EXPECT_EQ(testing::max_abs_diff(*x, *y), 0.0);
 }
 
+// A pack of empty sequences (no tokens): the state passes through (final state = initial state, dh0 = dht)
+// and dA_log / ddt_bias are zero; the kernels that need tokens are not launched.
+TEST(KdaCuda, EmptySequencesOnlyPassTheStateThrough) {
+  SEQMIX_REQUIRE_CUDA();
+  Case c{"no tokens"};
+  c.T = 0, c.K = 64, c.H = 1, c.HV = 2, c.cu_seqlens = {0, 0, 0}, c.gate = Gate::softplus, c.A_log = true;
+  c.dt_bias = true, c.l2norm = true, c.h0 = c.ht = true;
+  const Inputs in = make_inputs(c, 11);
+  const HostTensor d_o = testing::randn(in.v.sizes(), 12, 1.0, c.dtype);
+  const HostTensor dht = testing::randn(c.state_sizes(), 13, 0.3, DType::f32);
+  const Outputs r = on_device(c, in, d_o, dht);
+  EXPECT_EQ(testing::max_abs_diff(r.ht, in.h0), 0.0);
+  EXPECT_EQ(testing::max_abs_diff(r.dh0, dht), 0.0);
+  EXPECT_EQ(testing::max_abs(r.dA_log), 0.0);
+  EXPECT_EQ(testing::max_abs(r.ddt_bias), 0.0);
+}
+
 // The "[kda stage]" line of `stage` from the forward (backward = false) or backward call in `log`.
 std::string stage_line(const std::string& log, const char* stage, bool backward) {
   std::istringstream in(log);
