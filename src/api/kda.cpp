@@ -140,8 +140,7 @@ void validate_intermediate_states(const cpu::KdaArgs& a, bool varlen, const Tens
   int64_t rows = a.B, chunks = (a.T + BT - 1) / BT;
   if (varlen) {
     rows = 1;
-    chunks = 0;
-    for (size_t n = 0; n + 1 < a.offsets.size(); ++n) chunks += (a.offsets[n + 1] - a.offsets[n] + BT - 1) / BT;
+    chunks = cpu::kda_chunk_offsets(a.offsets, BT).back();
   }
   const bool v_first = a.params.state_v_first;
   const std::vector<int64_t> sizes =

@@ -143,8 +143,8 @@ CASES = {
 }
 
 
-def case(name, **overrides):
-    make, options = CASES[name]
+def case(name, table=None, **overrides):
+    make, options = (CASES if table is None else table)[name]
     inputs = make_inputs(**dict(make, **overrides))
     if options.get("state_v_first") and "initial_state" in inputs:
         inputs["initial_state"] = inputs["initial_state"].transpose(-1, -2).contiguous()
@@ -321,11 +321,7 @@ INTERMEDIATE_CASES = {
 
 
 def intermediate_case(name, **overrides):
-    make, options = INTERMEDIATE_CASES[name]
-    inputs = make_inputs(**dict(make, **overrides))
-    if options.get("state_v_first") and "initial_state" in inputs:
-        inputs["initial_state"] = inputs["initial_state"].transpose(-1, -2).contiguous()
-    return inputs, dict(options)
+    return case(name, INTERMEDIATE_CASES, **overrides)
 
 
 @pytest.mark.parametrize("name", sorted(INTERMEDIATE_CASES))

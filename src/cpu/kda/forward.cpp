@@ -83,10 +83,8 @@ void chunk_kda_fwd(const KdaArgs& args, const TensorView& o, const TensorView* f
   const int64_t K = p.K, V = p.V, BT = args.params.chunk_size;
   std::vector<double> out(static_cast<size_t>(p.tokens * p.HV * V), 0.0);
   std::vector<double> finals(final_state ? p.h0.size() : 0);
-  // FLA's h: chunk c of sequence n is row chunk_offsets[n] + c of [chunks, HV, K, V] (K-first here).
-  std::vector<int64_t> chunk_offsets(static_cast<size_t>(p.N + 1), 0);
-  for (int64_t n = 0; n < p.N; ++n)
-    chunk_offsets[n + 1] = chunk_offsets[n] + (p.offsets[n + 1] - p.offsets[n] + BT - 1) / BT;
+  // FLA's h: [chunks, HV, K, V] (K-first here).
+  const std::vector<int64_t> chunk_offsets = kda_chunk_offsets(p.offsets, BT);
   std::vector<double> states(intermediate_states ? static_cast<size_t>(chunk_offsets[p.N] * p.HV * K * V) : 0);
   for_each_head(p, final_state ? &finals : nullptr, [&](int64_t n, int64_t hv, std::vector<double>& S) {
     // Per chunk: cumulative gates G [L, K], A [L, L] (unit lower triangular), w [L, K], u / v_new [L, V].

@@ -46,6 +46,15 @@ struct KdaPrepared {
 
 KdaPrepared kda_prepare(const KdaArgs& args);
 
+// Chunk c of sequence n (offsets as in KdaArgs) is row result[n] + c of the chunk-major layout of FLA's h
+// (intermediate_states); result.back() is the number of chunks, the sum of ceil(len_n / chunk_size).
+inline std::vector<int64_t> kda_chunk_offsets(const std::vector<int64_t>& offsets, int64_t chunk_size) {
+  std::vector<int64_t> chunk_offsets(1, 0);
+  for (size_t n = 0; n + 1 < offsets.size(); ++n)
+    chunk_offsets.push_back(chunk_offsets.back() + (offsets[n + 1] - offsets[n] + chunk_size - 1) / chunk_size);
+  return chunk_offsets;
+}
+
 // Reads a state tensor [N, HV, K, V] / [N, HV, V, K] (state_v_first) into K-first layout, and back.
 std::vector<double> kda_load_state(const TensorView& t, const KdaArgs& args);
 void kda_store_state(const std::vector<double>& k_first, const TensorView& t, const KdaArgs& args);
