@@ -84,14 +84,14 @@ int64_t pair_bwd_steps() {  // one 32-channel slice
 
 TEST(KdaRoofline, TinyShapeBytes) {
   const Shape s = tiny();
-  // q, k, g, v rows 64 x 64 x 2 B, beta 64 x 2 B; Aqk, w, u, kl, qg 64 x 64 x 4 B, gl 64 x 4 B; 2 blocks
-  EXPECT_DOUBLE_EQ(chunk_fwd_cost(s).bytes, 2 * (4 * 8192 + 128 + 5 * 16384 + 256));
+  // q, k, g, v rows 64 x 64 x 2 B, beta 64 x 2 B; Aqk, w, u, kl 64 x 64 x 4 B, gl 64 x 4 B; 2 blocks
+  EXPECT_DOUBLE_EQ(chunk_fwd_cost(s).bytes, 2 * (4 * 8192 + 128 + 4 * 16384 + 256));
   EXPECT_DOUBLE_EQ(chunk_fwd_cost(s).unique_bytes, chunk_fwd_cost(s).bytes);
   // per (tile of 32 columns, chunk): w, kl 16384, gl 256, u 64 x 32 x 4, hs 64 x 32 x 4, v_new 64 x 32 x 4
   EXPECT_DOUBLE_EQ(state_fwd_cost(s, 32).bytes, 2 * 2 * (2 * 16384 + 256 + 3 * 8192));
   EXPECT_DOUBLE_EQ(state_fwd_cost(s, 32).unique_bytes, 2 * (2 * 16384 + 256) + 2 * 2 * 3 * 8192);
-  // per chunk: qg, Aqk, v_new, hs 16384, o 64 x 64 x 2
-  EXPECT_DOUBLE_EQ(output_fwd_cost(s).bytes, 2 * (4 * 16384 + 8192));
+  // per chunk: q, g 64 x 64 x 2, Aqk, v_new, hs 16384, o 64 x 64 x 2
+  EXPECT_DOUBLE_EQ(output_fwd_cost(s).bytes, 2 * (3 * 16384 + 3 * 8192));
   // per chunk (one 64-column tile): gc, kp, qp, w, Aqk 16384, do 8192, dhs, dv_new 16384
   EXPECT_DOUBLE_EQ(state_bwd_cost(s, 64).bytes, 2 * (7 * 16384 + 8192));
   // per chunk: gc, kp, v_new, A, dv_new, dS', S 16384, do, v 8192, bp 256; dq_hv, dk_hv, dgc, dAqk, dM
@@ -200,8 +200,8 @@ TEST(KdaRoofline, ValueTileRereads) {
     EXPECT_DOUBLE_EQ(state_fwd_cost(s, bv).flops, state_fwd_cost(s, 64).flops);
   }
   EXPECT_DOUBLE_EQ(state_fwd_cost(s, 128).bytes, state_fwd_cost(s, 128).unique_bytes);
-  // output_fwd: two 64-column tiles each read the chunk's qg and Aqk rows
-  EXPECT_DOUBLE_EQ(output_fwd_cost(s).bytes - output_fwd_cost(s).unique_bytes, T * (K + 64) * 4);
+  // output_fwd: two 64-column tiles each read the chunk's q, g (2 B) and Aqk rows
+  EXPECT_DOUBLE_EQ(output_fwd_cost(s).bytes - output_fwd_cost(s).unique_bytes, T * (2 * K * 2 + 64 * 4));
   // pair_bwd: K / 32 = 4 slices each read dAqk, dM and bp rows
   EXPECT_DOUBLE_EQ(pair_bwd_cost(s).bytes - pair_bwd_cost(s).unique_bytes, 3 * T * (2 * 64 + 1) * 4);
 }
@@ -214,10 +214,11 @@ TEST(KdaRoofline, GroupedValueHeadsReread) {
   EXPECT_DOUBLE_EQ(chunk_fwd_cost(gva).bytes - chunk_fwd_cost(gva).unique_bytes, T * 2 * K * 2);
   EXPECT_DOUBLE_EQ(state_bwd_cost(gva, 64).bytes - state_bwd_cost(gva, 64).unique_bytes, T * 2 * K * 4);
   EXPECT_DOUBLE_EQ(wy_bwd_cost(gva).bytes - wy_bwd_cost(gva).unique_bytes, T * K * 4);
+  EXPECT_DOUBLE_EQ(output_fwd_cost(gva).bytes - output_fwd_cost(gva).unique_bytes, T * K * 2);  // q rows
   EXPECT_DOUBLE_EQ(pair_bwd_cost(gva).bytes - pair_bwd_cost(gva).unique_bytes,
                    T * 2 * K * 4 + (K / 32 - 1) * T * 2 * (2 * 64 + 1) * 4);
   // one head per group: nothing re-read
-  for (const Stage stage : {Stage::chunk_fwd, Stage::wy_bwd, Stage::finalize})
+  for (const Stage stage : {Stage::chunk_fwd, Stage::output_fwd, Stage::wy_bwd, Stage::finalize})
     EXPECT_DOUBLE_EQ(stage_cost(stage, s, 64).bytes, stage_cost(stage, s, 64).unique_bytes) << stage_name(stage);
   // finalize sums the group's dq_hv, dk_hv rows: 2 more rows of K floats per (token, q/k head)
   EXPECT_DOUBLE_EQ(finalize_cost(gva).bytes - finalize_cost(s).bytes, T * 2 * K * 4 + T * K * 6 + T * (3 * 4 + 2));
@@ -227,21 +228,21 @@ TEST(KdaRoofline, GroupedValueHeadsReread) {
 TEST(KdaRoofline, PartialChunk) {
   Shape full = tiny(), part = tiny();
   part.tokens = 100;  // chunks of 64 and 36 tokens
-  EXPECT_DOUBLE_EQ(output_fwd_cost(full).bytes - output_fwd_cost(part).bytes, 28 * (3 * 64 * 4 + 64 * 2));
+  EXPECT_DOUBLE_EQ(output_fwd_cost(full).bytes - output_fwd_cost(part).bytes, 28 * (2 * 64 * 4 + 3 * 64 * 2));
   // re-reads: the second slice's dAqk, dM, bp rows, and 28 gc rows past the end
   EXPECT_DOUBLE_EQ(pair_bwd_cost(part).bytes - pair_bwd_cost(part).unique_bytes, 100 * (2 * 64 + 1) * 4 + 28 * 64 * 4);
   EXPECT_DOUBLE_EQ(pair_bwd_cost(part).flops, pair_bwd_cost(full).flops);
 }
 
-// Options add their tensors: the backward's forward writes its scratch and no qg; h0 / final state, dht / dh0.
+// Options add their tensors: the backward's forward writes its scratch; h0 / final state, dht / dh0.
 TEST(KdaRoofline, Options) {
   const Shape s = tiny();
   Shape bwd = s;
   bwd.for_backward = true;
-  bwd.with_output = false;
   bwd.l2norm = true;
-  // gc [64], A [64], bp per token instead of qg [64]; qp, kp [64] and both rstd per token
-  EXPECT_DOUBLE_EQ(chunk_fwd_cost(bwd).bytes - chunk_fwd_cost(s).bytes, 128 * 4 * (64 + 1) + 128 * 4 * (2 * 64 + 2));
+  // gc [64], A [64], bp per token; qp, kp [64] and both rstd per token
+  EXPECT_DOUBLE_EQ(chunk_fwd_cost(bwd).bytes - chunk_fwd_cost(s).bytes,
+                   128 * 4 * (2 * 64 + 1) + 128 * 4 * (2 * 64 + 2));
   Shape states = s;
   states.h0_bytes = states.final_state_bytes = 4;
   states.dht_bytes = states.dh0_bytes = 2;

@@ -154,6 +154,64 @@ __host__ __device__ constexpr int q_region(int K) {
   return kChunk * (K + 4) > (kChunk + kSub) * kAP ? kChunk * (K + 4) : (kChunk + kSub) * kAP;
 }
 
+// L2 norm (FLA eps 1e-6) of the 64 rows [K] (stride K + 4) of each buffer, or with normalize false only the
+// per-row hook: a warp per 8 rows, the row reductions of all buffers interleaved (one at a time they are a chain
+// of shuffle latencies). after(buffer, row, scale, row pointer) runs per warp once the row is scaled.
+template <int kK, int kBuffers, class After>
+__device__ __forceinline__ void l2norm_rows(float* const (&xs)[kBuffers], bool normalize, After after) {
+  constexpr int KP = kK + 4, kRows = kChunk / (kThreads / 32), kPer = kK / 32;
+  constexpr float kL2NormEps = 1e-6f;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  float scale_of[kBuffers][kRows];
+#pragma unroll
+  for (int which = 0; which < kBuffers; ++which)
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const float* x = xs[which] + (warp + r * (kThreads / 32)) * KP;
+      float ss = 0.0f;
+#pragma unroll
+      for (int m = 0; m < kPer; ++m) ss += x[lane + 32 * m] * x[lane + 32 * m];
+      scale_of[which][r] = ss;
+    }
+#pragma unroll
+  for (int which = 0; which < kBuffers; ++which)
+#pragma unroll
+    for (int r = 0; r < kRows; ++r)
+      scale_of[which][r] = normalize ? rsqrtf(warp_sum(scale_of[which][r]) + kL2NormEps) : 1.0f;
+#pragma unroll
+  for (int which = 0; which < kBuffers; ++which)
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const int i = warp + r * (kThreads / 32);
+      const float s = scale_of[which][r];
+      float* x = xs[which] + i * KP;
+#pragma unroll
+      for (int m = 0; m < kPer; ++m) x[lane + 32 * m] *= s;
+      after(which, i, s, x);
+    }
+}
+
+// In-chunk inclusive cumsum of the gate G [64, K] (stride K + 4) in place: thread (channel d, segment of R
+// rows), then the segment offsets. Ends with a barrier.
+template <int kK>
+__device__ __forceinline__ void gate_cumsum(float* gS) {
+  constexpr int KP = kK + 4, parts = kThreads / kK, R = kChunk / parts;
+  const int d = threadIdx.x % kK, part = threadIdx.x / kK;
+  float run = 0.0f;
+  for (int r = 0; r < R; ++r) {
+    float* x = gS + (part * R + r) * KP + d;
+    run += *x;
+    *x = run;
+  }
+  __syncthreads();
+  float offset = 0.0f;
+  for (int q = 0; q < part; ++q) offset += gS[((q + 1) * R - 1) * KP + d];
+  __syncthreads();
+  if (part > 0)
+    for (int r = 0; r < R; ++r) gS[(part * R + r) * KP + d] += offset;
+  __syncthreads();
+}
+
 // One block per (chunk, value head): everything of the chunk that does not need the state.
 // Shared (fp32, row stride K + 4): k, q, G as [64, K]; M as 10 packed 16 x 16 lower blocks; beta [64];
 // dt_bias [K]. Phases:
@@ -170,9 +228,9 @@ __host__ __device__ constexpr int q_region(int K) {
 //     holds A [64, 68] and the partial sums [16, 68].
 //  4. kl = exp(G_last - G) k to global; k's buffer becomes beta exp(G) k, w = A (beta exp(G) k); G's
 //     buffer becomes beta v, u = A (beta v).
-// Written: Aqk, w, u, kl, gl always; qg when o is wanted; qp, kp, rstd, gc, bp, A for the backward.
+// Written: Aqk, w, u, kl, gl always; qp, kp, rstd, gc, bp, A for the backward.
 template <int kK, bool kPrecise>
-__global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool need_qg, bool for_backward) {
+__global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool for_backward) {
   int64_t t0;
   int L;
   const int64_t c = blockIdx.x;
@@ -228,75 +286,24 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool n
         st4(gS + at, g);
       });
   __syncthreads();
-  // L2 norm (FLA eps 1e-6): a warp per 8 rows of q and k, the 16 row reductions interleaved (one at a time
-  // they are a chain of shuffle latencies); fp32 copies for the backward from the first value head of h.
+  // fp32 copies of the normalised q, k for the backward from the first value head of h
   const bool write_qk = for_backward && hv % p.G == 0;
-  if (p.l2norm || write_qk) {
-    constexpr int kRows = kChunk / (kThreads / 32), kPer = K / 32;
-    constexpr float kL2NormEps = 1e-6f;
-    float scale_of[2][kRows];
+  if (p.l2norm || write_qk)
+    l2norm_rows<kK, 2>({qS, kS}, p.l2norm, [&](int which, int i, float s, const float* x) {
+      if (!write_qk || i >= L) return;
+      const int64_t row = (t0 + i) * p.H + h;
+      if (p.l2norm && lane == 0) (which ? p.k_rstd : p.q_rstd)[row] = s;
 #pragma unroll
-    for (int which = 0; which < 2; ++which)
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        const float* x = (which ? kS : qS) + (warp + r * (kThreads / 32)) * KP;
-        float ss = 0.0f;
-#pragma unroll
-        for (int m = 0; m < kPer; ++m) ss += x[lane + 32 * m] * x[lane + 32 * m];
-        scale_of[which][r] = ss;
-      }
-#pragma unroll
-    for (int which = 0; which < 2; ++which)
-#pragma unroll
-      for (int r = 0; r < kRows; ++r)
-        scale_of[which][r] = p.l2norm ? rsqrtf(warp_sum(scale_of[which][r]) + kL2NormEps) : 1.0f;
-#pragma unroll
-    for (int which = 0; which < 2; ++which)
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        const int i = warp + r * (kThreads / 32);
-        const float s = scale_of[which][r];
-        float* x = (which ? kS : qS) + i * KP;
-#pragma unroll
-        for (int m = 0; m < kPer; ++m) x[lane + 32 * m] *= s;
-        if (write_qk && i < L) {
-          const int64_t row = (t0 + i) * p.H + h;
-          if (p.l2norm && lane == 0) (which ? p.k_rstd : p.q_rstd)[row] = s;
-#pragma unroll
-          for (int m = 0; m < kPer; ++m) (which ? p.kp : p.qp)[row * K + lane + 32 * m] = x[lane + 32 * m];
-        }
-      }
-  }
-  {  // in-chunk inclusive cumsum of the gate: thread (channel d, segment of R rows), then segment offsets
-    const int parts = kThreads / K, R = kChunk / parts, d = tid % K, part = tid / K;
-    float run = 0.0f;
-    for (int r = 0; r < R; ++r) {
-      float* x = gS + (part * R + r) * KP + d;
-      run += *x;
-      *x = run;
-    }
-    __syncthreads();
-    float offset = 0.0f;
-    for (int q = 0; q < part; ++q) offset += gS[((q + 1) * R - 1) * KP + d];
-    __syncthreads();
-    if (part > 0)
-      for (int r = 0; r < R; ++r) gS[(part * R + r) * KP + d] += offset;
-  }
-  __syncthreads();
+      for (int m = 0; m < kK / 32; ++m) (which ? p.kp : p.qp)[row * K + lane + 32 * m] = x[lane + 32 * m];
+    });
+  gate_cumsum<kK>(gS);
   const float* gl = gS + (kChunk - 1) * KP;  // G_last (rows >= L repeat it)
   for (int d = tid; d < K; d += kThreads) p.gl[(c * p.HV + hv) * K + d] = gl[d];
-  for (int idx = tid; idx < L * k4; idx += kThreads) {
-    const int i = idx / k4, d = (idx % k4) * 4;
-    const int64_t at = ((t0 + i) * p.HV + hv) * K + d;
-    const float4 g = *reinterpret_cast<const float4*>(gS + i * KP + d);
-    if (for_backward) st4(p.gc + at, g);
-    if (need_qg) {
-      const float4 q = *reinterpret_cast<const float4*>(qS + i * KP + d);
-      const float s = p.scale;
-      st4(p.qg + at, make_float4(s * __expf(g.x) * q.x, s * __expf(g.y) * q.y, s * __expf(g.z) * q.z,
-                                 s * __expf(g.w) * q.w));
+  if (for_backward)
+    for (int idx = tid; idx < L * k4; idx += kThreads) {
+      const int i = idx / k4, d = (idx % k4) * 4;
+      st4(p.gc + ((t0 + i) * p.HV + hv) * K + d, *reinterpret_cast<const float4*>(gS + i * KP + d));
     }
-  }
 
   // ---- 2. M and Aqk
   float* Aqk = p.Aqk + (t0 * p.HV + hv) * kChunk;  // row i at Aqk[i * HV * 64]
@@ -632,17 +639,21 @@ static_assert(roofline::kChunk == kChunk && roofline::kOutCols == kOutCols, "roo
 
 // One block per (chunk, value head, 64 value columns), all chunks in parallel:
 //   o = qg S + Aqk v_new   (qg = scale exp(G) q, S = hs of the chunk).
-// Shared: qg [64, K + 4], S [K, 72], Aqk [64, 68], v_new [64, 72].
+// qg is formed here from q and g (gate, in-chunk cumsum, L2 norm as in chunk_fwd) rather than kept from
+// chunk_fwd: an fp32 [tokens, HV, K] buffer less at the forward's peak, and two 16-bit reads instead of an
+// fp32 write and read. Shared: qg [64, K + 4], S [K, 72] (G [64, K + 4] before S arrives), Aqk [64, 68],
+// v_new [64, 72], dt_bias [K].
 template <int kK, bool kPrecise>
 __global__ void __launch_bounds__(kThreads, 2) output_fwd_kernel(KdaDev p, void* o, int o_dt) {
   int64_t t0;
   int L;
-  // the column blocks of one chunk are neighbours, so the second reads qg and Aqk from L2
+  // the column blocks of one chunk are neighbours, so the second reads q, g and Aqk from L2
   const int tiles = p.V / kOutCols;
   const int64_t c = blockIdx.x / tiles;
   if (!locate_chunk(p, c, t0, L)) return;
   constexpr int SP = kOutCols + 8, c4 = kChunk / 4, e4 = kOutCols / 4;
-  const int hv = blockIdx.y, e0 = static_cast<int>(blockIdx.x % tiles) * kOutCols, K = kK, KP = K + 4, k4 = K / 4;
+  const int hv = blockIdx.y, h = hv / p.G, e0 = static_cast<int>(blockIdx.x % tiles) * kOutCols, K = kK, KP = K + 4,
+            k4 = K / 4;
   const int tid = threadIdx.x;
   const int warp = tid / 32;
   extern __shared__ float smem[];
@@ -650,17 +661,57 @@ __global__ void __launch_bounds__(kThreads, 2) output_fwd_kernel(KdaDev p, void*
   float* hS = qS + kChunk * KP;
   float* aS = hS + K * SP;
   float* vS = aS + kChunk * kAP;
+  float* biasS = vS + kChunk * SP;
+  float* gS = hS;
+  static_assert(kK * SP >= kChunk * (kK + 4), "G fits S's space");
   static_assert(kOutCols == kChunk, "Aqk and v_new rows share one copy loop");
-  for (int idx = tid; idx < kChunk * k4; idx += kThreads) {
-    const int i = idx / k4, d = (idx % k4) * 4;
-    cp_async16(qS + i * KP + d, p.qg + (i < L ? ((t0 + i) * p.HV + hv) * K + d : 0), i < L);
-  }
   for (int idx = tid; idx < kChunk * c4; idx += kThreads) {
     const int i = idx / c4, j = (idx % c4) * 4;
     const int64_t row = i < L ? (t0 + i) * p.HV + hv : 0;
     cp_async16(aS + i * kAP + j, p.Aqk + row * kChunk + j, i < L);
     cp_async16(vS + i * SP + j, p.vn + row * p.V + e0 + j, i < L);
   }
+  cp_async_commit();
+  // q and the gate while Aqk and v_new are in flight; rows >= L are zero (G stays at G_last)
+  const float rate = p.use_gate && p.A_log ? expf(load_f(p.A_log, p.A_log_dt, hv)) : 1.0f;
+  for (int d = tid; d < K; d += kThreads)
+    biasS[d] = p.use_gate && p.dt_bias ? load_f(p.dt_bias, p.dt_bias_dt, static_cast<int64_t>(hv) * K + d) : 0.0f;
+  __syncthreads();
+  struct Two {
+    float4 q, g;
+  };
+  batched<4>(
+      kChunk * k4,
+      [&](int idx) {
+        Two f{zero4(), zero4()};
+        const int i = idx / k4, d = (idx % k4) * 4;
+        if (i < L) {
+          const int64_t t = t0 + i;
+          f.q = load4_f(p, p.q, p.in_dt, (t * p.H + h) * K + d);
+          f.g = load4_f(p, p.g, p.in_dt, (t * p.HV + hv) * K + d);
+        }
+        return f;
+      },
+      [&](int idx, const Two& f) {
+        const int i = idx / k4, d = (idx % k4) * 4, at = i * KP + d;
+        st4(qS + at, f.q);
+        float4 g = f.g;
+        if (p.use_gate && i < L)
+          g = make_float4(applied_gate(p, g.x + biasS[d], rate), applied_gate(p, g.y + biasS[d + 1], rate),
+                          applied_gate(p, g.z + biasS[d + 2], rate), applied_gate(p, g.w + biasS[d + 3], rate));
+        st4(gS + at, g);
+      });
+  __syncthreads();
+  if (p.l2norm) l2norm_rows<kK, 1>({qS}, true, [](int, int, float, const float*) {});
+  gate_cumsum<kK>(gS);  // its barriers also order the normalised q rows before the loop below
+  for (int idx = tid; idx < kChunk * k4; idx += kThreads) {
+    const int at = (idx / k4) * KP + (idx % k4) * 4;
+    const float4 g = *reinterpret_cast<const float4*>(gS + at), q = *reinterpret_cast<const float4*>(qS + at);
+    const float s = p.scale;
+    st4(qS + at, make_float4(s * __expf(g.x) * q.x, s * __expf(g.y) * q.y, s * __expf(g.z) * q.z,
+                             s * __expf(g.w) * q.w));
+  }
+  __syncthreads();  // G read before S overwrites it
   for (int idx = tid; idx < K * e4; idx += kThreads) {
     const int d = idx / e4, e = (idx % e4) * 4;
     cp_async16(hS + d * SP + e, p.hs + ((c * p.HV + hv) * K + d) * p.V + e0 + e, true);
@@ -691,7 +742,7 @@ size_t state_fwd_smem(int K, int BV, int stages) {
   return sizeof(float) * (stages * (2 * kChunk * (K + 4) + kChunk * (BV + 8) + K) + (kChunk + K) * (BV + 8));
 }
 size_t output_fwd_smem(int K) {
-  return sizeof(float) * (kChunk * (K + 4) + K * (kOutCols + 8) + kChunk * kAP + kChunk * (kOutCols + 8));
+  return sizeof(float) * (kChunk * (K + 4) + K * (kOutCols + 8) + kChunk * kAP + kChunk * (kOutCols + 8) + K);
 }
 
 template <class T>
@@ -731,7 +782,6 @@ size_t carve_all(char* base, const Sizes& s, bool backward, KdaDev* dev) {
   p.hs = carve<float>(cursor, s.C * s.HV * s.K * s.V);
   p.kl = carve<float>(cursor, s.tokens * s.HV * s.K);
   p.gl = carve<float>(cursor, s.C * s.HV * s.K);
-  if (!backward) p.qg = carve<float>(cursor, s.tokens * s.HV * s.K);
   if (backward) {
     p.dhs = carve<float>(cursor, s.C * s.HV * s.K * s.V);
     p.dgc = carve<float>(cursor, s.tokens * s.HV * s.K);
@@ -811,8 +861,7 @@ void launch_chunks(KdaDev& p, const TensorView* o, const TensorView* final_state
   if (p.tokens > 0) {
     const size_t smem = chunk_fwd_smem(p.K);
     set_smem_two_per_sm(reinterpret_cast<const void*>(chunk_fwd_kernel<kK, kPrecise>), smem);
-    chunk_fwd_kernel<kK, kPrecise><<<chunk_grid, kThreads, smem, stream>>>(p, o != nullptr && p.qg != nullptr,
-                                                                         for_backward);
+    chunk_fwd_kernel<kK, kPrecise><<<chunk_grid, kThreads, smem, stream>>>(p, for_backward);
     SEQMIX_CUDA_CHECK(cudaGetLastError());
     timer.mark(roofline::Stage::chunk_fwd);
   }
@@ -996,7 +1045,6 @@ void run_forward(const cpu::KdaArgs& a, const TensorView* cu_seqlens, const Tens
     s.out_bytes = size_of(o);  // the backward sets its gradients' size
     s.precise = p.in_dt == kF32 || p.in_dt == kF64;
     s.for_backward = for_backward;
-    s.with_output = o != nullptr;
     s.l2norm = p.l2norm, s.use_gate = p.use_gate, s.beta_sigmoid = p.beta_sigmoid;
     s.dt_bias_bytes = size_of(a.dt_bias), s.A_log_bytes = size_of(a.A_log);
     s.cu_seqlens_bytes = size_of(cu_seqlens);

@@ -58,7 +58,6 @@ struct Shape {
   int do_bytes = 2;           // do (backward)
   bool precise = false;       // 3xTF32 products (f32 / f64 inputs)
   bool for_backward = false;  // the forward pass of a backward call: writes the backward's scratch
-  bool with_output = true;    // o wanted: chunk_fwd writes qg, output_fwd runs
   bool l2norm = false, use_gate = false, beta_sigmoid = false;
   int dt_bias_bytes = 0, A_log_bytes = 0;    // read only with use_gate
   int cu_seqlens_bytes = 0;                  // 4 or 8 with cu_seqlens
@@ -104,8 +103,8 @@ inline Cost chunk_fwd_cost(const Shape& s) {
   // per (token, value head): q, k rows of its q/k head (each of the HV / H value heads reads them), g, v, beta
   const double qk_reads = T * HV * 2 * K * e, qk_unique = T * H * 2 * K * e;
   double other = T * HV * (K + V + 1) * e;
-  // written per (token, value head): Aqk [64], w [K], u [V], kl [K]; qg [K] with o; backward: gc [K], A [64], bp
-  other += T * HV * 4 * (kChunk + K + V + K + (s.with_output ? K : 0) + (s.for_backward ? K + kChunk + 1 : 0));
+  // written per (token, value head): Aqk [64], w [K], u [V], kl [K]; backward: gc [K], A [64], bp
+  other += T * HV * 4 * (kChunk + K + V + K + (s.for_backward ? K + kChunk + 1 : 0));
   // backward, per (token, q/k head) from the first value head of the group: qp, kp [K]; rstd of both with L2 norm
   if (s.for_backward) other += T * H * 4 * (2 * K + (s.l2norm ? 2 : 0));
   other += C * HV * K * 4;  // gl [K] per block
@@ -145,15 +144,18 @@ inline Cost state_fwd_cost(const Shape& s, int value_tile) {
   return c;
 }
 
-// output_fwd_kernel: one block per (chunk, value head, 64 value columns); o = qg hs + Aqk v_new.
+// output_fwd_kernel: one block per (chunk, value head, 64 value columns); o = qg hs + Aqk v_new, qg formed from
+// q and g in the block.
 inline Cost output_fwd_cost(const Shape& s) {
-  const double T = s.tokens, C = s.chunks, HV = s.HV, K = s.K, V = s.V;
+  const double T = s.tokens, C = s.chunks, H = s.H, HV = s.HV, K = s.K, V = s.V, e = s.in_bytes;
   const double tiles = V / kOutCols;
-  const double shared = T * HV * (K + kChunk) * 4;  // qg [K] and Aqk [64] rows, read by every column tile
+  const double gate_params = s.use_gate ? K * s.dt_bias_bytes + s.A_log_bytes : 0.0;  // per block
+  // q [K] (its q/k head's row, read per value head), g [K] and Aqk [64] rows, read by every column tile
+  const double shared = T * HV * (2 * K * e + kChunk * 4), shared_unique = T * (H * K * e + HV * (K * e + kChunk * 4));
   const double other = T * HV * V * 4 + C * HV * K * V * 4 + T * HV * V * s.out_bytes;  // v_new, hs; o
   Cost c;
-  c.bytes = shared * tiles + other;
-  c.unique_bytes = shared + other;
+  c.bytes = shared * tiles + other + C * HV * tiles * gate_params;
+  c.unique_bytes = shared_unique + other + HV * gate_params;
   // per (chunk, tile): qg S (64 x 64 x K) and Aqk v_new over 16-row blocks of lower-triangular Aqk (2560 x 64)
   detail::add_mma(c, s, C * HV * tiles * (kChunk * kOutCols * K + 2560.0 * kOutCols));
   return c;
