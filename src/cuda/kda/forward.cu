@@ -154,6 +154,48 @@ __host__ __device__ constexpr int q_region(int K) {
   return kChunk * (K + 4) > (kChunk + kSub) * kAP ? kChunk * (K + 4) : (kChunk + kSub) * kAP;
 }
 
+// The fused gate's per-head constants: dt_bias [K] into shared memory (0 without it), exp(A_log) returned.
+template <int kK>
+__device__ __forceinline__ float gate_rate_and_bias(const KdaDev& p, int hv, float* biasS) {
+  for (int d = threadIdx.x; d < kK; d += kThreads)
+    biasS[d] = p.use_gate && p.dt_bias ? load_f(p.dt_bias, p.dt_bias_dt, static_cast<int64_t>(hv) * kK + d) : 0.0f;
+  return p.use_gate && p.A_log ? expf(load_f(p.A_log, p.A_log_dt, hv)) : 1.0f;
+}
+
+// The chunk's rows of q (and k) and of the applied gate G into shared [64, K + 4] tiles (vector loads, input
+// dtype); rows >= L are zero. biasS must be visible to every thread (barrier after gate_rate_and_bias).
+template <int kK, bool kWithK>
+__device__ __forceinline__ void load_qkg(const KdaDev& p, int64_t t0, int L, int h, int hv, float rate,
+                                         const float* biasS, float* qS, float* kS, float* gS) {
+  constexpr int KP = kK + 4, k4 = kK / 4;
+  struct Rows {
+    float4 q, k, g;
+  };
+  batched<4>(
+      kChunk * k4,
+      [&](int idx) {
+        Rows f{zero4(), zero4(), zero4()};
+        const int i = idx / k4, d = (idx % k4) * 4;
+        if (i < L) {
+          const int64_t t = t0 + i;
+          f.q = load4_f(p, p.q, p.in_dt, (t * p.H + h) * kK + d);
+          if (kWithK) f.k = load4_f(p, p.k, p.in_dt, (t * p.H + h) * kK + d);
+          f.g = load4_f(p, p.g, p.in_dt, (t * p.HV + hv) * kK + d);
+        }
+        return f;
+      },
+      [&](int idx, const Rows& f) {
+        const int i = idx / k4, d = (idx % k4) * 4, at = i * KP + d;
+        st4(qS + at, f.q);
+        if (kWithK) st4(kS + at, f.k);
+        float4 g = f.g;
+        if (p.use_gate && i < L)
+          g = make_float4(applied_gate(p, g.x + biasS[d], rate), applied_gate(p, g.y + biasS[d + 1], rate),
+                          applied_gate(p, g.z + biasS[d + 2], rate), applied_gate(p, g.w + biasS[d + 3], rate));
+        st4(gS + at, g);
+      });
+}
+
 // L2 norm (FLA eps 1e-6) of the 64 rows [K] (stride K + 4) of each buffer, or with normalize false only the
 // per-row hook: a warp per 8 rows, the row reductions of all buffers interleaved (one at a time they are a chain
 // of shuffle latencies). after(buffer, row, scale, row pointer) runs per warp once the row is scaled.
@@ -246,9 +288,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool f
   float* biasS = bS + kChunk;
 
   // ---- 1. inputs
-  const float rate = p.use_gate && p.A_log ? expf(load_f(p.A_log, p.A_log_dt, hv)) : 1.0f;
-  for (int d = tid; d < K; d += kThreads)
-    biasS[d] = p.use_gate && p.dt_bias ? load_f(p.dt_bias, p.dt_bias_dt, static_cast<int64_t>(hv) * K + d) : 0.0f;
+  const float rate = gate_rate_and_bias<kK>(p, hv, biasS);
   if (tid < kChunk) {
     float b = 0.0f;
     if (tid < L) {
@@ -259,32 +299,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool f
     bS[tid] = b;
   }
   __syncthreads();
-  struct Three {
-    float4 q, k, g;
-  };
-  batched<4>(
-      kChunk * k4,
-      [&](int idx) {
-        Three f{zero4(), zero4(), zero4()};
-        const int i = idx / k4, d = (idx % k4) * 4;
-        if (i < L) {
-          const int64_t t = t0 + i;
-          f.q = load4_f(p, p.q, p.in_dt, (t * p.H + h) * K + d);
-          f.k = load4_f(p, p.k, p.in_dt, (t * p.H + h) * K + d);
-          f.g = load4_f(p, p.g, p.in_dt, (t * p.HV + hv) * K + d);
-        }
-        return f;
-      },
-      [&](int idx, const Three& f) {
-        const int i = idx / k4, d = (idx % k4) * 4, at = i * KP + d;
-        st4(qS + at, f.q);
-        st4(kS + at, f.k);
-        float4 g = f.g;
-        if (p.use_gate && i < L)
-          g = make_float4(applied_gate(p, g.x + biasS[d], rate), applied_gate(p, g.y + biasS[d + 1], rate),
-                          applied_gate(p, g.z + biasS[d + 2], rate), applied_gate(p, g.w + biasS[d + 3], rate));
-        st4(gS + at, g);
-      });
+  load_qkg<kK, true>(p, t0, L, h, hv, rate, biasS, qS, kS, gS);
   __syncthreads();
   // fp32 copies of the normalised q, k for the backward from the first value head of h
   const bool write_qk = for_backward && hv % p.G == 0;
@@ -673,34 +688,9 @@ __global__ void __launch_bounds__(kThreads, 2) output_fwd_kernel(KdaDev p, void*
   }
   cp_async_commit();
   // q and the gate while Aqk and v_new are in flight; rows >= L are zero (G stays at G_last)
-  const float rate = p.use_gate && p.A_log ? expf(load_f(p.A_log, p.A_log_dt, hv)) : 1.0f;
-  for (int d = tid; d < K; d += kThreads)
-    biasS[d] = p.use_gate && p.dt_bias ? load_f(p.dt_bias, p.dt_bias_dt, static_cast<int64_t>(hv) * K + d) : 0.0f;
+  const float rate = gate_rate_and_bias<kK>(p, hv, biasS);
   __syncthreads();
-  struct Two {
-    float4 q, g;
-  };
-  batched<4>(
-      kChunk * k4,
-      [&](int idx) {
-        Two f{zero4(), zero4()};
-        const int i = idx / k4, d = (idx % k4) * 4;
-        if (i < L) {
-          const int64_t t = t0 + i;
-          f.q = load4_f(p, p.q, p.in_dt, (t * p.H + h) * K + d);
-          f.g = load4_f(p, p.g, p.in_dt, (t * p.HV + hv) * K + d);
-        }
-        return f;
-      },
-      [&](int idx, const Two& f) {
-        const int i = idx / k4, d = (idx % k4) * 4, at = i * KP + d;
-        st4(qS + at, f.q);
-        float4 g = f.g;
-        if (p.use_gate && i < L)
-          g = make_float4(applied_gate(p, g.x + biasS[d], rate), applied_gate(p, g.y + biasS[d + 1], rate),
-                          applied_gate(p, g.z + biasS[d + 2], rate), applied_gate(p, g.w + biasS[d + 3], rate));
-        st4(gS + at, g);
-      });
+  load_qkg<kK, false>(p, t0, L, h, hv, rate, biasS, qS, nullptr, gS);
   __syncthreads();
   if (p.l2norm) l2norm_rows<kK, 1>({qS}, true, [](int, int, float, const float*) {});
   gate_cumsum<kK>(gS);  // its barriers also order the normalised q rows before the loop below
@@ -708,8 +698,8 @@ __global__ void __launch_bounds__(kThreads, 2) output_fwd_kernel(KdaDev p, void*
     const int at = (idx / k4) * KP + (idx % k4) * 4;
     const float4 g = *reinterpret_cast<const float4*>(gS + at), q = *reinterpret_cast<const float4*>(qS + at);
     const float s = p.scale;
-    st4(qS + at, make_float4(s * __expf(g.x) * q.x, s * __expf(g.y) * q.y, s * __expf(g.z) * q.z,
-                             s * __expf(g.w) * q.w));
+    st4(qS + at,
+        make_float4(s * __expf(g.x) * q.x, s * __expf(g.y) * q.y, s * __expf(g.z) * q.z, s * __expf(g.w) * q.w));
   }
   __syncthreads();  // G read before S overwrites it
   for (int idx = tid; idx < K * e4; idx += kThreads) {
