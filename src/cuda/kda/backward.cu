@@ -375,8 +375,6 @@ __global__ void __launch_bounds__(kWyThreads, 1)
     prefetch_rows(p.gc + row_at(0) * K, L, p.HV * K * fs, K * fs, kWyThreads);
     prefetch_rows(p.kp + k_at(0, 0), L, p.H * K * fs, K * fs, kWyThreads);
   }
-  for (int d = tid; d < K; d += kWyThreads) glS[d] = p.gc[row_at(L - 1) * K + d];
-  for (int i = tid; i < kChunk; i += kWyThreads) bS[i] = i < L ? p.bp[row_at(i)] : 0.0f;
   // dS' and v_new by cp.async (one group, awaited now), then A (its own group, awaited before the A^T dw
   // step: its load overlaps the first products).
   cp_async_rows<kWyThreads>(sS, KP, p.dhs + state_off, V, K, K, V);
@@ -384,8 +382,15 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   cp_async_commit();
   cp_async_rows<kWyThreads>(sA, AP, p.A + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L, kChunk);
   cp_async_commit();
-  // do (first read by the dq_state step; sX is unused until then) while the copies are in flight
-  load_rows_dt<kWyThreads>(sX, KP, d_out, d_out_dt, static_cast<int64_t>(p.HV) * V, row_at(0) * V, L, V);
+  // G_last, beta and do (all of a thread's loads in flight together, one round trip) while the copies are
+  // in flight; sX is unused until the first products.
+  static_assert(K <= kWyThreads && kChunk <= kWyThreads, "one G_last / beta entry per thread");
+  const float gl_own = tid < K ? p.gc[row_at(L - 1) * K + tid] : 0.0f;
+  const float b_own = tid < L ? p.bp[row_at(tid)] : 0.0f;
+  load_rows_dt<kWyThreads, kChunk * V / kWyThreads>(sX, KP, d_out, d_out_dt, static_cast<int64_t>(p.HV) * V,
+                                                    row_at(0) * V, L, V);
+  if (tid < K) glS[tid] = gl_own;
+  if (tid < kChunk) bS[tid] = b_own;
   cp_async_wait<1>();
   __syncthreads();
 
@@ -395,10 +400,11 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   // loaded before each product so that their latency overlaps it.
   const int kc = (warp % ct) * 8, kr = (warp / ct) * 16, kstep = (kWarps / ct) * 16, kcount = ct / 4;
   const int sc = (warp % 8) * 8, sr = (warp / 8) * 16;
-  float dk_keep[kWyTilesMax][4], dg_keep[kWyTilesMax][4];
+  // dk_keep: dk_state; k_keep: k (both read again by the A^T dw step, dG = k (beta exp(G) T2 - dk_state)).
+  float dk_keep[kWyTilesMax][4], k_keep[kWyTilesMax][4];
   // dk_state = exp(G_last - G) (v_new dS'^T); dG = -k dk_state; sO = k dk_state for the dG_last sum.
   {
-    float gv[kWyTilesMax][4], kv[kWyTilesMax][4], acc[kWyTilesMax][4];
+    float gv[kWyTilesMax][4], acc[kWyTilesMax][4];
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
@@ -407,7 +413,7 @@ __global__ void __launch_bounds__(kWyThreads, 1)
         const bool in = m < kcount && i < L;
         const float2 g2 = in ? ld2(p.gc + row_at(i) * K + d) : make_float2(0.0f, 0.0f);
         const float2 k2 = in ? ld2(p.kp + k_at(i, d)) : make_float2(0.0f, 0.0f);
-        gv[m][r] = g2.x, gv[m][r + 1] = g2.y, kv[m][r] = k2.x, kv[m][r + 1] = k2.y;
+        gv[m][r] = g2.x, gv[m][r + 1] = g2.y, k_keep[m][r] = k2.x, k_keep[m][r + 1] = k2.y;
       }
     zero_tiles<kWyTilesMax>(acc);
     warp_gemm_rows_abt<kWyTilesMax, kPrecise>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
@@ -418,8 +424,7 @@ __global__ void __launch_bounds__(kWyThreads, 1)
         const int i = kr + m * kstep + frag_row(r), d = kc + frag_col(r);
         const float x = i < L ? __expf(glS[d] - gv[m][r]) * acc[m][r] : 0.0f;
         dk_keep[m][r] = x;
-        dg_keep[m][r] = -kv[m][r] * x;
-        if (m < kcount) sO[i * KP + d] = kv[m][r] * x;
+        if (m < kcount) sO[i * KP + d] = k_keep[m][r] * x;
       }
   }
   __syncthreads();
@@ -427,26 +432,23 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   // with S (no thread touches another's), so dS' is not fetched a second time. The V / 4 float4 of a row
   // span 32 or 16 consecutive lanes, reduced by shuffles in a fixed order.
   {
-    constexpr int c4 = V / 4, n = K * c4;
-    for (int base = tid; base < n; base += kWyThreads * 4) {
-      float4 s4[4], d4[4];
+    constexpr int c4 = V / 4, n = K * c4, U = (n + kWyThreads - 1) / kWyThreads;  // all of S in one round trip
+    float4 s4[U];
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int idx = base + u * kWyThreads;
-        if (idx < n) {
-          s4[u] = ldg4(p.hs + state_off + 4 * static_cast<int64_t>(idx));
-          d4[u] = *reinterpret_cast<const float4*>(sS + (idx / c4) * KP + (idx % c4) * 4);
-        }
-      }
+    for (int u = 0; u < U; ++u) {
+      const int idx = tid + u * kWyThreads;
+      if (idx < n) s4[u] = ldg4(p.hs + state_off + 4 * static_cast<int64_t>(idx));
+    }
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int idx = base + u * kWyThreads;
-        if (idx < n) {  // uniform per warp (n is a multiple of 32)
-          st4(sS + (idx / c4) * KP + (idx % c4) * 4, s4[u]);
-          float s = s4[u].x * d4[u].x + s4[u].y * d4[u].y + s4[u].z * d4[u].z + s4[u].w * d4[u].w;
-          for (int o = c4 / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-          if (lane % c4 == 0) sdS[idx / c4] = s;
-        }
+    for (int u = 0; u < U; ++u) {
+      const int idx = tid + u * kWyThreads;
+      if (idx < n) {  // uniform per warp (n is a multiple of 32)
+        float* at = sS + (idx / c4) * KP + (idx % c4) * 4;
+        const float4 d4 = *reinterpret_cast<const float4*>(at);
+        st4(at, s4[u]);
+        float s = s4[u].x * d4.x + s4[u].y * d4.y + s4[u].z * d4.z + s4[u].w * d4.w;
+        for (int o = c4 / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane % c4 == 0) sdS[idx / c4] = s;
       }
     }
   }
@@ -514,15 +516,20 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   __syncthreads();
   // T2 = A^T dw: dk += beta exp(G) T2, dG += k beta exp(G) T2, dbeta += T2 . (exp(G) k);
   // T3 = A^T dv_new: dv = beta T3, dbeta += T3 . v   (V == K: the same tiles)
+  // G and v are loaded before the products (their latency overlaps them): loaded after the first global
+  // store below they would wait one round trip per entry, as the stores may alias them; k is k_keep.
   {
-    float gv[kWyTilesMax][4], t2[kWyTilesMax][4], t3[kWyTilesMax][4];
+    float gv[kWyTilesMax][4], vv[kWyTilesMax][4], t2[kWyTilesMax][4], t3[kWyTilesMax][4];
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
       for (int r = 0; r < 4; r += 2) {
         const int j = kr + m * kstep + frag_row(r), d = kc + frag_col(r);
-        const float2 g2 = m < kcount && j < L ? ld2(p.gc + row_at(j) * K + d) : make_float2(0.0f, 0.0f);
+        const bool in = m < kcount && j < L;
+        const float2 g2 = in ? ld2(p.gc + row_at(j) * K + d) : make_float2(0.0f, 0.0f);
         gv[m][r] = g2.x, gv[m][r + 1] = g2.y;
+        vv[m][r] = in ? load_f(p.v, p.in_dt, row_at(j) * V + d) : 0.0f;
+        vv[m][r + 1] = in ? load_f(p.v, p.in_dt, row_at(j) * V + d + 1) : 0.0f;
       }
     zero_tiles<kWyTilesMax>(t2);
     zero_tiles<kWyTilesMax>(t3);
@@ -534,15 +541,21 @@ __global__ void __launch_bounds__(kWyThreads, 1)
       const int r0 = kr + m * kstep;
       float db[2] = {0.0f, 0.0f};
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
+      for (int r = 0; r < 4; r += 2) {
         const int j = r0 + frag_row(r), d = kc + frag_col(r);
         if (j < L) {
           const int64_t at = row_at(j) * K + d;
-          const float eg = __expf(gv[m][r]), dkb = bS[j] * eg * t2[m][r], kd = p.kp[k_at(j, d)];
-          p.dk_hv[at] = dk_keep[m][r] + dkb;
-          p.dgc[at] = dg_keep[m][r] + kd * dkb;
-          store_f(dv, dv_dt, row_at(j) * V + d, bS[j] * t3[m][r]);
-          db[r / 2] += t2[m][r] * eg * kd + t3[m][r] * load_f(p.v, p.in_dt, row_at(j) * V + d);
+          float dk2[2], dg2[2];
+#pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const float eg = __expf(gv[m][r + u]), dkb = bS[j] * eg * t2[m][r + u], kd = k_keep[m][r + u];
+            dk2[u] = dk_keep[m][r + u] + dkb;
+            dg2[u] = __fmaf_rn(kd, dkb, -kd * dk_keep[m][r + u]);
+            store_f(dv, dv_dt, row_at(j) * V + d + u, bS[j] * t3[m][r + u]);
+            db[r / 2] += t2[m][r + u] * eg * kd + t3[m][r + u] * vv[m][r + u];
+          }
+          st2(p.dk_hv + at, dk2[0], dk2[1]);
+          st2(p.dgc + at, dg2[0], dg2[1]);
         }
       }
 #pragma unroll
