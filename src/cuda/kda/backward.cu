@@ -37,14 +37,22 @@ namespace {
 
 // count (<= MT) warp tiles stacked in rows, tile m at a + m * a_step, sharing the B fragment of each
 // k step: up to MT independent MMA chains per fragment load (one tile per call is latency-bound).
-// Layout as in warp_gemm; precision as in mma_f32.
-template <int MT, bool kPrecise>
+// Layout as in warp_gemm; precision as in mma_f32. NB = 2 (one-pass TF32 only; with 3xTF32 the shared
+// split fragments spill): also c2 += A B2 (b2 with b's strides), each A fragment loaded once for both (its
+// conversions are the same instructions on the same values). Every accumulator sees the same MMA sequence as
+// in a call of its own, so the results are the same.
+template <int MT, bool kPrecise, int NB = 1>
 __device__ __forceinline__ void warp_gemm_rows(float c[MT][4], int count, const float* a, int a_rs, int a_cs,
-                                               int a_step, const float* b, int b_rs, int b_cs, int kdim) {
+                                               int a_step, const float* b, int b_rs, int b_cs, int kdim,
+                                               float c2[MT][4] = nullptr, const float* b2 = nullptr) {
+  static_assert(NB == 1 || (NB == 2 && !kPrecise), "one B operand, or two with one-pass TF32");
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll 2
   for (int k0 = 0; k0 < kdim; k0 += 8) {
-    const float bf[2] = {b[(k0 + t) * b_rs + g * b_cs], b[(k0 + t + 4) * b_rs + g * b_cs]};
+    const int b0 = (k0 + t) * b_rs + g * b_cs, b1 = (k0 + t + 4) * b_rs + g * b_cs;
+    const float bf[2] = {b[b0], b[b1]};
+    float bf2[2];
+    if constexpr (NB == 2) bf2[0] = b2[b0], bf2[1] = b2[b1];
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       if (m < count) {
@@ -52,6 +60,7 @@ __device__ __forceinline__ void warp_gemm_rows(float c[MT][4], int count, const 
         const float af[4] = {am[g * a_rs + (k0 + t) * a_cs], am[(g + 8) * a_rs + (k0 + t) * a_cs],
                              am[g * a_rs + (k0 + t + 4) * a_cs], am[(g + 8) * a_rs + (k0 + t + 4) * a_cs]};
         mma_f32<kPrecise>(c[m], af, bf);
+        if constexpr (NB == 2) mma_f32<kPrecise>(c2[m], af, bf2);
       }
     }
   }
@@ -333,10 +342,11 @@ __device__ __forceinline__ void load_rows_dt(float* dst, int dst_rs, const void*
 // the same tile -> warp map, so a thread re-reads in a later step exactly the dq / dk / dG entries it
 // wrote earlier (no barrier needed for those read-modify-writes). Shared (KP = K + 4, AP = 68):
 //   sS [max(K, 128), KP]: dS', then S, then Kb = exp(G) k (rows 0..63) and v (rows 64..127)
-//   sX [64, KP]: do, then dv_new;  sY [64, KP]: v_new;  sO [64, KP]: k * dk_state, then dw, then dA A^T
+//   sX [64, KP]: do;  sY [64, KP]: v_new, then dv_new;  sO [64, KP]: k * dk_state, then dw, then dA A^T
 //   sA, sP [64, 68]: A, dA;  G_last, sum_e S dS' [K]; beta [64]; dbeta partials [64, K / 8]
-// Steps: dk_state = exp(G_last - G) (v_new dS'^T), dG_last; dq_state = scale exp(G) (do S^T), dAqk =
-// scale tril(do v_new^T); dw = -dv_new S^T; A^T dw -> dk, dG, dbeta; A^T dv_new -> dv, dbeta;
+// Steps: dk_state = exp(G_last - G) (v_new dS'^T), dAqk = scale tril(do v_new^T) (v_new's last reads, so
+// that dv_new's load into sY overlaps the next steps); S, dG_last; dq_state = scale exp(G) (do S^T);
+// dw = -dv_new S^T; A^T dw -> dk, dG, dbeta; A^T dv_new -> dv, dbeta;
 // dA = (dw Kb^T + dv_new v^T) diag(beta) (strictly lower); dM = -A^T dA A^T.
 // Writes dq_hv, dk_hv, dgc (per-token dG, before the in-chunk reverse cumsum), dbp, dAqk, dM, dg_last.
 // kK = K = V: every stride, tile count and index division of the kernel is a compile-time constant (with a
@@ -427,6 +437,21 @@ __global__ void __launch_bounds__(kWyThreads, 1)
         if (m < kcount) sO[i * KP + d] = k_keep[m][r] * x;
       }
   }
+  // dAqk = scale tril(do v_new^T)   (64 x 64: 32 warp tiles)
+  {
+    float acc[2][4];
+    zero_tiles<2>(acc);
+    warp_gemm_rows_abt<2, kPrecise>(acc, 2, sX + sr * KP, KP, 32 * KP, sY + sc * KP, KP, V);
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+      for (int r = 0; r < 4; r += 2) {
+        const int i = sr + 32 * m + frag_row(r), j = sc + frag_col(r);
+        if (i < L)
+          st2(p.dAqk + row_at(i) * kChunk + j, j <= i ? p.scale * acc[m][r] : 0.0f,
+              j + 1 <= i ? p.scale * acc[m][r + 1] : 0.0f);
+      }
+  }
   __syncthreads();
   // S -> sS with sum_e S dS' per key channel: each thread reads the dS' float4 it is about to overwrite
   // with S (no thread touches another's), so dS' is not fetched a second time. The V / 4 float4 of a row
@@ -452,6 +477,11 @@ __global__ void __launch_bounds__(kWyThreads, 1)
       }
     }
   }
+  // dv_new -> sY by cp.async (v_new's last readers, dk_state and dAqk, are behind the barrier before the
+  // S step); its load overlaps the dG_last and dq_state steps and is awaited before the dw step.
+  cp_async_rows<kWyThreads>(sY, KP, p.dvn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, kChunk, L, V);
+  cp_async_commit();
+  for (int idx = tid; idx < kChunk * ct; idx += kWyThreads) red[idx] = 0.0f;
   __syncthreads();
   // dG_last = exp(G_last) sum_e S dS' + sum_i k_i dk_state_i
   for (int d = tid; d < K; d += kWyThreads) {
@@ -482,31 +512,13 @@ __global__ void __launch_bounds__(kWyThreads, 1)
               p.scale * __expf(gv[m][r + 1]) * acc[m][r + 1]);
       }
   }
-  // dAqk = scale tril(do v_new^T)   (64 x 64: 32 warp tiles)
-  {
-    float acc[2][4];
-    zero_tiles<2>(acc);
-    warp_gemm_rows_abt<2, kPrecise>(acc, 2, sX + sr * KP, KP, 32 * KP, sY + sc * KP, KP, V);
-#pragma unroll
-    for (int m = 0; m < 2; ++m)
-#pragma unroll
-      for (int r = 0; r < 4; r += 2) {
-        const int i = sr + 32 * m + frag_row(r), j = sc + frag_col(r);
-        if (i < L)
-          st2(p.dAqk + row_at(i) * kChunk + j, j <= i ? p.scale * acc[m][r] : 0.0f,
-              j + 1 <= i ? p.scale * acc[m][r + 1] : 0.0f);
-      }
-  }
-  __syncthreads();
-  cp_async_rows<kWyThreads>(sX, KP, p.dvn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, kChunk, L, V);
-  cp_async_wait_all();
-  for (int idx = tid; idx < kChunk * ct; idx += kWyThreads) red[idx] = 0.0f;
+  cp_async_wait_all();  // A and dv_new
   __syncthreads();
   // dw = -dv_new S^T -> sO
   {
     float acc[kWyTilesMax][4];
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows_abt<kWyTilesMax, kPrecise>(acc, kcount, sX + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
+    warp_gemm_rows_abt<kWyTilesMax, kPrecise>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
       if (m < kcount)
@@ -533,8 +545,12 @@ __global__ void __launch_bounds__(kWyThreads, 1)
       }
     zero_tiles<kWyTilesMax>(t2);
     zero_tiles<kWyTilesMax>(t3);
-    warp_gemm_rows<kWyTilesMax, kPrecise>(t2, kcount, sA + kr, 1, AP, kstep, sO + kc, KP, 1, kChunk);
-    warp_gemm_rows<kWyTilesMax, kPrecise>(t3, kcount, sA + kr, 1, AP, kstep, sX + kc, KP, 1, kChunk);
+    if constexpr (kPrecise) {  // 3xTF32: sharing the split A fragments would cost registers (spills)
+      warp_gemm_rows<kWyTilesMax, kPrecise>(t2, kcount, sA + kr, 1, AP, kstep, sO + kc, KP, 1, kChunk);
+      warp_gemm_rows<kWyTilesMax, kPrecise>(t3, kcount, sA + kr, 1, AP, kstep, sY + kc, KP, 1, kChunk);
+    } else {
+      warp_gemm_rows<kWyTilesMax, kPrecise, 2>(t2, kcount, sA + kr, 1, AP, kstep, sO + kc, KP, 1, kChunk, t3, sY + kc);
+    }
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m) {
       if (m >= kcount) break;
@@ -603,7 +619,7 @@ __global__ void __launch_bounds__(kWyThreads, 1)
     float acc[2][4];
     zero_tiles<2>(acc);
     warp_gemm_rows_abt<2, kPrecise>(acc, 2, sO + sr * KP, KP, 32 * KP, sS + sc * KP, KP, K);
-    warp_gemm_rows_abt<2, kPrecise>(acc, 2, sX + sr * KP, KP, 32 * KP, sS + (kChunk + sc) * KP, KP, V);
+    warp_gemm_rows_abt<2, kPrecise>(acc, 2, sY + sr * KP, KP, 32 * KP, sS + (kChunk + sc) * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
