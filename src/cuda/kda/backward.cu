@@ -34,14 +34,50 @@ namespace {
 // pass with round-to-nearest operands: relative error ~2^-11 per operand, below the 2^-9 of the bf16
 // inputs and outputs themselves (FLA runs these products on bf16 operands), at a third of the MMAs
 // and a third of the conversion work per fragment. The step itself: mma_f32<kPrecise> (common.cuh).
+//
+// One-pass operands can be stored in shared memory already converted (tf32_operand = to_tf32's bits, by the
+// thread that writes them); a product whose A / B operand is stored so (kAReady / kBReady) passes those bits
+// to the MMA unconverted: the MMA sees the same bits as when it converts the fp32 value itself, but the
+// conversion (two instructions on sm_90: to_tf32 adds half a TF32 ulp and leaves the low bits, which the MMA
+// ignores) is done once per element instead of once per fragment load. Converting twice would add the half
+// ulp twice, so a converted buffer must be read with its Ready flag set, and only by products.
+template <bool kPrecise>
+__device__ __forceinline__ float tf32_operand(float x) {
+  if constexpr (kPrecise) {
+    return x;
+  } else {
+    return __uint_as_float(to_tf32(x));
+  }
+}
+
+template <bool kPrecise>
+__device__ __forceinline__ float4 tf32_operand(float4 v) {
+  return make_float4(tf32_operand<kPrecise>(v.x), tf32_operand<kPrecise>(v.y), tf32_operand<kPrecise>(v.z),
+                     tf32_operand<kPrecise>(v.w));
+}
+
+// mma_f32<kPrecise>, skipping the conversion of operands stored by tf32_operand (one-pass only).
+template <bool kPrecise, bool kAReady, bool kBReady>
+__device__ __forceinline__ void mma_step(float c[4], const float a[4], const float b[2]) {
+  if constexpr (kPrecise || (!kAReady && !kBReady)) {
+    mma_f32<kPrecise>(c, a, b);
+  } else {
+    uint32_t ar[4], br[2];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) ar[r] = kAReady ? __float_as_uint(a[r]) : to_tf32(a[r]);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) br[r] = kBReady ? __float_as_uint(b[r]) : to_tf32(b[r]);
+    mma_tf32(c, ar, br);
+  }
+}
 
 // count (<= MT) warp tiles stacked in rows, tile m at a + m * a_step, sharing the B fragment of each
 // k step: up to MT independent MMA chains per fragment load (one tile per call is latency-bound).
 // Layout as in warp_gemm; precision as in mma_f32. NB = 2 (one-pass TF32 only; with 3xTF32 the shared
 // split fragments spill): also c2 += A B2 (b2 with b's strides), each A fragment loaded once for both (its
 // conversions are the same instructions on the same values). Every accumulator sees the same MMA sequence as
-// in a call of its own, so the results are the same.
-template <int MT, bool kPrecise, int NB = 1>
+// in a call of its own, so the results are the same. kAReady / kBReady: as in mma_step (b2 as b).
+template <int MT, bool kPrecise, int NB = 1, bool kAReady = false, bool kBReady = false>
 __device__ __forceinline__ void warp_gemm_rows(float c[MT][4], int count, const float* a, int a_rs, int a_cs,
                                                int a_step, const float* b, int b_rs, int b_cs, int kdim,
                                                float c2[MT][4] = nullptr, const float* b2 = nullptr) {
@@ -59,8 +95,8 @@ __device__ __forceinline__ void warp_gemm_rows(float c[MT][4], int count, const 
         const float* am = a + m * a_step;
         const float af[4] = {am[g * a_rs + (k0 + t) * a_cs], am[(g + 8) * a_rs + (k0 + t) * a_cs],
                              am[g * a_rs + (k0 + t + 4) * a_cs], am[(g + 8) * a_rs + (k0 + t + 4) * a_cs]};
-        mma_f32<kPrecise>(c[m], af, bf);
-        if constexpr (NB == 2) mma_f32<kPrecise>(c2[m], af, bf2);
+        mma_step<kPrecise, kAReady, kBReady>(c[m], af, bf);
+        if constexpr (NB == 2) mma_step<kPrecise, kAReady, kBReady>(c2[m], af, bf2);
       }
     }
   }
@@ -85,7 +121,7 @@ __device__ __forceinline__ void ldmatrix_x2(uint32_t r[2], const float* ptr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
 }
 
-template <int MT, bool kPrecise>
+template <int MT, bool kPrecise, bool kAReady = false, bool kBReady = false>
 __device__ __forceinline__ void warp_gemm_rows_abt(float c[MT][4], int count, const float* a, int a_rs, int a_step,
                                                    const float* b, int b_rs, int kdim) {
   // Lanes 8q .. 8q + 7 address the rows of matrix q: A's matrices are (rows 0-7, cols k0), (rows 8-15,
@@ -105,7 +141,7 @@ __device__ __forceinline__ void warp_gemm_rows_abt(float c[MT][4], int count, co
         ldmatrix_x4(araw, a_lane + m * a_step + k0);
         const float af[4] = {__uint_as_float(araw[0]), __uint_as_float(araw[1]), __uint_as_float(araw[2]),
                              __uint_as_float(araw[3])};
-        mma_f32<kPrecise>(c[m], af, bf);
+        mma_step<kPrecise, kAReady, kBReady>(c[m], af, bf);
       }
     }
   }
@@ -150,6 +186,20 @@ __device__ __forceinline__ void cp_async_rows(float* dst, int dst_rs, const floa
       cp_async16(dst + i * dst_rs + d, src + i * src_rs + d);
     else
       st4(dst + i * dst_rs + d, zero4());
+  }
+}
+
+// tf32_operand in place on the entries of a cp_async_rows call with the same NT, dst, dst_rs, rows and cols:
+// the same idx -> thread map, so each thread rounds only entries it wrote itself, visible to it once its
+// cp_async_wait has returned (other threads read them after the next __syncthreads). No-op for kPrecise.
+template <int NT, bool kPrecise>
+__device__ __forceinline__ void tf32_round_rows(float* dst, int dst_rs, int rows, int cols) {
+  if constexpr (!kPrecise) {
+    const int c4 = cols / 4;
+    for (int idx = threadIdx.x; idx < rows * c4; idx += NT) {
+      float* at = dst + (idx / c4) * dst_rs + (idx % c4) * 4;
+      st4(at, tf32_operand<false>(*reinterpret_cast<const float4*>(at)));
+    }
   }
 }
 
@@ -318,8 +368,8 @@ static_assert(roofline::kPairSlice == kSlice && roofline::kPairThreads == kPairT
               "roofline.h models these tiles");
 
 // Rows [0, 64) x `cols` of a [tokens, HV, V] input of any dtype (do, v) into a shared fp32 tile of row
-// stride dst_rs; rows >= rows_valid zero. U loads in flight per thread.
-template <int NT, int U = 8>
+// stride dst_rs; rows >= rows_valid zero. U loads in flight per thread; stored through tf32_operand<kPrecise>.
+template <int NT, int U, bool kPrecise>
 __device__ __forceinline__ void load_rows_dt(float* dst, int dst_rs, const void* src, int dt, int64_t src_rs,
                                              int64_t offset, int rows_valid, int cols) {
   const int n = kChunk * cols;
@@ -333,7 +383,7 @@ __device__ __forceinline__ void load_rows_dt(float* dst, int dst_rs, const void*
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int idx = base + u * NT;
-      if (idx < n) dst[(idx / cols) * dst_rs + idx % cols] = v[u];
+      if (idx < n) dst[(idx / cols) * dst_rs + idx % cols] = tf32_operand<kPrecise>(v[u]);
     }
   }
 }
@@ -344,6 +394,8 @@ __device__ __forceinline__ void load_rows_dt(float* dst, int dst_rs, const void*
 //   sS [max(K, 128), KP]: dS', then S, then Kb = exp(G) k (rows 0..63) and v (rows 64..127)
 //   sX [64, KP]: do;  sY [64, KP]: v_new, then dv_new;  sO [64, KP]: k * dk_state, then dw, then dA A^T
 //   sA, sP [64, 68]: A, dA;  G_last, sum_e S dS' [K]; beta [64]; dbeta partials [64, K / 8]
+// One-pass TF32 (bf16 / f16 inputs): every tile above that only products read is stored converted
+// (tf32_operand); dS' and k * dk_state, which are also summed in fp32, stay exact.
 // Steps: dk_state = exp(G_last - G) (v_new dS'^T), dAqk = scale tril(do v_new^T) (v_new's last reads, so
 // that dv_new's load into sY overlaps the next steps); S, dG_last; dq_state = scale exp(G) (do S^T);
 // dw = -dv_new S^T; A^T dw -> dk, dG, dbeta; A^T dv_new -> dv, dbeta;
@@ -397,11 +449,12 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   static_assert(K <= kWyThreads && kChunk <= kWyThreads, "one G_last / beta entry per thread");
   const float gl_own = tid < K ? p.gc[row_at(L - 1) * K + tid] : 0.0f;
   const float b_own = tid < L ? p.bp[row_at(tid)] : 0.0f;
-  load_rows_dt<kWyThreads, kChunk * V / kWyThreads>(sX, KP, d_out, d_out_dt, static_cast<int64_t>(p.HV) * V,
-                                                    row_at(0) * V, L, V);
+  load_rows_dt<kWyThreads, kChunk * V / kWyThreads, kPrecise>(sX, KP, d_out, d_out_dt, static_cast<int64_t>(p.HV) * V,
+                                                              row_at(0) * V, L, V);
   if (tid < K) glS[tid] = gl_own;
   if (tid < kChunk) bS[tid] = b_own;
   cp_async_wait<1>();
+  tf32_round_rows<kWyThreads, kPrecise>(sY, KP, kChunk, V);  // v_new: MMA operand only; dS' stays exact
   __syncthreads();
 
   // Warp w owns tiles w + 16 m of every [64, K] product (m < ct / 4: columns kc, rows kr + m * kstep)
@@ -426,7 +479,8 @@ __global__ void __launch_bounds__(kWyThreads, 1)
         gv[m][r] = g2.x, gv[m][r + 1] = g2.y, k_keep[m][r] = k2.x, k_keep[m][r + 1] = k2.y;
       }
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows_abt<kWyTilesMax, kPrecise>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
+    warp_gemm_rows_abt<kWyTilesMax, kPrecise, true, false>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP,
+                                                           V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
@@ -441,7 +495,7 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows_abt<2, kPrecise>(acc, 2, sX + sr * KP, KP, 32 * KP, sY + sc * KP, KP, V);
+    warp_gemm_rows_abt<2, kPrecise, true, true>(acc, 2, sX + sr * KP, KP, 32 * KP, sY + sc * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
@@ -470,7 +524,7 @@ __global__ void __launch_bounds__(kWyThreads, 1)
       if (idx < n) {  // uniform per warp (n is a multiple of 32)
         float* at = sS + (idx / c4) * KP + (idx % c4) * 4;
         const float4 d4 = *reinterpret_cast<const float4*>(at);
-        st4(at, s4[u]);
+        st4(at, tf32_operand<kPrecise>(s4[u]));  // the sum below takes the exact S
         float s = s4[u].x * d4.x + s4[u].y * d4.y + s4[u].z * d4.z + s4[u].w * d4.w;
         for (int o = c4 / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
         if (lane % c4 == 0) sdS[idx / c4] = s;
@@ -501,7 +555,8 @@ __global__ void __launch_bounds__(kWyThreads, 1)
         gv[m][r] = g2.x, gv[m][r + 1] = g2.y;
       }
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows_abt<kWyTilesMax, kPrecise>(acc, kcount, sX + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
+    warp_gemm_rows_abt<kWyTilesMax, kPrecise, true, true>(acc, kcount, sX + kr * KP, KP, kstep * KP, sS + kc * KP, KP,
+                                                          V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
@@ -513,17 +568,21 @@ __global__ void __launch_bounds__(kWyThreads, 1)
       }
   }
   cp_async_wait_all();  // A and dv_new
+  tf32_round_rows<kWyThreads, kPrecise>(sA, AP, kChunk, kChunk);
+  tf32_round_rows<kWyThreads, kPrecise>(sY, KP, kChunk, V);
   __syncthreads();
   // dw = -dv_new S^T -> sO
   {
     float acc[kWyTilesMax][4];
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows_abt<kWyTilesMax, kPrecise>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
+    warp_gemm_rows_abt<kWyTilesMax, kPrecise, true, true>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP,
+                                                          V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
       if (m < kcount)
 #pragma unroll
-        for (int r = 0; r < 4; ++r) sO[(kr + m * kstep + frag_row(r)) * KP + kc + frag_col(r)] = -acc[m][r];
+        for (int r = 0; r < 4; ++r)
+          sO[(kr + m * kstep + frag_row(r)) * KP + kc + frag_col(r)] = tf32_operand<kPrecise>(-acc[m][r]);
   }
   __syncthreads();
   // T2 = A^T dw: dk += beta exp(G) T2, dG += k beta exp(G) T2, dbeta += T2 . (exp(G) k);
@@ -549,7 +608,8 @@ __global__ void __launch_bounds__(kWyThreads, 1)
       warp_gemm_rows<kWyTilesMax, kPrecise>(t2, kcount, sA + kr, 1, AP, kstep, sO + kc, KP, 1, kChunk);
       warp_gemm_rows<kWyTilesMax, kPrecise>(t3, kcount, sA + kr, 1, AP, kstep, sY + kc, KP, 1, kChunk);
     } else {
-      warp_gemm_rows<kWyTilesMax, kPrecise, 2>(t2, kcount, sA + kr, 1, AP, kstep, sO + kc, KP, 1, kChunk, t3, sY + kc);
+      warp_gemm_rows<kWyTilesMax, kPrecise, 2, true, true>(t2, kcount, sA + kr, 1, AP, kstep, sO + kc, KP, 1, kChunk,
+                                                           t3, sY + kc);
     }
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m) {
@@ -602,12 +662,13 @@ __global__ void __launch_bounds__(kWyThreads, 1)
         const int idx = base + u * kWyThreads;
         if (idx < n)
           st4(sS + (idx / c4) * KP + (idx % c4) * 4,
-              make_float4(__expf(g4[u].x) * k4[u].x, __expf(g4[u].y) * k4[u].y, __expf(g4[u].z) * k4[u].z,
-                          __expf(g4[u].w) * k4[u].w));
+              tf32_operand<kPrecise>(make_float4(__expf(g4[u].x) * k4[u].x, __expf(g4[u].y) * k4[u].y,
+                                                 __expf(g4[u].z) * k4[u].z, __expf(g4[u].w) * k4[u].w)));
       }
     }
   }
-  load_rows_dt<kWyThreads>(sS + kChunk * KP, KP, p.v, p.in_dt, static_cast<int64_t>(p.HV) * V, row_at(0) * V, L, V);
+  load_rows_dt<kWyThreads, kChunk * V / kWyThreads, kPrecise>(sS + kChunk * KP, KP, p.v, p.in_dt,
+                                                              static_cast<int64_t>(p.HV) * V, row_at(0) * V, L, V);
   __syncthreads();
   if (tid < L) {
     float s = 0.0f;
@@ -618,14 +679,14 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows_abt<2, kPrecise>(acc, 2, sO + sr * KP, KP, 32 * KP, sS + sc * KP, KP, K);
-    warp_gemm_rows_abt<2, kPrecise>(acc, 2, sY + sr * KP, KP, 32 * KP, sS + (kChunk + sc) * KP, KP, V);
+    warp_gemm_rows_abt<2, kPrecise, true, true>(acc, 2, sO + sr * KP, KP, 32 * KP, sS + sc * KP, KP, K);
+    warp_gemm_rows_abt<2, kPrecise, true, true>(acc, 2, sY + sr * KP, KP, 32 * KP, sS + (kChunk + sc) * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const int i = sr + 32 * m + frag_row(r), j = sc + frag_col(r);
-        sP[i * AP + j] = j < i && i < L ? bS[j] * acc[m][r] : 0.0f;
+        sP[i * AP + j] = tf32_operand<kPrecise>(j < i && i < L ? bS[j] * acc[m][r] : 0.0f);
       }
   }
   __syncthreads();
@@ -634,18 +695,19 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows_abt<2, kPrecise>(acc, 2, sP + sr * AP, AP, 32 * AP, sA + sc * AP, AP, kChunk);
+    warp_gemm_rows_abt<2, kPrecise, true, true>(acc, 2, sP + sr * AP, AP, 32 * AP, sA + sc * AP, AP, kChunk);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
-      for (int r = 0; r < 4; ++r) sQ[(sr + 32 * m + frag_row(r)) * AP + sc + frag_col(r)] = acc[m][r];
+      for (int r = 0; r < 4; ++r)
+        sQ[(sr + 32 * m + frag_row(r)) * AP + sc + frag_col(r)] = tf32_operand<kPrecise>(acc[m][r]);
   }
   __syncthreads();
   // dM = -A^T (dA A^T), strictly lower
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows<2, kPrecise>(acc, 2, sA + sr, 1, AP, 32, sQ + sc, AP, 1, kChunk);
+    warp_gemm_rows<2, kPrecise, 1, true, true>(acc, 2, sA + sr, 1, AP, 32, sQ + sc, AP, 1, kChunk);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
