@@ -34,24 +34,69 @@ namespace {
 // pass with round-to-nearest operands: relative error ~2^-11 per operand, below the 2^-9 of the bf16
 // inputs and outputs themselves (FLA runs these products on bf16 operands), at a third of the MMAs
 // and a third of the conversion work per fragment. The step itself: mma_f32<kPrecise> (common.cuh).
+//
+// One-pass operands can be stored in shared memory already converted (tf32_operand = to_tf32's bits, by the
+// thread that writes them); a product whose A / B operand is stored so (kAReady / kBReady) passes those bits
+// to the MMA unconverted: the MMA sees the same bits as when it converts the fp32 value itself, but the
+// conversion (two instructions on sm_90: to_tf32 adds half a TF32 ulp and leaves the low bits, which the MMA
+// ignores) is done once per element instead of once per fragment load. Converting twice would add the half
+// ulp twice, so a converted buffer must be read with its Ready flag set, and only by products.
+template <bool kPrecise>
+__device__ __forceinline__ float tf32_operand(float x) {
+  if constexpr (kPrecise) {
+    return x;
+  } else {
+    return __uint_as_float(to_tf32(x));
+  }
+}
+
+template <bool kPrecise>
+__device__ __forceinline__ float4 tf32_operand(float4 v) {
+  return make_float4(tf32_operand<kPrecise>(v.x), tf32_operand<kPrecise>(v.y), tf32_operand<kPrecise>(v.z),
+                     tf32_operand<kPrecise>(v.w));
+}
+
+// mma_f32<kPrecise>, skipping the conversion of operands stored by tf32_operand (one-pass only).
+template <bool kPrecise, bool kAReady, bool kBReady>
+__device__ __forceinline__ void mma_step(float c[4], const float a[4], const float b[2]) {
+  if constexpr (kPrecise || (!kAReady && !kBReady)) {
+    mma_f32<kPrecise>(c, a, b);
+  } else {
+    uint32_t ar[4], br[2];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) ar[r] = kAReady ? __float_as_uint(a[r]) : to_tf32(a[r]);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) br[r] = kBReady ? __float_as_uint(b[r]) : to_tf32(b[r]);
+    mma_tf32(c, ar, br);
+  }
+}
 
 // count (<= MT) warp tiles stacked in rows, tile m at a + m * a_step, sharing the B fragment of each
 // k step: up to MT independent MMA chains per fragment load (one tile per call is latency-bound).
-// Layout as in warp_gemm; precision as in mma_f32.
-template <int MT, bool kPrecise>
+// Layout as in warp_gemm; precision as in mma_f32. NB = 2 (one-pass TF32 only; with 3xTF32 the shared
+// split fragments spill): also c2 += A B2 (b2 with b's strides), each A fragment loaded once for both (its
+// conversions are the same instructions on the same values). Every accumulator sees the same MMA sequence as
+// in a call of its own, so the results are the same. kAReady / kBReady: as in mma_step (b2 as b).
+template <int MT, bool kPrecise, int NB = 1, bool kAReady = false, bool kBReady = false>
 __device__ __forceinline__ void warp_gemm_rows(float c[MT][4], int count, const float* a, int a_rs, int a_cs,
-                                               int a_step, const float* b, int b_rs, int b_cs, int kdim) {
+                                               int a_step, const float* b, int b_rs, int b_cs, int kdim,
+                                               float c2[MT][4] = nullptr, const float* b2 = nullptr) {
+  static_assert(NB == 1 || (NB == 2 && !kPrecise), "one B operand, or two with one-pass TF32");
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll 2
   for (int k0 = 0; k0 < kdim; k0 += 8) {
-    const float bf[2] = {b[(k0 + t) * b_rs + g * b_cs], b[(k0 + t + 4) * b_rs + g * b_cs]};
+    const int b0 = (k0 + t) * b_rs + g * b_cs, b1 = (k0 + t + 4) * b_rs + g * b_cs;
+    const float bf[2] = {b[b0], b[b1]};
+    float bf2[2];
+    if constexpr (NB == 2) bf2[0] = b2[b0], bf2[1] = b2[b1];
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       if (m < count) {
         const float* am = a + m * a_step;
         const float af[4] = {am[g * a_rs + (k0 + t) * a_cs], am[(g + 8) * a_rs + (k0 + t) * a_cs],
                              am[g * a_rs + (k0 + t + 4) * a_cs], am[(g + 8) * a_rs + (k0 + t + 4) * a_cs]};
-        mma_f32<kPrecise>(c[m], af, bf);
+        mma_step<kPrecise, kAReady, kBReady>(c[m], af, bf);
+        if constexpr (NB == 2) mma_step<kPrecise, kAReady, kBReady>(c2[m], af, bf2);
       }
     }
   }
@@ -76,7 +121,7 @@ __device__ __forceinline__ void ldmatrix_x2(uint32_t r[2], const float* ptr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
 }
 
-template <int MT, bool kPrecise>
+template <int MT, bool kPrecise, bool kAReady = false, bool kBReady = false>
 __device__ __forceinline__ void warp_gemm_rows_abt(float c[MT][4], int count, const float* a, int a_rs, int a_step,
                                                    const float* b, int b_rs, int kdim) {
   // Lanes 8q .. 8q + 7 address the rows of matrix q: A's matrices are (rows 0-7, cols k0), (rows 8-15,
@@ -96,7 +141,7 @@ __device__ __forceinline__ void warp_gemm_rows_abt(float c[MT][4], int count, co
         ldmatrix_x4(araw, a_lane + m * a_step + k0);
         const float af[4] = {__uint_as_float(araw[0]), __uint_as_float(araw[1]), __uint_as_float(araw[2]),
                              __uint_as_float(araw[3])};
-        mma_f32<kPrecise>(c[m], af, bf);
+        mma_step<kPrecise, kAReady, kBReady>(c[m], af, bf);
       }
     }
   }
@@ -141,6 +186,20 @@ __device__ __forceinline__ void cp_async_rows(float* dst, int dst_rs, const floa
       cp_async16(dst + i * dst_rs + d, src + i * src_rs + d);
     else
       st4(dst + i * dst_rs + d, zero4());
+  }
+}
+
+// tf32_operand in place on the entries of a cp_async_rows call with the same NT, dst, dst_rs, rows and cols:
+// the same idx -> thread map, so each thread rounds only entries it wrote itself, visible to it once its
+// cp_async_wait has returned (other threads read them after the next __syncthreads). No-op for kPrecise.
+template <int NT, bool kPrecise>
+__device__ __forceinline__ void tf32_round_rows(float* dst, int dst_rs, int rows, int cols) {
+  if constexpr (!kPrecise) {
+    const int c4 = cols / 4;
+    for (int idx = threadIdx.x; idx < rows * c4; idx += NT) {
+      float* at = dst + (idx / c4) * dst_rs + (idx % c4) * 4;
+      st4(at, tf32_operand<false>(*reinterpret_cast<const float4*>(at)));
+    }
   }
 }
 
@@ -309,8 +368,8 @@ static_assert(roofline::kPairSlice == kSlice && roofline::kPairThreads == kPairT
               "roofline.h models these tiles");
 
 // Rows [0, 64) x `cols` of a [tokens, HV, V] input of any dtype (do, v) into a shared fp32 tile of row
-// stride dst_rs; rows >= rows_valid zero. U loads in flight per thread.
-template <int NT, int U = 8>
+// stride dst_rs; rows >= rows_valid zero. U loads in flight per thread; stored through tf32_operand<kPrecise>.
+template <int NT, int U, bool kPrecise>
 __device__ __forceinline__ void load_rows_dt(float* dst, int dst_rs, const void* src, int dt, int64_t src_rs,
                                              int64_t offset, int rows_valid, int cols) {
   const int n = kChunk * cols;
@@ -324,7 +383,7 @@ __device__ __forceinline__ void load_rows_dt(float* dst, int dst_rs, const void*
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int idx = base + u * NT;
-      if (idx < n) dst[(idx / cols) * dst_rs + idx % cols] = v[u];
+      if (idx < n) dst[(idx / cols) * dst_rs + idx % cols] = tf32_operand<kPrecise>(v[u]);
     }
   }
 }
@@ -333,10 +392,13 @@ __device__ __forceinline__ void load_rows_dt(float* dst, int dst_rs, const void*
 // the same tile -> warp map, so a thread re-reads in a later step exactly the dq / dk / dG entries it
 // wrote earlier (no barrier needed for those read-modify-writes). Shared (KP = K + 4, AP = 68):
 //   sS [max(K, 128), KP]: dS', then S, then Kb = exp(G) k (rows 0..63) and v (rows 64..127)
-//   sX [64, KP]: do, then dv_new;  sY [64, KP]: v_new;  sO [64, KP]: k * dk_state, then dw, then dA A^T
+//   sX [64, KP]: do;  sY [64, KP]: v_new, then dv_new;  sO [64, KP]: k * dk_state, then dw, then dA A^T
 //   sA, sP [64, 68]: A, dA;  G_last, sum_e S dS' [K]; beta [64]; dbeta partials [64, K / 8]
-// Steps: dk_state = exp(G_last - G) (v_new dS'^T), dG_last; dq_state = scale exp(G) (do S^T), dAqk =
-// scale tril(do v_new^T); dw = -dv_new S^T; A^T dw -> dk, dG, dbeta; A^T dv_new -> dv, dbeta;
+// One-pass TF32 (bf16 / f16 inputs): every tile above that only products read is stored converted
+// (tf32_operand); dS' and k * dk_state, which are also summed in fp32, stay exact.
+// Steps: dk_state = exp(G_last - G) (v_new dS'^T), dAqk = scale tril(do v_new^T) (v_new's last reads, so
+// that dv_new's load into sY overlaps the next steps); S, dG_last; dq_state = scale exp(G) (do S^T);
+// dw = -dv_new S^T; A^T dw -> dk, dG, dbeta; A^T dv_new -> dv, dbeta;
 // dA = (dw Kb^T + dv_new v^T) diag(beta) (strictly lower); dM = -A^T dA A^T.
 // Writes dq_hv, dk_hv, dgc (per-token dG, before the in-chunk reverse cumsum), dbp, dAqk, dM, dg_last.
 // kK = K = V: every stride, tile count and index division of the kernel is a compile-time constant (with a
@@ -375,8 +437,6 @@ __global__ void __launch_bounds__(kWyThreads, 1)
     prefetch_rows(p.gc + row_at(0) * K, L, p.HV * K * fs, K * fs, kWyThreads);
     prefetch_rows(p.kp + k_at(0, 0), L, p.H * K * fs, K * fs, kWyThreads);
   }
-  for (int d = tid; d < K; d += kWyThreads) glS[d] = p.gc[row_at(L - 1) * K + d];
-  for (int i = tid; i < kChunk; i += kWyThreads) bS[i] = i < L ? p.bp[row_at(i)] : 0.0f;
   // dS' and v_new by cp.async (one group, awaited now), then A (its own group, awaited before the A^T dw
   // step: its load overlaps the first products).
   cp_async_rows<kWyThreads>(sS, KP, p.dhs + state_off, V, K, K, V);
@@ -384,9 +444,17 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   cp_async_commit();
   cp_async_rows<kWyThreads>(sA, AP, p.A + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L, kChunk);
   cp_async_commit();
-  // do (first read by the dq_state step; sX is unused until then) while the copies are in flight
-  load_rows_dt<kWyThreads>(sX, KP, d_out, d_out_dt, static_cast<int64_t>(p.HV) * V, row_at(0) * V, L, V);
+  // G_last, beta and do (all of a thread's loads in flight together, one round trip) while the copies are
+  // in flight; sX is unused until the first products.
+  static_assert(K <= kWyThreads && kChunk <= kWyThreads, "one G_last / beta entry per thread");
+  const float gl_own = tid < K ? p.gc[row_at(L - 1) * K + tid] : 0.0f;
+  const float b_own = tid < L ? p.bp[row_at(tid)] : 0.0f;
+  load_rows_dt<kWyThreads, kChunk * V / kWyThreads, kPrecise>(sX, KP, d_out, d_out_dt, static_cast<int64_t>(p.HV) * V,
+                                                              row_at(0) * V, L, V);
+  if (tid < K) glS[tid] = gl_own;
+  if (tid < kChunk) bS[tid] = b_own;
   cp_async_wait<1>();
+  tf32_round_rows<kWyThreads, kPrecise>(sY, KP, kChunk, V);  // v_new: MMA operand only; dS' stays exact
   __syncthreads();
 
   // Warp w owns tiles w + 16 m of every [64, K] product (m < ct / 4: columns kc, rows kr + m * kstep)
@@ -395,10 +463,11 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   // loaded before each product so that their latency overlaps it.
   const int kc = (warp % ct) * 8, kr = (warp / ct) * 16, kstep = (kWarps / ct) * 16, kcount = ct / 4;
   const int sc = (warp % 8) * 8, sr = (warp / 8) * 16;
-  float dk_keep[kWyTilesMax][4], dg_keep[kWyTilesMax][4];
+  // dk_keep: dk_state; k_keep: k (both read again by the A^T dw step, dG = k (beta exp(G) T2 - dk_state)).
+  float dk_keep[kWyTilesMax][4], k_keep[kWyTilesMax][4];
   // dk_state = exp(G_last - G) (v_new dS'^T); dG = -k dk_state; sO = k dk_state for the dG_last sum.
   {
-    float gv[kWyTilesMax][4], kv[kWyTilesMax][4], acc[kWyTilesMax][4];
+    float gv[kWyTilesMax][4], acc[kWyTilesMax][4];
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
@@ -407,10 +476,11 @@ __global__ void __launch_bounds__(kWyThreads, 1)
         const bool in = m < kcount && i < L;
         const float2 g2 = in ? ld2(p.gc + row_at(i) * K + d) : make_float2(0.0f, 0.0f);
         const float2 k2 = in ? ld2(p.kp + k_at(i, d)) : make_float2(0.0f, 0.0f);
-        gv[m][r] = g2.x, gv[m][r + 1] = g2.y, kv[m][r] = k2.x, kv[m][r + 1] = k2.y;
+        gv[m][r] = g2.x, gv[m][r + 1] = g2.y, k_keep[m][r] = k2.x, k_keep[m][r + 1] = k2.y;
       }
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows_abt<kWyTilesMax, kPrecise>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
+    warp_gemm_rows_abt<kWyTilesMax, kPrecise, true, false>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP,
+                                                           V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
@@ -418,8 +488,22 @@ __global__ void __launch_bounds__(kWyThreads, 1)
         const int i = kr + m * kstep + frag_row(r), d = kc + frag_col(r);
         const float x = i < L ? __expf(glS[d] - gv[m][r]) * acc[m][r] : 0.0f;
         dk_keep[m][r] = x;
-        dg_keep[m][r] = -kv[m][r] * x;
-        if (m < kcount) sO[i * KP + d] = kv[m][r] * x;
+        if (m < kcount) sO[i * KP + d] = k_keep[m][r] * x;
+      }
+  }
+  // dAqk = scale tril(do v_new^T)   (64 x 64: 32 warp tiles)
+  {
+    float acc[2][4];
+    zero_tiles<2>(acc);
+    warp_gemm_rows_abt<2, kPrecise, true, true>(acc, 2, sX + sr * KP, KP, 32 * KP, sY + sc * KP, KP, V);
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+      for (int r = 0; r < 4; r += 2) {
+        const int i = sr + 32 * m + frag_row(r), j = sc + frag_col(r);
+        if (i < L)
+          st2(p.dAqk + row_at(i) * kChunk + j, j <= i ? p.scale * acc[m][r] : 0.0f,
+              j + 1 <= i ? p.scale * acc[m][r + 1] : 0.0f);
       }
   }
   __syncthreads();
@@ -427,29 +511,31 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   // with S (no thread touches another's), so dS' is not fetched a second time. The V / 4 float4 of a row
   // span 32 or 16 consecutive lanes, reduced by shuffles in a fixed order.
   {
-    constexpr int c4 = V / 4, n = K * c4;
-    for (int base = tid; base < n; base += kWyThreads * 4) {
-      float4 s4[4], d4[4];
+    constexpr int c4 = V / 4, n = K * c4, U = (n + kWyThreads - 1) / kWyThreads;  // all of S in one round trip
+    float4 s4[U];
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int idx = base + u * kWyThreads;
-        if (idx < n) {
-          s4[u] = ldg4(p.hs + state_off + 4 * static_cast<int64_t>(idx));
-          d4[u] = *reinterpret_cast<const float4*>(sS + (idx / c4) * KP + (idx % c4) * 4);
-        }
-      }
+    for (int u = 0; u < U; ++u) {
+      const int idx = tid + u * kWyThreads;
+      if (idx < n) s4[u] = ldg4(p.hs + state_off + 4 * static_cast<int64_t>(idx));
+    }
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int idx = base + u * kWyThreads;
-        if (idx < n) {  // uniform per warp (n is a multiple of 32)
-          st4(sS + (idx / c4) * KP + (idx % c4) * 4, s4[u]);
-          float s = s4[u].x * d4[u].x + s4[u].y * d4[u].y + s4[u].z * d4[u].z + s4[u].w * d4[u].w;
-          for (int o = c4 / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-          if (lane % c4 == 0) sdS[idx / c4] = s;
-        }
+    for (int u = 0; u < U; ++u) {
+      const int idx = tid + u * kWyThreads;
+      if (idx < n) {  // uniform per warp (n is a multiple of 32)
+        float* at = sS + (idx / c4) * KP + (idx % c4) * 4;
+        const float4 d4 = *reinterpret_cast<const float4*>(at);
+        st4(at, tf32_operand<kPrecise>(s4[u]));  // the sum below takes the exact S
+        float s = s4[u].x * d4.x + s4[u].y * d4.y + s4[u].z * d4.z + s4[u].w * d4.w;
+        for (int o = c4 / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane % c4 == 0) sdS[idx / c4] = s;
       }
     }
   }
+  // dv_new -> sY by cp.async (v_new's last readers, dk_state and dAqk, are behind the barrier before the
+  // S step); its load overlaps the dG_last and dq_state steps and is awaited before the dw step.
+  cp_async_rows<kWyThreads>(sY, KP, p.dvn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, kChunk, L, V);
+  cp_async_commit();
+  for (int idx = tid; idx < kChunk * ct; idx += kWyThreads) red[idx] = 0.0f;
   __syncthreads();
   // dG_last = exp(G_last) sum_e S dS' + sum_i k_i dk_state_i
   for (int d = tid; d < K; d += kWyThreads) {
@@ -469,7 +555,8 @@ __global__ void __launch_bounds__(kWyThreads, 1)
         gv[m][r] = g2.x, gv[m][r + 1] = g2.y;
       }
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows_abt<kWyTilesMax, kPrecise>(acc, kcount, sX + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
+    warp_gemm_rows_abt<kWyTilesMax, kPrecise, true, true>(acc, kcount, sX + kr * KP, KP, kstep * KP, sS + kc * KP, KP,
+                                                          V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
@@ -480,69 +567,71 @@ __global__ void __launch_bounds__(kWyThreads, 1)
               p.scale * __expf(gv[m][r + 1]) * acc[m][r + 1]);
       }
   }
-  // dAqk = scale tril(do v_new^T)   (64 x 64: 32 warp tiles)
-  {
-    float acc[2][4];
-    zero_tiles<2>(acc);
-    warp_gemm_rows_abt<2, kPrecise>(acc, 2, sX + sr * KP, KP, 32 * KP, sY + sc * KP, KP, V);
-#pragma unroll
-    for (int m = 0; m < 2; ++m)
-#pragma unroll
-      for (int r = 0; r < 4; r += 2) {
-        const int i = sr + 32 * m + frag_row(r), j = sc + frag_col(r);
-        if (i < L)
-          st2(p.dAqk + row_at(i) * kChunk + j, j <= i ? p.scale * acc[m][r] : 0.0f,
-              j + 1 <= i ? p.scale * acc[m][r + 1] : 0.0f);
-      }
-  }
-  __syncthreads();
-  cp_async_rows<kWyThreads>(sX, KP, p.dvn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, kChunk, L, V);
-  cp_async_wait_all();
-  for (int idx = tid; idx < kChunk * ct; idx += kWyThreads) red[idx] = 0.0f;
+  cp_async_wait_all();  // A and dv_new
+  tf32_round_rows<kWyThreads, kPrecise>(sA, AP, kChunk, kChunk);
+  tf32_round_rows<kWyThreads, kPrecise>(sY, KP, kChunk, V);
   __syncthreads();
   // dw = -dv_new S^T -> sO
   {
     float acc[kWyTilesMax][4];
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows_abt<kWyTilesMax, kPrecise>(acc, kcount, sX + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
+    warp_gemm_rows_abt<kWyTilesMax, kPrecise, true, true>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP,
+                                                          V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
       if (m < kcount)
 #pragma unroll
-        for (int r = 0; r < 4; ++r) sO[(kr + m * kstep + frag_row(r)) * KP + kc + frag_col(r)] = -acc[m][r];
+        for (int r = 0; r < 4; ++r)
+          sO[(kr + m * kstep + frag_row(r)) * KP + kc + frag_col(r)] = tf32_operand<kPrecise>(-acc[m][r]);
   }
   __syncthreads();
   // T2 = A^T dw: dk += beta exp(G) T2, dG += k beta exp(G) T2, dbeta += T2 . (exp(G) k);
   // T3 = A^T dv_new: dv = beta T3, dbeta += T3 . v   (V == K: the same tiles)
+  // G and v are loaded before the products (their latency overlaps them): loaded after the first global
+  // store below they would wait one round trip per entry, as the stores may alias them; k is k_keep.
   {
-    float gv[kWyTilesMax][4], t2[kWyTilesMax][4], t3[kWyTilesMax][4];
+    float gv[kWyTilesMax][4], vv[kWyTilesMax][4], t2[kWyTilesMax][4], t3[kWyTilesMax][4];
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
       for (int r = 0; r < 4; r += 2) {
         const int j = kr + m * kstep + frag_row(r), d = kc + frag_col(r);
-        const float2 g2 = m < kcount && j < L ? ld2(p.gc + row_at(j) * K + d) : make_float2(0.0f, 0.0f);
+        const bool in = m < kcount && j < L;
+        const float2 g2 = in ? ld2(p.gc + row_at(j) * K + d) : make_float2(0.0f, 0.0f);
         gv[m][r] = g2.x, gv[m][r + 1] = g2.y;
+        vv[m][r] = in ? load_f(p.v, p.in_dt, row_at(j) * V + d) : 0.0f;
+        vv[m][r + 1] = in ? load_f(p.v, p.in_dt, row_at(j) * V + d + 1) : 0.0f;
       }
     zero_tiles<kWyTilesMax>(t2);
     zero_tiles<kWyTilesMax>(t3);
-    warp_gemm_rows<kWyTilesMax, kPrecise>(t2, kcount, sA + kr, 1, AP, kstep, sO + kc, KP, 1, kChunk);
-    warp_gemm_rows<kWyTilesMax, kPrecise>(t3, kcount, sA + kr, 1, AP, kstep, sX + kc, KP, 1, kChunk);
+    if constexpr (kPrecise) {  // 3xTF32: sharing the split A fragments would cost registers (spills)
+      warp_gemm_rows<kWyTilesMax, kPrecise>(t2, kcount, sA + kr, 1, AP, kstep, sO + kc, KP, 1, kChunk);
+      warp_gemm_rows<kWyTilesMax, kPrecise>(t3, kcount, sA + kr, 1, AP, kstep, sY + kc, KP, 1, kChunk);
+    } else {
+      warp_gemm_rows<kWyTilesMax, kPrecise, 2, true, true>(t2, kcount, sA + kr, 1, AP, kstep, sO + kc, KP, 1, kChunk,
+                                                           t3, sY + kc);
+    }
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m) {
       if (m >= kcount) break;
       const int r0 = kr + m * kstep;
       float db[2] = {0.0f, 0.0f};
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
+      for (int r = 0; r < 4; r += 2) {
         const int j = r0 + frag_row(r), d = kc + frag_col(r);
         if (j < L) {
           const int64_t at = row_at(j) * K + d;
-          const float eg = __expf(gv[m][r]), dkb = bS[j] * eg * t2[m][r], kd = p.kp[k_at(j, d)];
-          p.dk_hv[at] = dk_keep[m][r] + dkb;
-          p.dgc[at] = dg_keep[m][r] + kd * dkb;
-          store_f(dv, dv_dt, row_at(j) * V + d, bS[j] * t3[m][r]);
-          db[r / 2] += t2[m][r] * eg * kd + t3[m][r] * load_f(p.v, p.in_dt, row_at(j) * V + d);
+          float dk2[2], dg2[2];
+#pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const float eg = __expf(gv[m][r + u]), dkb = bS[j] * eg * t2[m][r + u], kd = k_keep[m][r + u];
+            dk2[u] = dk_keep[m][r + u] + dkb;
+            dg2[u] = __fmaf_rn(kd, dkb, -kd * dk_keep[m][r + u]);
+            store_f(dv, dv_dt, row_at(j) * V + d + u, bS[j] * t3[m][r + u]);
+            db[r / 2] += t2[m][r + u] * eg * kd + t3[m][r + u] * vv[m][r + u];
+          }
+          st2(p.dk_hv + at, dk2[0], dk2[1]);
+          st2(p.dgc + at, dg2[0], dg2[1]);
         }
       }
 #pragma unroll
@@ -573,12 +662,13 @@ __global__ void __launch_bounds__(kWyThreads, 1)
         const int idx = base + u * kWyThreads;
         if (idx < n)
           st4(sS + (idx / c4) * KP + (idx % c4) * 4,
-              make_float4(__expf(g4[u].x) * k4[u].x, __expf(g4[u].y) * k4[u].y, __expf(g4[u].z) * k4[u].z,
-                          __expf(g4[u].w) * k4[u].w));
+              tf32_operand<kPrecise>(make_float4(__expf(g4[u].x) * k4[u].x, __expf(g4[u].y) * k4[u].y,
+                                                 __expf(g4[u].z) * k4[u].z, __expf(g4[u].w) * k4[u].w)));
       }
     }
   }
-  load_rows_dt<kWyThreads>(sS + kChunk * KP, KP, p.v, p.in_dt, static_cast<int64_t>(p.HV) * V, row_at(0) * V, L, V);
+  load_rows_dt<kWyThreads, kChunk * V / kWyThreads, kPrecise>(sS + kChunk * KP, KP, p.v, p.in_dt,
+                                                              static_cast<int64_t>(p.HV) * V, row_at(0) * V, L, V);
   __syncthreads();
   if (tid < L) {
     float s = 0.0f;
@@ -589,14 +679,14 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows_abt<2, kPrecise>(acc, 2, sO + sr * KP, KP, 32 * KP, sS + sc * KP, KP, K);
-    warp_gemm_rows_abt<2, kPrecise>(acc, 2, sX + sr * KP, KP, 32 * KP, sS + (kChunk + sc) * KP, KP, V);
+    warp_gemm_rows_abt<2, kPrecise, true, true>(acc, 2, sO + sr * KP, KP, 32 * KP, sS + sc * KP, KP, K);
+    warp_gemm_rows_abt<2, kPrecise, true, true>(acc, 2, sY + sr * KP, KP, 32 * KP, sS + (kChunk + sc) * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const int i = sr + 32 * m + frag_row(r), j = sc + frag_col(r);
-        sP[i * AP + j] = j < i && i < L ? bS[j] * acc[m][r] : 0.0f;
+        sP[i * AP + j] = tf32_operand<kPrecise>(j < i && i < L ? bS[j] * acc[m][r] : 0.0f);
       }
   }
   __syncthreads();
@@ -605,18 +695,19 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows_abt<2, kPrecise>(acc, 2, sP + sr * AP, AP, 32 * AP, sA + sc * AP, AP, kChunk);
+    warp_gemm_rows_abt<2, kPrecise, true, true>(acc, 2, sP + sr * AP, AP, 32 * AP, sA + sc * AP, AP, kChunk);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
-      for (int r = 0; r < 4; ++r) sQ[(sr + 32 * m + frag_row(r)) * AP + sc + frag_col(r)] = acc[m][r];
+      for (int r = 0; r < 4; ++r)
+        sQ[(sr + 32 * m + frag_row(r)) * AP + sc + frag_col(r)] = tf32_operand<kPrecise>(acc[m][r]);
   }
   __syncthreads();
   // dM = -A^T (dA A^T), strictly lower
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows<2, kPrecise>(acc, 2, sA + sr, 1, AP, 32, sQ + sc, AP, 1, kChunk);
+    warp_gemm_rows<2, kPrecise, 1, true, true>(acc, 2, sA + sr, 1, AP, 32, sQ + sc, AP, 1, kChunk);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
