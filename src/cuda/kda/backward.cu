@@ -1004,15 +1004,28 @@ __global__ void __launch_bounds__(kReduceThreads) finalize_gate_params_kernel(Kd
   const int64_t per = (p.tokens + kGateSlices - 1) / kGateSlices, t_begin = slice * per;
   const int64_t t_end = t_begin + per < p.tokens ? t_begin + per : p.tokens;
   float sb = 0.0f, sa = 0.0f;
-#pragma unroll 4
-  for (int64_t t = t_begin + tid / p.K; t < t_end; t += lanes_per_d) {
-    const int64_t i = (t * p.HV + hv) * p.K + d;
-    float d_raw, d_A;
-    gate_value(p, p.use_gate ? load_f(p.g, p.in_dt, i) : 0.0f, hv, d, &d_raw, &d_A);
-    const float x = p.dgc[i];
-    store_f(dg, dt, i, x * d_raw);
-    sb = fmaf(x, d_raw, sb);  // fused, as the sum was before dg was stored here: ddt_bias bit-identical
-    sa = fmaf(x, d_A, sa);
+  // The gate constants once, and kU tokens' g and dG loaded before any dg store: the compiler cannot move a
+  // load above a store to dg (it may alias), so per token they were a chain of dependent global round trips.
+  const GateConsts consts = gate_consts(p, hv, d);
+  constexpr int kU = 4;
+  for (int64_t t = t_begin + tid / p.K; t < t_end; t += kU * lanes_per_d) {
+    float g_raw[kU], x[kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int64_t tu = t + u * lanes_per_d, i = (tu * p.HV + hv) * p.K + d;
+      g_raw[u] = tu < t_end && p.use_gate ? load_f(p.g, p.in_dt, i) : 0.0f;
+      x[u] = tu < t_end ? p.dgc[i] : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int64_t tu = t + u * lanes_per_d, i = (tu * p.HV + hv) * p.K + d;
+      if (tu >= t_end) break;
+      float d_raw, d_A;
+      gate_value(p, g_raw[u], consts, &d_raw, &d_A);
+      store_f(dg, dt, i, x[u] * d_raw);
+      sb = fmaf(x[u], d_raw, sb);  // fused, as the sum was before dg was stored here: ddt_bias bit-identical
+      sa = fmaf(x[u], d_A, sa);
+    }
   }
   for (int64_t t = t_begin + tid; t < t_end; t += kReduceThreads) {
     const int64_t i = t * p.HV + hv;

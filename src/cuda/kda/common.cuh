@@ -102,15 +102,24 @@ __device__ __forceinline__ bool locate_chunk(const KdaDev& p, int64_t c, int64_t
   return true;
 }
 
+// The fused gate's constants of channel d of value head hv: dt_bias (0 without it) and exp(A_log) (1 without).
+struct GateConsts {
+  float bias, rate;
+};
+__device__ __forceinline__ GateConsts gate_consts(const KdaDev& p, int hv, int d) {
+  if (!p.use_gate) return {0.0f, 1.0f};
+  return {p.dt_bias ? load_f(p.dt_bias, p.dt_bias_dt, static_cast<int64_t>(hv) * p.K + d) : 0.0f,
+          p.A_log ? expf(load_f(p.A_log, p.A_log_dt, hv)) : 1.0f};
+}
+
 // Fused gate (FLA kda gate) in fp32; d_raw = dg/dg_raw, d_A = dg/dA_log when asked.
-__device__ __forceinline__ float gate_value(const KdaDev& p, float g_raw, int hv, int d, float* d_raw, float* d_A) {
+__device__ __forceinline__ float gate_value(const KdaDev& p, float g_raw, GateConsts k, float* d_raw, float* d_A) {
   if (!p.use_gate) {
     if (d_raw) *d_raw = 1.0f;
     if (d_A) *d_A = 0.0f;
     return g_raw;
   }
-  const float x = g_raw + (p.dt_bias ? load_f(p.dt_bias, p.dt_bias_dt, static_cast<int64_t>(hv) * p.K + d) : 0.0f);
-  const float rate = p.A_log ? expf(load_f(p.A_log, p.A_log_dt, hv)) : 1.0f;
+  const float x = g_raw + k.bias, rate = k.rate;
   if (p.has_lower_bound) {
     const float s = 1.0f / (1.0f + expf(-rate * x));
     const float dr = p.lower_bound * s * (1.0f - s) * rate;
@@ -123,6 +132,9 @@ __device__ __forceinline__ float gate_value(const KdaDev& p, float g_raw, int hv
   if (d_raw) *d_raw = -rate * (x > kSoftplusThreshold ? 1.0f : 1.0f / (1.0f + expf(-x)));
   if (d_A) *d_A = -rate * sp;
   return -rate * sp;
+}
+__device__ __forceinline__ float gate_value(const KdaDev& p, float g_raw, int hv, int d, float* d_raw, float* d_A) {
+  return gate_value(p, g_raw, gate_consts(p, hv, d), d_raw, d_A);
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
