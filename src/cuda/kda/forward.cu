@@ -497,15 +497,18 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool f
     const float4 x = v_ahead[u];
     st4(vS + i * KP + e, make_float4(b * x.x, b * x.y, b * x.z, b * x.w));
   }
-  // out[64, K] = A x: warp = (16-row block, half of the columns)
-  const int r0 = (warp % 4) * 16, c0 = (warp / 4) * (K / 2);
+  // out[64, K] = A x. A is lower triangular, so 16-row block b costs b + 1 units: warp = (pair of row blocks
+  // {0, 3} or {1, 2}, quarter of the columns) gives every warp 5 units (one warp per (block, half) gave the
+  // last block's warps 4 units and the first's 1, and the block waited for the slowest).
+  static_assert(kThreads == 8 * 32, "2 row-block pairs x 4 column quarters");
+  const int c0 = (warp / 2) * (K / 4), pair = warp % 2;
   const int64_t out_rs = static_cast<int64_t>(p.HV) * K, out_at = (t0 * p.HV + hv) * K;
   auto product = [&](const float* x, float* out) {
-    if (r0 >= L) return;
-    if constexpr (kK == 128)
-      lower_product_strip<kPrecise, 8>(As, x, KP, r0, c0, L, out + out_at, out_rs);
-    else
-      lower_product_strip<kPrecise, 4>(As, x, KP, r0, c0, L, out + out_at, out_rs);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r0 = 16 * (half ? 3 - pair : pair);
+      if (r0 < L) lower_product_strip<kPrecise, kK / 32>(As, x, KP, r0, c0, L, out + out_at, out_rs);
+    }
   };
   product(kS, p.w);
   __syncthreads();
