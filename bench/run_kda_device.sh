@@ -48,6 +48,8 @@ if [ "$test_rc" != 0 ] && [ "${SANITIZE_ON_FAIL:-1}" = 1 ]; then
   grep -E "Program hit|ERROR SUMMARY|Invalid|#[0-9] " "$OUT/sanitizer.log" | head -30
 fi
 echo "test $(( $(date +%s) - t0 )) s"
+# STOP_ON_TEST_FAIL=1: a failing build's numbers are not worth the device time
+[ "$test_rc" != 0 ] && [ "${STOP_ON_TEST_FAIL:-0}" = 1 ] && { tar czf "$RES/logs.tgz" -C "$RES" logs && rm -rf "$RES/logs"; exit 1; }
 timeout 30 ./build-cuda/seqmix check --device cuda --family kda > "$OUT/check_cuda.log" 2>&1; echo "check rc=$?"; cat "$OUT/check_cuda.log"
 SEQMIX_KDA_TIMING=1 timeout 30 ./build-cuda/kda_bench --once > "$OUT/timing.txt" 2>&1; grep -E "timing|shape|B4|B1|varlen" "$OUT/timing.txt" | head -60
 # the per-stage roofline lines (src/cuda/kda/roofline.h) as JSON, one per stage, tagged with the shape and
