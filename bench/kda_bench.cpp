@@ -10,9 +10,12 @@
 // Estimate = max(bytes / 3.0 TB/s, FLOPs / 787 TFLOP/s) (H100 SXM dense bf16).
 //
 // Build on a GPU machine after building the library (build-cuda):
-//   g++ -O2 -std=c++20 bench/kda_bench.cpp -Iinclude -Isrc -I"$(dirname "$(which nvcc)")/../include" build-cuda/libseqmix.a \
+//   g++ -O2 -std=c++20 bench/kda_bench.cpp -Iinclude -Isrc -I"$(dirname "$(which nvcc)")/../include"
+//   build-cuda/libseqmix.a \
 //       -L"$(dirname "$(which nvcc)")/../lib64" -lcudart -lpthread -o build-cuda/kda_bench
 //   ./build-cuda/kda_bench [out.json]     (or --once with SEQMIX_KDA_TIMING=1: per-kernel times)
+//   ./build-cuda/kda_bench --tiles         fwd and fwd+bwd ms per shape for every value tile of the state passes
+//                                          (cuda::chunk_kda_set_value_tiles; "auto" is the built-in choice)
 // --once with SEQMIX_KDA_TIMING=1 prints, per shape and pass, the library's per-stage lines on stderr:
 // "[kda timing]" (ms, GB/s, TFLOP/s, roofline ms and x off it, from src/cuda/kda/roofline.h) and
 // "[kda stage] {json}"; bench/run_kda_device.sh collects the latter, tagged with the shape and pass, into
@@ -27,6 +30,7 @@
 #include <vector>
 
 #include "bench_timing.h"
+#include "cuda/kda/kda.h"
 #include "seqmix/device.h"
 #include "seqmix/kda.h"
 
@@ -89,7 +93,8 @@ int main(int argc, char** argv) {
   }
   // --once: one fwd and one fwd+bwd per shape, untimed (with SEQMIX_KDA_TIMING=1: per-stage times).
   const bool once = argc > 1 && std::string(argv[1]) == "--once";
-  const char* out_path = argc > 1 && !once ? argv[1] : nullptr;
+  const bool tiles = argc > 1 && std::string(argv[1]) == "--tiles";
+  const char* out_path = argc > 1 && !once && !tiles ? argv[1] : nullptr;
   // 64 skewed lengths totalling 32768: a few long, many short (weights (i + 1)^-1.5, rounded, the
   // remainder added to the longest); the same rule as bench/kda_vs_fla.py.
   std::vector<int64_t> skewed(64);
@@ -170,6 +175,27 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
       fwd_bwd();
       cuda_synchronize();
+      continue;
+    }
+    if (tiles) {
+      // forward tile alone on fwd; each (forward, backward) pair on fwd+bwd (the backward re-runs the forward)
+      const int choices[] = {0, 16, 32, 64};
+      for (const int ft : choices) {
+        cuda::chunk_kda_set_value_tiles(ft, 0);
+        fwd();
+        cuda_synchronize();
+        std::printf("%-34s fwd tile %-4s            fwd %8.3f ms\n", s.name.c_str(),
+                    ft ? std::to_string(ft).c_str() : "auto", time_ms(fwd, 5));
+        for (const int bt : choices) {
+          cuda::chunk_kda_set_value_tiles(ft, bt);
+          fwd_bwd();
+          cuda_synchronize();
+          std::printf("%-34s fwd tile %-4s bwd tile %-4s fwd+bwd %8.3f ms\n", s.name.c_str(),
+                      ft ? std::to_string(ft).c_str() : "auto", bt ? std::to_string(bt).c_str() : "auto",
+                      time_ms(fwd_bwd, 3));
+        }
+      }
+      cuda::chunk_kda_set_value_tiles(0, 0);
       continue;
     }
     fwd();

@@ -60,6 +60,10 @@ awk '/^[A-Za-z0-9_]+: fwd(\+bwd)?$/ { shape = $1; sub(/:$/, "", shape); pass = $
   "$OUT/timing.txt" > "$RES/kda_stages.jsonl"; echo "kda_stages.jsonl: $(wc -l < "$RES/kda_stages.jsonl") stages"
 timeout ${BENCH_TIMEOUT:-90} ./build-cuda/kda_bench "$RES/ours.json" 2>&1 | tee "$OUT/bench.txt"
 echo "ours bench $(( $(date +%s) - t0 )) s"
+if [ "${TILES:-0}" = 1 ]; then  # every value tile of the state passes (kda_bench --tiles)
+  timeout ${TILES_TIMEOUT:-120} ./build-cuda/kda_bench --tiles > "$RES/tiles.txt" 2>&1; echo "tiles rc=$?"
+  cat "$RES/tiles.txt"
+fi
 if [ "${KERNEL_TIMES:-0}" = 1 ]; then  # every kernel launch of kda_bench --once, its duration alone (ncu, one pass)
   timeout ${KERNEL_TIMES_TIMEOUT:-90} ncu --clock-control none --metrics gpu__time_duration.sum --csv \
     ./build-cuda/kda_bench --once > "$RES/kernel_times.csv" 2> "$OUT/ncu_times.log"

@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/kda/kda.h"
 #include "cuda/kda/roofline.h"
 #include "seqmix/device.h"
 #include "seqmix/kda.h"
@@ -546,6 +547,45 @@ TEST(KdaCuda, BackwardIsDeterministic) {
                       {&a.dg, &b.dg}, {&a.dbeta, &b.dbeta},
                       {&a.dA_log, &b.dA_log}, {&a.ddt_bias, &b.ddt_bias}, {&a.dh0, &b.dh0}})
     EXPECT_EQ(testing::max_abs_diff(*x, *y), 0.0);
+}
+
+// Every value-column tile of the two state passes (the tuning hook cuda::chunk_kda_set_value_tiles) forms each
+// state column with the same products in the same order, so every result matches the built-in choice's.
+TEST(KdaCuda, EveryStateValueTileGivesTheSameResults) {
+  SEQMIX_REQUIRE_CUDA();
+  struct Reset {
+    ~Reset() { cuda::chunk_kda_set_value_tiles(0, 0); }
+  } reset;
+  Case c{"value tiles"};
+  c.T = 300, c.K = 128, c.H = 2, c.HV = 2, c.cu_seqlens = {0, 100, 300}, c.gate = Gate::softplus, c.A_log = true;
+  c.dt_bias = true, c.l2norm = true, c.h0 = c.ht = true;
+  const Inputs in = make_inputs(c, 21);
+  const HostTensor d_o = testing::randn(in.v.sizes(), 22, 1.0, c.dtype);
+  const HostTensor dht = testing::randn(c.state_sizes(), 23, 0.3, DType::f32);
+  const Outputs ref = on_device(c, in, d_o, dht);
+  for (const int tile : {16, 32, 64}) {
+    cuda::chunk_kda_set_value_tiles(tile, tile);
+    const Outputs r = on_device(c, in, d_o, dht);
+    for (auto [x, y] : {std::pair{&r.o, &ref.o},
+                        {&r.ht, &ref.ht},
+                        {&r.dq, &ref.dq},
+                        {&r.dk, &ref.dk},
+                        {&r.dv, &ref.dv},
+                        {&r.dg, &ref.dg},
+                        {&r.dbeta, &ref.dbeta},
+                        {&r.dA_log, &ref.dA_log},
+                        {&r.ddt_bias, &ref.ddt_bias},
+                        {&r.dh0, &ref.dh0}})
+      EXPECT_LE(testing::max_abs_diff(*x, *y), 1e-6 * (1.0 + testing::max_abs(*y))) << "tile " << tile;
+  }
+}
+
+// The hook takes the widths the kernels are built for, and 0; anything else is an error naming the argument.
+TEST(KdaCuda, ValueTileHookNamesABadWidth) {
+  testing::expect_error([] { cuda::chunk_kda_set_value_tiles(8, 0); }, {"forward = 8", "16, 32 or 64"});
+  testing::expect_error([] { cuda::chunk_kda_set_value_tiles(0, 128); }, {"backward = 128", "16, 32 or 64"});
+  testing::expect_error([] { cuda::chunk_kda_set_value_tiles(-16, 0); }, {"forward = -16"});
+  cuda::chunk_kda_set_value_tiles(0, 0);
 }
 
 // A pack of empty sequences (no tokens): the state passes through (final state = initial state, dh0 = dht)

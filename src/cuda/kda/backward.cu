@@ -1066,6 +1066,7 @@ __global__ void gate_params_final_kernel(KdaDev p, void* dA_log, int dA_dt, void
 // fit in one wave (shortest chunk step), else 64 (one wave at B4 H16 V128 instead of two with 32, and
 // half the tile loads per state column when there are several waves).
 int state_bwd_value_tile(const KdaDev& p) {
+  if (const int tile = value_tile_override(true)) return tile;
   const int64_t sms = sm_count(), heads = static_cast<int64_t>(p.N) * p.HV;
   for (const int bv : {16, 32})
     if (heads * (p.V / bv) <= sms) return bv;

@@ -300,6 +300,8 @@ int dtype_code(DType dtype, const char* name);
 
 // Multiprocessors of the current device (tile widths are chosen to fill them).
 int sm_count();
+// chunk_kda_set_value_tiles's value for the forward (backward = false) or backward state pass; 0: none.
+int value_tile_override(bool backward);
 
 // Opts `kernel` into `bytes` of dynamic shared memory; NOT_IMPLEMENTED when the device has less.
 void set_smem_limit(const void* kernel, size_t bytes);

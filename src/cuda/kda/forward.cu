@@ -24,6 +24,7 @@
 // head, 64 value columns)); intermediate_states (FLA's h on request: hs converted to f64 or [V, K], else
 // a plain copy).
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 
@@ -857,6 +858,7 @@ void set_smem_two_per_sm(const void* kernel, size_t bytes) {
 // (64 x K floats each) whatever its width, and those re-reads bound the pass (measured ~2 TB/s of
 // them at B4 T4096 H16 with 32 columns): take the widest tile that still gives about one block per SM.
 int forward_value_tile(const KdaDev& p) {
+  if (const int tile = value_tile_override(false)) return tile;
   const int64_t heads = static_cast<int64_t>(p.N) * p.HV, sms = sm_count();
   if (heads * (p.V / 64) >= sms * 7 / 8) return 64;
   return heads * (p.V / 32) >= sms / 4 ? 32 : 16;
@@ -910,6 +912,12 @@ void launch_chunks(KdaDev& p, const TensorView* o, const TensorView* final_state
 }
 
 }  // namespace
+
+namespace {
+std::atomic<int> forward_tile_override{0}, backward_tile_override{0};
+}  // namespace
+
+int value_tile_override(bool backward) { return (backward ? backward_tile_override : forward_tile_override).load(); }
 
 int sm_count() {
   int device = 0, sms = 0;
@@ -1082,6 +1090,16 @@ void run_forward(const cpu::KdaArgs& a, const TensorView* cu_seqlens, const Tens
 int64_t chunk_kda_max_chunks(const cpu::KdaArgs& a, bool varlen) {
   if (!varlen) return a.B * ((a.T + kda::kChunk - 1) / kda::kChunk);
   return (a.T + (kda::kChunk - 1) * a.N) / kda::kChunk;
+}
+
+void chunk_kda_set_value_tiles(int forward, int backward) {
+  auto valid = [](int tile) { return tile == 0 || tile == 16 || tile == 32 || tile == 64; };
+  SEQMIX_CHECK(valid(forward), "chunk_kda_set_value_tiles: forward = ", forward,
+               ", expected 0 (built-in), 16, 32 or 64");
+  SEQMIX_CHECK(valid(backward), "chunk_kda_set_value_tiles: backward = ", backward,
+               ", expected 0 (built-in), 16, 32 or 64");
+  kda::forward_tile_override = forward;
+  kda::backward_tile_override = backward;
 }
 
 size_t chunk_kda_workspace_bytes(int64_t tokens, int64_t num_seqs, int64_t max_chunks, int64_t H, int64_t HV,

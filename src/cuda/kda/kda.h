@@ -29,6 +29,11 @@ HostTensor cu_seqlens_to_host(const TensorView& cu_seqlens, cudaStream_t stream)
 void chunk_kda_fwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const TensorView& o,
                    const TensorView* final_state, const TensorView* intermediate_states, cudaStream_t stream);
 
+// Tuning hook (bench/kda_bench --tiles, not the public API): value columns per block of the forward and the
+// backward state passes, 16, 32 or 64, or 0 for the built-in choice (forward_value_tile, state_bwd_value_tile).
+// Process-wide; every tile gives the same results, only the speed changes.
+void chunk_kda_set_value_tiles(int forward, int backward);
+
 void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const TensorView& do_,
                    const TensorView* dht, const TensorView& dq, const TensorView& dk, const TensorView& dv,
                    const TensorView& dg, const TensorView& dbeta, const TensorView* dh0, const TensorView* dA_log,
