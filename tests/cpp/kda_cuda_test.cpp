@@ -237,6 +237,23 @@ struct Outputs {
   HostTensor o, ht, h, dq, dk, dv, dg, dbeta, dh0, dA_log, ddt_bias;  // h: intermediate_states
 };
 
+// Every result of a fwd + bwd call, for comparing two calls entry by entry.
+std::vector<const HostTensor*> results(const Outputs& r) {
+  return {&r.o, &r.ht, &r.dq, &r.dk, &r.dv, &r.dg, &r.dbeta, &r.dA_log, &r.ddt_bias, &r.dh0};
+}
+
+// A case's inputs with an output gradient and a final-state gradient (seeds seed, seed + 1, seed + 2).
+struct Call {
+  Inputs in;
+  HostTensor d_o, dht;
+};
+Call make_call(const Case& c, uint64_t seed) {
+  Call call{make_inputs(c, seed), {}, {}};
+  call.d_o = testing::randn(call.in.v.sizes(), seed + 1, 1.0, c.dtype);
+  call.dht = testing::randn(c.state_sizes(), seed + 2, 0.3, DType::f32);
+  return call;
+}
+
 // The CPU reference on the exact (f64) values of the low-precision inputs.
 Outputs reference(const Case& c, const Inputs& in, const HostTensor& d_o, const HostTensor& dht) {
   const KdaParams params = c.params();
@@ -534,19 +551,17 @@ TEST(KdaCuda, IntermediateStatesInEveryLayoutAreOneCopyOfTheSameStates) {
   EXPECT_EQ(diff, 0.0);
 }
 
+Outputs on_device(const Case& c, const Call& call) { return on_device(c, call.in, call.d_o, call.dht); }
+
 TEST(KdaCuda, BackwardIsDeterministic) {
   SEQMIX_REQUIRE_CUDA();
   Case c{"determinism"};
   c.T = 300, c.K = 64, c.H = 1, c.HV = 2, c.cu_seqlens = {0, 100, 300}, c.gate = Gate::softplus, c.A_log = true;
   c.dt_bias = true, c.h0 = c.ht = true;
-  const Inputs in = make_inputs(c, 3);
-  const HostTensor d_o = testing::randn(in.v.sizes(), 4, 1.0, c.dtype);
-  const HostTensor dht = testing::randn(c.state_sizes(), 5, 0.3, DType::f32);
-  const Outputs a = on_device(c, in, d_o, dht), b = on_device(c, in, d_o, dht);
-  for (auto [x, y] : {std::pair{&a.o, &b.o}, {&a.ht, &b.ht}, {&a.dq, &b.dq}, {&a.dk, &b.dk}, {&a.dv, &b.dv},
-                      {&a.dg, &b.dg}, {&a.dbeta, &b.dbeta},
-                      {&a.dA_log, &b.dA_log}, {&a.ddt_bias, &b.ddt_bias}, {&a.dh0, &b.dh0}})
-    EXPECT_EQ(testing::max_abs_diff(*x, *y), 0.0);
+  const Call call = make_call(c, 3);
+  const Outputs a = on_device(c, call), b = on_device(c, call);
+  const auto xs = results(a), ys = results(b);
+  for (size_t i = 0; i < xs.size(); ++i) EXPECT_EQ(testing::max_abs_diff(*xs[i], *ys[i]), 0.0) << i;
 }
 
 // Every value-column tile of the two state passes (the tuning hook cuda::chunk_kda_set_value_tiles) forms each
@@ -559,24 +574,15 @@ TEST(KdaCuda, EveryStateValueTileGivesTheSameResults) {
   Case c{"value tiles"};
   c.T = 300, c.K = 128, c.H = 2, c.HV = 2, c.cu_seqlens = {0, 100, 300}, c.gate = Gate::softplus, c.A_log = true;
   c.dt_bias = true, c.l2norm = true, c.h0 = c.ht = true;
-  const Inputs in = make_inputs(c, 21);
-  const HostTensor d_o = testing::randn(in.v.sizes(), 22, 1.0, c.dtype);
-  const HostTensor dht = testing::randn(c.state_sizes(), 23, 0.3, DType::f32);
-  const Outputs ref = on_device(c, in, d_o, dht);
+  const Call call = make_call(c, 21);
+  const Outputs ref = on_device(c, call);
   for (const int tile : {16, 32, 64}) {
     cuda::chunk_kda_set_value_tiles(tile, tile);
-    const Outputs r = on_device(c, in, d_o, dht);
-    for (auto [x, y] : {std::pair{&r.o, &ref.o},
-                        {&r.ht, &ref.ht},
-                        {&r.dq, &ref.dq},
-                        {&r.dk, &ref.dk},
-                        {&r.dv, &ref.dv},
-                        {&r.dg, &ref.dg},
-                        {&r.dbeta, &ref.dbeta},
-                        {&r.dA_log, &ref.dA_log},
-                        {&r.ddt_bias, &ref.ddt_bias},
-                        {&r.dh0, &ref.dh0}})
-      EXPECT_LE(testing::max_abs_diff(*x, *y), 1e-6 * (1.0 + testing::max_abs(*y))) << "tile " << tile;
+    const Outputs r = on_device(c, call);
+    const auto xs = results(r), ys = results(ref);
+    for (size_t i = 0; i < xs.size(); ++i)
+      EXPECT_LE(testing::max_abs_diff(*xs[i], *ys[i]), 1e-6 * (1.0 + testing::max_abs(*ys[i])))
+          << "tile " << tile << " " << i;
   }
 }
 
@@ -595,12 +601,10 @@ TEST(KdaCuda, EmptySequencesOnlyPassTheStateThrough) {
   Case c{"no tokens"};
   c.T = 0, c.K = 64, c.H = 1, c.HV = 2, c.cu_seqlens = {0, 0, 0}, c.gate = Gate::softplus, c.A_log = true;
   c.dt_bias = true, c.l2norm = true, c.h0 = c.ht = true;
-  const Inputs in = make_inputs(c, 11);
-  const HostTensor d_o = testing::randn(in.v.sizes(), 12, 1.0, c.dtype);
-  const HostTensor dht = testing::randn(c.state_sizes(), 13, 0.3, DType::f32);
-  const Outputs r = on_device(c, in, d_o, dht);
-  EXPECT_EQ(testing::max_abs_diff(r.ht, in.h0), 0.0);
-  EXPECT_EQ(testing::max_abs_diff(r.dh0, dht), 0.0);
+  const Call call = make_call(c, 11);
+  const Outputs r = on_device(c, call);
+  EXPECT_EQ(testing::max_abs_diff(r.ht, call.in.h0), 0.0);
+  EXPECT_EQ(testing::max_abs_diff(r.dh0, call.dht), 0.0);
   EXPECT_EQ(testing::max_abs(r.dA_log), 0.0);
   EXPECT_EQ(testing::max_abs(r.ddt_bias), 0.0);
 }
@@ -632,12 +636,10 @@ TEST(KdaCuda, StageTimingReportsEveryStageWithItsModel) {
   Case c{"stage timing"};
   c.T = 200, c.H = 1, c.HV = 2, c.cu_seqlens = {0, 64, 128, 128, 200}, c.l2norm = true, c.gate = Gate::softplus;
   c.A_log = c.dt_bias = true, c.beta_sigmoid = true, c.h0 = c.ht = true;
-  const Inputs in = make_inputs(c, 41);
-  const HostTensor d_o = testing::randn(in.v.sizes(), 42, 1.0, c.dtype);
-  const HostTensor dht = testing::randn(c.state_sizes(), 43, 0.3, DType::f32);
+  const Call call = make_call(c, 41);
   setenv("SEQMIX_KDA_TIMING", "1", 1);
   ::testing::internal::CaptureStderr();
-  on_device(c, in, d_o, dht);
+  on_device(c, call);
   const std::string log = ::testing::internal::GetCapturedStderr();
   unsetenv("SEQMIX_KDA_TIMING");
   namespace roofline = cuda::kda::roofline;
