@@ -24,7 +24,8 @@
 // seqmix::Error naming the argument). CUDA arithmetic is fp32 (fp32 states whatever their storage dtype;
 // matrix products on the tensor cores in TF32: one pass for bf16 / f16 inputs, whose operand rounding of
 // 2^-11 is below the inputs' own 2^-9, and 3xTF32, fp32-accurate, for f32 inputs and the forward's
-// triangular inverse) and deterministic (no atomics): the same call gives bit-identical results. Kernels: src/cuda/kda/{forward,backward}.cu.
+// triangular inverse) and deterministic (no atomics): the same call gives bit-identical results. Kernels:
+// src/cuda/kda/{forward,backward}.cu.
 #pragma once
 
 #include <cstddef>

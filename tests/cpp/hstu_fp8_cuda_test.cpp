@@ -241,9 +241,10 @@ void compare_with_emulation(const Case& c) {
       // Row copies everywhere: the gradients must be nearer the emulation than half its distance to this.
       HostTensor dq_rows(DType::f64, {total, H, D}), dk_rows(DType::f64, {total, H, D}),
           dv_rows(DType::f64, {total, H, D});
-      hstu_attention_bwd(plain, fp8_fake(q, seq, 1, true, true, false).view(), fp8_fake(k, seq, 1, true, false, false).view(),
-                         fp8_fake(v, seq, 1, true, false, false).view(), seq.view(), targets_host_ptr,
-                         fp8_fake(dout, seq, 1, true, true, false).view(), dq_rows.view(), dk_rows.view(), dv_rows.view());
+      hstu_attention_bwd(plain, fp8_fake(q, seq, 1, true, true, false).view(),
+                         fp8_fake(k, seq, 1, true, false, false).view(), fp8_fake(v, seq, 1, true, false, false).view(),
+                         seq.view(), targets_host_ptr, fp8_fake(dout, seq, 1, true, true, false).view(), dq_rows.view(),
+                         dk_rows.view(), dv_rows.view());
       const double d_dq = scaled_max_error(dq_rows, dq64), d_dk = scaled_max_error(dk_rows, dk64),
                    d_dv = scaled_max_error(dv_rows, dv64);
       EXPECT_LE(e_dq, 0.5 * d_dq) << "dq: nearer the row-copy backward than the emulation";

@@ -272,8 +272,8 @@ struct StageTimer {
   void mark(roofline::Stage stage, int value_tile = 0);
   bool enabled = false;
   cudaStream_t stream = nullptr;
-  roofline::Shape shape;                    // the call, filled by run_forward and chunk_kda_bwd
-  const int64_t* device_chunks = nullptr;   // chunk_offsets[N] on the device (varlen), read into shape.chunks
+  roofline::Shape shape;                   // the call, filled by run_forward and chunk_kda_bwd
+  const int64_t* device_chunks = nullptr;  // chunk_offsets[N] on the device (varlen), read into shape.chunks
   int count = 0;
   cudaEvent_t events[16];
   const char* names[16];

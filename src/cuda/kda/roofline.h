@@ -264,30 +264,48 @@ enum class Stage { tables, chunk_fwd, state_fwd, output_fwd, state_bwd, wy_bwd, 
 
 inline const char* stage_name(Stage stage) {
   switch (stage) {
-    case Stage::tables: return "tables";
-    case Stage::chunk_fwd: return "chunk_fwd";
-    case Stage::state_fwd: return "state_fwd";
-    case Stage::output_fwd: return "output_fwd";
-    case Stage::state_bwd: return "state_bwd";
-    case Stage::wy_bwd: return "wy_bwd";
-    case Stage::pair_bwd: return "pair_bwd";
-    case Stage::finalize: return "finalize";
-    default: return "gate_params";
+    case Stage::tables:
+      return "tables";
+    case Stage::chunk_fwd:
+      return "chunk_fwd";
+    case Stage::state_fwd:
+      return "state_fwd";
+    case Stage::output_fwd:
+      return "output_fwd";
+    case Stage::state_bwd:
+      return "state_bwd";
+    case Stage::wy_bwd:
+      return "wy_bwd";
+    case Stage::pair_bwd:
+      return "pair_bwd";
+    case Stage::finalize:
+      return "finalize";
+    default:
+      return "gate_params";
   }
 }
 
 // value_tile: the value columns per block of state_fwd / state_bwd (ignored by the other stages).
 inline Cost stage_cost(Stage stage, const Shape& s, int value_tile) {
   switch (stage) {
-    case Stage::tables: return tables_cost(s);
-    case Stage::chunk_fwd: return chunk_fwd_cost(s);
-    case Stage::state_fwd: return state_fwd_cost(s, value_tile);
-    case Stage::output_fwd: return output_fwd_cost(s);
-    case Stage::state_bwd: return state_bwd_cost(s, value_tile);
-    case Stage::wy_bwd: return wy_bwd_cost(s);
-    case Stage::pair_bwd: return pair_bwd_cost(s);
-    case Stage::finalize: return finalize_cost(s);
-    default: return gate_params_cost(s);
+    case Stage::tables:
+      return tables_cost(s);
+    case Stage::chunk_fwd:
+      return chunk_fwd_cost(s);
+    case Stage::state_fwd:
+      return state_fwd_cost(s, value_tile);
+    case Stage::output_fwd:
+      return output_fwd_cost(s);
+    case Stage::state_bwd:
+      return state_bwd_cost(s, value_tile);
+    case Stage::wy_bwd:
+      return wy_bwd_cost(s);
+    case Stage::pair_bwd:
+      return pair_bwd_cost(s);
+    case Stage::finalize:
+      return finalize_cost(s);
+    default:
+      return gate_params_cost(s);
   }
 }
 
