@@ -31,6 +31,8 @@ cmake --build build-cuda -j 16 --target kda_cuda_test seqmix_cli >> "$OUT/build.
 g++ -O2 -std=c++20 bench/kda_bench.cpp -Iinclude -Isrc -I"$(dirname "$(which nvcc)")/../include" build-cuda/libseqmix.a -L"$(dirname "$(which nvcc)")/../lib64" \
   -lcudart -lpthread -o build-cuda/kda_bench >> "$OUT/build.log" 2>&1 || tail -20 "$OUT/build.log"
 echo "build $(( $(date +%s) - t0 )) s"
+# BUILD_ONLY=1: the build alone (scripts/kda_device_candidate.sh builds its trees side by side this way)
+[ "${BUILD_ONLY:-0}" = 1 ] && exit 0
 if [ -n "$fla_pid" ]; then
   wait $fla_pid; echo "fla rc=$? at $(( $(date +%s) - t0 )) s"; tail -6 "$OUT/fla.txt"
 fi
@@ -74,7 +76,7 @@ if [ "${SANITIZE:-1}" = 1 ]; then
     --gtest_filter='KdaCuda.BadInputs*:KdaCuda.BackwardIsDeterministic' > "$OUT/memcheck.log" 2>&1
   echo "memcheck rc=$?"; grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | head
 fi
-if [ -z "$fla_pid" ]; then
+if [ -z "$fla_pid" ] && [ "${FLA_RUN:-1}" = 1 ]; then  # FLA_RUN=0: no FLA step (its figures come from elsewhere)
   cmd="OUT=\$OUT bash bench/run_kda_device.sh (kda_bench + PYTHONPATH=peers/fla-repo python3 bench/kda_vs_fla.py)"
   left=$(( BUDGET - $(date +%s) + t0 )); echo "fla gets ${left} s"
   PYTHONPATH=$FLA timeout $left python3 bench/kda_vs_fla.py --out "$RES/fla.json" --ours "$RES/ours.json" \

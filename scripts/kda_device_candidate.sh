@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One device call for a KDA candidate with a fallback, from the repository root on the GPU machine: FLA's bench
 # runs first (alone on the GPU; Triton autotune picks of an earlier call unpacked into its cache) while both
-# staged trees build on the CPU; then the candidate's bench/run_kda_device.sh (tests, check, stage times, bench,
-# ncu kernel durations, memcheck), and the fallback's only when the candidate's tests fail.
+# staged trees build on the CPU (run_kda_device.sh BUILD_ONLY=1); then the candidate's bench/run_kda_device.sh
+# (tests, check, stage times, bench, ncu kernel durations, memcheck), and the fallback's only when the
+# candidate's tests fail.
 #   CANDIDATE=.wip/b FALLBACK=.wip/a AUTOTUNE=.wip/triton_autotune.tgz FLA_S=240 bash scripts/kda_device_candidate.sh
 # Stage a tree with `git archive <branch> | tar xf - -C .wip/b` and a copy of .deps; carry .wip and peers/fla-repo.
 # Results: $OUT/fla.json, $OUT/fla_logs.tgz, $OUT/<tree name>/{ours.json, kda_stages.jsonl, kernel_times.csv, logs.tgz}.
@@ -22,9 +23,7 @@ fla_pid=$!
 builds=""
 for v in "$CANDIDATE" "$FALLBACK"; do
   n=$(basename "$v")
-  (cd "$v" && cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DSEQMIX_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
-     -DSEQMIX_GTEST_SOURCE_DIR="$PWD/.deps/googletest" > "$OUT/$n/logs/cfg.log" 2>&1 &&
-   cmake --build build-cuda -j 8 --target kda_cuda_test seqmix_cli > "$OUT/$n/logs/build0.log" 2>&1
+  (cd "$v" && OUT=$OUT/$n BUILD_ONLY=1 bash bench/run_kda_device.sh > "$OUT/$n/logs/build0.txt" 2>&1
    echo "build $n rc=$? at $(( $(date +%s) - t0 )) s") &
   builds="$builds $!"
 done
@@ -35,11 +34,11 @@ for v in "$CANDIDATE" "$FALLBACK"; do
   n=$(basename "$v")
   echo "=== $n at $(( $(date +%s) - t0 )) s"
   if [ "$v" = "$CANDIDATE" ]; then
-    (cd "$v" && OUT=$OUT/$n FLA=/nonexistent STOP_ON_TEST_FAIL=1 SANITIZE_ON_FAIL=0 TEST_TIMEOUT=120 BENCH_TIMEOUT=80 \
+    (cd "$v" && OUT=$OUT/$n FLA_RUN=0 STOP_ON_TEST_FAIL=1 SANITIZE_ON_FAIL=0 TEST_TIMEOUT=120 BENCH_TIMEOUT=80 \
       KERNEL_TIMES=1 KERNEL_TIMES_TIMEOUT=60 SAN_TIMEOUT=40 bash bench/run_kda_device.sh) 2>&1 | tee "$OUT/$n/run.txt" |
       grep -v "^BIG\|^\[kda timing\]"
   else
-    (cd "$v" && OUT=$OUT/$n FLA=/nonexistent SANITIZE_ON_FAIL=0 SANITIZE=0 TEST_TIMEOUT=120 BENCH_TIMEOUT=80 \
+    (cd "$v" && OUT=$OUT/$n FLA_RUN=0 SANITIZE_ON_FAIL=0 SANITIZE=0 TEST_TIMEOUT=120 BENCH_TIMEOUT=80 \
       bash bench/run_kda_device.sh) 2>&1 | tee "$OUT/$n/run.txt" | grep -v "^BIG\|^\[kda timing\]"
   fi
   grep -q "kda_cuda_test rc=0" "$OUT/$n/run.txt" && break
