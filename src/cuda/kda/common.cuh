@@ -106,10 +106,14 @@ __device__ __forceinline__ bool locate_chunk(const KdaDev& p, int64_t c, int64_t
 struct GateConsts {
   float bias, rate;
 };
+__device__ __forceinline__ float gate_bias(const KdaDev& p, int hv, int d) {
+  return p.use_gate && p.dt_bias ? load_f(p.dt_bias, p.dt_bias_dt, static_cast<int64_t>(hv) * p.K + d) : 0.0f;
+}
+__device__ __forceinline__ float gate_rate(const KdaDev& p, int hv) {
+  return p.use_gate && p.A_log ? expf(load_f(p.A_log, p.A_log_dt, hv)) : 1.0f;
+}
 __device__ __forceinline__ GateConsts gate_consts(const KdaDev& p, int hv, int d) {
-  if (!p.use_gate) return {0.0f, 1.0f};
-  return {p.dt_bias ? load_f(p.dt_bias, p.dt_bias_dt, static_cast<int64_t>(hv) * p.K + d) : 0.0f,
-          p.A_log ? expf(load_f(p.A_log, p.A_log_dt, hv)) : 1.0f};
+  return {gate_bias(p, hv, d), gate_rate(p, hv)};
 }
 
 // Fused gate (FLA kda gate) in fp32; d_raw = dg/dg_raw, d_A = dg/dA_log when asked.

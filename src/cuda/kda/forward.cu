@@ -158,9 +158,8 @@ __host__ __device__ constexpr int q_region(int K) {
 // The fused gate's per-head constants: dt_bias [K] into shared memory (0 without it), exp(A_log) returned.
 template <int kK>
 __device__ __forceinline__ float gate_rate_and_bias(const KdaDev& p, int hv, float* biasS) {
-  for (int d = threadIdx.x; d < kK; d += kThreads)
-    biasS[d] = p.use_gate && p.dt_bias ? load_f(p.dt_bias, p.dt_bias_dt, static_cast<int64_t>(hv) * kK + d) : 0.0f;
-  return p.use_gate && p.A_log ? expf(load_f(p.A_log, p.A_log_dt, hv)) : 1.0f;
+  for (int d = threadIdx.x; d < kK; d += kThreads) biasS[d] = gate_bias(p, hv, d);
+  return gate_rate(p, hv);
 }
 
 // The chunk's rows of q (and k) and of the applied gate G into shared [64, K + 4] tiles (vector loads, input
