@@ -876,8 +876,10 @@ void launch_chunks(KdaDev& p, const TensorView* o, const TensorView* final_state
   }
   const int bv = forward_value_tile(p);
   const int64_t state_blocks = static_cast<int64_t>(p.N) * p.HV * (p.V / bv);
-  // two ring slots where each SM runs one block anyway (the 64-column tile has no room for a second)
-  const int stages = bv < 64 && state_blocks <= sm_count() ? 2 : 1;
+  // two ring slots where each SM runs one block anyway (the 64-column tile has no room for a second); the
+  // 16-column tile is built with two only (the built-in choice takes it for few blocks; a tile set through
+  // chunk_kda_set_value_tiles can give it more blocks than SMs, and its one-slot carve overran the ring)
+  const int stages = bv == 16 || (bv == 32 && state_blocks <= sm_count()) ? 2 : 1;
   const size_t state_smem = state_fwd_smem(p.K, bv, stages);
   const dim3 state_grid(static_cast<unsigned>(state_blocks));
   void* fs_ptr = final_state ? final_state->data : nullptr;
@@ -892,7 +894,7 @@ void launch_chunks(KdaDev& p, const TensorView* o, const TensorView* final_state
     launch_state(state_fwd_kernel<kK, 32, 2, kPrecise>);
   else if (bv == 32)
     launch_state(state_fwd_kernel<kK, 32, 1, kPrecise>);
-  else  // 16 columns only below sms / 4 blocks of 32, so 2 * that < sms blocks: always the 2-slot ring
+  else
     launch_state(state_fwd_kernel<kK, 16, 2, kPrecise>);
   SEQMIX_CUDA_CHECK(cudaGetLastError());
   timer.mark(roofline::Stage::state_fwd, bv);
