@@ -564,6 +564,8 @@ TEST(KdaCuda, BackwardIsDeterministic) {
   for (size_t i = 0; i < xs.size(); ++i) EXPECT_EQ(testing::max_abs_diff(*xs[i], *ys[i]), 0.0) << i;
 }
 
+// The value-tile hook is defined by the CUDA backend only (a build without it has nothing to tune).
+#ifdef SEQMIX_WITH_CUDA
 // Every value-column tile of the two state passes (the tuning hook cuda::chunk_kda_set_value_tiles) forms each
 // state column with the same products in the same order, so every result matches the built-in choice's.
 TEST(KdaCuda, EveryStateValueTileGivesTheSameResults) {
@@ -600,6 +602,7 @@ TEST(KdaCuda, ValueTileHookNamesABadWidth) {
   testing::expect_error([] { cuda::chunk_kda_set_value_tiles(-16, 0); }, {"forward = -16"});
   cuda::chunk_kda_set_value_tiles(0, 0);
 }
+#endif  // SEQMIX_WITH_CUDA
 
 // A pack of empty sequences (no tokens): the state passes through (final state = initial state, dh0 = dht)
 // and dA_log / ddt_bias are zero; the kernels that need tokens are not launched.
