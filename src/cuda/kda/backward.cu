@@ -174,31 +174,43 @@ __device__ __forceinline__ void zero_tiles(float c[MT][4]) {
   for (int m = 0; m < MT; ++m) c[m][0] = c[m][1] = c[m][2] = c[m][3] = 0.0f;
 }
 
-// Rows [0, rows) x `cols` of a shared tile (row stride dst_rs) from a row-major fp32 source (row i at
-// src + i * src_rs) by cp_async16 from NT threads; rows >= rows_valid are zeroed with plain stores.
-template <int NT>
-__device__ __forceinline__ void cp_async_rows(float* dst, int dst_rs, const float* src, int64_t src_rs, int rows,
-                                              int rows_valid, int cols) {
-  const int c4 = cols / 4;
-  for (int idx = threadIdx.x; idx < rows * c4; idx += NT) {
-    const int i = idx / c4, d = (idx % c4) * 4;
-    if (i < rows_valid)
-      cp_async16(dst + i * dst_rs + d, src + i * src_rs + d);
-    else
-      st4(dst + i * dst_rs + d, zero4());
+// Rows [0, kRows) x kCols of a shared tile (row stride dst_rs) from a row-major fp32 source (row i at
+// src + i * src_rs) by cp_async16 from NT threads; rows >= rows_valid are zeroed with plain stores. Thread t
+// copies columns 4 (t % c4) .. + 3 of rows t / c4 + kStep r (c4 = kCols / 4, kStep = NT / c4), unrolled: no
+// division or loop test per copy, and a thread's row offsets differ by compile-time multiples of the strides.
+template <int NT, int kRows, int kCols>
+__device__ __forceinline__ void cp_async_rows(float* dst, int dst_rs, const float* src, int64_t src_rs,
+                                              int rows_valid) {
+  constexpr int c4 = kCols / 4, kStep = NT / c4;
+  static_assert(NT % c4 == 0, "a thread keeps its columns in every row it copies");
+  const int i0 = threadIdx.x / c4, d = (threadIdx.x % c4) * 4;
+#pragma unroll
+  for (int r = 0; r < kRows; r += kStep) {
+    const int i = i0 + r;
+    if (kRows % kStep == 0 || i < kRows) {
+      if (i < rows_valid)
+        cp_async16(dst + i * dst_rs + d, src + i * src_rs + d);
+      else
+        st4(dst + i * dst_rs + d, zero4());
+    }
   }
 }
 
-// tf32_operand in place on the entries of a cp_async_rows call with the same NT, dst, dst_rs, rows and cols:
-// the same idx -> thread map, so each thread rounds only entries it wrote itself, visible to it once its
+// tf32_operand in place on the entries of a cp_async_rows call with the same NT, kRows, kCols, dst and dst_rs:
+// the same thread map, so each thread rounds only entries it wrote itself, visible to it once its
 // cp_async_wait has returned (other threads read them after the next __syncthreads). No-op for kPrecise.
-template <int NT, bool kPrecise>
-__device__ __forceinline__ void tf32_round_rows(float* dst, int dst_rs, int rows, int cols) {
+template <int NT, int kRows, int kCols, bool kPrecise>
+__device__ __forceinline__ void tf32_round_rows(float* dst, int dst_rs) {
   if constexpr (!kPrecise) {
-    const int c4 = cols / 4;
-    for (int idx = threadIdx.x; idx < rows * c4; idx += NT) {
-      float* at = dst + (idx / c4) * dst_rs + (idx % c4) * 4;
-      st4(at, tf32_operand<false>(*reinterpret_cast<const float4*>(at)));
+    constexpr int c4 = kCols / 4, kStep = NT / c4;
+    const int i0 = threadIdx.x / c4;
+    dst += i0 * dst_rs + (threadIdx.x % c4) * 4;
+#pragma unroll
+    for (int r = 0; r < kRows; r += kStep) {
+      if (kRows % kStep == 0 || i0 + r < kRows) {
+        float* at = dst + r * dst_rs;
+        st4(at, tf32_operand<false>(*reinterpret_cast<const float4*>(at)));
+      }
     }
   }
 }
@@ -256,10 +268,10 @@ __global__ void __launch_bounds__(state_bwd_threads(BV), 1)
     const int64_t t0 = p.seq_offsets[n] + (c_last - c_begin) * kChunk;
     const int64_t left = p.seq_offsets[n + 1] - t0;
     const int L = static_cast<int>(left < kChunk ? left : kChunk);
-    cp_async_rows<kNT>(gS, KP, p.gc + (t0 * p.HV + hv) * K, rs_k, kChunk, L, K);
-    cp_async_rows<kNT>(klS, KP, p.kp + (t0 * p.H + h) * K, rs_q, kChunk, L, K);
-    cp_async_rows<kNT>(aqS, AP, p.Aqk + (t0 * p.HV + hv) * kChunk, rs_a, kChunk, L, kChunk);
-    cp_async_rows<kNT>(qgS, KT, p.qp + (t0 * p.H + h) * K, rs_q, kChunk, L, K);
+    cp_async_rows<kNT, kChunk, K>(gS, KP, p.gc + (t0 * p.HV + hv) * K, rs_k, L);
+    cp_async_rows<kNT, kChunk, K>(klS, KP, p.kp + (t0 * p.H + h) * K, rs_q, L);
+    cp_async_rows<kNT, kChunk, kChunk>(aqS, AP, p.Aqk + (t0 * p.HV + hv) * kChunk, rs_a, L);
+    cp_async_rows<kNT, kChunk, K>(qgS, KT, p.qp + (t0 * p.H + h) * K, rs_q, L);
   }
   for (int64_t c = c_last; c >= c_begin; --c) {
     const int64_t t0 = p.seq_offsets[n] + (c - c_begin) * kChunk;
@@ -274,7 +286,7 @@ __global__ void __launch_bounds__(state_bwd_threads(BV), 1)
       prefetch_rows(static_cast<const char*>(d_out) + ((tn * p.HV + hv) * p.V + e0) * es, kChunk,
                     static_cast<int64_t>(p.HV) * p.V * es, BV * es, kNT);
     }
-    cp_async_rows<kNT>(wS, KT, p.w + (t0 * p.HV + hv) * K, rs_k, kChunk, L, K);
+    cp_async_rows<kNT, kChunk, K>(wS, KT, p.w + (t0 * p.HV + hv) * K, rs_k, L);
     batched<8, kNT>(
         kChunk * BV,
         [&](int idx) {
@@ -305,7 +317,7 @@ __global__ void __launch_bounds__(state_bwd_threads(BV), 1)
       for (int d = tid; d < K; d += kNT) glS[d] = gl[d];
     }
     __syncthreads();
-    if (more) cp_async_rows<kNT>(gS, KP, p.gc + (tn * p.HV + hv) * K, rs_k, kChunk, kChunk, K);
+    if (more) cp_async_rows<kNT, kChunk, K>(gS, KP, p.gc + (tn * p.HV + hv) * K, rs_k, kChunk);
     // dv_new = Aqk^T do + Kl dS'   (64 x BV), and already Qg^T do of the dS step below (it does not
     // need dv_new), so that Qg's tile is free for the next chunk's q during the w^T dv_new product.
     float pos[kTilesS][4];
@@ -327,9 +339,9 @@ __global__ void __launch_bounds__(state_bwd_threads(BV), 1)
     }
     __syncthreads();
     if (more) {
-      cp_async_rows<kNT>(klS, KP, p.kp + (tn * p.H + h) * K, rs_q, kChunk, kChunk, K);
-      cp_async_rows<kNT>(aqS, AP, p.Aqk + (tn * p.HV + hv) * kChunk, rs_a, kChunk, kChunk, kChunk);
-      cp_async_rows<kNT>(qgS, KT, p.qp + (tn * p.H + h) * K, rs_q, kChunk, kChunk, K);
+      cp_async_rows<kNT, kChunk, K>(klS, KP, p.kp + (tn * p.H + h) * K, rs_q, kChunk);
+      cp_async_rows<kNT, kChunk, kChunk>(aqS, AP, p.Aqk + (tn * p.HV + hv) * kChunk, rs_a, kChunk);
+      cp_async_rows<kNT, kChunk, K>(qgS, KT, p.qp + (tn * p.H + h) * K, rs_q, kChunk);
     }
     // dS = exp(G_last) dS' + Qg^T do - w^T dv_new   (K x BV; each warp owns its tiles)
     {
@@ -487,10 +499,10 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   }
   // dS' and v_new by cp.async (one group, awaited now), then A (its own group, awaited before the A^T dw
   // step: its load overlaps the first products).
-  cp_async_rows<kWyThreads>(sS, KP, p.dhs + state_off, V, K, K, V);
-  cp_async_rows<kWyThreads>(sY, KP, p.vn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, kChunk, L, V);
+  cp_async_rows<kWyThreads, K, V>(sS, KP, p.dhs + state_off, V, K);
+  cp_async_rows<kWyThreads, kChunk, V>(sY, KP, p.vn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, L);
   cp_async_commit();
-  cp_async_rows<kWyThreads>(sA, AP, p.A + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L, kChunk);
+  cp_async_rows<kWyThreads, kChunk, kChunk>(sA, AP, p.A + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, L);
   cp_async_commit();
   // G_last, beta and do (all of a thread's loads in flight together, one round trip) while the copies are
   // in flight; sX is unused until the first products.
@@ -502,7 +514,7 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   if (tid < K) glS[tid] = gl_own;
   if (tid < kChunk) bS[tid] = b_own;
   cp_async_wait<1>();
-  tf32_round_rows<kWyThreads, kPrecise>(sY, KP, kChunk, V);  // v_new: MMA operand only; dS' stays exact
+  tf32_round_rows<kWyThreads, kChunk, V, kPrecise>(sY, KP);  // v_new: MMA operand only; dS' stays exact
   __syncthreads();
 
   // Warp w owns tiles w + 16 m of every [64, K] product (m < ct / 4: columns kc, rows kr + m * kstep)
@@ -583,7 +595,7 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   }
   // dv_new -> sY by cp.async (v_new's last readers, dk_state and dAqk, are behind the barrier before the
   // S step); its load overlaps the dG_last and dq_state steps and is awaited before the dw step.
-  cp_async_rows<kWyThreads>(sY, KP, p.dvn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, kChunk, L, V);
+  cp_async_rows<kWyThreads, kChunk, V>(sY, KP, p.dvn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, L);
   cp_async_commit();
   for (int idx = tid; idx < kChunk * ct; idx += kWyThreads) red[idx] = 0.0f;
   __syncthreads();
@@ -630,8 +642,8 @@ __global__ void __launch_bounds__(kWyThreads, 1)
       vv[m][r] = v2.x, vv[m][r + 1] = v2.y;
     }
   cp_async_wait_all();  // A and dv_new
-  tf32_round_rows<kWyThreads, kPrecise>(sA, AP, kChunk, kChunk);
-  tf32_round_rows<kWyThreads, kPrecise>(sY, KP, kChunk, V);
+  tf32_round_rows<kWyThreads, kChunk, kChunk, kPrecise>(sA, AP);
+  tf32_round_rows<kWyThreads, kChunk, V, kPrecise>(sY, KP);
   __syncthreads();
   // dw = -dv_new S^T -> sO
   {
@@ -836,10 +848,10 @@ __global__ void __launch_bounds__(kPairThreads) pair_bwd_kernel(KdaDev p) {
       cp_async16(gS + at, p.gc + row_at(i < L ? i : L - 1) * K + d);
     }
   }
-  cp_async_rows<kPairThreads>(aqS, AP, p.dAqk + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L,
-                              kChunk);
-  cp_async_rows<kPairThreads>(dmS, AP, p.dM + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L,
-                              kChunk);
+  cp_async_rows<kPairThreads, kChunk, kChunk>(aqS, AP, p.dAqk + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk,
+                                              L);
+  cp_async_rows<kPairThreads, kChunk, kChunk>(dmS, AP, p.dM + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk,
+                                              L);
   for (int i = tid; i < kChunk; i += kPairThreads) bS[i] = i < L ? p.bp[row_at(i)] : 0.0f;
   cp_async_wait_all();
   __syncthreads();
