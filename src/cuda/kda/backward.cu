@@ -712,11 +712,12 @@ __global__ void __launch_bounds__(kWyThreads, 1)
 #pragma unroll
         for (int r = 0; r < 4; r += 2) {
           const int j = r0 + frag_row(r), d = kc + frag_col(r);
+          const float bj = bS[j];  // once: the shared stores below could alias bS for the compiler
           float eg[2];
 #pragma unroll
           for (int u = 0; u < 2; ++u) eg[u] = __expf(gv[m][r + u]);
           st2(sS + j * KP + d, tf32_operand<kPrecise>(eg[0] * kv[m][r]), tf32_operand<kPrecise>(eg[1] * kv[m][r + 1]));
-          st2(sX + j * KP + d, bS[j] * t3[mm][r], bS[j] * t3[mm][r + 1]);
+          st2(sX + j * KP + d, bj * t3[mm][r], bj * t3[mm][r + 1]);
           if (j < L) {
             const int64_t at = row_at(j) * K + d;
             const float2 v2 = ld2(sS + (kChunk + j) * KP + d);
@@ -724,7 +725,7 @@ __global__ void __launch_bounds__(kWyThreads, 1)
             float dk2[2], dg2[2];
 #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const float dkb = bS[j] * eg[u] * t2[mm][r + u], kd = kv[m][r + u];
+              const float dkb = bj * eg[u] * t2[mm][r + u], kd = kv[m][r + u];
               dk2[u] = dk_keep[m][r + u] + dkb;
               dg2[u] = __fmaf_rn(kd, dkb, -kd * dk_keep[m][r + u]);
               db[r / 2] += t2[mm][r + u] * eg[u] * kd + t3[mm][r + u] * vj[u];
