@@ -833,14 +833,19 @@ void set_smem_two_per_sm(const void* kernel, size_t bytes) {
       cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
 }
 
-// Value columns per block of the forward state pass. Every block reads the chunk's whole w and kl
-// (64 x K floats each) whatever its width, and those re-reads bound the pass (measured ~2 TB/s of
-// them at B4 T4096 H16 with 32 columns): take the widest tile that still gives about one block per SM.
+// Value columns per block of the forward state pass. A block's chunk step is shorter the narrower its tile
+// (B1 T32768 H16 on the H100: 16 / 32 / 64 columns gave forwards of 4.02 / 4.40 / 5.40 ms, each in one wave),
+// but every block reads the chunk's whole w and kl (64 x K floats each) whatever its width, and once there is
+// more than one wave those re-reads bound the pass: take the narrowest tile whose blocks fit in one wave, else
+// 64 (B4 T4096 H64: 6.36 ms at 64 vs 6.54 at 32). Varlen packs take 32 there instead: with skewed lengths the
+// longest sequence's chain of chunk steps is the critical path (64 sequences of skewed lengths, 32768 tokens,
+// H16: 3.70 ms at 32 vs 3.89 at 64). Sweep: kda_bench --tiles, bench/results/h100.json "kda" "value_tiles".
 int forward_value_tile(const KdaDev& p) {
   if (const int tile = value_tile_override(false)) return tile;
   const int64_t heads = static_cast<int64_t>(p.N) * p.HV, sms = sm_count();
-  if (heads * (p.V / 64) >= sms * 7 / 8) return 64;
-  return heads * (p.V / 32) >= sms / 4 ? 32 : 16;
+  for (const int bv : {16, 32, 64})
+    if (heads * (p.V / bv) <= sms) return bv;
+  return p.cu_seqlens ? 32 : 64;
 }
 
 template <int kK, bool kPrecise>
