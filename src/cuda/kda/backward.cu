@@ -552,13 +552,11 @@ __global__ void __launch_bounds__(kWyThreads, 1)
       }
   }
   // S for the S step below, loaded now so that the dAqk product hides the round trip (all of S at once).
-  constexpr int kS4 = V / 4, kS4n = K * kS4, kS4u = (kS4n + kWyThreads - 1) / kWyThreads;
+  constexpr int kS4 = V / 4, kS4n = K * kS4, kS4u = kS4n / kWyThreads;
+  static_assert(kS4n % kWyThreads == 0, "every thread takes kS4u float4 of S (no bounds test)");
   float4 s4[kS4u];
 #pragma unroll
-  for (int u = 0; u < kS4u; ++u) {
-    const int idx = tid + u * kWyThreads;
-    if (idx < kS4n) s4[u] = ldg4(p.hs + state_off + 4 * static_cast<int64_t>(idx));
-  }
+  for (int u = 0; u < kS4u; ++u) s4[u] = ldg4(p.hs + state_off + 4 * static_cast<int64_t>(tid + u * kWyThreads));
   // dAqk = scale tril(do v_new^T)   (64 x 64: 32 warp tiles)
   {
     float acc[2][4];
@@ -577,20 +575,20 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   __syncthreads();
   // S -> sS with sum_e S dS' per key channel: each thread reads the dS' float4 it is about to overwrite
   // with S (no thread touches another's), so dS' is not fetched a second time. The V / 4 float4 of a row
-  // span 32 or 16 consecutive lanes, reduced by shuffles in a fixed order.
+  // span 32 or 16 consecutive lanes, reduced by shuffles in a fixed order (unconditional: inside a bounds
+  // test the compiler adds a divergent-warp fallback to every shuffle).
   {
-    constexpr int c4 = kS4, n = kS4n, U = kS4u;
+    constexpr int c4 = kS4;
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
+    for (int u = 0; u < kS4u; ++u) {
       const int idx = tid + u * kWyThreads;
-      if (idx < n) {  // uniform per warp (n is a multiple of 32)
-        float* at = sS + (idx / c4) * KP + (idx % c4) * 4;
-        const float4 d4 = *reinterpret_cast<const float4*>(at);
-        st4(at, tf32_operand<kPrecise>(s4[u]));  // the sum below takes the exact S
-        float s = s4[u].x * d4.x + s4[u].y * d4.y + s4[u].z * d4.z + s4[u].w * d4.w;
-        for (int o = c4 / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (lane % c4 == 0) sdS[idx / c4] = s;
-      }
+      float* at = sS + (idx / c4) * KP + (idx % c4) * 4;
+      const float4 d4 = *reinterpret_cast<const float4*>(at);
+      st4(at, tf32_operand<kPrecise>(s4[u]));  // the sum below takes the exact S
+      float s = s4[u].x * d4.x + s4[u].y * d4.y + s4[u].z * d4.z + s4[u].w * d4.w;
+#pragma unroll
+      for (int o = c4 / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+      if (lane % c4 == 0) sdS[idx / c4] = s;
     }
   }
   // dv_new -> sY by cp.async (v_new's last readers, dk_state and dAqk, are behind the barrier before the
