@@ -151,12 +151,14 @@ __device__ __forceinline__ void warp_gemm_rows_abt(float c[MT][4], int count, co
 // block reads in a later phase, so that those loads hit L2 instead of waiting on HBM.
 __device__ __forceinline__ void prefetch_l2(const void* ptr) { asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr)); }
 
-// Lines of `rows` rows of `bytes` bytes each (row r at base + r * stride_bytes), spread over the block.
+// Lines of `rows` rows of `bytes` bytes each (row r at base + r * stride_bytes), spread over the block by
+// rows: thread t takes all lines of rows t, t + threads, ... (no division by a runtime line count per line).
 __device__ __forceinline__ void prefetch_rows(const void* base, int rows, int64_t stride_bytes, int bytes,
                                               int threads) {
-  const int lines = (bytes + 127) / 128;
-  for (int idx = threadIdx.x; idx < rows * lines; idx += threads)
-    prefetch_l2(static_cast<const char*>(base) + (idx / lines) * stride_bytes + (idx % lines) * 128);
+  for (int r = threadIdx.x; r < rows; r += threads) {
+    const char* row = static_cast<const char*>(base) + r * stride_bytes;
+    for (int b = 0; b < bytes; b += 128) prefetch_l2(row + b);
+  }
 }
 
 __device__ __forceinline__ int dtype_bytes(int dt) { return dt == kF32 ? 4 : dt == kF64 ? 8 : 2; }
