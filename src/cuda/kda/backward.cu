@@ -151,12 +151,14 @@ __device__ __forceinline__ void warp_gemm_rows_abt(float c[MT][4], int count, co
 // block reads in a later phase, so that those loads hit L2 instead of waiting on HBM.
 __device__ __forceinline__ void prefetch_l2(const void* ptr) { asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr)); }
 
-// Lines of `rows` rows of `bytes` bytes each (row r at base + r * stride_bytes), spread over the block.
+// Lines of `rows` rows of `bytes` bytes each (row r at base + r * stride_bytes), spread over the block by
+// rows: thread t takes all lines of rows t, t + threads, ... (no division by a runtime line count per line).
 __device__ __forceinline__ void prefetch_rows(const void* base, int rows, int64_t stride_bytes, int bytes,
                                               int threads) {
-  const int lines = (bytes + 127) / 128;
-  for (int idx = threadIdx.x; idx < rows * lines; idx += threads)
-    prefetch_l2(static_cast<const char*>(base) + (idx / lines) * stride_bytes + (idx % lines) * 128);
+  for (int r = threadIdx.x; r < rows; r += threads) {
+    const char* row = static_cast<const char*>(base) + r * stride_bytes;
+    for (int b = 0; b < bytes; b += 128) prefetch_l2(row + b);
+  }
 }
 
 __device__ __forceinline__ int dtype_bytes(int dt) { return dt == kF32 ? 4 : dt == kF64 ? 8 : 2; }
@@ -174,31 +176,43 @@ __device__ __forceinline__ void zero_tiles(float c[MT][4]) {
   for (int m = 0; m < MT; ++m) c[m][0] = c[m][1] = c[m][2] = c[m][3] = 0.0f;
 }
 
-// Rows [0, rows) x `cols` of a shared tile (row stride dst_rs) from a row-major fp32 source (row i at
-// src + i * src_rs) by cp_async16 from NT threads; rows >= rows_valid are zeroed with plain stores.
-template <int NT>
-__device__ __forceinline__ void cp_async_rows(float* dst, int dst_rs, const float* src, int64_t src_rs, int rows,
-                                              int rows_valid, int cols) {
-  const int c4 = cols / 4;
-  for (int idx = threadIdx.x; idx < rows * c4; idx += NT) {
-    const int i = idx / c4, d = (idx % c4) * 4;
-    if (i < rows_valid)
-      cp_async16(dst + i * dst_rs + d, src + i * src_rs + d);
-    else
-      st4(dst + i * dst_rs + d, zero4());
+// Rows [0, kRows) x kCols of a shared tile (row stride dst_rs) from a row-major fp32 source (row i at
+// src + i * src_rs) by cp_async16 from NT threads; rows >= rows_valid are zeroed with plain stores. Thread t
+// copies columns 4 (t % c4) .. + 3 of rows t / c4 + kStep r (c4 = kCols / 4, kStep = NT / c4), unrolled: no
+// division or loop test per copy, and a thread's row offsets differ by compile-time multiples of the strides.
+template <int NT, int kRows, int kCols>
+__device__ __forceinline__ void cp_async_rows(float* dst, int dst_rs, const float* src, int64_t src_rs,
+                                              int rows_valid) {
+  constexpr int c4 = kCols / 4, kStep = NT / c4;
+  static_assert(NT % c4 == 0, "a thread keeps its columns in every row it copies");
+  const int i0 = threadIdx.x / c4, d = (threadIdx.x % c4) * 4;
+#pragma unroll
+  for (int r = 0; r < kRows; r += kStep) {
+    const int i = i0 + r;
+    if (kRows % kStep == 0 || i < kRows) {
+      if (i < rows_valid)
+        cp_async16(dst + i * dst_rs + d, src + i * src_rs + d);
+      else
+        st4(dst + i * dst_rs + d, zero4());
+    }
   }
 }
 
-// tf32_operand in place on the entries of a cp_async_rows call with the same NT, dst, dst_rs, rows and cols:
-// the same idx -> thread map, so each thread rounds only entries it wrote itself, visible to it once its
+// tf32_operand in place on the entries of a cp_async_rows call with the same NT, kRows, kCols, dst and dst_rs:
+// the same thread map, so each thread rounds only entries it wrote itself, visible to it once its
 // cp_async_wait has returned (other threads read them after the next __syncthreads). No-op for kPrecise.
-template <int NT, bool kPrecise>
-__device__ __forceinline__ void tf32_round_rows(float* dst, int dst_rs, int rows, int cols) {
+template <int NT, int kRows, int kCols, bool kPrecise>
+__device__ __forceinline__ void tf32_round_rows(float* dst, int dst_rs) {
   if constexpr (!kPrecise) {
-    const int c4 = cols / 4;
-    for (int idx = threadIdx.x; idx < rows * c4; idx += NT) {
-      float* at = dst + (idx / c4) * dst_rs + (idx % c4) * 4;
-      st4(at, tf32_operand<false>(*reinterpret_cast<const float4*>(at)));
+    constexpr int c4 = kCols / 4, kStep = NT / c4;
+    const int i0 = threadIdx.x / c4;
+    dst += i0 * dst_rs + (threadIdx.x % c4) * 4;
+#pragma unroll
+    for (int r = 0; r < kRows; r += kStep) {
+      if (kRows % kStep == 0 || i0 + r < kRows) {
+        float* at = dst + r * dst_rs;
+        st4(at, tf32_operand<false>(*reinterpret_cast<const float4*>(at)));
+      }
     }
   }
 }
@@ -256,10 +270,10 @@ __global__ void __launch_bounds__(state_bwd_threads(BV), 1)
     const int64_t t0 = p.seq_offsets[n] + (c_last - c_begin) * kChunk;
     const int64_t left = p.seq_offsets[n + 1] - t0;
     const int L = static_cast<int>(left < kChunk ? left : kChunk);
-    cp_async_rows<kNT>(gS, KP, p.gc + (t0 * p.HV + hv) * K, rs_k, kChunk, L, K);
-    cp_async_rows<kNT>(klS, KP, p.kp + (t0 * p.H + h) * K, rs_q, kChunk, L, K);
-    cp_async_rows<kNT>(aqS, AP, p.Aqk + (t0 * p.HV + hv) * kChunk, rs_a, kChunk, L, kChunk);
-    cp_async_rows<kNT>(qgS, KT, p.qp + (t0 * p.H + h) * K, rs_q, kChunk, L, K);
+    cp_async_rows<kNT, kChunk, K>(gS, KP, p.gc + (t0 * p.HV + hv) * K, rs_k, L);
+    cp_async_rows<kNT, kChunk, K>(klS, KP, p.kp + (t0 * p.H + h) * K, rs_q, L);
+    cp_async_rows<kNT, kChunk, kChunk>(aqS, AP, p.Aqk + (t0 * p.HV + hv) * kChunk, rs_a, L);
+    cp_async_rows<kNT, kChunk, K>(qgS, KT, p.qp + (t0 * p.H + h) * K, rs_q, L);
   }
   for (int64_t c = c_last; c >= c_begin; --c) {
     const int64_t t0 = p.seq_offsets[n] + (c - c_begin) * kChunk;
@@ -274,7 +288,7 @@ __global__ void __launch_bounds__(state_bwd_threads(BV), 1)
       prefetch_rows(static_cast<const char*>(d_out) + ((tn * p.HV + hv) * p.V + e0) * es, kChunk,
                     static_cast<int64_t>(p.HV) * p.V * es, BV * es, kNT);
     }
-    cp_async_rows<kNT>(wS, KT, p.w + (t0 * p.HV + hv) * K, rs_k, kChunk, L, K);
+    cp_async_rows<kNT, kChunk, K>(wS, KT, p.w + (t0 * p.HV + hv) * K, rs_k, L);
     batched<8, kNT>(
         kChunk * BV,
         [&](int idx) {
@@ -305,7 +319,7 @@ __global__ void __launch_bounds__(state_bwd_threads(BV), 1)
       for (int d = tid; d < K; d += kNT) glS[d] = gl[d];
     }
     __syncthreads();
-    if (more) cp_async_rows<kNT>(gS, KP, p.gc + (tn * p.HV + hv) * K, rs_k, kChunk, kChunk, K);
+    if (more) cp_async_rows<kNT, kChunk, K>(gS, KP, p.gc + (tn * p.HV + hv) * K, rs_k, kChunk);
     // dv_new = Aqk^T do + Kl dS'   (64 x BV), and already Qg^T do of the dS step below (it does not
     // need dv_new), so that Qg's tile is free for the next chunk's q during the w^T dv_new product.
     float pos[kTilesS][4];
@@ -327,9 +341,9 @@ __global__ void __launch_bounds__(state_bwd_threads(BV), 1)
     }
     __syncthreads();
     if (more) {
-      cp_async_rows<kNT>(klS, KP, p.kp + (tn * p.H + h) * K, rs_q, kChunk, kChunk, K);
-      cp_async_rows<kNT>(aqS, AP, p.Aqk + (tn * p.HV + hv) * kChunk, rs_a, kChunk, kChunk, kChunk);
-      cp_async_rows<kNT>(qgS, KT, p.qp + (tn * p.H + h) * K, rs_q, kChunk, kChunk, K);
+      cp_async_rows<kNT, kChunk, K>(klS, KP, p.kp + (tn * p.H + h) * K, rs_q, kChunk);
+      cp_async_rows<kNT, kChunk, kChunk>(aqS, AP, p.Aqk + (tn * p.HV + hv) * kChunk, rs_a, kChunk);
+      cp_async_rows<kNT, kChunk, K>(qgS, KT, p.qp + (tn * p.H + h) * K, rs_q, kChunk);
     }
     // dS = exp(G_last) dS' + Qg^T do - w^T dv_new   (K x BV; each warp owns its tiles)
     {
@@ -367,23 +381,68 @@ static_assert(roofline::kPairSlice == kSlice && roofline::kPairThreads == kPairT
                   roofline::kGateSlices == kGateSlices,
               "roofline.h models these tiles");
 
-// Rows [0, 64) x `cols` of a [tokens, HV, V] input of any dtype (do, v) into a shared fp32 tile of row
-// stride dst_rs; rows >= rows_valid zero. U loads in flight per thread; stored through tf32_operand<kPrecise>.
-template <int NT, int U, bool kPrecise>
-__device__ __forceinline__ void load_rows_dt(float* dst, int dst_rs, const void* src, int dt, int64_t src_rs,
-                                             int64_t offset, int rows_valid, int cols) {
-  const int n = kChunk * cols;
-  for (int base = threadIdx.x; base < n; base += NT * U) {
-    float v[U];
+// Rows [0, 64) x kCols of a [tokens, HV, V] input of any dtype (do) into a shared fp32 tile of row stride
+// dst_rs, four consecutive entries per load (load4_f: one 8- / 16-byte load when `aligned`), all of a
+// thread's loads in flight together; rows >= rows_valid zero. Stored through tf32_operand<kPrecise>.
+template <int NT, int kCols, bool kPrecise>
+__device__ __forceinline__ void load_rows_dt(float* dst, int dst_rs, const void* src, int dt, bool aligned,
+                                             int64_t src_rs, int64_t offset, int rows_valid) {
+  constexpr int c4 = kCols / 4, n = kChunk * c4, U = (n + NT - 1) / NT;
+  float4 v[U];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int idx = base + u * NT, i = idx / cols;
-      v[u] = idx < n && i < rows_valid ? load_f(src, dt, offset + i * src_rs + idx % cols) : 0.0f;
+  for (int u = 0; u < U; ++u) {
+    const int idx = threadIdx.x + u * NT, i = idx / c4;
+    v[u] = idx < n && i < rows_valid ? load4_f(aligned, src, dt, offset + i * src_rs + (idx % c4) * 4) : zero4();
+  }
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int idx = threadIdx.x + u * NT;
+    if (idx < n) st4(dst + (idx / c4) * dst_rs + (idx % c4) * 4, tf32_operand<kPrecise>(v[u]));
+  }
+}
+
+// Two consecutive elements (i even) of a dtype-coded tensor: one 4- / 8- / 16-byte access when the base is
+// aligned to two elements (`aligned`), two scalar ones otherwise (the same values, the same roundings).
+__device__ __forceinline__ float2 load2_f(bool aligned, const void* base, int dt, int64_t i) {
+  if (aligned) {
+    switch (dt) {
+      case kF32:
+        return *reinterpret_cast<const float2*>(static_cast<const float*>(base) + i);
+      case kBF16:
+        return __bfloat1622float2(
+            *reinterpret_cast<const __nv_bfloat162*>(static_cast<const __nv_bfloat16*>(base) + i));
+      case kF16:
+        return __half22float2(*reinterpret_cast<const __half2*>(static_cast<const __half*>(base) + i));
+      default:
+        break;
     }
+  }
+  return make_float2(load_f(base, dt, i), load_f(base, dt, i + 1));
+}
+
+// The inverse of load_rows_dt: rows [0, rows_valid) x kCols of a shared fp32 tile (row stride src_rs) into a
+// [tokens, HV, V] output of any dtype, four consecutive entries per store (8-byte bf16 / f16 or 16-byte f32
+// stores when `aligned`; rounded to nearest like store_f), so that a warp writes whole rows.
+template <int NT, int kCols>
+__device__ __forceinline__ void store_rows_dt(void* dst, int dt, bool aligned, int64_t dst_rs, int64_t offset,
+                                              const float* src, int src_rs, int rows_valid) {
+  constexpr int c4 = kCols / 4;
+  for (int idx = threadIdx.x; idx < rows_valid * c4; idx += NT) {
+    const int i = idx / c4, d = (idx % c4) * 4;
+    const float4 v = *reinterpret_cast<const float4*>(src + i * src_rs + d);
+    const int64_t at = offset + i * dst_rs + d;
+    if (aligned && dt == kF32) {
+      st4(static_cast<float*>(dst) + at, v);
+    } else if (aligned && dt == kBF16) {
+      const __nv_bfloat162 pair[2] = {__floats2bfloat162_rn(v.x, v.y), __floats2bfloat162_rn(v.z, v.w)};
+      *reinterpret_cast<uint2*>(static_cast<__nv_bfloat16*>(dst) + at) = *reinterpret_cast<const uint2*>(pair);
+    } else if (aligned && dt == kF16) {
+      const __half2 pair[2] = {__floats2half2_rn(v.x, v.y), __floats2half2_rn(v.z, v.w)};
+      *reinterpret_cast<uint2*>(static_cast<__half*>(dst) + at) = *reinterpret_cast<const uint2*>(pair);
+    } else {
+      const float e[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int idx = base + u * NT;
-      if (idx < n) dst[(idx / cols) * dst_rs + idx % cols] = tf32_operand<kPrecise>(v[u]);
+      for (int u = 0; u < 4; ++u) store_f(dst, dt, at + u, e[u]);
     }
   }
 }
@@ -392,13 +451,16 @@ __device__ __forceinline__ void load_rows_dt(float* dst, int dst_rs, const void*
 // the same tile -> warp map, so a thread re-reads in a later step exactly the dq / dk / dG entries it
 // wrote earlier (no barrier needed for those read-modify-writes). Shared (KP = K + 4, AP = 68):
 //   sS [max(K, 128), KP]: dS', then S, then Kb = exp(G) k (rows 0..63) and v (rows 64..127)
-//   sX [64, KP]: do;  sY [64, KP]: v_new, then dv_new;  sO [64, KP]: k * dk_state, then dw, then dA A^T
+//   sX [64, KP]: do, then dv (staged so that it is stored by whole rows);  sY [64, KP]: v_new, then dv_new;
+//   sO [64, KP]: k * dk_state, then dw, then dA A^T
 //   sA, sP [64, 68]: A, dA;  G_last, sum_e S dS' [K]; beta [64]; dbeta partials [64, K / 8]
 // One-pass TF32 (bf16 / f16 inputs): every tile above that only products read is stored converted
-// (tf32_operand); dS' and k * dk_state, which are also summed in fp32, stay exact.
+// (tf32_operand); dS', k * dk_state and v, which are also summed in fp32, stay exact (v's product converts
+// its fragments, the same bits).
 // Steps: dk_state = exp(G_last - G) (v_new dS'^T), dAqk = scale tril(do v_new^T) (v_new's last reads, so
 // that dv_new's load into sY overlaps the next steps); S, dG_last; dq_state = scale exp(G) (do S^T);
-// dw = -dv_new S^T; A^T dw -> dk, dG, dbeta; A^T dv_new -> dv, dbeta;
+// dw = -dv_new S^T; A^T dw -> dk, dG, dbeta; A^T dv_new -> dv, dbeta (Kb and v for the next step are stored
+// from the registers of this step, not loaded again);
 // dA = (dw Kb^T + dv_new v^T) diag(beta) (strictly lower); dM = -A^T dA A^T.
 // Writes dq_hv, dk_hv, dgc (per-token dG, before the in-chunk reverse cumsum), dbp, dAqk, dM, dg_last.
 // kK = K = V: every stride, tile count and index division of the kernel is a compile-time constant (with a
@@ -439,22 +501,22 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   }
   // dS' and v_new by cp.async (one group, awaited now), then A (its own group, awaited before the A^T dw
   // step: its load overlaps the first products).
-  cp_async_rows<kWyThreads>(sS, KP, p.dhs + state_off, V, K, K, V);
-  cp_async_rows<kWyThreads>(sY, KP, p.vn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, kChunk, L, V);
+  cp_async_rows<kWyThreads, K, V>(sS, KP, p.dhs + state_off, V, K);
+  cp_async_rows<kWyThreads, kChunk, V>(sY, KP, p.vn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, L);
   cp_async_commit();
-  cp_async_rows<kWyThreads>(sA, AP, p.A + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L, kChunk);
+  cp_async_rows<kWyThreads, kChunk, kChunk>(sA, AP, p.A + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, L);
   cp_async_commit();
   // G_last, beta and do (all of a thread's loads in flight together, one round trip) while the copies are
   // in flight; sX is unused until the first products.
   static_assert(K <= kWyThreads && kChunk <= kWyThreads, "one G_last / beta entry per thread");
   const float gl_own = tid < K ? p.gc[row_at(L - 1) * K + tid] : 0.0f;
   const float b_own = tid < L ? p.bp[row_at(tid)] : 0.0f;
-  load_rows_dt<kWyThreads, kChunk * V / kWyThreads, kPrecise>(sX, KP, d_out, d_out_dt, static_cast<int64_t>(p.HV) * V,
-                                                              row_at(0) * V, L, V);
+  load_rows_dt<kWyThreads, V, kPrecise>(sX, KP, d_out, d_out_dt, reinterpret_cast<uintptr_t>(d_out) % 16 == 0,
+                                        static_cast<int64_t>(p.HV) * V, row_at(0) * V, L);
   if (tid < K) glS[tid] = gl_own;
   if (tid < kChunk) bS[tid] = b_own;
   cp_async_wait<1>();
-  tf32_round_rows<kWyThreads, kPrecise>(sY, KP, kChunk, V);  // v_new: MMA operand only; dS' stays exact
+  tf32_round_rows<kWyThreads, kChunk, V, kPrecise>(sY, KP);  // v_new: MMA operand only; dS' stays exact
   __syncthreads();
 
   // Warp w owns tiles w + 16 m of every [64, K] product (m < ct / 4: columns kc, rows kr + m * kstep)
@@ -463,11 +525,11 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   // loaded before each product so that their latency overlaps it.
   const int kc = (warp % ct) * 8, kr = (warp / ct) * 16, kstep = (kWarps / ct) * 16, kcount = ct / 4;
   const int sc = (warp % 8) * 8, sr = (warp / 8) * 16;
-  // dk_keep: dk_state; k_keep: k (both read again by the A^T dw step, dG = k (beta exp(G) T2 - dk_state)).
-  float dk_keep[kWyTilesMax][4], k_keep[kWyTilesMax][4];
+  // dk_keep: dk_state, read again by the A^T dw step (dG = k (beta exp(G) T2 - dk_state)).
+  float dk_keep[kWyTilesMax][4];
   // dk_state = exp(G_last - G) (v_new dS'^T); dG = -k dk_state; sO = k dk_state for the dG_last sum.
   {
-    float gv[kWyTilesMax][4], acc[kWyTilesMax][4];
+    float gv[kWyTilesMax][4], kv[kWyTilesMax][4], acc[kWyTilesMax][4];
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
@@ -476,7 +538,7 @@ __global__ void __launch_bounds__(kWyThreads, 1)
         const bool in = m < kcount && i < L;
         const float2 g2 = in ? ld2(p.gc + row_at(i) * K + d) : make_float2(0.0f, 0.0f);
         const float2 k2 = in ? ld2(p.kp + k_at(i, d)) : make_float2(0.0f, 0.0f);
-        gv[m][r] = g2.x, gv[m][r + 1] = g2.y, k_keep[m][r] = k2.x, k_keep[m][r + 1] = k2.y;
+        gv[m][r] = g2.x, gv[m][r + 1] = g2.y, kv[m][r] = k2.x, kv[m][r + 1] = k2.y;
       }
     zero_tiles<kWyTilesMax>(acc);
     warp_gemm_rows_abt<kWyTilesMax, kPrecise, true, false>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP,
@@ -488,9 +550,15 @@ __global__ void __launch_bounds__(kWyThreads, 1)
         const int i = kr + m * kstep + frag_row(r), d = kc + frag_col(r);
         const float x = i < L ? __expf(glS[d] - gv[m][r]) * acc[m][r] : 0.0f;
         dk_keep[m][r] = x;
-        if (m < kcount) sO[i * KP + d] = k_keep[m][r] * x;
+        if (m < kcount) sO[i * KP + d] = kv[m][r] * x;
       }
   }
+  // S for the S step below, loaded now so that the dAqk product hides the round trip (all of S at once).
+  constexpr int kS4 = V / 4, kS4n = K * kS4, kS4u = kS4n / kWyThreads;
+  static_assert(kS4n % kWyThreads == 0, "every thread takes kS4u float4 of S (no bounds test)");
+  float4 s4[kS4u];
+#pragma unroll
+  for (int u = 0; u < kS4u; ++u) s4[u] = ldg4(p.hs + state_off + 4 * static_cast<int64_t>(tid + u * kWyThreads));
   // dAqk = scale tril(do v_new^T)   (64 x 64: 32 warp tiles)
   {
     float acc[2][4];
@@ -509,31 +577,25 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   __syncthreads();
   // S -> sS with sum_e S dS' per key channel: each thread reads the dS' float4 it is about to overwrite
   // with S (no thread touches another's), so dS' is not fetched a second time. The V / 4 float4 of a row
-  // span 32 or 16 consecutive lanes, reduced by shuffles in a fixed order.
+  // span 32 or 16 consecutive lanes, reduced by shuffles in a fixed order (unconditional: inside a bounds
+  // test the compiler adds a divergent-warp fallback to every shuffle).
   {
-    constexpr int c4 = V / 4, n = K * c4, U = (n + kWyThreads - 1) / kWyThreads;  // all of S in one round trip
-    float4 s4[U];
+    constexpr int c4 = kS4;
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
+    for (int u = 0; u < kS4u; ++u) {
       const int idx = tid + u * kWyThreads;
-      if (idx < n) s4[u] = ldg4(p.hs + state_off + 4 * static_cast<int64_t>(idx));
-    }
+      float* at = sS + (idx / c4) * KP + (idx % c4) * 4;
+      const float4 d4 = *reinterpret_cast<const float4*>(at);
+      st4(at, tf32_operand<kPrecise>(s4[u]));  // the sum below takes the exact S
+      float s = s4[u].x * d4.x + s4[u].y * d4.y + s4[u].z * d4.z + s4[u].w * d4.w;
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int idx = tid + u * kWyThreads;
-      if (idx < n) {  // uniform per warp (n is a multiple of 32)
-        float* at = sS + (idx / c4) * KP + (idx % c4) * 4;
-        const float4 d4 = *reinterpret_cast<const float4*>(at);
-        st4(at, tf32_operand<kPrecise>(s4[u]));  // the sum below takes the exact S
-        float s = s4[u].x * d4.x + s4[u].y * d4.y + s4[u].z * d4.z + s4[u].w * d4.w;
-        for (int o = c4 / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (lane % c4 == 0) sdS[idx / c4] = s;
-      }
+      for (int o = c4 / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+      if (lane % c4 == 0) sdS[idx / c4] = s;
     }
   }
   // dv_new -> sY by cp.async (v_new's last readers, dk_state and dAqk, are behind the barrier before the
   // S step); its load overlaps the dG_last and dq_state steps and is awaited before the dw step.
-  cp_async_rows<kWyThreads>(sY, KP, p.dvn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, kChunk, L, V);
+  cp_async_rows<kWyThreads, kChunk, V>(sY, KP, p.dvn + row_at(0) * V, static_cast<int64_t>(p.HV) * V, L);
   cp_async_commit();
   for (int idx = tid; idx < kChunk * ct; idx += kWyThreads) red[idx] = 0.0f;
   __syncthreads();
@@ -567,9 +629,21 @@ __global__ void __launch_bounds__(kWyThreads, 1)
               p.scale * __expf(gv[m][r + 1]) * acc[m][r + 1]);
       }
   }
+  // v at this thread's entries of the A^T step's tiles, loaded now so that the dw product hides the latency
+  // (held in registers through dw rather than through the A^T products, where registers are scarcer).
+  float vv[kWyTilesMax][4];
+#pragma unroll
+  for (int m = 0; m < kWyTilesMax; ++m)
+#pragma unroll
+    for (int r = 0; r < 4; r += 2) {
+      const int j = kr + m * kstep + frag_row(r), d = kc + frag_col(r);
+      const float2 v2 =
+          m < kcount && j < L ? load2_f(p.aligned, p.v, p.in_dt, row_at(j) * V + d) : make_float2(0.0f, 0.0f);
+      vv[m][r] = v2.x, vv[m][r + 1] = v2.y;
+    }
   cp_async_wait_all();  // A and dv_new
-  tf32_round_rows<kWyThreads, kPrecise>(sA, AP, kChunk, kChunk);
-  tf32_round_rows<kWyThreads, kPrecise>(sY, KP, kChunk, V);
+  tf32_round_rows<kWyThreads, kChunk, kChunk, kPrecise>(sA, AP);
+  tf32_round_rows<kWyThreads, kChunk, V, kPrecise>(sY, KP);
   __syncthreads();
   // dw = -dv_new S^T -> sO
   {
@@ -587,10 +661,21 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   __syncthreads();
   // T2 = A^T dw: dk += beta exp(G) T2, dG += k beta exp(G) T2, dbeta += T2 . (exp(G) k);
   // T3 = A^T dv_new: dv = beta T3, dbeta += T3 . v   (V == K: the same tiles)
-  // G and v are loaded before the products (their latency overlaps them): loaded after the first global
-  // store below they would wait one round trip per entry, as the stores may alias them; k is k_keep.
+  // G and k are loaded before the products (their latency overlaps them): loaded after the first global
+  // store below they would wait one round trip per entry, as the stores may alias them; v is vv. (k is
+  // loaded again rather than kept from the dk_state step: 16 registers fewer through the steps between.)
+  // The same registers give the dA step's operands, so that neither is loaded a second time: v -> sS rows
+  // [64, 128) now (exact: the dbeta sum below reads it back), Kb = exp(G) k -> sS rows [0, 64) in the epilogue
+  // (S's last reader, dw, is behind the barrier above; rows >= L are zero, as G, k and v are there). The warp
+  // tiles cover [64, K] once, and V == K.
+#pragma unroll
+  for (int m = 0; m < kWyTilesMax; ++m)
+    if (m < kcount)
+#pragma unroll
+      for (int r = 0; r < 4; r += 2)
+        st2(sS + (kChunk + kr + m * kstep + frag_row(r)) * KP + kc + frag_col(r), vv[m][r], vv[m][r + 1]);
   {
-    float gv[kWyTilesMax][4], vv[kWyTilesMax][4], t2[kWyTilesMax][4], t3[kWyTilesMax][4];
+    float gv[kWyTilesMax][4], kv[kWyTilesMax][4];
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
@@ -598,78 +683,72 @@ __global__ void __launch_bounds__(kWyThreads, 1)
         const int j = kr + m * kstep + frag_row(r), d = kc + frag_col(r);
         const bool in = m < kcount && j < L;
         const float2 g2 = in ? ld2(p.gc + row_at(j) * K + d) : make_float2(0.0f, 0.0f);
-        gv[m][r] = g2.x, gv[m][r + 1] = g2.y;
-        vv[m][r] = in ? load_f(p.v, p.in_dt, row_at(j) * V + d) : 0.0f;
-        vv[m][r + 1] = in ? load_f(p.v, p.in_dt, row_at(j) * V + d + 1) : 0.0f;
+        const float2 k2 = in ? ld2(p.kp + k_at(j, d)) : make_float2(0.0f, 0.0f);
+        gv[m][r] = g2.x, gv[m][r + 1] = g2.y, kv[m][r] = k2.x, kv[m][r + 1] = k2.y;
       }
-    zero_tiles<kWyTilesMax>(t2);
-    zero_tiles<kWyTilesMax>(t3);
-    if constexpr (kPrecise) {  // 3xTF32: sharing the split A fragments would cost registers (spills)
-      warp_gemm_rows<kWyTilesMax, kPrecise>(t2, kcount, sA + kr, 1, AP, kstep, sO + kc, KP, 1, kChunk);
-      warp_gemm_rows<kWyTilesMax, kPrecise>(t3, kcount, sA + kr, 1, AP, kstep, sY + kc, KP, 1, kChunk);
-    } else {
-      warp_gemm_rows<kWyTilesMax, kPrecise, 2, true, true>(t2, kcount, sA + kr, 1, AP, kstep, sO + kc, KP, 1, kChunk,
-                                                           t3, sY + kc);
-    }
+    // The products by halves of the warp's tiles (each its epilogue before the next): half the T2 / T3
+    // accumulators live at a time, for B fragments loaded twice. Every accumulator sees the same MMAs.
+    constexpr int kPass = kPrecise ? kWyTilesMax : kWyTilesMax / 2;
 #pragma unroll
-    for (int m = 0; m < kWyTilesMax; ++m) {
-      if (m >= kcount) break;
-      const int r0 = kr + m * kstep;
-      float db[2] = {0.0f, 0.0f};
+    for (int m0 = 0; m0 < kWyTilesMax; m0 += kPass) {
+      if (m0 >= kcount) break;
+      const int count = kcount - m0 < kPass ? kcount - m0 : kPass;
+      float t2[kPass][4], t3[kPass][4];
+      zero_tiles<kPass>(t2);
+      zero_tiles<kPass>(t3);
+      const float* a = sA + kr + m0 * kstep;
+      if constexpr (kPrecise) {  // 3xTF32: sharing the split A fragments would cost registers (spills)
+        warp_gemm_rows<kPass, kPrecise>(t2, count, a, 1, AP, kstep, sO + kc, KP, 1, kChunk);
+        warp_gemm_rows<kPass, kPrecise>(t3, count, a, 1, AP, kstep, sY + kc, KP, 1, kChunk);
+      } else {
+        warp_gemm_rows<kPass, kPrecise, 2, true, true>(t2, count, a, 1, AP, kstep, sO + kc, KP, 1, kChunk, t3, sY + kc);
+      }
 #pragma unroll
-      for (int r = 0; r < 4; r += 2) {
-        const int j = r0 + frag_row(r), d = kc + frag_col(r);
-        if (j < L) {
-          const int64_t at = row_at(j) * K + d;
-          float dk2[2], dg2[2];
+      for (int mm = 0; mm < kPass; ++mm) {
+        const int m = m0 + mm;
+        if (m >= kcount) break;
+        const int r0 = kr + m * kstep;
+        float db[2] = {0.0f, 0.0f};
 #pragma unroll
-          for (int u = 0; u < 2; ++u) {
-            const float eg = __expf(gv[m][r + u]), dkb = bS[j] * eg * t2[m][r + u], kd = k_keep[m][r + u];
-            dk2[u] = dk_keep[m][r + u] + dkb;
-            dg2[u] = __fmaf_rn(kd, dkb, -kd * dk_keep[m][r + u]);
-            store_f(dv, dv_dt, row_at(j) * V + d + u, bS[j] * t3[m][r + u]);
-            db[r / 2] += t2[m][r + u] * eg * kd + t3[m][r + u] * vv[m][r + u];
+        for (int r = 0; r < 4; r += 2) {
+          const int j = r0 + frag_row(r), d = kc + frag_col(r);
+          const float bj = bS[j];  // once: the shared stores below could alias bS for the compiler
+          float eg[2];
+#pragma unroll
+          for (int u = 0; u < 2; ++u) eg[u] = __expf(gv[m][r + u]);
+          st2(sS + j * KP + d, tf32_operand<kPrecise>(eg[0] * kv[m][r]), tf32_operand<kPrecise>(eg[1] * kv[m][r + 1]));
+          st2(sX + j * KP + d, bj * t3[mm][r], bj * t3[mm][r + 1]);
+          if (j < L) {
+            const int64_t at = row_at(j) * K + d;
+            const float2 v2 = ld2(sS + (kChunk + j) * KP + d);
+            const float vj[2] = {v2.x, v2.y};
+            float dk2[2], dg2[2];
+#pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const float dkb = bj * eg[u] * t2[mm][r + u], kd = kv[m][r + u];
+              dk2[u] = dk_keep[m][r + u] + dkb;
+              dg2[u] = __fmaf_rn(kd, dkb, -kd * dk_keep[m][r + u]);
+              db[r / 2] += t2[mm][r + u] * eg[u] * kd + t3[mm][r + u] * vj[u];
+            }
+            st2(p.dk_hv + at, dk2[0], dk2[1]);
+            st2(p.dgc + at, dg2[0], dg2[1]);
           }
-          st2(p.dk_hv + at, dk2[0], dk2[1]);
-          st2(p.dgc + at, dg2[0], dg2[1]);
+        }
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          db[q] += __shfl_xor_sync(0xffffffffu, db[q], 1);
+          db[q] += __shfl_xor_sync(0xffffffffu, db[q], 2);
+        }
+        if ((lane & 3) == 0) {
+          red[(r0 + lane / 4) * ct + kc / 8] = db[0];
+          red[(r0 + lane / 4 + 8) * ct + kc / 8] = db[1];
         }
       }
-#pragma unroll
-      for (int q = 0; q < 2; ++q) {
-        db[q] += __shfl_xor_sync(0xffffffffu, db[q], 1);
-        db[q] += __shfl_xor_sync(0xffffffffu, db[q], 2);
-      }
-      if ((lane & 3) == 0) {
-        red[(r0 + lane / 4) * ct + kc / 8] = db[0];
-        red[(r0 + lane / 4 + 8) * ct + kc / 8] = db[1];
-      }
     }
   }
-  // Kb = exp(G) k -> sS rows [0, 64), v -> sS rows [64, 128) (S is no longer read after dw)
-  {
-    const int c4 = K / 4, n = kChunk * c4;
-    for (int base = tid; base < n; base += kWyThreads * 4) {
-      float4 g4[4], k4[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int idx = base + u * kWyThreads, i = idx / c4, d = (idx % c4) * 4;
-        const bool in = idx < n && i < L;
-        g4[u] = in ? ldg4(p.gc + row_at(i) * K + d) : zero4();
-        k4[u] = in ? ldg4(p.kp + k_at(i, d)) : zero4();
-      }
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int idx = base + u * kWyThreads;
-        if (idx < n)
-          st4(sS + (idx / c4) * KP + (idx % c4) * 4,
-              tf32_operand<kPrecise>(make_float4(__expf(g4[u].x) * k4[u].x, __expf(g4[u].y) * k4[u].y,
-                                                 __expf(g4[u].z) * k4[u].z, __expf(g4[u].w) * k4[u].w)));
-      }
-    }
-  }
-  load_rows_dt<kWyThreads, kChunk * V / kWyThreads, kPrecise>(sS + kChunk * KP, KP, p.v, p.in_dt,
-                                                              static_cast<int64_t>(p.HV) * V, row_at(0) * V, L, V);
   __syncthreads();
+  store_rows_dt<kWyThreads, V>(dv, dv_dt, reinterpret_cast<uintptr_t>(dv) % 16 == 0, static_cast<int64_t>(p.HV) * V,
+                               row_at(0) * V, sX, KP, L);
   if (tid < L) {
     float s = 0.0f;
     for (int q = 0; q < ct; ++q) s += red[tid * ct + q];
@@ -680,7 +759,7 @@ __global__ void __launch_bounds__(kWyThreads, 1)
     float acc[2][4];
     zero_tiles<2>(acc);
     warp_gemm_rows_abt<2, kPrecise, true, true>(acc, 2, sO + sr * KP, KP, 32 * KP, sS + sc * KP, KP, K);
-    warp_gemm_rows_abt<2, kPrecise, true, true>(acc, 2, sY + sr * KP, KP, 32 * KP, sS + (kChunk + sc) * KP, KP, V);
+    warp_gemm_rows_abt<2, kPrecise, true, false>(acc, 2, sY + sr * KP, KP, 32 * KP, sS + (kChunk + sc) * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
@@ -770,10 +849,10 @@ __global__ void __launch_bounds__(kPairThreads) pair_bwd_kernel(KdaDev p) {
       cp_async16(gS + at, p.gc + row_at(i < L ? i : L - 1) * K + d);
     }
   }
-  cp_async_rows<kPairThreads>(aqS, AP, p.dAqk + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L,
-                              kChunk);
-  cp_async_rows<kPairThreads>(dmS, AP, p.dM + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk, kChunk, L,
-                              kChunk);
+  cp_async_rows<kPairThreads, kChunk, kChunk>(aqS, AP, p.dAqk + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk,
+                                              L);
+  cp_async_rows<kPairThreads, kChunk, kChunk>(dmS, AP, p.dM + row_at(0) * kChunk, static_cast<int64_t>(p.HV) * kChunk,
+                                              L);
   for (int i = tid; i < kChunk; i += kPairThreads) bS[i] = i < L ? p.bp[row_at(i)] : 0.0f;
   cp_async_wait_all();
   __syncthreads();

@@ -171,6 +171,27 @@ __device__ __forceinline__ float4 zero4() { return make_float4(0.0f, 0.0f, 0.0f,
 __device__ __forceinline__ void st4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
 __device__ __forceinline__ void st4_scalar(float* p, float4 v) { p[0] = v.x, p[1] = v.y, p[2] = v.z, p[3] = v.w; }
 
+// Four consecutive elements (i % 4 == 0) as floats: one 8- or 16-byte load when the base is 16-byte aligned
+// (`aligned`), four scalar loads otherwise (the same values).
+__device__ __forceinline__ float4 load4_f(bool aligned, const void* base, int dt, int64_t i) {
+  if (aligned) {
+    if (dt == kF32) return __ldg(reinterpret_cast<const float4*>(static_cast<const float*>(base) + i));
+    if (dt == kBF16 || dt == kF16) {
+      const uint2 r = __ldg(reinterpret_cast<const uint2*>(static_cast<const uint16_t*>(base) + i));
+      float2 a, b;
+      if (dt == kBF16) {
+        a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&r.x));
+        b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&r.y));
+      } else {
+        a = __half22float2(*reinterpret_cast<const __half2*>(&r.x));
+        b = __half22float2(*reinterpret_cast<const __half2*>(&r.y));
+      }
+      return make_float4(a.x, a.y, b.x, b.y);
+    }
+  }
+  return make_float4(load_f(base, dt, i), load_f(base, dt, i + 1), load_f(base, dt, i + 2), load_f(base, dt, i + 3));
+}
+
 // ---- Tensor-core products on fp32 shared-memory operands (mma.sync m16n8k8 TF32) ----
 // Operands are split x = hi + lo (both TF32) and multiplied as hi*hi + hi*lo + lo*hi ("3xTF32"),
 // which keeps fp32 accuracy (error ~2^-21 relative per product) at 3 MMAs per step.

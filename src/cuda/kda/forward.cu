@@ -112,26 +112,6 @@ __device__ __forceinline__ void lower_product_strip(const float* As, const float
     }
 }
 
-// Four consecutive elements (i % 4 == 0) as floats: one 8- or 16-byte load when the base is aligned.
-__device__ __forceinline__ float4 load4_f(const KdaDev& p, const void* base, int dt, int64_t i) {
-  if (p.aligned) {
-    if (dt == kF32) return __ldg(reinterpret_cast<const float4*>(static_cast<const float*>(base) + i));
-    if (dt == kBF16 || dt == kF16) {
-      const uint2 r = __ldg(reinterpret_cast<const uint2*>(static_cast<const uint16_t*>(base) + i));
-      float2 a, b;
-      if (dt == kBF16) {
-        a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&r.x));
-        b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&r.y));
-      } else {
-        a = __half22float2(*reinterpret_cast<const __half2*>(&r.x));
-        b = __half22float2(*reinterpret_cast<const __half2*>(&r.y));
-      }
-      return make_float4(a.x, a.y, b.x, b.y);
-    }
-  }
-  return make_float4(load_f(base, dt, i), load_f(base, dt, i + 1), load_f(base, dt, i + 2), load_f(base, dt, i + 3));
-}
-
 // The fused gate of gate_value (common.cuh) with dt_bias already added (x) and exp(A_log) hoisted (rate).
 __device__ __forceinline__ float applied_gate(const KdaDev& p, float x, float rate) {
   if (p.has_lower_bound) return p.lower_bound * (1.0f / (1.0f + __expf(-rate * x)));
@@ -178,9 +158,9 @@ __device__ __forceinline__ void load_qkg(const KdaDev& p, int64_t t0, int L, int
         const int i = idx / k4, d = (idx % k4) * 4;
         if (i < L) {
           const int64_t t = t0 + i;
-          f.q = load4_f(p, p.q, p.in_dt, (t * p.H + h) * kK + d);
-          if (kWithK) f.k = load4_f(p, p.k, p.in_dt, (t * p.H + h) * kK + d);
-          f.g = load4_f(p, p.g, p.in_dt, (t * p.HV + hv) * kK + d);
+          f.q = load4_f(p.aligned, p.q, p.in_dt, (t * p.H + h) * kK + d);
+          if (kWithK) f.k = load4_f(p.aligned, p.k, p.in_dt, (t * p.H + h) * kK + d);
+          f.g = load4_f(p.aligned, p.g, p.in_dt, (t * p.HV + hv) * kK + d);
         }
         return f;
       },
@@ -426,7 +406,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool f
 #pragma unroll
   for (int u = 0; u < kVPer; ++u) {
     const int idx = tid + u * kThreads, i = idx / k4, e = (idx % k4) * 4;
-    v_ahead[u] = i < L ? load4_f(p, p.v, p.in_dt, ((t0 + i) * p.HV + hv) * p.V + e) : zero4();
+    v_ahead[u] = i < L ? load4_f(p.aligned, p.v, p.in_dt, ((t0 + i) * p.HV + hv) * p.V + e) : zero4();
   }
 
   // ---- 3. A = (I + M)^-1 in q's buffer

@@ -7,8 +7,8 @@
 //   bytes         global loads + stores, per block: what each block's code reads or writes, an element
 //                 counted once per block. Re-reads by different blocks count (every value tile of
 //                 state_fwd reads the chunk's whole w and kl; each of the HV / H value heads of a q/k head
-//                 reads its q and k rows); re-reads within a block do not (wy_bwd reads its gc rows four
-//                 times, kp three, v twice: L1 / L2 serve them). Not counted: prefetch hints (the
+//                 reads its q and k rows); re-reads within a block do not (wy_bwd reads its gc rows three
+//                 times, kp twice: L1 / L2 serve them). Not counted: prefetch hints (the
 //                 later load is), the chunk-table look-ups of locate_chunk (a few int64 per block) and the
 //                 blocks past the last chunk (grids are sized by an upper bound; they exit after one look-up).
 //   unique_bytes  every element once per kernel: the HBM floor if L2 served every re-read.
