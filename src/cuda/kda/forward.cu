@@ -27,6 +27,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <type_traits>
 
 #include "cuda/common/cuda_check.h"
 #include "cuda/kda/common.cuh"
@@ -107,8 +108,7 @@ __device__ __forceinline__ void lower_product_strip(const float* As, const float
 #pragma unroll
     for (int r = 0; r < 4; r += 2) {  // entries r, r + 1: adjacent columns of one row
       const int i = r0 + frag_row(r);
-      if (i < L)
-        *reinterpret_cast<float2*>(out + i * out_rs + c0 + 8 * j + frag_col(r)) = make_float2(acc[j][r], acc[j][r + 1]);
+      if (i < L) stg2(out + i * out_rs + c0 + 8 * j + frag_col(r), make_float2(acc[j][r], acc[j][r + 1]));
     }
 }
 
@@ -134,9 +134,9 @@ __device__ __forceinline__ float4 load4_f(const KdaDev& p, const void* base, int
 
 // The fused gate of gate_value (common.cuh) with dt_bias already added (x) and exp(A_log) hoisted (rate).
 __device__ __forceinline__ float applied_gate(const KdaDev& p, float x, float rate) {
-  if (p.has_lower_bound) return p.lower_bound * (1.0f / (1.0f + __expf(-rate * x)));
+  if (p.has_lower_bound) return p.lower_bound * (1.0f / (1.0f + exp_ftz(-rate * x)));
   constexpr float kSoftplusThreshold = 20.0f;  // torch softplus default
-  return -rate * (x > kSoftplusThreshold ? x : log1pf(__expf(x)));
+  return -rate * (x > kSoftplusThreshold ? x : log1pf(exp_ftz(x)));
 }
 
 constexpr int kSub = 16;                           // sub-chunk rows: the decay reference and the inverse's block size
@@ -264,10 +264,10 @@ __device__ __forceinline__ void gate_cumsum(float* gS) {
 //     tensor cores with the decay factorised at n = 16 bi: (k_r exp(G_r - G_n)) . (k_c exp(G_n - G_c)),
 //     both factors <= 1; the same split one level down for the lower-left 8 x 8 quadrant of each diagonal
 //     block; the 8 x 8 diagonal quadrants per pair with exp(G_i - G_j) (their span can exceed the ~88
-//     nats a split exponent survives).
+//     nats a split exponent survives): a thread per strictly lower pair, warp 7 the diagonal (no exp).
 //  3. A = (I + M)^-1 by blocks (FLA solve_tril): the diagonal blocks by substitution (a lane per column,
 //     registers only), then block row bi: A_bi,bj = -A_bi,bi sum_m M_bi,m A_m,bj (3xTF32). q's buffer
-//     holds A [64, 68] and the partial sums [16, 68].
+//     holds A [64, 68] and the partial sums [16, 68]; the blocks above the diagonal are never written.
 //  4. kl = exp(G_last - G) k to global; k's buffer becomes beta exp(G) k, w = A (beta exp(G) k); G's
 //     buffer becomes beta v, u = A (beta v).
 // Written: Aqk, w, u, kl, gl always; qp, kp, rstd, gc, bp, A for the backward.
@@ -336,8 +336,8 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool f
       for (int k0 = 0; k0 < K; k0 += 8) {
         const int d0 = k0 + tq, d1 = d0 + 4;
         const float gn0 = gn[d0], gn1 = gn[d1];
-        const float e[4] = {__expf(gS[ra * KP + d0] - gn0), __expf(gS[rb * KP + d0] - gn0),
-                            __expf(gS[ra * KP + d1] - gn1), __expf(gS[rb * KP + d1] - gn1)};
+        const float e[4] = {exp_ftz(gS[ra * KP + d0] - gn0), exp_ftz(gS[rb * KP + d0] - gn0),
+                            exp_ftz(gS[ra * KP + d1] - gn1), exp_ftz(gS[rb * KP + d1] - gn1)};
         const float fk[4] = {kS[ra * KP + d0] * e[0], kS[rb * KP + d0] * e[1], kS[ra * KP + d1] * e[2],
                              kS[rb * KP + d1] * e[3]};
         const float fq[4] = {qS[ra * KP + d0] * e[0], qS[rb * KP + d0] * e[1], qS[ra * KP + d1] * e[2],
@@ -345,8 +345,8 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool f
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int col = c0 + 8 * half + gq;
-          const float fb[2] = {kS[col * KP + d0] * __expf(gn0 - gS[col * KP + d0]),
-                               kS[col * KP + d1] * __expf(gn1 - gS[col * KP + d1])};
+          const float fb[2] = {kS[col * KP + d0] * exp_ftz(gn0 - gS[col * KP + d0]),
+                               kS[col * KP + d1] * exp_ftz(gn1 - gS[col * KP + d1])};
           mma_f32<kPrecise>(am[half], fk, fb);
           mma_f32<kPrecise>(aq[half], fq, fb);
         }
@@ -360,8 +360,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool f
           mb[i * kMP + j] = bS[n + i] * am[half][r];
           mb[i * kMP + j + 1] = bS[n + i] * am[half][r + 1];
           if (n + i < L)
-            *reinterpret_cast<float2*>(Aqk + (n + i) * aqk_rs + c0 + j) =
-                make_float2(p.scale * aq[half][r], p.scale * aq[half][r + 1]);
+            stg2(Aqk + (n + i) * aqk_rs + c0 + j, make_float2(p.scale * aq[half][r], p.scale * aq[half][r + 1]));
         }
     }
     // Lower-left 8 x 8 quadrant of each diagonal block (warps 6, 7): rows r .. r + 8 (r = 16 b + 8) against
@@ -374,48 +373,65 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool f
 #pragma unroll 2
       for (int k0 = 0; k0 < K; k0 += 8) {
         const int d0 = k0 + tq, d1 = d0 + 4;
-        const float e0 = __expf(gS[row * KP + d0] - gr[d0]), e1 = __expf(gS[row * KP + d1] - gr[d1]);
+        const float e0 = exp_ftz(gS[row * KP + d0] - gr[d0]), e1 = exp_ftz(gS[row * KP + d1] - gr[d1]);
         const float fa[4] = {kS[row * KP + d0] * e0, qS[row * KP + d0] * e0, kS[row * KP + d1] * e1,
                              qS[row * KP + d1] * e1};
-        const float fb[2] = {kS[col * KP + d0] * __expf(gr[d0] - gS[col * KP + d0]),
-                             kS[col * KP + d1] * __expf(gr[d1] - gS[col * KP + d1])};
+        const float fb[2] = {kS[col * KP + d0] * exp_ftz(gr[d0] - gS[col * KP + d0]),
+                             kS[col * KP + d1] * exp_ftz(gr[d1] - gS[col * KP + d1])};
         mma_f32<kPrecise>(acc, fa, fb);
       }
       float* mb = m_block(Ms, b, b);
 #pragma unroll
       for (int rr = 0; rr < 2; ++rr) mb[(kSub / 2 + gq) * kMP + 2 * tq + rr] = bS[row] * acc[rr];  // frag_col
-      if (row < L)
-        *reinterpret_cast<float2*>(Aqk + row * aqk_rs + kSub * b + 2 * tq) =
-            make_float2(p.scale * acc[2], p.scale * acc[3]);
+      if (row < L) stg2(Aqk + row * aqk_rs + kSub * b + 2 * tq, make_float2(p.scale * acc[2], p.scale * acc[3]));
     }
-    // the rest of the diagonal blocks: the two 8 x 8 diagonal quadrants, 36 lower pairs (i >= j) each,
-    // per pair (their span can exceed the ~88 nats a split exponent survives)
-    constexpr int kHalf = kSub / 2, kTri = kHalf * (kHalf + 1) / 2;
-    for (int e = tid; e < 2 * kSubs * kTri; e += kThreads) {
-      const int quadrant = e / kTri, idx = e % kTri, b = quadrant / 2, base = kHalf * (quadrant % 2);
-      int ii = static_cast<int>((sqrtf(8.0f * idx + 1.0f) - 1.0f) * 0.5f);
-      while ((ii + 1) * (ii + 2) / 2 <= idx) ++ii;
-      while (ii * (ii + 1) / 2 > idx) --ii;
-      const int jj = idx - ii * (ii + 1) / 2, i = kSub * b + base + ii, j = kSub * b + base + jj;
-      float m = 0.0f, a = 0.0f;
-      if (i < L) {
-        const float *ki = kS + i * KP, *qi = qS + i * KP, *gi = gS + i * KP, *kj = kS + j * KP, *gj = gS + j * KP;
-        for (int d = 0; d < K; d += 4) {
-          const float4 k_i = *reinterpret_cast<const float4*>(ki + d), q_i = *reinterpret_cast<const float4*>(qi + d);
-          const float4 g_i = *reinterpret_cast<const float4*>(gi + d), k_j = *reinterpret_cast<const float4*>(kj + d);
-          const float4 g_j = *reinterpret_cast<const float4*>(gj + d);
-          const float e0 = __expf(g_i.x - g_j.x) * k_j.x, e1 = __expf(g_i.y - g_j.y) * k_j.y;
-          const float e2 = __expf(g_i.z - g_j.z) * k_j.z, e3 = __expf(g_i.w - g_j.w) * k_j.w;
+    // the rest of the diagonal blocks: the two 8 x 8 diagonal quadrants, per pair (their span can exceed the
+    // ~88 nats a split exponent survives). Threads 0..223: one of the 28 strictly lower pairs (i > j) of one
+    // of the 8 quadrants each; warp 7: the 64 diagonal entries, M_ii = 0 and Aqk_ii = scale q_i . k_i
+    // (exp(G_i - G_i) = 1 exactly, so no exponentials), two per lane. Handed out as 288 equal entries, the
+    // last 32 made warp 0 run the loop twice while the block waited at the barrier.
+    constexpr int kHalf = kSub / 2, kLower = kHalf * (kHalf - 1) / 2, kQuadrants = 2 * kSubs;
+    static_assert(kQuadrants * kLower + 32 == kThreads && kChunk == 2 * 32, "warp 7 takes the diagonal");
+    // Aqk_ij (row i < L) and the sum M_ij / beta_i, the exponentials skipped on the diagonal
+    auto pair_sums = [&](int i, int j, auto diagonal, float& m, float& a) {
+      const float *ki = kS + i * KP, *qi = qS + i * KP, *gi = gS + i * KP, *kj = kS + j * KP, *gj = gS + j * KP;
+      for (int d = 0; d < K; d += 4) {
+        const float4 k_i = *reinterpret_cast<const float4*>(ki + d), q_i = *reinterpret_cast<const float4*>(qi + d);
+        const float4 k_j = *reinterpret_cast<const float4*>(kj + d);
+        float e0 = k_j.x, e1 = k_j.y, e2 = k_j.z, e3 = k_j.w;
+        if constexpr (!decltype(diagonal)::value) {
+          const float4 g_i = *reinterpret_cast<const float4*>(gi + d), g_j = *reinterpret_cast<const float4*>(gj + d);
+          e0 = exp_ftz(g_i.x - g_j.x) * e0, e1 = exp_ftz(g_i.y - g_j.y) * e1;
+          e2 = exp_ftz(g_i.z - g_j.z) * e2, e3 = exp_ftz(g_i.w - g_j.w) * e3;
           m += k_i.x * e0 + k_i.y * e1 + k_i.z * e2 + k_i.w * e3;
-          a += q_i.x * e0 + q_i.y * e1 + q_i.z * e2 + q_i.w * e3;
         }
-        Aqk[i * aqk_rs + j] = p.scale * a;
+        a += q_i.x * e0 + q_i.y * e1 + q_i.z * e2 + q_i.w * e3;
       }
-      m_block(Ms, b, b)[(base + ii) * kMP + base + jj] = jj < ii ? bS[i] * m : 0.0f;
+      Aqk[i * aqk_rs + j] = p.scale * a;
+    };
+    if (tid < kQuadrants * kLower) {
+      const int quadrant = tid / kLower, idx = tid % kLower, b = quadrant / 2, base = kHalf * (quadrant % 2);
+      int ii = 1;  // idx = ii (ii - 1) / 2 + jj, 0 <= jj < ii
+      while (ii * (ii + 1) / 2 <= idx) ++ii;
+      const int jj = idx - ii * (ii - 1) / 2, i = kSub * b + base + ii, j = kSub * b + base + jj;
+      float m = 0.0f, a = 0.0f;
+      if (i < L) pair_sums(i, j, std::false_type{}, m, a);
+      m_block(Ms, b, b)[(base + ii) * kMP + base + jj] = bS[i] * m;
+    } else {
+      for (int i = lane; i < kChunk; i += 32) {
+        float m = 0.0f, a = 0.0f;
+        if (i < L) pair_sums(i, i, std::true_type{}, m, a);
+        m_block(Ms, i / kSub, i / kSub)[(i % kSub) * (kMP + 1)] = 0.0f;
+      }
     }
-    for (int idx = tid; idx < L * kChunk; idx += kThreads) {
-      const int i = idx / kChunk, j = idx % kChunk;
-      if (j > i) Aqk[i * aqk_rs + j] = 0.0f;
+    // Aqk's upper triangle: 16-byte stores where all four columns are above the diagonal
+    for (int idx = tid; idx < L * (kChunk / 4); idx += kThreads) {
+      const int i = idx / (kChunk / 4), j = (idx % (kChunk / 4)) * 4;
+      float* at = Aqk + i * aqk_rs + j;
+      if (j > i)
+        stg4(at, zero4());
+      else
+        for (int jj = i + 1; jj < j + 4; ++jj) at[jj - j] = 0.0f;
     }
   }
   __syncthreads();
@@ -429,11 +445,10 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool f
     v_ahead[u] = i < L ? load4_f(p, p.v, p.in_dt, ((t0 + i) * p.HV + hv) * p.V + e) : zero4();
   }
 
-  // ---- 3. A = (I + M)^-1 in q's buffer
+  // ---- 3. A = (I + M)^-1 in q's buffer. A's blocks above the diagonal are never written: the products below
+  // read only blocks on or left of the diagonal (kdim r0 + 16), and the backward's copy writes those zeros itself.
   float* As = qS;
   float* Ts = As + kChunk * kAP;
-  for (int idx = tid; idx < kChunk * kAP; idx += kThreads) As[idx] = 0.0f;
-  __syncthreads();
   if (warp < kSubs && lane < kSub) {
     const float* mb = m_block(Ms, warp, warp);
     float col[kSub];  // column `lane` of the block's inverse: col_r = -sum_{m < r} M_rm col_m below the diagonal
@@ -474,18 +489,20 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool f
     const int i = idx / k4, d = (idx % k4) * 4;
     const float4 k = *reinterpret_cast<const float4*>(kS + i * KP + d);
     const float4 g = *reinterpret_cast<const float4*>(gS + i * KP + d);
+    const float4 last = *reinterpret_cast<const float4*>(gl + d);
     if (i < L)
-      st4(p.kl + ((t0 + i) * p.HV + hv) * K + d,
-          make_float4(__expf(gl[d] - g.x) * k.x, __expf(gl[d + 1] - g.y) * k.y, __expf(gl[d + 2] - g.z) * k.z,
-                      __expf(gl[d + 3] - g.w) * k.w));
+      stg4(p.kl + ((t0 + i) * p.HV + hv) * K + d,
+           make_float4(exp_ftz(last.x - g.x) * k.x, exp_ftz(last.y - g.y) * k.y, exp_ftz(last.z - g.z) * k.z,
+                       exp_ftz(last.w - g.w) * k.w));
     const float b = bS[i];
     st4(kS + i * KP + d,
-        make_float4(b * __expf(g.x) * k.x, b * __expf(g.y) * k.y, b * __expf(g.z) * k.z, b * __expf(g.w) * k.w));
+        make_float4(b * exp_ftz(g.x) * k.x, b * exp_ftz(g.y) * k.y, b * exp_ftz(g.z) * k.z, b * exp_ftz(g.w) * k.w));
   }
   if (for_backward)
-    for (int idx = tid; idx < L * kChunk; idx += kThreads) {
-      const int i = idx / kChunk, j = idx % kChunk;
-      p.A[((t0 + i) * p.HV + hv) * kChunk + j] = As[i * kAP + j];
+    for (int idx = tid; idx < L * (kChunk / 4); idx += kThreads) {
+      const int i = idx / (kChunk / 4), j = (idx % (kChunk / 4)) * 4;  // four columns of one 16 x 16 block
+      stg4(p.A + ((t0 + i) * p.HV + hv) * kChunk + j,
+           j < kSub * (i / kSub + 1) ? *reinterpret_cast<const float4*>(As + i * kAP + j) : zero4());
     }
   __syncthreads();
   // beta v into G's buffer (V == K), while w is formed from k's buffer
