@@ -248,7 +248,8 @@ __device__ __forceinline__ void gate_cumsum(float* gS) {
   __syncthreads();
   float offset = 0.0f;
   for (int q = 0; q < part; ++q) offset += gS[((q + 1) * R - 1) * KP + d];
-  __syncthreads();
+  // a segment's end row changes below unless it is the first's, the only one read with two segments (K 128)
+  if constexpr (parts > 2) __syncthreads();
   if (part > 0)
     for (int r = 0; r < R; ++r) gS[(part * R + r) * KP + d] += offset;
   __syncthreads();
