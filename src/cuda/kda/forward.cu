@@ -699,8 +699,8 @@ __global__ void __launch_bounds__(kThreads) gated_q_kernel(KdaDev p) {
   for (int idx = threadIdx.x; idx < L * k4; idx += kThreads) {
     const int i = idx / k4, d = (idx % k4) * 4, at = i * KP + d;
     const float4 g = *reinterpret_cast<const float4*>(gS + at), q = *reinterpret_cast<const float4*>(qS + at);
-    st4(p.qg + ((t0 + i) * p.HV + hv) * kK + d,
-        make_float4(s * __expf(g.x) * q.x, s * __expf(g.y) * q.y, s * __expf(g.z) * q.z, s * __expf(g.w) * q.w));
+    stg4(p.qg + ((t0 + i) * p.HV + hv) * kK + d,
+         make_float4(s * exp_ftz(g.x) * q.x, s * exp_ftz(g.y) * q.y, s * exp_ftz(g.z) * q.z, s * exp_ftz(g.w) * q.w));
   }
 }
 
