@@ -155,19 +155,18 @@ __host__ __device__ constexpr int q_region(int K) {
   return kChunk * (K + 4) > (kChunk + kSub) * kAP ? kChunk * (K + 4) : (kChunk + kSub) * kAP;
 }
 
-// The fused gate's per-head constants: dt_bias [K] into shared memory (0 without it), exp(A_log) returned.
-template <int kK>
-__device__ __forceinline__ float gate_rate_and_bias(const KdaDev& p, int hv, float* biasS) {
-  for (int d = threadIdx.x; d < kK; d += kThreads) biasS[d] = gate_bias(p, hv, d);
-  return gate_rate(p, hv);
-}
-
-// The chunk's rows of q (and k) and of the applied gate G into shared [64, K + 4] tiles (vector loads, input
-// dtype); rows >= L are zero. biasS must be visible to every thread (barrier after gate_rate_and_bias).
+// The chunk's rows of q (and k) and of the applied gate G (rate = exp(A_log)) into shared [64, K + 4] tiles
+// (vector loads, input dtype); rows >= L are zero. A thread's four channels are the same in every row it
+// loads, so it keeps their dt_bias in registers: no shared copy, and no barrier between its load and the
+// first gate.
 template <int kK, bool kWithK>
-__device__ __forceinline__ void load_qkg(const KdaDev& p, int64_t t0, int L, int h, int hv, float rate,
-                                         const float* biasS, float* qS, float* kS, float* gS) {
+__device__ __forceinline__ void load_qkg(const KdaDev& p, int64_t t0, int L, int h, int hv, float rate, float* qS,
+                                         float* kS, float* gS) {
   constexpr int KP = kK + 4, k4 = kK / 4;
+  static_assert(kThreads % k4 == 0, "a thread's channels d = (idx % k4) * 4 are the same for every idx it takes");
+  const int d0 = (threadIdx.x % k4) * 4;
+  const float4 bias =
+      make_float4(gate_bias(p, hv, d0), gate_bias(p, hv, d0 + 1), gate_bias(p, hv, d0 + 2), gate_bias(p, hv, d0 + 3));
   struct Rows {
     float4 q, k, g;
   };
@@ -190,8 +189,8 @@ __device__ __forceinline__ void load_qkg(const KdaDev& p, int64_t t0, int L, int
         if (kWithK) st4(kS + at, f.k);
         float4 g = f.g;
         if (p.use_gate && i < L)
-          g = make_float4(applied_gate(p, g.x + biasS[d], rate), applied_gate(p, g.y + biasS[d + 1], rate),
-                          applied_gate(p, g.z + biasS[d + 2], rate), applied_gate(p, g.w + biasS[d + 3], rate));
+          g = make_float4(applied_gate(p, g.x + bias.x, rate), applied_gate(p, g.y + bias.y, rate),
+                          applied_gate(p, g.z + bias.z, rate), applied_gate(p, g.w + bias.w, rate));
         st4(gS + at, g);
       });
 }
@@ -256,11 +255,11 @@ __device__ __forceinline__ void gate_cumsum(float* gS) {
 }
 
 // One block per (chunk, value head): everything of the chunk that does not need the state.
-// Shared (fp32, row stride K + 4): k, q, G as [64, K]; M as 10 packed 16 x 16 lower blocks; beta [64];
-// dt_bias [K]. Phases:
-//  1. load q, k, g, beta (vector loads, input dtype); L2 norm per row (a warp per row); gate elementwise,
-//     then the in-chunk cumsum (K channels x 256/K row segments); rows >= L get G_last, so G never
-//     increases down the chunk and every exp below has a non-positive argument.
+// Shared (fp32, row stride K + 4): k, q, G as [64, K]; M as 10 packed 16 x 16 lower blocks; beta [64].
+// Phases:
+//  1. load q, k, g, beta (vector loads, input dtype); L2 norm per row (a warp per row); gate elementwise
+//     (a thread's dt_bias in registers), then the in-chunk cumsum (K channels x 256/K row segments); rows
+//     >= L get G_last, so G never increases down the chunk and every exp below has a non-positive argument.
 //  2. M = beta K Gamma K^T and Aqk = scale Q Gamma K^T. Off-diagonal 16 x 16 blocks (bi > bj) on the
 //     tensor cores with the decay factorised at n = 16 bi: (k_r exp(G_r - G_n)) . (k_c exp(G_n - G_c)),
 //     both factors <= 1; the same split one level down for the lower-left 8 x 8 quadrant of each diagonal
@@ -286,10 +285,8 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool f
   float* gS = qS + q_region(K);
   float* Ms = gS + kChunk * KP;
   float* bS = Ms + kMBlocks * kSub * kMP;
-  float* biasS = bS + kChunk;
 
-  // ---- 1. inputs
-  const float rate = gate_rate_and_bias<kK>(p, hv, biasS);
+  // ---- 1. inputs (beta reaches the other threads through the barrier after the loads)
   if (tid < kChunk) {
     float b = 0.0f;
     if (tid < L) {
@@ -299,8 +296,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool f
     }
     bS[tid] = b;
   }
-  __syncthreads();
-  load_qkg<kK, true>(p, t0, L, h, hv, rate, biasS, qS, kS, gS);
+  load_qkg<kK, true>(p, t0, L, h, hv, gate_rate(p, hv), qS, kS, gS);
   __syncthreads();
   // fp32 copies of the normalised q, k for the backward from the first value head of h
   const bool write_qk = for_backward && hv % p.G == 0;
@@ -676,7 +672,7 @@ static_assert(roofline::kChunk == kChunk && roofline::kOutCols == kOutCols, "roo
 // One block per (chunk, value head): qg = scale exp(G) q of the output kernel, from q and g (gate, in-chunk
 // cumsum, L2 norm as in chunk_fwd, same order: the same values chunk_fwd's tiles hold). It runs after the
 // state pass and writes into w's buffer, dead by then, so the forward's scratch holds no qg buffer of its
-// own (an fp32 [tokens, HV, K] less at its peak). Shared: q, G [64, K + 4]; dt_bias [K].
+// own (an fp32 [tokens, HV, K] less at its peak). Shared: q, G [64, K + 4].
 template <int kK>
 __global__ void __launch_bounds__(kThreads) gated_q_kernel(KdaDev p) {
   int64_t t0;
@@ -688,10 +684,7 @@ __global__ void __launch_bounds__(kThreads) gated_q_kernel(KdaDev p) {
   extern __shared__ float smem[];
   float* qS = smem;
   float* gS = qS + kChunk * KP;
-  float* biasS = gS + kChunk * KP;
-  const float rate = gate_rate_and_bias<kK>(p, hv, biasS);
-  __syncthreads();
-  load_qkg<kK, false>(p, t0, L, h, hv, rate, biasS, qS, nullptr, gS);
+  load_qkg<kK, false>(p, t0, L, h, hv, gate_rate(p, hv), qS, nullptr, gS);
   __syncthreads();
   if (p.l2norm) l2norm_rows<kK, 1>({qS}, true, [](int, int, float, const float*) {});
   gate_cumsum<kK>(gS);  // its barriers also order the normalised q rows before the loop below
@@ -759,12 +752,12 @@ __global__ void __launch_bounds__(kThreads, 2) output_fwd_kernel(KdaDev p, void*
 }
 
 size_t chunk_fwd_smem(int K) {
-  return sizeof(float) * (2 * kChunk * (K + 4) + q_region(K) + kMBlocks * kSub * kMP + kChunk + K);
+  return sizeof(float) * (2 * kChunk * (K + 4) + q_region(K) + kMBlocks * kSub * kMP + kChunk);
 }
 size_t state_fwd_smem(int K, int BV, int stages) {
   return sizeof(float) * (stages * (2 * kChunk * (K + 4) + kChunk * (BV + 8) + K) + (kChunk + K) * (BV + 8));
 }
-size_t gated_q_smem(int K) { return sizeof(float) * (2 * kChunk * (K + 4) + K); }
+size_t gated_q_smem(int K) { return sizeof(float) * 2 * kChunk * (K + 4); }
 size_t output_fwd_smem(int K) {
   return sizeof(float) * (kChunk * (K + 4) + K * (kOutCols + 8) + kChunk * kAP + kChunk * (kOutCols + 8));
 }
