@@ -141,6 +141,16 @@ __device__ __forceinline__ float gate_value(const KdaDev& p, float g_raw, int hv
   return gate_value(p, g_raw, gate_consts(p, hv, d), d_raw, d_A);
 }
 
+// __expf without its fix-up for subnormal results (ex2.approx.ftz of the same x log2(e)): bit-identical to
+// __expf down to exp(x) = 2^-126, 0 below (x < -87.3, where __expf gives a subnormal that no sum here can
+// tell from 0). The fix-up is 4 of __expf's 6 instructions (compare, two predicated multiplies, select), and
+// the chunk kernel evaluates ~10^5 exponentials per block.
+__device__ __forceinline__ float exp_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x * 1.4426950408889634f));
+  return y;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -169,6 +179,22 @@ __device__ __forceinline__ void batched(int n, Load load, Store store) {
 __device__ __forceinline__ float4 ldg4(const float* p) { return __ldg(reinterpret_cast<const float4*>(p)); }
 __device__ __forceinline__ float4 zero4() { return make_float4(0.0f, 0.0f, 0.0f, 0.0f); }
 __device__ __forceinline__ void st4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+// Global stores of 2 / 4 floats (8- / 16-byte aligned) as one instruction: a float2 / float4 assembled from
+// scalars and stored through a cast pointer may be split into 4-byte stores (chunk_fwd's kl rows and the first
+// pair of each w / u / Aqk fragment strip were): more store instructions and transactions.
+// stg2: one 64-bit integer store, which the compiler keeps whole and can still predicate and give an immediate
+// offset (as inline PTX each became a branch with its own address arithmetic: chunk_fwd's w / u stores, SASS).
+// stg4: inline PTX (a 128-bit integer store came out as two 8-byte ones, zeros as four 4-byte ones): only where
+// the store sits in a branch or loop of its own anyway. No memory clobber, so loads may move across it: only
+// for outputs the kernel does not read back.
+__device__ __forceinline__ void stg2(float* p, float2 v) {
+  *reinterpret_cast<unsigned long long*>(p) =
+      static_cast<unsigned long long>(__float_as_uint(v.y)) << 32 | __float_as_uint(v.x);
+}
+__device__ __forceinline__ void stg4(float* p, float4 v) {
+  asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(__cvta_generic_to_global(p)), "f"(v.x), "f"(v.y),
+               "f"(v.z), "f"(v.w));
+}
 __device__ __forceinline__ void st4_scalar(float* p, float4 v) { p[0] = v.x, p[1] = v.y, p[2] = v.z, p[3] = v.w; }
 
 // Four consecutive elements (i % 4 == 0) as floats: one 8- or 16-byte load when the base is 16-byte aligned

@@ -27,6 +27,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <type_traits>
 
 #include "cuda/common/cuda_check.h"
 #include "cuda/kda/common.cuh"
@@ -107,16 +108,15 @@ __device__ __forceinline__ void lower_product_strip(const float* As, const float
 #pragma unroll
     for (int r = 0; r < 4; r += 2) {  // entries r, r + 1: adjacent columns of one row
       const int i = r0 + frag_row(r);
-      if (i < L)
-        *reinterpret_cast<float2*>(out + i * out_rs + c0 + 8 * j + frag_col(r)) = make_float2(acc[j][r], acc[j][r + 1]);
+      if (i < L) stg2(out + i * out_rs + c0 + 8 * j + frag_col(r), make_float2(acc[j][r], acc[j][r + 1]));
     }
 }
 
 // The fused gate of gate_value (common.cuh) with dt_bias already added (x) and exp(A_log) hoisted (rate).
 __device__ __forceinline__ float applied_gate(const KdaDev& p, float x, float rate) {
-  if (p.has_lower_bound) return p.lower_bound * (1.0f / (1.0f + __expf(-rate * x)));
+  if (p.has_lower_bound) return p.lower_bound * (1.0f / (1.0f + exp_ftz(-rate * x)));
   constexpr float kSoftplusThreshold = 20.0f;  // torch softplus default
-  return -rate * (x > kSoftplusThreshold ? x : log1pf(__expf(x)));
+  return -rate * (x > kSoftplusThreshold ? x : log1pf(exp_ftz(x)));
 }
 
 constexpr int kSub = 16;                           // sub-chunk rows: the decay reference and the inverse's block size
@@ -135,19 +135,18 @@ __host__ __device__ constexpr int q_region(int K) {
   return kChunk * (K + 4) > (kChunk + kSub) * kAP ? kChunk * (K + 4) : (kChunk + kSub) * kAP;
 }
 
-// The fused gate's per-head constants: dt_bias [K] into shared memory (0 without it), exp(A_log) returned.
-template <int kK>
-__device__ __forceinline__ float gate_rate_and_bias(const KdaDev& p, int hv, float* biasS) {
-  for (int d = threadIdx.x; d < kK; d += kThreads) biasS[d] = gate_bias(p, hv, d);
-  return gate_rate(p, hv);
-}
-
-// The chunk's rows of q (and k) and of the applied gate G into shared [64, K + 4] tiles (vector loads, input
-// dtype); rows >= L are zero. biasS must be visible to every thread (barrier after gate_rate_and_bias).
+// The chunk's rows of q (and k) and of the applied gate G (rate = exp(A_log)) into shared [64, K + 4] tiles
+// (vector loads, input dtype); rows >= L are zero. A thread's four channels are the same in every row it
+// loads, so it keeps their dt_bias in registers: no shared copy, and no barrier between its load and the
+// first gate.
 template <int kK, bool kWithK>
-__device__ __forceinline__ void load_qkg(const KdaDev& p, int64_t t0, int L, int h, int hv, float rate,
-                                         const float* biasS, float* qS, float* kS, float* gS) {
+__device__ __forceinline__ void load_qkg(const KdaDev& p, int64_t t0, int L, int h, int hv, float rate, float* qS,
+                                         float* kS, float* gS) {
   constexpr int KP = kK + 4, k4 = kK / 4;
+  static_assert(kThreads % k4 == 0, "a thread's channels d = (idx % k4) * 4 are the same for every idx it takes");
+  const int d0 = (threadIdx.x % k4) * 4;
+  const float4 bias =
+      make_float4(gate_bias(p, hv, d0), gate_bias(p, hv, d0 + 1), gate_bias(p, hv, d0 + 2), gate_bias(p, hv, d0 + 3));
   struct Rows {
     float4 q, k, g;
   };
@@ -170,8 +169,8 @@ __device__ __forceinline__ void load_qkg(const KdaDev& p, int64_t t0, int L, int
         if (kWithK) st4(kS + at, f.k);
         float4 g = f.g;
         if (p.use_gate && i < L)
-          g = make_float4(applied_gate(p, g.x + biasS[d], rate), applied_gate(p, g.y + biasS[d + 1], rate),
-                          applied_gate(p, g.z + biasS[d + 2], rate), applied_gate(p, g.w + biasS[d + 3], rate));
+          g = make_float4(applied_gate(p, g.x + bias.x, rate), applied_gate(p, g.y + bias.y, rate),
+                          applied_gate(p, g.z + bias.z, rate), applied_gate(p, g.w + bias.w, rate));
         st4(gS + at, g);
       });
 }
@@ -228,26 +227,27 @@ __device__ __forceinline__ void gate_cumsum(float* gS) {
   __syncthreads();
   float offset = 0.0f;
   for (int q = 0; q < part; ++q) offset += gS[((q + 1) * R - 1) * KP + d];
-  __syncthreads();
+  // a segment's end row changes below unless it is the first's, the only one read with two segments (K 128)
+  if constexpr (parts > 2) __syncthreads();
   if (part > 0)
     for (int r = 0; r < R; ++r) gS[(part * R + r) * KP + d] += offset;
   __syncthreads();
 }
 
 // One block per (chunk, value head): everything of the chunk that does not need the state.
-// Shared (fp32, row stride K + 4): k, q, G as [64, K]; M as 10 packed 16 x 16 lower blocks; beta [64];
-// dt_bias [K]. Phases:
-//  1. load q, k, g, beta (vector loads, input dtype); L2 norm per row (a warp per row); gate elementwise,
-//     then the in-chunk cumsum (K channels x 256/K row segments); rows >= L get G_last, so G never
-//     increases down the chunk and every exp below has a non-positive argument.
+// Shared (fp32, row stride K + 4): k, q, G as [64, K]; M as 10 packed 16 x 16 lower blocks; beta [64].
+// Phases:
+//  1. load q, k, g, beta (vector loads, input dtype); L2 norm per row (a warp per row); gate elementwise
+//     (a thread's dt_bias in registers), then the in-chunk cumsum (K channels x 256/K row segments); rows
+//     >= L get G_last, so G never increases down the chunk and every exp below has a non-positive argument.
 //  2. M = beta K Gamma K^T and Aqk = scale Q Gamma K^T. Off-diagonal 16 x 16 blocks (bi > bj) on the
 //     tensor cores with the decay factorised at n = 16 bi: (k_r exp(G_r - G_n)) . (k_c exp(G_n - G_c)),
 //     both factors <= 1; the same split one level down for the lower-left 8 x 8 quadrant of each diagonal
 //     block; the 8 x 8 diagonal quadrants per pair with exp(G_i - G_j) (their span can exceed the ~88
-//     nats a split exponent survives).
+//     nats a split exponent survives): a thread per strictly lower pair, warp 7 the diagonal (no exp).
 //  3. A = (I + M)^-1 by blocks (FLA solve_tril): the diagonal blocks by substitution (a lane per column,
 //     registers only), then block row bi: A_bi,bj = -A_bi,bi sum_m M_bi,m A_m,bj (3xTF32). q's buffer
-//     holds A [64, 68] and the partial sums [16, 68].
+//     holds A [64, 68] and the partial sums [16, 68]; the blocks above the diagonal are never written.
 //  4. kl = exp(G_last - G) k to global; k's buffer becomes beta exp(G) k, w = A (beta exp(G) k); G's
 //     buffer becomes beta v, u = A (beta v).
 // Written: Aqk, w, u, kl, gl always; qp, kp, rstd, gc, bp, A for the backward.
@@ -265,10 +265,8 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool f
   float* gS = qS + q_region(K);
   float* Ms = gS + kChunk * KP;
   float* bS = Ms + kMBlocks * kSub * kMP;
-  float* biasS = bS + kChunk;
 
-  // ---- 1. inputs
-  const float rate = gate_rate_and_bias<kK>(p, hv, biasS);
+  // ---- 1. inputs (beta reaches the other threads through the barrier after the loads)
   if (tid < kChunk) {
     float b = 0.0f;
     if (tid < L) {
@@ -278,8 +276,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool f
     }
     bS[tid] = b;
   }
-  __syncthreads();
-  load_qkg<kK, true>(p, t0, L, h, hv, rate, biasS, qS, kS, gS);
+  load_qkg<kK, true>(p, t0, L, h, hv, gate_rate(p, hv), qS, kS, gS);
   __syncthreads();
   // fp32 copies of the normalised q, k for the backward from the first value head of h
   const bool write_qk = for_backward && hv % p.G == 0;
@@ -316,8 +313,8 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool f
       for (int k0 = 0; k0 < K; k0 += 8) {
         const int d0 = k0 + tq, d1 = d0 + 4;
         const float gn0 = gn[d0], gn1 = gn[d1];
-        const float e[4] = {__expf(gS[ra * KP + d0] - gn0), __expf(gS[rb * KP + d0] - gn0),
-                            __expf(gS[ra * KP + d1] - gn1), __expf(gS[rb * KP + d1] - gn1)};
+        const float e[4] = {exp_ftz(gS[ra * KP + d0] - gn0), exp_ftz(gS[rb * KP + d0] - gn0),
+                            exp_ftz(gS[ra * KP + d1] - gn1), exp_ftz(gS[rb * KP + d1] - gn1)};
         const float fk[4] = {kS[ra * KP + d0] * e[0], kS[rb * KP + d0] * e[1], kS[ra * KP + d1] * e[2],
                              kS[rb * KP + d1] * e[3]};
         const float fq[4] = {qS[ra * KP + d0] * e[0], qS[rb * KP + d0] * e[1], qS[ra * KP + d1] * e[2],
@@ -325,8 +322,8 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool f
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int col = c0 + 8 * half + gq;
-          const float fb[2] = {kS[col * KP + d0] * __expf(gn0 - gS[col * KP + d0]),
-                               kS[col * KP + d1] * __expf(gn1 - gS[col * KP + d1])};
+          const float fb[2] = {kS[col * KP + d0] * exp_ftz(gn0 - gS[col * KP + d0]),
+                               kS[col * KP + d1] * exp_ftz(gn1 - gS[col * KP + d1])};
           mma_f32<kPrecise>(am[half], fk, fb);
           mma_f32<kPrecise>(aq[half], fq, fb);
         }
@@ -340,8 +337,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool f
           mb[i * kMP + j] = bS[n + i] * am[half][r];
           mb[i * kMP + j + 1] = bS[n + i] * am[half][r + 1];
           if (n + i < L)
-            *reinterpret_cast<float2*>(Aqk + (n + i) * aqk_rs + c0 + j) =
-                make_float2(p.scale * aq[half][r], p.scale * aq[half][r + 1]);
+            stg2(Aqk + (n + i) * aqk_rs + c0 + j, make_float2(p.scale * aq[half][r], p.scale * aq[half][r + 1]));
         }
     }
     // Lower-left 8 x 8 quadrant of each diagonal block (warps 6, 7): rows r .. r + 8 (r = 16 b + 8) against
@@ -354,48 +350,65 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool f
 #pragma unroll 2
       for (int k0 = 0; k0 < K; k0 += 8) {
         const int d0 = k0 + tq, d1 = d0 + 4;
-        const float e0 = __expf(gS[row * KP + d0] - gr[d0]), e1 = __expf(gS[row * KP + d1] - gr[d1]);
+        const float e0 = exp_ftz(gS[row * KP + d0] - gr[d0]), e1 = exp_ftz(gS[row * KP + d1] - gr[d1]);
         const float fa[4] = {kS[row * KP + d0] * e0, qS[row * KP + d0] * e0, kS[row * KP + d1] * e1,
                              qS[row * KP + d1] * e1};
-        const float fb[2] = {kS[col * KP + d0] * __expf(gr[d0] - gS[col * KP + d0]),
-                             kS[col * KP + d1] * __expf(gr[d1] - gS[col * KP + d1])};
+        const float fb[2] = {kS[col * KP + d0] * exp_ftz(gr[d0] - gS[col * KP + d0]),
+                             kS[col * KP + d1] * exp_ftz(gr[d1] - gS[col * KP + d1])};
         mma_f32<kPrecise>(acc, fa, fb);
       }
       float* mb = m_block(Ms, b, b);
 #pragma unroll
       for (int rr = 0; rr < 2; ++rr) mb[(kSub / 2 + gq) * kMP + 2 * tq + rr] = bS[row] * acc[rr];  // frag_col
-      if (row < L)
-        *reinterpret_cast<float2*>(Aqk + row * aqk_rs + kSub * b + 2 * tq) =
-            make_float2(p.scale * acc[2], p.scale * acc[3]);
+      if (row < L) stg2(Aqk + row * aqk_rs + kSub * b + 2 * tq, make_float2(p.scale * acc[2], p.scale * acc[3]));
     }
-    // the rest of the diagonal blocks: the two 8 x 8 diagonal quadrants, 36 lower pairs (i >= j) each,
-    // per pair (their span can exceed the ~88 nats a split exponent survives)
-    constexpr int kHalf = kSub / 2, kTri = kHalf * (kHalf + 1) / 2;
-    for (int e = tid; e < 2 * kSubs * kTri; e += kThreads) {
-      const int quadrant = e / kTri, idx = e % kTri, b = quadrant / 2, base = kHalf * (quadrant % 2);
-      int ii = static_cast<int>((sqrtf(8.0f * idx + 1.0f) - 1.0f) * 0.5f);
-      while ((ii + 1) * (ii + 2) / 2 <= idx) ++ii;
-      while (ii * (ii + 1) / 2 > idx) --ii;
-      const int jj = idx - ii * (ii + 1) / 2, i = kSub * b + base + ii, j = kSub * b + base + jj;
-      float m = 0.0f, a = 0.0f;
-      if (i < L) {
-        const float *ki = kS + i * KP, *qi = qS + i * KP, *gi = gS + i * KP, *kj = kS + j * KP, *gj = gS + j * KP;
-        for (int d = 0; d < K; d += 4) {
-          const float4 k_i = *reinterpret_cast<const float4*>(ki + d), q_i = *reinterpret_cast<const float4*>(qi + d);
-          const float4 g_i = *reinterpret_cast<const float4*>(gi + d), k_j = *reinterpret_cast<const float4*>(kj + d);
-          const float4 g_j = *reinterpret_cast<const float4*>(gj + d);
-          const float e0 = __expf(g_i.x - g_j.x) * k_j.x, e1 = __expf(g_i.y - g_j.y) * k_j.y;
-          const float e2 = __expf(g_i.z - g_j.z) * k_j.z, e3 = __expf(g_i.w - g_j.w) * k_j.w;
+    // the rest of the diagonal blocks: the two 8 x 8 diagonal quadrants, per pair (their span can exceed the
+    // ~88 nats a split exponent survives). Threads 0..223: one of the 28 strictly lower pairs (i > j) of one
+    // of the 8 quadrants each; warp 7: the 64 diagonal entries, M_ii = 0 and Aqk_ii = scale q_i . k_i
+    // (exp(G_i - G_i) = 1 exactly, so no exponentials), two per lane. Handed out as 288 equal entries, the
+    // last 32 made warp 0 run the loop twice while the block waited at the barrier.
+    constexpr int kHalf = kSub / 2, kLower = kHalf * (kHalf - 1) / 2, kQuadrants = 2 * kSubs;
+    static_assert(kQuadrants * kLower + 32 == kThreads && kChunk == 2 * 32, "warp 7 takes the diagonal");
+    // Aqk_ij (row i < L) and the sum M_ij / beta_i, the exponentials skipped on the diagonal
+    auto pair_sums = [&](int i, int j, auto diagonal, float& m, float& a) {
+      const float *ki = kS + i * KP, *qi = qS + i * KP, *gi = gS + i * KP, *kj = kS + j * KP, *gj = gS + j * KP;
+      for (int d = 0; d < K; d += 4) {
+        const float4 k_i = *reinterpret_cast<const float4*>(ki + d), q_i = *reinterpret_cast<const float4*>(qi + d);
+        const float4 k_j = *reinterpret_cast<const float4*>(kj + d);
+        float e0 = k_j.x, e1 = k_j.y, e2 = k_j.z, e3 = k_j.w;
+        if constexpr (!decltype(diagonal)::value) {
+          const float4 g_i = *reinterpret_cast<const float4*>(gi + d), g_j = *reinterpret_cast<const float4*>(gj + d);
+          e0 = exp_ftz(g_i.x - g_j.x) * e0, e1 = exp_ftz(g_i.y - g_j.y) * e1;
+          e2 = exp_ftz(g_i.z - g_j.z) * e2, e3 = exp_ftz(g_i.w - g_j.w) * e3;
           m += k_i.x * e0 + k_i.y * e1 + k_i.z * e2 + k_i.w * e3;
-          a += q_i.x * e0 + q_i.y * e1 + q_i.z * e2 + q_i.w * e3;
         }
-        Aqk[i * aqk_rs + j] = p.scale * a;
+        a += q_i.x * e0 + q_i.y * e1 + q_i.z * e2 + q_i.w * e3;
       }
-      m_block(Ms, b, b)[(base + ii) * kMP + base + jj] = jj < ii ? bS[i] * m : 0.0f;
+      Aqk[i * aqk_rs + j] = p.scale * a;
+    };
+    if (tid < kQuadrants * kLower) {
+      const int quadrant = tid / kLower, idx = tid % kLower, b = quadrant / 2, base = kHalf * (quadrant % 2);
+      int ii = 1;  // idx = ii (ii - 1) / 2 + jj, 0 <= jj < ii
+      while (ii * (ii + 1) / 2 <= idx) ++ii;
+      const int jj = idx - ii * (ii - 1) / 2, i = kSub * b + base + ii, j = kSub * b + base + jj;
+      float m = 0.0f, a = 0.0f;
+      if (i < L) pair_sums(i, j, std::false_type{}, m, a);
+      m_block(Ms, b, b)[(base + ii) * kMP + base + jj] = bS[i] * m;
+    } else {
+      for (int i = lane; i < kChunk; i += 32) {
+        float m = 0.0f, a = 0.0f;
+        if (i < L) pair_sums(i, i, std::true_type{}, m, a);
+        m_block(Ms, i / kSub, i / kSub)[(i % kSub) * (kMP + 1)] = 0.0f;
+      }
     }
-    for (int idx = tid; idx < L * kChunk; idx += kThreads) {
-      const int i = idx / kChunk, j = idx % kChunk;
-      if (j > i) Aqk[i * aqk_rs + j] = 0.0f;
+    // Aqk's upper triangle: 16-byte stores where all four columns are above the diagonal
+    for (int idx = tid; idx < L * (kChunk / 4); idx += kThreads) {
+      const int i = idx / (kChunk / 4), j = (idx % (kChunk / 4)) * 4;
+      float* at = Aqk + i * aqk_rs + j;
+      if (j > i)
+        stg4(at, zero4());
+      else
+        for (int jj = i + 1; jj < j + 4; ++jj) at[jj - j] = 0.0f;
     }
   }
   __syncthreads();
@@ -409,11 +422,10 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool f
     v_ahead[u] = i < L ? load4_f(p.aligned, p.v, p.in_dt, ((t0 + i) * p.HV + hv) * p.V + e) : zero4();
   }
 
-  // ---- 3. A = (I + M)^-1 in q's buffer
+  // ---- 3. A = (I + M)^-1 in q's buffer. A's blocks above the diagonal are never written: the products below
+  // read only blocks on or left of the diagonal (kdim r0 + 16), and the backward's copy writes those zeros itself.
   float* As = qS;
   float* Ts = As + kChunk * kAP;
-  for (int idx = tid; idx < kChunk * kAP; idx += kThreads) As[idx] = 0.0f;
-  __syncthreads();
   if (warp < kSubs && lane < kSub) {
     const float* mb = m_block(Ms, warp, warp);
     float col[kSub];  // column `lane` of the block's inverse: col_r = -sum_{m < r} M_rm col_m below the diagonal
@@ -454,18 +466,20 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool f
     const int i = idx / k4, d = (idx % k4) * 4;
     const float4 k = *reinterpret_cast<const float4*>(kS + i * KP + d);
     const float4 g = *reinterpret_cast<const float4*>(gS + i * KP + d);
+    const float4 last = *reinterpret_cast<const float4*>(gl + d);
     if (i < L)
-      st4(p.kl + ((t0 + i) * p.HV + hv) * K + d,
-          make_float4(__expf(gl[d] - g.x) * k.x, __expf(gl[d + 1] - g.y) * k.y, __expf(gl[d + 2] - g.z) * k.z,
-                      __expf(gl[d + 3] - g.w) * k.w));
+      stg4(p.kl + ((t0 + i) * p.HV + hv) * K + d,
+           make_float4(exp_ftz(last.x - g.x) * k.x, exp_ftz(last.y - g.y) * k.y, exp_ftz(last.z - g.z) * k.z,
+                       exp_ftz(last.w - g.w) * k.w));
     const float b = bS[i];
     st4(kS + i * KP + d,
-        make_float4(b * __expf(g.x) * k.x, b * __expf(g.y) * k.y, b * __expf(g.z) * k.z, b * __expf(g.w) * k.w));
+        make_float4(b * exp_ftz(g.x) * k.x, b * exp_ftz(g.y) * k.y, b * exp_ftz(g.z) * k.z, b * exp_ftz(g.w) * k.w));
   }
   if (for_backward)
-    for (int idx = tid; idx < L * kChunk; idx += kThreads) {
-      const int i = idx / kChunk, j = idx % kChunk;
-      p.A[((t0 + i) * p.HV + hv) * kChunk + j] = As[i * kAP + j];
+    for (int idx = tid; idx < L * (kChunk / 4); idx += kThreads) {
+      const int i = idx / (kChunk / 4), j = (idx % (kChunk / 4)) * 4;  // four columns of one 16 x 16 block
+      stg4(p.A + ((t0 + i) * p.HV + hv) * kChunk + j,
+           j < kSub * (i / kSub + 1) ? *reinterpret_cast<const float4*>(As + i * kAP + j) : zero4());
     }
   __syncthreads();
   // beta v into G's buffer (V == K), while w is formed from k's buffer
@@ -638,7 +652,7 @@ static_assert(roofline::kChunk == kChunk && roofline::kOutCols == kOutCols, "roo
 // One block per (chunk, value head): qg = scale exp(G) q of the output kernel, from q and g (gate, in-chunk
 // cumsum, L2 norm as in chunk_fwd, same order: the same values chunk_fwd's tiles hold). It runs after the
 // state pass and writes into w's buffer, dead by then, so the forward's scratch holds no qg buffer of its
-// own (an fp32 [tokens, HV, K] less at its peak). Shared: q, G [64, K + 4]; dt_bias [K].
+// own (an fp32 [tokens, HV, K] less at its peak). Shared: q, G [64, K + 4].
 template <int kK>
 __global__ void __launch_bounds__(kThreads) gated_q_kernel(KdaDev p) {
   int64_t t0;
@@ -650,10 +664,7 @@ __global__ void __launch_bounds__(kThreads) gated_q_kernel(KdaDev p) {
   extern __shared__ float smem[];
   float* qS = smem;
   float* gS = qS + kChunk * KP;
-  float* biasS = gS + kChunk * KP;
-  const float rate = gate_rate_and_bias<kK>(p, hv, biasS);
-  __syncthreads();
-  load_qkg<kK, false>(p, t0, L, h, hv, rate, biasS, qS, nullptr, gS);
+  load_qkg<kK, false>(p, t0, L, h, hv, gate_rate(p, hv), qS, nullptr, gS);
   __syncthreads();
   if (p.l2norm) l2norm_rows<kK, 1>({qS}, true, [](int, int, float, const float*) {});
   gate_cumsum<kK>(gS);  // its barriers also order the normalised q rows before the loop below
@@ -661,8 +672,8 @@ __global__ void __launch_bounds__(kThreads) gated_q_kernel(KdaDev p) {
   for (int idx = threadIdx.x; idx < L * k4; idx += kThreads) {
     const int i = idx / k4, d = (idx % k4) * 4, at = i * KP + d;
     const float4 g = *reinterpret_cast<const float4*>(gS + at), q = *reinterpret_cast<const float4*>(qS + at);
-    st4(p.qg + ((t0 + i) * p.HV + hv) * kK + d,
-        make_float4(s * __expf(g.x) * q.x, s * __expf(g.y) * q.y, s * __expf(g.z) * q.z, s * __expf(g.w) * q.w));
+    stg4(p.qg + ((t0 + i) * p.HV + hv) * kK + d,
+         make_float4(s * exp_ftz(g.x) * q.x, s * exp_ftz(g.y) * q.y, s * exp_ftz(g.z) * q.z, s * exp_ftz(g.w) * q.w));
   }
 }
 
@@ -721,12 +732,12 @@ __global__ void __launch_bounds__(kThreads, 2) output_fwd_kernel(KdaDev p, void*
 }
 
 size_t chunk_fwd_smem(int K) {
-  return sizeof(float) * (2 * kChunk * (K + 4) + q_region(K) + kMBlocks * kSub * kMP + kChunk + K);
+  return sizeof(float) * (2 * kChunk * (K + 4) + q_region(K) + kMBlocks * kSub * kMP + kChunk);
 }
 size_t state_fwd_smem(int K, int BV, int stages) {
   return sizeof(float) * (stages * (2 * kChunk * (K + 4) + kChunk * (BV + 8) + K) + (kChunk + K) * (BV + 8));
 }
-size_t gated_q_smem(int K) { return sizeof(float) * (2 * kChunk * (K + 4) + K); }
+size_t gated_q_smem(int K) { return sizeof(float) * 2 * kChunk * (K + 4); }
 size_t output_fwd_smem(int K) {
   return sizeof(float) * (kChunk * (K + 4) + K * (kOutCols + 8) + kChunk * kAP + kChunk * (kOutCols + 8));
 }
