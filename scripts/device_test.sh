@@ -19,12 +19,13 @@ cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DSEQMIX_CUDA=ON -D
   { tail -30 "$log_dir/configure.log"; exit 1; }
 cmake --build build-cuda -j "$(nproc)" > "$log_dir/build.log" 2>&1 || { grep -E "error" "$log_dir/build.log" | head -40; exit 1; }
 echo "build done at $(( $(date +%s) - t0 )) s"
+# tests/python and the peers' parity load this build's extension (one Triton config per FLA kernel: values only)
+export SEQMIX_PEERS=${SEQMIX_PEERS:-$PWD/peers} SEQMIX_FLA_ONE_CONFIG=1 SEQMIX_TORCH_LIB=$PWD/build-cuda/libseqmix_torch.so
 # The peers' Triton parity (FLA chunk_kda case by case, the HSTU peers' hstu_mha) runs in the background
 # alongside ctest and tests/python: these are value checks, not timings, and each case spends most of its
 # time compiling Triton kernels on the CPU, so running them one after another left the later cases no time.
 peer_parity() {
   local pids="" rc=0 c
-  export SEQMIX_PEERS=${SEQMIX_PEERS:-$PWD/peers} SEQMIX_FLA_ONE_CONFIG=1 SEQMIX_TORCH_LIB=$PWD/build-cuda/libseqmix_torch.so
   for c in plain gate_states_l2 gva_varlen lower_bound_beta_sigmoid; do
     [ "${FLA_PARITY:-1}" = 1 ] || { echo "FLA parity $c not run (FLA_PARITY=0)"; continue; }
     (timeout $(( $(left) - 10 )) "$python" -m pytest -q -s -p no:cacheprovider -rs tests/python/test_kda.py \
@@ -54,7 +55,6 @@ echo "ctest done at $(( $(date +%s) - t0 )) s"
 grep -E "cuda|passed" "$log_dir/check.log"
 py_status=0
 if [ -f build-cuda/libseqmix_torch.so ]; then
-  export SEQMIX_PEERS=${SEQMIX_PEERS:-$PWD/peers} SEQMIX_FLA_ONE_CONFIG=1 SEQMIX_TORCH_LIB=$PWD/build-cuda/libseqmix_torch.so
   # One process per file, verbose into the log: a crash in one file hides nothing else and names its test.
   for f in tests/python/test_*.py; do
     timeout $(( $(left) > 200 ? 180 : ($(left) > 40 ? 60 : 10) )) "$python" -X faulthandler -m pytest -v -p no:cacheprovider -rs "$f" \
