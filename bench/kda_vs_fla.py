@@ -47,7 +47,33 @@ def time_ms(fn, iters):
     return start.elapsed_time(end) / iters
 
 
-def bench_fla(out_path, order):
+def kernel_table(fn, iters, label):
+    """Per-kernel CUDA time of `iters` calls of fn (torch.profiler), ms per call, largest first: where FLA spends
+    its time, next to our per-stage roofline lines."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None)
+        if t is None:
+            t = e.cuda_time_total
+        if t > 0:
+            rows.append((t / 1e3 / iters, e.count // iters, e.key))
+    rows.sort(reverse=True)
+    total = sum(r[0] for r in rows)
+    print(f"FLA kernels {label}: {total:.3f} ms per call in {len(rows)} kernels", flush=True)
+    for ms, n, key in rows:
+        print(f"  {ms:8.3f} ms  x{n:<3d} {key[:110]}", flush=True)
+    return [dict(ms=round(ms, 4), launches=n, kernel=key) for ms, n, key in rows]
+
+
+def bench_fla(out_path, order, profile_kernels=False):
     from fla.ops.kda import chunk_kda
 
     dev = "cuda"
@@ -103,6 +129,12 @@ def bench_fla(out_path, order):
         mib = 1024.0 * 1024.0
         out[name] = dict(fwd_ms=round(fwd_ms, 4), fwd_bwd_ms=round(fb_ms, 4), fwd_peak_mib=round(fwd_peak / mib, 1),
                          fwd_bwd_peak_mib=round(fb_peak / mib, 1))
+        if profile_kernels:  # after the timed calls, so the profiler does not touch their figures
+            try:
+                out[name]["kernels_fwd"] = kernel_table(fwd, 3, f"{name} fwd")
+                out[name]["kernels_fwd_bwd"] = kernel_table(fwd_bwd, 3, f"{name} fwd+bwd")
+            except Exception as e:  # the timings above stay valid without the table
+                print(f"FLA kernels {name}: profiler failed: {e!r}", flush=True)
         print(f"FLA {name:34s} fwd {fwd_ms:8.3f} ms  fwd+bwd {fb_ms:8.3f} ms  peak {fwd_peak / mib:8.1f} / "
               f"{fb_peak / mib:8.1f} MiB", flush=True)
         del q, k, v, g, beta, do, params
@@ -119,6 +151,7 @@ def main():
     ap.add_argument("--merge")
     ap.add_argument("--command", default="")
     ap.add_argument("--order", default="", help="comma-separated shape names to run first")
+    ap.add_argument("--profile", action="store_true", help="also FLA's per-kernel times (torch.profiler)")
     ap.add_argument("--fla-json", nargs="*", help="merge only: FLA results measured earlier (later files win)")
     args = ap.parse_args()
     if args.fla_json:
@@ -127,7 +160,7 @@ def main():
             with open(path) as f:
                 fla.update(json.load(f))
     else:
-        fla = bench_fla(args.out, args.order.split(","))
+        fla = bench_fla(args.out, args.order.split(","), args.profile)
     if not (args.ours and args.merge):
         return
     with open(args.ours) as f:
