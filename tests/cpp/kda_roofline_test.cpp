@@ -97,8 +97,9 @@ TEST(KdaRoofline, TinyShapeBytes) {
   // per (tile of 32 columns, chunk): w, kl 16384, gl 256, u 64 x 32 x 4, hs 64 x 32 x 4, v_new 64 x 32 x 4
   EXPECT_DOUBLE_EQ(state_fwd_cost(s, 32).bytes, 2 * 2 * (2 * 16384 + 256 + 3 * 8192));
   EXPECT_DOUBLE_EQ(state_fwd_cost(s, 32).unique_bytes, 2 * (2 * 16384 + 256) + 2 * 2 * 3 * 8192);
-  // per chunk: the output reads q, g 64 x 64 x 2, Aqk, v_new, hs 16384 and writes o 64 x 64 x 2
-  EXPECT_DOUBLE_EQ(output_fwd_cost(s).bytes, 2 * (2 * 8192 + 3 * 16384 + 8192));
+  // per chunk: gated q reads q, g 64 x 64 x 2 and writes qg 16384; the output reads qg, Aqk, v_new, hs 16384 and
+  // writes o 64 x 64 x 2
+  EXPECT_DOUBLE_EQ(output_fwd_cost(s).bytes, 2 * (2 * 8192 + 16384 + 4 * 16384 + 8192));
   // per chunk (one 64-column tile): gc, kp, qp, w, Aqk 16384, do 8192, dhs, dv_new 16384
   EXPECT_DOUBLE_EQ(state_bwd_cost(s, 64).bytes, 2 * (7 * 16384 + 8192));
   // per chunk: gc, kp, v_new, A, dv_new, dS', S 16384, do, v 8192, bp 256; dq_hv, dk_hv, dgc, dAqk, dM
@@ -211,8 +212,8 @@ TEST(KdaRoofline, ValueTileRereads) {
     EXPECT_DOUBLE_EQ(state_fwd_cost(s, bv).flops, state_fwd_cost(s, 64).flops);
   }
   EXPECT_DOUBLE_EQ(state_fwd_cost(s, 128).bytes, state_fwd_cost(s, 128).unique_bytes);
-  // output_fwd: two 64-column tiles each read the chunk's q, g (input dtype) and Aqk rows
-  EXPECT_DOUBLE_EQ(output_fwd_cost(s).bytes - output_fwd_cost(s).unique_bytes, T * (2 * K * 2 + 64 * 4));
+  // output_fwd: two 64-column tiles each read the chunk's qg and Aqk rows
+  EXPECT_DOUBLE_EQ(output_fwd_cost(s).bytes - output_fwd_cost(s).unique_bytes, T * (K + 64) * 4);
   // pair_bwd: K / 32 = 4 slices each read dAqk, dM and bp rows
   EXPECT_DOUBLE_EQ(pair_bwd_cost(s).bytes - pair_bwd_cost(s).unique_bytes, 3 * T * (2 * 64 + 1) * 4);
 }
@@ -239,7 +240,7 @@ TEST(KdaRoofline, GroupedValueHeadsReread) {
 TEST(KdaRoofline, PartialChunk) {
   Shape full = tiny(), part = tiny();
   part.tokens = 100;  // chunks of 64 and 36 tokens
-  EXPECT_DOUBLE_EQ(output_fwd_cost(full).bytes - output_fwd_cost(part).bytes, 28 * (2 * 64 * 4 + 3 * 64 * 2));
+  EXPECT_DOUBLE_EQ(output_fwd_cost(full).bytes - output_fwd_cost(part).bytes, 28 * (4 * 64 * 4 + 3 * 64 * 2));
   // re-reads: the second slice's dAqk, dM, bp rows, and 28 gc rows past the end
   EXPECT_DOUBLE_EQ(pair_bwd_cost(part).bytes - pair_bwd_cost(part).unique_bytes, 100 * (2 * 64 + 1) * 4 + 28 * 64 * 4);
   EXPECT_DOUBLE_EQ(pair_bwd_cost(part).flops, pair_bwd_cost(full).flops);

@@ -20,6 +20,7 @@
 //   (the output kernel reads them); the forward pipeline adds:
 //   kl [tokens, HV, K]        exp(G_last - G) * k, the state update's key operand
 //   gl [max_chunks, HV, K]    G_last, the chunk's total log decay
+//   qg [tokens, HV, K]        scale * exp(G) * q, in w's buffer once the state pass is done (when o is wanted)
 #pragma once
 
 #include <cuda_bf16.h>
@@ -75,7 +76,7 @@ struct KdaDev {
   float *vn, *dvn, *hs, *dhs, *dq_hv, *dk_hv, *dgc, *dbp;
   float* gate_part;  // [HV, kGateSlices, K + 1]: per-slice partial sums of ddt_bias (K) and dA_log (1)
   float *dAqk, *dM, *dg_last, *dbp_slice;  // backward only (see the scratch layout above)
-  float *kl, *gl;
+  float *kl, *gl, *qg;
   bool aligned;  // q, k, v, g base pointers 16-byte aligned: 4-element vector loads are safe
 };
 

@@ -649,52 +649,65 @@ __global__ void __launch_bounds__(kThreads, 2) state_fwd_kernel(KdaDev p, void* 
 constexpr int kOutCols = 64;  // value columns per output block
 static_assert(roofline::kChunk == kChunk && roofline::kOutCols == kOutCols, "roofline.h models these tiles");
 
+// One block per (chunk, value head): qg = scale exp(G) q of the output kernel, from q and g (gate, in-chunk
+// cumsum, L2 norm as in chunk_fwd, same order: the same values chunk_fwd's tiles hold). It runs after the
+// state pass and writes into w's buffer, dead by then, so the forward's scratch holds no qg buffer of its
+// own (an fp32 [tokens, HV, K] less at its peak). Shared: q, G [64, K + 4].
+template <int kK>
+__global__ void __launch_bounds__(kThreads) gated_q_kernel(KdaDev p) {
+  int64_t t0;
+  int L;
+  const int64_t c = blockIdx.x;
+  if (!locate_chunk(p, c, t0, L)) return;
+  constexpr int KP = kK + 4, k4 = kK / 4;
+  const int hv = blockIdx.y, h = hv / p.G;
+  extern __shared__ float smem[];
+  float* qS = smem;
+  float* gS = qS + kChunk * KP;
+  load_qkg<kK, false>(p, t0, L, h, hv, gate_rate(p, hv), qS, nullptr, gS);
+  __syncthreads();
+  if (p.l2norm) l2norm_rows<kK, 1>({qS}, true, [](int, int, float, const float*) {});
+  gate_cumsum<kK>(gS);  // its barriers also order the normalised q rows before the loop below
+  const float s = p.scale;
+  for (int idx = threadIdx.x; idx < L * k4; idx += kThreads) {
+    const int i = idx / k4, d = (idx % k4) * 4, at = i * KP + d;
+    const float4 g = *reinterpret_cast<const float4*>(gS + at), q = *reinterpret_cast<const float4*>(qS + at);
+    stg4(p.qg + ((t0 + i) * p.HV + hv) * kK + d,
+         make_float4(s * exp_ftz(g.x) * q.x, s * exp_ftz(g.y) * q.y, s * exp_ftz(g.z) * q.z, s * exp_ftz(g.w) * q.w));
+  }
+}
+
 // One block per (chunk, value head, 64 value columns), all chunks in parallel:
 //   o = qg S + Aqk v_new   (qg = scale exp(G) q, S = hs of the chunk).
-// qg is formed here from q and g (gate, in-chunk cumsum, L2 norm as in chunk_fwd, same order: the same values
-// chunk_fwd's tiles hold) instead of by a kernel of its own: an fp32 [tokens, HV, K] round trip through global
-// memory less (written once, read by every column tile), for the cost of forming it once per column tile.
-// Shared: q -> qg [64, K + 4]; G [64, K + 4], then S [K, 72] in the same region; Aqk [64, 68]; v_new [64, 72].
-// Aqk and v_new are in flight while qg is formed; S's load waits for G to be dead.
+// Shared: qg [64, K + 4], S [K, 72], Aqk [64, 68], v_new [64, 72].
 template <int kK, bool kPrecise>
 __global__ void __launch_bounds__(kThreads, 2) output_fwd_kernel(KdaDev p, void* o, int o_dt) {
   int64_t t0;
   int L;
-  // the column blocks of one chunk are neighbours, so the second reads q, g and Aqk from L2
+  // the column blocks of one chunk are neighbours, so the second reads qg and Aqk from L2
   const int tiles = p.V / kOutCols;
   const int64_t c = blockIdx.x / tiles;
   if (!locate_chunk(p, c, t0, L)) return;
   constexpr int SP = kOutCols + 8, c4 = kChunk / 4, e4 = kOutCols / 4;
-  constexpr int KP = kK + 4, k4 = kK / 4, kGRegion = kChunk * KP > kK * SP ? kChunk * KP : kK * SP;
-  const int hv = blockIdx.y, h = hv / p.G, e0 = static_cast<int>(blockIdx.x % tiles) * kOutCols, K = kK;
+  const int hv = blockIdx.y, e0 = static_cast<int>(blockIdx.x % tiles) * kOutCols, K = kK, KP = K + 4, k4 = K / 4;
   const int tid = threadIdx.x;
   const int warp = tid / 32;
   extern __shared__ float smem[];
   float* qS = smem;
-  float* gS = qS + kChunk * KP;
-  float* hS = gS;
-  float* aS = gS + kGRegion;
+  float* hS = qS + kChunk * KP;
+  float* aS = hS + K * SP;
   float* vS = aS + kChunk * kAP;
   static_assert(kOutCols == kChunk, "Aqk and v_new rows share one copy loop");
+  for (int idx = tid; idx < kChunk * k4; idx += kThreads) {
+    const int i = idx / k4, d = (idx % k4) * 4;
+    cp_async16(qS + i * KP + d, p.qg + (i < L ? ((t0 + i) * p.HV + hv) * K + d : 0), i < L);
+  }
   for (int idx = tid; idx < kChunk * c4; idx += kThreads) {
     const int i = idx / c4, j = (idx % c4) * 4;
     const int64_t row = i < L ? (t0 + i) * p.HV + hv : 0;
     cp_async16(aS + i * kAP + j, p.Aqk + row * kChunk + j, i < L);
     cp_async16(vS + i * SP + j, p.vn + row * p.V + e0 + j, i < L);
   }
-  cp_async_commit();
-  load_qkg<kK, false>(p, t0, L, h, hv, gate_rate(p, hv), qS, nullptr, gS);
-  __syncthreads();
-  if (p.l2norm) l2norm_rows<kK, 1>({qS}, true, [](int, int, float, const float*) {});
-  gate_cumsum<kK>(gS);  // its barriers also order the normalised q rows before the loop below
-  const float s = p.scale;
-  for (int idx = tid; idx < kChunk * k4; idx += kThreads) {  // rows >= L: q is 0, G finite (no gate applied)
-    const int i = idx / k4, d = (idx % k4) * 4, at = i * KP + d;
-    const float4 g = *reinterpret_cast<const float4*>(gS + at), q = *reinterpret_cast<const float4*>(qS + at);
-    st4(qS + at,
-        make_float4(s * exp_ftz(g.x) * q.x, s * exp_ftz(g.y) * q.y, s * exp_ftz(g.z) * q.z, s * exp_ftz(g.w) * q.w));
-  }
-  __syncthreads();  // G is dead: S takes its region
   for (int idx = tid; idx < K * e4; idx += kThreads) {
     const int d = idx / e4, e = (idx % e4) * 4;
     cp_async16(hS + d * SP + e, p.hs + ((c * p.HV + hv) * K + d) * p.V + e0 + e, true);
@@ -724,9 +737,9 @@ size_t chunk_fwd_smem(int K) {
 size_t state_fwd_smem(int K, int BV, int stages) {
   return sizeof(float) * (stages * (2 * kChunk * (K + 4) + kChunk * (BV + 8) + K) + (kChunk + K) * (BV + 8));
 }
+size_t gated_q_smem(int K) { return sizeof(float) * 2 * kChunk * (K + 4); }
 size_t output_fwd_smem(int K) {
-  return sizeof(float) *
-         (kChunk * (K + 4) + std::max(kChunk * (K + 4), K * (kOutCols + 8)) + kChunk * kAP + kChunk * (kOutCols + 8));
+  return sizeof(float) * (kChunk * (K + 4) + K * (kOutCols + 8) + kChunk * kAP + kChunk * (kOutCols + 8));
 }
 
 template <class T>
@@ -766,6 +779,8 @@ size_t carve_all(char* base, const Sizes& s, bool backward, KdaDev* dev) {
   p.hs = carve<float>(cursor, s.C * s.HV * s.K * s.V);
   p.kl = carve<float>(cursor, s.tokens * s.HV * s.K);
   p.gl = carve<float>(cursor, s.C * s.HV * s.K);
+  // the output kernel's gated q is formed after the state pass, the last reader of w
+  if (!backward) p.qg = p.w;
   if (backward) {
     p.dhs = carve<float>(cursor, s.C * s.HV * s.K * s.V);
     p.dgc = carve<float>(cursor, s.tokens * s.HV * s.K);
@@ -880,6 +895,10 @@ void launch_chunks(KdaDev& p, const TensorView* o, const TensorView* final_state
   SEQMIX_CUDA_CHECK(cudaGetLastError());
   timer.mark(roofline::Stage::state_fwd, bv);
   if (o && p.tokens > 0) {
+    const size_t q_smem = gated_q_smem(p.K);
+    set_smem_limit(reinterpret_cast<const void*>(gated_q_kernel<kK>), q_smem);
+    gated_q_kernel<kK><<<chunk_grid, kThreads, q_smem, stream>>>(p);
+    SEQMIX_CUDA_CHECK(cudaGetLastError());
     const size_t smem = output_fwd_smem(p.K);
     set_smem_two_per_sm(reinterpret_cast<const void*>(output_fwd_kernel<kK, kPrecise>), smem);
     const dim3 grid(static_cast<unsigned>(max_chunks * (p.V / kOutCols)), static_cast<unsigned>(p.HV));

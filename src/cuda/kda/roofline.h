@@ -144,23 +144,26 @@ inline Cost state_fwd_cost(const Shape& s, int value_tile) {
   return c;
 }
 
-// output_fwd_kernel, one block per (chunk, value head, 64 value columns): qg = scale exp(G) q formed from q and g
-// (every column tile forms it), then o = qg hs + Aqk v_new.
+// The output stage: gated_q_kernel, one block per (chunk, value head), forms qg = scale exp(G) q from q and g
+// (into w's dead buffer); output_fwd_kernel, one block per (chunk, value head, 64 value columns), o = qg hs +
+// Aqk v_new.
 inline Cost output_fwd_cost(const Shape& s) {
   const double T = s.tokens, C = s.chunks, H = s.H, HV = s.HV, K = s.K, V = s.V, e = s.in_bytes;
   const double tiles = V / kOutCols;
-  const double gate_params = s.use_gate ? K * s.dt_bias_bytes + s.A_log_bytes : 0.0;  // per block
-  // read by every column tile: q [K] (its q/k head's row, per value head), g [K] (input dtype), Aqk [64] rows
-  const double shared = T * HV * (2 * K * e + kChunk * 4) + C * HV * gate_params;
-  const double shared_unique = T * (H * K * e + HV * (K * e + kChunk * 4)) + HV * gate_params;
+  const double gate_params = s.use_gate ? K * s.dt_bias_bytes + s.A_log_bytes : 0.0;  // per gated_q block
+  // gated_q: q [K] (its q/k head's row, read per value head) and g [K] rows in, qg [K] fp32 out
+  const double gated_q = T * HV * (2 * K * e + K * 4) + C * HV * gate_params;
+  const double gated_q_unique = T * (H * K * e + HV * (K * e + K * 4)) + HV * gate_params;
+  const double shared = T * HV * (K + kChunk) * 4;  // qg [K] and Aqk [64] rows, read by every column tile
   const double other = T * HV * V * 4 + C * HV * K * V * 4 + T * HV * V * s.out_bytes;  // v_new, hs; o
   Cost c;
-  c.bytes = shared * tiles + other;
-  c.unique_bytes = shared_unique + other;
+  c.bytes = gated_q + shared * tiles + other;
+  c.unique_bytes = gated_q_unique + shared + other;
   // per (chunk, tile): qg S (64 x 64 x K) and Aqk v_new over 16-row blocks of lower-triangular Aqk (2560 x 64)
   detail::add_mma(c, s, C * HV * tiles * (kChunk * kOutCols * K + 2560.0 * kOutCols));
   return c;
 }
+
 // state_bwd_kernel (f32 / f64 inputs) or state_bwd_bf16_kernel (bf16 / f16 inputs; the same loads and stores):
 // one block per (sequence, value head, value_tile columns); chunks in reverse.
 inline Cost state_bwd_cost(const Shape& s, int value_tile) {
