@@ -1,7 +1,9 @@
 // KDA chunked forward on CUDA (FLA chunk_kda decomposition). Tensor cores (mma.sync m16n8k8 TF32, fp32
 // accumulation) for every product: one TF32 MMA per step for bf16 / f16 inputs (operands keep 10
 // mantissa bits, more than the bf16 operands FLA multiplies), 3xTF32 for f32 inputs (fp32-accurate, so
-// f32 keeps its tight tolerances). Gate cumsum, exponentials and the triangular solve stay fp32.
+// f32 keeps its tight tolerances). The state pass on bf16 / f16 inputs is the exception: it multiplies bf16
+// operands (m16n8k16, fp32 accumulation and fp32 state, as FLA does), see state_fwd_bf16_kernel. Gate cumsum,
+// exponentials and the triangular solve stay fp32.
 //
 // Per chunk of 64 tokens (cumulative gates G = cumsum g within the chunk, fp32):
 //   M = tril(diag(beta) K Gamma K^T, -1),  M_ij = beta_i sum_d k_id k_jd exp(G_id - G_jd)
@@ -687,10 +689,11 @@ __device__ __forceinline__ void b_frags_kn(uint32_t (&b)[NB][2], const __nv_bflo
 // Only the one-slot 32-column carve (95 KB at K 128) leaves room for a second block per SM; the others may take
 // the whole register file.
 template <int kK, int BV, int kStages>
-__global__ void __launch_bounds__(kThreads, BV == 32 && kStages == 1 ? 2 : 1) state_fwd_bf16_kernel(KdaDev p, void* final_state, int final_dt) {
+__global__ void __launch_bounds__(kThreads, BV == 32 && kStages == 1 ? 2 : 1)
+    state_fwd_bf16_kernel(KdaDev p, void* final_state, int final_dt) {
   constexpr int WP = kK + 8, LP = kK + 4, UP = BV + 8, BP = BV + 8;
-  constexpr int kSlot = kChunk * (WP + LP + UP) + kK;  // floats of one ring slot
-  constexpr int VC = BV / 2, NV = VC / 8;             // v_new: columns and 8-column blocks per warp
+  constexpr int kSlot = kChunk * (WP + LP + UP) + kK;       // floats of one ring slot
+  constexpr int VC = BV / 2, NV = VC / 8;                   // v_new: columns and 8-column blocks per warp
   constexpr int UC = kK == 128 ? BV : BV / 2, NU = UC / 8;  // state: the same
   constexpr int kAcc = NV == 1 ? 2 : 1;  // a single column block alternates two accumulators over k steps
   const int tiles = p.V / BV, n = static_cast<int>(blockIdx.x / (p.HV * tiles));
@@ -924,7 +927,8 @@ size_t state_fwd_smem(int K, int BV, int stages) {
   return sizeof(float) * (stages * (2 * kChunk * (K + 4) + kChunk * (BV + 8) + K) + (kChunk + K) * (BV + 8));
 }
 size_t state_fwd_bf16_smem(int K, int BV, int stages) {
-  return sizeof(float) * stages * (kChunk * (2 * K + 12 + BV + 8) + K) + sizeof(__nv_bfloat16) * (kChunk + K) * (BV + 8);
+  return sizeof(float) * stages * (kChunk * (2 * K + 12 + BV + 8) + K) +
+         sizeof(__nv_bfloat16) * (kChunk + K) * (BV + 8);
 }
 size_t output_fwd_smem(int K) {
   return sizeof(float) *
