@@ -695,7 +695,6 @@ __global__ void __launch_bounds__(kThreads, BV == 32 && kStages == 1 ? 2 : 1)
   constexpr int kSlot = kChunk * (WP + LP + UP) + kK;       // floats of one ring slot
   constexpr int VC = BV / 2, NV = VC / 8;                   // v_new: columns and 8-column blocks per warp
   constexpr int UC = kK == 128 ? BV : BV / 2, NU = UC / 8;  // state: the same
-  constexpr int kAcc = NV == 1 ? 2 : 1;  // a single column block alternates two accumulators over k steps
   const int tiles = p.V / BV, n = static_cast<int>(blockIdx.x / (p.HV * tiles));
   const int hv = static_cast<int>(blockIdx.x / tiles) % p.HV, e0 = static_cast<int>(blockIdx.x % tiles) * BV;
   const int K = kK, k4 = K / 4, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
@@ -781,7 +780,7 @@ __global__ void __launch_bounds__(kThreads, BV == 32 && kStages == 1 ? 2 : 1)
     __syncthreads();          // (also: S's bf16 copy is complete)
     {                         // v_new = u - w S
       const float* w = wS(slot) + (r0 + g) * WP + 2 * t;
-      float acc[kAcc][NV][4] = {};
+      float acc[NV][4] = {};  // one accumulator per column block: the same sums in the same order for every BV
 #pragma unroll
       for (int k0 = 0; k0 < kK; k0 += 16) {
         const float2 x0 = *reinterpret_cast<const float2*>(w + k0);
@@ -793,7 +792,7 @@ __global__ void __launch_bounds__(kThreads, BV == 32 && kStages == 1 ? 2 : 1)
         uint32_t b[NV][2];
         b_frags_kn<NV>(b, hB, BP, k0, cw);
 #pragma unroll
-        for (int j = 0; j < NV; ++j) mma_bf16(acc[(k0 / 16) % kAcc][j], a, b[j][0], b[j][1]);
+        for (int j = 0; j < NV; ++j) mma_bf16(acc[j], a, b[j][0], b[j][1]);
       }
       const float* u = uS(slot);
 #pragma unroll
@@ -801,10 +800,8 @@ __global__ void __launch_bounds__(kThreads, BV == 32 && kStages == 1 ? 2 : 1)
 #pragma unroll
         for (int r = 0; r < 4; r += 2) {
           const int i = r0 + frag_row(r), e = cw + 8 * j + frag_col(r);
-          float y0 = acc[0][j][r], y1 = acc[0][j][r + 1];
-          if constexpr (kAcc == 2) y0 += acc[1][j][r], y1 += acc[1][j][r + 1];
           const float2 uu = *reinterpret_cast<const float2*>(u + i * UP + e);
-          const float2 x = make_float2(uu.x - y0, uu.y - y1);
+          const float2 x = make_float2(uu.x - acc[j][r], uu.y - acc[j][r + 1]);
           st_bf16x2(vnB + i * BP + e, x.x, x.y);
           if (i < L) stg2(p.vn + ((t0 + i) * p.HV + hv) * p.V + e0 + e, x);
         }
