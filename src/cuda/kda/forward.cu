@@ -680,8 +680,9 @@ __device__ __forceinline__ void b_frags_kn(uint32_t (&b)[NB][2], const __nv_bflo
   }
 }
 
-// One block per (sequence, value head, BV value columns), chunks in order; the pipeline (two cp.async groups per
-// chunk into kStages ring slots, barriers, in-place v_new) is state_fwd_kernel's. Shared: kStages x (w [64, K + 8],
+// One block per (sequence, value head, BV value columns), chunks in order; like state_fwd_kernel two cp.async
+// groups per chunk into kStages ring slots and v_new written over u in place, but two barriers per chunk instead
+// of four (the state lives in registers, so only the bf16 tiles need ordering). Shared: kStages x (w [64, K + 8],
 // kl [64, K + 4], u [64, BV + 8] fp32; G_last [K]); bf16 v_new [64, BV + 8] and S [K, BV + 8]. Strides: w's
 // paired loads (rows g, columns 2t) and kl's scalar ones (rows 2t, columns g) fall on 32 distinct banks per
 // half warp / warp; the bf16 tiles' rows are odd multiples of 16 bytes for ldmatrix (mma_bf16.cuh).
@@ -735,11 +736,19 @@ __global__ void __launch_bounds__(kThreads, BV == 32 && kStages == 1 ? 2 : 1)
     for (int idx = tid; idx < k4; idx += kThreads)
       cp_async16(glS(slot) + idx * 4, p.gl + (c * p.HV + hv) * K + idx * 4, true);
   };
+  // Chunk c's w/u (group W c) and kl/G_last (group K c) go to ring slot (c - c_begin) % kStages, committed in
+  // the order W0 K0 W1 K1 ..: the prologue commits W0 K0 .. W(s - 1) (s = kStages), chunk c's step K(c + s - 1)
+  // after its first barrier (the slot whose kl chunk c - 1's update has read) and W(c + s) after its second (the
+  // slot whose w/u chunk c's v_new has read). Each wait leaves the 2 s - 2 groups after the one it needs in
+  // flight. Two barriers per chunk: the first orders S's bf16 copy (update c - 1) before w S and v_new's tile
+  // reads (update c - 1) before its writes (v_new c); the second v_new's tile and S's copy the other way round.
   for (int s = 0; s < kStages; ++s) {
     if (c_begin + s < c_end) issue_w(c_begin + s);
     cp_async_commit();
-    if (c_begin + s < c_end) issue_kl(c_begin + s);
-    cp_async_commit();
+    if (s + 1 < kStages) {
+      if (c_begin + s < c_end) issue_kl(c_begin + s);
+      cp_async_commit();
+    }
   }
   // S [ur0 + frag_row(r), uc0 + 8 j + frag_col(r)] = h[j][r]
   float h[NU][4];
@@ -763,7 +772,7 @@ __global__ void __launch_bounds__(kThreads, BV == 32 && kStages == 1 ? 2 : 1)
       h[j][r] = p.h0 ? load_f(p.h0, p.h0_dt, state_index(p, n, hv, d, e0 + e)) : 0.0f;
     }
   store_hB();
-  constexpr int kAfter = 2 * kStages - 1;  // see state_fwd_kernel
+  constexpr int kAfter = 2 * kStages - 2;
   for (int64_t c = c_begin; c < c_end; ++c) {
     const int slot = static_cast<int>((c - c_begin) % kStages);
     const int64_t t0 = s0 + (c - c_begin) * kChunk;
@@ -777,8 +786,10 @@ __global__ void __launch_bounds__(kThreads, BV == 32 && kStages == 1 ? 2 : 1)
         stg2(p.hs + ((c * p.HV + hv) * K + d) * p.V + e0 + e, make_float2(h[j][r], h[j][r + 1]));
       }
     cp_async_wait<kAfter>();  // w, u of chunk c
-    __syncthreads();          // (also: S's bf16 copy is complete)
-    {                         // v_new = u - w S
+    __syncthreads();
+    if (c + kStages - 1 < c_end) issue_kl(c + kStages - 1);
+    cp_async_commit();
+    {  // v_new = u - w S
       const float* w = wS(slot) + (r0 + g) * WP + 2 * t;
       float acc[NV][4] = {};  // one accumulator per column block: the same sums in the same order for every BV
 #pragma unroll
@@ -806,11 +817,10 @@ __global__ void __launch_bounds__(kThreads, BV == 32 && kStages == 1 ? 2 : 1)
           if (i < L) stg2(p.vn + ((t0 + i) * p.HV + hv) * p.V + e0 + e, x);
         }
     }
+    cp_async_wait<kAfter>();  // kl, G_last of chunk c
     __syncthreads();
     if (c + kStages < c_end) issue_w(c + kStages);
     cp_async_commit();
-    cp_async_wait<kAfter>();  // kl, G_last of chunk c
-    __syncthreads();
     {  // S <- exp(G_last) S + kl^T v_new
       const float* kl = klS(slot) + 2 * t * LP + ur0 + g;
       const float* gl = glS(slot);
@@ -828,10 +838,7 @@ __global__ void __launch_bounds__(kThreads, BV == 32 && kStages == 1 ? 2 : 1)
         for (int j = 0; j < NU; ++j) mma_bf16(h[j], a, b[j][0], b[j][1]);
       }
     }
-    store_hB();       // every warp read the old copy before the barrier after v_new
-    __syncthreads();  // v_new's bf16 tile and the slot's kl are dead
-    if (c + kStages < c_end) issue_kl(c + kStages);
-    cp_async_commit();
+    store_hB();
   }
   if (final_state) {
 #pragma unroll
@@ -1083,13 +1090,12 @@ void launch_chunks(KdaDev& p, const TensorView* o, const TensorView* final_state
     else
       launch_state(state_fwd_kernel<kK, 16, 2, kPrecise>, smem);
   } else {
-    // bf16 operands: the same slot rule, except that the 64-column tile's two slots fit (198 KB at K 128)
-    const int stages = bv == 16 || one_wave ? 2 : 1;
+    // bf16 operands: two slots except for the 32-column tile with more blocks than SMs (its one-slot carve, 95 KB
+    // at K 128, is the only one that lets a second block share the SM); the 64-column tile's two fit (198 KB).
+    const int stages = bv == 32 && !one_wave ? 1 : 2;
     const size_t smem = state_fwd_bf16_smem(p.K, bv, stages);
-    if (bv == 64 && stages == 2)
+    if (bv == 64)
       launch_state(state_fwd_bf16_kernel<kK, 64, 2>, smem);
-    else if (bv == 64)
-      launch_state(state_fwd_bf16_kernel<kK, 64, 1>, smem);
     else if (bv == 32 && stages == 2)
       launch_state(state_fwd_bf16_kernel<kK, 32, 2>, smem);
     else if (bv == 32)
