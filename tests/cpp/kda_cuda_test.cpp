@@ -8,15 +8,21 @@
 //     rms ~ 2^-9 / sqrt(3) ~ 1.1e-3 and max up to 2^-8 ~ 3.9e-3 of an element; fp32 accumulation over
 //     64-token chunks and (for gradients) long reverse sweeps adds less than that. FLA's own bf16
 //     tests accept 5e-3..1e-2 against its naive reference.
-//   fp32 states (final state, dh0): rms 1e-3, max 5e-3 (fp32 arithmetic only, no output rounding).
+//   fp32 states of the forward (final state, intermediate states = FLA's h): rms 5e-3 (FLA's own ht
+//     tolerance), max 1e-2, since the state pass multiplies bf16 operands as FLA does (see below).
+//   dh0: rms 1e-3, max 5e-3 (fp32 state, no output rounding).
 //   fp32 parameter gradients dA_log, ddt_bias: the same numbers, but relative to the sum of the
 //     magnitudes of the terms they add up (gate_param_scales), not to their value: each is one sum over
 //     every token (and channel) of terms that can nearly cancel, so its relative error is unbounded even
 //     when every term is within tolerance.
 //   f32 inputs: rms 1e-4, max 1e-3 everywhere (fp32 arithmetic against fp64).
-// The forward multiplies in TF32 for bf16 / f16 inputs (10-bit operands; measured on the H100: final
-// state rms <= 4.3e-4, outputs at the bf16 rounding floor ~1.7e-3) and in 3xTF32 for f32 inputs
-// (rms <= 1e-6), so the tolerances above are unchanged. The backward does the same (one TF32 pass for
+// The forward multiplies in TF32 for bf16 / f16 inputs (10-bit operands; final state rms <= 4.3e-4 on the
+// H100) except in its state pass, which takes bf16 operands (8-bit significands, m16n8k16 with fp32 accumulation and an
+// fp32 state, as FLA): measured on the H100 (2026-11-23, every 16-bit case of this file) final state rms
+// <= 2.5e-3 and max <= 4.7e-3, intermediate states rms <= 2.1e-3, outputs rms <= 1.8e-3 (the bf16 rounding
+// floor ~1.7e-3) and max <= 3.4e-3, gradients rms <= 2.3e-3 (dbeta, dg) and max <= 3.8e-3, dh0 rms
+// <= 2.2e-4; hence the forward states' rms 5e-3. f32 inputs take 3xTF32 everywhere (rms <= 1e-6), so
+// their tolerances are unchanged. The backward multiplies in TF32 (one pass for
 // bf16 / f16, 3xTF32 for f32); an fp64 emulation of TF32 operand rounding in every product gives every
 // gradient ~4e-4 rms, but dA_log (one sum over all tokens per head, which can nearly cancel) up to
 // ~5e-3 relative to its value on some short random cases, hence the term-magnitude scale above.
@@ -91,6 +97,9 @@ struct Tolerance {
 
 Tolerance low_precision_tol(const Case& c) { return c.dtype == DType::f32 ? Tolerance{1e-4, 1e-3} : Tolerance{5e-3, 2e-2}; }
 Tolerance state_tol(const Case& c) { return c.dtype == DType::f32 ? Tolerance{1e-4, 1e-3} : Tolerance{1e-3, 5e-3}; }
+Tolerance forward_state_tol(const Case& c) {
+  return c.dtype == DType::f32 ? Tolerance{1e-4, 1e-3} : Tolerance{5e-3, 1e-2};
+}
 
 // Host inputs: low-precision copies (`lo`, what the GPU gets) and their exact f64 values (`hi`,
 // what the CPU reference gets). States and gate parameters are f32 on both sides.
@@ -346,11 +355,11 @@ void check_case(const Case& c, uint64_t seed) {
   const Outputs got = on_device(c, in, d_o, dht);
   const Tolerance lo = low_precision_tol(c), st = state_tol(c);
   expect_close(c.name + " o", got.o, ref.o, lo);
-  if (c.ht) expect_close(c.name + " final_state", got.ht, ref.ht, st);
+  if (c.ht) expect_close(c.name + " final_state", got.ht, ref.ht, forward_state_tol(c));
   if (c.intermediate) {
     EXPECT_EQ(got.h.sizes(), c.intermediate_sizes()) << c.name;
     EXPECT_EQ(got.h.dtype(), *c.intermediate) << c.name;
-    expect_close(c.name + " intermediate_states", got.h, ref.h, st);
+    expect_close(c.name + " intermediate_states", got.h, ref.h, forward_state_tol(c));
   }
   if (!c.backward) return;
   expect_close(c.name + " dq", got.dq, ref.dq, lo);

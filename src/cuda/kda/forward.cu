@@ -1,7 +1,9 @@
 // KDA chunked forward on CUDA (FLA chunk_kda decomposition). Tensor cores (mma.sync m16n8k8 TF32, fp32
 // accumulation) for every product: one TF32 MMA per step for bf16 / f16 inputs (operands keep 10
 // mantissa bits, more than the bf16 operands FLA multiplies), 3xTF32 for f32 inputs (fp32-accurate, so
-// f32 keeps its tight tolerances). Gate cumsum, exponentials and the triangular solve stay fp32.
+// f32 keeps its tight tolerances). The state pass on bf16 / f16 inputs is the exception: it multiplies bf16
+// operands (m16n8k16, fp32 accumulation and fp32 state, as FLA does), see state_fwd_bf16_kernel. Gate cumsum,
+// exponentials and the triangular solve stay fp32.
 //
 // Per chunk of 64 tokens (cumulative gates G = cumsum g within the chunk, fp32):
 //   M = tril(diag(beta) K Gamma K^T, -1),  M_ij = beta_i sum_d k_id k_jd exp(G_id - G_jd)
@@ -31,6 +33,7 @@
 
 #include "cuda/common/cuda_check.h"
 #include "cuda/kda/common.cuh"
+#include "cuda/kda/mma_bf16.cuh"
 
 namespace seqmix::cuda {
 namespace kda {
@@ -646,6 +649,209 @@ __global__ void __launch_bounds__(kThreads, 2) state_fwd_kernel(KdaDev p, void* 
   }
 }
 
+// ---- The state pass on bf16 operands (16-bit inputs; kPrecise == false). The TF32 kernel above spends its
+// chunk step on fragment traffic: 6 scalar shared loads and 6 conversions per 16 x 8 x 8 step, and its fp32 state
+// tile is read and rewritten through shared memory by every update. Here a 16 x 8 x 16 step (mma.sync m16n8k16,
+// bf16 in, fp32 accumulate, as FLA multiplies) takes its A fragment as 4 paired loads (w) or 8 scalar loads (kl)
+// from the fp32 ring, converted in registers (the global scratch stays fp32, and a separate conversion pass would
+// cost a shared round trip and a barrier per chunk), and its B fragments by ldmatrix from bf16 tiles this kernel
+// writes itself (v_new, S). The state's master copy is fp32 in the accumulator registers of the warps that
+// update it (FLA keeps b_h in registers too); only its bf16 copy goes to shared memory, for w S, and hs is stored
+// from the registers.
+
+// B operands of the NB 8-column blocks [n0 + 8 j, n0 + 8 j + 8) at k rows [k0, k0 + 16) of a bf16 tile stored
+// [k][n] (NB == 1: half of a 16-column ldmatrix, n0 a multiple of 8 inside the tile's 16-column block).
+template <int NB>
+__device__ __forceinline__ void b_frags_kn(uint32_t (&b)[NB][2], const __nv_bfloat16* tile, int S, int k0, int n0) {
+  if constexpr (NB == 1) {
+    uint32_t x[4];
+    b_frag_kn(x, tile, S, k0, n0 & ~15);
+    const bool hi = (n0 & 8) != 0;
+    b[0][0] = hi ? x[2] : x[0];
+    b[0][1] = hi ? x[3] : x[1];
+  } else {
+    static_assert(NB % 2 == 0, "16-column ldmatrix blocks");
+#pragma unroll
+    for (int j = 0; j < NB / 2; ++j) {
+      uint32_t x[4];
+      b_frag_kn(x, tile, S, k0, n0 + 16 * j);
+      b[2 * j][0] = x[0], b[2 * j][1] = x[1], b[2 * j + 1][0] = x[2], b[2 * j + 1][1] = x[3];
+    }
+  }
+}
+
+// One block per (sequence, value head, BV value columns), chunks in order; like state_fwd_kernel two cp.async
+// groups per chunk into kStages ring slots and v_new written over u in place, but two barriers per chunk instead
+// of four (the state lives in registers, so only the bf16 tiles need ordering). Shared: kStages x (w [64, K + 8],
+// kl [64, K + 4], u [64, BV + 8] fp32; G_last [K]); bf16 v_new [64, BV + 8] and S [K, BV + 8]. Strides: w's
+// paired loads (rows g, columns 2t) and kl's scalar ones (rows 2t, columns g) fall on 32 distinct banks per
+// half warp / warp; the bf16 tiles' rows are odd multiples of 16 bytes for ldmatrix (mma_bf16.cuh).
+// Warps: v_new = (16-row block, half of the columns); the state = 16 rows of S, all columns (K 128) or half (K 64).
+// Only the one-slot 32-column carve (95 KB at K 128) leaves room for a second block per SM; the others may take
+// the whole register file.
+template <int kK, int BV, int kStages>
+__global__ void __launch_bounds__(kThreads, BV == 32 && kStages == 1 ? 2 : 1)
+    state_fwd_bf16_kernel(KdaDev p, void* final_state, int final_dt) {
+  constexpr int WP = kK + 8, LP = kK + 4, UP = BV + 8, BP = BV + 8;
+  constexpr int kSlot = kChunk * (WP + LP + UP) + kK;       // floats of one ring slot
+  constexpr int VC = BV / 2, NV = VC / 8;                   // v_new: columns and 8-column blocks per warp
+  constexpr int UC = kK == 128 ? BV : BV / 2, NU = UC / 8;  // state: the same
+  const int tiles = p.V / BV, n = static_cast<int>(blockIdx.x / (p.HV * tiles));
+  const int hv = static_cast<int>(blockIdx.x / tiles) % p.HV, e0 = static_cast<int>(blockIdx.x % tiles) * BV;
+  const int K = kK, k4 = K / 4, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  extern __shared__ float smem[];
+  __nv_bfloat16* vnB = reinterpret_cast<__nv_bfloat16*>(smem + kStages * kSlot);
+  __nv_bfloat16* hB = vnB + kChunk * BP;
+  auto wS = [&](int slot) { return smem + slot * kSlot; };
+  auto klS = [&](int slot) { return smem + slot * kSlot + kChunk * WP; };
+  auto uS = [&](int slot) { return smem + slot * kSlot + kChunk * (WP + LP); };
+  auto glS = [&](int slot) { return smem + slot * kSlot + kChunk * (WP + LP + UP); };
+  const int r0 = (warp % 4) * 16, cw = (warp / 4) * VC;  // v_new strip of this warp
+  const int ur0 = kK == 128 ? warp * 16 : (warp % 4) * 16, uc0 = kK == 128 ? 0 : (warp / 4) * UC;  // its S strip
+
+  const int64_t c_begin = p.chunk_offsets[n], c_end = p.chunk_offsets[n + 1], s0 = p.seq_offsets[n];
+  const int64_t s1 = p.seq_offsets[n + 1];
+  auto issue_w = [&](int64_t c) {
+    const int slot = static_cast<int>((c - c_begin) % kStages);
+    const int64_t t0 = s0 + (c - c_begin) * kChunk;
+    for (int idx = tid; idx < kChunk * k4; idx += kThreads) {
+      const int i = idx / k4, d = (idx % k4) * 4;
+      const bool in = t0 + i < s1;
+      cp_async16(wS(slot) + i * WP + d, p.w + (in ? ((t0 + i) * p.HV + hv) * K + d : 0), in);
+    }
+    for (int idx = tid; idx < kChunk * (BV / 4); idx += kThreads) {
+      const int i = idx / (BV / 4), e = (idx % (BV / 4)) * 4;
+      const bool in = t0 + i < s1;
+      cp_async16(uS(slot) + i * UP + e, p.u + (in ? ((t0 + i) * p.HV + hv) * p.V + e0 + e : 0), in);
+    }
+  };
+  auto issue_kl = [&](int64_t c) {
+    const int slot = static_cast<int>((c - c_begin) % kStages);
+    const int64_t t0 = s0 + (c - c_begin) * kChunk;
+    for (int idx = tid; idx < kChunk * k4; idx += kThreads) {
+      const int i = idx / k4, d = (idx % k4) * 4;
+      const bool in = t0 + i < s1;
+      cp_async16(klS(slot) + i * LP + d, p.kl + (in ? ((t0 + i) * p.HV + hv) * K + d : 0), in);
+    }
+    for (int idx = tid; idx < k4; idx += kThreads)
+      cp_async16(glS(slot) + idx * 4, p.gl + (c * p.HV + hv) * K + idx * 4, true);
+  };
+  // Chunk c's w/u (group W c) and kl/G_last (group K c) go to ring slot (c - c_begin) % kStages, committed in
+  // the order W0 K0 W1 K1 ..: the prologue commits W0 K0 .. W(s - 1) (s = kStages), chunk c's step K(c + s - 1)
+  // after its first barrier (the slot whose kl chunk c - 1's update has read) and W(c + s) after its second (the
+  // slot whose w/u chunk c's v_new has read). Each wait leaves the 2 s - 2 groups after the one it needs in
+  // flight. Two barriers per chunk: the first orders S's bf16 copy (update c - 1) before w S and v_new's tile
+  // reads (update c - 1) before its writes (v_new c); the second v_new's tile and S's copy the other way round.
+  for (int s = 0; s < kStages; ++s) {
+    if (c_begin + s < c_end) issue_w(c_begin + s);
+    cp_async_commit();
+    if (s + 1 < kStages) {
+      if (c_begin + s < c_end) issue_kl(c_begin + s);
+      cp_async_commit();
+    }
+  }
+  // S [ur0 + frag_row(r), uc0 + 8 j + frag_col(r)] = h[j][r]
+  float h[NU][4];
+  auto h_at = [&](int j, int r, int& d, int& e) { d = ur0 + frag_row(r), e = uc0 + 8 * j + frag_col(r); };
+  auto store_hB = [&]() {  // the bf16 copy for w S
+#pragma unroll
+    for (int j = 0; j < NU; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; r += 2) {
+        int d, e;
+        h_at(j, r, d, e);
+        st_bf16x2(hB + d * BP + e, h[j][r], h[j][r + 1]);
+      }
+  };
+#pragma unroll
+  for (int j = 0; j < NU; ++j)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      int d, e;
+      h_at(j, r, d, e);
+      h[j][r] = p.h0 ? load_f(p.h0, p.h0_dt, state_index(p, n, hv, d, e0 + e)) : 0.0f;
+    }
+  store_hB();
+  constexpr int kAfter = 2 * kStages - 2;
+  for (int64_t c = c_begin; c < c_end; ++c) {
+    const int slot = static_cast<int>((c - c_begin) % kStages);
+    const int64_t t0 = s0 + (c - c_begin) * kChunk;
+    const int L = static_cast<int>(s1 - t0 < kChunk ? s1 - t0 : kChunk);
+#pragma unroll
+    for (int j = 0; j < NU; ++j)  // hs: the state entering the chunk
+#pragma unroll
+      for (int r = 0; r < 4; r += 2) {
+        int d, e;
+        h_at(j, r, d, e);
+        stg2(p.hs + ((c * p.HV + hv) * K + d) * p.V + e0 + e, make_float2(h[j][r], h[j][r + 1]));
+      }
+    cp_async_wait<kAfter>();  // w, u of chunk c
+    __syncthreads();
+    if (c + kStages - 1 < c_end) issue_kl(c + kStages - 1);
+    cp_async_commit();
+    {  // v_new = u - w S
+      const float* w = wS(slot) + (r0 + g) * WP + 2 * t;
+      float acc[NV][4] = {};  // one accumulator per column block: the same sums in the same order for every BV
+#pragma unroll
+      for (int k0 = 0; k0 < kK; k0 += 16) {
+        const float2 x0 = *reinterpret_cast<const float2*>(w + k0);
+        const float2 x1 = *reinterpret_cast<const float2*>(w + 8 * WP + k0);
+        const float2 x2 = *reinterpret_cast<const float2*>(w + k0 + 8);
+        const float2 x3 = *reinterpret_cast<const float2*>(w + 8 * WP + k0 + 8);
+        const uint32_t a[4] = {pack_bf16x2(x0.x, x0.y), pack_bf16x2(x1.x, x1.y), pack_bf16x2(x2.x, x2.y),
+                               pack_bf16x2(x3.x, x3.y)};
+        uint32_t b[NV][2];
+        b_frags_kn<NV>(b, hB, BP, k0, cw);
+#pragma unroll
+        for (int j = 0; j < NV; ++j) mma_bf16(acc[j], a, b[j][0], b[j][1]);
+      }
+      const float* u = uS(slot);
+#pragma unroll
+      for (int j = 0; j < NV; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; r += 2) {
+          const int i = r0 + frag_row(r), e = cw + 8 * j + frag_col(r);
+          const float2 uu = *reinterpret_cast<const float2*>(u + i * UP + e);
+          const float2 x = make_float2(uu.x - acc[j][r], uu.y - acc[j][r + 1]);
+          st_bf16x2(vnB + i * BP + e, x.x, x.y);
+          if (i < L) stg2(p.vn + ((t0 + i) * p.HV + hv) * p.V + e0 + e, x);
+        }
+    }
+    cp_async_wait<kAfter>();  // kl, G_last of chunk c
+    __syncthreads();
+    if (c + kStages < c_end) issue_w(c + kStages);
+    cp_async_commit();
+    {  // S <- exp(G_last) S + kl^T v_new
+      const float* kl = klS(slot) + 2 * t * LP + ur0 + g;
+      const float* gl = glS(slot);
+      const float f0 = __expf(gl[ur0 + g]), f1 = __expf(gl[ur0 + g + 8]);
+#pragma unroll
+      for (int j = 0; j < NU; ++j) h[j][0] *= f0, h[j][1] *= f0, h[j][2] *= f1, h[j][3] *= f1;
+#pragma unroll
+      for (int k0 = 0; k0 < kChunk; k0 += 16) {
+        const float* x = kl + k0 * LP;  // A = kl^T: rows d, k = tokens 2t, 2t + 1 (+ 8)
+        const uint32_t a[4] = {pack_bf16x2(x[0], x[LP]), pack_bf16x2(x[8], x[LP + 8]),
+                               pack_bf16x2(x[8 * LP], x[9 * LP]), pack_bf16x2(x[8 * LP + 8], x[9 * LP + 8])};
+        uint32_t b[NU][2];
+        b_frags_kn<NU>(b, vnB, BP, k0, uc0);
+#pragma unroll
+        for (int j = 0; j < NU; ++j) mma_bf16(h[j], a, b[j][0], b[j][1]);
+      }
+    }
+    store_hB();
+  }
+  if (final_state) {
+#pragma unroll
+    for (int j = 0; j < NU; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        int d, e;
+        h_at(j, r, d, e);
+        store_f(final_state, final_dt, state_index(p, n, hv, d, e0 + e), h[j][r]);
+      }
+  }
+}
+
 constexpr int kOutCols = 64;  // value columns per output block
 static_assert(roofline::kChunk == kChunk && roofline::kOutCols == kOutCols, "roofline.h models these tiles");
 
@@ -736,6 +942,10 @@ size_t chunk_fwd_smem(int K) {
 }
 size_t state_fwd_smem(int K, int BV, int stages) {
   return sizeof(float) * (stages * (2 * kChunk * (K + 4) + kChunk * (BV + 8) + K) + (kChunk + K) * (BV + 8));
+}
+size_t state_fwd_bf16_smem(int K, int BV, int stages) {
+  return sizeof(float) * stages * (kChunk * (2 * K + 12 + BV + 8) + K) +
+         sizeof(__nv_bfloat16) * (kChunk + K) * (BV + 8);
 }
 size_t gated_q_smem(int K) { return sizeof(float) * 2 * kChunk * (K + 4); }
 size_t output_fwd_smem(int K) {
@@ -851,6 +1061,7 @@ void set_smem_two_per_sm(const void* kernel, size_t bytes) {
 // 64 (B4 T4096 H64: 6.36 ms at 64 vs 6.54 at 32). Varlen packs take 32 there instead: with skewed lengths the
 // longest sequence's chain of chunk steps is the critical path (64 sequences of skewed lengths, 32768 tokens,
 // H16: 3.70 ms at 32 vs 3.89 at 64). Sweep: kda_bench --tiles, bench/results/h100.json "kda" "value_tiles".
+// These figures are the TF32 state pass's; the bf16 one (16-bit inputs) takes the same rule, not swept yet.
 int forward_value_tile(const KdaDev& p) {
   if (const int tile = value_tile_override(false)) return tile;
   const int64_t heads = static_cast<int64_t>(p.N) * p.HV, sms = sm_count();
@@ -875,23 +1086,39 @@ void launch_chunks(KdaDev& p, const TensorView* o, const TensorView* final_state
   // two ring slots where each SM runs one block anyway (the 64-column tile has no room for a second); the
   // 16-column tile is built with two only (the built-in choice takes it for few blocks; a tile set through
   // chunk_kda_set_value_tiles can give it more blocks than SMs, and its one-slot carve overran the ring)
-  const int stages = bv == 16 || (bv == 32 && state_blocks <= sm_count()) ? 2 : 1;
-  const size_t state_smem = state_fwd_smem(p.K, bv, stages);
-  const dim3 state_grid(static_cast<unsigned>(state_blocks));
+  const bool one_wave = state_blocks <= sm_count();
   void* fs_ptr = final_state ? final_state->data : nullptr;
   const int fs_dt = final_state ? dtype_code(final_state->dtype, "final_state") : 0;
-  auto launch_state = [&](auto kernel) {
-    set_smem_two_per_sm(reinterpret_cast<const void*>(kernel), state_smem);
-    kernel<<<state_grid, kThreads, state_smem, stream>>>(p, fs_ptr, fs_dt);
+  const dim3 state_grid(static_cast<unsigned>(state_blocks));
+  auto launch_state = [&](auto kernel, size_t smem) {
+    set_smem_two_per_sm(reinterpret_cast<const void*>(kernel), smem);
+    kernel<<<state_grid, kThreads, smem, stream>>>(p, fs_ptr, fs_dt);
   };
-  if (bv == 64)
-    launch_state(state_fwd_kernel<kK, 64, 1, kPrecise>);
-  else if (bv == 32 && stages == 2)
-    launch_state(state_fwd_kernel<kK, 32, 2, kPrecise>);
-  else if (bv == 32)
-    launch_state(state_fwd_kernel<kK, 32, 1, kPrecise>);
-  else
-    launch_state(state_fwd_kernel<kK, 16, 2, kPrecise>);
+  if constexpr (kPrecise) {
+    const int stages = bv == 16 || (bv == 32 && one_wave) ? 2 : 1;
+    const size_t smem = state_fwd_smem(p.K, bv, stages);
+    if (bv == 64)
+      launch_state(state_fwd_kernel<kK, 64, 1, kPrecise>, smem);
+    else if (bv == 32 && stages == 2)
+      launch_state(state_fwd_kernel<kK, 32, 2, kPrecise>, smem);
+    else if (bv == 32)
+      launch_state(state_fwd_kernel<kK, 32, 1, kPrecise>, smem);
+    else
+      launch_state(state_fwd_kernel<kK, 16, 2, kPrecise>, smem);
+  } else {
+    // bf16 operands: two slots except for the 32-column tile with more blocks than SMs (its one-slot carve, 95 KB
+    // at K 128, is the only one that lets a second block share the SM); the 64-column tile's two fit (198 KB).
+    const int stages = bv == 32 && !one_wave ? 1 : 2;
+    const size_t smem = state_fwd_bf16_smem(p.K, bv, stages);
+    if (bv == 64)
+      launch_state(state_fwd_bf16_kernel<kK, 64, 2>, smem);
+    else if (bv == 32 && stages == 2)
+      launch_state(state_fwd_bf16_kernel<kK, 32, 2>, smem);
+    else if (bv == 32)
+      launch_state(state_fwd_bf16_kernel<kK, 32, 1>, smem);
+    else
+      launch_state(state_fwd_bf16_kernel<kK, 16, 2>, smem);
+  }
   SEQMIX_CUDA_CHECK(cudaGetLastError());
   timer.mark(roofline::Stage::state_fwd, bv);
   if (o && p.tokens > 0) {

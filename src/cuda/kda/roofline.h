@@ -19,6 +19,9 @@
 //                 (exponentials, gate, L2 norm, row sums) is not counted.
 //   tc_flops      tensor-core FLOPs issued: m16n8k8 steps x 2048 x passes, 3 passes for 3xTF32 (f32 / f64
 //                 inputs; always for chunk_fwd's inverse blocks, which use warp_gemm), 1 for bf16 / f16.
+//                 state_fwd on bf16 / f16 inputs issues bf16 m16n8k16 MMAs instead (the same FLOPs, at twice
+//                 the TF32 rate: its tf32_roofline_ms is an upper bound, and equals its memory term at the
+//                 benchmark shapes).
 // Rows past a sequence's end are neither loaded nor stored (cp.async zero-fill, masked stores), so per-token
 // terms use T; products are counted per chunk as if it were full (the kernels skip only some 16-row
 // blocks of a partial one), so flops are exact when every sequence length is a multiple of 64 and an
