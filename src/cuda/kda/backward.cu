@@ -23,6 +23,7 @@
 
 #include "cuda/common/cuda_check.h"
 #include "cuda/kda/common.cuh"
+#include "cuda/kda/mma_bf16.cuh"
 
 namespace seqmix::cuda {
 namespace kda {
@@ -797,6 +798,485 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   }
 }
 
+// ---- wy_bwd for bf16 / f16 inputs: the same steps and outputs as wy_bwd_kernel, every product as bf16
+// mma.sync m16n8k16 on bf16 shared tiles (mma_bf16.cuh), fp32 accumulation.
+// Operands: do and v as given (f16 rounded to bf16), and the fp32 scratch rounded to bf16 on the way into shared
+// memory: dS', S, v_new, dv_new, A; dw = -dv_new S^T, Kb = exp(G) k, dA and dA A^T from fp32 accumulators. These
+// are FLA's operands too (chunk_kda_bwd_wy_dqkg_fused: v_new, do, h, dh, dv, A, dw, kg as bf16; its intra kernel
+// takes dA in bf16). Everything else stays fp32: the accumulators, the gate factors exp(G_last - G), exp(G) and
+// beta applied to them, dk_state kept in registers, and the sums sum_e S dS' (both fp32 from global memory),
+// sum_i k dk_state, dbeta (fp32 T2, T3 against fp32 exp(G) k and v).
+// bf16 tiles halve the shared memory of the fp32 ones (108.8 KB at K = 128), so two blocks of 8 warps share an SM:
+// one block's global round trips (its tiles go through registers to be converted, no cp.async) overlap the
+// other's products.
+constexpr int kWyBf16Threads = 256;
+
+// c[MI][2 NJ] += A B over kdim (a multiple of 16) for the warp tile rows m0 + 16 mi (+ 0..15), columns
+// n0 + 16 nj (+ 0..15) (accumulator 2 nj + h: columns n0 + 16 nj + 8 h ..); A from a tile stored [m][k]
+// (kATrans: [k][m]), B from a tile stored [n][k] (kBKn: [k][n]); strides in elements. Each k step loads every
+// fragment once: MI + NJ ldmatrix.x4 for 2 MI NJ MMAs.
+template <int MI, int NJ, bool kATrans, bool kBKn>
+__device__ __forceinline__ void warp_mma_bf16(float (&c)[MI][2 * NJ][4], const __nv_bfloat16* a, int as, int m0,
+                                              const __nv_bfloat16* b, int bs, int n0, int kdim) {
+#pragma unroll 2
+  for (int k0 = 0; k0 < kdim; k0 += 16) {
+    uint32_t af[MI][4], bf[NJ][4];
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) {
+      if constexpr (kATrans)
+        a_frag_t(af[mi], a, as, m0 + 16 * mi, k0);
+      else
+        a_frag(af[mi], a, as, m0 + 16 * mi, k0);
+    }
+#pragma unroll
+    for (int nj = 0; nj < NJ; ++nj) {
+      if constexpr (kBKn)
+        b_frag_kn(bf[nj], b, bs, k0, n0 + 16 * nj);
+      else
+        b_frag_nk(bf[nj], b, bs, k0, n0 + 16 * nj);
+    }
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int nj = 0; nj < NJ; ++nj) {
+        mma_bf16(c[mi][2 * nj], af[mi], bf[nj][0], bf[nj][1]);
+        mma_bf16(c[mi][2 * nj + 1], af[mi], bf[nj][2], bf[nj][3]);
+      }
+  }
+}
+
+template <int MI, int NN>
+__device__ __forceinline__ void zero_acc(float (&c)[MI][NN][4]) {
+#pragma unroll
+  for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+    for (int n = 0; n < NN; ++n) c[mi][n][0] = c[mi][n][1] = c[mi][n][2] = c[mi][n][3] = 0.0f;
+}
+
+// Rows [0, kRows) x kCols of a row-major source (row i at offset + i * src_rs) into a bf16 shared tile of row
+// stride S, four entries per load, rounded to nearest; rows >= rows_valid zero. fp32 scratch (load(i) = ldg4) or a
+// dtype-coded input (load4_f). Up to 8 loads per thread in flight before its stores.
+template <int kRows, int kCols, class Load>
+__device__ __forceinline__ void load_tile_bf16(__nv_bfloat16* dst, int S, int rows_valid, Load load) {
+  constexpr int c4 = kCols / 4, per = kRows * c4 / kWyBf16Threads, U = per < 8 ? per : 8;
+  static_assert(per * kWyBf16Threads == kRows * c4 && per % U == 0, "every thread takes per float4");
+#pragma unroll
+  for (int base = 0; base < per; base += U) {
+    float4 v[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = threadIdx.x + (base + u) * kWyBf16Threads, i = idx / c4;
+      v[u] = i < rows_valid ? load(i, (idx % c4) * 4) : zero4();
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = threadIdx.x + (base + u) * kWyBf16Threads;
+      st_bf16x4(dst + (idx / c4) * S + (idx % c4) * 4, v[u]);
+    }
+  }
+}
+
+// Two consecutive elements (i even) of a dtype-coded output, rounded to nearest like store_f: one 4- / 8-byte store
+// when the base is aligned (`aligned`), two scalar ones otherwise.
+__device__ __forceinline__ void store2_f(void* base, int dt, bool aligned, int64_t i, float a, float b) {
+  if (aligned) {
+    switch (dt) {
+      case kF32:
+        *reinterpret_cast<float2*>(static_cast<float*>(base) + i) = make_float2(a, b);
+        return;
+      case kBF16:
+        *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(base) + i) = __floats2bfloat162_rn(a, b);
+        return;
+      case kF16:
+        *reinterpret_cast<__half2*>(static_cast<__half*>(base) + i) = __floats2half2_rn(a, b);
+        return;
+      default:
+        break;
+    }
+  }
+  store_f(base, dt, i, a);
+  store_f(base, dt, i + 1, b);
+}
+
+// One block per (chunk, value head), 8 warps, two blocks per SM. Every product's output [64, K] (or [64, 64]
+// with K = 64's map) is tiled 32 x K / 4 per warp: warp w owns rows 32 (w / 4) .., columns (K / 4) (w % 4) ..,
+// the same entries in every [64, K] step, so dk_state stays in its thread's registers from the first step to the
+// A^T dw step. [64, 64] products use the 32 x 16 map, skipping the warps whose tile lies above the diagonal
+// where the result is strictly / inclusively lower (their outputs are zeros).
+// Shared (bf16, row strides SK = K + 8, SC = 72: 16 bytes mod 128, conflict-free ldmatrix):
+//   tS [max(K, 128), SK]: dS', then S, then Kb = exp(G) k (rows 0..63) and v (rows 64..127)
+//   tX [64, SK]: do;  tY [64, SK]: v_new, then dv_new;  tO [64, SK]: dw, then dA A^T (stride SC)
+//   tA, tP [64, SC]: A, dA;  fp32: G_last, sum_e S dS' [K], column sums of k dk_state by row half [2, K],
+//   beta [64], dbeta partials by column quarter [64, 4]
+// Steps as in wy_bwd_kernel; the tiles go through registers (fp32 -> bf16), dS', v_new, do and A at the start, S
+// (with dS' read again from L2 for the exact sum_e S dS') and dv_new after the dk_state / dAqk products.
+template <int kK>
+__global__ void __launch_bounds__(kWyBf16Threads, 2)
+    wy_bwd_bf16_kernel(KdaDev p, const void* d_out, int d_out_dt, void* dv, int dv_dt) {
+  int64_t t0;
+  int L;
+  if (!locate_chunk(p, blockIdx.x, t0, L)) return;
+  using bf16 = __nv_bfloat16;
+  constexpr int NT = kWyBf16Threads, K = kK, V = kK, SK = K + 8, SC = kChunk + 8, NJ = K / 64, NN = 2 * NJ;
+  constexpr int kSRows = K > 2 * kChunk ? K : 2 * kChunk;
+  static_assert(NT == 256 && K % 64 == 0 && K <= NT, "8 warps of 32 x K / 4; one G_last entry per thread");
+  const int hv = blockIdx.y, h = hv / p.G, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t c = blockIdx.x;
+  extern __shared__ __align__(16) unsigned char wy_smem[];
+  bf16* tS = reinterpret_cast<bf16*>(wy_smem);
+  bf16* tX = tS + kSRows * SK;
+  bf16* tY = tX + kChunk * SK;
+  bf16* tO = tY + kChunk * SK;
+  bf16* tA = tO + kChunk * SK;
+  bf16* tP = tA + kChunk * SC;
+  float* glS = reinterpret_cast<float*>(tP + kChunk * SC);
+  float* sdS = glS + K;
+  float* cs = sdS + K;
+  float* bS = cs + 2 * K;
+  float* red = bS + kChunk;
+
+  auto row_at = [&](int i) { return (t0 + i) * p.HV + hv; };
+  auto k_at = [&](int i, int d) { return ((t0 + i) * p.H + h) * K + d; };
+  const int64_t state_off = (c * p.HV + hv) * static_cast<int64_t>(K) * V, vrs = static_cast<int64_t>(p.HV) * V;
+  {  // operands of the later steps into L2 while the first ones run
+    const int64_t fs = sizeof(float), es = dtype_bytes(p.in_dt);
+    prefetch_rows(p.hs + state_off, K, V * fs, V * fs, NT);
+    prefetch_rows(p.dvn + row_at(0) * V, L, p.HV * V * fs, V * fs, NT);
+    prefetch_rows(static_cast<const char*>(p.v) + row_at(0) * V * es, L, p.HV * V * es, V * es, NT);
+    prefetch_rows(p.gc + row_at(0) * K, L, p.HV * K * fs, K * fs, NT);
+    prefetch_rows(p.kp + k_at(0, 0), L, p.H * K * fs, K * fs, NT);
+  }
+  if (tid < K) glS[tid] = p.gc[row_at(L - 1) * K + tid];
+  if (tid < kChunk) bS[tid] = tid < L ? p.bp[row_at(tid)] : 0.0f;
+  {
+    const float* dhs = p.dhs + state_off;
+    load_tile_bf16<K, V>(tS, SK, K, [&](int i, int d) { return ldg4(dhs + i * V + d); });
+    const float* vn = p.vn + row_at(0) * V;
+    load_tile_bf16<kChunk, V>(tY, SK, L, [&](int i, int d) { return ldg4(vn + i * vrs + d); });
+    const bool aligned = reinterpret_cast<uintptr_t>(d_out) % 16 == 0;
+    const int64_t o0 = row_at(0) * V;
+    load_tile_bf16<kChunk, V>(tX, SK, L, [&](int i, int d) { return load4_f(aligned, d_out, d_out_dt, o0 + i * vrs + d); });
+    const float* A = p.A + row_at(0) * kChunk;
+    const int64_t ars = static_cast<int64_t>(p.HV) * kChunk;
+    load_tile_bf16<kChunk, kChunk>(tA, SC, L, [&](int i, int d) { return ldg4(A + i * ars + d); });
+  }
+  __syncthreads();
+
+  // Chunk bases and 32-bit row strides of the per-token arrays (64-bit addresses per entry cost registers).
+  const int gs = p.HV * K, ks = p.H * K;
+  const float* gc0 = p.gc + row_at(0) * K;
+  const float* kp0 = p.kp + k_at(0, 0);
+  float* dq0 = p.dq_hv + row_at(0) * K;
+  float* dk0 = p.dk_hv + row_at(0) * K;
+  float* dg0 = p.dgc + row_at(0) * K;
+  const int64_t v0 = row_at(0) * V;
+  const int g = lane / 4, tq = lane % 4;
+  const int mr = (warp / 4) * 32, nc = (warp % 4) * (K / 4), sc = (warp % 4) * 16;
+  const bool upper = sc >= mr + 32;  // the warp's 32 x 16 tile of a [64, 64] product lies above the diagonal
+  // Entry r of accumulator (mi, n) is row mr + 16 mi + g (+ 8 for r >= 2), column nc + 8 n + 2 tq (+ 1 for odd r).
+  auto row_of = [&](int mi, int r) { return mr + 16 * mi + g + (r >= 2 ? 8 : 0); };
+  auto col_of = [&](int n) { return nc + 8 * n + 2 * tq; };
+  auto col64 = [&](int n) { return sc + 8 * n + 2 * tq; };
+
+  // dk_state = exp(G_last - G) (v_new dS'^T); column sums of k dk_state (for dG_last) by warp row half. The [64, K]
+  // products go by 16-column blocks nj (a 32 x 16 accumulator per pass). dk_state goes to dk_hv now and is read
+  // back by the same thread in the A^T dw step (L2 holds it; kept in registers through the steps between, its 32
+  // per thread spilled at 128 registers).
+#pragma unroll 1
+  for (int nj = 0; nj < NJ; ++nj) {
+    float2 gv[2][2][2];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int h8 = 0; h8 < 2; ++h8)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int i = row_of(mi, 2 * hh);
+          gv[mi][h8][hh] = i < L ? ld2(gc0 + i * gs + col_of(2 * nj + h8)) : make_float2(0.0f, 0.0f);
+        }
+    float acc[2][2][4];
+    zero_acc(acc);
+    warp_mma_bf16<2, 1, false, false>(acc, tY, SK, mr, tS, SK, nc + 16 * nj, V);
+#pragma unroll
+    for (int h8 = 0; h8 < 2; ++h8) {
+      const int n = 2 * nj + h8, d = col_of(n);
+      const float gl0 = glS[d], gl1 = glS[d + 1];
+      float colsum[2] = {0.0f, 0.0f};
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int i = row_of(mi, 2 * hh);
+          const bool in = i < L;
+          const float2 k2 = in ? ld2(kp0 + i * ks + d) : make_float2(0.0f, 0.0f);
+          const float x0 = in ? __expf(gl0 - gv[mi][h8][hh].x) * acc[mi][h8][2 * hh] : 0.0f;
+          const float x1 = in ? __expf(gl1 - gv[mi][h8][hh].y) * acc[mi][h8][2 * hh + 1] : 0.0f;
+          if (in) st2(dk0 + i * gs + d, x0, x1);
+          colsum[0] += k2.x * x0;
+          colsum[1] += k2.y * x1;
+        }
+#pragma unroll
+      for (int u = 0; u < 2; ++u)
+#pragma unroll
+        for (int o = 4; o < 32; o <<= 1) colsum[u] += __shfl_xor_sync(0xffffffffu, colsum[u], o);
+      if (g == 0) cs[(warp / 4) * K + d] = colsum[0], cs[(warp / 4) * K + d + 1] = colsum[1];
+    }
+  }
+  // dAqk = scale tril(do v_new^T)
+  {
+    float acc[2][2][4];
+    zero_acc(acc);
+    if (!upper) warp_mma_bf16<2, 1, false, false>(acc, tX, SK, mr, tY, SK, sc, V);
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int r = 0; r < 4; r += 2) {
+          const int i = row_of(mi, r), j = col64(n);
+          if (i < L)
+            st2(p.dAqk + row_at(i) * kChunk + j, j <= i ? p.scale * acc[mi][n][r] : 0.0f,
+                j + 1 <= i ? p.scale * acc[mi][n][r + 1] : 0.0f);
+        }
+  }
+  __syncthreads();
+  // S -> tS over dS', with sum_e S dS' per key channel from both in fp32 (dS' read again: L2). The V / 4 float4 of
+  // a row span 32 or 16 consecutive lanes, reduced by shuffles in a fixed order. Then dv_new -> tY.
+  {
+    constexpr int c4 = V / 4, per = K * c4 / NT, U = per < 4 ? per : 4;
+    static_assert(per % U == 0 && c4 <= 32, "whole rows per warp");
+    const float* hs = p.hs + state_off;
+    const float* dhs = p.dhs + state_off;
+#pragma unroll 1  // unrolled, the compiler issues every round's loads at once (spills)
+    for (int base = 0; base < per; base += U) {
+      float4 s4[U], d4[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int idx = tid + (base + u) * NT;
+        s4[u] = ldg4(hs + 4 * idx);
+        d4[u] = ldg4(dhs + 4 * idx);
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int idx = tid + (base + u) * NT;
+        st_bf16x4(tS + (idx / c4) * SK + (idx % c4) * 4, s4[u]);
+        float s = s4[u].x * d4[u].x + s4[u].y * d4[u].y + s4[u].z * d4[u].z + s4[u].w * d4[u].w;
+#pragma unroll
+        for (int o = c4 / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane % c4 == 0) sdS[idx / c4] = s;
+      }
+    }
+    const float* dvn = p.dvn + row_at(0) * V;
+    load_tile_bf16<kChunk, V>(tY, SK, L, [&](int i, int d) { return ldg4(dvn + i * vrs + d); });
+  }
+  __syncthreads();
+  // dG_last = exp(G_last) sum_e S dS' + sum_i k_i dk_state_i
+  if (tid < K) p.dg_last[(c * p.HV + hv) * K + tid] = __expf(glS[tid]) * sdS[tid] + (cs[tid] + cs[K + tid]);
+  // dq_state = scale exp(G) (do S^T)
+#pragma unroll 1
+  for (int nj = 0; nj < NJ; ++nj) {
+    float2 gv[2][2][2];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int h8 = 0; h8 < 2; ++h8)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int i = row_of(mi, 2 * hh);
+          gv[mi][h8][hh] = i < L ? ld2(gc0 + i * gs + col_of(2 * nj + h8)) : make_float2(0.0f, 0.0f);
+        }
+    float acc[2][2][4];
+    zero_acc(acc);
+    warp_mma_bf16<2, 1, false, false>(acc, tX, SK, mr, tS, SK, nc + 16 * nj, V);
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int h8 = 0; h8 < 2; ++h8)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int i = row_of(mi, 2 * hh);
+          if (i < L)
+            st2(dq0 + i * gs + col_of(2 * nj + h8), p.scale * __expf(gv[mi][h8][hh].x) * acc[mi][h8][2 * hh],
+                p.scale * __expf(gv[mi][h8][hh].y) * acc[mi][h8][2 * hh + 1]);
+        }
+  }
+  // dw = -dv_new S^T -> tO
+#pragma unroll 1
+  for (int nj = 0; nj < NJ; ++nj) {
+    float acc[2][2][4];
+    zero_acc(acc);
+    warp_mma_bf16<2, 1, false, false>(acc, tY, SK, mr, tS, SK, nc + 16 * nj, V);
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int h8 = 0; h8 < 2; ++h8)
+#pragma unroll
+        for (int r = 0; r < 4; r += 2)
+          st_bf16x2(tO + row_of(mi, r) * SK + col_of(2 * nj + h8), -acc[mi][h8][r], -acc[mi][h8][r + 1]);
+  }
+  __syncthreads();
+  // T3 = A^T dv_new: dv = beta T3, dbeta += T3 . v;  T2 = A^T dw: dk = dk_state + beta exp(G) T2,
+  // dG = k (beta exp(G) T2 - dk_state), dbeta += T2 . (exp(G) k). By 16-column blocks, T3 then T2 (one 32 x 16
+  // accumulator and its operands live at a time next to dk_state); v -> tS rows [64, 128) and Kb = exp(G) k -> rows
+  // [0, 64) for the dA step (S's last reader, dw, is behind the barrier above; rows >= L are zero, as G, k and v
+  // are there). v, G, k come from global memory at fp32 (v in its input dtype) for the fp32 sums.
+  {
+    const bool dv_aligned = reinterpret_cast<uintptr_t>(dv) % 16 == 0;
+    float db[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};  // (mi, row half): this thread's part of dbeta
+    auto a_t_mma = [&](float (&acc)[2][2][4], const bf16* b, int n0) {
+      zero_acc(acc);
+#pragma unroll
+      for (int k0 = 0; k0 < kChunk; k0 += 16) {
+        uint32_t af[2][4], bfr[4];
+        a_frag_t(af[0], tA, SC, mr, k0);
+        a_frag_t(af[1], tA, SC, mr + 16, k0);
+        b_frag_kn(bfr, b, SK, k0, n0);
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+          mma_bf16(acc[mi][0], af[mi], bfr[0], bfr[1]);
+          mma_bf16(acc[mi][1], af[mi], bfr[2], bfr[3]);
+        }
+      }
+    };
+#pragma unroll 1
+    for (int nj = 0; nj < NJ; ++nj) {
+      {
+        float2 vv[2][2][2];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+          for (int h8 = 0; h8 < 2; ++h8)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+              const int j = row_of(mi, 2 * hh);
+              vv[mi][h8][hh] = j < L ? load2_f(p.aligned, p.v, p.in_dt, v0 + j * vrs + col_of(2 * nj + h8))
+                                     : make_float2(0.0f, 0.0f);
+            }
+        float t3[2][2][4];
+        a_t_mma(t3, tY, nc + 16 * nj);
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+          for (int h8 = 0; h8 < 2; ++h8)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+              const int j = row_of(mi, 2 * hh), d = col_of(2 * nj + h8);
+              const float2 v2 = vv[mi][h8][hh];
+              const float* a3 = &t3[mi][h8][2 * hh];
+              st_bf16x2(tS + (kChunk + j) * SK + d, v2.x, v2.y);
+              db[mi][hh] += a3[0] * v2.x + a3[1] * v2.y;
+              if (j < L) store2_f(dv, dv_dt, dv_aligned, v0 + j * vrs + d, bS[j] * a3[0], bS[j] * a3[1]);
+            }
+      }
+      {
+        float2 gv[2][2][2], kv[2][2][2], kd_[2][2][2];  // G, k, dk_state
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+          for (int h8 = 0; h8 < 2; ++h8)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+              const int j = row_of(mi, 2 * hh), d = col_of(2 * nj + h8);
+              const bool in = j < L;
+              gv[mi][h8][hh] = in ? ld2(gc0 + j * gs + d) : make_float2(0.0f, 0.0f);
+              kv[mi][h8][hh] = in ? ld2(kp0 + j * ks + d) : make_float2(0.0f, 0.0f);
+              kd_[mi][h8][hh] = in ? ld2(dk0 + j * gs + d) : make_float2(0.0f, 0.0f);
+            }
+        float t2[2][2][4];
+        a_t_mma(t2, tO, nc + 16 * nj);
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+          for (int h8 = 0; h8 < 2; ++h8)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+              const int n = 2 * nj + h8, j = row_of(mi, 2 * hh), d = col_of(n);
+              const float bj = bS[j];
+              const float eg[2] = {__expf(gv[mi][h8][hh].x), __expf(gv[mi][h8][hh].y)};
+              const float kd[2] = {kv[mi][h8][hh].x, kv[mi][h8][hh].y};
+              st_bf16x2(tS + j * SK + d, eg[0] * kd[0], eg[1] * kd[1]);
+              if (j < L) {
+                const float* a2 = &t2[mi][h8][2 * hh];
+                const float keep[2] = {kd_[mi][h8][hh].x, kd_[mi][h8][hh].y};
+                float dk2[2], dg2[2];
+#pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                  const float dkb = bj * eg[u] * a2[u];
+                  dk2[u] = keep[u] + dkb;
+                  dg2[u] = __fmaf_rn(kd[u], dkb, -kd[u] * keep[u]);
+                  db[mi][hh] += a2[u] * eg[u] * kd[u];
+                }
+                const int at = j * gs + d;
+                st2(dk0 + at, dk2[0], dk2[1]);
+                st2(dg0 + at, dg2[0], dg2[1]);
+              }
+            }
+      }
+    }
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        float s = db[mi][hh];
+        s += __shfl_xor_sync(0xffffffffu, s, 1);
+        s += __shfl_xor_sync(0xffffffffu, s, 2);
+        if (tq == 0) red[row_of(mi, 2 * hh) * 4 + warp % 4] = s;
+      }
+  }
+  __syncthreads();
+  if (tid < L) p.dbp[row_at(tid)] = (red[tid * 4] + red[tid * 4 + 1]) + (red[tid * 4 + 2] + red[tid * 4 + 3]);
+  // dA_ij = beta_j (dw_i . Kb_j + dv_new_i . v_j), j < i < L -> tP
+  {
+    float acc[2][2][4];
+    zero_acc(acc);
+    if (!upper) {
+      warp_mma_bf16<2, 1, false, false>(acc, tO, SK, mr, tS, SK, sc, K);
+      warp_mma_bf16<2, 1, false, false>(acc, tY, SK, mr, tS + kChunk * SK, SK, sc, V);
+    }
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int r = 0; r < 4; r += 2) {
+          const int i = row_of(mi, r), j = col64(n);
+          st_bf16x2(tP + i * SC + j, j < i && i < L ? bS[j] * acc[mi][n][r] : 0.0f,
+                    j + 1 < i && i < L ? bS[j + 1] * acc[mi][n][r + 1] : 0.0f);
+        }
+  }
+  __syncthreads();
+  // dA A^T -> tQ (over dw)
+  bf16* tQ = tO;
+  {
+    float acc[2][2][4];
+    zero_acc(acc);
+    warp_mma_bf16<2, 1, false, false>(acc, tP, SC, mr, tA, SC, sc, kChunk);
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int r = 0; r < 4; r += 2) st_bf16x2(tQ + row_of(mi, r) * SC + col64(n), acc[mi][n][r], acc[mi][n][r + 1]);
+  }
+  __syncthreads();
+  // dM = -A^T (dA A^T), strictly lower
+  {
+    float acc[2][2][4];
+    zero_acc(acc);
+    if (!upper) warp_mma_bf16<2, 1, true, true>(acc, tA, SC, mr, tQ, SC, sc, kChunk);
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int r = 0; r < 4; r += 2) {
+          const int i = row_of(mi, r), j = col64(n);
+          if (i < L)
+            st2(p.dM + row_at(i) * kChunk + j, j < i ? -acc[mi][n][r] : 0.0f, j + 1 < i ? -acc[mi][n][r + 1] : 0.0f);
+        }
+  }
+}
+
 // One block per (chunk, value head, 32 key channels), warp w owning sub-chunk w (rows 16w..16w+15).
 // The pairwise-decay terms
 //   dq_i += sum_{j<=i} dAqk_ij k_j exp(G_i - G_j),  R_i = sum_{j<i} dM_ij k_j exp(G_i - G_j)
@@ -1161,6 +1641,11 @@ size_t wy_bwd_smem(int K) {
   return sizeof(float) * ((std::max(K, 2 * kChunk) + 3 * kChunk) * KP + 2 * kChunk * (kChunk + 4) + 2 * K + kChunk +
                           kChunk * (K / 8));
 }
+size_t wy_bwd_bf16_smem(int K) {  // the carve of wy_bwd_bf16_kernel
+  const int SK = K + 8, SC = kChunk + 8;
+  return sizeof(__nv_bfloat16) * ((std::max(K, 2 * kChunk) + 3 * kChunk) * SK + 2 * kChunk * SC) +
+         sizeof(float) * (4 * K + kChunk + 4 * kChunk);
+}
 constexpr size_t kPairSmem = sizeof(float) * (4 * kChunk * kSliceStride + 2 * kChunk * (kChunk + 4) + kChunk);
 
 }  // namespace
@@ -1219,11 +1704,21 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
   timer.mark(roofline::Stage::state_bwd, bv);
   if (p.tokens > 0) {
     const dim3 chunk_grid(static_cast<unsigned>(max_chunks), static_cast<unsigned>(p.HV));
-    const size_t wy_smem = wy_bwd_smem(p.K);
-    auto* wy_kernel = p.K == 128 ? (precise ? wy_bwd_kernel<128, true> : wy_bwd_kernel<128, false>)
-                                 : (precise ? wy_bwd_kernel<64, true> : wy_bwd_kernel<64, false>);
-    set_smem_limit(reinterpret_cast<const void*>(wy_kernel), wy_smem);
-    wy_kernel<<<chunk_grid, kWyThreads, wy_smem, stream>>>(p, do_.data, do_dt, dv.data, dtype_code(dv.dtype, "dv"));
+    const int dv_dt = dtype_code(dv.dtype, "dv");
+    if (precise) {
+      const size_t wy_smem = wy_bwd_smem(p.K);
+      auto* wy_kernel = p.K == 128 ? wy_bwd_kernel<128, true> : wy_bwd_kernel<64, true>;
+      set_smem_limit(reinterpret_cast<const void*>(wy_kernel), wy_smem);
+      wy_kernel<<<chunk_grid, kWyThreads, wy_smem, stream>>>(p, do_.data, do_dt, dv.data, dv_dt);
+    } else {  // two blocks per SM: the largest carveout
+      const size_t wy_smem = wy_bwd_bf16_smem(p.K);
+      auto* wy_kernel = p.K == 128 ? wy_bwd_bf16_kernel<128> : wy_bwd_bf16_kernel<64>;
+      set_smem_limit(reinterpret_cast<const void*>(wy_kernel), wy_smem);
+      SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(wy_kernel),
+                                             cudaFuncAttributePreferredSharedMemoryCarveout,
+                                             cudaSharedmemCarveoutMaxShared));
+      wy_kernel<<<chunk_grid, kWyBf16Threads, wy_smem, stream>>>(p, do_.data, do_dt, dv.data, dv_dt);
+    }
     SEQMIX_CUDA_CHECK(cudaGetLastError());
     timer.mark(roofline::Stage::wy_bwd);
     auto* pair_kernel = precise ? pair_bwd_kernel<true> : pair_bwd_kernel<false>;
