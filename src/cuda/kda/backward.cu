@@ -31,73 +31,29 @@ namespace kda {
 namespace {
 
 // Precision of the backward's tensor-core products, chosen per call from the input dtype. kPrecise
-// (f32 / f64 inputs): 3xTF32 as in warp_gemm, fp32-accurate. Otherwise (bf16 / f16 inputs) one TF32
-// pass with round-to-nearest operands: relative error ~2^-11 per operand, below the 2^-9 of the bf16
-// inputs and outputs themselves (FLA runs these products on bf16 operands), at a third of the MMAs
-// and a third of the conversion work per fragment. The step itself: mma_f32<kPrecise> (common.cuh).
-//
-// One-pass operands can be stored in shared memory already converted (tf32_operand = to_tf32's bits, by the
-// thread that writes them); a product whose A / B operand is stored so (kAReady / kBReady) passes those bits
-// to the MMA unconverted: the MMA sees the same bits as when it converts the fp32 value itself, but the
-// conversion (two instructions on sm_90: to_tf32 adds half a TF32 ulp and leaves the low bits, which the MMA
-// ignores) is done once per element instead of once per fragment load. Converting twice would add the half
-// ulp twice, so a converted buffer must be read with its Ready flag set, and only by products.
-template <bool kPrecise>
-__device__ __forceinline__ float tf32_operand(float x) {
-  if constexpr (kPrecise) {
-    return x;
-  } else {
-    return __uint_as_float(to_tf32(x));
-  }
-}
-
-template <bool kPrecise>
-__device__ __forceinline__ float4 tf32_operand(float4 v) {
-  return make_float4(tf32_operand<kPrecise>(v.x), tf32_operand<kPrecise>(v.y), tf32_operand<kPrecise>(v.z),
-                     tf32_operand<kPrecise>(v.w));
-}
-
-// mma_f32<kPrecise>, skipping the conversion of operands stored by tf32_operand (one-pass only).
-template <bool kPrecise, bool kAReady, bool kBReady>
-__device__ __forceinline__ void mma_step(float c[4], const float a[4], const float b[2]) {
-  if constexpr (kPrecise || (!kAReady && !kBReady)) {
-    mma_f32<kPrecise>(c, a, b);
-  } else {
-    uint32_t ar[4], br[2];
-#pragma unroll
-    for (int r = 0; r < 4; ++r) ar[r] = kAReady ? __float_as_uint(a[r]) : to_tf32(a[r]);
-#pragma unroll
-    for (int r = 0; r < 2; ++r) br[r] = kBReady ? __float_as_uint(b[r]) : to_tf32(b[r]);
-    mma_tf32(c, ar, br);
-  }
-}
+// (f32 / f64 inputs): 3xTF32 as in warp_gemm, fp32-accurate. Otherwise (bf16 / f16 inputs) the state pass runs
+// one TF32 pass with round-to-nearest operands (relative error ~2^-11 per operand, below the 2^-9 of the bf16
+// inputs and outputs themselves) at a third of the MMAs, and the within-chunk pass multiplies bf16 operands
+// (wy_bwd_bf16_kernel), as FLA does in both. The TF32 step itself: mma_f32<kPrecise> (common.cuh).
 
 // count (<= MT) warp tiles stacked in rows, tile m at a + m * a_step, sharing the B fragment of each
 // k step: up to MT independent MMA chains per fragment load (one tile per call is latency-bound).
-// Layout as in warp_gemm; precision as in mma_f32. NB = 2 (one-pass TF32 only; with 3xTF32 the shared
-// split fragments spill): also c2 += A B2 (b2 with b's strides), each A fragment loaded once for both (its
-// conversions are the same instructions on the same values). Every accumulator sees the same MMA sequence as
-// in a call of its own, so the results are the same. kAReady / kBReady: as in mma_step (b2 as b).
-template <int MT, bool kPrecise, int NB = 1, bool kAReady = false, bool kBReady = false>
+// Layout as in warp_gemm; precision as in mma_f32.
+template <int MT, bool kPrecise>
 __device__ __forceinline__ void warp_gemm_rows(float c[MT][4], int count, const float* a, int a_rs, int a_cs,
-                                               int a_step, const float* b, int b_rs, int b_cs, int kdim,
-                                               float c2[MT][4] = nullptr, const float* b2 = nullptr) {
-  static_assert(NB == 1 || (NB == 2 && !kPrecise), "one B operand, or two with one-pass TF32");
+                                               int a_step, const float* b, int b_rs, int b_cs, int kdim) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll 2
   for (int k0 = 0; k0 < kdim; k0 += 8) {
     const int b0 = (k0 + t) * b_rs + g * b_cs, b1 = (k0 + t + 4) * b_rs + g * b_cs;
     const float bf[2] = {b[b0], b[b1]};
-    float bf2[2];
-    if constexpr (NB == 2) bf2[0] = b2[b0], bf2[1] = b2[b1];
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       if (m < count) {
         const float* am = a + m * a_step;
         const float af[4] = {am[g * a_rs + (k0 + t) * a_cs], am[(g + 8) * a_rs + (k0 + t) * a_cs],
                              am[g * a_rs + (k0 + t + 4) * a_cs], am[(g + 8) * a_rs + (k0 + t + 4) * a_cs]};
-        mma_step<kPrecise, kAReady, kBReady>(c[m], af, bf);
-        if constexpr (NB == 2) mma_step<kPrecise, kAReady, kBReady>(c2[m], af, bf2);
+        mma_f32<kPrecise>(c[m], af, bf);
       }
     }
   }
@@ -122,7 +78,7 @@ __device__ __forceinline__ void ldmatrix_x2(uint32_t r[2], const float* ptr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
 }
 
-template <int MT, bool kPrecise, bool kAReady = false, bool kBReady = false>
+template <int MT, bool kPrecise>
 __device__ __forceinline__ void warp_gemm_rows_abt(float c[MT][4], int count, const float* a, int a_rs, int a_step,
                                                    const float* b, int b_rs, int kdim) {
   // Lanes 8q .. 8q + 7 address the rows of matrix q: A's matrices are (rows 0-7, cols k0), (rows 8-15,
@@ -142,7 +98,7 @@ __device__ __forceinline__ void warp_gemm_rows_abt(float c[MT][4], int count, co
         ldmatrix_x4(araw, a_lane + m * a_step + k0);
         const float af[4] = {__uint_as_float(araw[0]), __uint_as_float(araw[1]), __uint_as_float(araw[2]),
                              __uint_as_float(araw[3])};
-        mma_step<kPrecise, kAReady, kBReady>(c[m], af, bf);
+        mma_f32<kPrecise>(c[m], af, bf);
       }
     }
   }
@@ -195,25 +151,6 @@ __device__ __forceinline__ void cp_async_rows(float* dst, int dst_rs, const floa
         cp_async16(dst + i * dst_rs + d, src + i * src_rs + d);
       else
         st4(dst + i * dst_rs + d, zero4());
-    }
-  }
-}
-
-// tf32_operand in place on the entries of a cp_async_rows call with the same NT, kRows, kCols, dst and dst_rs:
-// the same thread map, so each thread rounds only entries it wrote itself, visible to it once its
-// cp_async_wait has returned (other threads read them after the next __syncthreads). No-op for kPrecise.
-template <int NT, int kRows, int kCols, bool kPrecise>
-__device__ __forceinline__ void tf32_round_rows(float* dst, int dst_rs) {
-  if constexpr (!kPrecise) {
-    constexpr int c4 = kCols / 4, kStep = NT / c4;
-    const int i0 = threadIdx.x / c4;
-    dst += i0 * dst_rs + (threadIdx.x % c4) * 4;
-#pragma unroll
-    for (int r = 0; r < kRows; r += kStep) {
-      if (kRows % kStep == 0 || i0 + r < kRows) {
-        float* at = dst + r * dst_rs;
-        st4(at, tf32_operand<false>(*reinterpret_cast<const float4*>(at)));
-      }
     }
   }
 }
@@ -369,7 +306,8 @@ __global__ void __launch_bounds__(state_bwd_threads(BV), 1)
 }
 
 // ---- Within-chunk gradients: two kernels per chunk, FLA's chunk_kda_bwd_wy_dqkg_fused and
-// chunk_kda_bwd_intra split, every product on the tensor cores (precision as in mma_f32).
+// chunk_kda_bwd_intra split, every product on the tensor cores (precision as in mma_f32; wy_bwd on bf16 / f16
+// inputs: bf16 operands, wy_bwd_bf16_kernel).
 
 constexpr int kWyThreads = 512;    // 16 warps: one block per SM (shared memory), so warps hide latency
 constexpr int kPairThreads = 128;  // 4 warps, warp w owns the 16-token sub-chunk w
@@ -384,8 +322,8 @@ static_assert(roofline::kPairSlice == kSlice && roofline::kPairThreads == kPairT
 
 // Rows [0, 64) x kCols of a [tokens, HV, V] input of any dtype (do) into a shared fp32 tile of row stride
 // dst_rs, four consecutive entries per load (load4_f: one 8- / 16-byte load when `aligned`), all of a
-// thread's loads in flight together; rows >= rows_valid zero. Stored through tf32_operand<kPrecise>.
-template <int NT, int kCols, bool kPrecise>
+// thread's loads in flight together; rows >= rows_valid zero.
+template <int NT, int kCols>
 __device__ __forceinline__ void load_rows_dt(float* dst, int dst_rs, const void* src, int dt, bool aligned,
                                              int64_t src_rs, int64_t offset, int rows_valid) {
   constexpr int c4 = kCols / 4, n = kChunk * c4, U = (n + NT - 1) / NT;
@@ -398,7 +336,7 @@ __device__ __forceinline__ void load_rows_dt(float* dst, int dst_rs, const void*
 #pragma unroll
   for (int u = 0; u < U; ++u) {
     const int idx = threadIdx.x + u * NT;
-    if (idx < n) st4(dst + (idx / c4) * dst_rs + (idx % c4) * 4, tf32_operand<kPrecise>(v[u]));
+    if (idx < n) st4(dst + (idx / c4) * dst_rs + (idx % c4) * 4, v[u]);
   }
 }
 
@@ -455,9 +393,7 @@ __device__ __forceinline__ void store_rows_dt(void* dst, int dt, bool aligned, i
 //   sX [64, KP]: do, then dv (staged so that it is stored by whole rows);  sY [64, KP]: v_new, then dv_new;
 //   sO [64, KP]: k * dk_state, then dw, then dA A^T
 //   sA, sP [64, 68]: A, dA;  G_last, sum_e S dS' [K]; beta [64]; dbeta partials [64, K / 8]
-// One-pass TF32 (bf16 / f16 inputs): every tile above that only products read is stored converted
-// (tf32_operand); dS', k * dk_state and v, which are also summed in fp32, stay exact (v's product converts
-// its fragments, the same bits).
+// f32 / f64 inputs only (3xTF32 products, fp32-accurate); bf16 / f16 inputs take wy_bwd_bf16_kernel.
 // Steps: dk_state = exp(G_last - G) (v_new dS'^T), dAqk = scale tril(do v_new^T) (v_new's last reads, so
 // that dv_new's load into sY overlaps the next steps); S, dG_last; dq_state = scale exp(G) (do S^T);
 // dw = -dv_new S^T; A^T dw -> dk, dG, dbeta; A^T dv_new -> dv, dbeta (Kb and v for the next step are stored
@@ -467,7 +403,7 @@ __device__ __forceinline__ void store_rows_dt(void* dst, int dt, bool aligned, i
 // kK = K = V: every stride, tile count and index division of the kernel is a compile-time constant (with a
 // runtime K, the element loops' idx / (V / 4) and the per-element row offsets were integer divisions and
 // 64-bit multiplies, a large part of the kernel's instruction count at one block per SM).
-template <int kK, bool kPrecise>
+template <int kK>
 __global__ void __launch_bounds__(kWyThreads, 1)
     wy_bwd_kernel(KdaDev p, const void* d_out, int d_out_dt, void* dv, int dv_dt) {
   int64_t t0;
@@ -512,12 +448,11 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   static_assert(K <= kWyThreads && kChunk <= kWyThreads, "one G_last / beta entry per thread");
   const float gl_own = tid < K ? p.gc[row_at(L - 1) * K + tid] : 0.0f;
   const float b_own = tid < L ? p.bp[row_at(tid)] : 0.0f;
-  load_rows_dt<kWyThreads, V, kPrecise>(sX, KP, d_out, d_out_dt, reinterpret_cast<uintptr_t>(d_out) % 16 == 0,
+  load_rows_dt<kWyThreads, V>(sX, KP, d_out, d_out_dt, reinterpret_cast<uintptr_t>(d_out) % 16 == 0,
                                         static_cast<int64_t>(p.HV) * V, row_at(0) * V, L);
   if (tid < K) glS[tid] = gl_own;
   if (tid < kChunk) bS[tid] = b_own;
   cp_async_wait<1>();
-  tf32_round_rows<kWyThreads, kChunk, V, kPrecise>(sY, KP);  // v_new: MMA operand only; dS' stays exact
   __syncthreads();
 
   // Warp w owns tiles w + 16 m of every [64, K] product (m < ct / 4: columns kc, rows kr + m * kstep)
@@ -542,7 +477,7 @@ __global__ void __launch_bounds__(kWyThreads, 1)
         gv[m][r] = g2.x, gv[m][r + 1] = g2.y, kv[m][r] = k2.x, kv[m][r + 1] = k2.y;
       }
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows_abt<kWyTilesMax, kPrecise, true, false>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP,
+    warp_gemm_rows_abt<kWyTilesMax, true>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP,
                                                            V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
@@ -564,7 +499,7 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows_abt<2, kPrecise, true, true>(acc, 2, sX + sr * KP, KP, 32 * KP, sY + sc * KP, KP, V);
+    warp_gemm_rows_abt<2, true>(acc, 2, sX + sr * KP, KP, 32 * KP, sY + sc * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
@@ -587,7 +522,7 @@ __global__ void __launch_bounds__(kWyThreads, 1)
       const int idx = tid + u * kWyThreads;
       float* at = sS + (idx / c4) * KP + (idx % c4) * 4;
       const float4 d4 = *reinterpret_cast<const float4*>(at);
-      st4(at, tf32_operand<kPrecise>(s4[u]));  // the sum below takes the exact S
+      st4(at, s4[u]);
       float s = s4[u].x * d4.x + s4[u].y * d4.y + s4[u].z * d4.z + s4[u].w * d4.w;
 #pragma unroll
       for (int o = c4 / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
@@ -618,7 +553,7 @@ __global__ void __launch_bounds__(kWyThreads, 1)
         gv[m][r] = g2.x, gv[m][r + 1] = g2.y;
       }
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows_abt<kWyTilesMax, kPrecise, true, true>(acc, kcount, sX + kr * KP, KP, kstep * KP, sS + kc * KP, KP,
+    warp_gemm_rows_abt<kWyTilesMax, true>(acc, kcount, sX + kr * KP, KP, kstep * KP, sS + kc * KP, KP,
                                                           V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
@@ -643,21 +578,19 @@ __global__ void __launch_bounds__(kWyThreads, 1)
       vv[m][r] = v2.x, vv[m][r + 1] = v2.y;
     }
   cp_async_wait_all();  // A and dv_new
-  tf32_round_rows<kWyThreads, kChunk, kChunk, kPrecise>(sA, AP);
-  tf32_round_rows<kWyThreads, kChunk, V, kPrecise>(sY, KP);
   __syncthreads();
   // dw = -dv_new S^T -> sO
   {
     float acc[kWyTilesMax][4];
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows_abt<kWyTilesMax, kPrecise, true, true>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP,
+    warp_gemm_rows_abt<kWyTilesMax, true>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP,
                                                           V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
       if (m < kcount)
 #pragma unroll
         for (int r = 0; r < 4; ++r)
-          sO[(kr + m * kstep + frag_row(r)) * KP + kc + frag_col(r)] = tf32_operand<kPrecise>(-acc[m][r]);
+          sO[(kr + m * kstep + frag_row(r)) * KP + kc + frag_col(r)] = -acc[m][r];
   }
   __syncthreads();
   // T2 = A^T dw: dk += beta exp(G) T2, dG += k beta exp(G) T2, dbeta += T2 . (exp(G) k);
@@ -687,63 +620,49 @@ __global__ void __launch_bounds__(kWyThreads, 1)
         const float2 k2 = in ? ld2(p.kp + k_at(j, d)) : make_float2(0.0f, 0.0f);
         gv[m][r] = g2.x, gv[m][r + 1] = g2.y, kv[m][r] = k2.x, kv[m][r + 1] = k2.y;
       }
-    // The products by halves of the warp's tiles (each its epilogue before the next): half the T2 / T3
-    // accumulators live at a time, for B fragments loaded twice. Every accumulator sees the same MMAs.
-    constexpr int kPass = kPrecise ? kWyTilesMax : kWyTilesMax / 2;
+    float t2[kWyTilesMax][4], t3[kWyTilesMax][4];
+    zero_tiles<kWyTilesMax>(t2);
+    zero_tiles<kWyTilesMax>(t3);
+    warp_gemm_rows<kWyTilesMax, true>(t2, kcount, sA + kr, 1, AP, kstep, sO + kc, KP, 1, kChunk);
+    warp_gemm_rows<kWyTilesMax, true>(t3, kcount, sA + kr, 1, AP, kstep, sY + kc, KP, 1, kChunk);
 #pragma unroll
-    for (int m0 = 0; m0 < kWyTilesMax; m0 += kPass) {
-      if (m0 >= kcount) break;
-      const int count = kcount - m0 < kPass ? kcount - m0 : kPass;
-      float t2[kPass][4], t3[kPass][4];
-      zero_tiles<kPass>(t2);
-      zero_tiles<kPass>(t3);
-      const float* a = sA + kr + m0 * kstep;
-      if constexpr (kPrecise) {  // 3xTF32: sharing the split A fragments would cost registers (spills)
-        warp_gemm_rows<kPass, kPrecise>(t2, count, a, 1, AP, kstep, sO + kc, KP, 1, kChunk);
-        warp_gemm_rows<kPass, kPrecise>(t3, count, a, 1, AP, kstep, sY + kc, KP, 1, kChunk);
-      } else {
-        warp_gemm_rows<kPass, kPrecise, 2, true, true>(t2, count, a, 1, AP, kstep, sO + kc, KP, 1, kChunk, t3, sY + kc);
+    for (int m = 0; m < kWyTilesMax; ++m) {
+      if (m >= kcount) break;
+      const int r0 = kr + m * kstep;
+      float db[2] = {0.0f, 0.0f};
+#pragma unroll
+      for (int r = 0; r < 4; r += 2) {
+        const int j = r0 + frag_row(r), d = kc + frag_col(r);
+        const float bj = bS[j];  // once: the shared stores below could alias bS for the compiler
+        float eg[2];
+#pragma unroll
+        for (int u = 0; u < 2; ++u) eg[u] = __expf(gv[m][r + u]);
+        st2(sS + j * KP + d, eg[0] * kv[m][r], eg[1] * kv[m][r + 1]);
+        st2(sX + j * KP + d, bj * t3[m][r], bj * t3[m][r + 1]);
+        if (j < L) {
+          const int64_t at = row_at(j) * K + d;
+          const float2 v2 = ld2(sS + (kChunk + j) * KP + d);
+          const float vj[2] = {v2.x, v2.y};
+          float dk2[2], dg2[2];
+#pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const float dkb = bj * eg[u] * t2[m][r + u], kd = kv[m][r + u];
+            dk2[u] = dk_keep[m][r + u] + dkb;
+            dg2[u] = __fmaf_rn(kd, dkb, -kd * dk_keep[m][r + u]);
+            db[r / 2] += t2[m][r + u] * eg[u] * kd + t3[m][r + u] * vj[u];
+          }
+          st2(p.dk_hv + at, dk2[0], dk2[1]);
+          st2(p.dgc + at, dg2[0], dg2[1]);
+        }
       }
 #pragma unroll
-      for (int mm = 0; mm < kPass; ++mm) {
-        const int m = m0 + mm;
-        if (m >= kcount) break;
-        const int r0 = kr + m * kstep;
-        float db[2] = {0.0f, 0.0f};
-#pragma unroll
-        for (int r = 0; r < 4; r += 2) {
-          const int j = r0 + frag_row(r), d = kc + frag_col(r);
-          const float bj = bS[j];  // once: the shared stores below could alias bS for the compiler
-          float eg[2];
-#pragma unroll
-          for (int u = 0; u < 2; ++u) eg[u] = __expf(gv[m][r + u]);
-          st2(sS + j * KP + d, tf32_operand<kPrecise>(eg[0] * kv[m][r]), tf32_operand<kPrecise>(eg[1] * kv[m][r + 1]));
-          st2(sX + j * KP + d, bj * t3[mm][r], bj * t3[mm][r + 1]);
-          if (j < L) {
-            const int64_t at = row_at(j) * K + d;
-            const float2 v2 = ld2(sS + (kChunk + j) * KP + d);
-            const float vj[2] = {v2.x, v2.y};
-            float dk2[2], dg2[2];
-#pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              const float dkb = bj * eg[u] * t2[mm][r + u], kd = kv[m][r + u];
-              dk2[u] = dk_keep[m][r + u] + dkb;
-              dg2[u] = __fmaf_rn(kd, dkb, -kd * dk_keep[m][r + u]);
-              db[r / 2] += t2[mm][r + u] * eg[u] * kd + t3[mm][r + u] * vj[u];
-            }
-            st2(p.dk_hv + at, dk2[0], dk2[1]);
-            st2(p.dgc + at, dg2[0], dg2[1]);
-          }
-        }
-#pragma unroll
-        for (int q = 0; q < 2; ++q) {
-          db[q] += __shfl_xor_sync(0xffffffffu, db[q], 1);
-          db[q] += __shfl_xor_sync(0xffffffffu, db[q], 2);
-        }
-        if ((lane & 3) == 0) {
-          red[(r0 + lane / 4) * ct + kc / 8] = db[0];
-          red[(r0 + lane / 4 + 8) * ct + kc / 8] = db[1];
-        }
+      for (int q = 0; q < 2; ++q) {
+        db[q] += __shfl_xor_sync(0xffffffffu, db[q], 1);
+        db[q] += __shfl_xor_sync(0xffffffffu, db[q], 2);
+      }
+      if ((lane & 3) == 0) {
+        red[(r0 + lane / 4) * ct + kc / 8] = db[0];
+        red[(r0 + lane / 4 + 8) * ct + kc / 8] = db[1];
       }
     }
   }
@@ -759,14 +678,14 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows_abt<2, kPrecise, true, true>(acc, 2, sO + sr * KP, KP, 32 * KP, sS + sc * KP, KP, K);
-    warp_gemm_rows_abt<2, kPrecise, true, false>(acc, 2, sY + sr * KP, KP, 32 * KP, sS + (kChunk + sc) * KP, KP, V);
+    warp_gemm_rows_abt<2, true>(acc, 2, sO + sr * KP, KP, 32 * KP, sS + sc * KP, KP, K);
+    warp_gemm_rows_abt<2, true>(acc, 2, sY + sr * KP, KP, 32 * KP, sS + (kChunk + sc) * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const int i = sr + 32 * m + frag_row(r), j = sc + frag_col(r);
-        sP[i * AP + j] = tf32_operand<kPrecise>(j < i && i < L ? bS[j] * acc[m][r] : 0.0f);
+        sP[i * AP + j] = j < i && i < L ? bS[j] * acc[m][r] : 0.0f;
       }
   }
   __syncthreads();
@@ -775,19 +694,19 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows_abt<2, kPrecise, true, true>(acc, 2, sP + sr * AP, AP, 32 * AP, sA + sc * AP, AP, kChunk);
+    warp_gemm_rows_abt<2, true>(acc, 2, sP + sr * AP, AP, 32 * AP, sA + sc * AP, AP, kChunk);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
       for (int r = 0; r < 4; ++r)
-        sQ[(sr + 32 * m + frag_row(r)) * AP + sc + frag_col(r)] = tf32_operand<kPrecise>(acc[m][r]);
+        sQ[(sr + 32 * m + frag_row(r)) * AP + sc + frag_col(r)] = acc[m][r];
   }
   __syncthreads();
   // dM = -A^T (dA A^T), strictly lower
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows<2, kPrecise, 1, true, true>(acc, 2, sA + sr, 1, AP, 32, sQ + sc, AP, 1, kChunk);
+    warp_gemm_rows<2, true>(acc, 2, sA + sr, 1, AP, 32, sQ + sc, AP, 1, kChunk);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
@@ -802,10 +721,10 @@ __global__ void __launch_bounds__(kWyThreads, 1)
 // mma.sync m16n8k16 on bf16 shared tiles (mma_bf16.cuh), fp32 accumulation.
 // Operands: do and v as given (f16 rounded to bf16), and the fp32 scratch rounded to bf16 on the way into shared
 // memory: dS', S, v_new, dv_new, A; dw = -dv_new S^T, Kb = exp(G) k, dA and dA A^T from fp32 accumulators. These
-// are FLA's operands too (chunk_kda_bwd_wy_dqkg_fused: v_new, do, h, dh, dv, A, dw, kg as bf16; its intra kernel
-// takes dA in bf16). Everything else stays fp32: the accumulators, the gate factors exp(G_last - G), exp(G) and
-// beta applied to them, dk_state kept in registers, and the sums sum_e S dS' (both fp32 from global memory),
-// sum_i k dk_state, dbeta (fp32 T2, T3 against fp32 exp(G) k and v).
+// are FLA's operands too (chunk_kda_bwd_wy_dqkg_fused: v_new, do, h, dh, dv, A, dw, kg as bf16, and dA, dA A
+// in A's dtype for dM). Everything else stays fp32: the accumulators, the gate factors exp(G_last - G), exp(G) and
+// beta applied to them, dk_state (kept in dk_hv between its steps), and the sums sum_e S dS' (both fp32 from
+// global memory), sum_i k dk_state, dbeta (fp32 T2, T3 against fp32 exp(G) k and v).
 // bf16 tiles halve the shared memory of the fp32 ones (108.8 KB at K = 128), so two blocks of 8 warps share an SM:
 // one block's global round trips (its tiles go through registers to be converted, no cp.async) overlap the
 // other's products.
@@ -900,9 +819,9 @@ __device__ __forceinline__ void store2_f(void* base, int dt, bool aligned, int64
 
 // One block per (chunk, value head), 8 warps, two blocks per SM. Every product's output [64, K] (or [64, 64]
 // with K = 64's map) is tiled 32 x K / 4 per warp: warp w owns rows 32 (w / 4) .., columns (K / 4) (w % 4) ..,
-// the same entries in every [64, K] step, so dk_state stays in its thread's registers from the first step to the
-// A^T dw step. [64, 64] products use the 32 x 16 map, skipping the warps whose tile lies above the diagonal
-// where the result is strictly / inclusively lower (their outputs are zeros).
+// the same entries in every [64, K] step, so the thread that stores dk_state to dk_hv in the first step reads it
+// back in the A^T dw step (no barrier, no other thread). [64, 64] products use the 32 x 16 map, skipping the warps
+// whose tile lies above the diagonal where the result is strictly / inclusively lower (their outputs are zeros).
 // Shared (bf16, row strides SK = K + 8, SC = 72: 16 bytes mod 128, conflict-free ldmatrix):
 //   tS [max(K, 128), SK]: dS', then S, then Kb = exp(G) k (rows 0..63) and v (rows 64..127)
 //   tX [64, SK]: do;  tY [64, SK]: v_new, then dv_new;  tO [64, SK]: dw, then dA A^T (stride SC)
@@ -917,7 +836,7 @@ __global__ void __launch_bounds__(kWyBf16Threads, 2)
   int L;
   if (!locate_chunk(p, blockIdx.x, t0, L)) return;
   using bf16 = __nv_bfloat16;
-  constexpr int NT = kWyBf16Threads, K = kK, V = kK, SK = K + 8, SC = kChunk + 8, NJ = K / 64, NN = 2 * NJ;
+  constexpr int NT = kWyBf16Threads, K = kK, V = kK, SK = K + 8, SC = kChunk + 8, NJ = K / 64;
   constexpr int kSRows = K > 2 * kChunk ? K : 2 * kChunk;
   static_assert(NT == 256 && K % 64 == 0 && K <= NT, "8 warps of 32 x K / 4; one G_last entry per thread");
   const int hv = blockIdx.y, h = hv / p.G, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -1677,7 +1596,7 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
   const int dht_dt = dht ? dtype_code(dht->dtype, "dht") : 0;
   void* dh0_ptr = dh0 ? dh0->data : nullptr;
   const int dh0_dt = dh0 ? dtype_code(dh0->dtype, "dh0") : 0;
-  // bf16 / f16 inputs: one-pass TF32 products (see mma_f32); f32 / f64: 3xTF32.
+  // bf16 / f16 inputs: one-pass TF32 products in state_bwd (see mma_f32), bf16 ones in wy_bwd; f32 / f64: 3xTF32.
   const bool precise = p.in_dt == kF32 || p.in_dt == kF64;
   auto launch_state = [&](auto kernel) {
     set_smem_limit(reinterpret_cast<const void*>(kernel), state_smem);
@@ -1707,7 +1626,7 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
     const int dv_dt = dtype_code(dv.dtype, "dv");
     if (precise) {
       const size_t wy_smem = wy_bwd_smem(p.K);
-      auto* wy_kernel = p.K == 128 ? wy_bwd_kernel<128, true> : wy_bwd_kernel<64, true>;
+      auto* wy_kernel = p.K == 128 ? wy_bwd_kernel<128> : wy_bwd_kernel<64>;
       set_smem_limit(reinterpret_cast<const void*>(wy_kernel), wy_smem);
       wy_kernel<<<chunk_grid, kWyThreads, wy_smem, stream>>>(p, do_.data, do_dt, dv.data, dv_dt);
     } else {  // two blocks per SM: the largest carveout
