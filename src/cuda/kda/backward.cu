@@ -31,10 +31,11 @@ namespace kda {
 namespace {
 
 // Precision of the backward's tensor-core products, chosen per call from the input dtype. kPrecise
-// (f32 / f64 inputs): 3xTF32 as in warp_gemm, fp32-accurate. Otherwise (bf16 / f16 inputs) the state pass runs
-// one TF32 pass with round-to-nearest operands (relative error ~2^-11 per operand, below the 2^-9 of the bf16
-// inputs and outputs themselves) at a third of the MMAs, and the within-chunk pass multiplies bf16 operands
-// (wy_bwd_bf16_kernel), as FLA does in both. The TF32 step itself: mma_f32<kPrecise> (common.cuh).
+// (f32 / f64 inputs): 3xTF32 as in warp_gemm, fp32-accurate. Otherwise (bf16 / f16 inputs) the state and
+// within-chunk passes multiply bf16 operands (state_bwd_bf16_kernel, wy_bwd_bf16_kernel), as FLA does, and
+// pair_bwd runs one TF32 pass with round-to-nearest operands (relative error ~2^-11 per operand, below the 2^-9 of
+// the bf16 inputs and outputs themselves) at a third of the MMAs. The TF32 step itself: mma_f32<kPrecise>
+// (common.cuh).
 
 // count (<= MT) warp tiles stacked in rows, tile m at a + m * a_step, sharing the B fragment of each
 // k step: up to MT independent MMA chains per fragment load (one tile per call is latency-bound).
@@ -303,6 +304,220 @@ __global__ void __launch_bounds__(state_bwd_threads(BV), 1)
       const int d = idx / BV, e = idx % BV;
       store_f(dh0, dh0_dt, state_index(p, n, hv, d, e0 + e), dhS[d * SP + e]);
     }
+}
+
+// ---- state_bwd on bf16 operands (16-bit inputs)
+// The TF32 kernel above spends its chunk step on fragment traffic: 6 scalar shared loads and conversions per
+// 16 x 8 x 8 step (ncu at B4 T4096 H16: 0.95 ms, DRAM 26 %). Here every product operand is a bf16 shared tile
+// read by ldmatrix into m16n8k16 MMAs (mma_bf16.cuh), as FLA's dhu kernel multiplies bf16 dots, and the fp32
+// master of dS lives in the accumulators of the warp that owns its tiles (written to dhs from there), so
+// shared memory holds only its bf16 copy for the Kl dS' product.
+// Threads: (K / 16) (BV / 8) / 2 warps up to 16, so that every warp owns an even number NTW of 8-column tiles of
+// dS (whole x4 B fragments) in one 16-row block; the 64 x BV product dv_new is split into NTV column tiles per
+// warp the same way (NTV = 1 for K 128 with BV <= 32: one x2 B fragment).
+__host__ __device__ constexpr int state_bwd_bf16_warps(int K, int BV) {
+  return (K / 16) * (BV / 8) / 2 < 16 ? (K / 16) * (BV / 8) / 2 : 16;
+}
+
+// Shared (bytes; K + 8, 72 and BV + 8 bf16 rows are 16 mod 128 bytes apart: ldmatrix rows on distinct banks):
+//   fp32 staging by cp.async, one chunk ahead: G, k, q [64, K + 4], Aqk [64, 68];
+//   bf16 operands of the chunk in flight: Kl, Qg, w [64, K + 8], Aqk [64, 72], do, -dv_new [64, BV + 8],
+//   dS' [K, BV + 8]; G_last [K] fp32.
+// w and do of the next chunk travel in registers (issued after the formation barrier, stored as bf16 by the
+// next formation): staging them in shared memory too would not fit beside the rest at K = 128, BV = 64.
+template <int kK, int BV>
+constexpr size_t state_bwd_bf16_smem_bytes() {
+  return 4 * (3 * kChunk * (kK + 4) + kChunk * (kChunk + 4) + kK) +
+         2 * (3 * kChunk * (kK + 8) + kChunk * (kChunk + 8) + 2 * kChunk * (BV + 8) + kK * (BV + 8));
+}
+
+// Per chunk (reverse): (1) wait for the staged G, k, q, Aqk; barrier. (2) formation: Kl = exp(G_last - G) k,
+// Qg = scale exp(G) q, Aqk, w (registers) and do (registers) into their bf16 tiles; dS' (registers) to dhs and
+// to its bf16 tile; barrier. (3) the next chunk's loads are issued (cp.async staging; w, do into registers).
+// (4) dv_new = Aqk^T do + Kl dS' (warp tiles over 64 x BV; Aqk^T skips the k blocks above its diagonal) -> dvn
+// (fp32) and -dv_new (bf16 tile); dS = exp(G_last) dS' + Qg^T do; barrier. (5) dS += w^T (-dv_new).
+// Rows >= L of every tile are zero (cp.async zero fill, zero registers), so dv_new rows >= L are zero too.
+template <int kK, int BV>
+__global__ void __launch_bounds__(32 * state_bwd_bf16_warps(kK, BV), 1)
+    state_bwd_bf16_kernel(KdaDev p, const void* d_out, int d_out_dt, const void* dht, int dht_dt, void* dh0,
+                          int dh0_dt) {
+  constexpr int K = kK, kWarps = state_bwd_bf16_warps(kK, BV), kNT = 32 * kWarps;
+  constexpr int KP = K + 4, AF = kChunk + 4, KT = K + 8, AT = kChunk + 8, SP = BV + 8;
+  constexpr int kMB = K / 16;                         // 16-row blocks of dS
+  constexpr int NTW = kMB * (BV / 8) / kWarps;        // 8-column tiles of dS per warp
+  constexpr int NTV = 4 * (BV / 8) / kWarps;          // 8-column tiles of dv_new per warp
+  static_assert(NTW >= 2 && NTW % 2 == 0 && NTV >= 1 && NTV <= 2 && kWarps % kMB == 0 && kWarps % 4 == 0,
+                "warp tiling of the bf16 state_bwd products");
+  const int n = blockIdx.x, hv = blockIdx.y, e0 = blockIdx.z * BV, h = hv / p.G;
+  const int tid = threadIdx.x, warp = tid / 32;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  float* gS = reinterpret_cast<float*>(smem_raw);
+  float* kS = gS + kChunk * KP;
+  float* qS = kS + kChunk * KP;
+  float* aqF = qS + kChunk * KP;
+  float* glS = aqF + kChunk * AF;
+  __nv_bfloat16* klB = reinterpret_cast<__nv_bfloat16*>(glS + K);
+  __nv_bfloat16* qgB = klB + kChunk * KT;
+  __nv_bfloat16* wB = qgB + kChunk * KT;
+  __nv_bfloat16* aqB = wB + kChunk * KT;
+  __nv_bfloat16* doB = aqB + kChunk * AT;
+  __nv_bfloat16* dvB = doB + kChunk * SP;  // -dv_new
+  __nv_bfloat16* dsB = dvB + kChunk * SP;
+
+  // This warp's dS tiles: rows 16 sm .. + 16, columns sc .. sc + 8 NTW; its dv_new tiles: rows 16 vm, columns vc.
+  const int sm = warp % kMB, sc = (warp / kMB) * NTW * 8;
+  const int vm = warp % 4, vc = (warp / 4) * NTV * 8;
+  float ds[NTW][4];
+#pragma unroll
+  for (int j = 0; j < NTW; ++j)
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+      ds[j][r] = dht ? load_f(dht, dht_dt, state_index(p, n, hv, 16 * sm + frag_row(r), e0 + sc + 8 * j + frag_col(r)))
+                     : 0.0f;
+
+  const int64_t c_begin = p.chunk_offsets[n], c_last = p.chunk_offsets[n + 1] - 1;
+  const int64_t rs_k = static_cast<int64_t>(p.HV) * K, rs_q = static_cast<int64_t>(p.H) * K;
+  const int64_t rs_a = static_cast<int64_t>(p.HV) * kChunk, rs_v = static_cast<int64_t>(p.HV) * p.V;
+  const bool do_aligned = reinterpret_cast<uintptr_t>(d_out) % 16 == 0;
+  constexpr int kW4 = kChunk * (K / 4) / kNT, kD4 = (kChunk * (BV / 4) + kNT - 1) / kNT;
+  static_assert(kChunk * (K / 4) % kNT == 0, "every thread carries the same number of w quads");
+  float4 w_next[kW4], do_next[kD4];
+  auto chunk_rows = [&](int64_t c, int64_t& t0) {
+    t0 = p.seq_offsets[n] + (c - c_begin) * kChunk;
+    const int64_t left = p.seq_offsets[n + 1] - t0;
+    return static_cast<int>(left < kChunk ? left : kChunk);
+  };
+  auto issue = [&](int64_t c) {  // chunk c's G, k, q, Aqk by cp.async; w, do into registers
+    int64_t t0;
+    const int L = chunk_rows(c, t0);
+    cp_async_rows<kNT, kChunk, K>(gS, KP, p.gc + (t0 * p.HV + hv) * K, rs_k, L);
+    cp_async_rows<kNT, kChunk, K>(kS, KP, p.kp + (t0 * p.H + h) * K, rs_q, L);
+    cp_async_rows<kNT, kChunk, K>(qS, KP, p.qp + (t0 * p.H + h) * K, rs_q, L);
+    cp_async_rows<kNT, kChunk, kChunk>(aqF, AF, p.Aqk + (t0 * p.HV + hv) * kChunk, rs_a, L);
+    cp_async_commit();
+#pragma unroll
+    for (int u = 0; u < kW4; ++u) {
+      const int idx = tid + u * kNT, i = idx / (K / 4), d = (idx % (K / 4)) * 4;
+      w_next[u] = i < L ? __ldg(reinterpret_cast<const float4*>(p.w + (t0 + i) * rs_k + hv * K + d)) : zero4();
+    }
+#pragma unroll
+    for (int u = 0; u < kD4; ++u) {
+      const int idx = tid + u * kNT, i = idx / (BV / 4), e = (idx % (BV / 4)) * 4;
+      do_next[u] = idx < kChunk * (BV / 4) && i < L
+                       ? load4_f(do_aligned, d_out, d_out_dt, (t0 + i) * rs_v + hv * p.V + e0 + e)
+                       : zero4();
+    }
+  };
+  if (c_last >= c_begin) issue(c_last);
+  for (int64_t c = c_last; c >= c_begin; --c) {
+    int64_t t0;
+    const int L = chunk_rows(c, t0);
+    // dS' of this chunk: to dhs (fp32) and to its bf16 tile (the previous step's readers passed its barrier)
+#pragma unroll
+    for (int j = 0; j < NTW; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; r += 2) {
+        const int d = 16 * sm + frag_row(r), e = sc + 8 * j + frag_col(r);
+        st2(p.dhs + ((c * p.HV + hv) * K + d) * p.V + e0 + e, ds[j][r], ds[j][r + 1]);
+        st_bf16x2(dsB + d * SP + e, ds[j][r], ds[j][r + 1]);
+      }
+    cp_async_wait_all();
+    __syncthreads();
+    {  // formation
+      const float* gl = gS + (L - 1) * KP;
+      const float s = p.scale;
+      for (int idx = tid; idx < kChunk * (K / 4); idx += kNT) {
+        const int i = idx / (K / 4), d = (idx % (K / 4)) * 4, at = i * KP + d;
+        const float4 g = *reinterpret_cast<const float4*>(gS + at), l = *reinterpret_cast<const float4*>(gl + d);
+        const float4 k = *reinterpret_cast<const float4*>(kS + at), q = *reinterpret_cast<const float4*>(qS + at);
+        st_bf16x4(klB + i * KT + d, make_float4(__expf(l.x - g.x) * k.x, __expf(l.y - g.y) * k.y,
+                                                __expf(l.z - g.z) * k.z, __expf(l.w - g.w) * k.w));
+        st_bf16x4(qgB + i * KT + d, make_float4(s * __expf(g.x) * q.x, s * __expf(g.y) * q.y, s * __expf(g.z) * q.z,
+                                                s * __expf(g.w) * q.w));
+      }
+      for (int idx = tid; idx < kChunk * (kChunk / 4); idx += kNT) {
+        const int i = idx / (kChunk / 4), j = (idx % (kChunk / 4)) * 4;
+        st_bf16x4(aqB + i * AT + j, *reinterpret_cast<const float4*>(aqF + i * AF + j));
+      }
+#pragma unroll
+      for (int u = 0; u < kW4; ++u) {
+        const int idx = tid + u * kNT;
+        st_bf16x4(wB + (idx / (K / 4)) * KT + (idx % (K / 4)) * 4, w_next[u]);
+      }
+#pragma unroll
+      for (int u = 0; u < kD4; ++u) {
+        const int idx = tid + u * kNT;
+        if (idx < kChunk * (BV / 4)) st_bf16x4(doB + (idx / (BV / 4)) * SP + (idx % (BV / 4)) * 4, do_next[u]);
+      }
+      for (int d = tid; d < K; d += kNT) glS[d] = gl[d];
+    }
+    __syncthreads();
+    if (c > c_begin) issue(c - 1);
+    {  // dv_new = Aqk^T do + Kl dS'   (rows 16 vm .., columns vc ..)
+      float acc[NTV][4];
+#pragma unroll
+      for (int j = 0; j < NTV; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+      uint32_t a[4], b[4];
+      for (int kb = vm; kb < 4; ++kb) {  // Aqk[i][j] = 0 for i < j: token blocks below vm add nothing
+        a_frag_t(a, aqB, AT, 16 * vm, 16 * kb);
+        b_frag_kn(b, doB, SP, 16 * kb, vc);
+        mma_bf16(acc[0], a, b[0], b[1]);
+        if constexpr (NTV == 2) mma_bf16(acc[1], a, b[2], b[3]);
+      }
+#pragma unroll
+      for (int kb = 0; kb < kMB; ++kb) {
+        a_frag(a, klB, KT, 16 * vm, 16 * kb);
+        b_frag_kn(b, dsB, SP, 16 * kb, vc);
+        mma_bf16(acc[0], a, b[0], b[1]);
+        if constexpr (NTV == 2) mma_bf16(acc[1], a, b[2], b[3]);
+      }
+#pragma unroll
+      for (int j = 0; j < NTV; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; r += 2) {
+          const int i = 16 * vm + frag_row(r), e = vc + 8 * j + frag_col(r);
+          st_bf16x2(dvB + i * SP + e, -acc[j][r], -acc[j][r + 1]);
+          if (i < L) st2(p.dvn + (t0 + i) * rs_v + hv * p.V + e0 + e, acc[j][r], acc[j][r + 1]);
+        }
+    }
+    {  // dS = exp(G_last) dS' + Qg^T do
+#pragma unroll
+      for (int j = 0; j < NTW; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) ds[j][r] *= __expf(glS[16 * sm + frag_row(r)]);
+      uint32_t a[4], b[4];
+#pragma unroll
+      for (int kb = 0; kb < 4; ++kb) {
+        a_frag_t(a, qgB, KT, 16 * sm, 16 * kb);
+#pragma unroll
+        for (int j = 0; j < NTW; j += 2) {
+          b_frag_kn(b, doB, SP, 16 * kb, sc + 8 * j);
+          mma_bf16(ds[j], a, b[0], b[1]);
+          mma_bf16(ds[j + 1], a, b[2], b[3]);
+        }
+      }
+    }
+    __syncthreads();
+    {  // dS += w^T (-dv_new)
+      uint32_t a[4], b[4];
+#pragma unroll
+      for (int kb = 0; kb < 4; ++kb) {
+        a_frag_t(a, wB, KT, 16 * sm, 16 * kb);
+#pragma unroll
+        for (int j = 0; j < NTW; j += 2) {
+          b_frag_kn(b, dvB, SP, 16 * kb, sc + 8 * j);
+          mma_bf16(ds[j], a, b[0], b[1]);
+          mma_bf16(ds[j + 1], a, b[2], b[3]);
+        }
+      }
+    }
+  }
+  if (dh0)
+#pragma unroll
+    for (int j = 0; j < NTW; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+        store_f(dh0, dh0_dt, state_index(p, n, hv, 16 * sm + frag_row(r), e0 + sc + 8 * j + frag_col(r)), ds[j][r]);
 }
 
 // ---- Within-chunk gradients: two kernels per chunk, FLA's chunk_kda_bwd_wy_dqkg_fused and
@@ -1596,21 +1811,36 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
   const int dht_dt = dht ? dtype_code(dht->dtype, "dht") : 0;
   void* dh0_ptr = dh0 ? dh0->data : nullptr;
   const int dh0_dt = dh0 ? dtype_code(dh0->dtype, "dh0") : 0;
-  // bf16 / f16 inputs: one-pass TF32 products in state_bwd (see mma_f32), bf16 ones in wy_bwd; f32 / f64: 3xTF32.
+  // bf16 / f16 inputs: bf16 operands in the state pass (state_bwd_bf16_kernel) and in wy_bwd (wy_bwd_bf16_kernel),
+  // one-pass TF32 products in pair_bwd (see mma_f32); f32 / f64: 3xTF32 everywhere.
   const bool precise = p.in_dt == kF32 || p.in_dt == kF64;
   auto launch_state = [&](auto kernel) {
     set_smem_limit(reinterpret_cast<const void*>(kernel), state_smem);
     kernel<<<state_grid, state_bwd_threads(bv), state_smem, stream>>>(p, do_.data, do_dt, dht_ptr, dht_dt, dh0_ptr,
                                                                       dh0_dt);
   };
+  auto launch_state_bf16 = [&](auto kernel, size_t smem, int threads) {
+    set_smem_limit(reinterpret_cast<const void*>(kernel), smem);
+    kernel<<<state_grid, threads, smem, stream>>>(p, do_.data, do_dt, dht_ptr, dht_dt, dh0_ptr, dh0_dt);
+  };
   auto launch_state_k = [&](auto k) {
     constexpr int kK = decltype(k)::value;
-    if (bv == 16)
-      launch_state(precise ? state_bwd_kernel<kK, 16, true> : state_bwd_kernel<kK, 16, false>);
+    if (!precise) {  // bf16 operands (16-bit inputs)
+      if (bv == 16)
+        launch_state_bf16(state_bwd_bf16_kernel<kK, 16>, state_bwd_bf16_smem_bytes<kK, 16>(),
+                          32 * state_bwd_bf16_warps(kK, 16));
+      else if (bv == 32)
+        launch_state_bf16(state_bwd_bf16_kernel<kK, 32>, state_bwd_bf16_smem_bytes<kK, 32>(),
+                          32 * state_bwd_bf16_warps(kK, 32));
+      else
+        launch_state_bf16(state_bwd_bf16_kernel<kK, 64>, state_bwd_bf16_smem_bytes<kK, 64>(),
+                          32 * state_bwd_bf16_warps(kK, 64));
+    } else if (bv == 16)
+      launch_state(state_bwd_kernel<kK, 16, true>);
     else if (bv == 32)
-      launch_state(precise ? state_bwd_kernel<kK, 32, true> : state_bwd_kernel<kK, 32, false>);
+      launch_state(state_bwd_kernel<kK, 32, true>);
     else
-      launch_state(precise ? state_bwd_kernel<kK, 64, true> : state_bwd_kernel<kK, 64, false>);
+      launch_state(state_bwd_kernel<kK, 64, true>);
   };
   if (p.N == 0) {
     // no sequence: nothing to differentiate (dA_log / ddt_bias below become zero)

@@ -162,7 +162,8 @@ inline Cost output_fwd_cost(const Shape& s) {
   detail::add_mma(c, s, C * HV * tiles * (kChunk * kOutCols * K + 2560.0 * kOutCols));
   return c;
 }
-// state_bwd_kernel: one block per (sequence, value head, value_tile columns); chunks in reverse.
+// state_bwd_kernel (f32 / f64 inputs) or state_bwd_bf16_kernel (bf16 / f16 inputs; the same loads and stores):
+// one block per (sequence, value head, value_tile columns); chunks in reverse.
 inline Cost state_bwd_cost(const Shape& s, int value_tile) {
   const double T = s.tokens, C = s.chunks, N = s.N, H = s.H, HV = s.HV, K = s.K, V = s.V;
   const double tiles = V / value_tile;
@@ -174,9 +175,10 @@ inline Cost state_bwd_cost(const Shape& s, int value_tile) {
   Cost c;
   c.bytes = per_tile * tiles + other;
   c.unique_bytes = per_tile_unique + other;
-  // per chunk: Qg^T do (K x V x 64), Aqk^T do (64 x V x 64, not skipping the upper triangle),
-  // Kl dS' (64 x V x K), w^T dv_new (K x V x 64)
-  detail::add_mma(c, s, C * HV * V * (3.0 * kChunk * K + kChunk * kChunk));
+  // per chunk: Qg^T do (K x V x 64), Aqk^T do (64 x V x 64: all 16 16 x 16 blocks of Aqk in the TF32 kernel,
+  // the 10 on or below the diagonal in the bf16 one), Kl dS' (64 x V x K), w^T dv_new (K x V x 64)
+  const double aqk_blocks = s.precise ? 16.0 : 10.0;
+  detail::add_mma(c, s, C * HV * V * (3.0 * kChunk * K + kChunk * kChunk * aqk_blocks / 16));
   return c;
 }
 
