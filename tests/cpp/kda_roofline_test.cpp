@@ -86,12 +86,12 @@ int64_t wy_bwd_bf16_steps(int K, int V) {
   int64_t mmas = 0;
   for (int warp = 0; warp < 8; ++warp) {
     const bool upper = (warp % 4) * 16 >= (warp / 4) * 32 + 32;  // 32 x 16 tile above the diagonal: skipped
-    mmas += 3 * (K / 64) * (V / 16) * 4;                          // dk_state, dq_state, dw
-    mmas += upper ? 0 : (V / 16) * 4;                             // dAqk
-    mmas += 2 * (K / 64) * 4 * 4;                                 // A^T dv_new, A^T dw (kdim 64)
-    mmas += upper ? 0 : (K / 16 + V / 16) * 4;                    // dA
-    mmas += 4 * 4;                                                // dA A^T
-    mmas += upper ? 0 : 4 * 4;                                    // A^T (dA A^T)
+    mmas += 3 * (K / 64) * (V / 16) * 4;                         // dk_state, dq_state, dw
+    mmas += upper ? 0 : (V / 16) * 4;                            // dAqk
+    mmas += 2 * (K / 64) * 4 * 4;                                // A^T dv_new, A^T dw (kdim 64)
+    mmas += upper ? 0 : (K / 16 + V / 16) * 4;                   // dA
+    mmas += 4 * 4;                                               // dA A^T
+    mmas += upper ? 0 : 4 * 4;                                   // A^T (dA A^T)
   }
   return 2 * mmas;
 }

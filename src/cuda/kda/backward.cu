@@ -664,7 +664,7 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   const float gl_own = tid < K ? p.gc[row_at(L - 1) * K + tid] : 0.0f;
   const float b_own = tid < L ? p.bp[row_at(tid)] : 0.0f;
   load_rows_dt<kWyThreads, V>(sX, KP, d_out, d_out_dt, reinterpret_cast<uintptr_t>(d_out) % 16 == 0,
-                                        static_cast<int64_t>(p.HV) * V, row_at(0) * V, L);
+                              static_cast<int64_t>(p.HV) * V, row_at(0) * V, L);
   if (tid < K) glS[tid] = gl_own;
   if (tid < kChunk) bS[tid] = b_own;
   cp_async_wait<1>();
@@ -692,8 +692,7 @@ __global__ void __launch_bounds__(kWyThreads, 1)
         gv[m][r] = g2.x, gv[m][r + 1] = g2.y, kv[m][r] = k2.x, kv[m][r + 1] = k2.y;
       }
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows_abt<kWyTilesMax, true>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP,
-                                                           V);
+    warp_gemm_rows_abt<kWyTilesMax, true>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
@@ -768,8 +767,7 @@ __global__ void __launch_bounds__(kWyThreads, 1)
         gv[m][r] = g2.x, gv[m][r + 1] = g2.y;
       }
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows_abt<kWyTilesMax, true>(acc, kcount, sX + kr * KP, KP, kstep * KP, sS + kc * KP, KP,
-                                                          V);
+    warp_gemm_rows_abt<kWyTilesMax, true>(acc, kcount, sX + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
@@ -798,14 +796,12 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   {
     float acc[kWyTilesMax][4];
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows_abt<kWyTilesMax, true>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP,
-                                                          V);
+    warp_gemm_rows_abt<kWyTilesMax, true>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
       if (m < kcount)
 #pragma unroll
-        for (int r = 0; r < 4; ++r)
-          sO[(kr + m * kstep + frag_row(r)) * KP + kc + frag_col(r)] = -acc[m][r];
+        for (int r = 0; r < 4; ++r) sO[(kr + m * kstep + frag_row(r)) * KP + kc + frag_col(r)] = -acc[m][r];
   }
   __syncthreads();
   // T2 = A^T dw: dk += beta exp(G) T2, dG += k beta exp(G) T2, dbeta += T2 . (exp(G) k);
@@ -913,8 +909,7 @@ __global__ void __launch_bounds__(kWyThreads, 1)
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
-      for (int r = 0; r < 4; ++r)
-        sQ[(sr + 32 * m + frag_row(r)) * AP + sc + frag_col(r)] = acc[m][r];
+      for (int r = 0; r < 4; ++r) sQ[(sr + 32 * m + frag_row(r)) * AP + sc + frag_col(r)] = acc[m][r];
   }
   __syncthreads();
   // dM = -A^T (dA A^T), strictly lower
@@ -1089,7 +1084,8 @@ __global__ void __launch_bounds__(kWyBf16Threads, 2)
     load_tile_bf16<kChunk, V>(tY, SK, L, [&](int i, int d) { return ldg4(vn + i * vrs + d); });
     const bool aligned = reinterpret_cast<uintptr_t>(d_out) % 16 == 0;
     const int64_t o0 = row_at(0) * V;
-    load_tile_bf16<kChunk, V>(tX, SK, L, [&](int i, int d) { return load4_f(aligned, d_out, d_out_dt, o0 + i * vrs + d); });
+    load_tile_bf16<kChunk, V>(tX, SK, L,
+                              [&](int i, int d) { return load4_f(aligned, d_out, d_out_dt, o0 + i * vrs + d); });
     const float* A = p.A + row_at(0) * kChunk;
     const int64_t ars = static_cast<int64_t>(p.HV) * kChunk;
     load_tile_bf16<kChunk, kChunk>(tA, SC, L, [&](int i, int d) { return ldg4(A + i * ars + d); });
@@ -1257,7 +1253,7 @@ __global__ void __launch_bounds__(kWyBf16Threads, 2)
   {
     const bool dv_aligned = reinterpret_cast<uintptr_t>(dv) % 16 == 0;
     float db[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};  // (mi, row half): this thread's part of dbeta
-    auto a_t_mma = [&](float (&acc)[2][2][4], const bf16* b, int n0) {
+    auto a_t_mma = [&](float(&acc)[2][2][4], const bf16* b, int n0) {
       zero_acc(acc);
 #pragma unroll
       for (int k0 = 0; k0 < kChunk; k0 += 16) {
