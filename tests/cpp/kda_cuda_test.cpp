@@ -8,24 +8,27 @@
 //     rms ~ 2^-9 / sqrt(3) ~ 1.1e-3 and max up to 2^-8 ~ 3.9e-3 of an element; fp32 accumulation over
 //     64-token chunks and (for gradients) long reverse sweeps adds less than that. FLA's own bf16
 //     tests accept 5e-3..1e-2 against its naive reference.
-//   fp32 states of the forward (final state, intermediate states = FLA's h): rms 5e-3 (FLA's own ht
-//     tolerance), max 1e-2, since the state pass multiplies bf16 operands as FLA does (see below).
-//   dh0: rms 1e-3, max 5e-3 (fp32 state, no output rounding).
-//   fp32 parameter gradients dA_log, ddt_bias: the same numbers, but relative to the sum of the
-//     magnitudes of the terms they add up (gate_param_scales), not to their value: each is one sum over
+//   fp32 states (final state, intermediate states = FLA's h, dh0) of bf16 / f16 inputs: rms 5e-3 (FLA's own
+//     ht tolerance; it allows 8e-3 for dh0), max 1e-2: the state passes multiply bf16 operands as FLA does.
+//   fp32 parameter gradients dA_log, ddt_bias: rms 2e-3, max 1e-2 (bf16 / f16 inputs), relative to the sum
+//     of the magnitudes of the terms they add up (gate_param_scales), not to their value: each is one sum over
 //     every token (and channel) of terms that can nearly cancel, so its relative error is unbounded even
-//     when every term is within tolerance.
+//     when every term is within tolerance. They sum dg, whose bf16-operand products (wy_bwd, as FLA's) are
+//     off by ~3e-3 rms: measured on the H100, worst ddt_bias rms 1.27e-3, max 5.3e-3 (lower_bound gate,
+//     neg_eigval, K128), worst dA_log rms 8.4e-5, max 1.0e-4; FLA's tests allow 2e-2 for dg.
 //   f32 inputs: rms 1e-4, max 1e-3 everywhere (fp32 arithmetic against fp64).
-// The forward multiplies in TF32 for bf16 / f16 inputs (10-bit operands; final state rms <= 4.3e-4 on the
-// H100) except in its state pass, which takes bf16 operands (8-bit significands, m16n8k16 with fp32 accumulation and an
-// fp32 state, as FLA): measured on the H100 (2026-11-23, every 16-bit case of this file) final state rms
-// <= 2.5e-3 and max <= 4.7e-3, intermediate states rms <= 2.1e-3, outputs rms <= 1.8e-3 (the bf16 rounding
-// floor ~1.7e-3) and max <= 3.4e-3, gradients rms <= 2.3e-3 (dbeta, dg) and max <= 3.8e-3, dh0 rms
-// <= 2.2e-4; hence the forward states' rms 5e-3. f32 inputs take 3xTF32 everywhere (rms <= 1e-6), so
-// their tolerances are unchanged. The backward multiplies in TF32 (one pass for
-// bf16 / f16, 3xTF32 for f32); an fp64 emulation of TF32 operand rounding in every product gives every
+// For bf16 / f16 inputs the state passes (state_fwd, state_bwd) and wy_bwd multiply bf16 operands (8-bit
+// significands, m16n8k16 with fp32 accumulation and fp32 states, as FLA's kernels); chunk_fwd, the output and
+// pair_bwd multiply one-pass TF32 (10-bit operands). Measured on the H100 (2026-11-23, every 16-bit case of this
+// file): final state rms <= 2.5e-3 and max <= 4.7e-3, intermediate states rms <= 2.1e-3, dh0 rms <= 2.4e-3 and
+// max <= 4.1e-3, outputs rms <= 1.8e-3 (the bf16 rounding floor ~1.7e-3) and max <= 3.4e-3. f32 inputs take
+// 3xTF32 everywhere (rms <= 1e-6), so their tolerances are unchanged. Before the bf16 passes (all TF32) an fp64
+// emulation of TF32 operand rounding in every product gave every
 // gradient ~4e-4 rms, but dA_log (one sum over all tokens per head, which can nearly cancel) up to
-// ~5e-3 relative to its value on some short random cases, hence the term-magnitude scale above.
+// ~5e-3 relative to its value on some short random cases, hence the term-magnitude scale above. The within-chunk
+// backward (wy_bwd) multiplies bf16 operands for bf16 / f16 inputs (FLA's choice); measured on the H100, the
+// worst bf16 / f16 gradients (rms / max): dq 2.7e-3 / 4.6e-3, dk 3.2e-3 / 4.6e-3, dv 2.4e-3 / 4.4e-3,
+// dg 3.3e-3 / 4.2e-3, dbeta 2.7e-3 / 3.2e-3, inside the 5e-3 / 2e-2 above.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -96,9 +99,9 @@ struct Tolerance {
 };
 
 Tolerance low_precision_tol(const Case& c) { return c.dtype == DType::f32 ? Tolerance{1e-4, 1e-3} : Tolerance{5e-3, 2e-2}; }
-Tolerance state_tol(const Case& c) { return c.dtype == DType::f32 ? Tolerance{1e-4, 1e-3} : Tolerance{1e-3, 5e-3}; }
-Tolerance forward_state_tol(const Case& c) {
-  return c.dtype == DType::f32 ? Tolerance{1e-4, 1e-3} : Tolerance{5e-3, 1e-2};
+Tolerance state_tol(const Case& c) { return c.dtype == DType::f32 ? Tolerance{1e-4, 1e-3} : Tolerance{5e-3, 1e-2}; }
+Tolerance gate_param_tol(const Case& c) {
+  return c.dtype == DType::f32 ? Tolerance{1e-4, 1e-3} : Tolerance{2e-3, 1e-2};
 }
 
 // Host inputs: low-precision copies (`lo`, what the GPU gets) and their exact f64 values (`hi`,
@@ -355,11 +358,11 @@ void check_case(const Case& c, uint64_t seed) {
   const Outputs got = on_device(c, in, d_o, dht);
   const Tolerance lo = low_precision_tol(c), st = state_tol(c);
   expect_close(c.name + " o", got.o, ref.o, lo);
-  if (c.ht) expect_close(c.name + " final_state", got.ht, ref.ht, forward_state_tol(c));
+  if (c.ht) expect_close(c.name + " final_state", got.ht, ref.ht, st);
   if (c.intermediate) {
     EXPECT_EQ(got.h.sizes(), c.intermediate_sizes()) << c.name;
     EXPECT_EQ(got.h.dtype(), *c.intermediate) << c.name;
-    expect_close(c.name + " intermediate_states", got.h, ref.h, forward_state_tol(c));
+    expect_close(c.name + " intermediate_states", got.h, ref.h, st);
   }
   if (!c.backward) return;
   expect_close(c.name + " dq", got.dq, ref.dq, lo);
@@ -370,8 +373,9 @@ void check_case(const Case& c, uint64_t seed) {
   if (c.h0) expect_close(c.name + " dh0", got.dh0, ref.dh0, st);
   if (c.A_log || c.dt_bias) {
     const GateScales scales = gate_param_scales(c, in, ref.dg);
-    if (c.A_log) expect_close_scaled(c.name + " dA_log", got.dA_log, ref.dA_log, scales.A_log, st);
-    if (c.dt_bias) expect_close_scaled(c.name + " ddt_bias", got.ddt_bias, ref.ddt_bias, scales.dt_bias, st);
+    const Tolerance gp = gate_param_tol(c);
+    if (c.A_log) expect_close_scaled(c.name + " dA_log", got.dA_log, ref.dA_log, scales.A_log, gp);
+    if (c.dt_bias) expect_close_scaled(c.name + " ddt_bias", got.ddt_bias, ref.ddt_bias, scales.dt_bias, gp);
   }
 }
 

@@ -81,6 +81,21 @@ int64_t wy_bwd_steps(int K, int V) {
   return 16 * per_warp;
 }
 
+// wy_bwd_bf16_kernel (bf16 / f16 inputs): m16n8k16 MMAs, two m16n8k8 steps each.
+int64_t wy_bwd_bf16_steps(int K, int V) {
+  int64_t mmas = 0;
+  for (int warp = 0; warp < 8; ++warp) {
+    const bool upper = (warp % 4) * 16 >= (warp / 4) * 32 + 32;  // 32 x 16 tile above the diagonal: skipped
+    mmas += 3 * (K / 64) * (V / 16) * 4;                         // dk_state, dq_state, dw
+    mmas += upper ? 0 : (V / 16) * 4;                            // dAqk
+    mmas += 2 * (K / 64) * 4 * 4;                                // A^T dv_new, A^T dw (kdim 64)
+    mmas += upper ? 0 : (K / 16 + V / 16) * 4;                   // dA
+    mmas += 4 * 4;                                               // dA A^T
+    mmas += upper ? 0 : 4 * 4;                                   // A^T (dA A^T)
+  }
+  return 2 * mmas;
+}
+
 int64_t pair_bwd_steps() {  // one 32-channel slice
   int64_t steps = 0;
   for (int warp = 0; warp < 4; ++warp) steps += (warp + (3 - warp)) * 2 * 4 * 2;  // earlier J, later I
@@ -169,22 +184,29 @@ TEST(KdaRoofline, ProductsMatchKernelLoops) {
           << K << " " << bv;
     }
     EXPECT_DOUBLE_EQ(output_fwd_cost(s).tc_flops, blocks * (K / 64) * output_fwd_steps(K) * kStepFlops) << K;
-    EXPECT_DOUBLE_EQ(wy_bwd_cost(s).tc_flops, blocks * wy_bwd_steps(K, K) * kStepFlops) << K;
+    EXPECT_DOUBLE_EQ(wy_bwd_cost(s).tc_flops, blocks * wy_bwd_bf16_steps(K, K) * kStepFlops) << K;
+    Shape f32 = s;
+    f32.precise = true;
+    EXPECT_DOUBLE_EQ(wy_bwd_cost(f32).tc_flops, blocks * wy_bwd_steps(K, K) * 3 * kStepFlops) << K;
     EXPECT_DOUBLE_EQ(pair_bwd_cost(s).tc_flops, blocks * (K / 32) * pair_bwd_steps() * kStepFlops) << K;
   }
 }
 
 // 3xTF32 triples the issued tensor-core FLOPs (chunk_fwd's inverse is 3xTF32 at any precision); the useful
-// FLOPs do not change.
+// FLOPs do not change, but for state_bwd and wy_bwd, whose bf16 kernels skip tiles the f32 ones multiply.
 TEST(KdaRoofline, PreciseTriplesIssuedMmas) {
   Shape bf16 = tiny(), f32 = tiny();
   f32.precise = true;
   f32.in_bytes = f32.out_bytes = f32.do_bytes = 4;
-  for (const Stage stage : {Stage::state_fwd, Stage::output_fwd, Stage::wy_bwd, Stage::pair_bwd}) {
+  for (const Stage stage : {Stage::state_fwd, Stage::output_fwd, Stage::pair_bwd}) {
     EXPECT_DOUBLE_EQ(stage_cost(stage, f32, 64).tc_flops, 3 * stage_cost(stage, bf16, 64).tc_flops)
         << stage_name(stage);
     EXPECT_DOUBLE_EQ(stage_cost(stage, f32, 64).flops, stage_cost(stage, bf16, 64).flops) << stage_name(stage);
   }
+  // wy_bwd: a bf16 kernel of its own for bf16 / f16 inputs, which skips the warp tiles above the diagonal
+  EXPECT_DOUBLE_EQ(stage_cost(Stage::wy_bwd, f32, 64).tc_flops, 3 * stage_cost(Stage::wy_bwd, f32, 64).flops);
+  EXPECT_DOUBLE_EQ(stage_cost(Stage::wy_bwd, bf16, 64).tc_flops, stage_cost(Stage::wy_bwd, bf16, 64).flops);
+  EXPECT_LT(stage_cost(Stage::wy_bwd, bf16, 64).flops, stage_cost(Stage::wy_bwd, f32, 64).flops);
   // state_bwd: the TF32 kernel (f32 inputs) also multiplies the 6 16 x 16 blocks of Aqk above its diagonal
   const double skipped = bf16.chunks * bf16.HV * bf16.V * 64 * 64 * 6 / 16 * 2;
   EXPECT_DOUBLE_EQ(stage_cost(Stage::state_bwd, f32, 64).flops, stage_cost(Stage::state_bwd, bf16, 64).flops + skipped);

@@ -31,73 +31,30 @@ namespace kda {
 namespace {
 
 // Precision of the backward's tensor-core products, chosen per call from the input dtype. kPrecise
-// (f32 / f64 inputs): 3xTF32 as in warp_gemm, fp32-accurate. Otherwise (bf16 / f16 inputs) one TF32
-// pass with round-to-nearest operands: relative error ~2^-11 per operand, below the 2^-9 of the bf16
-// inputs and outputs themselves (FLA runs these products on bf16 operands), at a third of the MMAs
-// and a third of the conversion work per fragment. The step itself: mma_f32<kPrecise> (common.cuh).
-//
-// One-pass operands can be stored in shared memory already converted (tf32_operand = to_tf32's bits, by the
-// thread that writes them); a product whose A / B operand is stored so (kAReady / kBReady) passes those bits
-// to the MMA unconverted: the MMA sees the same bits as when it converts the fp32 value itself, but the
-// conversion (two instructions on sm_90: to_tf32 adds half a TF32 ulp and leaves the low bits, which the MMA
-// ignores) is done once per element instead of once per fragment load. Converting twice would add the half
-// ulp twice, so a converted buffer must be read with its Ready flag set, and only by products.
-template <bool kPrecise>
-__device__ __forceinline__ float tf32_operand(float x) {
-  if constexpr (kPrecise) {
-    return x;
-  } else {
-    return __uint_as_float(to_tf32(x));
-  }
-}
-
-template <bool kPrecise>
-__device__ __forceinline__ float4 tf32_operand(float4 v) {
-  return make_float4(tf32_operand<kPrecise>(v.x), tf32_operand<kPrecise>(v.y), tf32_operand<kPrecise>(v.z),
-                     tf32_operand<kPrecise>(v.w));
-}
-
-// mma_f32<kPrecise>, skipping the conversion of operands stored by tf32_operand (one-pass only).
-template <bool kPrecise, bool kAReady, bool kBReady>
-__device__ __forceinline__ void mma_step(float c[4], const float a[4], const float b[2]) {
-  if constexpr (kPrecise || (!kAReady && !kBReady)) {
-    mma_f32<kPrecise>(c, a, b);
-  } else {
-    uint32_t ar[4], br[2];
-#pragma unroll
-    for (int r = 0; r < 4; ++r) ar[r] = kAReady ? __float_as_uint(a[r]) : to_tf32(a[r]);
-#pragma unroll
-    for (int r = 0; r < 2; ++r) br[r] = kBReady ? __float_as_uint(b[r]) : to_tf32(b[r]);
-    mma_tf32(c, ar, br);
-  }
-}
+// (f32 / f64 inputs): 3xTF32 as in warp_gemm, fp32-accurate. Otherwise (bf16 / f16 inputs) the state and
+// within-chunk passes multiply bf16 operands (state_bwd_bf16_kernel, wy_bwd_bf16_kernel), as FLA does, and
+// pair_bwd runs one TF32 pass with round-to-nearest operands (relative error ~2^-11 per operand, below the 2^-9 of
+// the bf16 inputs and outputs themselves) at a third of the MMAs. The TF32 step itself: mma_f32<kPrecise>
+// (common.cuh).
 
 // count (<= MT) warp tiles stacked in rows, tile m at a + m * a_step, sharing the B fragment of each
 // k step: up to MT independent MMA chains per fragment load (one tile per call is latency-bound).
-// Layout as in warp_gemm; precision as in mma_f32. NB = 2 (one-pass TF32 only; with 3xTF32 the shared
-// split fragments spill): also c2 += A B2 (b2 with b's strides), each A fragment loaded once for both (its
-// conversions are the same instructions on the same values). Every accumulator sees the same MMA sequence as
-// in a call of its own, so the results are the same. kAReady / kBReady: as in mma_step (b2 as b).
-template <int MT, bool kPrecise, int NB = 1, bool kAReady = false, bool kBReady = false>
+// Layout as in warp_gemm; precision as in mma_f32.
+template <int MT, bool kPrecise>
 __device__ __forceinline__ void warp_gemm_rows(float c[MT][4], int count, const float* a, int a_rs, int a_cs,
-                                               int a_step, const float* b, int b_rs, int b_cs, int kdim,
-                                               float c2[MT][4] = nullptr, const float* b2 = nullptr) {
-  static_assert(NB == 1 || (NB == 2 && !kPrecise), "one B operand, or two with one-pass TF32");
+                                               int a_step, const float* b, int b_rs, int b_cs, int kdim) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll 2
   for (int k0 = 0; k0 < kdim; k0 += 8) {
     const int b0 = (k0 + t) * b_rs + g * b_cs, b1 = (k0 + t + 4) * b_rs + g * b_cs;
     const float bf[2] = {b[b0], b[b1]};
-    float bf2[2];
-    if constexpr (NB == 2) bf2[0] = b2[b0], bf2[1] = b2[b1];
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       if (m < count) {
         const float* am = a + m * a_step;
         const float af[4] = {am[g * a_rs + (k0 + t) * a_cs], am[(g + 8) * a_rs + (k0 + t) * a_cs],
                              am[g * a_rs + (k0 + t + 4) * a_cs], am[(g + 8) * a_rs + (k0 + t + 4) * a_cs]};
-        mma_step<kPrecise, kAReady, kBReady>(c[m], af, bf);
-        if constexpr (NB == 2) mma_step<kPrecise, kAReady, kBReady>(c2[m], af, bf2);
+        mma_f32<kPrecise>(c[m], af, bf);
       }
     }
   }
@@ -122,7 +79,7 @@ __device__ __forceinline__ void ldmatrix_x2(uint32_t r[2], const float* ptr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
 }
 
-template <int MT, bool kPrecise, bool kAReady = false, bool kBReady = false>
+template <int MT, bool kPrecise>
 __device__ __forceinline__ void warp_gemm_rows_abt(float c[MT][4], int count, const float* a, int a_rs, int a_step,
                                                    const float* b, int b_rs, int kdim) {
   // Lanes 8q .. 8q + 7 address the rows of matrix q: A's matrices are (rows 0-7, cols k0), (rows 8-15,
@@ -142,7 +99,7 @@ __device__ __forceinline__ void warp_gemm_rows_abt(float c[MT][4], int count, co
         ldmatrix_x4(araw, a_lane + m * a_step + k0);
         const float af[4] = {__uint_as_float(araw[0]), __uint_as_float(araw[1]), __uint_as_float(araw[2]),
                              __uint_as_float(araw[3])};
-        mma_step<kPrecise, kAReady, kBReady>(c[m], af, bf);
+        mma_f32<kPrecise>(c[m], af, bf);
       }
     }
   }
@@ -195,25 +152,6 @@ __device__ __forceinline__ void cp_async_rows(float* dst, int dst_rs, const floa
         cp_async16(dst + i * dst_rs + d, src + i * src_rs + d);
       else
         st4(dst + i * dst_rs + d, zero4());
-    }
-  }
-}
-
-// tf32_operand in place on the entries of a cp_async_rows call with the same NT, kRows, kCols, dst and dst_rs:
-// the same thread map, so each thread rounds only entries it wrote itself, visible to it once its
-// cp_async_wait has returned (other threads read them after the next __syncthreads). No-op for kPrecise.
-template <int NT, int kRows, int kCols, bool kPrecise>
-__device__ __forceinline__ void tf32_round_rows(float* dst, int dst_rs) {
-  if constexpr (!kPrecise) {
-    constexpr int c4 = kCols / 4, kStep = NT / c4;
-    const int i0 = threadIdx.x / c4;
-    dst += i0 * dst_rs + (threadIdx.x % c4) * 4;
-#pragma unroll
-    for (int r = 0; r < kRows; r += kStep) {
-      if (kRows % kStep == 0 || i0 + r < kRows) {
-        float* at = dst + r * dst_rs;
-        st4(at, tf32_operand<false>(*reinterpret_cast<const float4*>(at)));
-      }
     }
   }
 }
@@ -583,7 +521,8 @@ __global__ void __launch_bounds__(32 * state_bwd_bf16_warps(kK, BV), 1)
 }
 
 // ---- Within-chunk gradients: two kernels per chunk, FLA's chunk_kda_bwd_wy_dqkg_fused and
-// chunk_kda_bwd_intra split, every product on the tensor cores (precision as in mma_f32).
+// chunk_kda_bwd_intra split, every product on the tensor cores (precision as in mma_f32; wy_bwd on bf16 / f16
+// inputs: bf16 operands, wy_bwd_bf16_kernel).
 
 constexpr int kWyThreads = 512;    // 16 warps: one block per SM (shared memory), so warps hide latency
 constexpr int kPairThreads = 128;  // 4 warps, warp w owns the 16-token sub-chunk w
@@ -598,8 +537,8 @@ static_assert(roofline::kPairSlice == kSlice && roofline::kPairThreads == kPairT
 
 // Rows [0, 64) x kCols of a [tokens, HV, V] input of any dtype (do) into a shared fp32 tile of row stride
 // dst_rs, four consecutive entries per load (load4_f: one 8- / 16-byte load when `aligned`), all of a
-// thread's loads in flight together; rows >= rows_valid zero. Stored through tf32_operand<kPrecise>.
-template <int NT, int kCols, bool kPrecise>
+// thread's loads in flight together; rows >= rows_valid zero.
+template <int NT, int kCols>
 __device__ __forceinline__ void load_rows_dt(float* dst, int dst_rs, const void* src, int dt, bool aligned,
                                              int64_t src_rs, int64_t offset, int rows_valid) {
   constexpr int c4 = kCols / 4, n = kChunk * c4, U = (n + NT - 1) / NT;
@@ -612,7 +551,7 @@ __device__ __forceinline__ void load_rows_dt(float* dst, int dst_rs, const void*
 #pragma unroll
   for (int u = 0; u < U; ++u) {
     const int idx = threadIdx.x + u * NT;
-    if (idx < n) st4(dst + (idx / c4) * dst_rs + (idx % c4) * 4, tf32_operand<kPrecise>(v[u]));
+    if (idx < n) st4(dst + (idx / c4) * dst_rs + (idx % c4) * 4, v[u]);
   }
 }
 
@@ -669,9 +608,7 @@ __device__ __forceinline__ void store_rows_dt(void* dst, int dt, bool aligned, i
 //   sX [64, KP]: do, then dv (staged so that it is stored by whole rows);  sY [64, KP]: v_new, then dv_new;
 //   sO [64, KP]: k * dk_state, then dw, then dA A^T
 //   sA, sP [64, 68]: A, dA;  G_last, sum_e S dS' [K]; beta [64]; dbeta partials [64, K / 8]
-// One-pass TF32 (bf16 / f16 inputs): every tile above that only products read is stored converted
-// (tf32_operand); dS', k * dk_state and v, which are also summed in fp32, stay exact (v's product converts
-// its fragments, the same bits).
+// f32 / f64 inputs only (3xTF32 products, fp32-accurate); bf16 / f16 inputs take wy_bwd_bf16_kernel.
 // Steps: dk_state = exp(G_last - G) (v_new dS'^T), dAqk = scale tril(do v_new^T) (v_new's last reads, so
 // that dv_new's load into sY overlaps the next steps); S, dG_last; dq_state = scale exp(G) (do S^T);
 // dw = -dv_new S^T; A^T dw -> dk, dG, dbeta; A^T dv_new -> dv, dbeta (Kb and v for the next step are stored
@@ -681,7 +618,7 @@ __device__ __forceinline__ void store_rows_dt(void* dst, int dt, bool aligned, i
 // kK = K = V: every stride, tile count and index division of the kernel is a compile-time constant (with a
 // runtime K, the element loops' idx / (V / 4) and the per-element row offsets were integer divisions and
 // 64-bit multiplies, a large part of the kernel's instruction count at one block per SM).
-template <int kK, bool kPrecise>
+template <int kK>
 __global__ void __launch_bounds__(kWyThreads, 1)
     wy_bwd_kernel(KdaDev p, const void* d_out, int d_out_dt, void* dv, int dv_dt) {
   int64_t t0;
@@ -726,12 +663,11 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   static_assert(K <= kWyThreads && kChunk <= kWyThreads, "one G_last / beta entry per thread");
   const float gl_own = tid < K ? p.gc[row_at(L - 1) * K + tid] : 0.0f;
   const float b_own = tid < L ? p.bp[row_at(tid)] : 0.0f;
-  load_rows_dt<kWyThreads, V, kPrecise>(sX, KP, d_out, d_out_dt, reinterpret_cast<uintptr_t>(d_out) % 16 == 0,
-                                        static_cast<int64_t>(p.HV) * V, row_at(0) * V, L);
+  load_rows_dt<kWyThreads, V>(sX, KP, d_out, d_out_dt, reinterpret_cast<uintptr_t>(d_out) % 16 == 0,
+                              static_cast<int64_t>(p.HV) * V, row_at(0) * V, L);
   if (tid < K) glS[tid] = gl_own;
   if (tid < kChunk) bS[tid] = b_own;
   cp_async_wait<1>();
-  tf32_round_rows<kWyThreads, kChunk, V, kPrecise>(sY, KP);  // v_new: MMA operand only; dS' stays exact
   __syncthreads();
 
   // Warp w owns tiles w + 16 m of every [64, K] product (m < ct / 4: columns kc, rows kr + m * kstep)
@@ -756,8 +692,7 @@ __global__ void __launch_bounds__(kWyThreads, 1)
         gv[m][r] = g2.x, gv[m][r + 1] = g2.y, kv[m][r] = k2.x, kv[m][r + 1] = k2.y;
       }
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows_abt<kWyTilesMax, kPrecise, true, false>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP,
-                                                           V);
+    warp_gemm_rows_abt<kWyTilesMax, true>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
@@ -778,7 +713,7 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows_abt<2, kPrecise, true, true>(acc, 2, sX + sr * KP, KP, 32 * KP, sY + sc * KP, KP, V);
+    warp_gemm_rows_abt<2, true>(acc, 2, sX + sr * KP, KP, 32 * KP, sY + sc * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
@@ -801,7 +736,7 @@ __global__ void __launch_bounds__(kWyThreads, 1)
       const int idx = tid + u * kWyThreads;
       float* at = sS + (idx / c4) * KP + (idx % c4) * 4;
       const float4 d4 = *reinterpret_cast<const float4*>(at);
-      st4(at, tf32_operand<kPrecise>(s4[u]));  // the sum below takes the exact S
+      st4(at, s4[u]);
       float s = s4[u].x * d4.x + s4[u].y * d4.y + s4[u].z * d4.z + s4[u].w * d4.w;
 #pragma unroll
       for (int o = c4 / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
@@ -832,8 +767,7 @@ __global__ void __launch_bounds__(kWyThreads, 1)
         gv[m][r] = g2.x, gv[m][r + 1] = g2.y;
       }
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows_abt<kWyTilesMax, kPrecise, true, true>(acc, kcount, sX + kr * KP, KP, kstep * KP, sS + kc * KP, KP,
-                                                          V);
+    warp_gemm_rows_abt<kWyTilesMax, true>(acc, kcount, sX + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
 #pragma unroll
@@ -857,21 +791,17 @@ __global__ void __launch_bounds__(kWyThreads, 1)
       vv[m][r] = v2.x, vv[m][r + 1] = v2.y;
     }
   cp_async_wait_all();  // A and dv_new
-  tf32_round_rows<kWyThreads, kChunk, kChunk, kPrecise>(sA, AP);
-  tf32_round_rows<kWyThreads, kChunk, V, kPrecise>(sY, KP);
   __syncthreads();
   // dw = -dv_new S^T -> sO
   {
     float acc[kWyTilesMax][4];
     zero_tiles<kWyTilesMax>(acc);
-    warp_gemm_rows_abt<kWyTilesMax, kPrecise, true, true>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP,
-                                                          V);
+    warp_gemm_rows_abt<kWyTilesMax, true>(acc, kcount, sY + kr * KP, KP, kstep * KP, sS + kc * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < kWyTilesMax; ++m)
       if (m < kcount)
 #pragma unroll
-        for (int r = 0; r < 4; ++r)
-          sO[(kr + m * kstep + frag_row(r)) * KP + kc + frag_col(r)] = tf32_operand<kPrecise>(-acc[m][r]);
+        for (int r = 0; r < 4; ++r) sO[(kr + m * kstep + frag_row(r)) * KP + kc + frag_col(r)] = -acc[m][r];
   }
   __syncthreads();
   // T2 = A^T dw: dk += beta exp(G) T2, dG += k beta exp(G) T2, dbeta += T2 . (exp(G) k);
@@ -901,63 +831,49 @@ __global__ void __launch_bounds__(kWyThreads, 1)
         const float2 k2 = in ? ld2(p.kp + k_at(j, d)) : make_float2(0.0f, 0.0f);
         gv[m][r] = g2.x, gv[m][r + 1] = g2.y, kv[m][r] = k2.x, kv[m][r + 1] = k2.y;
       }
-    // The products by halves of the warp's tiles (each its epilogue before the next): half the T2 / T3
-    // accumulators live at a time, for B fragments loaded twice. Every accumulator sees the same MMAs.
-    constexpr int kPass = kPrecise ? kWyTilesMax : kWyTilesMax / 2;
+    float t2[kWyTilesMax][4], t3[kWyTilesMax][4];
+    zero_tiles<kWyTilesMax>(t2);
+    zero_tiles<kWyTilesMax>(t3);
+    warp_gemm_rows<kWyTilesMax, true>(t2, kcount, sA + kr, 1, AP, kstep, sO + kc, KP, 1, kChunk);
+    warp_gemm_rows<kWyTilesMax, true>(t3, kcount, sA + kr, 1, AP, kstep, sY + kc, KP, 1, kChunk);
 #pragma unroll
-    for (int m0 = 0; m0 < kWyTilesMax; m0 += kPass) {
-      if (m0 >= kcount) break;
-      const int count = kcount - m0 < kPass ? kcount - m0 : kPass;
-      float t2[kPass][4], t3[kPass][4];
-      zero_tiles<kPass>(t2);
-      zero_tiles<kPass>(t3);
-      const float* a = sA + kr + m0 * kstep;
-      if constexpr (kPrecise) {  // 3xTF32: sharing the split A fragments would cost registers (spills)
-        warp_gemm_rows<kPass, kPrecise>(t2, count, a, 1, AP, kstep, sO + kc, KP, 1, kChunk);
-        warp_gemm_rows<kPass, kPrecise>(t3, count, a, 1, AP, kstep, sY + kc, KP, 1, kChunk);
-      } else {
-        warp_gemm_rows<kPass, kPrecise, 2, true, true>(t2, count, a, 1, AP, kstep, sO + kc, KP, 1, kChunk, t3, sY + kc);
+    for (int m = 0; m < kWyTilesMax; ++m) {
+      if (m >= kcount) break;
+      const int r0 = kr + m * kstep;
+      float db[2] = {0.0f, 0.0f};
+#pragma unroll
+      for (int r = 0; r < 4; r += 2) {
+        const int j = r0 + frag_row(r), d = kc + frag_col(r);
+        const float bj = bS[j];  // once: the shared stores below could alias bS for the compiler
+        float eg[2];
+#pragma unroll
+        for (int u = 0; u < 2; ++u) eg[u] = __expf(gv[m][r + u]);
+        st2(sS + j * KP + d, eg[0] * kv[m][r], eg[1] * kv[m][r + 1]);
+        st2(sX + j * KP + d, bj * t3[m][r], bj * t3[m][r + 1]);
+        if (j < L) {
+          const int64_t at = row_at(j) * K + d;
+          const float2 v2 = ld2(sS + (kChunk + j) * KP + d);
+          const float vj[2] = {v2.x, v2.y};
+          float dk2[2], dg2[2];
+#pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const float dkb = bj * eg[u] * t2[m][r + u], kd = kv[m][r + u];
+            dk2[u] = dk_keep[m][r + u] + dkb;
+            dg2[u] = __fmaf_rn(kd, dkb, -kd * dk_keep[m][r + u]);
+            db[r / 2] += t2[m][r + u] * eg[u] * kd + t3[m][r + u] * vj[u];
+          }
+          st2(p.dk_hv + at, dk2[0], dk2[1]);
+          st2(p.dgc + at, dg2[0], dg2[1]);
+        }
       }
 #pragma unroll
-      for (int mm = 0; mm < kPass; ++mm) {
-        const int m = m0 + mm;
-        if (m >= kcount) break;
-        const int r0 = kr + m * kstep;
-        float db[2] = {0.0f, 0.0f};
-#pragma unroll
-        for (int r = 0; r < 4; r += 2) {
-          const int j = r0 + frag_row(r), d = kc + frag_col(r);
-          const float bj = bS[j];  // once: the shared stores below could alias bS for the compiler
-          float eg[2];
-#pragma unroll
-          for (int u = 0; u < 2; ++u) eg[u] = __expf(gv[m][r + u]);
-          st2(sS + j * KP + d, tf32_operand<kPrecise>(eg[0] * kv[m][r]), tf32_operand<kPrecise>(eg[1] * kv[m][r + 1]));
-          st2(sX + j * KP + d, bj * t3[mm][r], bj * t3[mm][r + 1]);
-          if (j < L) {
-            const int64_t at = row_at(j) * K + d;
-            const float2 v2 = ld2(sS + (kChunk + j) * KP + d);
-            const float vj[2] = {v2.x, v2.y};
-            float dk2[2], dg2[2];
-#pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              const float dkb = bj * eg[u] * t2[mm][r + u], kd = kv[m][r + u];
-              dk2[u] = dk_keep[m][r + u] + dkb;
-              dg2[u] = __fmaf_rn(kd, dkb, -kd * dk_keep[m][r + u]);
-              db[r / 2] += t2[mm][r + u] * eg[u] * kd + t3[mm][r + u] * vj[u];
-            }
-            st2(p.dk_hv + at, dk2[0], dk2[1]);
-            st2(p.dgc + at, dg2[0], dg2[1]);
-          }
-        }
-#pragma unroll
-        for (int q = 0; q < 2; ++q) {
-          db[q] += __shfl_xor_sync(0xffffffffu, db[q], 1);
-          db[q] += __shfl_xor_sync(0xffffffffu, db[q], 2);
-        }
-        if ((lane & 3) == 0) {
-          red[(r0 + lane / 4) * ct + kc / 8] = db[0];
-          red[(r0 + lane / 4 + 8) * ct + kc / 8] = db[1];
-        }
+      for (int q = 0; q < 2; ++q) {
+        db[q] += __shfl_xor_sync(0xffffffffu, db[q], 1);
+        db[q] += __shfl_xor_sync(0xffffffffu, db[q], 2);
+      }
+      if ((lane & 3) == 0) {
+        red[(r0 + lane / 4) * ct + kc / 8] = db[0];
+        red[(r0 + lane / 4 + 8) * ct + kc / 8] = db[1];
       }
     }
   }
@@ -973,14 +889,14 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows_abt<2, kPrecise, true, true>(acc, 2, sO + sr * KP, KP, 32 * KP, sS + sc * KP, KP, K);
-    warp_gemm_rows_abt<2, kPrecise, true, false>(acc, 2, sY + sr * KP, KP, 32 * KP, sS + (kChunk + sc) * KP, KP, V);
+    warp_gemm_rows_abt<2, true>(acc, 2, sO + sr * KP, KP, 32 * KP, sS + sc * KP, KP, K);
+    warp_gemm_rows_abt<2, true>(acc, 2, sY + sr * KP, KP, 32 * KP, sS + (kChunk + sc) * KP, KP, V);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const int i = sr + 32 * m + frag_row(r), j = sc + frag_col(r);
-        sP[i * AP + j] = tf32_operand<kPrecise>(j < i && i < L ? bS[j] * acc[m][r] : 0.0f);
+        sP[i * AP + j] = j < i && i < L ? bS[j] * acc[m][r] : 0.0f;
       }
   }
   __syncthreads();
@@ -989,19 +905,18 @@ __global__ void __launch_bounds__(kWyThreads, 1)
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows_abt<2, kPrecise, true, true>(acc, 2, sP + sr * AP, AP, 32 * AP, sA + sc * AP, AP, kChunk);
+    warp_gemm_rows_abt<2, true>(acc, 2, sP + sr * AP, AP, 32 * AP, sA + sc * AP, AP, kChunk);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
-      for (int r = 0; r < 4; ++r)
-        sQ[(sr + 32 * m + frag_row(r)) * AP + sc + frag_col(r)] = tf32_operand<kPrecise>(acc[m][r]);
+      for (int r = 0; r < 4; ++r) sQ[(sr + 32 * m + frag_row(r)) * AP + sc + frag_col(r)] = acc[m][r];
   }
   __syncthreads();
   // dM = -A^T (dA A^T), strictly lower
   {
     float acc[2][4];
     zero_tiles<2>(acc);
-    warp_gemm_rows<2, kPrecise, 1, true, true>(acc, 2, sA + sr, 1, AP, 32, sQ + sc, AP, 1, kChunk);
+    warp_gemm_rows<2, true>(acc, 2, sA + sr, 1, AP, 32, sQ + sc, AP, 1, kChunk);
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
@@ -1009,6 +924,486 @@ __global__ void __launch_bounds__(kWyThreads, 1)
         const int i = sr + 32 * m + frag_row(r), j = sc + frag_col(r);
         if (i < L) st2(p.dM + row_at(i) * kChunk + j, j < i ? -acc[m][r] : 0.0f, j + 1 < i ? -acc[m][r + 1] : 0.0f);
       }
+  }
+}
+
+// ---- wy_bwd for bf16 / f16 inputs: the same steps and outputs as wy_bwd_kernel, every product as bf16
+// mma.sync m16n8k16 on bf16 shared tiles (mma_bf16.cuh), fp32 accumulation.
+// Operands: do and v as given (f16 rounded to bf16), and the fp32 scratch rounded to bf16 on the way into shared
+// memory: dS', S, v_new, dv_new, A; dw = -dv_new S^T, Kb = exp(G) k, dA and dA A^T from fp32 accumulators. These
+// are FLA's operands too (chunk_kda_bwd_wy_dqkg_fused: v_new, do, h, dh, dv, A, dw, kg as bf16, and dA, dA A
+// in A's dtype for dM). Everything else stays fp32: the accumulators, the gate factors exp(G_last - G), exp(G) and
+// beta applied to them, dk_state (kept in dk_hv between its steps), and the sums sum_e S dS' (both fp32 from
+// global memory), sum_i k dk_state, dbeta (fp32 T2, T3 against fp32 exp(G) k and v).
+// bf16 tiles halve the shared memory of the fp32 ones (108.8 KB at K = 128), so two blocks of 8 warps share an SM:
+// one block's global round trips (its tiles go through registers to be converted, no cp.async) overlap the
+// other's products.
+constexpr int kWyBf16Threads = 256;
+
+// c[MI][2 NJ] += A B over kdim (a multiple of 16) for the warp tile rows m0 + 16 mi (+ 0..15), columns
+// n0 + 16 nj (+ 0..15) (accumulator 2 nj + h: columns n0 + 16 nj + 8 h ..); A from a tile stored [m][k]
+// (kATrans: [k][m]), B from a tile stored [n][k] (kBKn: [k][n]); strides in elements. Each k step loads every
+// fragment once: MI + NJ ldmatrix.x4 for 2 MI NJ MMAs.
+template <int MI, int NJ, bool kATrans, bool kBKn>
+__device__ __forceinline__ void warp_mma_bf16(float (&c)[MI][2 * NJ][4], const __nv_bfloat16* a, int as, int m0,
+                                              const __nv_bfloat16* b, int bs, int n0, int kdim) {
+#pragma unroll 2
+  for (int k0 = 0; k0 < kdim; k0 += 16) {
+    uint32_t af[MI][4], bf[NJ][4];
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) {
+      if constexpr (kATrans)
+        a_frag_t(af[mi], a, as, m0 + 16 * mi, k0);
+      else
+        a_frag(af[mi], a, as, m0 + 16 * mi, k0);
+    }
+#pragma unroll
+    for (int nj = 0; nj < NJ; ++nj) {
+      if constexpr (kBKn)
+        b_frag_kn(bf[nj], b, bs, k0, n0 + 16 * nj);
+      else
+        b_frag_nk(bf[nj], b, bs, k0, n0 + 16 * nj);
+    }
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int nj = 0; nj < NJ; ++nj) {
+        mma_bf16(c[mi][2 * nj], af[mi], bf[nj][0], bf[nj][1]);
+        mma_bf16(c[mi][2 * nj + 1], af[mi], bf[nj][2], bf[nj][3]);
+      }
+  }
+}
+
+template <int MI, int NN>
+__device__ __forceinline__ void zero_acc(float (&c)[MI][NN][4]) {
+#pragma unroll
+  for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+    for (int n = 0; n < NN; ++n) c[mi][n][0] = c[mi][n][1] = c[mi][n][2] = c[mi][n][3] = 0.0f;
+}
+
+// Rows [0, kRows) x kCols of a row-major source (row i at offset + i * src_rs) into a bf16 shared tile of row
+// stride S, four entries per load, rounded to nearest; rows >= rows_valid zero. fp32 scratch (load(i) = ldg4) or a
+// dtype-coded input (load4_f). Up to 8 loads per thread in flight before its stores.
+template <int kRows, int kCols, class Load>
+__device__ __forceinline__ void load_tile_bf16(__nv_bfloat16* dst, int S, int rows_valid, Load load) {
+  constexpr int c4 = kCols / 4, per = kRows * c4 / kWyBf16Threads, U = per < 8 ? per : 8;
+  static_assert(per * kWyBf16Threads == kRows * c4 && per % U == 0, "every thread takes per float4");
+#pragma unroll
+  for (int base = 0; base < per; base += U) {
+    float4 v[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = threadIdx.x + (base + u) * kWyBf16Threads, i = idx / c4;
+      v[u] = i < rows_valid ? load(i, (idx % c4) * 4) : zero4();
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = threadIdx.x + (base + u) * kWyBf16Threads;
+      st_bf16x4(dst + (idx / c4) * S + (idx % c4) * 4, v[u]);
+    }
+  }
+}
+
+// Two consecutive elements (i even) of a dtype-coded output, rounded to nearest like store_f: one 4- / 8-byte store
+// when the base is aligned (`aligned`), two scalar ones otherwise.
+__device__ __forceinline__ void store2_f(void* base, int dt, bool aligned, int64_t i, float a, float b) {
+  if (aligned) {
+    switch (dt) {
+      case kF32:
+        *reinterpret_cast<float2*>(static_cast<float*>(base) + i) = make_float2(a, b);
+        return;
+      case kBF16:
+        *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(base) + i) = __floats2bfloat162_rn(a, b);
+        return;
+      case kF16:
+        *reinterpret_cast<__half2*>(static_cast<__half*>(base) + i) = __floats2half2_rn(a, b);
+        return;
+      default:
+        break;
+    }
+  }
+  store_f(base, dt, i, a);
+  store_f(base, dt, i + 1, b);
+}
+
+// One block per (chunk, value head), 8 warps, two blocks per SM. Every product's output [64, K] (or [64, 64]
+// with K = 64's map) is tiled 32 x K / 4 per warp: warp w owns rows 32 (w / 4) .., columns (K / 4) (w % 4) ..,
+// the same entries in every [64, K] step, so the thread that stores dk_state to dk_hv in the first step reads it
+// back in the A^T dw step (no barrier, no other thread). [64, 64] products use the 32 x 16 map, skipping the warps
+// whose tile lies above the diagonal where the result is strictly / inclusively lower (their outputs are zeros).
+// Shared (bf16, row strides SK = K + 8, SC = 72: 16 bytes mod 128, conflict-free ldmatrix):
+//   tS [max(K, 128), SK]: dS', then S, then Kb = exp(G) k (rows 0..63) and v (rows 64..127)
+//   tX [64, SK]: do;  tY [64, SK]: v_new, then dv_new;  tO [64, SK]: dw, then dA A^T (stride SC)
+//   tA, tP [64, SC]: A, dA;  fp32: G_last, sum_e S dS' [K], column sums of k dk_state by row half [2, K],
+//   beta [64], dbeta partials by column quarter [64, 4]
+// Steps as in wy_bwd_kernel; the tiles go through registers (fp32 -> bf16), dS', v_new, do and A at the start, S
+// (with dS' read again from L2 for the exact sum_e S dS') and dv_new after the dk_state / dAqk products.
+template <int kK>
+__global__ void __launch_bounds__(kWyBf16Threads, 2)
+    wy_bwd_bf16_kernel(KdaDev p, const void* d_out, int d_out_dt, void* dv, int dv_dt) {
+  int64_t t0;
+  int L;
+  if (!locate_chunk(p, blockIdx.x, t0, L)) return;
+  using bf16 = __nv_bfloat16;
+  constexpr int NT = kWyBf16Threads, K = kK, V = kK, SK = K + 8, SC = kChunk + 8, NJ = K / 64;
+  constexpr int kSRows = K > 2 * kChunk ? K : 2 * kChunk;
+  static_assert(NT == 256 && K % 64 == 0 && K <= NT, "8 warps of 32 x K / 4; one G_last entry per thread");
+  const int hv = blockIdx.y, h = hv / p.G, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t c = blockIdx.x;
+  extern __shared__ __align__(16) unsigned char wy_smem[];
+  bf16* tS = reinterpret_cast<bf16*>(wy_smem);
+  bf16* tX = tS + kSRows * SK;
+  bf16* tY = tX + kChunk * SK;
+  bf16* tO = tY + kChunk * SK;
+  bf16* tA = tO + kChunk * SK;
+  bf16* tP = tA + kChunk * SC;
+  float* glS = reinterpret_cast<float*>(tP + kChunk * SC);
+  float* sdS = glS + K;
+  float* cs = sdS + K;
+  float* bS = cs + 2 * K;
+  float* red = bS + kChunk;
+
+  auto row_at = [&](int i) { return (t0 + i) * p.HV + hv; };
+  auto k_at = [&](int i, int d) { return ((t0 + i) * p.H + h) * K + d; };
+  const int64_t state_off = (c * p.HV + hv) * static_cast<int64_t>(K) * V, vrs = static_cast<int64_t>(p.HV) * V;
+  {  // operands of the later steps into L2 while the first ones run
+    const int64_t fs = sizeof(float), es = dtype_bytes(p.in_dt);
+    prefetch_rows(p.hs + state_off, K, V * fs, V * fs, NT);
+    prefetch_rows(p.dvn + row_at(0) * V, L, p.HV * V * fs, V * fs, NT);
+    prefetch_rows(static_cast<const char*>(p.v) + row_at(0) * V * es, L, p.HV * V * es, V * es, NT);
+    prefetch_rows(p.gc + row_at(0) * K, L, p.HV * K * fs, K * fs, NT);
+    prefetch_rows(p.kp + k_at(0, 0), L, p.H * K * fs, K * fs, NT);
+  }
+  if (tid < K) glS[tid] = p.gc[row_at(L - 1) * K + tid];
+  if (tid < kChunk) bS[tid] = tid < L ? p.bp[row_at(tid)] : 0.0f;
+  {
+    const float* dhs = p.dhs + state_off;
+    load_tile_bf16<K, V>(tS, SK, K, [&](int i, int d) { return ldg4(dhs + i * V + d); });
+    const float* vn = p.vn + row_at(0) * V;
+    load_tile_bf16<kChunk, V>(tY, SK, L, [&](int i, int d) { return ldg4(vn + i * vrs + d); });
+    const bool aligned = reinterpret_cast<uintptr_t>(d_out) % 16 == 0;
+    const int64_t o0 = row_at(0) * V;
+    load_tile_bf16<kChunk, V>(tX, SK, L,
+                              [&](int i, int d) { return load4_f(aligned, d_out, d_out_dt, o0 + i * vrs + d); });
+    const float* A = p.A + row_at(0) * kChunk;
+    const int64_t ars = static_cast<int64_t>(p.HV) * kChunk;
+    load_tile_bf16<kChunk, kChunk>(tA, SC, L, [&](int i, int d) { return ldg4(A + i * ars + d); });
+  }
+  __syncthreads();
+
+  // Chunk bases and 32-bit row strides of the per-token arrays (64-bit addresses per entry cost registers).
+  const int gs = p.HV * K, ks = p.H * K;
+  const float* gc0 = p.gc + row_at(0) * K;
+  const float* kp0 = p.kp + k_at(0, 0);
+  float* dq0 = p.dq_hv + row_at(0) * K;
+  float* dk0 = p.dk_hv + row_at(0) * K;
+  float* dg0 = p.dgc + row_at(0) * K;
+  const int64_t v0 = row_at(0) * V;
+  const int g = lane / 4, tq = lane % 4;
+  const int mr = (warp / 4) * 32, nc = (warp % 4) * (K / 4), sc = (warp % 4) * 16;
+  const bool upper = sc >= mr + 32;  // the warp's 32 x 16 tile of a [64, 64] product lies above the diagonal
+  // Entry r of accumulator (mi, n) is row mr + 16 mi + g (+ 8 for r >= 2), column nc + 8 n + 2 tq (+ 1 for odd r).
+  auto row_of = [&](int mi, int r) { return mr + 16 * mi + g + (r >= 2 ? 8 : 0); };
+  auto col_of = [&](int n) { return nc + 8 * n + 2 * tq; };
+  auto col64 = [&](int n) { return sc + 8 * n + 2 * tq; };
+
+  // dk_state = exp(G_last - G) (v_new dS'^T); column sums of k dk_state (for dG_last) by warp row half. The [64, K]
+  // products go by 16-column blocks nj (a 32 x 16 accumulator per pass). dk_state goes to dk_hv now and is read
+  // back by the same thread in the A^T dw step (L2 holds it; kept in registers through the steps between, its 32
+  // per thread spilled at 128 registers).
+#pragma unroll 1
+  for (int nj = 0; nj < NJ; ++nj) {
+    float2 gv[2][2][2];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int h8 = 0; h8 < 2; ++h8)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int i = row_of(mi, 2 * hh);
+          gv[mi][h8][hh] = i < L ? ld2(gc0 + i * gs + col_of(2 * nj + h8)) : make_float2(0.0f, 0.0f);
+        }
+    float acc[2][2][4];
+    zero_acc(acc);
+    warp_mma_bf16<2, 1, false, false>(acc, tY, SK, mr, tS, SK, nc + 16 * nj, V);
+#pragma unroll
+    for (int h8 = 0; h8 < 2; ++h8) {
+      const int n = 2 * nj + h8, d = col_of(n);
+      const float gl0 = glS[d], gl1 = glS[d + 1];
+      float colsum[2] = {0.0f, 0.0f};
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int i = row_of(mi, 2 * hh);
+          const bool in = i < L;
+          const float2 k2 = in ? ld2(kp0 + i * ks + d) : make_float2(0.0f, 0.0f);
+          const float x0 = in ? __expf(gl0 - gv[mi][h8][hh].x) * acc[mi][h8][2 * hh] : 0.0f;
+          const float x1 = in ? __expf(gl1 - gv[mi][h8][hh].y) * acc[mi][h8][2 * hh + 1] : 0.0f;
+          if (in) st2(dk0 + i * gs + d, x0, x1);
+          colsum[0] += k2.x * x0;
+          colsum[1] += k2.y * x1;
+        }
+#pragma unroll
+      for (int u = 0; u < 2; ++u)
+#pragma unroll
+        for (int o = 4; o < 32; o <<= 1) colsum[u] += __shfl_xor_sync(0xffffffffu, colsum[u], o);
+      if (g == 0) cs[(warp / 4) * K + d] = colsum[0], cs[(warp / 4) * K + d + 1] = colsum[1];
+    }
+  }
+  // dAqk = scale tril(do v_new^T)
+  {
+    float acc[2][2][4];
+    zero_acc(acc);
+    if (!upper) warp_mma_bf16<2, 1, false, false>(acc, tX, SK, mr, tY, SK, sc, V);
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int r = 0; r < 4; r += 2) {
+          const int i = row_of(mi, r), j = col64(n);
+          if (i < L)
+            st2(p.dAqk + row_at(i) * kChunk + j, j <= i ? p.scale * acc[mi][n][r] : 0.0f,
+                j + 1 <= i ? p.scale * acc[mi][n][r + 1] : 0.0f);
+        }
+  }
+  __syncthreads();
+  // S -> tS over dS', with sum_e S dS' per key channel from both in fp32 (dS' read again: L2). The V / 4 float4 of
+  // a row span 32 or 16 consecutive lanes, reduced by shuffles in a fixed order. Then dv_new -> tY.
+  {
+    constexpr int c4 = V / 4, per = K * c4 / NT, U = per < 4 ? per : 4;
+    static_assert(per % U == 0 && c4 <= 32, "whole rows per warp");
+    const float* hs = p.hs + state_off;
+    const float* dhs = p.dhs + state_off;
+#pragma unroll 1  // unrolled, the compiler issues every round's loads at once (spills)
+    for (int base = 0; base < per; base += U) {
+      float4 s4[U], d4[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int idx = tid + (base + u) * NT;
+        s4[u] = ldg4(hs + 4 * idx);
+        d4[u] = ldg4(dhs + 4 * idx);
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int idx = tid + (base + u) * NT;
+        st_bf16x4(tS + (idx / c4) * SK + (idx % c4) * 4, s4[u]);
+        float s = s4[u].x * d4[u].x + s4[u].y * d4[u].y + s4[u].z * d4[u].z + s4[u].w * d4[u].w;
+#pragma unroll
+        for (int o = c4 / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane % c4 == 0) sdS[idx / c4] = s;
+      }
+    }
+    const float* dvn = p.dvn + row_at(0) * V;
+    load_tile_bf16<kChunk, V>(tY, SK, L, [&](int i, int d) { return ldg4(dvn + i * vrs + d); });
+  }
+  __syncthreads();
+  // dG_last = exp(G_last) sum_e S dS' + sum_i k_i dk_state_i
+  if (tid < K) p.dg_last[(c * p.HV + hv) * K + tid] = __expf(glS[tid]) * sdS[tid] + (cs[tid] + cs[K + tid]);
+  // dq_state = scale exp(G) (do S^T)
+#pragma unroll 1
+  for (int nj = 0; nj < NJ; ++nj) {
+    float2 gv[2][2][2];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int h8 = 0; h8 < 2; ++h8)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int i = row_of(mi, 2 * hh);
+          gv[mi][h8][hh] = i < L ? ld2(gc0 + i * gs + col_of(2 * nj + h8)) : make_float2(0.0f, 0.0f);
+        }
+    float acc[2][2][4];
+    zero_acc(acc);
+    warp_mma_bf16<2, 1, false, false>(acc, tX, SK, mr, tS, SK, nc + 16 * nj, V);
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int h8 = 0; h8 < 2; ++h8)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int i = row_of(mi, 2 * hh);
+          if (i < L)
+            st2(dq0 + i * gs + col_of(2 * nj + h8), p.scale * __expf(gv[mi][h8][hh].x) * acc[mi][h8][2 * hh],
+                p.scale * __expf(gv[mi][h8][hh].y) * acc[mi][h8][2 * hh + 1]);
+        }
+  }
+  // dw = -dv_new S^T -> tO
+#pragma unroll 1
+  for (int nj = 0; nj < NJ; ++nj) {
+    float acc[2][2][4];
+    zero_acc(acc);
+    warp_mma_bf16<2, 1, false, false>(acc, tY, SK, mr, tS, SK, nc + 16 * nj, V);
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int h8 = 0; h8 < 2; ++h8)
+#pragma unroll
+        for (int r = 0; r < 4; r += 2)
+          st_bf16x2(tO + row_of(mi, r) * SK + col_of(2 * nj + h8), -acc[mi][h8][r], -acc[mi][h8][r + 1]);
+  }
+  __syncthreads();
+  // T3 = A^T dv_new: dv = beta T3, dbeta += T3 . v;  T2 = A^T dw: dk = dk_state + beta exp(G) T2,
+  // dG = k (beta exp(G) T2 - dk_state), dbeta += T2 . (exp(G) k). By 16-column blocks, T3 then T2 (one 32 x 16
+  // accumulator and its operands live at a time next to dk_state); v -> tS rows [64, 128) and Kb = exp(G) k -> rows
+  // [0, 64) for the dA step (S's last reader, dw, is behind the barrier above; rows >= L are zero, as G, k and v
+  // are there). v, G, k come from global memory at fp32 (v in its input dtype) for the fp32 sums.
+  {
+    const bool dv_aligned = reinterpret_cast<uintptr_t>(dv) % 16 == 0;
+    float db[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};  // (mi, row half): this thread's part of dbeta
+    auto a_t_mma = [&](float(&acc)[2][2][4], const bf16* b, int n0) {
+      zero_acc(acc);
+#pragma unroll
+      for (int k0 = 0; k0 < kChunk; k0 += 16) {
+        uint32_t af[2][4], bfr[4];
+        a_frag_t(af[0], tA, SC, mr, k0);
+        a_frag_t(af[1], tA, SC, mr + 16, k0);
+        b_frag_kn(bfr, b, SK, k0, n0);
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+          mma_bf16(acc[mi][0], af[mi], bfr[0], bfr[1]);
+          mma_bf16(acc[mi][1], af[mi], bfr[2], bfr[3]);
+        }
+      }
+    };
+#pragma unroll 1
+    for (int nj = 0; nj < NJ; ++nj) {
+      {
+        float2 vv[2][2][2];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+          for (int h8 = 0; h8 < 2; ++h8)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+              const int j = row_of(mi, 2 * hh);
+              vv[mi][h8][hh] = j < L ? load2_f(p.aligned, p.v, p.in_dt, v0 + j * vrs + col_of(2 * nj + h8))
+                                     : make_float2(0.0f, 0.0f);
+            }
+        float t3[2][2][4];
+        a_t_mma(t3, tY, nc + 16 * nj);
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+          for (int h8 = 0; h8 < 2; ++h8)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+              const int j = row_of(mi, 2 * hh), d = col_of(2 * nj + h8);
+              const float2 v2 = vv[mi][h8][hh];
+              const float* a3 = &t3[mi][h8][2 * hh];
+              st_bf16x2(tS + (kChunk + j) * SK + d, v2.x, v2.y);
+              db[mi][hh] += a3[0] * v2.x + a3[1] * v2.y;
+              if (j < L) store2_f(dv, dv_dt, dv_aligned, v0 + j * vrs + d, bS[j] * a3[0], bS[j] * a3[1]);
+            }
+      }
+      {
+        float2 gv[2][2][2], kv[2][2][2], kd_[2][2][2];  // G, k, dk_state
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+          for (int h8 = 0; h8 < 2; ++h8)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+              const int j = row_of(mi, 2 * hh), d = col_of(2 * nj + h8);
+              const bool in = j < L;
+              gv[mi][h8][hh] = in ? ld2(gc0 + j * gs + d) : make_float2(0.0f, 0.0f);
+              kv[mi][h8][hh] = in ? ld2(kp0 + j * ks + d) : make_float2(0.0f, 0.0f);
+              kd_[mi][h8][hh] = in ? ld2(dk0 + j * gs + d) : make_float2(0.0f, 0.0f);
+            }
+        float t2[2][2][4];
+        a_t_mma(t2, tO, nc + 16 * nj);
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+          for (int h8 = 0; h8 < 2; ++h8)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+              const int n = 2 * nj + h8, j = row_of(mi, 2 * hh), d = col_of(n);
+              const float bj = bS[j];
+              const float eg[2] = {__expf(gv[mi][h8][hh].x), __expf(gv[mi][h8][hh].y)};
+              const float kd[2] = {kv[mi][h8][hh].x, kv[mi][h8][hh].y};
+              st_bf16x2(tS + j * SK + d, eg[0] * kd[0], eg[1] * kd[1]);
+              if (j < L) {
+                const float* a2 = &t2[mi][h8][2 * hh];
+                const float keep[2] = {kd_[mi][h8][hh].x, kd_[mi][h8][hh].y};
+                float dk2[2], dg2[2];
+#pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                  const float dkb = bj * eg[u] * a2[u];
+                  dk2[u] = keep[u] + dkb;
+                  dg2[u] = __fmaf_rn(kd[u], dkb, -kd[u] * keep[u]);
+                  db[mi][hh] += a2[u] * eg[u] * kd[u];
+                }
+                const int at = j * gs + d;
+                st2(dk0 + at, dk2[0], dk2[1]);
+                st2(dg0 + at, dg2[0], dg2[1]);
+              }
+            }
+      }
+    }
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        float s = db[mi][hh];
+        s += __shfl_xor_sync(0xffffffffu, s, 1);
+        s += __shfl_xor_sync(0xffffffffu, s, 2);
+        if (tq == 0) red[row_of(mi, 2 * hh) * 4 + warp % 4] = s;
+      }
+  }
+  __syncthreads();
+  if (tid < L) p.dbp[row_at(tid)] = (red[tid * 4] + red[tid * 4 + 1]) + (red[tid * 4 + 2] + red[tid * 4 + 3]);
+  // dA_ij = beta_j (dw_i . Kb_j + dv_new_i . v_j), j < i < L -> tP
+  {
+    float acc[2][2][4];
+    zero_acc(acc);
+    if (!upper) {
+      warp_mma_bf16<2, 1, false, false>(acc, tO, SK, mr, tS, SK, sc, K);
+      warp_mma_bf16<2, 1, false, false>(acc, tY, SK, mr, tS + kChunk * SK, SK, sc, V);
+    }
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int r = 0; r < 4; r += 2) {
+          const int i = row_of(mi, r), j = col64(n);
+          st_bf16x2(tP + i * SC + j, j < i && i < L ? bS[j] * acc[mi][n][r] : 0.0f,
+                    j + 1 < i && i < L ? bS[j + 1] * acc[mi][n][r + 1] : 0.0f);
+        }
+  }
+  __syncthreads();
+  // dA A^T -> tQ (over dw)
+  bf16* tQ = tO;
+  {
+    float acc[2][2][4];
+    zero_acc(acc);
+    warp_mma_bf16<2, 1, false, false>(acc, tP, SC, mr, tA, SC, sc, kChunk);
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int r = 0; r < 4; r += 2) st_bf16x2(tQ + row_of(mi, r) * SC + col64(n), acc[mi][n][r], acc[mi][n][r + 1]);
+  }
+  __syncthreads();
+  // dM = -A^T (dA A^T), strictly lower
+  {
+    float acc[2][2][4];
+    zero_acc(acc);
+    if (!upper) warp_mma_bf16<2, 1, true, true>(acc, tA, SC, mr, tQ, SC, sc, kChunk);
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int r = 0; r < 4; r += 2) {
+          const int i = row_of(mi, r), j = col64(n);
+          if (i < L)
+            st2(p.dM + row_at(i) * kChunk + j, j < i ? -acc[mi][n][r] : 0.0f, j + 1 < i ? -acc[mi][n][r + 1] : 0.0f);
+        }
   }
 }
 
@@ -1376,6 +1771,11 @@ size_t wy_bwd_smem(int K) {
   return sizeof(float) * ((std::max(K, 2 * kChunk) + 3 * kChunk) * KP + 2 * kChunk * (kChunk + 4) + 2 * K + kChunk +
                           kChunk * (K / 8));
 }
+size_t wy_bwd_bf16_smem(int K) {  // the carve of wy_bwd_bf16_kernel
+  const int SK = K + 8, SC = kChunk + 8;
+  return sizeof(__nv_bfloat16) * ((std::max(K, 2 * kChunk) + 3 * kChunk) * SK + 2 * kChunk * SC) +
+         sizeof(float) * (4 * K + kChunk + 4 * kChunk);
+}
 constexpr size_t kPairSmem = sizeof(float) * (4 * kChunk * kSliceStride + 2 * kChunk * (kChunk + 4) + kChunk);
 
 }  // namespace
@@ -1407,8 +1807,8 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
   const int dht_dt = dht ? dtype_code(dht->dtype, "dht") : 0;
   void* dh0_ptr = dh0 ? dh0->data : nullptr;
   const int dh0_dt = dh0 ? dtype_code(dh0->dtype, "dh0") : 0;
-  // bf16 / f16 inputs: bf16 operands in the state pass (state_bwd_bf16_kernel), one-pass TF32 products in the
-  // others (see mma_f32); f32 / f64: 3xTF32 everywhere.
+  // bf16 / f16 inputs: bf16 operands in the state pass (state_bwd_bf16_kernel) and in wy_bwd (wy_bwd_bf16_kernel),
+  // one-pass TF32 products in pair_bwd (see mma_f32); f32 / f64: 3xTF32 everywhere.
   const bool precise = p.in_dt == kF32 || p.in_dt == kF64;
   auto launch_state = [&](auto kernel) {
     set_smem_limit(reinterpret_cast<const void*>(kernel), state_smem);
@@ -1449,11 +1849,21 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
   timer.mark(roofline::Stage::state_bwd, bv);
   if (p.tokens > 0) {
     const dim3 chunk_grid(static_cast<unsigned>(max_chunks), static_cast<unsigned>(p.HV));
-    const size_t wy_smem = wy_bwd_smem(p.K);
-    auto* wy_kernel = p.K == 128 ? (precise ? wy_bwd_kernel<128, true> : wy_bwd_kernel<128, false>)
-                                 : (precise ? wy_bwd_kernel<64, true> : wy_bwd_kernel<64, false>);
-    set_smem_limit(reinterpret_cast<const void*>(wy_kernel), wy_smem);
-    wy_kernel<<<chunk_grid, kWyThreads, wy_smem, stream>>>(p, do_.data, do_dt, dv.data, dtype_code(dv.dtype, "dv"));
+    const int dv_dt = dtype_code(dv.dtype, "dv");
+    if (precise) {
+      const size_t wy_smem = wy_bwd_smem(p.K);
+      auto* wy_kernel = p.K == 128 ? wy_bwd_kernel<128> : wy_bwd_kernel<64>;
+      set_smem_limit(reinterpret_cast<const void*>(wy_kernel), wy_smem);
+      wy_kernel<<<chunk_grid, kWyThreads, wy_smem, stream>>>(p, do_.data, do_dt, dv.data, dv_dt);
+    } else {  // two blocks per SM: the largest carveout
+      const size_t wy_smem = wy_bwd_bf16_smem(p.K);
+      auto* wy_kernel = p.K == 128 ? wy_bwd_bf16_kernel<128> : wy_bwd_bf16_kernel<64>;
+      set_smem_limit(reinterpret_cast<const void*>(wy_kernel), wy_smem);
+      SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(wy_kernel),
+                                             cudaFuncAttributePreferredSharedMemoryCarveout,
+                                             cudaSharedmemCarveoutMaxShared));
+      wy_kernel<<<chunk_grid, kWyBf16Threads, wy_smem, stream>>>(p, do_.data, do_dt, dv.data, dv_dt);
+    }
     SEQMIX_CUDA_CHECK(cudaGetLastError());
     timer.mark(roofline::Stage::wy_bwd);
     auto* pair_kernel = precise ? pair_bwd_kernel<true> : pair_bwd_kernel<false>;

@@ -19,9 +19,8 @@
 //                 (exponentials, gate, L2 norm, row sums) is not counted.
 //   tc_flops      tensor-core FLOPs issued: m16n8k8 steps x 2048 x passes, 3 passes for 3xTF32 (f32 / f64
 //                 inputs; always for chunk_fwd's inverse blocks, which use warp_gemm), 1 for bf16 / f16.
-//                 state_fwd on bf16 / f16 inputs issues bf16 m16n8k16 MMAs instead (the same FLOPs, at twice
-//                 the TF32 rate: its tf32_roofline_ms is an upper bound, and equals its memory term at the
-//                 benchmark shapes).
+//                 On bf16 / f16 inputs state_fwd, state_bwd and wy_bwd issue bf16 m16n8k16 MMAs instead (4096
+//                 FLOPs each, at twice the TF32 rate: their tf32_roofline_ms is an upper bound).
 // Rows past a sequence's end are neither loaded nor stored (cp.async zero-fill, masked stores), so per-token
 // terms use T; products are counted per chunk as if it were full (the kernels skip only some 16-row
 // blocks of a partial one), so flops are exact when every sequence length is a multiple of 64 and an
@@ -201,9 +200,12 @@ inline Cost wy_bwd_cost(const Shape& s) {
   c.unique_bytes = kp_unique + other;
   // per block: dk_state = v_new dS'^T, dq_state = do S^T, dw = dv_new S^T (64 x K x V each); dAqk = do v_new^T
   // (64 x 64 x V); A^T dw, A^T dv_new (64 x K x 64 each); dA = dw Kb^T + dv_new v^T (64 x 64 x (K + V));
-  // dA A^T and A^T (dA A^T) (64 x 64 x 64 each)
-  const double macs = 3.0 * kChunk * K * V + kChunk * kChunk * V + 2.0 * kChunk * K * kChunk +
-                      kChunk * kChunk * (K + V) + 2.0 * kChunk * kChunk * kChunk;
+  // dA A^T and A^T (dA A^T) (64 x 64 x 64 each). The bf16 kernel (bf16 / f16 inputs, wy_bwd_bf16_kernel) skips
+  // the 2 of its 8 warp tiles (32 x 16) of dAqk, dA and A^T (dA A^T) that lie above the diagonal (3 / 4 of each);
+  // the f32 kernel multiplies them whole.
+  const double tri = s.precise ? 1.0 : 0.75;
+  const double macs = 3.0 * kChunk * K * V + tri * kChunk * kChunk * V + 2.0 * kChunk * K * kChunk +
+                      tri * kChunk * kChunk * (K + V) + (1.0 + tri) * kChunk * kChunk * kChunk;
   detail::add_mma(c, s, C * HV * macs);
   return c;
 }
