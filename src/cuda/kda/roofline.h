@@ -13,7 +13,7 @@
 //                 blocks past the last chunk (grids are sized by an upper bound; they exit after one look-up).
 //   unique_bytes  every element once per kernel: the HBM floor if L2 served every re-read.
 //   flops         2 per multiply-add of the matrix products as the code issues them, each product once:
-//                 tensor-core tiles with the zero padding the code does not skip (e.g. state_bwd's full
+//                 tensor-core tiles with the zero padding the code does not skip (e.g. the TF32 state_bwd's full
 //                 Aqk^T do), plus the products done per pair on the CUDA cores (the diagonal blocks of
 //                 chunk_fwd and pair_bwd, the 16 x 16 substitution of the inverse). Elementwise work
 //                 (exponentials, gate, L2 norm, row sums) is not counted.
