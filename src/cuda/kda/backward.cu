@@ -156,8 +156,8 @@ __device__ __forceinline__ void cp_async_rows(float* dst, int dst_rs, const floa
   }
 }
 
-// One block per (sequence, value head, BV value columns), chunks in reverse; products on the tensor
-// cores (precision as in mma_f32). Shared: w, Qg [64, K + 8] and Aqk [64, 72], read transposed as MMA A
+// f32 / f64 inputs (16-bit ones take state_bwd_bf16_kernel below). One block per (sequence, value head, BV
+// value columns), chunks in reverse; products on the tensor cores in 3xTF32 (mma_f32). Shared: w, Qg [64, K + 8] and Aqk [64, 72], read transposed as MMA A
 // operands (stride = 8 mod 32 banks puts the fragment's g + 8 t lanes on 32 banks; K + 4 would pair them
 // up), Kl [64, K + 4] and raw G [64, K + 4] read by rows (4 mod 32: 4 g + t); dS tile [K, BV + 8]; do and
 // dv_new tiles [64, BV + 8]; G_last [K].
@@ -174,9 +174,10 @@ __device__ __forceinline__ void cp_async_rows(float* dst, int dst_rs, const floa
 // and 4 NT / warps of the 64 x BV one (NT = BV / 8 column tiles; NT divides the warp count).
 __host__ __device__ constexpr int state_bwd_threads(int BV) { return BV >= 32 ? 512 : 256; }
 
-template <int kK, int BV, bool kPrecise>
+template <int kK, int BV>
 __global__ void __launch_bounds__(state_bwd_threads(BV), 1)
     state_bwd_kernel(KdaDev p, const void* d_out, int d_out_dt, const void* dht, int dht_dt, void* dh0, int dh0_dt) {
+  constexpr bool kPrecise = true;
   constexpr int kNT = state_bwd_threads(BV), kWarps = kNT / 32;
   constexpr int SP = BV + 8, AP = kChunk + 8, NT = BV / 8;
   constexpr int K = kK, KP = K + 4, KT = K + 8;
@@ -1832,11 +1833,11 @@ void chunk_kda_bwd(const cpu::KdaArgs& args, const TensorView* cu_seqlens, const
         launch_state_bf16(state_bwd_bf16_kernel<kK, 64>, state_bwd_bf16_smem_bytes<kK, 64>(),
                           32 * state_bwd_bf16_warps(kK, 64));
     } else if (bv == 16)
-      launch_state(state_bwd_kernel<kK, 16, true>);
+      launch_state(state_bwd_kernel<kK, 16>);
     else if (bv == 32)
-      launch_state(state_bwd_kernel<kK, 32, true>);
+      launch_state(state_bwd_kernel<kK, 32>);
     else
-      launch_state(state_bwd_kernel<kK, 64, true>);
+      launch_state(state_bwd_kernel<kK, 64>);
   };
   if (p.N == 0) {
     // no sequence: nothing to differentiate (dA_log / ddt_bias below become zero)
