@@ -1108,14 +1108,9 @@ __global__ void __launch_bounds__(kWyBf16Threads, 2)
   auto row_of = [&](int mi, int r) { return mr + 16 * mi + g + (r >= 2 ? 8 : 0); };
   auto col_of = [&](int n) { return nc + 8 * n + 2 * tq; };
   auto col64 = [&](int n) { return sc + 8 * n + 2 * tq; };
-
-  // dk_state = exp(G_last - G) (v_new dS'^T); column sums of k dk_state (for dG_last) by warp row half. The [64, K]
-  // products go by 16-column blocks nj (a 32 x 16 accumulator per pass). dk_state goes to dk_hv now and is read
-  // back by the same thread in the A^T dw step (L2 holds it; kept in registers through the steps between, its 32
-  // per thread spilled at 128 registers).
-#pragma unroll 1
-  for (int nj = 0; nj < NJ; ++nj) {
-    float2 gv[2][2][2];
+  // G at this thread's accumulator entries of the 16-column block nj (pairs of adjacent columns; rows >= L zero),
+  // loaded before a product so that its latency hides behind the MMAs
+  auto load_gate_pairs = [&](float2 (&gv)[2][2][2], int nj) {
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
@@ -1125,6 +1120,16 @@ __global__ void __launch_bounds__(kWyBf16Threads, 2)
           const int i = row_of(mi, 2 * hh);
           gv[mi][h8][hh] = i < L ? ld2(gc0 + i * gs + col_of(2 * nj + h8)) : make_float2(0.0f, 0.0f);
         }
+  };
+
+  // dk_state = exp(G_last - G) (v_new dS'^T); column sums of k dk_state (for dG_last) by warp row half. The [64, K]
+  // products go by 16-column blocks nj (a 32 x 16 accumulator per pass). dk_state goes to dk_hv now and is read
+  // back by the same thread in the A^T dw step (L2 holds it; kept in registers through the steps between, its 32
+  // per thread spilled at 128 registers).
+#pragma unroll 1
+  for (int nj = 0; nj < NJ; ++nj) {
+    float2 gv[2][2][2];
+    load_gate_pairs(gv, nj);
     float acc[2][2][4];
     zero_acc(acc);
     warp_mma_bf16<2, 1, false, false>(acc, tY, SK, mr, tS, SK, nc + 16 * nj, V);
@@ -1207,15 +1212,7 @@ __global__ void __launch_bounds__(kWyBf16Threads, 2)
 #pragma unroll 1
   for (int nj = 0; nj < NJ; ++nj) {
     float2 gv[2][2][2];
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-      for (int h8 = 0; h8 < 2; ++h8)
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          const int i = row_of(mi, 2 * hh);
-          gv[mi][h8][hh] = i < L ? ld2(gc0 + i * gs + col_of(2 * nj + h8)) : make_float2(0.0f, 0.0f);
-        }
+    load_gate_pairs(gv, nj);
     float acc[2][2][4];
     zero_acc(acc);
     warp_mma_bf16<2, 1, false, false>(acc, tX, SK, mr, tS, SK, nc + 16 * nj, V);
