@@ -156,11 +156,11 @@ __device__ __forceinline__ void cp_async_rows(float* dst, int dst_rs, const floa
   }
 }
 
-// f32 / f64 inputs (16-bit ones take state_bwd_bf16_kernel below). One block per (sequence, value head, BV
-// value columns), chunks in reverse; products on the tensor cores in 3xTF32 (mma_f32). Shared: w, Qg [64, K + 8] and Aqk [64, 72], read transposed as MMA A
-// operands (stride = 8 mod 32 banks puts the fragment's g + 8 t lanes on 32 banks; K + 4 would pair them
-// up), Kl [64, K + 4] and raw G [64, K + 4] read by rows (4 mod 32: 4 g + t); dS tile [K, BV + 8]; do and
-// dv_new tiles [64, BV + 8]; G_last [K].
+// f32 / f64 inputs (16-bit ones take state_bwd_bf16_kernel below). One block per (sequence, value head, BV value
+// columns), chunks in reverse; products on the tensor cores in 3xTF32 (mma_f32). Shared: w, Qg [64, K + 8] and
+// Aqk [64, 72], read transposed as MMA A operands (stride = 8 mod 32 banks puts the fragment's g + 8 t lanes on 32
+// banks; K + 4 would pair them up), Kl [64, K + 4] and raw G [64, K + 4] read by rows (4 mod 32: 4 g + t);
+// dS tile [K, BV + 8]; do and dv_new tiles [64, BV + 8]; G_last [K].
 // Per chunk: w, k, q, G, Aqk go to shared memory by cp.async (all of a chunk's loads in flight at once,
 // none staged in registers) while do is loaded and dS' stored, then k, q become Kl, Qg in place. The
 // next chunk's G, k, Aqk, q are issued as soon as their tiles are free (G after the Kl / Qg step; k,
@@ -344,9 +344,9 @@ __global__ void __launch_bounds__(32 * state_bwd_bf16_warps(kK, BV), 1)
                           int dh0_dt) {
   constexpr int K = kK, kWarps = state_bwd_bf16_warps(kK, BV), kNT = 32 * kWarps;
   constexpr int KP = K + 4, AF = kChunk + 4, KT = K + 8, AT = kChunk + 8, SP = BV + 8;
-  constexpr int kMB = K / 16;                         // 16-row blocks of dS
-  constexpr int NTW = kMB * (BV / 8) / kWarps;        // 8-column tiles of dS per warp
-  constexpr int NTV = 4 * (BV / 8) / kWarps;          // 8-column tiles of dv_new per warp
+  constexpr int kMB = K / 16;                   // 16-row blocks of dS
+  constexpr int NTW = kMB * (BV / 8) / kWarps;  // 8-column tiles of dS per warp
+  constexpr int NTV = 4 * (BV / 8) / kWarps;    // 8-column tiles of dv_new per warp
   static_assert(NTW >= 2 && NTW % 2 == 0 && NTV >= 1 && NTV <= 2 && kWarps % kMB == 0 && kWarps % 4 == 0,
                 "warp tiling of the bf16 state_bwd products");
   const int n = blockIdx.x, hv = blockIdx.y, e0 = blockIdx.z * BV, h = hv / p.G;
@@ -373,8 +373,8 @@ __global__ void __launch_bounds__(32 * state_bwd_bf16_warps(kK, BV), 1)
   for (int j = 0; j < NTW; ++j)
 #pragma unroll
     for (int r = 0; r < 4; ++r)
-      ds[j][r] = dht ? load_f(dht, dht_dt, state_index(p, n, hv, 16 * sm + frag_row(r), e0 + sc + 8 * j + frag_col(r)))
-                     : 0.0f;
+      ds[j][r] =
+          dht ? load_f(dht, dht_dt, state_index(p, n, hv, 16 * sm + frag_row(r), e0 + sc + 8 * j + frag_col(r))) : 0.0f;
 
   const int64_t c_begin = p.chunk_offsets[n], c_last = p.chunk_offsets[n + 1] - 1;
   const int64_t rs_k = static_cast<int64_t>(p.HV) * K, rs_q = static_cast<int64_t>(p.H) * K;
@@ -1108,6 +1108,21 @@ __global__ void __launch_bounds__(kWyBf16Threads, 2)
   auto row_of = [&](int mi, int r) { return mr + 16 * mi + g + (r >= 2 ? 8 : 0); };
   auto col_of = [&](int n) { return nc + 8 * n + 2 * tq; };
   auto col64 = [&](int n) { return sc + 8 * n + 2 * tq; };
+  // factor * acc of a [64, 64] product into the rows < L of a [tokens, HV, 64] buffer, zero above the diagonal:
+  // lower triangle with it (strict = 0: dAqk) or without (strict = 1: dM)
+  auto store_lower = [&](float* dst, const float (&acc)[2][2][4], float factor, int strict) {
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int r = 0; r < 4; r += 2) {
+          const int i = row_of(mi, r), j = col64(n);
+          if (i < L)
+            st2(dst + row_at(i) * kChunk + j, j + strict <= i ? factor * acc[mi][n][r] : 0.0f,
+                j + 1 + strict <= i ? factor * acc[mi][n][r + 1] : 0.0f);
+        }
+  };
   // G at this thread's accumulator entries of the 16-column block nj (pairs of adjacent columns; rows >= L zero),
   // loaded before a product so that its latency hides behind the MMAs
   auto load_gate_pairs = [&](float2 (&gv)[2][2][2], int nj) {
@@ -1163,17 +1178,7 @@ __global__ void __launch_bounds__(kWyBf16Threads, 2)
     float acc[2][2][4];
     zero_acc(acc);
     if (!upper) warp_mma_bf16<2, 1, false, false>(acc, tX, SK, mr, tY, SK, sc, V);
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-      for (int n = 0; n < 2; ++n)
-#pragma unroll
-        for (int r = 0; r < 4; r += 2) {
-          const int i = row_of(mi, r), j = col64(n);
-          if (i < L)
-            st2(p.dAqk + row_at(i) * kChunk + j, j <= i ? p.scale * acc[mi][n][r] : 0.0f,
-                j + 1 <= i ? p.scale * acc[mi][n][r + 1] : 0.0f);
-        }
+    store_lower(p.dAqk, acc, p.scale, 0);
   }
   __syncthreads();
   // S -> tS over dS', with sum_e S dS' per key channel from both in fp32 (dS' read again: L2). The V / 4 float4 of
@@ -1392,16 +1397,7 @@ __global__ void __launch_bounds__(kWyBf16Threads, 2)
     float acc[2][2][4];
     zero_acc(acc);
     if (!upper) warp_mma_bf16<2, 1, true, true>(acc, tA, SC, mr, tQ, SC, sc, kChunk);
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-      for (int n = 0; n < 2; ++n)
-#pragma unroll
-        for (int r = 0; r < 4; r += 2) {
-          const int i = row_of(mi, r), j = col64(n);
-          if (i < L)
-            st2(p.dM + row_at(i) * kChunk + j, j < i ? -acc[mi][n][r] : 0.0f, j + 1 < i ? -acc[mi][n][r + 1] : 0.0f);
-        }
+    store_lower(p.dM, acc, -1.0f, 1);
   }
 }
 
