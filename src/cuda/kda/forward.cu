@@ -531,17 +531,19 @@ __device__ __forceinline__ void update_state_strip(float* hS, int SP, const floa
     for (int r = 0; r < 4; ++r) hS[(r0 + frag_row(r)) * SP + cw + 8 * j + frag_col(r)] = acc[j][r];
 }
 
-// One block per (sequence, value head, BV value columns), chunks in order, fp32 state tile in shared
-// memory. Shared: kStages x (w, kl [64, K + 4]; u [64, BV + 8]; G_last [K]); v_new [64, BV + 8];
-// S [K, BV + 8]. The output is not formed here (output_fwd_kernel reads hs and v_new), so a chunk costs
-// two products:   v_new = u - w S;   S <- exp(G_last) S + kl^T v_new.
+// f32 / f64 inputs (16-bit ones take state_fwd_bf16_kernel below). One block per (sequence, value head, BV value
+// columns), chunks in order, fp32 state tile in shared memory; products in 3xTF32 (mma_f32).
+// Shared: kStages x (w, kl [64, K + 4]; u [64, BV + 8]; G_last [K]); v_new [64, BV + 8]; S [K, BV + 8]. The
+// output is not formed here (output_fwd_kernel reads hs and v_new), so a chunk costs two products:
+//   v_new = u - w S;   S <- exp(G_last) S + kl^T v_new.
 // Pipeline: w/u and kl/G_last travel as two cp.async groups per chunk into a ring of kStages slots;
 // chunk c + kStages's w/u load is issued once v_new of chunk c is formed, its kl/G_last load once the
 // state update is done. One chunk of compute is shorter than an L2/HBM round trip, so on long
 // sequences (one block per SM) two slots hide the loads that one leaves exposed; with several blocks
 // per SM (one slot) the other block's work hides them instead.
-template <int kK, int BV, int kStages, bool kPrecise>
+template <int kK, int BV, int kStages>
 __global__ void __launch_bounds__(kThreads, 2) state_fwd_kernel(KdaDev p, void* final_state, int final_dt) {
+  constexpr bool kPrecise = true;
   constexpr int SP = BV + 8, NT = BV / 8;
   // blocks in sequence order (sequence slowest): a long sequence of a varlen pack starts in the first
   // wave instead of waiting behind the short ones
@@ -1098,13 +1100,13 @@ void launch_chunks(KdaDev& p, const TensorView* o, const TensorView* final_state
     const int stages = bv == 16 || (bv == 32 && one_wave) ? 2 : 1;
     const size_t smem = state_fwd_smem(p.K, bv, stages);
     if (bv == 64)
-      launch_state(state_fwd_kernel<kK, 64, 1, kPrecise>, smem);
+      launch_state(state_fwd_kernel<kK, 64, 1>, smem);
     else if (bv == 32 && stages == 2)
-      launch_state(state_fwd_kernel<kK, 32, 2, kPrecise>, smem);
+      launch_state(state_fwd_kernel<kK, 32, 2>, smem);
     else if (bv == 32)
-      launch_state(state_fwd_kernel<kK, 32, 1, kPrecise>, smem);
+      launch_state(state_fwd_kernel<kK, 32, 1>, smem);
     else
-      launch_state(state_fwd_kernel<kK, 16, 2, kPrecise>, smem);
+      launch_state(state_fwd_kernel<kK, 16, 2>, smem);
   } else {
     // bf16 operands: two slots except for the 32-column tile with more blocks than SMs (its one-slot carve, 95 KB
     // at K 128, is the only one that lets a second block share the SM); the 64-column tile's two fit (198 KB).
