@@ -934,8 +934,9 @@ __global__ void __launch_bounds__(kWyThreads, 1)
 // memory: dS', S, v_new, dv_new, A; dw = -dv_new S^T, Kb = exp(G) k, dA and dA A^T from fp32 accumulators. These
 // are FLA's operands too (chunk_kda_bwd_wy_dqkg_fused: v_new, do, h, dh, dv, A, dw, kg as bf16, and dA, dA A
 // in A's dtype for dM). Everything else stays fp32: the accumulators, the gate factors exp(G_last - G), exp(G) and
-// beta applied to them, dk_state (kept in dk_hv between its steps), and the sums sum_e S dS' (both fp32 from
-// global memory), sum_i k dk_state, dbeta (fp32 T2, T3 against fp32 exp(G) k and v).
+// beta applied to them, dk_state (kept in dk_hv between its steps), and the sums sum_e S dS' (fp32 S against the
+// bf16 dS' tile, as FLA's bf16 dh: re-reading the fp32 dS' from L2 cost 1.8 % of B4 T4096 H16 fwd+bwd on the H100),
+// sum_i k dk_state, dbeta (fp32 T2, T3 against fp32 exp(G) k and v).
 // bf16 tiles halve the shared memory of the fp32 ones (108.8 KB at K = 128), so two blocks of 8 warps share an SM:
 // one block's global round trips (its tiles go through registers to be converted, no cp.async) overlap the
 // other's products.
@@ -1039,7 +1040,7 @@ __device__ __forceinline__ void store2_f(void* base, int dt, bool aligned, int64
 //   tA, tP [64, SC]: A, dA;  fp32: G_last, sum_e S dS' [K], column sums of k dk_state by row half [2, K],
 //   beta [64], dbeta partials by column quarter [64, 4]
 // Steps as in wy_bwd_kernel; the tiles go through registers (fp32 -> bf16), dS', v_new, do and A at the start, S
-// (with dS' read again from L2 for the exact sum_e S dS') and dv_new after the dk_state / dAqk products.
+// (sum_e S dS' against the bf16 dS' it overwrites) and dv_new after the dk_state / dAqk products.
 template <int kK>
 __global__ void __launch_bounds__(kWyBf16Threads, 2)
     wy_bwd_bf16_kernel(KdaDev p, const void* d_out, int d_out_dt, void* dv, int dv_dt) {
@@ -1181,27 +1182,30 @@ __global__ void __launch_bounds__(kWyBf16Threads, 2)
     store_lower(p.dAqk, acc, p.scale, 0);
   }
   __syncthreads();
-  // S -> tS over dS', with sum_e S dS' per key channel from both in fp32 (dS' read again: L2). The V / 4 float4 of
-  // a row span 32 or 16 consecutive lanes, reduced by shuffles in a fixed order. Then dv_new -> tY.
+  // S -> tS over dS', with sum_e S dS' per key channel: fp32 S against dS' as the bf16 tS entries that each
+  // thread reads just before it overwrites them (its own 4 entries: no other thread touches them in this step,
+  // and the last products reading dS', dk_state, are behind the barrier above), as FLA's bf16 dh.
+  // The V / 4 float4 of a row span 32 or 16 consecutive lanes, reduced by shuffles in a fixed order. Then
+  // dv_new -> tY.
   {
-    constexpr int c4 = V / 4, per = K * c4 / NT, U = per < 4 ? per : 4;
+    constexpr int c4 = V / 4, per = K * c4 / NT, U = per < 8 ? per : 8;
     static_assert(per % U == 0 && c4 <= 32, "whole rows per warp");
     const float* hs = p.hs + state_off;
-    const float* dhs = p.dhs + state_off;
 #pragma unroll 1  // unrolled, the compiler issues every round's loads at once (spills)
     for (int base = 0; base < per; base += U) {
-      float4 s4[U], d4[U];
+      float4 s4[U];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int idx = tid + (base + u) * NT;
         s4[u] = ldg4(hs + 4 * idx);
-        d4[u] = ldg4(dhs + 4 * idx);
       }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int idx = tid + (base + u) * NT;
-        st_bf16x4(tS + (idx / c4) * SK + (idx % c4) * 4, s4[u]);
-        float s = s4[u].x * d4[u].x + s4[u].y * d4[u].y + s4[u].z * d4[u].z + s4[u].w * d4[u].w;
+        bf16* at = tS + (idx / c4) * SK + (idx % c4) * 4;
+        const float4 d4 = ld_bf16x4(at);
+        st_bf16x4(at, s4[u]);
+        float s = s4[u].x * d4.x + s4[u].y * d4.y + s4[u].z * d4.z + s4[u].w * d4.w;
 #pragma unroll
         for (int o = c4 / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
         if (lane % c4 == 0) sdS[idx / c4] = s;
