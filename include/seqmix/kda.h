@@ -17,7 +17,7 @@
 // Inputs f32/f64/bf16/f16 (q, k, v, g, beta share one dtype); outputs and gradients in that dtype.
 // CUDA (chunk_kda_fwd / chunk_kda_bwd): q/k/v/g/beta bf16, f16 or f32, K == V in {64, 128},
 // chunk_size 64, contiguous tensors, every option; anything else is SEQMIX_NOT_IMPLEMENTED naming it.
-// Each CUDA call allocates its fp32 scratch stream-ordered (cudaMallocAsync / cudaFreeAsync on
+// Each CUDA call allocates its scratch stream-ordered (cudaMallocAsync / cudaFreeAsync on
 // params.stream; size from chunk_kda_workspace_bytes) and never synchronises with the host except
 // for the cu_seqlens copy above. Non-contiguous CUDA tensors raise seqmix::Error naming the argument.
 // Dispatch is by the tensors' device: every tensor argument must be on q's device (a mix raises
@@ -62,12 +62,12 @@ struct KdaParams {
 };
 
 // Bytes of device scratch chunk_kda_fwd (backward = false) or chunk_kda_bwd (true) allocate for CUDA
-// tensors of these shapes; num_seqs = cu_seqlens entries - 1, or -1 without cu_seqlens (then N = B).
-// The backward holds the state entering each chunk and its gradient in fp32: about
-// 2 * (T / 64 + N) * HV * K * V * 4 bytes plus ~12 fp32 [T, HV, K] arrays.
-// 0 in a build without CUDA.
+// tensors of these shapes with q, k, v, g, beta of input_dtype; num_seqs = cu_seqlens entries - 1, or -1 without
+// cu_seqlens (then N = B). The backward holds the state entering each chunk and its gradient: about
+// 2 * (T / 64 + N) * HV * K * V elements, fp32 for f32 inputs and bf16 for bf16 / f16 inputs, plus ~10 fp32
+// [T, HV, K] arrays. 0 in a build without CUDA.
 size_t chunk_kda_workspace_bytes(int64_t B, int64_t T, int64_t H, int64_t HV, int64_t K, int64_t V, int64_t num_seqs,
-                                 bool backward);
+                                 bool backward, DType input_dtype);
 
 // Token-by-token recurrence (FLA's naive_recurrent_kda / fused_recurrent_kda).
 void kda_recurrent_fwd(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& g,

@@ -273,16 +273,16 @@ void chunk_kda_bwd(const TensorView& q, const TensorView& k, const TensorView& v
 }
 
 size_t chunk_kda_workspace_bytes(int64_t B, int64_t T, int64_t H, int64_t HV, int64_t K, int64_t V, int64_t num_seqs,
-                                 bool backward) {
+                                 bool backward, DType input_dtype) {
 #ifdef SEQMIX_WITH_CUDA
   cpu::KdaArgs a;
   a.B = B;
   a.T = T;
   a.N = num_seqs < 0 ? B : num_seqs;
   const int64_t max_chunks = cuda::chunk_kda_max_chunks(a, num_seqs >= 0);
-  return cuda::chunk_kda_workspace_bytes(B * T, a.N, max_chunks, H, HV, K, V, backward);
+  return cuda::chunk_kda_workspace_bytes(B * T, a.N, max_chunks, H, HV, K, V, backward, input_dtype);
 #else
-  (void)B, (void)T, (void)H, (void)HV, (void)K, (void)V, (void)num_seqs, (void)backward;
+  (void)B, (void)T, (void)H, (void)HV, (void)K, (void)V, (void)num_seqs, (void)backward, (void)input_dtype;
   return 0;
 #endif
 }

@@ -766,8 +766,8 @@ TEST(KdaCuda, UnsupportedCombinationsNameTheOption) {
   testing::expect_error([&] { run(64, 128, DType::bf16, 64); }, {"not implemented", "V = 128"});
   testing::expect_error([&] { run(64, 64, DType::f64, 64); }, {"not implemented", "float64"});
   testing::expect_error([&] { run(64, 64, DType::bf16, 32); }, {"not implemented", "chunk_size = 32"});
-  const size_t fwd_bytes = chunk_kda_workspace_bytes(1, 4096, 16, 16, 128, 128, -1, false);
-  const size_t bwd_bytes = chunk_kda_workspace_bytes(1, 4096, 16, 16, 128, 128, -1, true);
+  const size_t fwd_bytes = chunk_kda_workspace_bytes(1, 4096, 16, 16, 128, 128, -1, false, DType::f32);
+  const size_t bwd_bytes = chunk_kda_workspace_bytes(1, 4096, 16, 16, 128, 128, -1, true, DType::f32);
   EXPECT_GT(bwd_bytes, fwd_bytes);
   // The forward keeps Aqk, w, u (v_new in place), kl, the states and G_last per chunk; q's gated copy is formed
   // in the output kernel, not stored. The backward adds only q, k, G, A, dS and dG (and per-row vectors):
@@ -775,6 +775,14 @@ TEST(KdaCuda, UnsupportedCombinationsNameTheOption) {
   const size_t rows = 4096 * 16, f = sizeof(float), tokens_k = rows * 128 * f, states = 64 * 16 * 128 * 128 * f;
   EXPECT_LE(fwd_bytes, 3 * tokens_k + rows * 64 * f + states + (size_t{2} << 20));
   EXPECT_LE(bwd_bytes, fwd_bytes + 4 * tokens_k + rows * 64 * f + states + (size_t{2} << 20));
+  // 16-bit inputs: w, kl, u / v_new, the states, dS and dv_new in bf16 (w and kl in one fp32-sized block that dq
+  // takes later); dk gets a buffer of its own (fp32, v_new's rows no longer match).
+  const size_t fwd16 = chunk_kda_workspace_bytes(1, 4096, 16, 16, 128, 128, -1, false, DType::bf16);
+  const size_t bwd16 = chunk_kda_workspace_bytes(1, 4096, 16, 16, 128, 128, -1, true, DType::f16);
+  EXPECT_LE(fwd16, tokens_k + tokens_k / 2 + rows * 64 * f + states / 2 + (size_t{2} << 20));
+  EXPECT_LE(bwd16, fwd16 + 5 * tokens_k + tokens_k / 2 + rows * 64 * f + states / 2 + (size_t{2} << 20));
+  EXPECT_LT(fwd16, fwd_bytes);
+  EXPECT_LT(bwd16, bwd_bytes);
 }
 
 }  // namespace

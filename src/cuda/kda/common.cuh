@@ -21,6 +21,10 @@
 //   kl [tokens, HV, K]        exp(G_last - G) * k, the state update's key operand
 //   gl [max_chunks, HV, K]    G_last, the chunk's total log decay
 //   qg [tokens, HV, K]        scale * exp(G) * q, in w's buffer once the state pass is done (when o is wanted)
+// 16-bit (bf16 / f16) inputs keep w, u / v_new, kl, hs, qg, dhs and dv_new in bf16 instead (the *_bf16 pointers;
+// their fp32 namesakes are null), as FLA keeps w, u, kg, h, v_new, dh and dv in the input dtype: the kernels of
+// those calls multiply bf16 operands anyway, and the state passes are bound by the traffic of these arrays.
+// Everything else (A, Aqk, the gates, the gradients) stays fp32. Their carve and reuse: carve_all (forward.cu).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -77,6 +81,8 @@ struct KdaDev {
   float* gate_part;  // [HV, kGateSlices, K + 1]: per-slice partial sums of ddt_bias (K) and dA_log (1)
   float *dAqk, *dM, *dg_last, *dbp_slice;  // backward only (see the scratch layout above)
   float *kl, *gl, *qg;
+  // bf16 scratch of 16-bit inputs (null for f32 / f64 inputs), same layouts as the fp32 arrays above
+  __nv_bfloat16 *w_bf16, *u_bf16, *vn_bf16, *kl_bf16, *hs_bf16, *qg_bf16, *dhs_bf16, *dvn_bf16;
   bool aligned;  // q, k, v, g base pointers 16-byte aligned: 4-element vector loads are safe
 };
 

@@ -963,6 +963,7 @@ T* carve(char*& cursor, int64_t count) {
 
 struct Sizes {
   int64_t tokens, N, C, H, HV, K, V;
+  bool bf16_scratch;  // 16-bit inputs: w, u / v_new, kl, hs, qg, dhs, dv_new in bf16 (common.cuh)
 };
 
 // Carves (or with base == nullptr, measures) the scratch. Forward-only calls skip what only the
@@ -983,6 +984,34 @@ size_t carve_all(char* base, const Sizes& s, bool backward, KdaDev* dev) {
     p.A = carve<float>(cursor, s.tokens * s.HV * kChunk);
   }
   p.Aqk = carve<float>(cursor, s.tokens * s.HV * kChunk);
+  if (s.bf16_scratch) {
+    // w and kl share one block of the size of an fp32 [tokens, HV, K], which the backward's fp32 dq takes once
+    // both are dead (kl after state_fwd, w after state_bwd); v_new overwrites u in place as below.
+    float* wkl = carve<float>(cursor, s.tokens * s.HV * s.K);
+    p.w_bf16 = reinterpret_cast<__nv_bfloat16*>(wkl);
+    p.kl_bf16 = p.w_bf16 + s.tokens * s.HV * s.K;
+    p.u_bf16 = carve<__nv_bfloat16>(cursor, s.tokens * s.HV * s.V);
+    p.vn_bf16 = p.u_bf16;
+    p.hs_bf16 = carve<__nv_bfloat16>(cursor, s.C * s.HV * s.K * s.V);
+    p.gl = carve<float>(cursor, s.C * s.HV * s.K);
+    if (!backward) p.qg_bf16 = p.w_bf16;  // formed after the state pass, the last reader of w
+    if (backward) {
+      p.dhs_bf16 = carve<__nv_bfloat16>(cursor, s.C * s.HV * s.K * s.V);
+      p.dvn_bf16 = carve<__nv_bfloat16>(cursor, s.tokens * s.HV * s.V);
+      p.dk_hv = carve<float>(cursor, s.tokens * s.HV * s.K);
+      p.dgc = carve<float>(cursor, s.tokens * s.HV * s.K);
+      p.dbp = carve<float>(cursor, s.tokens * s.HV);
+      p.gate_part = carve<float>(cursor, s.HV * kGateSlices * (s.K + 1));
+      // reuse as in the fp32 layout below, except dk and dv_new: v_new (bf16) and dk (fp32) rows no longer
+      // coincide, and dv_new is read by wy_bwd, which writes dq over w and kl
+      p.dg_last = p.gl;
+      p.dq_hv = wkl;
+      p.dAqk = p.Aqk;
+      p.dM = p.A;
+      p.dbp_slice = reinterpret_cast<float*>(p.hs_bf16);  // (K / 32) tokens HV floats <= C HV K V / 2
+    }
+    return static_cast<size_t>(cursor - base);
+  }
   p.w = carve<float>(cursor, s.tokens * s.HV * s.K);
   p.u = carve<float>(cursor, s.tokens * s.HV * s.V);
   // v_new overwrites u in place: each element belongs to one state block, which has copied u of the
@@ -1017,16 +1046,17 @@ size_t carve_all(char* base, const Sizes& s, bool backward, KdaDev* dev) {
   return static_cast<size_t>(cursor - base);
 }
 
-// FLA's h from hs [chunks, HV, K, V] fp32: one thread per output element (f32 or f64; [V, K] per head with
-// state_v_first). Only the layouts a plain copy cannot serve come here.
-__global__ void intermediate_states_kernel(const float* hs, void* out, int out_dt, int64_t count, int K, int V,
+// FLA's h from hs [chunks, HV, K, V] (fp32, or bf16 for 16-bit inputs): one thread per output element (f32 or
+// f64; [V, K] per head with state_v_first). Only the layouts a plain copy cannot serve come here.
+template <class T>
+__global__ void intermediate_states_kernel(const T* hs, void* out, int out_dt, int64_t count, int K, int V,
                                            bool v_first) {
   const int64_t KV = static_cast<int64_t>(K) * V;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t head = i / KV, r = i % KV;
     const int64_t d = v_first ? r % K : r / V, e = v_first ? r / K : r % V;
-    store_f(out, out_dt, i, hs[head * KV + d * V + e]);
+    store_f(out, out_dt, i, static_cast<float>(hs[head * KV + d * V + e]));
   }
 }
 
@@ -1037,15 +1067,19 @@ void copy_intermediate_states(const KdaDev& p, const TensorView& out, cudaStream
   const int64_t count = out.numel();
   if (count == 0) return;
   const int out_dt = dtype_code(out.dtype, "intermediate_states");
-  if (out_dt == kF32 && !p.state_v_first) {
+  if (out_dt == kF32 && !p.state_v_first && p.hs) {
     SEQMIX_CUDA_CHECK(
         cudaMemcpyAsync(out.data, p.hs, static_cast<size_t>(count) * sizeof(float), cudaMemcpyDeviceToDevice, stream));
     return;
   }
   constexpr int kCopyThreads = 256;
-  const int64_t blocks = std::min<int64_t>((count + kCopyThreads - 1) / kCopyThreads, 65535);
-  intermediate_states_kernel<<<static_cast<unsigned>(blocks), kCopyThreads, 0, stream>>>(p.hs, out.data, out_dt, count,
-                                                                                         p.K, p.V, p.state_v_first);
+  const auto blocks = static_cast<unsigned>(std::min<int64_t>((count + kCopyThreads - 1) / kCopyThreads, 65535));
+  if (p.hs)
+    intermediate_states_kernel<<<blocks, kCopyThreads, 0, stream>>>(p.hs, out.data, out_dt, count, p.K, p.V,
+                                                                    p.state_v_first);
+  else
+    intermediate_states_kernel<<<blocks, kCopyThreads, 0, stream>>>(p.hs_bf16, out.data, out_dt, count, p.K, p.V,
+                                                                    p.state_v_first);
   SEQMIX_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -1273,7 +1307,7 @@ void run_forward(const cpu::KdaArgs& a, const TensorView* cu_seqlens, const Tens
   p.aligned = aligned16(p.q) && aligned16(p.k) && aligned16(p.v) && aligned16(p.g);
 
   max_chunks = chunk_kda_max_chunks(a, cu_seqlens != nullptr);
-  const Sizes sizes{p.tokens, a.N, max_chunks, a.H, a.HV, a.K, a.V};
+  const Sizes sizes{p.tokens, a.N, max_chunks, a.H, a.HV, a.K, a.V, !(p.in_dt == kF32 || p.in_dt == kF64)};
   const size_t bytes = carve_all(nullptr, sizes, for_backward, nullptr);
   workspace.stream = stream;
   SEQMIX_CUDA_CHECK(cudaMallocAsync(&workspace.base, bytes, stream));
@@ -1329,8 +1363,9 @@ void chunk_kda_set_value_tiles(int forward, int backward) {
 }
 
 size_t chunk_kda_workspace_bytes(int64_t tokens, int64_t num_seqs, int64_t max_chunks, int64_t H, int64_t HV,
-                                 int64_t K, int64_t V, bool backward) {
-  return kda::carve_all(nullptr, {tokens, num_seqs, max_chunks, H, HV, K, V}, backward, nullptr);
+                                 int64_t K, int64_t V, bool backward, DType input_dtype) {
+  const bool bf16_scratch = input_dtype == DType::bf16 || input_dtype == DType::f16;
+  return kda::carve_all(nullptr, {tokens, num_seqs, max_chunks, H, HV, K, V, bf16_scratch}, backward, nullptr);
 }
 
 HostTensor cu_seqlens_to_host(const TensorView& cu_seqlens, cudaStream_t stream) {

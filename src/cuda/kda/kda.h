@@ -12,9 +12,9 @@
 
 namespace seqmix::cuda {
 
-// Bytes of fp32 scratch one call allocates (stream-ordered, freed on the same stream).
+// Bytes of scratch one call with inputs of input_dtype allocates (stream-ordered, freed on the same stream).
 size_t chunk_kda_workspace_bytes(int64_t tokens, int64_t num_seqs, int64_t max_chunks, int64_t H, int64_t HV,
-                                 int64_t K, int64_t V, bool backward);
+                                 int64_t K, int64_t V, bool backward, DType input_dtype);
 
 // Upper bound of the number of 64-token chunks over all sequences: B * ceil(T / 64) without
 // cu_seqlens, (T + 63 N) / 64 with it (computed from shapes only: no device-to-host copy).
