@@ -1,9 +1,9 @@
-// KDA chunked forward on CUDA (FLA chunk_kda decomposition). Tensor cores (mma.sync m16n8k8 TF32, fp32
-// accumulation) for every product: one TF32 MMA per step for bf16 / f16 inputs (operands keep 10
-// mantissa bits, more than the bf16 operands FLA multiplies), 3xTF32 for f32 inputs (fp32-accurate, so
-// f32 keeps its tight tolerances). The state pass on bf16 / f16 inputs is the exception: it multiplies bf16
-// operands (m16n8k16, fp32 accumulation and fp32 state, as FLA does), see state_fwd_bf16_kernel. Gate cumsum,
-// exponentials and the triangular solve stay fp32.
+// KDA chunked forward on CUDA (FLA chunk_kda decomposition). Tensor cores, fp32 accumulation, for every product.
+// f32 inputs: 3xTF32 (mma.sync m16n8k8; fp32-accurate, so f32 keeps its tight tolerances) and fp32 scratch.
+// bf16 / f16 inputs: chunk_fwd multiplies in one TF32 pass (operands keep 10 mantissa bits); the state and output
+// passes multiply bf16 operands (m16n8k16, fp32 state), as FLA does, and the arrays they exchange (w, u, kl, hs,
+// v_new, qg) are bf16, as FLA's are: both passes are bound by that traffic. Gate cumsum, exponentials and the
+// triangular solve stay fp32.
 //
 // Per chunk of 64 tokens (cumulative gates G = cumsum g within the chunk, fp32):
 //   M = tril(diag(beta) K Gamma K^T, -1),  M_ij = beta_i sum_d k_id k_jd exp(G_id - G_jd)
@@ -99,11 +99,15 @@ __device__ __forceinline__ void gemm_strip(float (&c)[NTW][4], const float* a, i
   }
 }
 
+// Two adjacent values of a scratch row (8- / 4-byte aligned): fp32 or, for 16-bit inputs, bf16.
+__device__ __forceinline__ void store_pair(float* p, float lo, float hi) { stg2(p, make_float2(lo, hi)); }
+__device__ __forceinline__ void store_pair(__nv_bfloat16* p, float lo, float hi) { st_bf16x2(p, lo, hi); }
+
 // out rows [r0, r0 + 16) x columns [c0, c0 + 8 NTW) of A x, A lower triangular [64, 68] (kdim r0 + 16);
 // rows >= L not stored; out row i at out[i * out_rs].
-template <bool kPrecise, int NTW>
+template <bool kPrecise, int NTW, class Out>
 __device__ __forceinline__ void lower_product_strip(const float* As, const float* x, int x_rs, int r0, int c0, int L,
-                                                    float* out, int64_t out_rs) {
+                                                    Out* out, int64_t out_rs) {
   float acc[NTW][4] = {};
   gemm_strip<kPrecise, NTW>(acc, As + r0 * kChunk4, kChunk4, 1, x + c0, x_rs, r0 + 16);
 #pragma unroll
@@ -111,7 +115,7 @@ __device__ __forceinline__ void lower_product_strip(const float* As, const float
 #pragma unroll
     for (int r = 0; r < 4; r += 2) {  // entries r, r + 1: adjacent columns of one row
       const int i = r0 + frag_row(r);
-      if (i < L) stg2(out + i * out_rs + c0 + 8 * j + frag_col(r), make_float2(acc[j][r], acc[j][r + 1]));
+      if (i < L) store_pair(out + i * out_rs + c0 + 8 * j + frag_col(r), acc[j][r], acc[j][r + 1]);
     }
 }
 
@@ -253,7 +257,7 @@ __device__ __forceinline__ void gate_cumsum(float* gS) {
 //     holds A [64, 68] and the partial sums [16, 68]; the blocks above the diagonal are never written.
 //  4. kl = exp(G_last - G) k to global; k's buffer becomes beta exp(G) k, w = A (beta exp(G) k); G's
 //     buffer becomes beta v, u = A (beta v).
-// Written: Aqk, w, u, kl, gl always; qp, kp, rstd, gc, bp, A for the backward.
+// Written: Aqk, w, u, kl, gl always (w, u, kl in bf16 for 16-bit inputs); qp, kp, rstd, gc, bp, A for the backward.
 template <int kK, bool kPrecise>
 __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool for_backward) {
   int64_t t0;
@@ -470,10 +474,13 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool f
     const float4 k = *reinterpret_cast<const float4*>(kS + i * KP + d);
     const float4 g = *reinterpret_cast<const float4*>(gS + i * KP + d);
     const float4 last = *reinterpret_cast<const float4*>(gl + d);
-    if (i < L)
-      stg4(p.kl + ((t0 + i) * p.HV + hv) * K + d,
-           make_float4(exp_ftz(last.x - g.x) * k.x, exp_ftz(last.y - g.y) * k.y, exp_ftz(last.z - g.z) * k.z,
-                       exp_ftz(last.w - g.w) * k.w));
+    if (i < L) {
+      const float4 kl = make_float4(exp_ftz(last.x - g.x) * k.x, exp_ftz(last.y - g.y) * k.y,
+                                    exp_ftz(last.z - g.z) * k.z, exp_ftz(last.w - g.w) * k.w);
+      const int64_t at = ((t0 + i) * p.HV + hv) * K + d;
+      if constexpr (kPrecise) stg4(p.kl + at, kl);
+      else st_bf16x4(p.kl_bf16 + at, kl);
+    }
     const float b = bS[i];
     st4(kS + i * KP + d,
         make_float4(b * exp_ftz(g.x) * k.x, b * exp_ftz(g.y) * k.y, b * exp_ftz(g.z) * k.z, b * exp_ftz(g.w) * k.w));
@@ -500,16 +507,22 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool f
   static_assert(kThreads == 8 * 32, "2 row-block pairs x 4 column quarters");
   const int c0 = (warp / 2) * (K / 4), pair = warp % 2;
   const int64_t out_rs = static_cast<int64_t>(p.HV) * K, out_at = (t0 * p.HV + hv) * K;
-  auto product = [&](const float* x, float* out) {
+  auto product = [&](const float* x, auto* out) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int r0 = 16 * (half ? 3 - pair : pair);
       if (r0 < L) lower_product_strip<kPrecise, kK / 32>(As, x, KP, r0, c0, L, out + out_at, out_rs);
     }
   };
-  product(kS, p.w);
-  __syncthreads();
-  product(vS, p.u);
+  if constexpr (kPrecise) {
+    product(kS, p.w);
+    __syncthreads();
+    product(vS, p.u);
+  } else {
+    product(kS, p.w_bf16);
+    __syncthreads();
+    product(vS, p.u_bf16);
+  }
 }
 
 // S[r0 .. r0 + 16, cw .. cw + 8 NTW) <- exp(G_last) S + kl^T v_new (this warp's strip of the state).
@@ -684,58 +697,60 @@ __device__ __forceinline__ void b_frags_kn(uint32_t (&b)[NB][2], const __nv_bflo
 
 // One block per (sequence, value head, BV value columns), chunks in order; like state_fwd_kernel two cp.async
 // groups per chunk into kStages ring slots and v_new written over u in place, but two barriers per chunk instead
-// of four (the state lives in registers, so only the bf16 tiles need ordering). Shared: kStages x (w [64, K + 8],
-// kl [64, K + 4], u [64, BV + 8] fp32; G_last [K]); bf16 v_new [64, BV + 8] and S [K, BV + 8]. Strides: w's
-// paired loads (rows g, columns 2t) and kl's scalar ones (rows 2t, columns g) fall on 32 distinct banks per
-// half warp / warp; the bf16 tiles' rows are odd multiples of 16 bytes for ldmatrix (mma_bf16.cuh).
+// of four (the state lives in registers, so only the bf16 tiles need ordering). w, kl, u arrive in bf16 (chunk_fwd
+// writes them so for 16-bit inputs) and go to their tiles by cp.async as they are: the fragments come straight
+// from ldmatrix, and the pass, bound by its global traffic (3.4 TB/s at B4 T4096 H16 with fp32 scratch), moves
+// half the bytes. hs and v_new leave in bf16 too, for the output and backward kernels' bf16 products.
+// Shared: kStages x (bf16 w [64, K + 8], kl [64, K + 8], u [64, BV + 8]; fp32 G_last [K]); bf16 v_new [64, BV + 8]
+// and S [K, BV + 8] (row strides odd multiples of 16 bytes for ldmatrix, mma_bf16.cuh).
 // Warps: v_new = (16-row block, half of the columns); the state = 16 rows of S, all columns (K 128) or half (K 64).
-// Only the one-slot 32-column carve (95 KB at K 128) leaves room for a second block per SM; the others may take
-// the whole register file.
 template <int kK, int BV, int kStages>
 __global__ void __launch_bounds__(kThreads, BV == 32 && kStages == 1 ? 2 : 1)
     state_fwd_bf16_kernel(KdaDev p, void* final_state, int final_dt) {
-  constexpr int WP = kK + 8, LP = kK + 4, UP = BV + 8, BP = BV + 8;
-  constexpr int kSlot = kChunk * (WP + LP + UP) + kK;       // floats of one ring slot
+  using bf16 = __nv_bfloat16;
+  constexpr int WP = kK + 8, UP = BV + 8, BP = BV + 8;
+  constexpr int kSlotB = kChunk * (2 * WP + UP);            // bf16 elements of a slot's w, kl, u
+  constexpr int kSlotBytes = 2 * kSlotB + 4 * kK;           // plus G_last
   constexpr int VC = BV / 2, NV = VC / 8;                   // v_new: columns and 8-column blocks per warp
   constexpr int UC = kK == 128 ? BV : BV / 2, NU = UC / 8;  // state: the same
+  static_assert(kSlotBytes % 16 == 0, "16-byte aligned slots");
   const int tiles = p.V / BV, n = static_cast<int>(blockIdx.x / (p.HV * tiles));
   const int hv = static_cast<int>(blockIdx.x / tiles) % p.HV, e0 = static_cast<int>(blockIdx.x % tiles) * BV;
-  const int K = kK, k4 = K / 4, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
-  extern __shared__ float smem[];
-  __nv_bfloat16* vnB = reinterpret_cast<__nv_bfloat16*>(smem + kStages * kSlot);
-  __nv_bfloat16* hB = vnB + kChunk * BP;
-  auto wS = [&](int slot) { return smem + slot * kSlot; };
-  auto klS = [&](int slot) { return smem + slot * kSlot + kChunk * WP; };
-  auto uS = [&](int slot) { return smem + slot * kSlot + kChunk * (WP + LP); };
-  auto glS = [&](int slot) { return smem + slot * kSlot + kChunk * (WP + LP + UP); };
+  const int K = kK, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  extern __shared__ __align__(16) char smem_bytes[];
+  auto slot_at = [&](int slot) { return smem_bytes + slot * kSlotBytes; };
+  auto wB = [&](int slot) { return reinterpret_cast<bf16*>(slot_at(slot)); };
+  auto klB = [&](int slot) { return reinterpret_cast<bf16*>(slot_at(slot)) + kChunk * WP; };
+  auto uB = [&](int slot) { return reinterpret_cast<bf16*>(slot_at(slot)) + 2 * kChunk * WP; };
+  auto glS = [&](int slot) { return reinterpret_cast<float*>(slot_at(slot) + 2 * kSlotB); };
+  bf16* vnB = reinterpret_cast<bf16*>(smem_bytes + kStages * kSlotBytes);
+  bf16* hB = vnB + kChunk * BP;
   const int r0 = (warp % 4) * 16, cw = (warp / 4) * VC;  // v_new strip of this warp
   const int ur0 = kK == 128 ? warp * 16 : (warp % 4) * 16, uc0 = kK == 128 ? 0 : (warp / 4) * UC;  // its S strip
 
   const int64_t c_begin = p.chunk_offsets[n], c_end = p.chunk_offsets[n + 1], s0 = p.seq_offsets[n];
   const int64_t s1 = p.seq_offsets[n + 1];
+  // rows [t0, t0 + 64) of a [tokens, HV, cols] bf16 array (columns [c0, c0 + width)) -> tile rows of stride S;
+  // rows past the sequence are zero
+  auto issue_rows = [&](bf16* tile, int S, const bf16* src, int cols, int c0, int width, int64_t t0) {
+    const int w8 = width / 8;
+    for (int idx = tid; idx < kChunk * w8; idx += kThreads) {
+      const int i = idx / w8, d = (idx % w8) * 8;
+      const bool in = t0 + i < s1;
+      cp_async16(tile + i * S + d, src + (in ? ((t0 + i) * p.HV + hv) * cols + c0 + d : 0), in);
+    }
+  };
   auto issue_w = [&](int64_t c) {
     const int slot = static_cast<int>((c - c_begin) % kStages);
     const int64_t t0 = s0 + (c - c_begin) * kChunk;
-    for (int idx = tid; idx < kChunk * k4; idx += kThreads) {
-      const int i = idx / k4, d = (idx % k4) * 4;
-      const bool in = t0 + i < s1;
-      cp_async16(wS(slot) + i * WP + d, p.w + (in ? ((t0 + i) * p.HV + hv) * K + d : 0), in);
-    }
-    for (int idx = tid; idx < kChunk * (BV / 4); idx += kThreads) {
-      const int i = idx / (BV / 4), e = (idx % (BV / 4)) * 4;
-      const bool in = t0 + i < s1;
-      cp_async16(uS(slot) + i * UP + e, p.u + (in ? ((t0 + i) * p.HV + hv) * p.V + e0 + e : 0), in);
-    }
+    issue_rows(wB(slot), WP, p.w_bf16, K, 0, K, t0);
+    issue_rows(uB(slot), UP, p.u_bf16, p.V, e0, BV, t0);
   };
   auto issue_kl = [&](int64_t c) {
     const int slot = static_cast<int>((c - c_begin) % kStages);
     const int64_t t0 = s0 + (c - c_begin) * kChunk;
-    for (int idx = tid; idx < kChunk * k4; idx += kThreads) {
-      const int i = idx / k4, d = (idx % k4) * 4;
-      const bool in = t0 + i < s1;
-      cp_async16(klS(slot) + i * LP + d, p.kl + (in ? ((t0 + i) * p.HV + hv) * K + d : 0), in);
-    }
-    for (int idx = tid; idx < k4; idx += kThreads)
+    issue_rows(klB(slot), WP, p.kl_bf16, K, 0, K, t0);
+    for (int idx = tid; idx < K / 4; idx += kThreads)
       cp_async16(glS(slot) + idx * 4, p.gl + (c * p.HV + hv) * K + idx * 4, true);
   };
   // Chunk c's w/u (group W c) and kl/G_last (group K c) go to ring slot (c - c_begin) % kStages, committed in
@@ -785,38 +800,33 @@ __global__ void __launch_bounds__(kThreads, BV == 32 && kStages == 1 ? 2 : 1)
       for (int r = 0; r < 4; r += 2) {
         int d, e;
         h_at(j, r, d, e);
-        stg2(p.hs + ((c * p.HV + hv) * K + d) * p.V + e0 + e, make_float2(h[j][r], h[j][r + 1]));
+        st_bf16x2(p.hs_bf16 + ((c * p.HV + hv) * K + d) * p.V + e0 + e, h[j][r], h[j][r + 1]);
       }
     cp_async_wait<kAfter>();  // w, u of chunk c
     __syncthreads();
     if (c + kStages - 1 < c_end) issue_kl(c + kStages - 1);
     cp_async_commit();
     {  // v_new = u - w S
-      const float* w = wS(slot) + (r0 + g) * WP + 2 * t;
       float acc[NV][4] = {};  // one accumulator per column block: the same sums in the same order for every BV
 #pragma unroll
       for (int k0 = 0; k0 < kK; k0 += 16) {
-        const float2 x0 = *reinterpret_cast<const float2*>(w + k0);
-        const float2 x1 = *reinterpret_cast<const float2*>(w + 8 * WP + k0);
-        const float2 x2 = *reinterpret_cast<const float2*>(w + k0 + 8);
-        const float2 x3 = *reinterpret_cast<const float2*>(w + 8 * WP + k0 + 8);
-        const uint32_t a[4] = {pack_bf16x2(x0.x, x0.y), pack_bf16x2(x1.x, x1.y), pack_bf16x2(x2.x, x2.y),
-                               pack_bf16x2(x3.x, x3.y)};
+        uint32_t a[4];
+        a_frag(a, wB(slot), WP, r0, k0);
         uint32_t b[NV][2];
         b_frags_kn<NV>(b, hB, BP, k0, cw);
 #pragma unroll
         for (int j = 0; j < NV; ++j) mma_bf16(acc[j], a, b[j][0], b[j][1]);
       }
-      const float* u = uS(slot);
+      const bf16* u = uB(slot);
 #pragma unroll
       for (int j = 0; j < NV; ++j)
 #pragma unroll
         for (int r = 0; r < 4; r += 2) {
           const int i = r0 + frag_row(r), e = cw + 8 * j + frag_col(r);
-          const float2 uu = *reinterpret_cast<const float2*>(u + i * UP + e);
-          const float2 x = make_float2(uu.x - acc[j][r], uu.y - acc[j][r + 1]);
-          st_bf16x2(vnB + i * BP + e, x.x, x.y);
-          if (i < L) stg2(p.vn + ((t0 + i) * p.HV + hv) * p.V + e0 + e, x);
+          const float2 uu = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(u + i * UP + e));
+          const uint32_t x = pack_bf16x2(uu.x - acc[j][r], uu.y - acc[j][r + 1]);
+          *reinterpret_cast<uint32_t*>(vnB + i * BP + e) = x;
+          if (i < L) *reinterpret_cast<uint32_t*>(p.vn_bf16 + ((t0 + i) * p.HV + hv) * p.V + e0 + e) = x;
         }
     }
     cp_async_wait<kAfter>();  // kl, G_last of chunk c
@@ -824,16 +834,15 @@ __global__ void __launch_bounds__(kThreads, BV == 32 && kStages == 1 ? 2 : 1)
     if (c + kStages < c_end) issue_w(c + kStages);
     cp_async_commit();
     {  // S <- exp(G_last) S + kl^T v_new
-      const float* kl = klS(slot) + 2 * t * LP + ur0 + g;
       const float* gl = glS(slot);
+      const int g = lane / 4;
       const float f0 = __expf(gl[ur0 + g]), f1 = __expf(gl[ur0 + g + 8]);
 #pragma unroll
       for (int j = 0; j < NU; ++j) h[j][0] *= f0, h[j][1] *= f0, h[j][2] *= f1, h[j][3] *= f1;
 #pragma unroll
       for (int k0 = 0; k0 < kChunk; k0 += 16) {
-        const float* x = kl + k0 * LP;  // A = kl^T: rows d, k = tokens 2t, 2t + 1 (+ 8)
-        const uint32_t a[4] = {pack_bf16x2(x[0], x[LP]), pack_bf16x2(x[8], x[LP + 8]),
-                               pack_bf16x2(x[8 * LP], x[9 * LP]), pack_bf16x2(x[8 * LP + 8], x[9 * LP + 8])};
+        uint32_t a[4];
+        a_frag_t(a, klB(slot), WP, ur0, k0);  // A = kl^T: rows d, k = tokens
         uint32_t b[NU][2];
         b_frags_kn<NU>(b, vnB, BP, k0, uc0);
 #pragma unroll
@@ -860,8 +869,8 @@ static_assert(roofline::kChunk == kChunk && roofline::kOutCols == kOutCols, "roo
 // One block per (chunk, value head): qg = scale exp(G) q of the output kernel, from q and g (gate, in-chunk
 // cumsum, L2 norm as in chunk_fwd, same order: the same values chunk_fwd's tiles hold). It runs after the
 // state pass and writes into w's buffer, dead by then, so the forward's scratch holds no qg buffer of its
-// own (an fp32 [tokens, HV, K] less at its peak). Shared: q, G [64, K + 4].
-template <int kK>
+// own (an fp32 [tokens, HV, K] less at its peak; bf16 for 16-bit inputs). Shared: q, G [64, K + 4].
+template <int kK, bool kPrecise>
 __global__ void __launch_bounds__(kThreads) gated_q_kernel(KdaDev p) {
   int64_t t0;
   int L;
@@ -880,16 +889,21 @@ __global__ void __launch_bounds__(kThreads) gated_q_kernel(KdaDev p) {
   for (int idx = threadIdx.x; idx < L * k4; idx += kThreads) {
     const int i = idx / k4, d = (idx % k4) * 4, at = i * KP + d;
     const float4 g = *reinterpret_cast<const float4*>(gS + at), q = *reinterpret_cast<const float4*>(qS + at);
-    stg4(p.qg + ((t0 + i) * p.HV + hv) * kK + d,
-         make_float4(s * exp_ftz(g.x) * q.x, s * exp_ftz(g.y) * q.y, s * exp_ftz(g.z) * q.z, s * exp_ftz(g.w) * q.w));
+    const float4 qg =
+        make_float4(s * exp_ftz(g.x) * q.x, s * exp_ftz(g.y) * q.y, s * exp_ftz(g.z) * q.z, s * exp_ftz(g.w) * q.w);
+    const int64_t row_at = ((t0 + i) * p.HV + hv) * kK + d;
+    if constexpr (kPrecise) stg4(p.qg + row_at, qg);
+    else st_bf16x4(p.qg_bf16 + row_at, qg);
   }
 }
 
 // One block per (chunk, value head, 64 value columns), all chunks in parallel:
 //   o = qg S + Aqk v_new   (qg = scale exp(G) q, S = hs of the chunk).
+// f32 / f64 inputs (3xTF32); 16-bit inputs take output_fwd_bf16_kernel.
 // Shared: qg [64, K + 4], S [K, 72], Aqk [64, 68], v_new [64, 72].
-template <int kK, bool kPrecise>
+template <int kK>
 __global__ void __launch_bounds__(kThreads, 2) output_fwd_kernel(KdaDev p, void* o, int o_dt) {
+  constexpr bool kPrecise = true;
   int64_t t0;
   int L;
   // the column blocks of one chunk are neighbours, so the second reads qg and Aqk from L2
@@ -939,6 +953,86 @@ __global__ void __launch_bounds__(kThreads, 2) output_fwd_kernel(KdaDev p, void*
     }
 }
 
+// The output kernel of 16-bit inputs: qg, S and v_new arrive in bf16 (cp.async straight to their tiles), Aqk in
+// fp32 (chunk_fwd's, also the backward's), rounded to bf16 as its fragments are formed, as FLA's chunk_o multiplies
+// bf16 q, h, A and v_new. Block and warp tiles as in output_fwd_kernel. Shared: bf16 qg [64, K + 8], S [K, 72],
+// v_new [64, 72]; fp32 Aqk [64, 72] (paired loads at rows g, columns 2t: 32 distinct banks per half warp).
+template <int kK>
+__global__ void __launch_bounds__(kThreads, 2) output_fwd_bf16_kernel(KdaDev p, void* o, int o_dt) {
+  using bf16 = __nv_bfloat16;
+  int64_t t0;
+  int L;
+  const int tiles = p.V / kOutCols;
+  const int64_t c = blockIdx.x / tiles;
+  if (!locate_chunk(p, c, t0, L)) return;
+  constexpr int QP = kK + 8, SP = kOutCols + 8, AP = kChunk + 8;
+  const int hv = blockIdx.y, e0 = static_cast<int>(blockIdx.x % tiles) * kOutCols, K = kK;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  extern __shared__ __align__(16) char smem_bytes[];
+  float* aS = reinterpret_cast<float*>(smem_bytes);
+  bf16* qB = reinterpret_cast<bf16*>(aS + kChunk * AP);
+  bf16* hB = qB + kChunk * QP;
+  bf16* vB = hB + kK * SP;
+  for (int idx = tid; idx < kChunk * (K / 8); idx += kThreads) {
+    const int i = idx / (K / 8), d = (idx % (K / 8)) * 8;
+    cp_async16(qB + i * QP + d, p.qg_bf16 + (i < L ? ((t0 + i) * p.HV + hv) * K + d : 0), i < L);
+  }
+  for (int idx = tid; idx < kChunk * (kChunk / 4); idx += kThreads) {
+    const int i = idx / (kChunk / 4), j = (idx % (kChunk / 4)) * 4;
+    cp_async16(aS + i * AP + j, p.Aqk + (i < L ? ((t0 + i) * p.HV + hv) * kChunk + j : 0), i < L);
+  }
+  for (int idx = tid; idx < kChunk * (kOutCols / 8); idx += kThreads) {
+    const int i = idx / (kOutCols / 8), e = (idx % (kOutCols / 8)) * 8;
+    cp_async16(vB + i * SP + e, p.vn_bf16 + (i < L ? ((t0 + i) * p.HV + hv) * p.V + e0 + e : 0), i < L);
+  }
+  for (int idx = tid; idx < K * (kOutCols / 8); idx += kThreads) {
+    const int d = idx / (kOutCols / 8), e = (idx % (kOutCols / 8)) * 8;
+    cp_async16(hB + d * SP + e, p.hs_bf16 + ((c * p.HV + hv) * K + d) * p.V + e0 + e, true);
+  }
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  // warp = (16-row block, half of the 64 columns)
+  constexpr int NTW = kOutCols / 16;
+  const int r0 = (warp % 4) * 16, cw = (warp / 4) * NTW * 8;
+  if (r0 >= L) return;
+  float acc[NTW][4] = {};
+#pragma unroll
+  for (int k0 = 0; k0 < kK; k0 += 16) {
+    uint32_t a[4];
+    a_frag(a, qB, QP, r0, k0);
+#pragma unroll
+    for (int j = 0; j < NTW; j += 2) {
+      uint32_t b[4];
+      b_frag_kn(b, hB, SP, k0, cw + 8 * j);
+      mma_bf16(acc[j], a, b[0], b[1]);
+      mma_bf16(acc[j + 1], a, b[2], b[3]);
+    }
+  }
+  const int g = lane / 4, t = lane % 4;
+  for (int k0 = 0; k0 < r0 + 16; k0 += 16) {  // Aqk is lower triangular
+    const float* x = aS + (r0 + g) * AP + k0 + 2 * t;
+    const float2 x0 = *reinterpret_cast<const float2*>(x), x1 = *reinterpret_cast<const float2*>(x + 8 * AP);
+    const float2 x2 = *reinterpret_cast<const float2*>(x + 8), x3 = *reinterpret_cast<const float2*>(x + 8 * AP + 8);
+    const uint32_t a[4] = {pack_bf16x2(x0.x, x0.y), pack_bf16x2(x1.x, x1.y), pack_bf16x2(x2.x, x2.y),
+                           pack_bf16x2(x3.x, x3.y)};
+#pragma unroll
+    for (int j = 0; j < NTW; j += 2) {
+      uint32_t b[4];
+      b_frag_kn(b, vB, SP, k0, cw + 8 * j);
+      mma_bf16(acc[j], a, b[0], b[1]);
+      mma_bf16(acc[j + 1], a, b[2], b[3]);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < NTW; ++j)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int i = r0 + frag_row(r);
+      if (i < L) store_f(o, o_dt, ((t0 + i) * p.HV + hv) * p.V + e0 + cw + 8 * j + frag_col(r), acc[j][r]);
+    }
+}
+
 size_t chunk_fwd_smem(int K) {
   return sizeof(float) * (2 * kChunk * (K + 4) + q_region(K) + kMBlocks * kSub * kMP + kChunk);
 }
@@ -946,10 +1040,14 @@ size_t state_fwd_smem(int K, int BV, int stages) {
   return sizeof(float) * (stages * (2 * kChunk * (K + 4) + kChunk * (BV + 8) + K) + (kChunk + K) * (BV + 8));
 }
 size_t state_fwd_bf16_smem(int K, int BV, int stages) {
-  return sizeof(float) * stages * (kChunk * (2 * K + 12 + BV + 8) + K) +
+  return stages * (sizeof(__nv_bfloat16) * kChunk * (2 * (K + 8) + BV + 8) + sizeof(float) * K) +
          sizeof(__nv_bfloat16) * (kChunk + K) * (BV + 8);
 }
 size_t gated_q_smem(int K) { return sizeof(float) * 2 * kChunk * (K + 4); }
+size_t output_fwd_bf16_smem(int K) {
+  return sizeof(float) * kChunk * (kChunk + 8) +
+         sizeof(__nv_bfloat16) * (kChunk * (K + 8) + K * (kOutCols + 8) + kChunk * (kOutCols + 8));
+}
 size_t output_fwd_smem(int K) {
   return sizeof(float) * (kChunk * (K + 4) + K * (kOutCols + 8) + kChunk * kAP + kChunk * (kOutCols + 8));
 }
@@ -1159,13 +1257,20 @@ void launch_chunks(KdaDev& p, const TensorView* o, const TensorView* final_state
   timer.mark(roofline::Stage::state_fwd, bv);
   if (o && p.tokens > 0) {
     const size_t q_smem = gated_q_smem(p.K);
-    set_smem_limit(reinterpret_cast<const void*>(gated_q_kernel<kK>), q_smem);
-    gated_q_kernel<kK><<<chunk_grid, kThreads, q_smem, stream>>>(p);
+    set_smem_limit(reinterpret_cast<const void*>(gated_q_kernel<kK, kPrecise>), q_smem);
+    gated_q_kernel<kK, kPrecise><<<chunk_grid, kThreads, q_smem, stream>>>(p);
     SEQMIX_CUDA_CHECK(cudaGetLastError());
-    const size_t smem = output_fwd_smem(p.K);
-    set_smem_two_per_sm(reinterpret_cast<const void*>(output_fwd_kernel<kK, kPrecise>), smem);
     const dim3 grid(static_cast<unsigned>(max_chunks * (p.V / kOutCols)), static_cast<unsigned>(p.HV));
-    output_fwd_kernel<kK, kPrecise><<<grid, kThreads, smem, stream>>>(p, o->data, dtype_code(o->dtype, "o"));
+    const int o_dt = dtype_code(o->dtype, "o");
+    if constexpr (kPrecise) {
+      const size_t smem = output_fwd_smem(p.K);
+      set_smem_two_per_sm(reinterpret_cast<const void*>(output_fwd_kernel<kK>), smem);
+      output_fwd_kernel<kK><<<grid, kThreads, smem, stream>>>(p, o->data, o_dt);
+    } else {
+      const size_t smem = output_fwd_bf16_smem(p.K);
+      set_smem_two_per_sm(reinterpret_cast<const void*>(output_fwd_bf16_kernel<kK>), smem);
+      output_fwd_bf16_kernel<kK><<<grid, kThreads, smem, stream>>>(p, o->data, o_dt);
+    }
     SEQMIX_CUDA_CHECK(cudaGetLastError());
     timer.mark(roofline::Stage::output_fwd);
   }
