@@ -21,11 +21,12 @@
 // params.stream; size from chunk_kda_workspace_bytes) and never synchronises with the host except
 // for the cu_seqlens copy above. Non-contiguous CUDA tensors raise seqmix::Error naming the argument.
 // Dispatch is by the tensors' device: every tensor argument must be on q's device (a mix raises
-// seqmix::Error naming the argument). CUDA arithmetic is fp32 (fp32 states whatever their storage dtype;
-// matrix products on the tensor cores in TF32: one pass for bf16 / f16 inputs, whose operand rounding of
-// 2^-11 is below the inputs' own 2^-9, and 3xTF32, fp32-accurate, for f32 inputs and the forward's
-// triangular inverse) and deterministic (no atomics): the same call gives bit-identical results. Kernels:
-// src/cuda/kda/{forward,backward}.cu.
+// seqmix::Error naming the argument). CUDA arithmetic accumulates in fp32 (fp32 states whatever their storage
+// dtype). f32 inputs: every matrix product in 3xTF32 (fp32-accurate) and fp32 scratch. bf16 / f16 inputs, as FLA:
+// the state, output and within-chunk gradient products multiply bf16 operands, and the arrays those kernels
+// exchange (WY vectors, v_new, the per-chunk states and their gradients) are stored in bf16; the remaining
+// products run one TF32 pass and the triangular inverse 3xTF32. Deterministic (no atomics): the same call gives
+// bit-identical results. Kernels: src/cuda/kda/{forward,backward}.cu.
 #pragma once
 
 #include <cstddef>
