@@ -21,9 +21,10 @@
 // Forward-only calls write none of the backward's scratch (qp, kp, rstd, gc, bp, A).
 //
 // Kernels: build_tables (sequence -> chunk offsets on the device); chunk_fwd (one block per (chunk, value
-// head): input transforms, M, Aqk, A, w, u, exp(G_last - G) k); state_fwd (one block per (sequence,
-// value head, 16 / 32 / 64 value columns), cp.async-pipelined); output_fwd (one block per (chunk, value
-// head, 64 value columns)); intermediate_states (FLA's h on request: hs converted to f64 or [V, K], else
+// head): input transforms, M, Aqk, A, w, u, exp(G_last - G) k, and for 16-bit forward-only calls qg); state_fwd
+// (one block per (sequence, value head, 16 / 32 / 64 value columns), cp.async-pipelined); gated_q (f32 inputs: qg
+// after the state pass, in w's buffer); output_fwd (one block per (chunk, value head, 64 value columns));
+// intermediate_states (FLA's h on request: hs converted to f64 or [V, K], else
 // a plain copy).
 #include <algorithm>
 #include <atomic>
@@ -303,6 +304,20 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool f
       const int i = idx / k4, d = (idx % k4) * 4;
       st4(p.gc + ((t0 + i) * p.HV + hv) * K + d, *reinterpret_cast<const float4*>(gS + i * KP + d));
     }
+  if constexpr (!kPrecise) {
+    // 16-bit forward-only calls: the output kernel's qg = scale exp(G) q (bf16) from the tiles at hand, instead of a
+    // gated_q pass that loads q and g again and repeats the L2 norm and the cumsum
+    if (p.qg_bf16)
+      for (int idx = tid; idx < L * k4; idx += kThreads) {
+        const int i = idx / k4, d = (idx % k4) * 4;
+        const float4 g = *reinterpret_cast<const float4*>(gS + i * KP + d);
+        const float4 q = *reinterpret_cast<const float4*>(qS + i * KP + d);
+        const float sc = p.scale;
+        st_bf16x4(p.qg_bf16 + ((t0 + i) * p.HV + hv) * K + d,
+                  make_float4(sc * exp_ftz(g.x) * q.x, sc * exp_ftz(g.y) * q.y, sc * exp_ftz(g.z) * q.z,
+                              sc * exp_ftz(g.w) * q.w));
+      }
+  }
 
   // ---- 2. M and Aqk
   float* Aqk = p.Aqk + (t0 * p.HV + hv) * kChunk;  // row i at Aqk[i * HV * 64]
@@ -869,8 +884,9 @@ static_assert(roofline::kChunk == kChunk && roofline::kOutCols == kOutCols, "roo
 // One block per (chunk, value head): qg = scale exp(G) q of the output kernel, from q and g (gate, in-chunk
 // cumsum, L2 norm as in chunk_fwd, same order: the same values chunk_fwd's tiles hold). It runs after the
 // state pass and writes into w's buffer, dead by then, so the forward's scratch holds no qg buffer of its
-// own (an fp32 [tokens, HV, K] less at its peak; bf16 for 16-bit inputs). Shared: q, G [64, K + 4].
-template <int kK, bool kPrecise>
+// own (an fp32 [tokens, HV, K] less at its peak). f32 / f64 inputs only: for 16-bit ones chunk_fwd writes a bf16 qg
+// (half the bytes, so a buffer of its own costs less than this pass). Shared: q, G [64, K + 4].
+template <int kK>
 __global__ void __launch_bounds__(kThreads) gated_q_kernel(KdaDev p) {
   int64_t t0;
   int L;
@@ -891,9 +907,7 @@ __global__ void __launch_bounds__(kThreads) gated_q_kernel(KdaDev p) {
     const float4 g = *reinterpret_cast<const float4*>(gS + at), q = *reinterpret_cast<const float4*>(qS + at);
     const float4 qg =
         make_float4(s * exp_ftz(g.x) * q.x, s * exp_ftz(g.y) * q.y, s * exp_ftz(g.z) * q.z, s * exp_ftz(g.w) * q.w);
-    const int64_t row_at = ((t0 + i) * p.HV + hv) * kK + d;
-    if constexpr (kPrecise) stg4(p.qg + row_at, qg);
-    else st_bf16x4(p.qg_bf16 + row_at, qg);
+    stg4(p.qg + ((t0 + i) * p.HV + hv) * kK + d, qg);
   }
 }
 
@@ -1092,7 +1106,8 @@ size_t carve_all(char* base, const Sizes& s, bool backward, KdaDev* dev) {
     p.vn_bf16 = p.u_bf16;
     p.hs_bf16 = carve<__nv_bfloat16>(cursor, s.C * s.HV * s.K * s.V);
     p.gl = carve<float>(cursor, s.C * s.HV * s.K);
-    if (!backward) p.qg_bf16 = p.w_bf16;  // formed after the state pass, the last reader of w
+    // chunk_fwd forms qg with the other tiles of q (no gated_q pass), so it cannot wait for w's buffer to die
+    if (!backward) p.qg_bf16 = carve<__nv_bfloat16>(cursor, s.tokens * s.HV * s.K);
     if (backward) {
       p.dhs_bf16 = carve<__nv_bfloat16>(cursor, s.C * s.HV * s.K * s.V);
       p.dvn_bf16 = carve<__nv_bfloat16>(cursor, s.tokens * s.HV * s.V);
@@ -1256,13 +1271,13 @@ void launch_chunks(KdaDev& p, const TensorView* o, const TensorView* final_state
   SEQMIX_CUDA_CHECK(cudaGetLastError());
   timer.mark(roofline::Stage::state_fwd, bv);
   if (o && p.tokens > 0) {
-    const size_t q_smem = gated_q_smem(p.K);
-    set_smem_limit(reinterpret_cast<const void*>(gated_q_kernel<kK, kPrecise>), q_smem);
-    gated_q_kernel<kK, kPrecise><<<chunk_grid, kThreads, q_smem, stream>>>(p);
-    SEQMIX_CUDA_CHECK(cudaGetLastError());
     const dim3 grid(static_cast<unsigned>(max_chunks * (p.V / kOutCols)), static_cast<unsigned>(p.HV));
     const int o_dt = dtype_code(o->dtype, "o");
     if constexpr (kPrecise) {
+      const size_t q_smem = gated_q_smem(p.K);
+      set_smem_limit(reinterpret_cast<const void*>(gated_q_kernel<kK>), q_smem);
+      gated_q_kernel<kK><<<chunk_grid, kThreads, q_smem, stream>>>(p);
+      SEQMIX_CUDA_CHECK(cudaGetLastError());
       const size_t smem = output_fwd_smem(p.K);
       set_smem_two_per_sm(reinterpret_cast<const void*>(output_fwd_kernel<kK>), smem);
       output_fwd_kernel<kK><<<grid, kThreads, smem, stream>>>(p, o->data, o_dt);
