@@ -274,6 +274,10 @@ void chunk_kda_bwd(const TensorView& q, const TensorView& k, const TensorView& v
 
 size_t chunk_kda_workspace_bytes(int64_t B, int64_t T, int64_t H, int64_t HV, int64_t K, int64_t V, int64_t num_seqs,
                                  bool backward, DType input_dtype) {
+  SEQMIX_CHECK(input_dtype == DType::f32 || input_dtype == DType::f64 || input_dtype == DType::bf16 ||
+                   input_dtype == DType::f16,
+               "chunk_kda_workspace_bytes: input_dtype = ", dtype_name(input_dtype),
+               ", expected the dtype of q: float32, float64, bfloat16 or float16");
 #ifdef SEQMIX_WITH_CUDA
   cpu::KdaArgs a;
   a.B = B;

@@ -857,6 +857,11 @@ TEST(KdaBadInput, EveryEntryNamesTheArgument) {
     }, bad.needles);
   }
 
+  // The scratch size depends on q's dtype (bf16 scratch for 16-bit inputs); an integer or fp8 one is no KDA input.
+  for (DType bad_dtype : {DType::i32, DType::fp8_e4m3})
+    expect_error([&] { chunk_kda_workspace_bytes(1, 64, 2, 2, 64, 64, -1, true, bad_dtype); },
+                 {"input_dtype", dtype_name(bad_dtype), "bfloat16"});
+
   // Device, outputs and flag consistency.
   const TensorView A = good.A_log.view(), bias = good.dt_bias.view(), h0 = good.h0.view();
   HostTensor o(DType::f64, {1, c.T, c.HV, c.V}), ht(DType::f64, c.state_sizes());
