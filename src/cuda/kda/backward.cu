@@ -1,5 +1,5 @@
 // KDA chunked backward on CUDA. The forward pipeline is re-run first (recompute, as FLA does),
-// this time keeping hs (state entering each chunk, fp32) and v_new.
+// this time keeping hs (state entering each chunk) and v_new (fp32 for f32 inputs, bf16 for 16-bit ones).
 //
 // Per chunk with Qg = scale exp(G) q, Kl = exp(G_last - G) k, Kb = exp(G) k, dS' the gradient of
 // the state leaving the chunk:
@@ -333,10 +333,11 @@ constexpr size_t state_bwd_bf16_smem_bytes() {
 }
 
 // Per chunk (reverse): (1) wait for the staged G, k, q, Aqk; barrier. (2) formation: Kl = exp(G_last - G) k,
-// Qg = scale exp(G) q, Aqk, w (registers) and do (registers) into their bf16 tiles; dS' (registers) to dhs and
-// to its bf16 tile; barrier. (3) the next chunk's loads are issued (cp.async staging; w, do into registers).
-// (4) dv_new = Aqk^T do + Kl dS' (warp tiles over 64 x BV; Aqk^T skips the k blocks above its diagonal) -> dvn
-// (fp32) and -dv_new (bf16 tile); dS = exp(G_last) dS' + Qg^T do; barrier. (5) dS += w^T (-dv_new).
+// Qg = scale exp(G) q, Aqk, w (bf16 in global memory, registers) and do (registers) into their bf16 tiles; dS'
+// (registers) to dhs and to its tile, both bf16; barrier. (3) the next chunk's loads are issued (cp.async staging;
+// w, do into registers). (4) dv_new = Aqk^T do + Kl dS' (warp tiles over 64 x BV; Aqk^T skips the k blocks above
+// its diagonal) -> dvn (bf16, as FLA's dv) and -dv_new (bf16 tile); dS = exp(G_last) dS' + Qg^T do; barrier.
+// (5) dS += w^T (-dv_new). dS itself stays fp32 in the accumulators; only its copies are rounded.
 // Rows >= L of every tile are zero (cp.async zero fill, zero registers), so dv_new rows >= L are zero too.
 template <int kK, int BV>
 __global__ void __launch_bounds__(32 * state_bwd_bf16_warps(kK, BV), 1)
@@ -382,7 +383,8 @@ __global__ void __launch_bounds__(32 * state_bwd_bf16_warps(kK, BV), 1)
   const bool do_aligned = reinterpret_cast<uintptr_t>(d_out) % 16 == 0;
   constexpr int kW4 = kChunk * (K / 4) / kNT, kD4 = (kChunk * (BV / 4) + kNT - 1) / kNT;
   static_assert(kChunk * (K / 4) % kNT == 0, "every thread carries the same number of w quads");
-  float4 w_next[kW4], do_next[kD4];
+  uint2 w_next[kW4];  // 4 bf16 each
+  float4 do_next[kD4];
   auto chunk_rows = [&](int64_t c, int64_t& t0) {
     t0 = p.seq_offsets[n] + (c - c_begin) * kChunk;
     const int64_t left = p.seq_offsets[n + 1] - t0;
@@ -399,7 +401,8 @@ __global__ void __launch_bounds__(32 * state_bwd_bf16_warps(kK, BV), 1)
 #pragma unroll
     for (int u = 0; u < kW4; ++u) {
       const int idx = tid + u * kNT, i = idx / (K / 4), d = (idx % (K / 4)) * 4;
-      w_next[u] = i < L ? __ldg(reinterpret_cast<const float4*>(p.w + (t0 + i) * rs_k + hv * K + d)) : zero4();
+      w_next[u] = i < L ? __ldg(reinterpret_cast<const uint2*>(p.w_bf16 + (t0 + i) * rs_k + hv * K + d))
+                        : make_uint2(0u, 0u);
     }
 #pragma unroll
     for (int u = 0; u < kD4; ++u) {
@@ -413,14 +416,15 @@ __global__ void __launch_bounds__(32 * state_bwd_bf16_warps(kK, BV), 1)
   for (int64_t c = c_last; c >= c_begin; --c) {
     int64_t t0;
     const int L = chunk_rows(c, t0);
-    // dS' of this chunk: to dhs (fp32) and to its bf16 tile (the previous step's readers passed its barrier)
+    // dS' of this chunk in bf16: to dhs and to its tile (the previous step's readers passed its barrier)
 #pragma unroll
     for (int j = 0; j < NTW; ++j)
 #pragma unroll
       for (int r = 0; r < 4; r += 2) {
         const int d = 16 * sm + frag_row(r), e = sc + 8 * j + frag_col(r);
-        st2(p.dhs + ((c * p.HV + hv) * K + d) * p.V + e0 + e, ds[j][r], ds[j][r + 1]);
-        st_bf16x2(dsB + d * SP + e, ds[j][r], ds[j][r + 1]);
+        const uint32_t x = pack_bf16x2(ds[j][r], ds[j][r + 1]);
+        *reinterpret_cast<uint32_t*>(p.dhs_bf16 + ((c * p.HV + hv) * K + d) * p.V + e0 + e) = x;
+        *reinterpret_cast<uint32_t*>(dsB + d * SP + e) = x;
       }
     cp_async_wait_all();
     __syncthreads();
@@ -443,7 +447,7 @@ __global__ void __launch_bounds__(32 * state_bwd_bf16_warps(kK, BV), 1)
 #pragma unroll
       for (int u = 0; u < kW4; ++u) {
         const int idx = tid + u * kNT;
-        st_bf16x4(wB + (idx / (K / 4)) * KT + (idx % (K / 4)) * 4, w_next[u]);
+        *reinterpret_cast<uint2*>(wB + (idx / (K / 4)) * KT + (idx % (K / 4)) * 4) = w_next[u];
       }
 #pragma unroll
       for (int u = 0; u < kD4; ++u) {
@@ -478,7 +482,7 @@ __global__ void __launch_bounds__(32 * state_bwd_bf16_warps(kK, BV), 1)
         for (int r = 0; r < 4; r += 2) {
           const int i = 16 * vm + frag_row(r), e = vc + 8 * j + frag_col(r);
           st_bf16x2(dvB + i * SP + e, -acc[j][r], -acc[j][r + 1]);
-          if (i < L) st2(p.dvn + (t0 + i) * rs_v + hv * p.V + e0 + e, acc[j][r], acc[j][r + 1]);
+          if (i < L) st_bf16x2(p.dvn_bf16 + (t0 + i) * rs_v + hv * p.V + e0 + e, acc[j][r], acc[j][r + 1]);
         }
     }
     {  // dS = exp(G_last) dS' + Qg^T do
@@ -930,16 +934,16 @@ __global__ void __launch_bounds__(kWyThreads, 1)
 
 // ---- wy_bwd for bf16 / f16 inputs: the same steps and outputs as wy_bwd_kernel, every product as bf16
 // mma.sync m16n8k16 on bf16 shared tiles (mma_bf16.cuh), fp32 accumulation.
-// Operands: do and v as given (f16 rounded to bf16), and the fp32 scratch rounded to bf16 on the way into shared
-// memory: dS', S, v_new, dv_new, A; dw = -dv_new S^T, Kb = exp(G) k, dA and dA A^T from fp32 accumulators. These
+// Operands: do and v as given (f16 rounded to bf16); dS', S, v_new, dv_new as the state passes stored them (bf16
+// scratch); A rounded to bf16 on the way into shared memory; dw = -dv_new S^T, Kb = exp(G) k, dA and dA A^T from
+// fp32 accumulators. These
 // are FLA's operands too (chunk_kda_bwd_wy_dqkg_fused: v_new, do, h, dh, dv, A, dw, kg as bf16, and dA, dA A
 // in A's dtype for dM). Everything else stays fp32: the accumulators, the gate factors exp(G_last - G), exp(G) and
-// beta applied to them, dk_state (kept in dk_hv between its steps), and the sums sum_e S dS' (fp32 S against the
-// bf16 dS' tile, as FLA's bf16 dh: re-reading the fp32 dS' from L2 cost 1.8 % of B4 T4096 H16 fwd+bwd on the H100),
-// sum_i k dk_state, dbeta (fp32 T2, T3 against fp32 exp(G) k and v).
+// beta applied to them, dk_state (kept in dk_hv between its steps), and the sums sum_e S dS' (bf16 S against the bf16
+// dS' tile, fp32 products), sum_i k dk_state, dbeta (fp32 T2, T3 against fp32 exp(G) k and v).
 // bf16 tiles halve the shared memory of the fp32 ones (108.8 KB at K = 128), so two blocks of 8 warps share an SM:
-// one block's global round trips (its tiles go through registers to be converted, no cp.async) overlap the
-// other's products.
+// one block's global round trips overlap the other's products. dS', v_new and dv_new go to their tiles by cp.async;
+// do, v and A through registers (converted), S through registers (its entries meet dS' there).
 constexpr int kWyBf16Threads = 256;
 
 // c[MI][2 NJ] += A B over kdim (a multiple of 16) for the warp tile rows m0 + 16 mi (+ 0..15), columns
@@ -1007,6 +1011,19 @@ __device__ __forceinline__ void load_tile_bf16(__nv_bfloat16* dst, int S, int ro
   }
 }
 
+// Rows [0, kRows) x kCols of bf16 scratch (row i at src + i * src_rs) into a bf16 tile of row stride S by cp.async,
+// 8 entries per copy, rows >= rows_valid zero-filled; the caller commits and waits.
+template <int kRows, int kCols>
+__device__ __forceinline__ void copy_tile_bf16(__nv_bfloat16* dst, int S, const __nv_bfloat16* src, int64_t src_rs,
+                                               int rows_valid) {
+  constexpr int c8 = kCols / 8;
+  for (int idx = threadIdx.x; idx < kRows * c8; idx += kWyBf16Threads) {
+    const int i = idx / c8, d = (idx % c8) * 8;
+    const bool in = i < rows_valid;
+    cp_async16(dst + i * S + d, src + (in ? i * src_rs + d : 0), in);
+  }
+}
+
 // Two consecutive elements (i even) of a dtype-coded output, rounded to nearest like store_f: one 4- / 8-byte store
 // when the base is aligned (`aligned`), two scalar ones otherwise.
 __device__ __forceinline__ void store2_f(void* base, int dt, bool aligned, int64_t i, float a, float b) {
@@ -1039,7 +1056,7 @@ __device__ __forceinline__ void store2_f(void* base, int dt, bool aligned, int64
 //   tX [64, SK]: do;  tY [64, SK]: v_new, then dv_new;  tO [64, SK]: dw, then dA A^T (stride SC)
 //   tA, tP [64, SC]: A, dA;  fp32: G_last, sum_e S dS' [K], column sums of k dk_state by row half [2, K],
 //   beta [64], dbeta partials by column quarter [64, 4]
-// Steps as in wy_bwd_kernel; the tiles go through registers (fp32 -> bf16), dS', v_new, do and A at the start, S
+// Steps as in wy_bwd_kernel; dS', v_new, do and A are loaded at the start, S
 // (sum_e S dS' against the bf16 dS' it overwrites) and dv_new after the dk_state / dAqk products.
 template <int kK>
 __global__ void __launch_bounds__(kWyBf16Threads, 2)
@@ -1070,9 +1087,9 @@ __global__ void __launch_bounds__(kWyBf16Threads, 2)
   auto k_at = [&](int i, int d) { return ((t0 + i) * p.H + h) * K + d; };
   const int64_t state_off = (c * p.HV + hv) * static_cast<int64_t>(K) * V, vrs = static_cast<int64_t>(p.HV) * V;
   {  // operands of the later steps into L2 while the first ones run
-    const int64_t fs = sizeof(float), es = dtype_bytes(p.in_dt);
-    prefetch_rows(p.hs + state_off, K, V * fs, V * fs, NT);
-    prefetch_rows(p.dvn + row_at(0) * V, L, p.HV * V * fs, V * fs, NT);
+    const int64_t fs = sizeof(float), bs = sizeof(bf16), es = dtype_bytes(p.in_dt);
+    prefetch_rows(p.hs_bf16 + state_off, K, V * bs, V * bs, NT);
+    prefetch_rows(p.dvn_bf16 + row_at(0) * V, L, p.HV * V * bs, V * bs, NT);
     prefetch_rows(static_cast<const char*>(p.v) + row_at(0) * V * es, L, p.HV * V * es, V * es, NT);
     prefetch_rows(p.gc + row_at(0) * K, L, p.HV * K * fs, K * fs, NT);
     prefetch_rows(p.kp + k_at(0, 0), L, p.H * K * fs, K * fs, NT);
@@ -1080,10 +1097,9 @@ __global__ void __launch_bounds__(kWyBf16Threads, 2)
   if (tid < K) glS[tid] = p.gc[row_at(L - 1) * K + tid];
   if (tid < kChunk) bS[tid] = tid < L ? p.bp[row_at(tid)] : 0.0f;
   {
-    const float* dhs = p.dhs + state_off;
-    load_tile_bf16<K, V>(tS, SK, K, [&](int i, int d) { return ldg4(dhs + i * V + d); });
-    const float* vn = p.vn + row_at(0) * V;
-    load_tile_bf16<kChunk, V>(tY, SK, L, [&](int i, int d) { return ldg4(vn + i * vrs + d); });
+    copy_tile_bf16<K, V>(tS, SK, p.dhs_bf16 + state_off, V, K);
+    copy_tile_bf16<kChunk, V>(tY, SK, p.vn_bf16 + row_at(0) * V, vrs, L);
+    cp_async_commit();
     const bool aligned = reinterpret_cast<uintptr_t>(d_out) % 16 == 0;
     const int64_t o0 = row_at(0) * V;
     load_tile_bf16<kChunk, V>(tX, SK, L,
@@ -1091,6 +1107,7 @@ __global__ void __launch_bounds__(kWyBf16Threads, 2)
     const float* A = p.A + row_at(0) * kChunk;
     const int64_t ars = static_cast<int64_t>(p.HV) * kChunk;
     load_tile_bf16<kChunk, kChunk>(tA, SC, L, [&](int i, int d) { return ldg4(A + i * ars + d); });
+    cp_async_wait<0>();
   }
   __syncthreads();
 
@@ -1182,7 +1199,7 @@ __global__ void __launch_bounds__(kWyBf16Threads, 2)
     store_lower(p.dAqk, acc, p.scale, 0);
   }
   __syncthreads();
-  // S -> tS over dS', with sum_e S dS' per key channel: fp32 S against dS' as the bf16 tS entries that each
+  // S -> tS over dS', with sum_e S dS' per key channel: S against dS' as the bf16 tS entries that each
   // thread reads just before it overwrites them (its own 4 entries: no other thread touches them in this step,
   // and the last products reading dS', dk_state, are behind the barrier above), as FLA's bf16 dh.
   // The V / 4 float4 of a row span 32 or 16 consecutive lanes, reduced by shuffles in a fixed order. Then
@@ -1190,29 +1207,31 @@ __global__ void __launch_bounds__(kWyBf16Threads, 2)
   {
     constexpr int c4 = V / 4, per = K * c4 / NT, U = per < 8 ? per : 8;
     static_assert(per % U == 0 && c4 <= 32, "whole rows per warp");
-    const float* hs = p.hs + state_off;
+    const bf16* hs = p.hs_bf16 + state_off;
 #pragma unroll 1  // unrolled, the compiler issues every round's loads at once (spills)
     for (int base = 0; base < per; base += U) {
-      float4 s4[U];
+      uint2 s4[U];  // 4 bf16 each
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int idx = tid + (base + u) * NT;
-        s4[u] = ldg4(hs + 4 * idx);
+        s4[u] = __ldg(reinterpret_cast<const uint2*>(hs + 4 * idx));
       }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int idx = tid + (base + u) * NT;
         bf16* at = tS + (idx / c4) * SK + (idx % c4) * 4;
         const float4 d4 = ld_bf16x4(at);
-        st_bf16x4(at, s4[u]);
-        float s = s4[u].x * d4.x + s4[u].y * d4.y + s4[u].z * d4.z + s4[u].w * d4.w;
+        *reinterpret_cast<uint2*>(at) = s4[u];
+        const float4 x = unpack_bf16x4(s4[u]);
+        float s = x.x * d4.x + x.y * d4.y + x.z * d4.z + x.w * d4.w;
 #pragma unroll
         for (int o = c4 / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
         if (lane % c4 == 0) sdS[idx / c4] = s;
       }
     }
-    const float* dvn = p.dvn + row_at(0) * V;
-    load_tile_bf16<kChunk, V>(tY, SK, L, [&](int i, int d) { return ldg4(dvn + i * vrs + d); });
+    copy_tile_bf16<kChunk, V>(tY, SK, p.dvn_bf16 + row_at(0) * V, vrs, L);
+    cp_async_commit();
+    cp_async_wait<0>();
   }
   __syncthreads();
   // dG_last = exp(G_last) sum_e S dS' + sum_i k_i dk_state_i

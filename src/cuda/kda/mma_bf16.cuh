@@ -80,11 +80,15 @@ __device__ __forceinline__ void st_bf16x4(__nv_bfloat16* p, float4 v) {
   *reinterpret_cast<uint2*>(p) = make_uint2(pack_bf16x2(v.x, v.y), pack_bf16x2(v.z, v.w));
 }
 
-// Four bf16 values at p (8-byte aligned) as fp32 (exact).
-__device__ __forceinline__ float4 ld_bf16x4(const __nv_bfloat16* p) {
-  const uint2 u = *reinterpret_cast<const uint2*>(p);
+// Four bf16 values packed in u (low half first) as fp32 (exact).
+__device__ __forceinline__ float4 unpack_bf16x4(uint2 u) {
   return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
                      __uint_as_float(u.y & 0xffff0000u));
+}
+
+// Four bf16 values at p (8-byte aligned) as fp32 (exact).
+__device__ __forceinline__ float4 ld_bf16x4(const __nv_bfloat16* p) {
+  return unpack_bf16x4(*reinterpret_cast<const uint2*>(p));
 }
 
 // Two adjacent fp32 values as bf16 at p (4-byte aligned): an accumulator pair (frag_col r, r + 1).
