@@ -4,31 +4,27 @@
 //
 // Tolerances (errors relative to the reference's scale: rms = ||x - ref||_2 / ||ref||_2,
 // max = max |x - ref| / max |ref|):
-//   bf16 / f16 outputs and gradients: rms 5e-3, max 2e-2. Rounding the result to bf16 alone gives
-//     rms ~ 2^-9 / sqrt(3) ~ 1.1e-3 and max up to 2^-8 ~ 3.9e-3 of an element; fp32 accumulation over
-//     64-token chunks and (for gradients) long reverse sweeps adds less than that. FLA's own bf16
-//     tests accept 5e-3..1e-2 against its naive reference.
+//   bf16 / f16 outputs, dg, dbeta: rms 5e-3, max 2e-2 (FLA's chunk_kda tests: o 5e-3, dg and dbeta 2e-2).
+//     Rounding the result to bf16 alone gives rms ~ 2^-9 / sqrt(3) ~ 1.1e-3 and max up to 2^-8 ~ 3.9e-3 of an
+//     element.
+//   bf16 / f16 dq, dk, dv: rms 8e-3, max 2e-2, FLA's chunk_kda tolerance for them. The state gradient dS' reaches
+//     them through bf16 scratch (as FLA's dh), and a one-token sequence has few enough entries that one rounding
+//     shows: B1 T1 K64 dk measured rms 5.6e-3 on the H100.
 //   fp32 states (final state, intermediate states = FLA's h, dh0) of bf16 / f16 inputs: rms 5e-3 (FLA's own
 //     ht tolerance; it allows 8e-3 for dh0), max 1e-2: the state passes multiply bf16 operands as FLA does.
 //   fp32 parameter gradients dA_log, ddt_bias: rms 2e-3, max 1e-2 (bf16 / f16 inputs), relative to the sum
 //     of the magnitudes of the terms they add up (gate_param_scales), not to their value: each is one sum over
 //     every token (and channel) of terms that can nearly cancel, so its relative error is unbounded even
-//     when every term is within tolerance. They sum dg, whose bf16-operand products (wy_bwd, as FLA's) are
-//     off by ~3e-3 rms: measured on the H100, worst ddt_bias rms 1.27e-3, max 5.3e-3 (lower_bound gate,
-//     neg_eigval, K128), worst dA_log rms 8.4e-5, max 1.0e-4; FLA's tests allow 2e-2 for dg.
-//   f32 inputs: rms 1e-4, max 1e-3 everywhere (fp32 arithmetic against fp64).
-// For bf16 / f16 inputs the state passes (state_fwd, state_bwd) and wy_bwd multiply bf16 operands (8-bit
-// significands, m16n8k16 with fp32 accumulation and fp32 states, as FLA's kernels); chunk_fwd, the output and
-// pair_bwd multiply one-pass TF32 (10-bit operands). Measured on the H100 (2026-11-23, every 16-bit case of this
-// file): final state rms <= 2.5e-3 and max <= 4.7e-3, intermediate states rms <= 2.1e-3, dh0 rms <= 2.4e-3 and
-// max <= 4.1e-3, outputs rms <= 1.8e-3 (the bf16 rounding floor ~1.7e-3) and max <= 3.4e-3. f32 inputs take
-// 3xTF32 everywhere (rms <= 1e-6), so their tolerances are unchanged. Before the bf16 passes (all TF32) an fp64
-// emulation of TF32 operand rounding in every product gave every
-// gradient ~4e-4 rms, but dA_log (one sum over all tokens per head, which can nearly cancel) up to
-// ~5e-3 relative to its value on some short random cases, hence the term-magnitude scale above. The within-chunk
-// backward (wy_bwd) multiplies bf16 operands for bf16 / f16 inputs (FLA's choice); measured on the H100, the
-// worst bf16 / f16 gradients (rms / max): dq 2.7e-3 / 4.6e-3, dk 3.2e-3 / 4.6e-3, dv 2.4e-3 / 4.4e-3,
-// dg 3.3e-3 / 4.2e-3, dbeta 2.7e-3 / 3.2e-3, inside the 5e-3 / 2e-2 above.
+//     when every term is within tolerance. They sum dg, whose bf16-operand products are off by ~3e-3 rms.
+//   f32 inputs: rms 1e-4, max 1e-3 everywhere (fp32 arithmetic against fp64; 3xTF32 products, fp32 scratch).
+// For bf16 / f16 inputs, as in FLA's kernels: the state passes, the output and wy_bwd multiply bf16 operands
+// (m16n8k16, fp32 accumulation, fp32 states), and the arrays they exchange (w, u, kl, hs, v_new, qg, dS', dv_new)
+// are bf16; chunk_fwd and pair_bwd multiply one-pass TF32 (10-bit operands). Measured on the H100 (2026-11-23,
+// session e call 2, every 16-bit case of this file), rms / max: o 3.2e-3 / 5.4e-3, dq 3.1e-3 / 4.6e-3, dk
+// 5.6e-3 / 5.4e-3, dv 3.8e-3 / 6.4e-3, dg 3.0e-3 / 5.2e-3, dbeta 3.5e-3 / 6.7e-3, final state 2.9e-3 / 5.2e-3,
+// intermediate states 2.7e-3 / 3.4e-3, dh0 2.4e-3 / 4.1e-3, ddt_bias 1.4e-3 / 5.9e-3. (With fp32 scratch and a
+// TF32 output, the session before: o 1.8e-3, dk 3.6e-3 rms.) An fp64 emulation of TF32 operand rounding gave
+// dA_log up to ~5e-3 relative to its value on short random cases, hence the term-magnitude scale above.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -99,6 +95,7 @@ struct Tolerance {
 };
 
 Tolerance low_precision_tol(const Case& c) { return c.dtype == DType::f32 ? Tolerance{1e-4, 1e-3} : Tolerance{5e-3, 2e-2}; }
+Tolerance qkv_grad_tol(const Case& c) { return c.dtype == DType::f32 ? Tolerance{1e-4, 1e-3} : Tolerance{8e-3, 2e-2}; }
 Tolerance state_tol(const Case& c) { return c.dtype == DType::f32 ? Tolerance{1e-4, 1e-3} : Tolerance{5e-3, 1e-2}; }
 Tolerance gate_param_tol(const Case& c) {
   return c.dtype == DType::f32 ? Tolerance{1e-4, 1e-3} : Tolerance{2e-3, 1e-2};
@@ -365,9 +362,10 @@ void check_case(const Case& c, uint64_t seed) {
     expect_close(c.name + " intermediate_states", got.h, ref.h, st);
   }
   if (!c.backward) return;
-  expect_close(c.name + " dq", got.dq, ref.dq, lo);
-  expect_close(c.name + " dk", got.dk, ref.dk, lo);
-  expect_close(c.name + " dv", got.dv, ref.dv, lo);
+  const Tolerance qkv = qkv_grad_tol(c);
+  expect_close(c.name + " dq", got.dq, ref.dq, qkv);
+  expect_close(c.name + " dk", got.dk, ref.dk, qkv);
+  expect_close(c.name + " dv", got.dv, ref.dv, qkv);
   expect_close(c.name + " dg", got.dg, ref.dg, lo);
   expect_close(c.name + " dbeta", got.dbeta, ref.dbeta, lo);
   if (c.h0) expect_close(c.name + " dh0", got.dh0, ref.dh0, st);
