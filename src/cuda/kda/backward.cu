@@ -321,50 +321,50 @@ __host__ __device__ constexpr int state_bwd_bf16_warps(int K, int BV) {
 }
 
 // Shared (bytes; K + 8, 72 and BV + 8 bf16 rows are 16 mod 128 bytes apart: ldmatrix rows on distinct banks):
-//   fp32 staging by cp.async, one chunk ahead: G, k, q [64, K + 4], Aqk [64, 68];
-//   bf16 operands of the chunk in flight: Kl, Qg, w [64, K + 8], Aqk [64, 72], do, -dv_new [64, BV + 8],
-//   dS' [K, BV + 8]; G_last [K] fp32.
+//   two slots (chunk in flight, next chunk) of Kl, Qg [64, K + 8] bf16 and G_last [K] fp32, by cp.async straight
+//   from the bf16 kl and qg the forward re-run wrote; fp32 Aqk staging [64, 68];
+//   bf16 operands of the chunk in flight: w [64, K + 8], Aqk [64, 72], do, -dv_new [64, BV + 8], dS' [K, BV + 8].
 // w and do of the next chunk travel in registers (issued after the formation barrier, stored as bf16 by the
-// next formation): staging them in shared memory too would not fit beside the rest at K = 128, BV = 64.
+// next formation), as before the two-slot Kl / Qg ring took the room.
 template <int kK, int BV>
 constexpr size_t state_bwd_bf16_smem_bytes() {
-  return 4 * (3 * kChunk * (kK + 4) + kChunk * (kChunk + 4) + kK) +
-         2 * (3 * kChunk * (kK + 8) + kChunk * (kChunk + 8) + 2 * kChunk * (BV + 8) + kK * (BV + 8));
+  return 4 * (kChunk * (kChunk + 4) + 2 * kK) +
+         2 * (5 * kChunk * (kK + 8) + kChunk * (kChunk + 8) + 2 * kChunk * (BV + 8) + kK * (BV + 8));
 }
 
-// Per chunk (reverse): (1) wait for the staged G, k, q, Aqk; barrier. (2) formation: Kl = exp(G_last - G) k,
-// Qg = scale exp(G) q, Aqk, w (bf16 in global memory, registers) and do (registers) into their bf16 tiles; dS'
-// (registers) to dhs and to its tile, both bf16; barrier. (3) the next chunk's loads are issued (cp.async staging;
-// w, do into registers). (4) dv_new = Aqk^T do + Kl dS' (warp tiles over 64 x BV; Aqk^T skips the k blocks above
-// its diagonal) -> dvn (bf16, as FLA's dv) and -dv_new (bf16 tile); dS = exp(G_last) dS' + Qg^T do; barrier.
+// Per chunk (reverse): (1) wait for the staged Kl, Qg, G_last, Aqk; barrier. (2) formation: Aqk, w (bf16 in global
+// memory, registers) and do (registers) into their bf16 tiles; dS' (registers) to dhs and to its tile, both bf16;
+// barrier. (3) the next chunk's loads are issued (cp.async into the other slot and the Aqk staging; w, do into
+// registers). (4) dv_new = Aqk^T do + Kl dS' (warp tiles over 64 x BV; Aqk^T skips the k blocks above its
+// diagonal) -> dvn (bf16, as FLA's dv) and -dv_new (bf16 tile); dS = exp(G_last) dS' + Qg^T do; barrier.
 // (5) dS += w^T (-dv_new). dS itself stays fp32 in the accumulators; only its copies are rounded.
+// Kl = exp(G_last - G) k and Qg = scale exp(G) q come from chunk_fwd (bf16, per value head): forming them here
+// cost every column-tile block of a head the same exponentials per chunk step, on the sequential path.
 // Rows >= L of every tile are zero (cp.async zero fill, zero registers), so dv_new rows >= L are zero too.
 template <int kK, int BV>
 __global__ void __launch_bounds__(32 * state_bwd_bf16_warps(kK, BV), 1)
     state_bwd_bf16_kernel(KdaDev p, const void* d_out, int d_out_dt, const void* dht, int dht_dt, void* dh0,
                           int dh0_dt) {
+  using bf16 = __nv_bfloat16;
   constexpr int K = kK, kWarps = state_bwd_bf16_warps(kK, BV), kNT = 32 * kWarps;
-  constexpr int KP = K + 4, AF = kChunk + 4, KT = K + 8, AT = kChunk + 8, SP = BV + 8;
+  constexpr int AF = kChunk + 4, KT = K + 8, AT = kChunk + 8, SP = BV + 8;
   constexpr int kMB = K / 16;                   // 16-row blocks of dS
   constexpr int NTW = kMB * (BV / 8) / kWarps;  // 8-column tiles of dS per warp
   constexpr int NTV = 4 * (BV / 8) / kWarps;    // 8-column tiles of dv_new per warp
   static_assert(NTW >= 2 && NTW % 2 == 0 && NTV >= 1 && NTV <= 2 && kWarps % kMB == 0 && kWarps % 4 == 0,
                 "warp tiling of the bf16 state_bwd products");
-  const int n = blockIdx.x, hv = blockIdx.y, e0 = blockIdx.z * BV, h = hv / p.G;
+  const int n = blockIdx.x, hv = blockIdx.y, e0 = blockIdx.z * BV;
   const int tid = threadIdx.x, warp = tid / 32;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  float* gS = reinterpret_cast<float*>(smem_raw);
-  float* kS = gS + kChunk * KP;
-  float* qS = kS + kChunk * KP;
-  float* aqF = qS + kChunk * KP;
-  float* glS = aqF + kChunk * AF;
-  __nv_bfloat16* klB = reinterpret_cast<__nv_bfloat16*>(glS + K);
-  __nv_bfloat16* qgB = klB + kChunk * KT;
-  __nv_bfloat16* wB = qgB + kChunk * KT;
-  __nv_bfloat16* aqB = wB + kChunk * KT;
-  __nv_bfloat16* doB = aqB + kChunk * AT;
-  __nv_bfloat16* dvB = doB + kChunk * SP;  // -dv_new
-  __nv_bfloat16* dsB = dvB + kChunk * SP;
+  float* aqF = reinterpret_cast<float*>(smem_raw);
+  float* glS0 = aqF + kChunk * AF;  // [2][K]
+  bf16* klB0 = reinterpret_cast<bf16*>(glS0 + 2 * K);  // [2][64][KT]
+  bf16* qgB0 = klB0 + 2 * kChunk * KT;                 // [2][64][KT]
+  bf16* wB = qgB0 + 2 * kChunk * KT;
+  bf16* aqB = wB + kChunk * KT;
+  bf16* doB = aqB + kChunk * AT;
+  bf16* dvB = doB + kChunk * SP;  // -dv_new
+  bf16* dsB = dvB + kChunk * SP;
 
   // This warp's dS tiles: rows 16 sm .. + 16, columns sc .. sc + 8 NTW; its dv_new tiles: rows 16 vm, columns vc.
   const int sm = warp % kMB, sc = (warp / kMB) * NTW * 8;
@@ -378,7 +378,7 @@ __global__ void __launch_bounds__(32 * state_bwd_bf16_warps(kK, BV), 1)
           dht ? load_f(dht, dht_dt, state_index(p, n, hv, 16 * sm + frag_row(r), e0 + sc + 8 * j + frag_col(r))) : 0.0f;
 
   const int64_t c_begin = p.chunk_offsets[n], c_last = p.chunk_offsets[n + 1] - 1;
-  const int64_t rs_k = static_cast<int64_t>(p.HV) * K, rs_q = static_cast<int64_t>(p.H) * K;
+  const int64_t rs_k = static_cast<int64_t>(p.HV) * K;
   const int64_t rs_a = static_cast<int64_t>(p.HV) * kChunk, rs_v = static_cast<int64_t>(p.HV) * p.V;
   const bool do_aligned = reinterpret_cast<uintptr_t>(d_out) % 16 == 0;
   constexpr int kW4 = kChunk * (K / 4) / kNT, kD4 = (kChunk * (BV / 4) + kNT - 1) / kNT;
@@ -390,12 +390,21 @@ __global__ void __launch_bounds__(32 * state_bwd_bf16_warps(kK, BV), 1)
     const int64_t left = p.seq_offsets[n + 1] - t0;
     return static_cast<int>(left < kChunk ? left : kChunk);
   };
-  auto issue = [&](int64_t c) {  // chunk c's G, k, q, Aqk by cp.async; w, do into registers
+  auto slot_of = [&](int64_t c) { return static_cast<int>((c_last - c) & 1); };
+  auto issue = [&](int64_t c) {  // chunk c's Kl, Qg, G_last (its slot), Aqk by cp.async; w, do into registers
     int64_t t0;
-    const int L = chunk_rows(c, t0);
-    cp_async_rows<kNT, kChunk, K>(gS, KP, p.gc + (t0 * p.HV + hv) * K, rs_k, L);
-    cp_async_rows<kNT, kChunk, K>(kS, KP, p.kp + (t0 * p.H + h) * K, rs_q, L);
-    cp_async_rows<kNT, kChunk, K>(qS, KP, p.qp + (t0 * p.H + h) * K, rs_q, L);
+    const int L = chunk_rows(c, t0), slot = slot_of(c);
+    bf16* klB = klB0 + slot * kChunk * KT;
+    bf16* qgB = qgB0 + slot * kChunk * KT;
+    for (int idx = tid; idx < kChunk * (K / 8); idx += kNT) {
+      const int i = idx / (K / 8), d = (idx % (K / 8)) * 8;
+      const bool in = i < L;
+      const int64_t at = in ? (t0 + i) * rs_k + hv * K + d : 0;
+      cp_async16(klB + i * KT + d, p.kl_bf16 + at, in);
+      cp_async16(qgB + i * KT + d, p.qg_bf16 + at, in);
+    }
+    for (int idx = tid; idx < K / 4; idx += kNT)
+      cp_async16(glS0 + slot * K + 4 * idx, p.gl + (c * p.HV + hv) * K + 4 * idx);
     cp_async_rows<kNT, kChunk, kChunk>(aqF, AF, p.Aqk + (t0 * p.HV + hv) * kChunk, rs_a, L);
     cp_async_commit();
 #pragma unroll
@@ -415,7 +424,10 @@ __global__ void __launch_bounds__(32 * state_bwd_bf16_warps(kK, BV), 1)
   if (c_last >= c_begin) issue(c_last);
   for (int64_t c = c_last; c >= c_begin; --c) {
     int64_t t0;
-    const int L = chunk_rows(c, t0);
+    const int L = chunk_rows(c, t0), slot = slot_of(c);
+    const bf16* klB = klB0 + slot * kChunk * KT;
+    const bf16* qgB = qgB0 + slot * kChunk * KT;
+    const float* glS = glS0 + slot * K;
     // dS' of this chunk in bf16: to dhs and to its tile (the previous step's readers passed its barrier)
 #pragma unroll
     for (int j = 0; j < NTW; ++j)
@@ -429,17 +441,6 @@ __global__ void __launch_bounds__(32 * state_bwd_bf16_warps(kK, BV), 1)
     cp_async_wait_all();
     __syncthreads();
     {  // formation
-      const float* gl = gS + (L - 1) * KP;
-      const float s = p.scale;
-      for (int idx = tid; idx < kChunk * (K / 4); idx += kNT) {
-        const int i = idx / (K / 4), d = (idx % (K / 4)) * 4, at = i * KP + d;
-        const float4 g = *reinterpret_cast<const float4*>(gS + at), l = *reinterpret_cast<const float4*>(gl + d);
-        const float4 k = *reinterpret_cast<const float4*>(kS + at), q = *reinterpret_cast<const float4*>(qS + at);
-        st_bf16x4(klB + i * KT + d, make_float4(__expf(l.x - g.x) * k.x, __expf(l.y - g.y) * k.y,
-                                                __expf(l.z - g.z) * k.z, __expf(l.w - g.w) * k.w));
-        st_bf16x4(qgB + i * KT + d, make_float4(s * __expf(g.x) * q.x, s * __expf(g.y) * q.y, s * __expf(g.z) * q.z,
-                                                s * __expf(g.w) * q.w));
-      }
       for (int idx = tid; idx < kChunk * (kChunk / 4); idx += kNT) {
         const int i = idx / (kChunk / 4), j = (idx % (kChunk / 4)) * 4;
         st_bf16x4(aqB + i * AT + j, *reinterpret_cast<const float4*>(aqF + i * AF + j));
@@ -454,7 +455,6 @@ __global__ void __launch_bounds__(32 * state_bwd_bf16_warps(kK, BV), 1)
         const int idx = tid + u * kNT;
         if (idx < kChunk * (BV / 4)) st_bf16x4(doB + (idx / (BV / 4)) * SP + (idx % (BV / 4)) * 4, do_next[u]);
       }
-      for (int d = tid; d < K; d += kNT) glS[d] = gl[d];
     }
     __syncthreads();
     if (c > c_begin) issue(c - 1);

@@ -21,7 +21,7 @@
 //   kl [tokens, HV, K]        exp(G_last - G) * k, the state update's key operand
 //   gl [max_chunks, HV, K]    G_last, the chunk's total log decay
 //   qg [tokens, HV, K]        scale * exp(G) * q, in w's buffer once the state pass is done (when o is wanted;
-//                             16-bit inputs: a buffer of its own, written by chunk_fwd)
+//                             16-bit inputs: written by chunk_fwd, also for state_bwd; carve_all)
 // 16-bit (bf16 / f16) inputs keep w, u / v_new, kl, hs, qg, dhs and dv_new in bf16 instead (the *_bf16 pointers;
 // their fp32 namesakes are null), as FLA keeps w, u, kg, h, v_new, dh and dv in the input dtype: the kernels of
 // those calls multiply bf16 operands anyway, and the state passes are bound by the traffic of these arrays.

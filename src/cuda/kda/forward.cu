@@ -21,7 +21,7 @@
 // Forward-only calls write none of the backward's scratch (qp, kp, rstd, gc, bp, A).
 //
 // Kernels: build_tables (sequence -> chunk offsets on the device); chunk_fwd (one block per (chunk, value
-// head): input transforms, M, Aqk, A, w, u, exp(G_last - G) k, and for 16-bit forward-only calls qg); state_fwd
+// head): input transforms, M, Aqk, A, w, u, exp(G_last - G) k, and for 16-bit inputs qg); state_fwd
 // (one block per (sequence, value head, 16 / 32 / 64 value columns), cp.async-pipelined); gated_q (f32 inputs: qg
 // after the state pass, in w's buffer); output_fwd (one block per (chunk, value head, 64 value columns));
 // intermediate_states (FLA's h on request: hs converted to f64 or [V, K], else
@@ -305,8 +305,8 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_fwd_kernel(KdaDev p, bool f
       st4(p.gc + ((t0 + i) * p.HV + hv) * K + d, *reinterpret_cast<const float4*>(gS + i * KP + d));
     }
   if constexpr (!kPrecise) {
-    // 16-bit forward-only calls: the output kernel's qg = scale exp(G) q (bf16) from the tiles at hand, instead of a
-    // gated_q pass that loads q and g again and repeats the L2 norm and the cumsum
+    // 16-bit inputs: qg = scale exp(G) q (bf16) from the tiles at hand, for the output kernel (no gated_q pass that
+    // loads q and g again and repeats the L2 norm and the cumsum) or state_bwd (no per-step exponentials)
     if (p.qg_bf16)
       for (int idx = tid; idx < L * k4; idx += kThreads) {
         const int i = idx / k4, d = (idx % k4) * 4;
@@ -1107,11 +1107,14 @@ size_t carve_all(char* base, const Sizes& s, bool backward, KdaDev* dev) {
     p.hs_bf16 = carve<__nv_bfloat16>(cursor, s.C * s.HV * s.K * s.V);
     p.gl = carve<float>(cursor, s.C * s.HV * s.K);
     // chunk_fwd forms qg with the other tiles of q (no gated_q pass), so it cannot wait for w's buffer to die
+    // (the backward's: below)
     if (!backward) p.qg_bf16 = carve<__nv_bfloat16>(cursor, s.tokens * s.HV * s.K);
     if (backward) {
       p.dhs_bf16 = carve<__nv_bfloat16>(cursor, s.C * s.HV * s.K * s.V);
       p.dvn_bf16 = carve<__nv_bfloat16>(cursor, s.tokens * s.HV * s.V);
       p.dk_hv = carve<float>(cursor, s.tokens * s.HV * s.K);
+      // qg (bf16) for state_bwd, dead before wy_bwd writes dk
+      p.qg_bf16 = reinterpret_cast<__nv_bfloat16*>(p.dk_hv);
       p.dgc = carve<float>(cursor, s.tokens * s.HV * s.K);
       p.dbp = carve<float>(cursor, s.tokens * s.HV);
       p.gate_part = carve<float>(cursor, s.HV * kGateSlices * (s.K + 1));
