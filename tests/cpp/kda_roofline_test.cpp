@@ -106,20 +106,21 @@ int64_t pair_bwd_steps() {  // one 32-channel slice
 
 TEST(KdaRoofline, TinyShapeBytes) {
   const Shape s = tiny();
-  // q, k, g, v rows 64 x 64 x 2 B, beta 64 x 2 B; Aqk, w, u, kl 64 x 64 x 4 B, gl 64 x 4 B; 2 blocks
-  EXPECT_DOUBLE_EQ(chunk_fwd_cost(s).bytes, 2 * (4 * 8192 + 128 + 4 * 16384 + 256));
+  // q, k, g, v rows 64 x 64 x 2 B, beta 64 x 2 B; Aqk 64 x 64 x 4 B; w, u, kl, qg 64 x 64 x 2 B (bf16 scratch);
+  // gl 64 x 4 B; 2 blocks
+  EXPECT_DOUBLE_EQ(chunk_fwd_cost(s).bytes, 2 * (4 * 8192 + 128 + 16384 + 4 * 8192 + 256));
   EXPECT_DOUBLE_EQ(chunk_fwd_cost(s).unique_bytes, chunk_fwd_cost(s).bytes);
-  // per (tile of 32 columns, chunk): w, kl 16384, gl 256, u 64 x 32 x 4, hs 64 x 32 x 4, v_new 64 x 32 x 4
-  EXPECT_DOUBLE_EQ(state_fwd_cost(s, 32).bytes, 2 * 2 * (2 * 16384 + 256 + 3 * 8192));
-  EXPECT_DOUBLE_EQ(state_fwd_cost(s, 32).unique_bytes, 2 * (2 * 16384 + 256) + 2 * 2 * 3 * 8192);
-  // per chunk: gated q reads q, g 64 x 64 x 2 and writes qg 16384; the output reads qg, Aqk, v_new, hs 16384 and
-  // writes o 64 x 64 x 2
-  EXPECT_DOUBLE_EQ(output_fwd_cost(s).bytes, 2 * (2 * 8192 + 16384 + 4 * 16384 + 8192));
-  // per chunk (one 64-column tile): gc, kp, qp, w, Aqk 16384, do 8192, dhs, dv_new 16384
-  EXPECT_DOUBLE_EQ(state_bwd_cost(s, 64).bytes, 2 * (7 * 16384 + 8192));
-  // per chunk: gc, kp, v_new, A, dv_new, dS', S 16384, do, v 8192, bp 256; dq_hv, dk_hv, dgc, dAqk, dM
-  // 16384, dv 8192, dbp 256, dg_last 256
-  EXPECT_DOUBLE_EQ(wy_bwd_cost(s).bytes, 2 * (7 * 16384 + 2 * 8192 + 256 + 5 * 16384 + 8192 + 256 + 256));
+  // per (tile of 32 columns, chunk): w, kl 8192 (bf16), gl 256, u, hs, v_new 64 x 32 x 2 (bf16)
+  EXPECT_DOUBLE_EQ(state_fwd_cost(s, 32).bytes, 2 * 2 * (2 * 8192 + 256 + 3 * 4096));
+  EXPECT_DOUBLE_EQ(state_fwd_cost(s, 32).unique_bytes, 2 * (2 * 8192 + 256) + 2 * 2 * 3 * 4096);
+  // per chunk (no gated_q pass for 16-bit inputs): the output reads qg 8192, Aqk 16384, v_new, hs 8192 and writes
+  // o 64 x 64 x 2
+  EXPECT_DOUBLE_EQ(output_fwd_cost(s).bytes, 2 * (16384 + 4 * 8192));
+  // per chunk (one 64-column tile): kl, qg, w 8192, Aqk 16384, gl 256, do 8192, dhs, dv_new 8192
+  EXPECT_DOUBLE_EQ(state_bwd_cost(s, 64).bytes, 2 * (3 * 8192 + 16384 + 256 + 3 * 8192));
+  // per chunk: gc, kp, A 16384, v_new, dv_new, dS', S 8192 (bf16), do, v 8192, bp 256; dq_hv, dk_hv, dgc, dAqk,
+  // dM 16384, dv 8192, dbp 256, dg_last 256
+  EXPECT_DOUBLE_EQ(wy_bwd_cost(s).bytes, 2 * (3 * 16384 + 4 * 8192 + 2 * 8192 + 256 + 5 * 16384 + 8192 + 256 + 256));
   // per (chunk, 32-channel slice): kp, qp, gc 64 x 32 x 4, dAqk, dM 16384, bp 256, dq_hv, dk_hv, dgc 8192
   // read and written, dbp_slice 256, dg_last 128
   EXPECT_DOUBLE_EQ(pair_bwd_cost(s).bytes, 4 * (3 * 8192 + 2 * 16384 + 256 + 6 * 8192 + 256 + 128));
@@ -224,8 +225,8 @@ TEST(KdaRoofline, ValueTileRereads) {
   s.tokens = 4096;
   s.chunks = 64;
   const double T = s.tokens, C = s.chunks, K = s.K;
-  const double fwd_tile_reads = (T * 2 * K + C * K) * 4;  // w, kl rows and G_last, per tile
-  const double bwd_tile_reads = T * (4 * K + 64) * 4;     // gc, kp, qp, w, Aqk rows, per tile
+  const double fwd_tile_reads = T * 2 * K * 2 + C * K * 4;          // w, kl rows (bf16) and G_last, per tile
+  const double bwd_tile_reads = T * (3 * K * 2 + 64 * 4) + C * K * 4;  // kl, qg, w (bf16), Aqk rows, G_last
   for (const int bv : {16, 32}) {
     EXPECT_DOUBLE_EQ(state_fwd_cost(s, bv).bytes - state_fwd_cost(s, 64).bytes, (128 / bv - 2) * fwd_tile_reads);
     EXPECT_DOUBLE_EQ(state_bwd_cost(s, bv).bytes - state_bwd_cost(s, 64).bytes, (128 / bv - 2) * bwd_tile_reads);
@@ -234,21 +235,27 @@ TEST(KdaRoofline, ValueTileRereads) {
     EXPECT_DOUBLE_EQ(state_fwd_cost(s, bv).flops, state_fwd_cost(s, 64).flops);
   }
   EXPECT_DOUBLE_EQ(state_fwd_cost(s, 128).bytes, state_fwd_cost(s, 128).unique_bytes);
-  // output_fwd: two 64-column tiles each read the chunk's qg and Aqk rows
-  EXPECT_DOUBLE_EQ(output_fwd_cost(s).bytes - output_fwd_cost(s).unique_bytes, T * (K + 64) * 4);
+  // output_fwd: two 64-column tiles each read the chunk's qg (bf16) and Aqk rows
+  EXPECT_DOUBLE_EQ(output_fwd_cost(s).bytes - output_fwd_cost(s).unique_bytes, T * (K * 2 + 64 * 4));
   // pair_bwd: K / 32 = 4 slices each read dAqk, dM and bp rows
   EXPECT_DOUBLE_EQ(pair_bwd_cost(s).bytes - pair_bwd_cost(s).unique_bytes, 3 * T * (2 * 64 + 1) * 4);
 }
 
-// With HV = 2 H the two value heads of a q/k head each read its q, k (forward) or qp, kp (backward) rows.
+// With HV = 2 H the two value heads of a q/k head each read its q, k (chunk_fwd) or kp (wy_bwd) rows; the bf16
+// state_bwd and output read per-value-head kl, qg instead (chunk_fwd formed them), so nothing there.
 TEST(KdaRoofline, GroupedValueHeadsReread) {
   Shape s = tiny(), gva = tiny();
   gva.HV = 2;
   const double T = s.tokens, K = s.K;
   EXPECT_DOUBLE_EQ(chunk_fwd_cost(gva).bytes - chunk_fwd_cost(gva).unique_bytes, T * 2 * K * 2);
-  EXPECT_DOUBLE_EQ(state_bwd_cost(gva, 64).bytes - state_bwd_cost(gva, 64).unique_bytes, T * 2 * K * 4);
+  EXPECT_DOUBLE_EQ(state_bwd_cost(gva, 64).bytes - state_bwd_cost(gva, 64).unique_bytes, 0);
   EXPECT_DOUBLE_EQ(wy_bwd_cost(gva).bytes - wy_bwd_cost(gva).unique_bytes, T * K * 4);
-  EXPECT_DOUBLE_EQ(output_fwd_cost(gva).bytes - output_fwd_cost(gva).unique_bytes, T * K * 2);  // q rows
+  EXPECT_DOUBLE_EQ(output_fwd_cost(gva).bytes - output_fwd_cost(gva).unique_bytes, 0);
+  Shape gva32 = gva;  // f32 inputs: the TF32 state_bwd reads qp, kp, and gated_q q, per value head
+  gva32.precise = true;
+  gva32.in_bytes = 4;
+  EXPECT_DOUBLE_EQ(state_bwd_cost(gva32, 64).bytes - state_bwd_cost(gva32, 64).unique_bytes, T * 2 * K * 4);
+  EXPECT_DOUBLE_EQ(output_fwd_cost(gva32).bytes - output_fwd_cost(gva32).unique_bytes, T * K * 4);
   EXPECT_DOUBLE_EQ(pair_bwd_cost(gva).bytes - pair_bwd_cost(gva).unique_bytes,
                    T * 2 * K * 4 + (K / 32 - 1) * T * 2 * (2 * 64 + 1) * 4);
   // one head per group: nothing re-read
@@ -262,7 +269,8 @@ TEST(KdaRoofline, GroupedValueHeadsReread) {
 TEST(KdaRoofline, PartialChunk) {
   Shape full = tiny(), part = tiny();
   part.tokens = 100;  // chunks of 64 and 36 tokens
-  EXPECT_DOUBLE_EQ(output_fwd_cost(full).bytes - output_fwd_cost(part).bytes, 28 * (4 * 64 * 4 + 3 * 64 * 2));
+  // per token: Aqk 64 x 4, qg, v_new (bf16) and o 64 x 2
+  EXPECT_DOUBLE_EQ(output_fwd_cost(full).bytes - output_fwd_cost(part).bytes, 28 * (64 * 4 + 3 * 64 * 2));
   // re-reads: the second slice's dAqk, dM, bp rows, and 28 gc rows past the end
   EXPECT_DOUBLE_EQ(pair_bwd_cost(part).bytes - pair_bwd_cost(part).unique_bytes, 100 * (2 * 64 + 1) * 4 + 28 * 64 * 4);
   EXPECT_DOUBLE_EQ(pair_bwd_cost(part).flops, pair_bwd_cost(full).flops);

@@ -3,7 +3,8 @@
 // tests/cpp/kda_roofline_test.cpp checks it on the CPU. Each function follows the kernel it is named after:
 // a kernel change that moves other bytes or issues other products must change its formula here.
 //
-// Conventions (T = tokens, C = chunks, e = input element bytes, 4 = fp32 scratch):
+// Conventions (T = tokens, C = chunks, e = input element bytes, sb = scratch_bytes: 4 for f32 / f64 inputs, 2 for
+// bf16 / f16 ones, whose w, u, kl, qg, hs, v_new, dhs and dv_new are bf16; 4 = the scratch that stays fp32):
 //   bytes         global loads + stores, per block: what each block's code reads or writes, an element
 //                 counted once per block. Re-reads by different blocks count (every value tile of
 //                 state_fwd reads the chunk's whole w and kl; each of the HV / H value heads of a q/k head
@@ -19,7 +20,7 @@
 //                 (exponentials, gate, L2 norm, row sums) is not counted.
 //   tc_flops      tensor-core FLOPs issued: m16n8k8 steps x 2048 x passes, 3 passes for 3xTF32 (f32 / f64
 //                 inputs; always for chunk_fwd's inverse blocks, which use warp_gemm), 1 for bf16 / f16.
-//                 On bf16 / f16 inputs state_fwd, state_bwd and wy_bwd issue bf16 m16n8k16 MMAs instead (4096
+//                 On bf16 / f16 inputs state_fwd, output, state_bwd and wy_bwd issue bf16 m16n8k16 MMAs (4096
 //                 FLOPs each, at twice the TF32 rate: their tf32_roofline_ms is an upper bound).
 // Rows past a sequence's end are neither loaded nor stored (cp.async zero-fill, masked stores), so per-token
 // terms use T; products are counted per chunk as if it were full (the kernels skip only some 16-row
@@ -81,6 +82,9 @@ inline double tf32_roofline_ms(const Cost& c) {
 // Memory floor with perfect L2 reuse.
 inline double unique_bytes_ms(const Cost& c) { return 1e3 * c.unique_bytes / kHbmBytesPerS; }
 
+// Element bytes of the scratch the state, output and wy kernels exchange (common.cuh): bf16 for 16-bit inputs.
+inline double scratch_bytes(const Shape& s) { return s.precise ? 4.0 : 2.0; }
+
 namespace detail {
 inline int passes(const Shape& s) { return s.precise ? 3 : 1; }
 // Products issued as tensor-core MMAs: `macs` multiply-adds at the call's precision.
@@ -105,8 +109,10 @@ inline Cost chunk_fwd_cost(const Shape& s) {
   // per (token, value head): q, k rows of its q/k head (each of the HV / H value heads reads them), g, v, beta
   const double qk_reads = T * HV * 2 * K * e, qk_unique = T * H * 2 * K * e;
   double other = T * HV * (K + V + 1) * e;
-  // written per (token, value head): Aqk [64], w [K], u [V], kl [K]; backward: gc [K], A [64], bp
-  other += T * HV * 4 * (kChunk + K + V + K + (s.for_backward ? K + kChunk + 1 : 0));
+  // written per (token, value head): Aqk [64] (fp32), w [K], u [V], kl [K] and, for 16-bit inputs, qg [K]
+  // (scratch_bytes); backward: gc [K], A [64], bp (fp32)
+  const double sb = scratch_bytes(s);
+  other += T * HV * (4 * kChunk + sb * (2 * K + V + (s.precise ? 0 : K)) + (s.for_backward ? 4 * (K + kChunk + 1) : 0));
   // backward, per (token, q/k head) from the first value head of the group: qp, kp [K]; rstd of both with L2 norm
   if (s.for_backward) other += T * H * 4 * (2 * K + (s.l2norm ? 2 : 0));
   other += C * HV * K * 4;  // gl [K] per block
@@ -133,10 +139,11 @@ inline Cost chunk_fwd_cost(const Shape& s) {
 inline Cost state_fwd_cost(const Shape& s, int value_tile) {
   const double T = s.tokens, C = s.chunks, N = s.N, HV = s.HV, K = s.K, V = s.V;
   const double tiles = V / value_tile;
-  // every tile block reads the chunk's whole w, kl [64, K] and G_last [K]; its own u columns
-  const double wkl = (T * HV * 2 * K + C * HV * K) * 4;
-  double other = T * HV * V * 4;                 // u
-  other += T * HV * V * 4 + C * HV * K * V * 4;  // v_new; hs (the state entering each chunk)
+  // every tile block reads the chunk's whole w, kl [64, K] and G_last [K] (fp32); its own u columns
+  const double sb = scratch_bytes(s);
+  const double wkl = T * HV * 2 * K * sb + C * HV * K * 4;
+  double other = T * HV * V * sb;                  // u
+  other += T * HV * V * sb + C * HV * K * V * sb;  // v_new; hs (the state entering each chunk)
   other += N * HV * K * V * (s.h0_bytes + s.final_state_bytes);
   Cost c;
   c.bytes = wkl * tiles + other;
@@ -146,18 +153,19 @@ inline Cost state_fwd_cost(const Shape& s, int value_tile) {
   return c;
 }
 
-// The output stage: gated_q_kernel, one block per (chunk, value head), forms qg = scale exp(G) q from q and g
-// (into w's dead buffer); output_fwd_kernel, one block per (chunk, value head, 64 value columns), o = qg hs +
+// The output stage: for f32 / f64 inputs gated_q_kernel, one block per (chunk, value head), forms qg = scale
+// exp(G) q from q and g (into w's dead buffer; 16-bit inputs: chunk_fwd writes it, counted there); then
+// output_fwd_kernel or output_fwd_bf16_kernel, one block per (chunk, value head, 64 value columns), o = qg hs +
 // Aqk v_new.
 inline Cost output_fwd_cost(const Shape& s) {
   const double T = s.tokens, C = s.chunks, H = s.H, HV = s.HV, K = s.K, V = s.V, e = s.in_bytes;
-  const double tiles = V / kOutCols;
+  const double tiles = V / kOutCols, sb = scratch_bytes(s);
   const double gate_params = s.use_gate ? K * s.dt_bias_bytes + s.A_log_bytes : 0.0;  // per gated_q block
   // gated_q: q [K] (its q/k head's row, read per value head) and g [K] rows in, qg [K] fp32 out
-  const double gated_q = T * HV * (2 * K * e + K * 4) + C * HV * gate_params;
-  const double gated_q_unique = T * (H * K * e + HV * (K * e + K * 4)) + HV * gate_params;
-  const double shared = T * HV * (K + kChunk) * 4;  // qg [K] and Aqk [64] rows, read by every column tile
-  const double other = T * HV * V * 4 + C * HV * K * V * 4 + T * HV * V * s.out_bytes;  // v_new, hs; o
+  const double gated_q = s.precise ? T * HV * (2 * K * e + K * 4) + C * HV * gate_params : 0.0;
+  const double gated_q_unique = s.precise ? T * (H * K * e + HV * (K * e + K * 4)) + HV * gate_params : 0.0;
+  const double shared = T * HV * (K * sb + kChunk * 4);  // qg [K] and Aqk [64] rows, read by every column tile
+  const double other = T * HV * V * sb + C * HV * K * V * sb + T * HV * V * s.out_bytes;  // v_new, hs; o
   Cost c;
   c.bytes = gated_q + shared * tiles + other;
   c.unique_bytes = gated_q_unique + shared + other;
@@ -166,15 +174,19 @@ inline Cost output_fwd_cost(const Shape& s) {
   return c;
 }
 
-// state_bwd_kernel (f32 / f64 inputs) or state_bwd_bf16_kernel (bf16 / f16 inputs; the same loads and stores):
-// one block per (sequence, value head, value_tile columns); chunks in reverse.
+// state_bwd_kernel (f32 / f64 inputs) or state_bwd_bf16_kernel (bf16 / f16 inputs): one block per (sequence,
+// value head, value_tile columns); chunks in reverse.
 inline Cost state_bwd_cost(const Shape& s, int value_tile) {
   const double T = s.tokens, C = s.chunks, N = s.N, H = s.H, HV = s.HV, K = s.K, V = s.V;
-  const double tiles = V / value_tile;
-  // every tile block reads the chunk's whole gc, w [K] and Aqk [64] rows (value head), kp, qp [K] (q/k head)
-  const double per_tile = T * HV * (4 * K + kChunk) * 4, per_tile_unique = T * (HV * (2 * K + kChunk) + H * 2 * K) * 4;
-  double other = T * HV * V * s.do_bytes;        // do
-  other += C * HV * K * V * 4 + T * HV * V * 4;  // dhs (gradient of the state leaving each chunk); dv_new
+  const double tiles = V / value_tile, sb = scratch_bytes(s);
+  // every tile block reads the chunk's whole rows of: f32 kernel, gc, w [K] and Aqk [64] (value head), kp, qp [K]
+  // (q/k head); bf16 kernel, kl, qg, w [K] (bf16, value head), Aqk [64] and G_last [K] per chunk (fp32)
+  const double per_tile = s.precise ? T * HV * (4 * K + kChunk) * 4
+                                    : T * HV * (3 * K * sb + kChunk * 4) + C * HV * K * 4;
+  const double per_tile_unique =
+      s.precise ? T * (HV * (2 * K + kChunk) + H * 2 * K) * 4 : per_tile;
+  double other = T * HV * V * s.do_bytes;          // do
+  other += C * HV * K * V * sb + T * HV * V * sb;  // dhs (gradient of the state leaving each chunk); dv_new
   other += N * HV * K * V * (s.dht_bytes + s.dh0_bytes);
   Cost c;
   c.bytes = per_tile * tiles + other;
@@ -190,9 +202,11 @@ inline Cost state_bwd_cost(const Shape& s, int value_tile) {
 inline Cost wy_bwd_cost(const Shape& s) {
   const double T = s.tokens, C = s.chunks, H = s.H, HV = s.HV, K = s.K, V = s.V, e = s.in_bytes;
   const double kp_reads = T * HV * K * 4, kp_unique = T * H * K * 4;  // kp rows of the q/k head
-  // read per (token, value head): gc [K], v_new [V], A [64], dv_new [V], bp (fp32); do, v (input dtypes)
-  double other = T * HV * ((K + 2 * V + kChunk + 1) * 4 + V * s.do_bytes + V * e);
-  other += C * HV * K * V * 4 * 2;  // dS' and S of the chunk
+  // read per (token, value head): gc [K], A [64], bp (fp32); v_new [V], dv_new [V] (scratch_bytes); do, v (input
+  // dtypes)
+  const double sb = scratch_bytes(s);
+  double other = T * HV * ((K + kChunk + 1) * 4 + 2 * V * sb + V * s.do_bytes + V * e);
+  other += C * HV * K * V * sb * 2;  // dS' and S of the chunk
   // written per (token, value head): dq_hv, dk_hv, dgc [K], dAqk, dM [64], dbp (fp32); dv [K]; dg_last per block
   other += T * HV * ((3 * K + 2 * kChunk + 1) * 4 + K * s.out_bytes) + C * HV * K * 4;
   Cost c;
