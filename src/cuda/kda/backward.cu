@@ -1773,16 +1773,16 @@ __global__ void gate_params_final_kernel(KdaDev p, void* dA_log, int dA_dt, void
 // Value columns per state_bwd block. One block fits per SM (shared memory) and a block's time per chunk
 // is mostly the loads of its w, Kl, Qg, Aqk tiles, the same for any BV: the narrowest tile whose blocks
 // fit in one wave (shortest chunk step), else 64 (one wave at B4 H16 V128 instead of two with 32, and
-// half the tile loads per state column when there are several waves).
-// The bf16 kernel (16-bit inputs) never takes 16: kda_bench --tiles on the H100 (session d, main 7c6294c) gave
-// B1 T32768 H16 fwd+bwd 14.91 ms with 32 against 15.11 with 16 (64: 15.58), and 64 at the shapes with more
-// (sequence, head) pairs than SMs.
+// half the tile loads per state column when there are several waves). The same rule for both kernels:
+// kda_bench --tiles on the H100 (session e call 6, main with bf16 scratch) gave the bf16 kernel at B1 T32768 H16
+// fwd+bwd 11.86 ms with 16 against 12.10 with 32 and 12.66 with 64, and 64 best or within noise at the shapes
+// with more (sequence, head) pairs than SMs (B4 H16 5.25 vs 5.41 with 32; H64 20.17 vs 20.89). Session d's
+// bf16 kernel, which formed Kl and Qg per chunk step, was faster with 32 there.
 int state_bwd_value_tile(const KdaDev& p) {
   if (const int tile = value_tile_override(true)) return tile;
   const int64_t sms = sm_count(), heads = static_cast<int64_t>(p.N) * p.HV;
-  const bool bf16_kernel = p.in_dt != kF32 && p.in_dt != kF64;
   for (const int bv : {16, 32})
-    if ((bv > 16 || !bf16_kernel) && heads * (p.V / bv) <= sms) return bv;
+    if (heads * (p.V / bv) <= sms) return bv;
   return 64;
 }
 

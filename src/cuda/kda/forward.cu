@@ -1211,7 +1211,9 @@ void set_smem_two_per_sm(const void* kernel, size_t bytes) {
 // 64 (B4 T4096 H64: 6.36 ms at 64 vs 6.54 at 32). Varlen packs take 32 there instead: with skewed lengths the
 // longest sequence's chain of chunk steps is the critical path (64 sequences of skewed lengths, 32768 tokens,
 // H16: 3.70 ms at 32 vs 3.89 at 64). Sweep: kda_bench --tiles, bench/results/h100.json "kda" "value_tiles".
-// These figures are the TF32 state pass's; the bf16 one (16-bit inputs) takes the same rule, not swept yet.
+// These figures are the TF32 state pass's; the bf16 one (16-bit inputs, bf16 scratch) confirms the rule (session e
+// call 6): B1 16 / 32 / 64 2.60 / 2.78 / 3.64 ms; B4 H16 64 / 32 / 16 1.18 / 1.28 / 1.33; H64 64 4.52 vs 32 4.92;
+// varlen 32 2.61, 16 2.65, 64 2.67.
 int forward_value_tile(const KdaDev& p) {
   if (const int tile = value_tile_override(false)) return tile;
   const int64_t heads = static_cast<int64_t>(p.N) * p.HV, sms = sm_count();
