@@ -909,6 +909,57 @@ __global__ void __launch_bounds__(kThreads) gated_q_kernel(KdaDev p) {
   }
 }
 
+// Rows [0, 64) x kCols columns (from c0) of chunk rows t0.. of a [tokens, HV, row_len] scratch array (value head
+// hv) into a shared tile of row stride S by cp.async, 16 bytes a copy (4 fp32 or 8 bf16 entries); rows >= L zero.
+template <int kCols, class T>
+__device__ __forceinline__ void cp_async_chunk_rows(T* tile, int S, const T* src, const KdaDev& p, int64_t t0, int hv,
+                                                    int row_len, int c0, int L) {
+  constexpr int per = 16 / sizeof(T), n = kCols / per;
+  for (int idx = threadIdx.x; idx < kChunk * n; idx += kThreads) {
+    const int i = idx / n, d = (idx % n) * per;
+    cp_async16(tile + i * S + d, src + (i < L ? ((t0 + i) * p.HV + hv) * row_len + c0 + d : 0), i < L);
+  }
+}
+
+// The output kernels' tile of S: rows [0, K) x kOutCols columns (from e0) of the state entering chunk c.
+template <int kK, class T>
+__device__ __forceinline__ void cp_async_state_cols(T* tile, int S, const T* hs, const KdaDev& p, int64_t c, int hv,
+                                                    int e0) {
+  constexpr int per = 16 / sizeof(T), n = kOutCols / per;
+  for (int idx = threadIdx.x; idx < kK * n; idx += kThreads) {
+    const int d = idx / n, e = (idx % n) * per;
+    cp_async16(tile + d * S + e, hs + ((c * p.HV + hv) * kK + d) * p.V + e0 + e, true);
+  }
+}
+
+// Everything an output block reads, into its tiles (qg [64, K], Aqk [64, 64] fp32, v_new [64, 64], S [K, 64]; the
+// scratch element type T), then waits and syncs.
+template <int kK, class T>
+__device__ __forceinline__ void load_output_tiles(T* qT, int QP, float* aS, int AP, T* vT, T* sT, int SP, const T* qg,
+                                                  const T* vn, const T* hs, const KdaDev& p, int64_t c, int64_t t0,
+                                                  int hv, int e0, int L) {
+  cp_async_chunk_rows<kK>(qT, QP, qg, p, t0, hv, kK, 0, L);
+  cp_async_chunk_rows<kChunk>(aS, AP, p.Aqk, p, t0, hv, kChunk, 0, L);
+  cp_async_chunk_rows<kOutCols>(vT, SP, vn, p, t0, hv, p.V, e0, L);
+  cp_async_state_cols<kK>(sT, SP, hs, p, c, hv, e0);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+}
+
+// o rows [r0, r0 + 16) (those < L) x columns col0 + [0, 8 NTW) of a warp strip's accumulators.
+template <int NTW>
+__device__ __forceinline__ void store_output_strip(void* o, int o_dt, const KdaDev& p, int64_t t0, int hv, int L,
+                                                   int r0, int col0, const float (&acc)[NTW][4]) {
+#pragma unroll
+  for (int j = 0; j < NTW; ++j)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int i = r0 + frag_row(r);
+      if (i < L) store_f(o, o_dt, ((t0 + i) * p.HV + hv) * p.V + col0 + 8 * j + frag_col(r), acc[j][r]);
+    }
+}
+
 // One block per (chunk, value head, 64 value columns), all chunks in parallel:
 //   o = qg S + Aqk v_new   (qg = scale exp(G) q, S = hs of the chunk).
 // f32 / f64 inputs (3xTF32); 16-bit inputs take output_fwd_bf16_kernel.
@@ -922,8 +973,8 @@ __global__ void __launch_bounds__(kThreads, 2) output_fwd_kernel(KdaDev p, void*
   const int tiles = p.V / kOutCols;
   const int64_t c = blockIdx.x / tiles;
   if (!locate_chunk(p, c, t0, L)) return;
-  constexpr int SP = kOutCols + 8, c4 = kChunk / 4, e4 = kOutCols / 4;
-  const int hv = blockIdx.y, e0 = static_cast<int>(blockIdx.x % tiles) * kOutCols, K = kK, KP = K + 4, k4 = K / 4;
+  constexpr int SP = kOutCols + 8;
+  const int hv = blockIdx.y, e0 = static_cast<int>(blockIdx.x % tiles) * kOutCols, K = kK, KP = K + 4;
   const int tid = threadIdx.x;
   const int warp = tid / 32;
   extern __shared__ float smem[];
@@ -931,24 +982,7 @@ __global__ void __launch_bounds__(kThreads, 2) output_fwd_kernel(KdaDev p, void*
   float* hS = qS + kChunk * KP;
   float* aS = hS + K * SP;
   float* vS = aS + kChunk * kAP;
-  static_assert(kOutCols == kChunk, "Aqk and v_new rows share one copy loop");
-  for (int idx = tid; idx < kChunk * k4; idx += kThreads) {
-    const int i = idx / k4, d = (idx % k4) * 4;
-    cp_async16(qS + i * KP + d, p.qg + (i < L ? ((t0 + i) * p.HV + hv) * K + d : 0), i < L);
-  }
-  for (int idx = tid; idx < kChunk * c4; idx += kThreads) {
-    const int i = idx / c4, j = (idx % c4) * 4;
-    const int64_t row = i < L ? (t0 + i) * p.HV + hv : 0;
-    cp_async16(aS + i * kAP + j, p.Aqk + row * kChunk + j, i < L);
-    cp_async16(vS + i * SP + j, p.vn + row * p.V + e0 + j, i < L);
-  }
-  for (int idx = tid; idx < K * e4; idx += kThreads) {
-    const int d = idx / e4, e = (idx % e4) * 4;
-    cp_async16(hS + d * SP + e, p.hs + ((c * p.HV + hv) * K + d) * p.V + e0 + e, true);
-  }
-  cp_async_commit();
-  cp_async_wait<0>();
-  __syncthreads();
+  load_output_tiles<kK>(qS, KP, aS, kAP, vS, hS, SP, p.qg, p.vn, p.hs, p, c, t0, hv, e0, L);
   // warp = (16-row block, half of the 64 columns)
   constexpr int NTW = kOutCols / 16;
   const int r0 = (warp % 4) * 16, cw = (warp / 4) * NTW * 8;
@@ -956,13 +990,7 @@ __global__ void __launch_bounds__(kThreads, 2) output_fwd_kernel(KdaDev p, void*
   float acc[NTW][4] = {};
   gemm_strip<kPrecise, NTW>(acc, qS + r0 * KP, KP, 1, hS + cw, SP, K);
   gemm_strip<kPrecise, NTW>(acc, aS + r0 * kAP, kAP, 1, vS + cw, SP, r0 + 16);  // Aqk is lower triangular
-#pragma unroll
-  for (int j = 0; j < NTW; ++j)
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int i = r0 + frag_row(r);
-      if (i < L) store_f(o, o_dt, ((t0 + i) * p.HV + hv) * p.V + e0 + cw + 8 * j + frag_col(r), acc[j][r]);
-    }
+  store_output_strip<NTW>(o, o_dt, p, t0, hv, L, r0, e0 + cw, acc);
 }
 
 // The output kernel of 16-bit inputs: qg, S and v_new arrive in bf16 (cp.async straight to their tiles), Aqk in
@@ -978,32 +1006,14 @@ __global__ void __launch_bounds__(kThreads, 2) output_fwd_bf16_kernel(KdaDev p, 
   const int64_t c = blockIdx.x / tiles;
   if (!locate_chunk(p, c, t0, L)) return;
   constexpr int QP = kK + 8, SP = kOutCols + 8, AP = kChunk + 8;
-  const int hv = blockIdx.y, e0 = static_cast<int>(blockIdx.x % tiles) * kOutCols, K = kK;
+  const int hv = blockIdx.y, e0 = static_cast<int>(blockIdx.x % tiles) * kOutCols;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   extern __shared__ __align__(16) char smem_bytes[];
   float* aS = reinterpret_cast<float*>(smem_bytes);
   bf16* qB = reinterpret_cast<bf16*>(aS + kChunk * AP);
   bf16* hB = qB + kChunk * QP;
   bf16* vB = hB + kK * SP;
-  for (int idx = tid; idx < kChunk * (K / 8); idx += kThreads) {
-    const int i = idx / (K / 8), d = (idx % (K / 8)) * 8;
-    cp_async16(qB + i * QP + d, p.qg_bf16 + (i < L ? ((t0 + i) * p.HV + hv) * K + d : 0), i < L);
-  }
-  for (int idx = tid; idx < kChunk * (kChunk / 4); idx += kThreads) {
-    const int i = idx / (kChunk / 4), j = (idx % (kChunk / 4)) * 4;
-    cp_async16(aS + i * AP + j, p.Aqk + (i < L ? ((t0 + i) * p.HV + hv) * kChunk + j : 0), i < L);
-  }
-  for (int idx = tid; idx < kChunk * (kOutCols / 8); idx += kThreads) {
-    const int i = idx / (kOutCols / 8), e = (idx % (kOutCols / 8)) * 8;
-    cp_async16(vB + i * SP + e, p.vn_bf16 + (i < L ? ((t0 + i) * p.HV + hv) * p.V + e0 + e : 0), i < L);
-  }
-  for (int idx = tid; idx < K * (kOutCols / 8); idx += kThreads) {
-    const int d = idx / (kOutCols / 8), e = (idx % (kOutCols / 8)) * 8;
-    cp_async16(hB + d * SP + e, p.hs_bf16 + ((c * p.HV + hv) * K + d) * p.V + e0 + e, true);
-  }
-  cp_async_commit();
-  cp_async_wait<0>();
-  __syncthreads();
+  load_output_tiles<kK>(qB, QP, aS, AP, vB, hB, SP, p.qg_bf16, p.vn_bf16, p.hs_bf16, p, c, t0, hv, e0, L);
   // warp = (16-row block, half of the 64 columns)
   constexpr int NTW = kOutCols / 16;
   const int r0 = (warp % 4) * 16, cw = (warp / 4) * NTW * 8;
@@ -1036,13 +1046,7 @@ __global__ void __launch_bounds__(kThreads, 2) output_fwd_bf16_kernel(KdaDev p, 
       mma_bf16(acc[j + 1], a, b[2], b[3]);
     }
   }
-#pragma unroll
-  for (int j = 0; j < NTW; ++j)
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int i = r0 + frag_row(r);
-      if (i < L) store_f(o, o_dt, ((t0 + i) * p.HV + hv) * p.V + e0 + cw + 8 * j + frag_col(r), acc[j][r]);
-    }
+  store_output_strip<NTW>(o, o_dt, p, t0, hv, L, r0, e0 + cw, acc);
 }
 
 size_t chunk_fwd_smem(int K) {
