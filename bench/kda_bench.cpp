@@ -207,13 +207,14 @@ int main(int argc, char** argv) {
     const double fwd_bwd_ms = time_ms(fwd_bwd, 3);
     const size_t fwd_bwd_peak = inputs + bytes_of(o) + grads + pool_high();
 
-    // Roofline. bf16 traffic: q, k, v, g (+ beta) in, o out (fwd); backward reads them again plus do and
-    // writes dq, dk, dv, dg. fp32 scratch per token and head of this implementation (fwd: gc, qp, kp,
-    // A, Aqk, w, u written and read ~2x: ~(5 K + 2 * 64) floats); states per chunk in the backward.
+    // Rough whole-call roofline (the per-stage model is src/cuda/kda/roofline.h, SEQMIX_KDA_TIMING=1). bf16
+    // traffic: q, k, v, g (+ beta) in, o out (fwd); backward reads them again plus do and writes dq, dk, dv, dg.
+    // Scratch per token and head of this implementation on bf16 inputs, written and read ~2x: fp32 gc, qp, kp
+    // [K], A, Aqk [64]; bf16 w, u, kl, qg [K]. States and their gradients per chunk in the backward, bf16.
     const double th = static_cast<double>(tokens) * HV, chunks = std::ceil(tokens / 64.0) + s.lengths.size();
     const double io_fwd = th * D * 2.0 * 5, io_bwd = th * D * 2.0 * 10;
-    const double scratch_fwd = th * (5.0 * D + 128.0) * 4.0 * 2.0;
-    const double state_bwd = chunks * HV * D * D * 4.0 * 2.0 * 2.0;
+    const double scratch_fwd = th * ((3.0 * D + 128.0) * 4.0 + 4.0 * D * 2.0) * 2.0;
+    const double state_bwd = chunks * HV * D * D * 2.0 * 2.0 * 2.0;
     const double bytes_fwd = io_fwd + scratch_fwd, bytes_fb = bytes_fwd + io_bwd + scratch_fwd * 2.0 + state_bwd;
     // FLOPs per token and head (2 per MAC), chunk C = 64: intra (K Gamma K^T, Q Gamma K^T: 2 C K; inverse
     // ~C^2 / 3; w, u: 2 C K), inter (w S, q S: 2 K V; Aqk v_new: C V; state update K V) -> fwd ~ 6 C K + 4 K V.
